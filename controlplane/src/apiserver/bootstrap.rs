@@ -1,0 +1,97 @@
+//! Objects every cluster has from the start: the namespaces `default`,
+//! `kube-system`, `kube-public` and `kube-node-lease`, a `default`
+//! ServiceAccount per namespace, and the `kubernetes` Service with the
+//! endpoints of this API server.
+
+use serde_json::{json, Value};
+
+use super::handlers::purge_namespace;
+use super::ipam::ServiceIpam;
+use super::registry;
+use super::server::ApiServer;
+use super::status::ApiError;
+use super::strategy::{self, FieldValidation};
+use crate::store::StoreError;
+
+/// Namespaces that exist from the start.
+pub const DEFAULT_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+/// Creates `obj` of `plural` (core or grouped) unless it exists.
+async fn ensure(server: &ApiServer, group: &str, version: &str, plural: &str, obj: Value) -> Result<(), ApiError> {
+    let resource = registry::find(group, version, plural).ok_or_else(|| ApiError::internal(format!("no resource {plural}")))?;
+    let ns = obj["metadata"]["namespace"].as_str().map(str::to_string);
+    let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
+    let key = resource.key(ns.as_deref(), &name);
+    if server.store.get(&key).await?.is_some() {
+        return Ok(());
+    }
+    let (mut obj, _) = strategy::prepare_create(resource, ns.as_deref(), obj, FieldValidation::Strict)?;
+    let allocation = if resource.kind == "Service" {
+        server.ipam.allocate(&mut obj).map_err(|e| ApiError::invalid(resource, &name, &e))?
+    } else {
+        Default::default()
+    };
+    match server.store.create(&key, strategy::to_bytes(&obj)).await {
+        Ok(_) => Ok(()),
+        Err(StoreError::AlreadyExists(_)) => {
+            server.ipam.release(&allocation);
+            Ok(())
+        }
+        Err(e) => {
+            server.ipam.release(&allocation);
+            Err(e.into())
+        }
+    }
+}
+
+/// Ensures the default namespaces, service accounts and `kubernetes` Service.
+pub async fn ensure_defaults(server: &ApiServer) -> Result<(), ApiError> {
+    for ns in DEFAULT_NAMESPACES {
+        ensure(server, "", "v1", "namespaces", json!({"metadata": {"name": ns}})).await?;
+        namespace_created(server, ns).await;
+    }
+    let host = server.server_address.rsplit_once(':').map(|(h, _)| h).unwrap_or("127.0.0.1").to_string();
+    let port: u16 = server.config.listen.port();
+    if let Some(ip) = ServiceIpam::kubernetes_ip(&server.config.service_cidr) {
+        let svc = json!({
+            "metadata": {"name": "kubernetes", "namespace": "default",
+                         "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {"clusterIP": ip.to_string(), "type": "ClusterIP",
+                     "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]}
+        });
+        ensure(server, "", "v1", "services", svc).await?;
+    }
+    let endpoints = json!({
+        "metadata": {"name": "kubernetes", "namespace": "default"},
+        "subsets": [{"addresses": [{"ip": host}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]
+    });
+    ensure(server, "", "v1", "endpoints", endpoints).await?;
+    let slice = json!({
+        "metadata": {"name": "kubernetes", "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": "kubernetes",
+                                "endpointslice.kubernetes.io/managed-by": "skiff-apiserver"}},
+        "addressType": if host.contains(':') { "IPv6" } else { "IPv4" },
+        "endpoints": [{"addresses": [host], "conditions": {"ready": true}}],
+        "ports": [{"name": "https", "port": port, "protocol": "TCP"}]
+    });
+    ensure(server, "discovery.k8s.io", "v1", "endpointslices", slice).await
+}
+
+/// Gives a new namespace its `default` ServiceAccount.
+pub async fn namespace_created(server: &ApiServer, ns: &str) {
+    let sa = json!({"metadata": {"name": "default", "namespace": ns}});
+    if let Err(e) = ensure(server, "", "v1", "serviceaccounts", sa).await {
+        tracing::warn!("cannot create the default ServiceAccount in {ns}: {}", e.message);
+    }
+}
+
+/// Removes everything inside a deleted namespace.
+///
+/// Upstream's namespace controller does this asynchronously behind the
+/// `kubernetes` finalizer; done synchronously here, `kubectl delete ns`
+/// returns once the namespace and its content are gone.
+pub async fn namespace_deleted(server: &ApiServer, ns: &str) -> Result<(), ApiError> {
+    let n = purge_namespace(server, ns).await?;
+    tracing::info!("namespace {ns} deleted with {n} objects");
+    Ok(())
+}

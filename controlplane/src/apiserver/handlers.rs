@@ -1,0 +1,613 @@
+//! Resource verbs: get, list, create, update, patch, delete and
+//! deletecollection, plus the dispatch to watch and subresources.
+//!
+//! Writes go through [`strategy`] (decode, default, validate) and the store's
+//! compare-and-swap; conflicts from concurrent writers are retried for
+//! requests that did not pin a resourceVersion, as upstream's GuaranteedUpdate.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use serde_json::{json, Value};
+
+use super::patch::{self, PatchType};
+use super::registry::{Resource, Subresource};
+use super::selector::{FieldSelector, LabelSelector};
+use super::server::ApiServer;
+use super::status::{self, ApiError};
+use super::strategy::{self, FieldValidation, Scope};
+use super::table::{self, IncludeObject};
+use super::{ipam, subresources, watch};
+use crate::store::StoreError;
+
+/// How many times a write retries after losing a compare-and-swap race.
+const MAX_RETRIES: usize = 16;
+
+/// A parsed request for a resource (or one object, or a subresource).
+pub struct ResourceRequest<'a> {
+    /// The resource served.
+    pub resource: &'static Resource,
+    /// Namespace from the URL.
+    pub namespace: Option<String>,
+    /// Object name from the URL.
+    pub name: Option<String>,
+    /// Subresource from the URL.
+    pub sub: Option<Subresource>,
+    /// Query parameters.
+    pub query: HashMap<String, String>,
+    /// Request headers.
+    pub headers: &'a HeaderMap,
+    /// Request body.
+    pub body: Bytes,
+}
+
+impl<'a> ResourceRequest<'a> {
+    /// Builds a request.
+    pub fn new(
+        resource: &'static Resource,
+        namespace: Option<&str>,
+        name: Option<&str>,
+        sub: Option<Subresource>,
+        query: HashMap<String, String>,
+        headers: &'a HeaderMap,
+        body: Bytes,
+    ) -> Self {
+        ResourceRequest {
+            resource,
+            namespace: namespace.map(str::to_string),
+            name: name.map(str::to_string),
+            sub,
+            query,
+            headers,
+            body,
+        }
+    }
+
+    /// A query parameter.
+    pub fn param(&self, key: &str) -> Option<&str> {
+        self.query.get(key).map(String::as_str)
+    }
+
+    /// The object name (routes guarantee it for item requests).
+    pub fn object_name(&self) -> &str {
+        self.name.as_deref().unwrap_or("")
+    }
+
+    /// Storage key of the named object.
+    pub fn key(&self) -> String {
+        self.resource.key(self.namespace.as_deref(), self.object_name())
+    }
+
+    /// True when the client asked for `as=Table`.
+    pub fn wants_table(&self) -> bool {
+        self.headers
+            .get("accept")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.split(',').next().is_some_and(|first| first.contains("as=Table")))
+    }
+
+    /// The `includeObject` policy for tables.
+    pub fn include_object(&self) -> IncludeObject {
+        match self.param("includeObject") {
+            Some("None") => IncludeObject::None,
+            Some("Object") => IncludeObject::Object,
+            _ => IncludeObject::Metadata,
+        }
+    }
+
+    /// `dryRun=All`: validate but do not persist.
+    pub fn dry_run(&self) -> bool {
+        self.param("dryRun").is_some_and(|v| v == "All")
+    }
+
+    /// The request body's content type.
+    pub fn content_type(&self) -> &str {
+        self.headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("application/json")
+    }
+
+    /// Parses the body as an object.
+    pub fn decode(&self) -> Result<Value, ApiError> {
+        strategy::decode_body(self.content_type(), &self.body)
+    }
+
+    /// `fieldValidation`.
+    pub fn field_validation(&self) -> Result<FieldValidation, ApiError> {
+        FieldValidation::parse(self.param("fieldValidation"))
+    }
+}
+
+/// Routes a resource request by method, name and subresource.
+pub async fn handle(server: &Arc<ApiServer>, method: &Method, req: ResourceRequest<'_>) -> Result<Response, ApiError> {
+    let has_name = req.name.is_some();
+    if has_name && req.resource.namespaced && req.namespace.is_none() {
+        return Err(ApiError::no_route());
+    }
+    match (method.as_str(), has_name, req.sub) {
+        ("GET", false, None) => {
+            if req.param("watch").is_some_and(|w| w == "true" || w == "1") {
+                watch::serve(server, &req).await
+            } else {
+                list(server, &req).await
+            }
+        }
+        ("POST", false, None) if req.resource.namespaced && req.namespace.is_none() => {
+            Err(ApiError::method_not_allowed("POST"))
+        }
+        ("POST", false, None) => create(server, &req).await,
+        ("DELETE", false, None) => delete_collection(server, &req).await,
+        ("GET", true, None | Some(Subresource::Status)) => get(server, &req).await,
+        ("PUT", true, None) => update(server, &req, Scope::Main).await,
+        ("PUT", true, Some(Subresource::Status)) => update(server, &req, Scope::Status).await,
+        ("PATCH", true, None) => patch(server, &req, Scope::Main).await,
+        ("PATCH", true, Some(Subresource::Status)) => patch(server, &req, Scope::Status).await,
+        ("DELETE", true, None) => delete(server, &req).await,
+        (_, true, Some(Subresource::Scale)) => subresources::scale(server, method, &req).await,
+        ("POST", true, Some(Subresource::Binding)) => binding(server, &req, req.name.as_deref()).await,
+        ("GET", true, Some(Subresource::Log)) => Err(ApiError::new(
+            503,
+            "ServiceUnavailable",
+            format!("no node agent serves logs for pod \"{}\" yet", req.object_name()),
+        )),
+        (m, _, _) => Err(ApiError::method_not_allowed(m)),
+    }
+}
+
+/// POST pods/{name}/binding (or namespaces/{ns}/bindings).
+pub async fn binding(server: &Arc<ApiServer>, req: &ResourceRequest<'_>, name: Option<&str>) -> Result<Response, ApiError> {
+    subresources::binding(server, req, name).await
+}
+
+/// Builds a JSON response with `Warning` headers.
+pub fn respond(code: StatusCode, value: &Value, warnings: &[String]) -> Response {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut resp = (code, [("content-type", "application/json")], body).into_response();
+    for w in warnings {
+        let text = format!("299 - \"{}\"", w.replace('"', "\\\""));
+        if let Ok(v) = text.parse() {
+            resp.headers_mut().append("warning", v);
+        }
+    }
+    resp
+}
+
+/// Responds with one object, as a Table when asked.
+pub fn respond_object(req: &ResourceRequest<'_>, code: StatusCode, obj: Value, warnings: &[String]) -> Response {
+    let obj = strategy::from_storage(req.resource, obj);
+    if req.wants_table() {
+        let rv = obj["metadata"]["resourceVersion"].clone();
+        let mut t = table::to_table(req.resource, &[obj], req.include_object(), jiff::Timestamp::now());
+        t["metadata"] = json!({"resourceVersion": rv});
+        return respond(code, &t, warnings);
+    }
+    respond(code, &obj, warnings)
+}
+
+/// Reads the named object with its resourceVersion and mod revision.
+pub async fn read(server: &ApiServer, req: &ResourceRequest<'_>) -> Result<(Value, i64), ApiError> {
+    let kv = server
+        .store
+        .get(&req.key())
+        .await
+        .map_err(|e| ApiError::from_store(e, req.resource, req.object_name()))?
+        .ok_or_else(|| ApiError::not_found(req.resource, req.object_name()))?;
+    let obj: Value = serde_json::from_slice(&kv.value)
+        .map_err(|e| ApiError::internal(format!("stored object {} is corrupt: {e}", kv.key)))?;
+    Ok((strategy::with_resource_version(obj, kv.mod_revision), kv.mod_revision))
+}
+
+async fn get(server: &Arc<ApiServer>, req: &ResourceRequest<'_>) -> Result<Response, ApiError> {
+    let (obj, _) = read(server, req).await?;
+    Ok(respond_object(req, StatusCode::OK, obj, &[]))
+}
+
+/// Label and field selectors of a list, watch or deletecollection.
+pub struct Selectors {
+    label: LabelSelector,
+    field: FieldSelector,
+    plural: &'static str,
+}
+
+impl Selectors {
+    /// Parses `labelSelector` and `fieldSelector`; bad selectors are 400s.
+    pub fn from_request(req: &ResourceRequest<'_>) -> Result<Self, ApiError> {
+        let label = LabelSelector::parse(req.param("labelSelector").unwrap_or(""))
+            .map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {e}")))?;
+        let field = FieldSelector::parse(req.param("fieldSelector").unwrap_or(""))
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        field.validate(req.resource.plural).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        Ok(Selectors { label, field, plural: req.resource.plural })
+    }
+
+    /// True when the object matches both selectors.
+    pub fn matches(&self, obj: &Value) -> bool {
+        self.label.matches(obj["metadata"].get("labels"))
+            && self.field.matches(self.plural, obj).unwrap_or(false)
+    }
+}
+
+/// A continue token: where the next page starts and the list's revision.
+fn encode_continue(key: &str, revision: i64) -> String {
+    let raw = json!({"v": "meta.k8s.io/v1", "rv": revision, "start": key}).to_string();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+}
+
+fn decode_continue(token: &str) -> Result<(String, i64), ApiError> {
+    let bad = || ApiError::bad_request("continue key is not valid: please re-list from the beginning");
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
+    Ok((v["start"].as_str().ok_or_else(bad)?.to_string(), v["rv"].as_i64().ok_or_else(bad)?))
+}
+
+/// Lists matching objects (with `limit`/`continue`). Returns items, revision and continue token.
+pub async fn list_objects(
+    server: &ApiServer,
+    req: &ResourceRequest<'_>,
+    selectors: &Selectors,
+) -> Result<(Vec<Value>, i64, Option<String>), ApiError> {
+    let limit: usize = match req.param("limit") {
+        None | Some("") => 0,
+        Some(l) => l.parse().map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
+    };
+    let prefix = req.resource.prefix(req.namespace.as_deref());
+    let (mut start, mut revision) = match req.param("continue").filter(|c| !c.is_empty()) {
+        Some(token) => {
+            let (key, rv) = decode_continue(token)?;
+            if !key.starts_with(&prefix) {
+                return Err(ApiError::bad_request("continue key does not belong to this list"));
+            }
+            (Some(key), Some(rv))
+        }
+        None => (None, None),
+    };
+    let mut items = Vec::new();
+    loop {
+        let chunk = if limit == 0 { 0 } else { (limit - items.len()).max(64) };
+        let page = server.store.list(&prefix, start.as_deref(), chunk).await?;
+        revision.get_or_insert(page.revision);
+        let mut last_key = None;
+        for kv in &page.items {
+            last_key = Some(kv.key.clone());
+            let Ok(obj) = serde_json::from_slice::<Value>(&kv.value) else {
+                tracing::warn!("skipping corrupt stored object {}", kv.key);
+                continue;
+            };
+            if selectors.matches(&obj) {
+                items.push(strategy::from_storage(req.resource, strategy::with_resource_version(obj, kv.mod_revision)));
+                if limit > 0 && items.len() == limit {
+                    let more = page.more || kv.key != page.items[page.items.len() - 1].key;
+                    let token = more.then(|| encode_continue(&kv.key, revision.unwrap_or(page.revision)));
+                    return Ok((items, revision.unwrap_or(page.revision), token));
+                }
+            }
+        }
+        if !page.more || last_key.is_none() {
+            return Ok((items, revision.unwrap_or(page.revision), None));
+        }
+        start = last_key;
+    }
+}
+
+async fn list(server: &Arc<ApiServer>, req: &ResourceRequest<'_>) -> Result<Response, ApiError> {
+    let selectors = Selectors::from_request(req)?;
+    let (items, revision, token) = list_objects(server, req, &selectors).await?;
+    let mut metadata = json!({"resourceVersion": revision.to_string()});
+    if let Some(t) = token {
+        metadata["continue"] = json!(t);
+    }
+    if req.wants_table() {
+        let mut t = table::to_table(req.resource, &items, req.include_object(), jiff::Timestamp::now());
+        t["metadata"] = metadata;
+        return Ok(respond(StatusCode::OK, &t, &[]));
+    }
+    let list = json!({
+        "kind": format!("{}List", req.resource.kind),
+        "apiVersion": req.resource.api_version(),
+        "metadata": metadata,
+        "items": items,
+    });
+    Ok(respond(StatusCode::OK, &list, &[]))
+}
+
+/// Fails unless the namespace exists and is not terminating.
+async fn check_namespace(server: &ApiServer, req: &ResourceRequest<'_>) -> Result<(), ApiError> {
+    let Some(ns) = req.namespace.as_deref().filter(|_| req.resource.namespaced) else {
+        return Ok(());
+    };
+    let key = format!("/registry/namespaces/{ns}");
+    let kv = server.store.get(&key).await?;
+    let Some(kv) = kv else {
+        return Err(ApiError {
+            details: Some(json!({"name": ns, "kind": "namespaces"})),
+            ..ApiError::new(404, "NotFound", format!("namespaces \"{ns}\" not found"))
+        });
+    };
+    let obj: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
+    if obj["metadata"]["deletionTimestamp"].is_string() {
+        return Err(ApiError::new(
+            403,
+            "Forbidden",
+            format!(
+                "{} is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                req.resource.qualified()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+async fn create(server: &Arc<ApiServer>, req: &ResourceRequest<'_>) -> Result<Response, ApiError> {
+    let body = req.decode()?;
+    check_namespace(server, req).await?;
+    let (mut obj, warnings) =
+        strategy::prepare_create(req.resource, req.namespace.as_deref(), body, req.field_validation()?)?;
+    let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
+    let key = req.resource.key(req.namespace.as_deref(), &name);
+    let allocation = if req.resource.kind == "Service" && !req.dry_run() {
+        server.ipam.allocate(&mut obj).map_err(|errs| ApiError::invalid(req.resource, &name, &errs))?
+    } else {
+        ipam::Allocation::default()
+    };
+    if req.dry_run() {
+        return Ok(respond_object(req, StatusCode::CREATED, obj, &warnings));
+    }
+    match server.store.create(&key, strategy::to_bytes(&obj)).await {
+        Ok(kv) => {
+            if req.resource.kind == "Namespace" {
+                super::bootstrap::namespace_created(server, &name).await;
+            }
+            let obj = strategy::with_resource_version(obj, kv.mod_revision);
+            Ok(respond_object(req, StatusCode::CREATED, obj, &warnings))
+        }
+        Err(e) => {
+            server.ipam.release(&allocation);
+            Err(ApiError::from_store(e, req.resource, &name))
+        }
+    }
+}
+
+/// Applies `mutate` to the current object and stores the result, retrying
+/// lost races unless the new object pins a resourceVersion. Returns the
+/// stored object (unchanged and unwritten when the update is a no-op).
+pub async fn guaranteed_update(
+    server: &ApiServer,
+    req: &ResourceRequest<'_>,
+    scope: Scope,
+    mutate: impl Fn(&Value) -> Result<Value, ApiError>,
+) -> Result<(Value, Vec<String>), ApiError> {
+    let fv = req.field_validation()?;
+    for _ in 0..MAX_RETRIES {
+        let (current, revision) = read(server, req).await?;
+        let desired = strategy::to_storage(req.resource, mutate(&strategy::from_storage(req.resource, current.clone()))?);
+        let pinned = desired["metadata"]["resourceVersion"].as_str().filter(|s| !s.is_empty()).map(str::to_string);
+        if let Some(rv) = &pinned {
+            if rv.parse::<i64>().ok() != Some(revision) {
+                return Err(ApiError::conflict(req.resource, req.object_name()));
+            }
+        }
+        let desired = strategy::from_storage(req.resource, desired);
+        let (new, warnings) = strategy::prepare_update(req.resource, scope, &current, desired, fv)?;
+        let mut unchanged = current.clone();
+        if let Some(m) = unchanged["metadata"].as_object_mut() {
+            m.remove("resourceVersion");
+        }
+        if new == unchanged || req.dry_run() {
+            return Ok((if req.dry_run() { new } else { current }, warnings));
+        }
+        if finalized(&new) {
+            return match server.store.delete(&req.key(), Some(revision)).await {
+                Ok(kv) => {
+                    released(server, req.resource, &new);
+                    Ok((strategy::with_resource_version(new, kv.mod_revision), warnings))
+                }
+                Err(StoreError::Conflict { .. }) if pinned.is_none() => continue,
+                Err(e) => Err(ApiError::from_store(e, req.resource, req.object_name())),
+            };
+        }
+        match server.store.update(&req.key(), strategy::to_bytes(&new), revision).await {
+            Ok(kv) => return Ok((strategy::with_resource_version(new, kv.mod_revision), warnings)),
+            Err(StoreError::Conflict { .. }) if pinned.is_none() => continue,
+            Err(e) => return Err(ApiError::from_store(e, req.resource, req.object_name())),
+        }
+    }
+    Err(ApiError::conflict(req.resource, req.object_name()))
+}
+
+/// An object being deleted whose last finalizer is gone can be removed.
+fn finalized(obj: &Value) -> bool {
+    obj["metadata"]["deletionTimestamp"].is_string()
+        && obj["metadata"]["finalizers"].as_array().is_none_or(|f| f.is_empty())
+}
+
+/// Releases what a deleted object held (Service addresses and ports).
+fn released(server: &ApiServer, resource: &Resource, obj: &Value) {
+    if resource.kind == "Service" {
+        server.ipam.release(&ipam::allocation_of(obj));
+    }
+}
+
+async fn update(server: &Arc<ApiServer>, req: &ResourceRequest<'_>, scope: Scope) -> Result<Response, ApiError> {
+    let body = req.decode()?;
+    let (obj, warnings) = guaranteed_update(server, req, scope, |_| Ok(body.clone())).await?;
+    Ok(respond_object(req, StatusCode::OK, obj, &warnings))
+}
+
+async fn patch(server: &Arc<ApiServer>, req: &ResourceRequest<'_>, scope: Scope) -> Result<Response, ApiError> {
+    let ct = req.content_type();
+    let patch_type = PatchType::from_content_type(ct).ok_or_else(|| {
+        ApiError::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {ct})"))
+    })?;
+    if patch_type == PatchType::Apply {
+        return Err(ApiError::new(415, "UnsupportedMediaType", "server-side apply (application/apply-patch+yaml) is not supported yet; use client-side kubectl apply"));
+    }
+    let kind = req.resource.kind;
+    let (obj, warnings) = guaranteed_update(server, req, scope, |current| {
+        let mut current = current.clone();
+        if let Some(m) = current["metadata"].as_object_mut() {
+            // The patch result pins a resourceVersion only if the patch itself does.
+            m.remove("resourceVersion");
+        }
+        patch::apply(kind, &current, patch_type, &req.body).map_err(|e| ApiError::bad_request(e.to_string()))
+    })
+    .await?;
+    Ok(respond_object(req, StatusCode::OK, obj, &warnings))
+}
+
+/// Delete options from the body or query.
+#[derive(Debug, Clone)]
+struct DeleteOptions {
+    grace_period: Option<i64>,
+    precondition_uid: Option<String>,
+    precondition_rv: Option<String>,
+}
+
+fn delete_options(req: &ResourceRequest<'_>) -> Result<DeleteOptions, ApiError> {
+    let body: Value = if req.body.iter().all(u8::is_ascii_whitespace) { json!({}) } else { req.decode()? };
+    let grace_period = body["gracePeriodSeconds"]
+        .as_i64()
+        .or_else(|| req.param("gracePeriodSeconds").and_then(|g| g.parse().ok()));
+    Ok(DeleteOptions {
+        grace_period,
+        precondition_uid: body["preconditions"]["uid"].as_str().map(str::to_string),
+        precondition_rv: body["preconditions"]["resourceVersion"].as_str().map(str::to_string),
+    })
+}
+
+async fn delete(server: &Arc<ApiServer>, req: &ResourceRequest<'_>) -> Result<Response, ApiError> {
+    let opts = delete_options(req)?;
+    let (obj, code) = delete_one(server, req, &opts).await?;
+    Ok(respond_object(req, code, obj, &[]))
+}
+
+/// Deletes one object: immediately, or by setting deletionTimestamp when
+/// finalizers remain or a bound pod must terminate gracefully.
+async fn delete_one(
+    server: &Arc<ApiServer>,
+    req: &ResourceRequest<'_>,
+    opts: &DeleteOptions,
+) -> Result<(Value, StatusCode), ApiError> {
+    for _ in 0..MAX_RETRIES {
+        let (current, revision) = read(server, req).await?;
+        if let Some(uid) = &opts.precondition_uid {
+            if current["metadata"]["uid"].as_str() != Some(uid) {
+                return Err(ApiError::new(409, "Conflict", format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    current["metadata"]["uid"].as_str().unwrap_or("")
+                )));
+            }
+        }
+        if let Some(rv) = &opts.precondition_rv {
+            if rv.parse::<i64>().ok() != Some(revision) {
+                return Err(ApiError::conflict(req.resource, req.object_name()));
+            }
+        }
+        let has_finalizers = current["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
+        let graceful_pod = req.resource.kind == "Pod"
+            && current["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty())
+            && opts.grace_period != Some(0)
+            && !matches!(current["status"]["phase"].as_str(), Some("Succeeded" | "Failed"));
+        if req.dry_run() {
+            return Ok((current, StatusCode::OK));
+        }
+        if has_finalizers || graceful_pod {
+            if current["metadata"]["deletionTimestamp"].is_string() {
+                return Ok((current, StatusCode::ACCEPTED));
+            }
+            let mut marked = current.clone();
+            marked["metadata"]["deletionTimestamp"] = json!(strategy::now_rfc3339());
+            let grace = if graceful_pod {
+                opts.grace_period.or(current["spec"]["terminationGracePeriodSeconds"].as_i64()).unwrap_or(30)
+            } else {
+                0
+            };
+            marked["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+            match server.store.update(&req.key(), strategy::to_bytes(&marked), revision).await {
+                Ok(kv) => return Ok((strategy::with_resource_version(marked, kv.mod_revision), StatusCode::ACCEPTED)),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(ApiError::from_store(e, req.resource, req.object_name())),
+            }
+        }
+        match server.store.delete(&req.key(), Some(revision)).await {
+            Ok(kv) => {
+                released(server, req.resource, &current);
+                if req.resource.kind == "Namespace" {
+                    super::bootstrap::namespace_deleted(server, req.object_name()).await?;
+                }
+                let obj = strategy::with_resource_version(current, kv.mod_revision);
+                return Ok((obj, StatusCode::OK));
+            }
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(ApiError::from_store(e, req.resource, req.object_name())),
+        }
+    }
+    Err(ApiError::conflict(req.resource, req.object_name()))
+}
+
+async fn delete_collection(server: &Arc<ApiServer>, req: &ResourceRequest<'_>) -> Result<Response, ApiError> {
+    if req.resource.namespaced && req.namespace.is_none() {
+        return Err(ApiError::method_not_allowed("DELETE"));
+    }
+    let selectors = Selectors::from_request(req)?;
+    let opts = delete_options(req)?;
+    let (items, revision, _) = list_objects(server, req, &selectors).await?;
+    let mut deleted = Vec::new();
+    for item in items {
+        let name = item["metadata"]["name"].as_str().unwrap_or("").to_string();
+        let one = ResourceRequest::new(
+            req.resource,
+            req.namespace.as_deref(),
+            Some(&name),
+            None,
+            req.query.clone(),
+            req.headers,
+            Bytes::new(),
+        );
+        match delete_one(server, &one, &opts).await {
+            Ok((obj, _)) => deleted.push(obj),
+            Err(e) if e.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let list = json!({
+        "kind": format!("{}List", req.resource.kind),
+        "apiVersion": req.resource.api_version(),
+        "metadata": {"resourceVersion": revision.to_string()},
+        "items": deleted,
+    });
+    Ok(respond(StatusCode::OK, &list, &[]))
+}
+
+/// Deletes every namespaced object in `ns` (used when a namespace goes away).
+pub async fn purge_namespace(server: &ApiServer, ns: &str) -> Result<usize, ApiError> {
+    let mut count = 0;
+    let mut seen = std::collections::HashSet::new();
+    for resource in super::registry::RESOURCES.iter().filter(|r| r.namespaced) {
+        if !seen.insert(resource.storage) {
+            continue;
+        }
+        let page = server.store.list(&resource.prefix(Some(ns)), None, 0).await?;
+        for kv in page.items {
+            match server.store.delete(&kv.key, None).await {
+                Ok(_) => {
+                    if resource.kind == "Service" {
+                        if let Ok(obj) = serde_json::from_slice::<Value>(&kv.value) {
+                            released(server, resource, &obj);
+                        }
+                    }
+                    count += 1;
+                }
+                Err(StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(count)
+}
+
+/// Success `Status` (used by binding).
+pub fn success() -> Value {
+    status::success(None)
+}

@@ -1,0 +1,22 @@
+//! The Kubernetes-compatible API server: HTTPS, authentication, routing to
+//! resource handlers, discovery and OpenAPI.
+
+pub mod auth;
+pub mod bootstrap;
+pub mod convert;
+pub mod defaults;
+pub mod discovery;
+pub mod handlers;
+pub mod ipam;
+pub mod openapi;
+pub mod patch;
+pub mod pki;
+pub mod registry;
+pub mod selector;
+pub mod server;
+pub mod status;
+pub mod strategy;
+pub mod subresources;
+pub mod table;
+pub mod validation;
+pub mod watch;

@@ -1,0 +1,1 @@
+//! openapi (in progress)

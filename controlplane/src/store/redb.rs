@@ -1,0 +1,562 @@
+//! The embedded backend: one redb file, an in-memory index and a group-commit writer.
+//!
+//! `RedbStore` owns the database file. Table `kv` maps each key to a record
+//! holding (create revision, mod revision, value); table `meta` holds the
+//! current revision. The whole keyspace is mirrored in a `BTreeMap` loaded at
+//! open, so reads never touch disk. All writes go through one writer thread:
+//! it drains whatever is queued, applies it in one write transaction, commits
+//! durably once, and only then updates the index, appends to the watch
+//! `History` and answers the callers. It does not keep old revisions on disk:
+//! watch history lives in memory only.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use redb::{Database, ReadableTable, TableDefinition};
+use tokio::sync::{mpsc, oneshot};
+
+use super::history::{History, DEFAULT_HISTORY_CAPACITY};
+use super::{Event, EventKind, KeyValue, ListResult, Result, Store, StoreError, WatchStream};
+
+/// Key → encoded record (see `encode_record`).
+const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+/// Store-wide counters; holds `REVISION_KEY`.
+const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
+/// The `meta` row holding the current revision.
+const REVISION_KEY: &str = "revision";
+
+/// Record layout version, first byte of every `kv` value.
+const RECORD_VERSION: u8 = 1;
+/// Version byte + create revision + mod revision.
+const RECORD_HEADER: usize = 1 + 8 + 8;
+
+/// Most operations committed in one transaction.
+const MAX_BATCH: usize = 256;
+/// Writes waiting for the writer before callers are back-pressured.
+const QUEUE_DEPTH: usize = 1024;
+
+/// Failures of the embedded backend, worded for the operator.
+#[derive(Debug, thiserror::Error)]
+enum RedbError {
+    /// The database file could not be opened or created.
+    #[error(
+        "cannot open redb database {path}: {source}; check that the directory exists and is \
+         writable and that no other skiff server has this file open"
+    )]
+    Open {
+        path: PathBuf,
+        source: redb::DatabaseError,
+    },
+    /// Reading or writing the file failed.
+    #[error(
+        "redb database {path} failed: {source}; check free disk space and the disk's health, \
+         then restart skiff so redb can repair the file"
+    )]
+    Io { path: PathBuf, source: redb::Error },
+    /// A stored record cannot be decoded.
+    #[error("redb database {path} is corrupt: {detail}; restore it from a backup")]
+    Corrupt { path: PathBuf, detail: String },
+    /// The writer thread is gone (the store is shutting down or crashed).
+    #[error("the redb writer for {path} has stopped; restart skiff")]
+    WriterStopped { path: PathBuf },
+    /// The OS refused to start the writer thread.
+    #[error("cannot start the redb writer thread for {path}: {source}; check process limits")]
+    Spawn {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl From<RedbError> for StoreError {
+    fn from(e: RedbError) -> StoreError {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+/// The embedded, durable store backed by a single redb file.
+pub struct RedbStore {
+    shared: Arc<Shared>,
+    ops: Option<mpsc::Sender<Request>>,
+    writer: Option<JoinHandle<()>>,
+    path: PathBuf,
+}
+
+/// What readers and the writer thread share.
+struct Shared {
+    state: RwLock<State>,
+    history: History,
+}
+
+/// The committed keyspace and the revision it reflects.
+struct State {
+    index: BTreeMap<String, KeyValue>,
+    revision: i64,
+}
+
+/// A write waiting for the writer thread.
+struct Request {
+    op: Op,
+    reply: oneshot::Sender<Result<KeyValue>>,
+}
+
+/// The three kinds of write.
+enum Op {
+    Create {
+        key: String,
+        value: Bytes,
+    },
+    Update {
+        key: String,
+        value: Bytes,
+        expected: i64,
+    },
+    Delete {
+        key: String,
+        expected: Option<i64>,
+    },
+}
+
+impl RedbStore {
+    /// Opens (or creates) the database at `path` with the default watch history window.
+    pub fn open(path: &Path) -> Result<RedbStore> {
+        RedbStore::open_with_history(path, DEFAULT_HISTORY_CAPACITY)
+    }
+
+    /// Opens (or creates) the database at `path`, keeping `history_capacity` events for watches.
+    pub fn open_with_history(path: &Path, history_capacity: usize) -> Result<RedbStore> {
+        let path = path.to_path_buf();
+        let db = Database::create(&path).map_err(|source| RedbError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        let state = load(&db, &path)?;
+        let shared = Arc::new(Shared {
+            history: History::new(history_capacity, state.revision),
+            state: RwLock::new(state),
+        });
+        let (ops, queue) = mpsc::channel(QUEUE_DEPTH);
+        let writer = Writer {
+            db,
+            shared: Arc::clone(&shared),
+            path: path.clone(),
+        };
+        let writer = std::thread::Builder::new()
+            .name("redb-writer".to_owned())
+            .spawn(move || writer.run(queue))
+            .map_err(|source| RedbError::Spawn {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(RedbStore {
+            shared,
+            ops: Some(ops),
+            writer: Some(writer),
+            path,
+        })
+    }
+
+    /// Hands `op` to the writer and waits until it is durable (or failed).
+    async fn submit(&self, op: Op) -> Result<KeyValue> {
+        let stopped = || RedbError::WriterStopped {
+            path: self.path.clone(),
+        };
+        let ops = self.ops.as_ref().ok_or_else(stopped)?;
+        let (reply, answer) = oneshot::channel();
+        ops.send(Request { op, reply })
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    fn state(&self) -> RwLockReadGuard<'_, State> {
+        self.shared.read_state()
+    }
+}
+
+impl Drop for RedbStore {
+    /// Lets the writer finish queued batches and close the file, so it can be reopened at once.
+    fn drop(&mut self) {
+        self.ops.take();
+        if let Some(writer) = self.writer.take() {
+            // A panicked writer has nothing left to flush; the file is still consistent.
+            let _ = writer.join();
+        }
+    }
+}
+
+impl Shared {
+    fn read_state(&self) -> RwLockReadGuard<'_, State> {
+        // Only the writer takes the write lock, and it never panics while holding it.
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[async_trait]
+impl Store for RedbStore {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        Ok(self.state().index.get(key).cloned())
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<ListResult> {
+        let state = self.state();
+        let start = match start_after {
+            Some(after) if after >= prefix => Bound::Excluded(after),
+            _ => Bound::Included(prefix),
+        };
+        let limit = if limit == 0 { usize::MAX } else { limit };
+        let mut matching = state
+            .index
+            .range::<str, _>((start, Bound::Unbounded))
+            .take_while(|(key, _)| key.starts_with(prefix))
+            .map(|(_, kv)| kv);
+        let items: Vec<KeyValue> = matching.by_ref().take(limit).cloned().collect();
+        let more = matching.next().is_some();
+        Ok(ListResult {
+            items,
+            revision: state.revision,
+            more,
+        })
+    }
+
+    async fn create(&self, key: &str, value: Bytes) -> Result<KeyValue> {
+        let key = key.to_owned();
+        self.submit(Op::Create { key, value }).await
+    }
+
+    async fn update(&self, key: &str, value: Bytes, expected_revision: i64) -> Result<KeyValue> {
+        let key = key.to_owned();
+        let expected = expected_revision;
+        self.submit(Op::Update {
+            key,
+            value,
+            expected,
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str, expected_revision: Option<i64>) -> Result<KeyValue> {
+        let key = key.to_owned();
+        let expected = expected_revision;
+        self.submit(Op::Delete { key, expected }).await
+    }
+
+    async fn watch(&self, prefix: &str, after_revision: i64) -> Result<WatchStream> {
+        self.shared.history.watch(prefix, after_revision)
+    }
+
+    async fn current_revision(&self) -> Result<i64> {
+        Ok(self.state().revision)
+    }
+}
+
+/// Creates the tables if needed and loads every record into memory.
+fn load(db: &Database, path: &Path) -> Result<State, RedbError> {
+    let io = |source: redb::Error| RedbError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let corrupt = |detail: String| RedbError::Corrupt {
+        path: path.to_path_buf(),
+        detail,
+    };
+    // A write transaction, so a fresh file gets both tables.
+    let txn = db.begin_write().map_err(|e| io(e.into()))?;
+    let mut index = BTreeMap::new();
+    let revision = {
+        let kv = txn.open_table(KV).map_err(|e| io(e.into()))?;
+        for entry in kv.iter().map_err(|e| io(e.into()))? {
+            let (key, record) = entry.map_err(|e| io(e.into()))?;
+            let key = key.value().to_owned();
+            let kv = decode_record(&key, record.value()).map_err(corrupt)?;
+            index.insert(key, kv);
+        }
+        let meta = txn.open_table(META).map_err(|e| io(e.into()))?;
+        let stored = meta.get(REVISION_KEY).map_err(|e| io(e.into()))?;
+        stored.map_or(0, |guard| guard.value())
+    };
+    txn.commit().map_err(|e| io(e.into()))?;
+    if let Some(newest) = index.values().map(|kv| kv.mod_revision).max() {
+        if newest > revision {
+            return Err(corrupt(format!(
+                "a key has revision {newest} but the stored revision is {revision}"
+            )));
+        }
+    }
+    Ok(State { index, revision })
+}
+
+/// Serializes a KeyValue's revisions and value for the `kv` table.
+fn encode_record(kv: &KeyValue) -> Vec<u8> {
+    let mut record = Vec::with_capacity(RECORD_HEADER + kv.value.len());
+    record.push(RECORD_VERSION);
+    record.extend_from_slice(&kv.create_revision.to_le_bytes());
+    record.extend_from_slice(&kv.mod_revision.to_le_bytes());
+    record.extend_from_slice(&kv.value);
+    record
+}
+
+/// Parses a `kv` table record; the error says what is wrong with it.
+fn decode_record(key: &str, record: &[u8]) -> std::result::Result<KeyValue, String> {
+    let (header, value) = record.split_at_checked(RECORD_HEADER).ok_or_else(|| {
+        format!(
+            "record for {key} is {} bytes, shorter than its header",
+            record.len()
+        )
+    })?;
+    let (version, revisions) = header.split_at(1);
+    if version[0] != RECORD_VERSION {
+        return Err(format!(
+            "record for {key} has unknown format version {}",
+            version[0]
+        ));
+    }
+    let (create, modified) = revisions.split_at(8);
+    let revision = |bytes: &[u8]| -> std::result::Result<i64, String> {
+        let bytes = bytes
+            .try_into()
+            .map_err(|_| format!("record for {key} has a short revision"))?;
+        Ok(i64::from_le_bytes(bytes))
+    };
+    Ok(KeyValue {
+        key: key.to_owned(),
+        value: Bytes::copy_from_slice(value),
+        create_revision: revision(create)?,
+        mod_revision: revision(modified)?,
+    })
+}
+
+/// The single thread that turns queued writes into durable transactions.
+struct Writer {
+    db: Database,
+    shared: Arc<Shared>,
+    path: PathBuf,
+}
+
+/// A validated write: what to reply, what to store, what watchers see.
+struct Planned {
+    kv: KeyValue,
+    event: Event,
+}
+
+impl Writer {
+    /// Commits batches until every sender is dropped, then closes the file.
+    fn run(self, mut queue: mpsc::Receiver<Request>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while let Some(first) = queue.blocking_recv() {
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(request) => batch.push(request),
+                    Err(_) => break,
+                }
+            }
+            self.commit_batch(&mut batch);
+        }
+    }
+
+    /// Validates, persists and publishes one batch, then answers every caller.
+    fn commit_batch(&self, batch: &mut Vec<Request>) {
+        let (outcomes, overlay, revision) = self.plan(batch);
+        let events: Vec<Event> = outcomes
+            .iter()
+            .filter_map(|o| o.as_ref().ok().map(|p| p.event.clone()))
+            .collect();
+        if !events.is_empty() {
+            if let Err(source) = self.persist(&overlay, revision) {
+                let error = RedbError::Io {
+                    path: self.path.clone(),
+                    source,
+                }
+                .to_string();
+                for request in batch.drain(..) {
+                    let _ = request.reply.send(Err(StoreError::Backend(error.clone())));
+                }
+                return;
+            }
+            {
+                let mut state = self
+                    .shared
+                    .state
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner);
+                for (key, kv) in overlay {
+                    match kv {
+                        Some(kv) => state.index.insert(key, kv),
+                        None => state.index.remove(&key),
+                    };
+                }
+                state.revision = revision;
+            }
+            self.shared.history.append(events);
+        }
+        for (request, outcome) in batch.drain(..).zip(outcomes) {
+            // The caller may have given up waiting; the write stands regardless.
+            let _ = request.reply.send(outcome.map(|planned| planned.kv));
+        }
+    }
+
+    /// Checks each op against the index plus earlier ops of the batch; a failed
+    /// op consumes no revision. Returns outcomes, the changed keys and the new revision.
+    #[allow(clippy::type_complexity)] // a private, single-use return value
+    fn plan(
+        &self,
+        batch: &[Request],
+    ) -> (Vec<Result<Planned>>, HashMap<String, Option<KeyValue>>, i64) {
+        let state = self.shared.read_state();
+        let mut revision = state.revision;
+        let mut overlay: HashMap<String, Option<KeyValue>> = HashMap::new();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for request in batch {
+            let key = match &request.op {
+                Op::Create { key, .. } | Op::Update { key, .. } | Op::Delete { key, .. } => key,
+            };
+            let current = match overlay.get(key) {
+                Some(pending) => pending.clone(),
+                None => state.index.get(key).cloned(),
+            };
+            let outcome = plan_op(&request.op, current, revision + 1);
+            if let Ok(planned) = &outcome {
+                revision += 1;
+                let after = (planned.event.kind == EventKind::Put).then(|| planned.kv.clone());
+                overlay.insert(key.clone(), after);
+            }
+            outcomes.push(outcome);
+        }
+        (outcomes, overlay, revision)
+    }
+
+    /// Writes the changed keys and the new revision in one durable transaction.
+    fn persist(
+        &self,
+        overlay: &HashMap<String, Option<KeyValue>>,
+        revision: i64,
+    ) -> Result<(), redb::Error> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut kv = txn.open_table(KV)?;
+            for (key, value) in overlay {
+                match value {
+                    Some(value) => {
+                        kv.insert(key.as_str(), encode_record(value).as_slice())?;
+                    }
+                    None => {
+                        kv.remove(key.as_str())?;
+                    }
+                }
+            }
+            let mut meta = txn.open_table(META)?;
+            meta.insert(REVISION_KEY, revision)?;
+        }
+        // Default durability is Immediate: the commit returns after fsync.
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+/// Decides one op given the key's current value and the revision it would get.
+fn plan_op(op: &Op, current: Option<KeyValue>, revision: i64) -> Result<Planned> {
+    match (op, current) {
+        (Op::Create { key, .. }, Some(_)) => Err(StoreError::AlreadyExists(key.clone())),
+        (Op::Create { key, value }, None) => {
+            let kv = KeyValue {
+                key: key.clone(),
+                value: value.clone(),
+                create_revision: revision,
+                mod_revision: revision,
+            };
+            Ok(planned(EventKind::Put, kv, None))
+        }
+        (Op::Update { key, .. } | Op::Delete { key, .. }, None) => {
+            Err(StoreError::NotFound(key.clone()))
+        }
+        (
+            Op::Update {
+                key,
+                value,
+                expected,
+            },
+            Some(prev),
+        ) => {
+            check_revision(key, *expected, &prev)?;
+            let kv = KeyValue {
+                key: key.clone(),
+                value: value.clone(),
+                create_revision: prev.create_revision,
+                mod_revision: revision,
+            };
+            Ok(planned(EventKind::Put, kv, Some(prev)))
+        }
+        (Op::Delete { key, expected }, Some(prev)) => {
+            if let Some(expected) = expected {
+                check_revision(key, *expected, &prev)?;
+            }
+            let kv = KeyValue {
+                mod_revision: revision,
+                ..prev.clone()
+            };
+            Ok(planned(EventKind::Delete, kv, Some(prev)))
+        }
+    }
+}
+
+fn planned(kind: EventKind, kv: KeyValue, prev: Option<KeyValue>) -> Planned {
+    let event = Event {
+        kind,
+        kv: kv.clone(),
+        prev,
+    };
+    Planned { kv, event }
+}
+
+/// `Conflict` unless `current` is at the `expected` mod revision.
+fn check_revision(key: &str, expected: i64, current: &KeyValue) -> Result<()> {
+    if current.mod_revision == expected {
+        Ok(())
+    } else {
+        Err(StoreError::Conflict {
+            key: key.to_owned(),
+            expected,
+            actual: current.mod_revision,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip() {
+        let kv = KeyValue {
+            key: "/registry/pods/default/web".to_owned(),
+            value: Bytes::from_static(b"{\"kind\":\"Pod\"}"),
+            create_revision: 7,
+            mod_revision: 42,
+        };
+        assert_eq!(decode_record(&kv.key, &encode_record(&kv)), Ok(kv));
+    }
+
+    #[test]
+    fn damaged_records_are_reported_not_trusted() {
+        assert!(decode_record("/k", &[RECORD_VERSION, 1, 2]).is_err());
+        let mut record = encode_record(&KeyValue {
+            key: "/k".to_owned(),
+            value: Bytes::new(),
+            create_revision: 1,
+            mod_revision: 1,
+        });
+        record[0] = 99;
+        let error = decode_record("/k", &record).expect_err("unknown version");
+        assert!(error.contains("format version 99"), "{error}");
+    }
+}

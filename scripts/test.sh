@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Runs every check and test of the workspace; this is README's test command and
+# what CI runs (.ci/run). Stops at the first failing step.
+#
+# The eBPF crate (ebpf/, skiff-ebpf) builds only for bpfel-unknown-none with
+# nightly and -Z build-std, so the host steps leave it out and the last two
+# steps lint and build it for its own target.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+
+BPF_FLAGS=(-p skiff-ebpf --release --target bpfel-unknown-none -Z build-std=core)
+summary=()
+
+step() {
+  local start=$SECONDS
+  printf '\n==> %s\n' "$*"
+  "$@"
+  summary+=("$(printf '%5ss  %s' $((SECONDS - start)) "$*")")
+}
+
+finish() {
+  local rc=$?
+  printf '\n==> step times\n'
+  if ((${#summary[@]})); then
+    printf '%s\n' "${summary[@]}"
+  fi
+  if [[ $rc -ne 0 ]]; then
+    printf '==> FAILED (exit %s) after %ss\n' "$rc" "$SECONDS"
+  else
+    printf '==> all steps passed in %ss\n' "$SECONDS"
+  fi
+}
+trap finish EXIT
+
+step scripts/setup.sh
+step cargo fmt --all -- --check
+step cargo clippy --workspace --exclude skiff-ebpf --all-targets -- -D warnings
+step cargo build --workspace --exclude skiff-ebpf --all-targets
+step cargo test --workspace --exclude skiff-ebpf
+step cargo +nightly clippy "${BPF_FLAGS[@]}" -- -D warnings
+step cargo +nightly build "${BPF_FLAGS[@]}"

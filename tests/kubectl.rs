@@ -1,0 +1,2 @@
+//! kubectl scenarios against `skiff server`.
+mod common;
