@@ -2,22 +2,14 @@
 //! hung client fails its test instead of hanging the whole run.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-/// What a finished program printed, and how it exited.
-#[derive(Debug)]
-pub struct Finished {
-    pub status: ExitStatus,
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
-}
-
 /// Runs `cmd` to completion, feeding it `stdin`; kills it (by its PID) and
 /// panics with what it printed if it takes longer than `timeout`.
-pub fn run(mut cmd: Command, stdin: Option<&[u8]>, timeout: Duration) -> Finished {
+pub fn run(mut cmd: Command, stdin: Option<&[u8]>, timeout: Duration) -> Output {
     cmd.stdin(if stdin.is_some() {
         Stdio::piped()
     } else {
@@ -58,7 +50,7 @@ pub fn run(mut cmd: Command, stdin: Option<&[u8]>, timeout: Duration) -> Finishe
     let stdout = stdout.join().unwrap_or_default();
     let stderr = stderr.join().unwrap_or_default();
     match status {
-        Some(status) => Finished {
+        Some(status) => Output {
             status,
             stdout,
             stderr,
@@ -120,7 +112,12 @@ impl Streaming {
     /// Waits until a line satisfying `pred` arrives (lines already returned by
     /// an earlier call are not considered again) and returns it; panics with
     /// everything printed so far after `timeout`.
-    pub fn wait_for_line(&mut self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+    pub fn wait_for_line(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());

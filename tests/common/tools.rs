@@ -20,7 +20,10 @@ pub fn kubectl() -> &'static PathBuf {
             return PathBuf::from(path);
         }
         let out = Command::new(python())
-            .args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"])
+            .args([
+                "-c",
+                "import sysconfig; print(sysconfig.get_path('scripts'))",
+            ])
             .output()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}; run scripts/setup.sh", python()));
         let scripts = String::from_utf8_lossy(&out.stdout).trim().to_owned();

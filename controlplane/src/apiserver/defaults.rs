@@ -351,7 +351,10 @@ fn job(obj: &mut Map<String, Value>) {
         .and_then(Value::as_object)
         .is_none_or(Map::is_empty);
     if template_labels_set && job_labels_empty {
-        let labels = obj.pointer("/spec/template/metadata/labels").cloned();
+        let labels = obj
+            .get("spec")
+            .and_then(|s| s.pointer("/template/metadata/labels"))
+            .cloned();
         if let (Some(labels), Some(meta)) = (labels, child(obj, "metadata")) {
             meta.insert("labels".into(), labels);
         }

@@ -24,7 +24,9 @@ const RESOURCE_VERBS: &[&str] = &[
 
 /// Namespaces lack `deletecollection`, as upstream: deleting every namespace
 /// in one call is not something the API offers.
-const NAMESPACE_VERBS: &[&str] = &["create", "delete", "get", "list", "patch", "update", "watch"];
+const NAMESPACE_VERBS: &[&str] = &[
+    "create", "delete", "get", "list", "patch", "update", "watch",
+];
 
 /// The Kubernetes version this server speaks.
 pub const KUBERNETES_MINOR: &str = "37";
@@ -223,7 +225,10 @@ mod tests {
                 .unwrap()
         };
         assert_eq!(find("pods")["verbs"], json!(RESOURCE_VERBS));
-        assert_eq!(find("pods/status")["verbs"], json!(["get", "patch", "update"]));
+        assert_eq!(
+            find("pods/status")["verbs"],
+            json!(["get", "patch", "update"])
+        );
         assert_eq!(find("pods/binding")["kind"], "Binding");
         assert_eq!(find("pods/binding")["verbs"], json!(["create"]));
         assert_eq!(find("pods/log")["kind"], "Pod");
@@ -256,7 +261,11 @@ mod tests {
             .unwrap();
         assert_eq!(autoscaling["preferredVersion"]["version"], "v2");
         assert_eq!(autoscaling["versions"][1]["groupVersion"], "autoscaling/v1");
-        assert!(list["groups"].as_array().unwrap().iter().all(|g| g["name"] != ""));
+        assert!(list["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|g| g["name"] != ""));
 
         let apps = api_group("apps").unwrap();
         assert_eq!(apps["kind"], "APIGroup");

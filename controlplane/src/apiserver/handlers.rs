@@ -72,6 +72,12 @@ impl<'a> ResourceRequest<'a> {
         self.query.get(key).map(String::as_str)
     }
 
+    /// A boolean query parameter, parsed as Go's `strconv.ParseBool` (clients
+    /// send `true`, `1` or, like the Python client, `True`).
+    pub fn flag(&self, key: &str) -> bool {
+        matches!(self.param(key), Some("1" | "t" | "T" | "true" | "TRUE" | "True"))
+    }
+
     /// The object name (routes guarantee it for item requests).
     pub fn object_name(&self) -> &str {
         self.name.as_deref().unwrap_or("")
@@ -128,7 +134,7 @@ pub async fn handle(server: &Arc<ApiServer>, method: &Method, req: ResourceReque
     }
     match (method.as_str(), has_name, req.sub) {
         ("GET", false, None) => {
-            if req.param("watch").is_some_and(|w| w == "true" || w == "1") {
+            if req.flag("watch") {
                 watch::serve(server, &req).await
             } else {
                 list(server, &req).await

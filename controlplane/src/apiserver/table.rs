@@ -33,7 +33,9 @@ pub enum IncludeObject {
 
 /// An `includeObject` value other than `None`, `Metadata` or `Object`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("includeObject: Unsupported value: {0:?}: supported values: \"None\", \"Metadata\", \"Object\"")]
+#[error(
+    "includeObject: Unsupported value: {0:?}: supported values: \"None\", \"Metadata\", \"Object\""
+)]
 pub struct InvalidIncludeObject(pub String);
 
 impl FromStr for IncludeObject {
@@ -318,7 +320,11 @@ fn name(obj: &Value) -> Value {
 fn format_labels(map: &Value) -> String {
     let pairs: Vec<String> = map
         .as_object()
-        .map(|m| m.iter().map(|(k, v)| format!("{k}={}", scalar(v))).collect())
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", scalar(v)))
+                .collect()
+        })
         .unwrap_or_default();
     if pairs.is_empty() {
         "<none>".into()
@@ -350,7 +356,12 @@ fn selector_string(sel: &Value) -> Option<String> {
         reqs.push((key.to_string(), req));
     }
     reqs.sort_by(|a, b| a.0.cmp(&b.0));
-    Some(reqs.into_iter().map(|(_, r)| r).collect::<Vec<_>>().join(","))
+    Some(
+        reqs.into_iter()
+            .map(|(_, r)| r)
+            .collect::<Vec<_>>()
+            .join(","),
+    )
 }
 
 /// `metav1.FormatLabelSelector`: the selector string or `<none>`.

@@ -84,8 +84,8 @@ fn error_event(e: &ApiError) -> Bytes {
 pub async fn serve(server: &Arc<ApiServer>, req: &ResourceRequest<'_>) -> Result<Response, ApiError> {
     let selectors = Selectors::from_request(req)?;
     let render = Render { resource: req.resource, table: req.wants_table(), include: req.include_object() };
-    let bookmarks = req.param("allowWatchBookmarks").is_some_and(|v| v == "true" || v == "1");
-    let send_initial = req.param("sendInitialEvents").is_some_and(|v| v == "true" || v == "1");
+    let bookmarks = req.flag("allowWatchBookmarks");
+    let send_initial = req.flag("sendInitialEvents");
     let timeout = match req.param("timeoutSeconds") {
         Some(t) => Duration::from_secs(
             t.parse().map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds {t:?}")))?,

@@ -13,7 +13,7 @@ mod history;
 mod redb;
 
 pub use self::etcd::EtcdStore;
-pub use self::history::History;
+pub use self::history::{History, DEFAULT_HISTORY_CAPACITY};
 pub use self::redb::RedbStore;
 
 use async_trait::async_trait;

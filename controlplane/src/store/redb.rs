@@ -134,6 +134,11 @@ impl RedbStore {
             path: path.clone(),
             source,
         })?;
+        RedbStore::start(db, path, history_capacity)
+    }
+
+    /// Loads the index from an opened database and starts the writer; `path` names it in errors.
+    fn start(db: Database, path: PathBuf, history_capacity: usize) -> Result<RedbStore> {
         let state = load(&db, &path)?;
         let shared = Arc::new(Shared {
             history: History::new(history_capacity, state.revision),
@@ -307,31 +312,20 @@ fn encode_record(kv: &KeyValue) -> Vec<u8> {
 
 /// Parses a `kv` table record; the error says what is wrong with it.
 fn decode_record(key: &str, record: &[u8]) -> std::result::Result<KeyValue, String> {
-    let (header, value) = record.split_at_checked(RECORD_HEADER).ok_or_else(|| {
-        format!(
-            "record for {key} is {} bytes, shorter than its header",
-            record.len()
-        )
-    })?;
-    let (version, revisions) = header.split_at(1);
-    if version[0] != RECORD_VERSION {
+    let short = || format!("record for {key} has only {} bytes", record.len());
+    let (&[version], rest) = record.split_first_chunk::<1>().ok_or_else(short)?;
+    if version != RECORD_VERSION {
         return Err(format!(
-            "record for {key} has unknown format version {}",
-            version[0]
+            "record for {key} has unknown format version {version}"
         ));
     }
-    let (create, modified) = revisions.split_at(8);
-    let revision = |bytes: &[u8]| -> std::result::Result<i64, String> {
-        let bytes = bytes
-            .try_into()
-            .map_err(|_| format!("record for {key} has a short revision"))?;
-        Ok(i64::from_le_bytes(bytes))
-    };
+    let (create, rest) = rest.split_first_chunk::<8>().ok_or_else(short)?;
+    let (modified, value) = rest.split_first_chunk::<8>().ok_or_else(short)?;
     Ok(KeyValue {
         key: key.to_owned(),
         value: Bytes::copy_from_slice(value),
-        create_revision: revision(create)?,
-        mod_revision: revision(modified)?,
+        create_revision: i64::from_le_bytes(*create),
+        mod_revision: i64::from_le_bytes(*modified),
     })
 }
 
@@ -346,6 +340,19 @@ struct Writer {
 struct Planned {
     kv: KeyValue,
     event: Event,
+}
+
+/// Keys a batch changes: the new value, or `None` for a delete.
+type Overlay = HashMap<String, Option<KeyValue>>;
+
+/// A validated batch, ready to persist.
+struct Plan {
+    /// One per request, in order.
+    outcomes: Vec<Result<Planned>>,
+    /// The final value of every changed key.
+    overlay: Overlay,
+    /// The revision after the batch.
+    revision: i64,
 }
 
 impl Writer {
@@ -366,7 +373,11 @@ impl Writer {
 
     /// Validates, persists and publishes one batch, then answers every caller.
     fn commit_batch(&self, batch: &mut Vec<Request>) {
-        let (outcomes, overlay, revision) = self.plan(batch);
+        let Plan {
+            outcomes,
+            overlay,
+            revision,
+        } = self.plan(batch);
         let events: Vec<Event> = outcomes
             .iter()
             .filter_map(|o| o.as_ref().ok().map(|p| p.event.clone()))
@@ -406,15 +417,11 @@ impl Writer {
     }
 
     /// Checks each op against the index plus earlier ops of the batch; a failed
-    /// op consumes no revision. Returns outcomes, the changed keys and the new revision.
-    #[allow(clippy::type_complexity)] // a private, single-use return value
-    fn plan(
-        &self,
-        batch: &[Request],
-    ) -> (Vec<Result<Planned>>, HashMap<String, Option<KeyValue>>, i64) {
+    /// op consumes no revision.
+    fn plan(&self, batch: &[Request]) -> Plan {
         let state = self.shared.read_state();
         let mut revision = state.revision;
-        let mut overlay: HashMap<String, Option<KeyValue>> = HashMap::new();
+        let mut overlay = Overlay::new();
         let mut outcomes = Vec::with_capacity(batch.len());
         for request in batch {
             let key = match &request.op {
@@ -432,15 +439,15 @@ impl Writer {
             }
             outcomes.push(outcome);
         }
-        (outcomes, overlay, revision)
+        Plan {
+            outcomes,
+            overlay,
+            revision,
+        }
     }
 
     /// Writes the changed keys and the new revision in one durable transaction.
-    fn persist(
-        &self,
-        overlay: &HashMap<String, Option<KeyValue>>,
-        revision: i64,
-    ) -> Result<(), redb::Error> {
+    fn persist(&self, overlay: &Overlay, revision: i64) -> Result<(), redb::Error> {
         let txn = self.db.begin_write()?;
         {
             let mut kv = txn.open_table(KV)?;
@@ -534,29 +541,100 @@ fn check_revision(key: &str, expected: i64, current: &KeyValue) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use redb::backends::InMemoryBackend;
+    use redb::StorageBackend;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// An in-memory disk whose writes and syncs fail while `failing` is set.
+    #[derive(Debug)]
+    struct FlakyDisk {
+        inner: InMemoryBackend,
+        failing: Arc<AtomicBool>,
+    }
+
+    impl FlakyDisk {
+        fn check(&self) -> std::io::Result<()> {
+            if self.failing.load(Ordering::SeqCst) {
+                Err(std::io::Error::other("injected disk failure"))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    impl StorageBackend for FlakyDisk {
+        fn len(&self) -> std::io::Result<u64> {
+            self.inner.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            self.inner.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.check()?;
+            self.inner.set_len(len)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.check()?;
+            self.inner.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.check()?;
+            self.inner.write(offset, data)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_fails_the_whole_batch_and_changes_nothing() {
+        let failing = Arc::new(AtomicBool::new(false));
+        let disk = FlakyDisk {
+            inner: InMemoryBackend::new(),
+            failing: Arc::clone(&failing),
+        };
+        let db = redb::Builder::new()
+            .create_with_backend(disk)
+            .expect("in-memory database");
+        let store = RedbStore::start(db, PathBuf::from("flaky-disk"), 16).expect("start");
+        let kept = store
+            .create("/registry/pods/default/kept", Bytes::from_static(b"v1"))
+            .await
+            .expect("create before the failure");
+
+        failing.store(true, Ordering::SeqCst);
+        let (created, updated) = tokio::join!(
+            store.create("/registry/pods/default/new", Bytes::from_static(b"x")),
+            store.update(&kept.key, Bytes::from_static(b"v2"), kept.mod_revision),
+        );
+        for outcome in [created, updated] {
+            match outcome {
+                Err(StoreError::Backend(message)) => {
+                    assert!(message.contains("flaky-disk"), "{message}")
+                }
+                other => panic!("expected Backend, got {other:?}"),
+            }
+        }
+        assert_eq!(store.current_revision().await.ok(), Some(kept.mod_revision));
+        assert_eq!(store.get(&kept.key).await.ok(), Some(Some(kept)));
+        let listed = store.list("/registry/", None, 0).await.expect("list");
+        assert_eq!(
+            listed.items.len(),
+            1,
+            "a failed commit leaked into the index"
+        );
+    }
 
     #[test]
-    fn records_round_trip() {
+    fn records_round_trip_and_damage_is_reported() {
         let kv = KeyValue {
             key: "/registry/pods/default/web".to_owned(),
             value: Bytes::from_static(b"{\"kind\":\"Pod\"}"),
             create_revision: 7,
             mod_revision: 42,
         };
-        assert_eq!(decode_record(&kv.key, &encode_record(&kv)), Ok(kv));
-    }
-
-    #[test]
-    fn damaged_records_are_reported_not_trusted() {
-        assert!(decode_record("/k", &[RECORD_VERSION, 1, 2]).is_err());
-        let mut record = encode_record(&KeyValue {
-            key: "/k".to_owned(),
-            value: Bytes::new(),
-            create_revision: 1,
-            mod_revision: 1,
-        });
+        let mut record = encode_record(&kv);
+        assert_eq!(decode_record(&kv.key, &record), Ok(kv.clone()));
+        assert!(decode_record(&kv.key, &record[..RECORD_HEADER - 1]).is_err());
         record[0] = 99;
-        let error = decode_record("/k", &record).expect_err("unknown version");
+        let error = decode_record(&kv.key, &record).expect_err("unknown version");
         assert!(error.contains("format version 99"), "{error}");
     }
 }

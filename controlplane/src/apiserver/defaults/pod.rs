@@ -44,7 +44,6 @@ pub(super) fn pod(obj: &mut Map<String, Value>) {
     }
     or_zero(spec, "preemptionPolicy", json!("PreemptLowerPriority"));
 }
-}
 
 /// Defaults a pod spec, wherever it is embedded.
 pub(super) fn pod_spec(spec: &mut Map<String, Value>, owner: Owner) {

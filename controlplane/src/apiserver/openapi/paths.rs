@@ -68,7 +68,11 @@ fn path_param(name: &str, description: &str) -> Value {
 }
 
 fn pretty() -> Value {
-    query("pretty", "string", "If 'true', then the output is pretty printed.")
+    query(
+        "pretty",
+        "string",
+        "If 'true', then the output is pretty printed.",
+    )
 }
 
 fn list_params() -> Vec<Value> {
@@ -213,85 +217,113 @@ pub(super) fn add_resource(paths: &mut Map<String, Value>, r: &Resource) {
     let item_path = format!("{collection_path}/{{name}}");
 
     let mut collection = Map::new();
-    collection.insert("get".into(), Op {
-        action: "list",
-        id: format!("list{gv}{scope}{kind}"),
-        description: format!("list or watch objects of kind {kind}"),
-        gvk,
-        params: list_params(),
-        body: None,
-        responses: vec![("200", "OK")],
-        response: (WATCH_TYPES, list.clone()),
-    }.into_value(&tag));
-    collection.insert("post".into(), Op {
-        action: "post",
-        id: format!("create{gv}{scope}{kind}"),
-        description: format!("create a {kind}"),
-        gvk,
-        params: write_params(false),
-        body: Some((&["*/*"], object.clone())),
-        responses: vec![("200", "OK"), ("201", "Created"), ("202", "Accepted")],
-        response: (OBJECT_TYPES, object.clone()),
-    }.into_value(&tag));
+    collection.insert(
+        "get".into(),
+        Op {
+            action: "list",
+            id: format!("list{gv}{scope}{kind}"),
+            description: format!("list or watch objects of kind {kind}"),
+            gvk,
+            params: list_params(),
+            body: None,
+            responses: vec![("200", "OK")],
+            response: (WATCH_TYPES, list.clone()),
+        }
+        .into_value(&tag),
+    );
+    collection.insert(
+        "post".into(),
+        Op {
+            action: "post",
+            id: format!("create{gv}{scope}{kind}"),
+            description: format!("create a {kind}"),
+            gvk,
+            params: write_params(false),
+            body: Some((&["*/*"], object.clone())),
+            responses: vec![("200", "OK"), ("201", "Created"), ("202", "Accepted")],
+            response: (OBJECT_TYPES, object.clone()),
+        }
+        .into_value(&tag),
+    );
     // Upstream offers no deletecollection of namespaces.
     if r.plural != "namespaces" {
         let mut params = list_params();
         params.extend(delete_params());
-        collection.insert("delete".into(), Op {
-            action: "deletecollection",
-            id: format!("delete{gv}Collection{scope}{kind}"),
-            description: format!("delete collection of {kind}"),
-            gvk,
-            params,
-            body: Some((&["*/*"], schema_ref(names::DELETE_OPTIONS))),
-            responses: vec![("200", "OK")],
-            response: (OBJECT_TYPES, schema_ref(names::STATUS)),
-        }.into_value(&tag));
+        collection.insert(
+            "delete".into(),
+            Op {
+                action: "deletecollection",
+                id: format!("delete{gv}Collection{scope}{kind}"),
+                description: format!("delete collection of {kind}"),
+                gvk,
+                params,
+                body: Some((&["*/*"], schema_ref(names::DELETE_OPTIONS))),
+                responses: vec![("200", "OK")],
+                response: (OBJECT_TYPES, schema_ref(names::STATUS)),
+            }
+            .into_value(&tag),
+        );
     }
     collection.insert("parameters".into(), Value::Array(scoped(false)));
     paths.insert(collection_path, Value::Object(collection));
 
     let mut item = Map::new();
-    item.insert("get".into(), Op {
-        action: "get",
-        id: format!("read{gv}{scope}{kind}"),
-        description: format!("read the specified {kind}"),
-        gvk,
-        params: vec![],
-        body: None,
-        responses: vec![("200", "OK")],
-        response: (OBJECT_TYPES, object.clone()),
-    }.into_value(&tag));
-    item.insert("put".into(), Op {
-        action: "put",
-        id: format!("replace{gv}{scope}{kind}"),
-        description: format!("replace the specified {kind}"),
-        gvk,
-        params: write_params(false),
-        body: Some((&["*/*"], object.clone())),
-        responses: vec![("200", "OK"), ("201", "Created")],
-        response: (OBJECT_TYPES, object.clone()),
-    }.into_value(&tag));
-    item.insert("patch".into(), Op {
-        action: "patch",
-        id: format!("patch{gv}{scope}{kind}"),
-        description: format!("partially update the specified {kind}"),
-        gvk,
-        params: write_params(true),
-        body: Some((PATCH_TYPES, schema_ref(names::PATCH))),
-        responses: vec![("200", "OK"), ("201", "Created")],
-        response: (OBJECT_TYPES, object.clone()),
-    }.into_value(&tag));
-    item.insert("delete".into(), Op {
-        action: "delete",
-        id: format!("delete{gv}{scope}{kind}"),
-        description: format!("delete a {kind}"),
-        gvk,
-        params: delete_params(),
-        body: Some((&["*/*"], schema_ref(names::DELETE_OPTIONS))),
-        responses: vec![("200", "OK"), ("202", "Accepted")],
-        response: (OBJECT_TYPES, object.clone()),
-    }.into_value(&tag));
+    item.insert(
+        "get".into(),
+        Op {
+            action: "get",
+            id: format!("read{gv}{scope}{kind}"),
+            description: format!("read the specified {kind}"),
+            gvk,
+            params: vec![],
+            body: None,
+            responses: vec![("200", "OK")],
+            response: (OBJECT_TYPES, object.clone()),
+        }
+        .into_value(&tag),
+    );
+    item.insert(
+        "put".into(),
+        Op {
+            action: "put",
+            id: format!("replace{gv}{scope}{kind}"),
+            description: format!("replace the specified {kind}"),
+            gvk,
+            params: write_params(false),
+            body: Some((&["*/*"], object.clone())),
+            responses: vec![("200", "OK"), ("201", "Created")],
+            response: (OBJECT_TYPES, object.clone()),
+        }
+        .into_value(&tag),
+    );
+    item.insert(
+        "patch".into(),
+        Op {
+            action: "patch",
+            id: format!("patch{gv}{scope}{kind}"),
+            description: format!("partially update the specified {kind}"),
+            gvk,
+            params: write_params(true),
+            body: Some((PATCH_TYPES, schema_ref(names::PATCH))),
+            responses: vec![("200", "OK"), ("201", "Created")],
+            response: (OBJECT_TYPES, object.clone()),
+        }
+        .into_value(&tag),
+    );
+    item.insert(
+        "delete".into(),
+        Op {
+            action: "delete",
+            id: format!("delete{gv}{scope}{kind}"),
+            description: format!("delete a {kind}"),
+            gvk,
+            params: delete_params(),
+            body: Some((&["*/*"], schema_ref(names::DELETE_OPTIONS))),
+            responses: vec![("200", "OK"), ("202", "Accepted")],
+            response: (OBJECT_TYPES, object.clone()),
+        }
+        .into_value(&tag),
+    );
     item.insert("parameters".into(), Value::Array(scoped(true)));
     paths.insert(item_path.clone(), Value::Object(item));
 
@@ -308,9 +340,21 @@ pub(super) fn add_resource(paths: &mut Map<String, Value>, r: &Resource) {
                 };
                 let what = sub.name();
                 for (method, verb, description) in [
-                    ("get", "read", format!("read {what} of the specified {kind}")),
-                    ("put", "replace", format!("replace {what} of the specified {kind}")),
-                    ("patch", "patch", format!("partially update {what} of the specified {kind}")),
+                    (
+                        "get",
+                        "read",
+                        format!("read {what} of the specified {kind}"),
+                    ),
+                    (
+                        "put",
+                        "replace",
+                        format!("replace {what} of the specified {kind}"),
+                    ),
+                    (
+                        "patch",
+                        "patch",
+                        format!("partially update {what} of the specified {kind}"),
+                    ),
                 ] {
                     let (params, req, responses) = match method {
                         "get" => (vec![], None, vec![("200", "OK")]),
@@ -325,42 +369,54 @@ pub(super) fn add_resource(paths: &mut Map<String, Value>, r: &Resource) {
                             vec![("200", "OK"), ("201", "Created")],
                         ),
                     };
-                    ops.insert(method.into(), Op {
-                        action: method,
-                        id: format!("{verb}{gv}{scope}{kind}{suffix}"),
-                        description,
-                        gvk: sub_gvk,
-                        params,
-                        body: req,
-                        responses,
-                        response: (OBJECT_TYPES, body.clone()),
-                    }.into_value(&tag));
+                    ops.insert(
+                        method.into(),
+                        Op {
+                            action: method,
+                            id: format!("{verb}{gv}{scope}{kind}{suffix}"),
+                            description,
+                            gvk: sub_gvk,
+                            params,
+                            body: req,
+                            responses,
+                            response: (OBJECT_TYPES, body.clone()),
+                        }
+                        .into_value(&tag),
+                    );
                 }
             }
             Subresource::Binding => {
                 let binding = kind_schema_name("", "v1", "Binding").unwrap_or_default();
-                ops.insert("post".into(), Op {
-                    action: "post",
-                    id: format!("create{gv}{scope}{kind}{suffix}"),
-                    description: format!("create binding of a {kind}"),
-                    gvk: ("", "v1", "Binding"),
-                    params: write_params(false),
-                    body: Some((&["*/*"], schema_ref(&binding))),
-                    responses: vec![("200", "OK"), ("201", "Created"), ("202", "Accepted")],
-                    response: (OBJECT_TYPES, schema_ref(&binding)),
-                }.into_value(&tag));
+                ops.insert(
+                    "post".into(),
+                    Op {
+                        action: "post",
+                        id: format!("create{gv}{scope}{kind}{suffix}"),
+                        description: format!("create binding of a {kind}"),
+                        gvk: ("", "v1", "Binding"),
+                        params: write_params(false),
+                        body: Some((&["*/*"], schema_ref(&binding))),
+                        responses: vec![("200", "OK"), ("201", "Created"), ("202", "Accepted")],
+                        response: (OBJECT_TYPES, schema_ref(&binding)),
+                    }
+                    .into_value(&tag),
+                );
             }
             Subresource::Log => {
-                ops.insert("get".into(), Op {
-                    action: "get",
-                    id: format!("read{gv}{scope}{kind}{suffix}"),
-                    description: format!("read log of the specified {kind}"),
-                    gvk,
-                    params: log_params(),
-                    body: None,
-                    responses: vec![("200", "OK")],
-                    response: (&["text/plain"], json!({"type": "string"})),
-                }.into_value(&tag));
+                ops.insert(
+                    "get".into(),
+                    Op {
+                        action: "get",
+                        id: format!("read{gv}{scope}{kind}{suffix}"),
+                        description: format!("read log of the specified {kind}"),
+                        gvk,
+                        params: log_params(),
+                        body: None,
+                        responses: vec![("200", "OK")],
+                        response: (&["text/plain"], json!({"type": "string"})),
+                    }
+                    .into_value(&tag),
+                );
             }
         }
         ops.insert("parameters".into(), Value::Array(scoped(true)));
@@ -435,9 +491,15 @@ mod tests {
     fn operation_names_follow_upstream() {
         assert_eq!(gv_camel("", "v1"), "CoreV1");
         assert_eq!(gv_camel("discovery.k8s.io", "v1"), "DiscoveryV1");
-        assert_eq!(gv_camel("rbac.authorization.k8s.io", "v1"), "RbacAuthorizationV1");
+        assert_eq!(
+            gv_camel("rbac.authorization.k8s.io", "v1"),
+            "RbacAuthorizationV1"
+        );
         assert_eq!(tag("", "v1"), "core_v1");
         assert_eq!(tag("autoscaling", "v2"), "autoscaling_v2");
-        assert_eq!(tag("rbac.authorization.k8s.io", "v1"), "rbacAuthorization_v1");
+        assert_eq!(
+            tag("rbac.authorization.k8s.io", "v1"),
+            "rbacAuthorization_v1"
+        );
     }
 }

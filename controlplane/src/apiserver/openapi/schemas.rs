@@ -58,15 +58,40 @@ const KINDS: &[Kind] = &[
     kind!("apps", "v1", "ReplicaSet", api::apps::v1::ReplicaSet),
     kind!("apps", "v1", "DaemonSet", api::apps::v1::DaemonSet),
     kind!("apps", "v1", "StatefulSet", api::apps::v1::StatefulSet),
-    kind!("discovery.k8s.io", "v1", "EndpointSlice", api::discovery::v1::EndpointSlice),
-    kind!("coordination.k8s.io", "v1", "Lease", api::coordination::v1::Lease),
+    kind!(
+        "discovery.k8s.io",
+        "v1",
+        "EndpointSlice",
+        api::discovery::v1::EndpointSlice
+    ),
+    kind!(
+        "coordination.k8s.io",
+        "v1",
+        "Lease",
+        api::coordination::v1::Lease
+    ),
     kind!("batch", "v1", "Job", api::batch::v1::Job),
-    kind!("autoscaling", "v2", "HorizontalPodAutoscaler", api::autoscaling::v2::HorizontalPodAutoscaler),
-    kind!("autoscaling", "v1", "HorizontalPodAutoscaler", api::autoscaling::v1::HorizontalPodAutoscaler),
+    kind!(
+        "autoscaling",
+        "v2",
+        "HorizontalPodAutoscaler",
+        api::autoscaling::v2::HorizontalPodAutoscaler
+    ),
+    kind!(
+        "autoscaling",
+        "v1",
+        "HorizontalPodAutoscaler",
+        api::autoscaling::v1::HorizontalPodAutoscaler
+    ),
     kind!("autoscaling", "v1", "Scale", api::autoscaling::v1::Scale),
     kind!("meta.k8s.io", "v1", "DeleteOptions", meta::DeleteOptions),
     kind!("meta.k8s.io", "v1", "Status", meta::Status),
-    kind!("meta.k8s.io", "v1", "WatchEvent", meta::WatchEvent<api::core::v1::Pod>),
+    kind!(
+        "meta.k8s.io",
+        "v1",
+        "WatchEvent",
+        meta::WatchEvent<api::core::v1::Pod>
+    ),
     kind!("meta.k8s.io", "v1", "ListMeta", meta::ListMeta),
     kind!("meta.k8s.io", "v1", "Patch", meta::Patch),
 ];
@@ -103,7 +128,11 @@ pub(super) fn all() -> Map<String, Value> {
         if let Some(item) = kind_schema_name(r.group, r.version, r.kind) {
             let list = format!("{item}List");
             defs.insert(list.clone(), list_schema(r, &item));
-            set_gvk(&mut defs, &list, &[(r.group, r.version, &format!("{}List", r.kind))]);
+            set_gvk(
+                &mut defs,
+                &list,
+                &[(r.group, r.version, &format!("{}List", r.kind))],
+            );
         }
     }
     let mut gvs: Vec<(&str, &str)> = vec![("", "v1")];

@@ -135,7 +135,11 @@ fn external_ip(svc: &Value, ty: &str) -> String {
 
 pub(super) const ENDPOINTS: &[Column] = &[
     NAME,
-    col("Endpoints", "string", "The set of all endpoints is the union of all subsets."),
+    col(
+        "Endpoints",
+        "string",
+        "The set of all endpoints is the union of all subsets.",
+    ),
     AGE,
 ];
 
@@ -299,7 +303,11 @@ pub(super) fn config_map(cm: &Value, now: Timestamp) -> Cells {
 
 pub(super) const SECRET: &[Column] = &[
     NAME,
-    col("Type", "string", "Used to facilitate programmatic handling of secret data."),
+    col(
+        "Type",
+        "string",
+        "Used to facilitate programmatic handling of secret data.",
+    ),
     col("Data", "string", "Data contains the secret data."),
     AGE,
 ];
@@ -395,9 +403,21 @@ fn first_non_empty<'a>(ev: &'a Value, legacy: &[&str], field: &str) -> &'a str {
 
 pub(super) const ENDPOINT_SLICE: &[Column] = &[
     NAME,
-    col("AddressType", "string", "addressType specifies the type of address carried by this EndpointSlice."),
-    col("Ports", "string", "ports specifies the list of network ports exposed by each endpoint in this slice."),
-    col("Endpoints", "string", "endpoints is a list of unique endpoints in this slice."),
+    col(
+        "AddressType",
+        "string",
+        "addressType specifies the type of address carried by this EndpointSlice.",
+    ),
+    col(
+        "Ports",
+        "string",
+        "ports specifies the list of network ports exposed by each endpoint in this slice.",
+    ),
+    col(
+        "Endpoints",
+        "string",
+        "endpoints is a list of unique endpoints in this slice.",
+    ),
     AGE,
 ];
 
@@ -430,7 +450,11 @@ pub(super) fn endpoint_slice(slice: &Value, now: Timestamp) -> Cells {
 
 pub(super) const LEASE: &[Column] = &[
     NAME,
-    col("Holder", "string", "holderIdentity contains the identity of the holder of a current lease."),
+    col(
+        "Holder",
+        "string",
+        "holderIdentity contains the identity of the holder of a current lease.",
+    ),
     AGE,
 ];
 

@@ -112,7 +112,8 @@ fn pod_status_reasons() {
 
 #[test]
 fn pod_init_containers() {
-    let spec = json!({"initContainers": [{"name": "i1"}, {"name": "i2"}], "containers": [{"name": "a"}]});
+    let spec =
+        json!({"initContainers": [{"name": "i1"}, {"name": "i2"}], "containers": [{"name": "a"}]});
     let init = json!({"spec": spec, "status": {"phase": "Pending", "initContainerStatuses": [
         {"name": "i1", "state": {"terminated": {"exitCode": 0}}},
         {"name": "i2", "state": {"running": {}}}]}});
@@ -142,13 +143,23 @@ fn pod_init_containers() {
 fn include_object_controls_the_row_object() {
     let pods = find("", "v1", "pods").unwrap();
     let obj = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "uid": "u"}, "spec": {}});
-    let meta = to_table(pods, std::slice::from_ref(&obj), IncludeObject::Metadata, now());
+    let meta = to_table(
+        pods,
+        std::slice::from_ref(&obj),
+        IncludeObject::Metadata,
+        now(),
+    );
     assert_eq!(meta["kind"], "Table");
     assert_eq!(meta["apiVersion"], "meta.k8s.io/v1");
     assert_eq!(meta["rows"][0]["object"]["kind"], "PartialObjectMetadata");
     assert_eq!(meta["rows"][0]["object"]["apiVersion"], "meta.k8s.io/v1");
     assert_eq!(meta["rows"][0]["object"]["metadata"]["uid"], "u");
-    let full = to_table(pods, std::slice::from_ref(&obj), IncludeObject::Object, now());
+    let full = to_table(
+        pods,
+        std::slice::from_ref(&obj),
+        IncludeObject::Object,
+        now(),
+    );
     assert_eq!(full["rows"][0]["object"], obj);
     let none = watch_table_row(pods, &obj, IncludeObject::None, now());
     assert!(none["rows"][0].get("object").is_none());
@@ -158,8 +169,14 @@ fn include_object_controls_the_row_object() {
     assert_eq!(empty["columnDefinitions"][0]["format"], "name");
 
     assert_eq!(IncludeObject::from_query(None), Ok(IncludeObject::Metadata));
-    assert_eq!(IncludeObject::from_query(Some("Object")), Ok(IncludeObject::Object));
-    assert_eq!(IncludeObject::from_query(Some("None")), Ok(IncludeObject::None));
+    assert_eq!(
+        IncludeObject::from_query(Some("Object")),
+        Ok(IncludeObject::Object)
+    );
+    assert_eq!(
+        IncludeObject::from_query(Some("None")),
+        Ok(IncludeObject::None)
+    );
     assert!(IncludeObject::from_query(Some("All")).is_err());
 }
 
@@ -177,40 +194,65 @@ fn every_resource_survives_odd_objects_with_one_cell_per_column() {
         let table = to_table(r, &odd, IncludeObject::Object, now());
         let columns = table["columnDefinitions"].as_array().unwrap().len();
         for row in table["rows"].as_array().unwrap() {
-            assert_eq!(row["cells"].as_array().unwrap().len(), columns, "{}", r.qualified());
+            assert_eq!(
+                row["cells"].as_array().unwrap().len(),
+                columns,
+                "{}",
+                r.qualified()
+            );
         }
     }
 }
 
 #[test]
 fn service_columns() {
-    let row = cells("services", "", "v1", json!({
-        "metadata": {"name": "web", "creationTimestamp": ago(5)},
-        "spec": {"type": "NodePort", "clusterIPs": ["10.96.0.10"],
-                 "ports": [{"port": 80, "nodePort": 30080, "protocol": "TCP"}, {"port": 53, "protocol": "UDP"}],
-                 "selector": {"app": "web", "tier": "fe"}}
-    }));
+    let row = cells(
+        "services",
+        "",
+        "v1",
+        json!({
+            "metadata": {"name": "web", "creationTimestamp": ago(5)},
+            "spec": {"type": "NodePort", "clusterIPs": ["10.96.0.10"],
+                     "ports": [{"port": 80, "nodePort": 30080, "protocol": "TCP"}, {"port": 53, "protocol": "UDP"}],
+                     "selector": {"app": "web", "tier": "fe"}}
+        }),
+    );
     assert_eq!(
         row,
         vec![
-            json!("web"), json!("NodePort"), json!("10.96.0.10"), json!("<none>"),
-            json!("80:30080/TCP,53/UDP"), json!("5s"), json!("app=web,tier=fe")
+            json!("web"),
+            json!("NodePort"),
+            json!("10.96.0.10"),
+            json!("<none>"),
+            json!("80:30080/TCP,53/UDP"),
+            json!("5s"),
+            json!("app=web,tier=fe")
         ]
     );
-    let lb = cells("services", "", "v1", json!({"spec": {"type": "LoadBalancer"}}));
+    let lb = cells(
+        "services",
+        "",
+        "v1",
+        json!({"spec": {"type": "LoadBalancer"}}),
+    );
     assert_eq!(lb[3], "<pending>");
     assert_eq!(lb[2], "<none>");
 }
 
 #[test]
 fn node_and_namespace_columns() {
-    let row = cells("nodes", "", "v1", json!({
-        "metadata": {"name": "n1", "labels": {"node-role.kubernetes.io/control-plane": "", "kubernetes.io/role": "worker"}},
-        "spec": {"unschedulable": true},
-        "status": {"conditions": [{"type": "Ready", "status": "True"}],
-                   "addresses": [{"type": "InternalIP", "address": "192.168.1.2"}],
-                   "nodeInfo": {"kubeletVersion": "v1.37.0-skiff", "osImage": "Debian"}}
-    }));
+    let row = cells(
+        "nodes",
+        "",
+        "v1",
+        json!({
+            "metadata": {"name": "n1", "labels": {"node-role.kubernetes.io/control-plane": "", "kubernetes.io/role": "worker"}},
+            "spec": {"unschedulable": true},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}],
+                       "addresses": [{"type": "InternalIP", "address": "192.168.1.2"}],
+                       "nodeInfo": {"kubeletVersion": "v1.37.0-skiff", "osImage": "Debian"}}
+        }),
+    );
     assert_eq!(row[1], "Ready,SchedulingDisabled");
     assert_eq!(row[2], "control-plane,worker");
     assert_eq!(row[4], "v1.37.0-skiff");
@@ -218,18 +260,28 @@ fn node_and_namespace_columns() {
     assert_eq!(row[6], "<none>");
     assert_eq!(row[7], "Debian");
     assert_eq!(row[8], "<unknown>");
-    let ns = cells("namespaces", "", "v1", json!({"metadata": {"name": "default"}, "status": {"phase": "Active"}}));
+    let ns = cells(
+        "namespaces",
+        "",
+        "v1",
+        json!({"metadata": {"name": "default"}, "status": {"phase": "Active"}}),
+    );
     assert_eq!(ns[1], "Active");
 }
 
 #[test]
 fn workload_columns() {
     let template = json!({"spec": {"containers": [{"name": "a", "image": "nginx"}, {"name": "b", "image": "busybox"}]}});
-    let deploy = cells("deployments", "apps", "v1", json!({
-        "metadata": {"name": "web"},
-        "spec": {"replicas": 3, "template": template, "selector": {"matchLabels": {"app": "web"}}},
-        "status": {"readyReplicas": 2, "updatedReplicas": 3, "availableReplicas": 2}
-    }));
+    let deploy = cells(
+        "deployments",
+        "apps",
+        "v1",
+        json!({
+            "metadata": {"name": "web"},
+            "spec": {"replicas": 3, "template": template, "selector": {"matchLabels": {"app": "web"}}},
+            "status": {"readyReplicas": 2, "updatedReplicas": 3, "availableReplicas": 2}
+        }),
+    );
     assert_eq!(deploy[1], "2/3");
     assert_eq!(deploy[2], 3);
     assert_eq!(deploy[3], 2);
@@ -237,52 +289,92 @@ fn workload_columns() {
     assert_eq!(deploy[6], "nginx,busybox");
     assert_eq!(deploy[7], "app=web");
 
-    let rs = cells("replicasets", "apps", "v1", json!({"spec": {"selector": {
-        "matchExpressions": [{"key": "tier", "operator": "In", "values": ["b", "a"]}, {"key": "app", "operator": "Exists"}]}}}));
+    let rs = cells(
+        "replicasets",
+        "apps",
+        "v1",
+        json!({"spec": {"selector": {
+        "matchExpressions": [{"key": "tier", "operator": "In", "values": ["b", "a"]}, {"key": "app", "operator": "Exists"}]}}}),
+    );
     assert_eq!(rs[1], 1);
     assert_eq!(rs[7], "app,tier in (a,b)");
 
-    let job = cells("jobs", "batch", "v1", json!({
-        "spec": {"completions": 3},
-        "status": {"succeeded": 3, "startTime": ago(100), "completionTime": ago(40),
-                   "conditions": [{"type": "Complete", "status": "True"}]}
-    }));
+    let job = cells(
+        "jobs",
+        "batch",
+        "v1",
+        json!({
+            "spec": {"completions": 3},
+            "status": {"succeeded": 3, "startTime": ago(100), "completionTime": ago(40),
+                       "conditions": [{"type": "Complete", "status": "True"}]}
+        }),
+    );
     assert_eq!(job[1], "Complete");
     assert_eq!(job[2], "3/3");
     assert_eq!(job[3], "60s");
-    let running = cells("jobs", "batch", "v1", json!({"spec": {"parallelism": 2}, "status": {"startTime": ago(30)}}));
+    let running = cells(
+        "jobs",
+        "batch",
+        "v1",
+        json!({"spec": {"parallelism": 2}, "status": {"startTime": ago(30)}}),
+    );
     assert_eq!(running[1], "Running");
     assert_eq!(running[2], "0/1 of 2");
     assert_eq!(running[3], "30s");
 
-    let hpa = cells("horizontalpodautoscalers", "autoscaling", "v2", json!({
-        "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "web"}, "minReplicas": 1, "maxReplicas": 5,
-                 "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}]},
-        "status": {"currentReplicas": 2, "currentMetrics": [{"type": "Resource", "resource": {"name": "cpu", "current": {"averageUtilization": 45}}}]}
-    }));
+    let hpa = cells(
+        "horizontalpodautoscalers",
+        "autoscaling",
+        "v2",
+        json!({
+            "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "web"}, "minReplicas": 1, "maxReplicas": 5,
+                     "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}]},
+            "status": {"currentReplicas": 2, "currentMetrics": [{"type": "Resource", "resource": {"name": "cpu", "current": {"averageUtilization": 45}}}]}
+        }),
+    );
     assert_eq!(hpa[1], "Deployment/web");
     assert_eq!(hpa[2], "cpu: 45%/80%");
     assert_eq!(hpa[3], "1");
     assert_eq!(hpa[4], 5);
-    let v1 = cells("horizontalpodautoscalers", "autoscaling", "v1", json!({
-        "spec": {"targetCPUUtilizationPercentage": 50, "maxReplicas": 3}}));
+    let v1 = cells(
+        "horizontalpodautoscalers",
+        "autoscaling",
+        "v1",
+        json!({
+        "spec": {"targetCPUUtilizationPercentage": 50, "maxReplicas": 3}}),
+    );
     assert_eq!(v1[2], "cpu: <unknown>/50%");
     assert_eq!(v1[3], "<unset>");
 }
 
 #[test]
 fn config_event_and_discovery_columns() {
-    let cm = cells("configmaps", "", "v1", json!({"data": {"a": "1", "b": "2"}, "binaryData": {"c": ""}}));
+    let cm = cells(
+        "configmaps",
+        "",
+        "v1",
+        json!({"data": {"a": "1", "b": "2"}, "binaryData": {"c": ""}}),
+    );
     assert_eq!(cm[1], 3);
-    let secret = cells("secrets", "", "v1", json!({"type": "kubernetes.io/tls", "data": {"tls.crt": "", "tls.key": ""}}));
+    let secret = cells(
+        "secrets",
+        "",
+        "v1",
+        json!({"type": "kubernetes.io/tls", "data": {"tls.crt": "", "tls.key": ""}}),
+    );
     assert_eq!(secret[1], "kubernetes.io/tls");
     assert_eq!(secret[2], 2);
 
-    let ev = cells("events", "", "v1", json!({
-        "metadata": {"name": "web.1"}, "type": "Normal", "reason": "Scheduled",
-        "involvedObject": {"kind": "Pod", "name": "web"}, "message": " assigned \n",
-        "source": {"component": "scheduler"}, "firstTimestamp": ago(300), "lastTimestamp": ago(30), "count": 2
-    }));
+    let ev = cells(
+        "events",
+        "",
+        "v1",
+        json!({
+            "metadata": {"name": "web.1"}, "type": "Normal", "reason": "Scheduled",
+            "involvedObject": {"kind": "Pod", "name": "web"}, "message": " assigned \n",
+            "source": {"component": "scheduler"}, "firstTimestamp": ago(300), "lastTimestamp": ago(30), "count": 2
+        }),
+    );
     assert_eq!(ev[0], "30s");
     assert_eq!(ev[3], "pod/web");
     assert_eq!(ev[5], "scheduler");
@@ -291,16 +383,31 @@ fn config_event_and_discovery_columns() {
     assert_eq!(ev[8], 2);
     assert_eq!(ev[9], "web.1");
 
-    let slice = cells("endpointslices", "discovery.k8s.io", "v1", json!({
-        "addressType": "IPv4", "ports": [{"port": 80}, {"name": "dns"}],
-        "endpoints": [{"addresses": ["10.0.0.1"]}, {"addresses": ["10.0.0.2"]}, {"addresses": ["10.0.0.3", "10.0.0.4"]}]
-    }));
+    let slice = cells(
+        "endpointslices",
+        "discovery.k8s.io",
+        "v1",
+        json!({
+            "addressType": "IPv4", "ports": [{"port": 80}, {"name": "dns"}],
+            "endpoints": [{"addresses": ["10.0.0.1"]}, {"addresses": ["10.0.0.2"]}, {"addresses": ["10.0.0.3", "10.0.0.4"]}]
+        }),
+    );
     assert_eq!(slice[1], "IPv4");
     assert_eq!(slice[2], "80,dns");
     assert_eq!(slice[3], "10.0.0.1,10.0.0.2,10.0.0.3 + 1 more...");
 
-    let ep = cells("endpoints", "", "v1", json!({"subsets": [{"addresses": [{"ip": "10.0.0.1"}], "ports": [{"port": 8080}]}]}));
+    let ep = cells(
+        "endpoints",
+        "",
+        "v1",
+        json!({"subsets": [{"addresses": [{"ip": "10.0.0.1"}], "ports": [{"port": 8080}]}]}),
+    );
     assert_eq!(ep[1], "10.0.0.1:8080");
-    let lease = cells("leases", "coordination.k8s.io", "v1", json!({"spec": {"holderIdentity": "node-1"}}));
+    let lease = cells(
+        "leases",
+        "coordination.k8s.io",
+        "v1",
+        json!({"spec": {"holderIdentity": "node-1"}}),
+    );
     assert_eq!(lease[1], "node-1");
 }

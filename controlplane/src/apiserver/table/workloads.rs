@@ -122,9 +122,10 @@ pub(super) fn pod(pod: &Value, now: Timestamp) -> Cells {
         "" => phase.to_string(),
         r => r.to_string(),
     };
-    if list(status, &["conditions"]).iter().any(|c| {
-        text(c, &["type"]) == "PodScheduled" && text(c, &["reason"]) == "SchedulingGated"
-    }) {
+    if list(status, &["conditions"])
+        .iter()
+        .any(|c| text(c, &["type"]) == "PodScheduled" && text(c, &["reason"]) == "SchedulingGated")
+    {
         reason = "SchedulingGated".into();
     }
 
@@ -172,7 +173,8 @@ pub(super) fn pod(pod: &Value, now: Timestamp) -> Cells {
                 reason = waiting_reason.to_string();
             } else if terminated.is_object() {
                 reason = terminated_reason(terminated, "");
-            } else if cs["ready"].as_bool() == Some(true) && at(cs, &["state", "running"]).is_object()
+            } else if cs["ready"].as_bool() == Some(true)
+                && at(cs, &["state", "running"]).is_object()
             {
                 has_running = true;
                 ready += 1;
@@ -295,9 +297,21 @@ pub(super) fn deployment(d: &Value, now: Timestamp) -> Cells {
 
 pub(super) const REPLICA_SET: &[Column] = &[
     NAME,
-    col("Desired", "integer", "Replicas is the number of desired pods."),
-    col("Current", "integer", "Replicas is the most recently observed number of non-terminating pods."),
-    col("Ready", "integer", "The number of ready replicas for this replica set."),
+    col(
+        "Desired",
+        "integer",
+        "Replicas is the number of desired pods.",
+    ),
+    col(
+        "Current",
+        "integer",
+        "Replicas is the most recently observed number of non-terminating pods.",
+    ),
+    col(
+        "Ready",
+        "integer",
+        "The number of ready replicas for this replica set.",
+    ),
     AGE,
     CONTAINERS,
     IMAGES,
@@ -377,7 +391,11 @@ pub(super) fn stateful_set(sts: &Value, now: Timestamp) -> Cells {
 pub(super) const JOB: &[Column] = &[
     NAME,
     col("Status", "string", "Status of the job."),
-    col("Completions", "string", "The number of pods which reached phase Succeeded."),
+    col(
+        "Completions",
+        "string",
+        "The number of pods which reached phase Succeeded.",
+    ),
     col("Duration", "string", "Time required to complete the job."),
     AGE,
     CONTAINERS,
@@ -519,14 +537,14 @@ fn format_metric(spec: &Value, status: &Value) -> String {
     let percent = |v: &Value| v.as_i64().map(|p| format!("{p}%"));
     match text(spec, &["type"]) {
         ty @ ("External" | "Object") => {
-            let source = if ty == "External" { "external" } else { "object" };
+            let source = if ty == "External" {
+                "external"
+            } else {
+                "object"
+            };
             let target = &spec[source]["target"];
             if target["averageValue"].is_null() {
-                format!(
-                    "{}/{}",
-                    current(source, "value"),
-                    scalar(&target["value"])
-                )
+                format!("{}/{}", current(source, "value"), scalar(&target["value"]))
             } else {
                 format!(
                     "{}/{} (avg)",
