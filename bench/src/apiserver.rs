@@ -388,7 +388,7 @@ fn pod_json(i: usize) -> Bytes {
         "kind": "Pod",
         "metadata": {
             "name": pod_name(i),
-            "labels": {"app": "bench", "tier": if i % 4 == 0 { "db" } else { "web" }, "shard": format!("s{}", i % 16)},
+            "labels": {"app": "bench", "tier": if i.is_multiple_of(4) { "db" } else { "web" }, "shard": format!("s{}", i % 16)},
             "annotations": {"bench.skiff.dev/index": i.to_string()}
         },
         "spec": {

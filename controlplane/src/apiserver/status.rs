@@ -78,7 +78,9 @@ impl ApiError {
             .map(|e| format!("{}: {}", e.field, e.message))
             .collect::<Vec<_>>();
         let summary = if list.len() == 1 { list[0].clone() } else { format!("[{}]", list.join(", ")) };
+        // Upstream's NewInvalid names the kind (NotFound and friends name the resource).
         let mut d = details(resource, name);
+        d["kind"] = json!(resource.kind);
         d["causes"] = errors
             .iter()
             .map(|e| json!({"reason": e.reason, "message": e.message, "field": e.field}))
