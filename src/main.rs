@@ -54,6 +54,32 @@ struct ServerArgs {
     /// Address nodes and clients reach the server at (added to the certificate).
     #[arg(long)]
     advertise_address: Option<IpAddr>,
+    /// Controllers not to run (and `scheduler`), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    disable_controllers: Vec<String>,
+    /// Time a node may go without renewing its Lease before it is marked NotReady.
+    #[arg(long, default_value = "50s", value_parser = parse_duration)]
+    node_monitor_grace_period: std::time::Duration,
+    /// tolerationSeconds of the default not-ready/unreachable tolerations.
+    #[arg(long, default_value_t = 300)]
+    default_toleration_seconds: i64,
+    /// Prefix length of each node's podCIDR.
+    #[arg(long, default_value_t = 24)]
+    node_cidr_mask_size: u8,
+}
+
+/// Parses `50s`, `2m`, `1h` or plain seconds.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (num, unit) = s.find(|c: char| !c.is_ascii_digit() && c != '.').map_or((s, "s"), |i| s.split_at(i));
+    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}: expected e.g. 50s, 2m, 1h"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("invalid duration unit in {s:?}: use ms, s, m or h")),
+    };
+    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 fn server_config(args: ServerArgs) -> Result<Config> {
@@ -62,13 +88,25 @@ fn server_config(args: ServerArgs) -> Result<Config> {
         "etcd" => StoreConfig::Etcd(args.etcd_endpoints),
         _ => StoreConfig::Redb,
     };
+    let cluster_cidr = args.cluster_cidr.parse().with_context(|| format!("--cluster-cidr {:?}", args.cluster_cidr))?;
+    let mut controllers = skiff_controlplane::controllers::Settings::new(cluster_cidr);
+    for name in &args.disable_controllers {
+        if !skiff_controlplane::controllers::ALL.contains(&name.as_str()) {
+            bail!("--disable-controllers: unknown controller {name:?}; known: {}", skiff_controlplane::controllers::ALL.join(", "));
+        }
+    }
+    controllers.disabled = args.disable_controllers.into_iter().collect();
+    controllers.node_monitor_grace_period = args.node_monitor_grace_period;
+    controllers.default_toleration_seconds = args.default_toleration_seconds;
+    controllers.node_cidr_mask_size = args.node_cidr_mask_size;
     Ok(Config {
         data_dir: args.data_dir,
         listen: args.listen,
         store,
         service_cidr: args.service_cidr.parse().with_context(|| format!("--service-cidr {:?}", args.service_cidr))?,
-        cluster_cidr: args.cluster_cidr.parse().with_context(|| format!("--cluster-cidr {:?}", args.cluster_cidr))?,
+        cluster_cidr,
         advertise_address: args.advertise_address,
+        controllers,
     })
 }
 

@@ -2,4 +2,6 @@
 //! store (embedded redb or etcd); the scheduler and controllers join it later.
 
 pub mod apiserver;
+pub mod controllers;
+pub mod scheduler;
 pub mod store;

@@ -71,7 +71,10 @@ pub fn hpa_v2_to_v1(v2: Value) -> Value {
             .filter_map(Value::as_array)
             .flatten()
             .filter(|m| is_cpu_resource(m))
-            .find_map(|m| m.pointer("/resource/target/averageUtilization").filter(|u| !u.is_null()));
+            .find_map(|m| {
+                m.pointer("/resource/target/averageUtilization")
+                    .filter(|u| !u.is_null())
+            });
         if let Some(target) = target {
             spec.insert("targetCPUUtilizationPercentage".into(), target.clone());
         }
@@ -86,12 +89,16 @@ pub fn hpa_v2_to_v1(v2: Value) -> Value {
             .filter_map(Value::as_array)
             .flatten()
             .filter(|m| is_cpu_resource(m))
-            .find_map(|m| m.pointer("/resource/current/averageUtilization").filter(|u| !u.is_null()));
+            .find_map(|m| {
+                m.pointer("/resource/current/averageUtilization")
+                    .filter(|u| !u.is_null())
+            });
         if let Some(current) = current {
             status.insert("currentCPUUtilizationPercentage".into(), current.clone());
         }
         let conditions = status.remove("conditions");
-        if let Some(conditions) = conditions.filter(|c| c.as_array().is_some_and(|c| !c.is_empty())) {
+        if let Some(conditions) = conditions.filter(|c| c.as_array().is_some_and(|c| !c.is_empty()))
+        {
             annotations.push((CONDITIONS_ANNOTATION, conditions.to_string()));
         }
         // Both counts are plain (non-optional) integers in v1.
@@ -122,7 +129,10 @@ fn annotations_mut(obj: &mut Map<String, Value>) -> Option<&mut Map<String, Valu
     if meta.is_null() {
         *meta = json!({});
     }
-    let annotations = meta.as_object_mut()?.entry("annotations").or_insert_with(|| json!({}));
+    let annotations = meta
+        .as_object_mut()?
+        .entry("annotations")
+        .or_insert_with(|| json!({}));
     if annotations.is_null() {
         *annotations = json!({});
     }
@@ -181,7 +191,9 @@ mod tests {
             v2["status"]["currentMetrics"],
             json!([{"type": "Resource", "resource": {"name": "cpu", "current": {"averageUtilization": 91}}}])
         );
-        assert!(v2["status"].get("currentCPUUtilizationPercentage").is_none());
+        assert!(v2["status"]
+            .get("currentCPUUtilizationPercentage")
+            .is_none());
     }
 
     #[test]
@@ -242,7 +254,10 @@ mod tests {
             ]}, "status": {}});
         let v1 = hpa_v2_to_v1(v2);
         assert_eq!(v1["spec"], json!({"maxReplicas": 4}));
-        assert_eq!(v1["status"], json!({"currentReplicas": 0, "desiredReplicas": 0}));
+        assert_eq!(
+            v1["status"],
+            json!({"currentReplicas": 0, "desiredReplicas": 0})
+        );
     }
 
     #[test]

@@ -128,9 +128,8 @@ fn service(obj: &mut Map<String, Value>) {
         .get("externalIPs")
         .and_then(Value::as_array)
         .is_some_and(|ips| !ips.is_empty());
-    let externally_accessible = ty == "NodePort"
-        || ty == "LoadBalancer"
-        || (ty == "ClusterIP" && has_external_ips);
+    let externally_accessible =
+        ty == "NodePort" || ty == "LoadBalancer" || (ty == "ClusterIP" && has_external_ips);
     if externally_accessible {
         or_zero(spec, "externalTrafficPolicy", json!("Cluster"));
     }
@@ -317,7 +316,10 @@ fn job(obj: &mut Map<String, Value>) {
     let meta = obj.get("metadata");
     let name = meta.and_then(|m| m.get("name")).and_then(Value::as_str);
     let uid = meta.and_then(|m| m.get("uid")).and_then(Value::as_str);
-    let (name, uid) = (name.unwrap_or("").to_string(), uid.unwrap_or("").to_string());
+    let (name, uid) = (
+        name.unwrap_or("").to_string(),
+        uid.unwrap_or("").to_string(),
+    );
     let Some(spec) = child(obj, "spec") else {
         return;
     };
@@ -326,11 +328,19 @@ fn job(obj: &mut Map<String, Value>) {
         spec.insert("completions".into(), json!(1));
     }
     or_insert(spec, "parallelism", json!(1));
-    let backoff = if unset(spec, "backoffLimitPerIndex") { 6 } else { i32::MAX };
+    let backoff = if unset(spec, "backoffLimitPerIndex") {
+        6
+    } else {
+        i32::MAX
+    };
     or_insert(spec, "backoffLimit", json!(backoff));
     or_insert(spec, "completionMode", json!("NonIndexed"));
     or_insert(spec, "suspend", json!(false));
-    let replacement = if unset(spec, "podFailurePolicy") { "TerminatingOrFailed" } else { "Failed" };
+    let replacement = if unset(spec, "podFailurePolicy") {
+        "TerminatingOrFailed"
+    } else {
+        "Failed"
+    };
     or_insert(spec, "podReplacementPolicy", json!(replacement));
     if let Some(tpl) = child(spec, "template").and_then(|t| child(t, "spec")) {
         pod::pod_spec(tpl, pod::Owner::Job);
@@ -376,7 +386,11 @@ fn generate_job_selector(spec: &mut Map<String, Value>, name: &str, uid: &str) {
         }
     }
     if let Some(match_labels) = child(spec, "selector").and_then(|s| child(s, "matchLabels")) {
-        or_insert(match_labels, "batch.kubernetes.io/controller-uid", json!(uid));
+        or_insert(
+            match_labels,
+            "batch.kubernetes.io/controller-uid",
+            json!(uid),
+        );
     }
 }
 

@@ -221,7 +221,7 @@ impl Selectors {
     /// Parses `labelSelector` and `fieldSelector`; bad selectors are 400s.
     pub fn from_request(req: &ResourceRequest<'_>) -> Result<Self, ApiError> {
         let label = LabelSelector::parse(req.param("labelSelector").unwrap_or(""))
-            .map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {e}")))?;
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
         let field = FieldSelector::parse(req.param("fieldSelector").unwrap_or(""))
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
         field.validate(req.resource.plural).map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -456,10 +456,22 @@ async fn patch(server: &Arc<ApiServer>, req: &ResourceRequest<'_>, scope: Scope)
             // The patch result pins a resourceVersion only if the patch itself does.
             m.remove("resourceVersion");
         }
-        patch::apply(kind, &current, patch_type, &req.body).map_err(|e| ApiError::bad_request(e.to_string()))
+        patch::apply(kind, &current, patch_type, &req.body).map_err(|e| patch_error(&e))
     })
     .await?;
     Ok(respond_object(req, StatusCode::OK, obj, &warnings))
+}
+
+/// A patch failure as a Status with upstream's code (400, 415 or 422).
+pub fn patch_error(e: &patch::PatchError) -> ApiError {
+    let code = e.http_status();
+    let reason = match code {
+        415 => "UnsupportedMediaType",
+        422 => "Invalid",
+        500 => "InternalError",
+        _ => "BadRequest",
+    };
+    ApiError::new(code, reason, e.to_string())
 }
 
 /// Delete options from the body or query.

@@ -153,10 +153,12 @@ impl LabelSelector {
                 Some("NotIn") => Operator::NotIn,
                 Some("Exists") => Operator::Exists,
                 Some("DoesNotExist") => Operator::DoesNotExist,
-                other => return Err(bad(format!(
+                other => {
+                    return Err(bad(format!(
                     "{:?} is not a valid label selector operator (In, NotIn, Exists, DoesNotExist)",
                     other.unwrap_or_default()
-                ))),
+                )))
+                }
             };
             let values = match &expr["values"] {
                 Value::Null => Vec::new(),

@@ -55,6 +55,8 @@ pub struct Config {
     pub cluster_cidr: IpNetwork,
     /// Address other machines reach the server at (added to the certificate).
     pub advertise_address: Option<IpAddr>,
+    /// Scheduler and controller settings.
+    pub controllers: crate::controllers::Settings,
 }
 
 /// Errors that stop the server from starting.
@@ -175,6 +177,14 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         server.config.listen,
         server.config.data_dir.join("admin.kubeconfig").display()
     );
+    let kubeconfig = server.config.data_dir.join("admin.kubeconfig");
+    let settings = server.config.controllers.clone();
+    tokio::spawn(async move {
+        match crate::controllers::client_from_kubeconfig(&kubeconfig).await {
+            Ok(client) => crate::controllers::spawn_all(Arc::new(crate::controllers::Context { client, settings })),
+            Err(e) => tracing::error!("controllers not started: {e}"),
+        }
+    });
     serve(server, listener, acceptor, shutdown).await;
     Ok(())
 }

@@ -46,7 +46,7 @@ pub async fn scale(server: &Arc<ApiServer>, method: &Method, req: &ResourceReque
                 let ty = PatchType::from_content_type(ct)
                     .filter(|t| *t != PatchType::Apply)
                     .ok_or_else(|| ApiError::new(415, "UnsupportedMediaType", format!("unsupported patch type {ct}")))?;
-                patch::apply("Scale", current_scale, ty, &req.body).map_err(|e| ApiError::bad_request(e.to_string()))
+                patch::apply("Scale", current_scale, ty, &req.body).map_err(|e| handlers::patch_error(&e))
             }
             m => Err(ApiError::method_not_allowed(m)),
         }

@@ -14,6 +14,8 @@ mod pod;
 mod service;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod update_tests;
 mod workloads;
 
 use std::fmt;
@@ -107,7 +109,13 @@ pub fn validate(resource: &Resource, obj: &Value, old: Option<&Value>) -> Vec<Fi
     meta::object_meta(resource, obj, &mut errs);
     let empty = Value::Null;
     let spec = obj.get("spec").unwrap_or(&empty);
+    // An unchanged spec was validated when it was written; checking it again
+    // could only fail a status or metadata update for rules the user cannot
+    // act on there.
+    let unchanged =
+        old.is_some_and(|old| spec.is_object() && same(spec, old.get("spec").unwrap_or(&empty)));
     match resource.kind {
+        _ if unchanged => {}
         "Pod" => pod::pod_spec(spec, "spec", pod::Owner::Pod, &mut errs),
         "Service" => service::service(spec, &mut errs),
         "EndpointSlice" => service::endpoint_slice(obj, &mut errs),
@@ -195,7 +203,9 @@ fn str_at<'a>(v: &'a Value, name: &str) -> &'a str {
 
 /// The array at `v[name]`, empty when absent or not an array.
 fn arr_at<'a>(v: &'a Value, name: &str) -> &'a [Value] {
-    v.get(name).and_then(Value::as_array).map_or(&[], Vec::as_slice)
+    v.get(name)
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice)
 }
 
 /// The object at `v[name]`, when it is one.
@@ -229,7 +239,9 @@ fn go_quote(s: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
             c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
             c => out.push(c),
         }

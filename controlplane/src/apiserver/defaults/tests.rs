@@ -73,8 +73,14 @@ fn defaulting_keeps_what_the_user_set() {
     let d = defaulted(d);
     assert_eq!(d["spec"]["replicas"], 0);
     assert_eq!(d["spec"]["strategy"], json!({"type": "Recreate"}));
-    assert_eq!(d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"], 0);
-    assert_eq!(d["spec"]["template"]["spec"]["containers"][1]["imagePullPolicy"], "Never");
+    assert_eq!(
+        d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"],
+        0
+    );
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][1]["imagePullPolicy"],
+        "Never"
+    );
 }
 
 #[test]
@@ -93,9 +99,14 @@ fn image_pull_policy_follows_the_tag() {
         ("nginx@sha256:0123", "IfNotPresent"),
         ("registry.k8s.io/pause:3.10", "IfNotPresent"),
     ] {
-        let pod = defaulted(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
-            "spec": {"containers": [{"name": "c", "image": image}]}}));
-        assert_eq!(pod["spec"]["containers"][0]["imagePullPolicy"], policy, "{image}");
+        let pod = defaulted(
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "c", "image": image}]}}),
+        );
+        assert_eq!(
+            pod["spec"]["containers"][0]["imagePullPolicy"], policy,
+            "{image}"
+        );
     }
 }
 
@@ -124,7 +135,10 @@ fn pod_gets_pod_only_defaults_and_initial_status() {
     assert_eq!(spec["priority"], 0);
     let pg = &spec["containers"][0];
     assert_eq!(pg["ports"][0]["hostPort"], 5432);
-    assert_eq!(pg["resources"]["requests"], json!({"cpu": "1", "memory": "1Gi"}));
+    assert_eq!(
+        pg["resources"]["requests"],
+        json!({"cpu": "1", "memory": "1Gi"})
+    );
     assert_eq!(pg["env"][0]["valueFrom"]["fieldRef"]["apiVersion"], "v1");
     let volumes = &spec["volumes"];
     assert_eq!(volumes[0], json!({"name": "scratch", "emptyDir": {}}));
@@ -132,7 +146,10 @@ fn pod_gets_pod_only_defaults_and_initial_status() {
     assert_eq!(volumes[2]["configMap"]["defaultMode"], 420);
     assert_eq!(volumes[3]["secret"]["defaultMode"], 256);
     assert_eq!(volumes[4]["downwardAPI"]["defaultMode"], 420);
-    assert_eq!(volumes[4]["downwardAPI"]["items"][0]["fieldRef"]["apiVersion"], "v1");
+    assert_eq!(
+        volumes[4]["downwardAPI"]["items"][0]["fieldRef"]["apiVersion"],
+        "v1"
+    );
 }
 
 #[test]
@@ -167,11 +184,16 @@ fn node_port_and_load_balancer_services() {
     assert_eq!(spec["allocateLoadBalancerNodePorts"], true);
     assert_eq!(spec["clusterIPs"], json!(["10.96.0.10"]));
     assert_eq!(spec["ipFamilies"], json!(["IPv4"]));
-    assert_eq!(spec["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"], 10800);
+    assert_eq!(
+        spec["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"],
+        10800
+    );
     assert_eq!(spec["ports"][0]["protocol"], "UDP");
 
-    let external = defaulted(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "db"},
-        "spec": {"type": "ExternalName", "externalName": "db.example.com"}}));
+    let external = defaulted(
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "db"},
+        "spec": {"type": "ExternalName", "externalName": "db.example.com"}}),
+    );
     assert!(external["spec"].get("internalTrafficPolicy").is_none());
     assert!(external["spec"].get("ipFamilyPolicy").is_none());
 }
@@ -179,36 +201,53 @@ fn node_port_and_load_balancer_services() {
 #[test]
 fn workload_kinds() {
     let tpl = json!({"metadata": {"labels": {"app": "x"}}, "spec": {"containers": [{"name": "c", "image": "i:1"}]}});
-    let rs = defaulted(json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "x"},
-        "spec": {"template": tpl}}));
+    let rs = defaulted(
+        json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "x"},
+        "spec": {"template": tpl}}),
+    );
     assert_eq!(rs["spec"]["replicas"], 1);
 
-    let ds = defaulted(json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "x"},
-        "spec": {"template": tpl}}));
+    let ds = defaulted(
+        json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "x"},
+        "spec": {"template": tpl}}),
+    );
     assert_eq!(
         ds["spec"]["updateStrategy"],
         json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}})
     );
     assert_eq!(ds["spec"]["revisionHistoryLimit"], 10);
 
-    let sts = defaulted(json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "x"},
+    let sts = defaulted(
+        json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "x"},
         "spec": {"serviceName": "x", "template": tpl, "volumeClaimTemplates": [
             {"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"],
-             "resources": {"requests": {"storage": "1Gi"}}}}]}}));
+             "resources": {"requests": {"storage": "1Gi"}}}}]}}),
+    );
     let spec = &sts["spec"];
     assert_eq!(spec["replicas"], 1);
     assert_eq!(spec["podManagementPolicy"], "OrderedReady");
-    assert_eq!(spec["updateStrategy"], json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}));
+    assert_eq!(
+        spec["updateStrategy"],
+        json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}})
+    );
     assert_eq!(spec["revisionHistoryLimit"], 10);
     assert_eq!(
         spec["persistentVolumeClaimRetentionPolicy"],
         json!({"whenDeleted": "Retain", "whenScaled": "Retain"})
     );
-    assert_eq!(spec["volumeClaimTemplates"][0]["spec"]["volumeMode"], "Filesystem");
+    assert_eq!(
+        spec["volumeClaimTemplates"][0]["spec"]["volumeMode"],
+        "Filesystem"
+    );
 
-    let on_delete = defaulted(json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "x"},
-        "spec": {"updateStrategy": {"type": "OnDelete"}, "template": tpl}}));
-    assert_eq!(on_delete["spec"]["updateStrategy"], json!({"type": "OnDelete"}));
+    let on_delete = defaulted(
+        json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "x"},
+        "spec": {"updateStrategy": {"type": "OnDelete"}, "template": tpl}}),
+    );
+    assert_eq!(
+        on_delete["spec"]["updateStrategy"],
+        json!({"type": "OnDelete"})
+    );
 }
 
 #[test]
@@ -227,55 +266,87 @@ fn job_defaults_and_generated_selector() {
     assert_eq!(spec["suspend"], false);
     assert!(spec.get("manualSelector").is_none());
     assert_eq!(spec["template"]["spec"]["restartPolicy"], "Never");
-    assert_eq!(spec["selector"], json!({"matchLabels": {"batch.kubernetes.io/controller-uid": "6f1c"}}));
+    assert_eq!(
+        spec["selector"],
+        json!({"matchLabels": {"batch.kubernetes.io/controller-uid": "6f1c"}})
+    );
     let labels = &spec["template"]["metadata"]["labels"];
     assert_eq!(labels["job-name"], "pi");
     assert_eq!(labels["batch.kubernetes.io/controller-uid"], "6f1c");
 
-    let parallel = defaulted(json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "w"},
-        "spec": {"parallelism": 3, "template": {"spec": {"containers": []}}}}));
+    let parallel = defaulted(
+        json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "w"},
+        "spec": {"parallelism": 3, "template": {"spec": {"containers": []}}}}),
+    );
     assert!(parallel["spec"].get("completions").is_none());
     // Without restartPolicy the Job is left for validation to reject.
-    assert!(parallel["spec"]["template"]["spec"].get("restartPolicy").is_none());
+    assert!(parallel["spec"]["template"]["spec"]
+        .get("restartPolicy")
+        .is_none());
 }
 
 #[test]
 fn job_labels_come_from_the_template() {
-    let job = defaulted(json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "pi", "uid": "u1"},
+    let job = defaulted(
+        json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "pi", "uid": "u1"},
         "spec": {"template": {"metadata": {"labels": {"app": "pi"}}, "spec": {"restartPolicy": "OnFailure",
-            "containers": [{"name": "pi", "image": "perl"}]}}}}));
+            "containers": [{"name": "pi", "image": "perl"}]}}}}),
+    );
     assert_eq!(job["metadata"]["labels"]["app"], "pi");
     assert_eq!(job["metadata"]["labels"]["job-name"], "pi");
 }
 
 #[test]
 fn hpa_namespace_secret_and_friends() {
-    let hpa = defaulted(json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+    let hpa = defaulted(
+        json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
         "metadata": {"name": "web"}, "spec": {"maxReplicas": 5,
-        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"}}}));
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"}}}),
+    );
     assert_eq!(hpa["spec"]["minReplicas"], 1);
-    assert_eq!(hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"], 80);
-    let v1 = defaulted(json!({"apiVersion": "autoscaling/v1", "kind": "HorizontalPodAutoscaler",
-        "metadata": {"name": "web"}, "spec": {"maxReplicas": 5}}));
+    assert_eq!(
+        hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"],
+        80
+    );
+    let v1 = defaulted(
+        json!({"apiVersion": "autoscaling/v1", "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "web"}, "spec": {"maxReplicas": 5}}),
+    );
     assert_eq!(v1["spec"], json!({"maxReplicas": 5, "minReplicas": 1}));
 
-    let ns = defaulted(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-a"}}));
+    let ns =
+        defaulted(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-a"}}));
     assert_eq!(ns["spec"]["finalizers"], json!(["kubernetes"]));
     assert_eq!(ns["status"]["phase"], "Active");
-    assert_eq!(ns["metadata"]["labels"]["kubernetes.io/metadata.name"], "team-a");
+    assert_eq!(
+        ns["metadata"]["labels"]["kubernetes.io/metadata.name"],
+        "team-a"
+    );
 
-    let secret = defaulted(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
-        "data": {"user": "YWRtaW4=", "pass": "b2xk"}, "stringData": {"pass": "hunter2"}}));
+    let secret = defaulted(
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
+        "data": {"user": "YWRtaW4=", "pass": "b2xk"}, "stringData": {"pass": "hunter2"}}),
+    );
     assert_eq!(secret["type"], "Opaque");
-    assert_eq!(secret["data"], json!({"user": "YWRtaW4=", "pass": "aHVudGVyMg=="}));
+    assert_eq!(
+        secret["data"],
+        json!({"user": "YWRtaW4=", "pass": "aHVudGVyMg=="})
+    );
     assert!(secret.get("stringData").is_none());
 
-    let slice = defaulted(json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": "web-abc"}, "addressType": "IPv4", "endpoints": [], "ports": [{"port": 80}]}));
-    assert_eq!(slice["ports"][0], json!({"port": 80, "name": "", "protocol": "TCP"}));
+    let slice = defaulted(
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "web-abc"}, "addressType": "IPv4", "endpoints": [], "ports": [{"port": 80}]}),
+    );
+    assert_eq!(
+        slice["ports"][0],
+        json!({"port": 80, "name": "", "protocol": "TCP"})
+    );
 
-    let node = defaulted(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"},
-        "status": {"capacity": {"cpu": "2"}}}));
+    let node = defaulted(
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"},
+        "status": {"capacity": {"cpu": "2"}}}),
+    );
     assert_eq!(node["status"]["allocatable"], json!({"cpu": "2"}));
 }
 

@@ -111,6 +111,49 @@ fn kubectl_apply_adds_a_container_in_the_requested_order() {
 }
 
 #[test]
+fn kubectl_apply_three_way_patch_removes_env_var_and_label() {
+    let patch = json!({
+        "metadata": {
+            "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{\"kind\":\"Deployment\"}\n"},
+            "labels": {"old": null}
+        },
+        "spec": {"template": {"spec": {
+            "$setElementOrder/containers": [{"name": "app"}, {"name": "sidecar"}],
+            "containers": [{
+                "name": "app",
+                "$setElementOrder/env": [{"name": "A"}],
+                "env": [{"$patch": "delete", "name": "B"}]
+            }]
+        }}}
+    });
+    let out = smp("Deployment", &deployment(), patch).unwrap();
+    assert_eq!(
+        containers(&out)[0]["env"],
+        json!([{"name": "A", "value": "1"}])
+    );
+    assert_eq!(out["metadata"]["labels"], json!({"app": "web"}));
+    assert!(
+        out["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
+            .is_string()
+    );
+    assert!(!out.to_string().contains("$setElementOrder"));
+}
+
+#[test]
+fn owner_references_merge_by_uid() {
+    let rs =
+        json!({"metadata": {"ownerReferences": [{"uid": "1", "name": "a", "controller": true}]}});
+    let patch = json!({"metadata": {"ownerReferences": [
+        {"uid": "1", "controller": false}, {"uid": "2", "name": "b"}
+    ]}});
+    let out = smp("ReplicaSet", &rs, patch).unwrap();
+    assert_eq!(
+        out["metadata"]["ownerReferences"],
+        json!([{"uid": "1", "name": "a", "controller": false}, {"uid": "2", "name": "b"}])
+    );
+}
+
+#[test]
 fn new_item_without_set_element_order_goes_first_like_upstream() {
     let patch =
         json!({"spec": {"template": {"spec": {"containers": [{"name": "new", "image": "x"}]}}}});

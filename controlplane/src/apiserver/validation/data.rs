@@ -17,7 +17,11 @@ pub(super) fn config_map(obj: &Value, errs: &mut Errors) {
     for (k, value) in data.into_iter().flatten() {
         keys(k, "data", errs);
         if binary.is_some_and(|b| b.contains_key(k)) {
-            errs.push(FieldError::invalid(key("data", k), &k.as_str().into(), "duplicate of key present in binaryData"));
+            errs.push(FieldError::invalid(
+                key("data", k),
+                &k.as_str().into(),
+                "duplicate of key present in binaryData",
+            ));
         }
         total += value.as_str().map_or(0, str::len);
     }
@@ -92,7 +96,10 @@ pub(super) fn event(obj: &Value, errs: &mut Errors) {
         errs.push(FieldError::required("involvedObject", ""));
         return;
     };
-    let namespace = obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("");
+    let namespace = obj
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     let involved_namespace = str_at(involved, "namespace");
     let matches = if involved_namespace.is_empty() {
         namespace.is_empty() || namespace == "default"
@@ -114,7 +121,11 @@ pub(super) fn data_update(kind: &str, obj: &Value, old: &Value, errs: &mut Error
     if kind == "Secret" {
         let now = str_at(obj, "type");
         if now != str_at(old, "type") {
-            errs.push(FieldError::invalid("type", &now.into(), "field is immutable"));
+            errs.push(FieldError::invalid(
+                "type",
+                &now.into(),
+                "field is immutable",
+            ));
         }
     }
     let frozen = |v: &Value| v.get("immutable").and_then(Value::as_bool) == Some(true);
@@ -127,7 +138,10 @@ pub(super) fn data_update(kind: &str, obj: &Value, old: &Value, errs: &mut Error
     }
     let null = Value::Null;
     for field in ["data", "binaryData"] {
-        if !same(obj.get(field).unwrap_or(&null), old.get(field).unwrap_or(&null)) {
+        if !same(
+            obj.get(field).unwrap_or(&null),
+            old.get(field).unwrap_or(&null),
+        ) {
             errs.push(FieldError::forbidden(field, msg));
         }
     }

@@ -17,7 +17,10 @@ pub(super) fn object_meta(resource: &Resource, obj: &Value, errs: &mut Errors) {
     let name = str_at(meta, "name");
     if name.is_empty() {
         if str_at(meta, "generateName").is_empty() {
-            errs.push(FieldError::required("metadata.name", "name or generateName is required"));
+            errs.push(FieldError::required(
+                "metadata.name",
+                "name or generateName is required",
+            ));
         }
     } else {
         let check = match resource.kind {
@@ -26,7 +29,11 @@ pub(super) fn object_meta(resource: &Resource, obj: &Value, errs: &mut Errors) {
             _ => dns1123_subdomain,
         };
         for msg in check(name) {
-            errs.push(FieldError::invalid("metadata.name", &Value::from(name), &msg));
+            errs.push(FieldError::invalid(
+                "metadata.name",
+                &Value::from(name),
+                &msg,
+            ));
         }
     }
     let namespace = str_at(meta, "namespace");
@@ -35,17 +42,28 @@ pub(super) fn object_meta(resource: &Resource, obj: &Value, errs: &mut Errors) {
             errs.push(FieldError::required("metadata.namespace", ""));
         } else {
             for msg in dns1123_label(namespace) {
-                errs.push(FieldError::invalid("metadata.namespace", &Value::from(namespace), &msg));
+                errs.push(FieldError::invalid(
+                    "metadata.namespace",
+                    &Value::from(namespace),
+                    &msg,
+                ));
             }
         }
     } else if !namespace.is_empty() {
-        errs.push(FieldError::forbidden("metadata.namespace", "not allowed on this type"));
+        errs.push(FieldError::forbidden(
+            "metadata.namespace",
+            "not allowed on this type",
+        ));
     }
     labels(meta.get("labels"), "metadata.labels", errs);
     annotations(meta.get("annotations"), "metadata.annotations", errs);
     for finalizer in arr_at(meta, "finalizers").iter().filter_map(Value::as_str) {
         for msg in qualified_name(finalizer) {
-            errs.push(FieldError::invalid("metadata.finalizers", &Value::from(finalizer), &msg));
+            errs.push(FieldError::invalid(
+                "metadata.finalizers",
+                &Value::from(finalizer),
+                &msg,
+            ));
         }
     }
 }
@@ -100,13 +118,29 @@ pub(super) fn object_meta_update(obj: &Value, old: &Value, errs: &mut Errors) {
     let empty = Value::Null;
     let meta = obj.get("metadata").unwrap_or(&empty);
     let old_meta = old.get("metadata").unwrap_or(&empty);
-    for field in ["name", "namespace", "uid", "creationTimestamp", "deletionTimestamp"] {
-        let (new, was) = (meta.get(field).unwrap_or(&empty), old_meta.get(field).unwrap_or(&empty));
+    for field in [
+        "name",
+        "namespace",
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+    ] {
+        let (new, was) = (
+            meta.get(field).unwrap_or(&empty),
+            old_meta.get(field).unwrap_or(&empty),
+        );
         if new != was {
-            errs.push(FieldError::invalid(format!("metadata.{field}"), new, "field is immutable"));
+            errs.push(FieldError::invalid(
+                format!("metadata.{field}"),
+                new,
+                "field is immutable",
+            ));
         }
     }
-    if old_meta.get("deletionTimestamp").is_some_and(|t| !t.is_null()) {
+    if old_meta
+        .get("deletionTimestamp")
+        .is_some_and(|t| !t.is_null())
+    {
         let old_finalizers = arr_at(old_meta, "finalizers");
         let added: Vec<String> = arr_at(meta, "finalizers")
             .iter()

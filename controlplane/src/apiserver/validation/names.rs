@@ -4,7 +4,8 @@
 
 const DNS1123_LABEL_FMT: &str = "[a-z0-9]([-a-z0-9]*[a-z0-9])?";
 const DNS1123_LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character";
-const DNS1123_SUBDOMAIN_FMT: &str = "[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*";
+const DNS1123_SUBDOMAIN_FMT: &str =
+    "[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*";
 const DNS1123_SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character";
 const DNS1035_LABEL_FMT: &str = "[a-z]([-a-z0-9]*[a-z0-9])?";
 const DNS1035_LABEL_MSG: &str = "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character";
@@ -13,7 +14,8 @@ const QUALIFIED_NAME_MSG: &str = "must consist of alphanumeric characters, '-', 
 const LABEL_VALUE_FMT: &str = "(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?";
 const LABEL_VALUE_MSG: &str = "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character";
 const CONFIG_KEY_FMT: &str = "[-._a-zA-Z0-9]+";
-const CONFIG_KEY_MSG: &str = "a valid config key must consist of alphanumeric characters, '-', '_' or '.'";
+const CONFIG_KEY_MSG: &str =
+    "a valid config key must consist of alphanumeric characters, '-', '_' or '.'";
 
 /// Upstream's `RegexError`, quirks included (`'my-name',  or '123-abc'`).
 fn regex_error(msg: &str, fmt: &str, examples: &[&str]) -> String {
@@ -41,7 +43,9 @@ fn matches_dns1123_label(s: &str) -> bool {
     let b = s.as_bytes();
     match (b.first(), b.last()) {
         (Some(&first), Some(&last)) => {
-            lower_alnum(first) && lower_alnum(last) && b.iter().all(|&c| lower_alnum(c) || c == b'-')
+            lower_alnum(first)
+                && lower_alnum(last)
+                && b.iter().all(|&c| lower_alnum(c) || c == b'-')
         }
         _ => false,
     }
@@ -53,7 +57,8 @@ fn matches_qualified_name(s: &str) -> bool {
         (Some(first), Some(last)) => {
             first.is_ascii_alphanumeric()
                 && last.is_ascii_alphanumeric()
-                && b.iter().all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+                && b.iter()
+                    .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
         }
         _ => false,
     }
@@ -66,7 +71,11 @@ pub(super) fn dns1123_label(s: &str) -> Vec<String> {
         errs.push(max_len_error(63));
     }
     if !matches_dns1123_label(s) {
-        errs.push(regex_error(DNS1123_LABEL_MSG, DNS1123_LABEL_FMT, &["my-name", "123-abc"]));
+        errs.push(regex_error(
+            DNS1123_LABEL_MSG,
+            DNS1123_LABEL_FMT,
+            &["my-name", "123-abc"],
+        ));
     }
     errs
 }
@@ -78,7 +87,11 @@ pub(super) fn dns1123_subdomain(s: &str) -> Vec<String> {
         errs.push(max_len_error(253));
     }
     if !s.split('.').all(matches_dns1123_label) {
-        errs.push(regex_error(DNS1123_SUBDOMAIN_MSG, DNS1123_SUBDOMAIN_FMT, &["example.com"]));
+        errs.push(regex_error(
+            DNS1123_SUBDOMAIN_MSG,
+            DNS1123_SUBDOMAIN_FMT,
+            &["example.com"],
+        ));
     }
     errs
 }
@@ -91,7 +104,11 @@ pub(super) fn dns1035_label(s: &str) -> Vec<String> {
     }
     let starts_alpha = s.as_bytes().first().is_some_and(u8::is_ascii_lowercase);
     if !(starts_alpha && matches_dns1123_label(s)) {
-        errs.push(regex_error(DNS1035_LABEL_MSG, DNS1035_LABEL_FMT, &["my-name", "abc-123"]));
+        errs.push(regex_error(
+            DNS1035_LABEL_MSG,
+            DNS1035_LABEL_FMT,
+            &["my-name", "abc-123"],
+        ));
     }
     errs
 }
@@ -107,7 +124,11 @@ pub(super) fn qualified_name(s: &str) -> Vec<String> {
             if prefix.is_empty() {
                 errs.push("prefix part must be non-empty".to_string());
             } else {
-                errs.extend(dns1123_subdomain(prefix).into_iter().map(|m| format!("prefix part {m}")));
+                errs.extend(
+                    dns1123_subdomain(prefix)
+                        .into_iter()
+                        .map(|m| format!("prefix part {m}")),
+                );
             }
             *name
         }
@@ -125,7 +146,10 @@ pub(super) fn qualified_name(s: &str) -> Vec<String> {
         errs.push(format!("name part {}", max_len_error(63)));
     }
     if !matches_qualified_name(name) {
-        errs.push(format!("name part {}", regex_error(QUALIFIED_NAME_MSG, QUALIFIED_NAME_FMT, &examples)));
+        errs.push(format!(
+            "name part {}",
+            regex_error(QUALIFIED_NAME_MSG, QUALIFIED_NAME_FMT, &examples)
+        ));
     }
     errs
 }
@@ -137,7 +161,11 @@ pub(super) fn label_value(s: &str) -> Vec<String> {
         errs.push(max_len_error(63));
     }
     if !(s.is_empty() || matches_qualified_name(s)) {
-        errs.push(regex_error(LABEL_VALUE_MSG, LABEL_VALUE_FMT, &["MyValue", "my_value", "12345"]));
+        errs.push(regex_error(
+            LABEL_VALUE_MSG,
+            LABEL_VALUE_FMT,
+            &["MyValue", "my_value", "12345"],
+        ));
     }
     errs
 }
@@ -150,7 +178,11 @@ pub(super) fn config_map_key(s: &str) -> Vec<String> {
     }
     let charset = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_');
     if s.is_empty() || !s.bytes().all(charset) {
-        errs.push(regex_error(CONFIG_KEY_MSG, CONFIG_KEY_FMT, &["key.name", "KEY_NAME", "key-name"]));
+        errs.push(regex_error(
+            CONFIG_KEY_MSG,
+            CONFIG_KEY_FMT,
+            &["key.name", "KEY_NAME", "key-name"],
+        ));
     }
     match s {
         "." => errs.push("must not be '.'".into()),
@@ -222,7 +254,10 @@ mod tests {
         assert!(!dns1123_subdomain("-a").is_empty());
         assert!(dns1123_label("web-1").is_empty());
         assert!(!dns1123_label("web.1").is_empty());
-        assert_eq!(dns1123_label(&"a".repeat(64)), vec!["must be no more than 63 characters".to_string()]);
+        assert_eq!(
+            dns1123_label(&"a".repeat(64)),
+            vec!["must be no more than 63 characters".to_string()]
+        );
         assert!(dns1035_label("web").is_empty());
         assert_eq!(
             dns1035_label("1web"),
@@ -234,7 +269,10 @@ mod tests {
     fn qualified_names_and_label_values() {
         assert!(qualified_name("app.kubernetes.io/name").is_empty());
         assert!(qualified_name("App_1").is_empty());
-        assert_eq!(qualified_name("/x"), vec!["prefix part must be non-empty".to_string()]);
+        assert_eq!(
+            qualified_name("/x"),
+            vec!["prefix part must be non-empty".to_string()]
+        );
         assert!(qualified_name("a/b/c")[0].starts_with("a qualified name must consist"));
         assert!(qualified_name("Example.com/x")[0].starts_with("prefix part a lowercase RFC 1123"));
         assert!(qualified_name("x/")[0].starts_with("name part must be non-empty"));
@@ -249,12 +287,21 @@ mod tests {
         assert!(config_map_key("app.properties").is_empty());
         assert!(config_map_key(".env").is_empty());
         assert!(!config_map_key("a/b").is_empty());
-        assert_eq!(config_map_key("..data"), vec!["must not start with '..'".to_string()]);
+        assert_eq!(
+            config_map_key("..data"),
+            vec!["must not start with '..'".to_string()]
+        );
         assert!(port_name("http").is_empty());
         assert!(port_name("web-8080").is_empty());
-        assert_eq!(port_name("8080"), vec!["must contain at least one letter (a-z)".to_string()]);
+        assert_eq!(
+            port_name("8080"),
+            vec!["must contain at least one letter (a-z)".to_string()]
+        );
         assert_eq!(port_name("HTTP").len(), 2);
-        assert_eq!(port_num(0), vec!["must be between 1 and 65535, inclusive".to_string()]);
+        assert_eq!(
+            port_num(0),
+            vec!["must be between 1 and 65535, inclusive".to_string()]
+        );
         assert!(port_num(65535).is_empty());
     }
 }

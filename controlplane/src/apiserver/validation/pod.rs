@@ -8,7 +8,10 @@ use std::collections::HashSet;
 use serde_json::Value;
 
 use super::meta::labels;
-use super::names::{dns1123_label, dns1123_subdomain, inclusive_range_error, label_value, port_name, port_num, qualified_name};
+use super::names::{
+    dns1123_label, dns1123_subdomain, inclusive_range_error, label_value, port_name, port_num,
+    qualified_name,
+};
 use super::{arr_at, at, idx, int_at, normalized, same, str_at, Errors, FieldError};
 
 /// Where the pod spec lives; templates are a little more permissive.
@@ -39,7 +42,11 @@ pub(super) fn pod_spec(spec: &Value, path: &str, owner: Owner, errs: &mut Errors
     for key in ["initContainers", "containers"] {
         let list_path = at(path, key);
         for (i, c) in arr_at(spec, key).iter().enumerate() {
-            let ctx = ContainerCtx { volumes: &volumes, owner, init: key == "initContainers" };
+            let ctx = ContainerCtx {
+                volumes: &volumes,
+                owner,
+                init: key == "initContainers",
+            };
             container(c, &idx(&list_path, i), &ctx, &mut names, errs);
         }
     }
@@ -47,7 +54,11 @@ pub(super) fn pod_spec(spec: &Value, path: &str, owner: Owner, errs: &mut Errors
         "" if owner == Owner::JobTemplate => {}
         "" => errs.push(FieldError::required(at(path, "restartPolicy"), "")),
         p if RESTART_POLICIES.contains(&p) => {}
-        p => errs.push(FieldError::not_supported(at(path, "restartPolicy"), &p.into(), RESTART_POLICIES)),
+        p => errs.push(FieldError::not_supported(
+            at(path, "restartPolicy"),
+            &p.into(),
+            RESTART_POLICIES,
+        )),
     }
     match str_at(spec, "dnsPolicy") {
         "" => errs.push(FieldError::required(at(path, "dnsPolicy"), "")),
@@ -58,20 +69,30 @@ pub(super) fn pod_spec(spec: &Value, path: &str, owner: Owner, errs: &mut Errors
                     at(path, "dnsConfig"),
                     "must provide `dnsConfig` when `dnsPolicy` is None",
                 )),
-                Some(config) if arr_at(config, "nameservers").is_empty() => errs.push(FieldError::required(
-                    at(path, "dnsConfig.nameservers"),
-                    "must provide at least one DNS nameserver when `dnsPolicy` is None",
-                )),
+                Some(config) if arr_at(config, "nameservers").is_empty() => {
+                    errs.push(FieldError::required(
+                        at(path, "dnsConfig.nameservers"),
+                        "must provide at least one DNS nameserver when `dnsPolicy` is None",
+                    ))
+                }
                 Some(_) => {}
             }
         }
         p if DNS_POLICIES.contains(&p) => {}
-        p => errs.push(FieldError::not_supported(at(path, "dnsPolicy"), &p.into(), DNS_POLICIES)),
+        p => errs.push(FieldError::not_supported(
+            at(path, "dnsPolicy"),
+            &p.into(),
+            DNS_POLICIES,
+        )),
     }
     if let Some(deadline) = int_at(spec, "activeDeadlineSeconds") {
         if !(1..=i64::from(i32::MAX)).contains(&deadline) {
             let msg = inclusive_range_error(1, i32::MAX.into());
-            errs.push(FieldError::invalid(at(path, "activeDeadlineSeconds"), &deadline.into(), &msg));
+            errs.push(FieldError::invalid(
+                at(path, "activeDeadlineSeconds"),
+                &deadline.into(),
+                &msg,
+            ));
         }
     }
     labels(spec.get("nodeSelector"), &at(path, "nodeSelector"), errs);
@@ -86,7 +107,11 @@ pub(super) fn pod_spec(spec: &Value, path: &str, owner: Owner, errs: &mut Errors
     let account = str_at(spec, "serviceAccountName");
     if !account.is_empty() {
         for msg in dns1123_subdomain(account) {
-            errs.push(FieldError::invalid(at(path, "serviceAccountName"), &account.into(), &msg));
+            errs.push(FieldError::invalid(
+                at(path, "serviceAccountName"),
+                &account.into(),
+                &msg,
+            ));
         }
     }
     tolerations(arr_at(spec, "tolerations"), &at(path, "tolerations"), errs);
@@ -116,11 +141,22 @@ fn volumes<'a>(spec: &'a Value, path: &str, errs: &mut Errors) -> HashSet<&'a st
             .map(|(k, _)| k)
             .collect();
         match sources.as_slice() {
-            [] => errs.push(FieldError::required(p.clone(), "must specify a volume type")),
+            [] => errs.push(FieldError::required(
+                p.clone(),
+                "must specify a volume type",
+            )),
             [_] => {}
-            [_, second, ..] => errs.push(FieldError::forbidden(at(&p, second), "may not specify more than 1 volume type")),
+            [_, second, ..] => errs.push(FieldError::forbidden(
+                at(&p, second),
+                "may not specify more than 1 volume type",
+            )),
         }
-        for (source, required) in [("configMap", "name"), ("secret", "secretName"), ("hostPath", "path"), ("persistentVolumeClaim", "claimName")] {
+        for (source, required) in [
+            ("configMap", "name"),
+            ("secret", "secretName"),
+            ("hostPath", "path"),
+            ("persistentVolumeClaim", "claimName"),
+        ] {
             let Some(src) = v.get(source).filter(|s| s.is_object()) else {
                 continue;
             };
@@ -130,7 +166,11 @@ fn volumes<'a>(spec: &'a Value, path: &str, errs: &mut Errors) -> HashSet<&'a st
             if let Some(mode) = int_at(src, "defaultMode") {
                 if !(0..=0o777).contains(&mode) {
                     let msg = "must be a number between 0 and 0777 (octal), both inclusive";
-                    errs.push(FieldError::invalid(at(&at(&p, source), "defaultMode"), &mode.into(), msg));
+                    errs.push(FieldError::invalid(
+                        at(&at(&p, source), "defaultMode"),
+                        &mode.into(),
+                        msg,
+                    ));
                 }
             }
         }
@@ -144,7 +184,13 @@ struct ContainerCtx<'a> {
     init: bool,
 }
 
-fn container<'a>(c: &'a Value, path: &str, ctx: &ContainerCtx<'_>, names: &mut HashSet<&'a str>, errs: &mut Errors) {
+fn container<'a>(
+    c: &'a Value,
+    path: &str,
+    ctx: &ContainerCtx<'_>,
+    names: &mut HashSet<&'a str>,
+    errs: &mut Errors,
+) {
     match str_at(c, "name") {
         "" => errs.push(FieldError::required(at(path, "name"), "")),
         name => {
@@ -160,23 +206,41 @@ fn container<'a>(c: &'a Value, path: &str, ctx: &ContainerCtx<'_>, names: &mut H
     if image.is_empty() {
         errs.push(FieldError::required(at(path, "image"), ""));
     } else if ctx.owner == Owner::Pod && image.trim() != image {
-        errs.push(FieldError::invalid(at(path, "image"), &image.into(), "must not have leading or trailing whitespace"));
+        errs.push(FieldError::invalid(
+            at(path, "image"),
+            &image.into(),
+            "must not have leading or trailing whitespace",
+        ));
     }
     match str_at(c, "imagePullPolicy") {
         "" => errs.push(FieldError::required(at(path, "imagePullPolicy"), "")),
         p if PULL_POLICIES.contains(&p) => {}
-        p => errs.push(FieldError::not_supported(at(path, "imagePullPolicy"), &p.into(), PULL_POLICIES)),
+        p => errs.push(FieldError::not_supported(
+            at(path, "imagePullPolicy"),
+            &p.into(),
+            PULL_POLICIES,
+        )),
     }
     let msg_policy = "must be 'File' or 'FallbackToLogsOnError'";
     match str_at(c, "terminationMessagePolicy") {
-        "" => errs.push(FieldError::required(at(path, "terminationMessagePolicy"), msg_policy)),
+        "" => errs.push(FieldError::required(
+            at(path, "terminationMessagePolicy"),
+            msg_policy,
+        )),
         "File" | "FallbackToLogsOnError" => {}
-        p => errs.push(FieldError::invalid(at(path, "terminationMessagePolicy"), &p.into(), msg_policy)),
+        p => errs.push(FieldError::invalid(
+            at(path, "terminationMessagePolicy"),
+            &p.into(),
+            msg_policy,
+        )),
     }
     container_ports(arr_at(c, "ports"), &at(path, "ports"), errs);
     for (i, env) in arr_at(c, "env").iter().enumerate() {
         if str_at(env, "name").is_empty() {
-            errs.push(FieldError::required(at(&idx(&at(path, "env"), i), "name"), ""));
+            errs.push(FieldError::required(
+                at(&idx(&at(path, "env"), i), "name"),
+                "",
+            ));
         }
     }
     let mut mount_paths = HashSet::new();
@@ -190,9 +254,11 @@ fn container<'a>(c: &'a Value, path: &str, ctx: &ContainerCtx<'_>, names: &mut H
         }
         match str_at(mount, "mountPath") {
             "" => errs.push(FieldError::required(at(&p, "mountPath"), "")),
-            mount_path if !mount_paths.insert(mount_path) => {
-                errs.push(FieldError::invalid(at(&p, "mountPath"), &mount_path.into(), "must be unique"))
-            }
+            mount_path if !mount_paths.insert(mount_path) => errs.push(FieldError::invalid(
+                at(&p, "mountPath"),
+                &mount_path.into(),
+                "must be unique",
+            )),
             _ => {}
         }
     }
@@ -203,7 +269,10 @@ fn container<'a>(c: &'a Value, path: &str, ctx: &ContainerCtx<'_>, names: &mut H
         };
         let p = at(path, kind);
         if ctx.init && !sidecar {
-            errs.push(FieldError::forbidden(p, "may not be set for init containers without restartPolicy=Always"));
+            errs.push(FieldError::forbidden(
+                p,
+                "may not be set for init containers without restartPolicy=Always",
+            ));
             continue;
         }
         self::probe(probe, &p, kind != "readinessProbe", errs);
@@ -228,7 +297,11 @@ fn container_ports(ports: &[Value], path: &str, errs: &mut Errors) {
             None | Some(0) => errs.push(FieldError::required(at(&p, "containerPort"), "")),
             Some(n) => {
                 for msg in port_num(n) {
-                    errs.push(FieldError::invalid(at(&p, "containerPort"), &n.into(), &msg));
+                    errs.push(FieldError::invalid(
+                        at(&p, "containerPort"),
+                        &n.into(),
+                        &msg,
+                    ));
                 }
             }
         }
@@ -276,21 +349,38 @@ fn probe(probe: &Value, path: &str, success_must_be_one: bool, errs: &mut Errors
     match handlers.as_slice() {
         [] => errs.push(FieldError::required(path, "must specify a handler type")),
         [_] => {}
-        [_, second, ..] => errs.push(FieldError::forbidden(at(path, second), "may not specify more than 1 handler type")),
+        [_, second, ..] => errs.push(FieldError::forbidden(
+            at(path, second),
+            "may not specify more than 1 handler type",
+        )),
     }
     for action in ["httpGet", "tcpSocket"] {
         if let Some(a) = probe.get(action).filter(|a| a.is_object()) {
             port_num_or_name(a.get("port"), &at(&at(path, action), "port"), errs);
         }
     }
-    for field in ["initialDelaySeconds", "timeoutSeconds", "periodSeconds", "successThreshold", "failureThreshold"] {
+    for field in [
+        "initialDelaySeconds",
+        "timeoutSeconds",
+        "periodSeconds",
+        "successThreshold",
+        "failureThreshold",
+    ] {
         if let Some(n) = int_at(probe, field).filter(|n| *n < 0) {
-            errs.push(FieldError::invalid(at(path, field), &n.into(), NON_NEGATIVE));
+            errs.push(FieldError::invalid(
+                at(path, field),
+                &n.into(),
+                NON_NEGATIVE,
+            ));
         }
     }
     if success_must_be_one {
         if let Some(n) = int_at(probe, "successThreshold").filter(|n| *n != 1) {
-            errs.push(FieldError::invalid(at(path, "successThreshold"), &n.into(), "must be 1"));
+            errs.push(FieldError::invalid(
+                at(path, "successThreshold"),
+                &n.into(),
+                "must be 1",
+            ));
         }
     }
 }
@@ -298,14 +388,26 @@ fn probe(probe: &Value, path: &str, success_must_be_one: bool, errs: &mut Errors
 fn tolerations(tolerations: &[Value], path: &str, errs: &mut Errors) {
     for (i, t) in tolerations.iter().enumerate() {
         let p = idx(path, i);
-        let (key, operator, value, effect) =
-            (str_at(t, "key"), str_at(t, "operator"), str_at(t, "value"), str_at(t, "effect"));
-        for msg in if key.is_empty() { Vec::new() } else { qualified_name(key) } {
+        let (key, operator, value, effect) = (
+            str_at(t, "key"),
+            str_at(t, "operator"),
+            str_at(t, "value"),
+            str_at(t, "effect"),
+        );
+        for msg in if key.is_empty() {
+            Vec::new()
+        } else {
+            qualified_name(key)
+        } {
             errs.push(FieldError::invalid(at(&p, "key"), &key.into(), &msg));
         }
         if key.is_empty() && operator != "Exists" {
             let msg = "operator must be Exists when `key` is empty, which means \"match all values and all keys\"";
-            errs.push(FieldError::invalid(at(&p, "operator"), &operator.into(), msg));
+            errs.push(FieldError::invalid(
+                at(&p, "operator"),
+                &operator.into(),
+                msg,
+            ));
         }
         if t.get("tolerationSeconds").is_some_and(|s| !s.is_null()) && effect != "NoExecute" {
             let msg = "effect must be 'NoExecute' when `tolerationSeconds` is set";
@@ -322,10 +424,18 @@ fn tolerations(tolerations: &[Value], path: &str, errs: &mut Errors) {
                 errs.push(FieldError::invalid(at(&p, "operator"), t, msg));
             }
             "Exists" => {}
-            op => errs.push(FieldError::not_supported(at(&p, "operator"), &op.into(), &["Equal", "Exists"])),
+            op => errs.push(FieldError::not_supported(
+                at(&p, "operator"),
+                &op.into(),
+                &["Equal", "Exists"],
+            )),
         }
         if !effect.is_empty() && !TAINT_EFFECTS.contains(&effect) {
-            errs.push(FieldError::not_supported(at(&p, "effect"), &effect.into(), TAINT_EFFECTS));
+            errs.push(FieldError::not_supported(
+                at(&p, "effect"),
+                &effect.into(),
+                TAINT_EFFECTS,
+            ));
         }
     }
 }
@@ -343,18 +453,33 @@ pub(super) fn pod_update(spec: &Value, old: &Value, errs: &mut Errors) {
         Some(v) => m.insert(field.to_string(), v.clone()),
         None => m.remove(field),
     };
-    match (int_at(spec, "activeDeadlineSeconds"), int_at(old, "activeDeadlineSeconds")) {
+    match (
+        int_at(spec, "activeDeadlineSeconds"),
+        int_at(old, "activeDeadlineSeconds"),
+    ) {
         (Some(new), _) if !(0..=i64::from(i32::MAX)).contains(&new) => {
             let msg = inclusive_range_error(0, i32::MAX.into());
-            errs.push(FieldError::invalid("spec.activeDeadlineSeconds", &new.into(), &msg));
+            errs.push(FieldError::invalid(
+                "spec.activeDeadlineSeconds",
+                &new.into(),
+                &msg,
+            ));
         }
         (Some(new), Some(was)) if was < new => {
             let msg = "must be less than or equal to previous value";
-            errs.push(FieldError::invalid("spec.activeDeadlineSeconds", &new.into(), msg));
+            errs.push(FieldError::invalid(
+                "spec.activeDeadlineSeconds",
+                &new.into(),
+                msg,
+            ));
         }
         (None, Some(_)) => {
             let msg = "must not update from a positive integer to nil value";
-            errs.push(FieldError::invalid("spec.activeDeadlineSeconds", &Value::Null, msg));
+            errs.push(FieldError::invalid(
+                "spec.activeDeadlineSeconds",
+                &Value::Null,
+                msg,
+            ));
         }
         _ => {}
     }
@@ -382,9 +507,15 @@ pub(super) fn pod_update(spec: &Value, old: &Value, errs: &mut Errors) {
         take_old("terminationGracePeriodSeconds");
     }
     let old_gates = arr_at(old, "schedulingGates");
-    match arr_at(spec, "schedulingGates").iter().find(|g| !old_gates.contains(g)) {
+    match arr_at(spec, "schedulingGates")
+        .iter()
+        .find(|g| !old_gates.contains(g))
+    {
         Some(gate) => {
-            let msg = format!("only deletion is allowed, but found new scheduling gate '{}'", str_at(gate, "name"));
+            let msg = format!(
+                "only deletion is allowed, but found new scheduling gate '{}'",
+                str_at(gate, "name")
+            );
             errs.push(FieldError::forbidden("spec.schedulingGates", &msg));
         }
         None => {
@@ -393,7 +524,11 @@ pub(super) fn pod_update(spec: &Value, old: &Value, errs: &mut Errors) {
     }
     for key in ["containers", "initContainers"] {
         let olds = arr_at(old, key);
-        if let Some(list) = m.get_mut(key).and_then(Value::as_array_mut).filter(|l| l.len() == olds.len()) {
+        if let Some(list) = m
+            .get_mut(key)
+            .and_then(Value::as_array_mut)
+            .filter(|l| l.len() == olds.len())
+        {
             for (c, was) in list.iter_mut().zip(olds) {
                 if let (Some(c), Some(image)) = (c.as_object_mut(), was.get("image")) {
                     c.insert("image".into(), image.clone());
@@ -404,7 +539,10 @@ pub(super) fn pod_update(spec: &Value, old: &Value, errs: &mut Errors) {
     if !same(&munged, old) {
         let mut lines = Vec::new();
         diff(&normalized(old), &normalized(&munged), "spec", &mut lines);
-        let msg = format!("pod updates may not change fields other than {UPDATABLE_POD_FIELDS}\n{}", lines.join("\n"));
+        let msg = format!(
+            "pod updates may not change fields other than {UPDATABLE_POD_FIELDS}\n{}",
+            lines.join("\n")
+        );
         errs.push(FieldError::forbidden("spec", &msg));
     }
 }
@@ -420,7 +558,12 @@ fn diff(old: &Value, new: &Value, path: &str, out: &mut Vec<String>) {
             let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
             for k in keys {
                 let null = Value::Null;
-                diff(a.get(k).unwrap_or(&null), b.get(k).unwrap_or(&null), &at(path, k), out);
+                diff(
+                    a.get(k).unwrap_or(&null),
+                    b.get(k).unwrap_or(&null),
+                    &at(path, k),
+                    out,
+                );
             }
         }
         (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {

@@ -21,7 +21,11 @@ pub(super) fn service(spec: &Value, errs: &mut Errors) {
     match ty {
         "" => errs.push(FieldError::required("spec.type", "")),
         t if SERVICE_TYPES.contains(&t) => {}
-        t => errs.push(FieldError::not_supported("spec.type", &t.into(), SERVICE_TYPES)),
+        t => errs.push(FieldError::not_supported(
+            "spec.type",
+            &t.into(),
+            SERVICE_TYPES,
+        )),
     }
     let cluster_ip = str_at(spec, "clusterIP");
     if ty == "ExternalName" {
@@ -32,7 +36,10 @@ pub(super) fn service(spec: &Value, errs: &mut Errors) {
                 v => !v.is_null(),
             });
             if set {
-                errs.push(FieldError::forbidden(format!("spec.{field}"), "may not be set for ExternalName services"));
+                errs.push(FieldError::forbidden(
+                    format!("spec.{field}"),
+                    "may not be set for ExternalName services",
+                ));
             }
         }
         let name = str_at(spec, "externalName");
@@ -40,8 +47,16 @@ pub(super) fn service(spec: &Value, errs: &mut Errors) {
         if cname.is_empty() {
             errs.push(FieldError::required("spec.externalName", ""));
         }
-        for msg in if cname.is_empty() { Vec::new() } else { dns1123_subdomain(cname) } {
-            errs.push(FieldError::invalid("spec.externalName", &cname.into(), &msg));
+        for msg in if cname.is_empty() {
+            Vec::new()
+        } else {
+            dns1123_subdomain(cname)
+        } {
+            errs.push(FieldError::invalid(
+                "spec.externalName",
+                &cname.into(),
+                &msg,
+            ));
         }
     } else {
         cluster_ips(spec, ty, errs);
@@ -56,7 +71,10 @@ pub(super) fn service(spec: &Value, errs: &mut Errors) {
         "None" => {}
         "ClientIP" => {
             let timeout = spec.pointer("/sessionAffinityConfig/clientIP/timeoutSeconds");
-            if let Some(t) = timeout.and_then(Value::as_i64).filter(|t| !(1..=86400).contains(t)) {
+            if let Some(t) = timeout
+                .and_then(Value::as_i64)
+                .filter(|t| !(1..=86400).contains(t))
+            {
                 errs.push(FieldError::invalid(
                     "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
                     &t.into(),
@@ -64,16 +82,27 @@ pub(super) fn service(spec: &Value, errs: &mut Errors) {
                 ));
             }
         }
-        a => errs.push(FieldError::not_supported("spec.sessionAffinity", &a.into(), &["ClientIP", "None"])),
+        a => errs.push(FieldError::not_supported(
+            "spec.sessionAffinity",
+            &a.into(),
+            &["ClientIP", "None"],
+        )),
     }
     for (field, allowed) in [
         ("externalTrafficPolicy", &["Cluster", "Local"][..]),
         ("internalTrafficPolicy", &["Cluster", "Local"][..]),
-        ("ipFamilyPolicy", &["SingleStack", "PreferDualStack", "RequireDualStack"][..]),
+        (
+            "ipFamilyPolicy",
+            &["SingleStack", "PreferDualStack", "RequireDualStack"][..],
+        ),
     ] {
         let value = str_at(spec, field);
         if !value.is_empty() && !allowed.contains(&value) {
-            errs.push(FieldError::not_supported(format!("spec.{field}"), &value.into(), allowed));
+            errs.push(FieldError::not_supported(
+                format!("spec.{field}"),
+                &value.into(),
+                allowed,
+            ));
         }
     }
     if ty != "ExternalName" {
@@ -82,7 +111,11 @@ pub(super) fn service(spec: &Value, errs: &mut Errors) {
     for (i, ip) in arr_at(spec, "externalIPs").iter().enumerate() {
         let ip = ip.as_str().unwrap_or("");
         if ip.parse::<IpAddr>().is_err() {
-            errs.push(FieldError::invalid(idx("spec.externalIPs", i), &ip.into(), VALID_IP));
+            errs.push(FieldError::invalid(
+                idx("spec.externalIPs", i),
+                &ip.into(),
+                VALID_IP,
+            ));
         }
     }
 }
@@ -91,17 +124,33 @@ fn cluster_ips(spec: &Value, ty: &str, errs: &mut Errors) {
     let cluster_ip = str_at(spec, "clusterIP");
     if !cluster_ip.is_empty() && cluster_ip != "None" && cluster_ip.parse::<IpAddr>().is_err() {
         let msg = "must be empty, 'None', or a valid IP address";
-        errs.push(FieldError::invalid("spec.clusterIP", &cluster_ip.into(), msg));
+        errs.push(FieldError::invalid(
+            "spec.clusterIP",
+            &cluster_ip.into(),
+            msg,
+        ));
     }
     if cluster_ip == "None" && (ty == "NodePort" || ty == "LoadBalancer") {
         let msg = format!("may not be set to 'None' for {ty} services");
-        errs.push(FieldError::invalid("spec.clusterIP", &cluster_ip.into(), &msg));
+        errs.push(FieldError::invalid(
+            "spec.clusterIP",
+            &cluster_ip.into(),
+            &msg,
+        ));
     }
     for (i, ip) in arr_at(spec, "clusterIPs").iter().enumerate().skip(1) {
         let ip = ip.as_str().unwrap_or("");
-        let msg = if ip == "None" { "'None' must be the first and only value" } else { VALID_IP };
+        let msg = if ip == "None" {
+            "'None' must be the first and only value"
+        } else {
+            VALID_IP
+        };
         if ip == "None" || ip.parse::<IpAddr>().is_err() {
-            errs.push(FieldError::invalid(idx("spec.clusterIPs", i), &ip.into(), msg));
+            errs.push(FieldError::invalid(
+                idx("spec.clusterIPs", i),
+                &ip.into(),
+                msg,
+            ));
         }
     }
 }
@@ -132,7 +181,10 @@ fn service_ports(ports: &[Value], ty: &str, errs: &mut Errors) {
         port_num_or_name(port.get("targetPort"), &at(&p, "targetPort"), errs);
         let proto = str_at(port, "protocol");
         if !seen.insert((number, proto)) {
-            errs.push(FieldError::duplicate(p.clone(), &json!({"port": number, "protocol": proto})));
+            errs.push(FieldError::duplicate(
+                p.clone(),
+                &json!({"port": number, "protocol": proto}),
+            ));
         }
         let Some(node_port) = int_at(port, "nodePort").filter(|n| *n != 0) else {
             continue;
@@ -144,8 +196,13 @@ fn service_ports(ports: &[Value], ty: &str, errs: &mut Errors) {
             continue;
         }
         if !NODE_PORT_RANGE.contains(&node_port) {
-            let msg = "provided port is not in the valid range. The range of valid ports is 30000-32767";
-            errs.push(FieldError::invalid(node_port_path.clone(), &node_port.into(), msg));
+            let msg =
+                "provided port is not in the valid range. The range of valid ports is 30000-32767";
+            errs.push(FieldError::invalid(
+                node_port_path.clone(),
+                &node_port.into(),
+                msg,
+            ));
         }
         if !node_ports.insert((node_port, proto)) {
             errs.push(FieldError::duplicate(node_port_path, &node_port.into()));
@@ -159,7 +216,11 @@ pub(super) fn service_update(spec: &Value, old: &Value, errs: &mut Errors) {
     let now = str_at(spec, "clusterIP");
     let external = |s: &Value| str_at(s, "type") == "ExternalName";
     if !was.is_empty() && !external(old) && !external(spec) && now != was {
-        errs.push(FieldError::invalid("spec.clusterIP", &now.into(), "field is immutable"));
+        errs.push(FieldError::invalid(
+            "spec.clusterIP",
+            &now.into(),
+            "field is immutable",
+        ));
     }
 }
 
@@ -169,20 +230,29 @@ pub(super) fn endpoint_slice(obj: &Value, errs: &mut Errors) {
     match address_type {
         "" => errs.push(FieldError::required("addressType", "")),
         "IPv4" | "IPv6" | "FQDN" => {}
-        t => errs.push(FieldError::not_supported("addressType", &t.into(), &["FQDN", "IPv4", "IPv6"])),
+        t => errs.push(FieldError::not_supported(
+            "addressType",
+            &t.into(),
+            &["FQDN", "IPv4", "IPv6"],
+        )),
     }
     for (i, endpoint) in arr_at(obj, "endpoints").iter().enumerate() {
         let path = at(&idx("endpoints", i), "addresses");
         let addresses = arr_at(endpoint, "addresses");
         if addresses.is_empty() {
-            errs.push(FieldError::required(path.clone(), "must contain at least 1 address"));
+            errs.push(FieldError::required(
+                path.clone(),
+                "must contain at least 1 address",
+            ));
         }
         for (j, address) in addresses.iter().enumerate() {
             let address = address.as_str().unwrap_or("");
             let msg = match address_type {
                 "IPv4" if address.parse::<Ipv4Addr>().is_err() => "must be a valid IPv4 address",
                 "IPv6" if address.parse::<Ipv6Addr>().is_err() => "must be a valid IPv6 address",
-                "FQDN" if !dns1123_subdomain(address).is_empty() => "should be a domain with at least two segments separated by dots",
+                "FQDN" if !dns1123_subdomain(address).is_empty() => {
+                    "should be a domain with at least two segments separated by dots"
+                }
                 _ => continue,
             };
             errs.push(FieldError::invalid(idx(&path, j), &address.into(), msg));
@@ -211,6 +281,10 @@ pub(super) fn endpoint_slice(obj: &Value, errs: &mut Errors) {
 pub(super) fn endpoint_slice_update(obj: &Value, old: &Value, errs: &mut Errors) {
     let now = str_at(obj, "addressType");
     if now != str_at(old, "addressType") {
-        errs.push(FieldError::invalid("addressType", &now.into(), "field is immutable"));
+        errs.push(FieldError::invalid(
+            "addressType",
+            &now.into(),
+            "field is immutable",
+        ));
     }
 }

@@ -4,12 +4,16 @@ use super::{unknown_fields, validate, FieldError};
 use crate::apiserver::defaults;
 use crate::apiserver::registry::{find_kind, Resource, RESOURCES};
 
-fn resource_of(obj: &Value) -> &'static Resource {
-    find_kind(obj["apiVersion"].as_str().unwrap(), obj["kind"].as_str().unwrap()).unwrap()
+pub(super) fn resource_of(obj: &Value) -> &'static Resource {
+    find_kind(
+        obj["apiVersion"].as_str().unwrap(),
+        obj["kind"].as_str().unwrap(),
+    )
+    .unwrap()
 }
 
 /// What the create path does: default, then validate.
-fn create(mut obj: Value) -> Vec<FieldError> {
+pub(super) fn create(mut obj: Value) -> Vec<FieldError> {
     let resource = resource_of(&obj);
     if resource.namespaced && obj["metadata"].get("namespace").is_none() {
         obj["metadata"]["namespace"] = json!("default");
@@ -19,7 +23,7 @@ fn create(mut obj: Value) -> Vec<FieldError> {
 }
 
 /// What the update path does: both objects defaulted, old stored.
-fn update(old: Value, new: Value) -> Vec<FieldError> {
+pub(super) fn update(old: Value, new: Value) -> Vec<FieldError> {
     let resource = resource_of(&new);
     let (mut old, mut new) = (old, new);
     for obj in [&mut old, &mut new] {
@@ -29,11 +33,11 @@ fn update(old: Value, new: Value) -> Vec<FieldError> {
     validate(resource, &new, Some(&old))
 }
 
-fn fields(errs: &[FieldError]) -> Vec<(&str, &str)> {
+pub(super) fn fields(errs: &[FieldError]) -> Vec<(&str, &str)> {
     errs.iter().map(|e| (e.field.as_str(), e.reason)).collect()
 }
 
-fn deployment() -> Value {
+pub(super) fn deployment() -> Value {
     json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": "shop-frontend", "labels": {"app.kubernetes.io/name": "shop", "tier": "web"}},
@@ -101,11 +105,16 @@ fn bad_names_get_upstream_messages() {
     assert!(errs[0].message.contains("a DNS-1035 label must consist"));
 
     let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team.a"}});
-    assert!(create(ns)[0].message.contains("a lowercase RFC 1123 label must consist"));
+    assert!(create(ns)[0]
+        .message
+        .contains("a lowercase RFC 1123 label must consist"));
 
     let nameless = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {}});
     let errs = create(nameless);
-    assert_eq!(errs[0].to_string(), "metadata.name: Required value: name or generateName is required");
+    assert_eq!(
+        errs[0].to_string(),
+        "metadata.name: Required value: name or generateName is required"
+    );
 }
 
 #[test]
@@ -122,7 +131,10 @@ fn labels_and_annotations() {
             ("metadata.annotations", "FieldValueTooLong"),
         ]
     );
-    assert_eq!(errs[2].message, "Too long: may not be more than 262144 bytes");
+    assert_eq!(
+        errs[2].message,
+        "Too long: may not be more than 262144 bytes"
+    );
 }
 
 #[test]
@@ -130,49 +142,75 @@ fn selector_must_match_template_labels() {
     let mut d = deployment();
     d["spec"]["template"]["metadata"]["labels"] = json!({"app": "shop-v2", "tier": "web"});
     let errs = create(d);
-    assert_eq!(fields(&errs), vec![("spec.template.metadata.labels", "FieldValueInvalid")]);
+    assert_eq!(
+        fields(&errs),
+        vec![("spec.template.metadata.labels", "FieldValueInvalid")]
+    );
     assert_eq!(
         errs[0].message,
         "Invalid value: {\"app\":\"shop-v2\",\"tier\":\"web\"}: `selector` does not match template `labels`"
     );
 
     let mut no_selector = deployment();
-    no_selector["spec"].as_object_mut().unwrap().remove("selector");
-    assert_eq!(fields(&create(no_selector)), vec![("spec.selector", "FieldValueRequired")]);
+    no_selector["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("selector");
+    assert_eq!(
+        fields(&create(no_selector)),
+        vec![("spec.selector", "FieldValueRequired")]
+    );
 
     let mut empty = deployment();
     empty["spec"]["selector"] = json!({});
     let errs = create(empty);
     assert_eq!(errs[0].field, "spec.selector");
-    assert!(errs[0].message.ends_with("empty selector is invalid for deployment"));
+    assert!(errs[0]
+        .message
+        .ends_with("empty selector is invalid for deployment"));
 
     let mut bad_op = deployment();
     bad_op["spec"]["selector"]["matchExpressions"] = json!([{"key": "tier", "operator": "Has"}]);
     let errs = create(bad_op);
-    assert_eq!(fields(&errs), vec![("spec.selector.matchExpressions[0].operator", "FieldValueInvalid")]);
+    assert_eq!(
+        fields(&errs),
+        vec![(
+            "spec.selector.matchExpressions[0].operator",
+            "FieldValueInvalid"
+        )]
+    );
 }
 
 #[test]
 fn pod_container_rules() {
     let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"},
-        "spec": {
-            "containers": [
-                {"name": "web", "image": "nginx", "ports": [{"containerPort": 70000}, {"containerPort": 80, "protocol": "HTTP"}],
-                 "volumeMounts": [{"name": "data", "mountPath": "/data"}]},
-                {"name": "web", "image": ""},
-                {"name": "Sidecar", "image": " busybox"}
-            ],
-            "restartPolicy": "Sometimes",
-            "dnsPolicy": "ClusterFirstt",
-            "volumes": [{"name": "cache"}, {"name": "cache", "emptyDir": {}}]
-        }});
+    "spec": {
+        "containers": [
+            {"name": "web", "image": "nginx", "ports": [{"containerPort": 70000}, {"containerPort": 80, "protocol": "HTTP"}],
+             "volumeMounts": [{"name": "data", "mountPath": "/data"}]},
+            {"name": "web", "image": ""},
+            {"name": "Sidecar", "image": " busybox"}
+        ],
+        "restartPolicy": "Sometimes",
+        "dnsPolicy": "ClusterFirstt",
+        "volumes": [{"name": "cache"}, {"name": "cache", "emptyDir": {}}]
+    }});
     let errs = create(pod);
     let got = fields(&errs);
     for want in [
         ("spec.volumes[1].name", "FieldValueDuplicate"),
-        ("spec.containers[0].ports[0].containerPort", "FieldValueInvalid"),
-        ("spec.containers[0].ports[1].protocol", "FieldValueNotSupported"),
-        ("spec.containers[0].volumeMounts[0].name", "FieldValueNotFound"),
+        (
+            "spec.containers[0].ports[0].containerPort",
+            "FieldValueInvalid",
+        ),
+        (
+            "spec.containers[0].ports[1].protocol",
+            "FieldValueNotSupported",
+        ),
+        (
+            "spec.containers[0].volumeMounts[0].name",
+            "FieldValueNotFound",
+        ),
         ("spec.containers[1].name", "FieldValueDuplicate"),
         ("spec.containers[1].image", "FieldValueRequired"),
         ("spec.containers[2].name", "FieldValueInvalid"),
@@ -187,15 +225,24 @@ fn pod_container_rules() {
         by_field("spec.containers[0].ports[1].protocol"),
         "Unsupported value: \"HTTP\": supported values: \"SCTP\", \"TCP\", \"UDP\""
     );
-    assert_eq!(by_field("spec.containers[1].name"), "Duplicate value: \"web\"");
-    assert_eq!(by_field("spec.containers[0].ports[0].containerPort"), "Invalid value: 70000: must be between 1 and 65535, inclusive");
+    assert_eq!(
+        by_field("spec.containers[1].name"),
+        "Duplicate value: \"web\""
+    );
+    assert_eq!(
+        by_field("spec.containers[0].ports[0].containerPort"),
+        "Invalid value: 70000: must be between 1 and 65535, inclusive"
+    );
     assert_eq!(
         by_field("spec.restartPolicy"),
         "Unsupported value: \"Sometimes\": supported values: \"Always\", \"OnFailure\", \"Never\""
     );
 
     let no_containers = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": []}});
-    assert_eq!(fields(&create(no_containers)), vec![("spec.containers", "FieldValueRequired")]);
+    assert_eq!(
+        fields(&create(no_containers)),
+        vec![("spec.containers", "FieldValueRequired")]
+    );
 }
 
 #[test]
@@ -204,7 +251,13 @@ fn port_of_the_wrong_type_does_not_panic() {
     let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
         "spec": {"containers": [{"name": "c", "image": "i", "ports": [{"containerPort": "eighty"}]}]}});
     let errs = create(pod);
-    assert_eq!(fields(&errs), vec![("spec.containers[0].ports[0].containerPort", "FieldValueRequired")]);
+    assert_eq!(
+        fields(&errs),
+        vec![(
+            "spec.containers[0].ports[0].containerPort",
+            "FieldValueRequired"
+        )]
+    );
 }
 
 #[test]
@@ -218,30 +271,52 @@ fn workload_template_uses_the_template_prefix() {
         fields(&errs),
         vec![
             ("spec.replicas", "FieldValueInvalid"),
-            ("spec.template.spec.containers[1].name", "FieldValueDuplicate"),
+            (
+                "spec.template.spec.containers[1].name",
+                "FieldValueDuplicate"
+            ),
             ("spec.template.spec.restartPolicy", "FieldValueNotSupported"),
         ]
     );
-    assert_eq!(errs[0].message, "Invalid value: -1: must be greater than or equal to 0");
+    assert_eq!(
+        errs[0].message,
+        "Invalid value: -1: must be greater than or equal to 0"
+    );
 }
 
 #[test]
 fn strategies() {
     let mut d = deployment();
     d["spec"]["strategy"] = json!({"type": "Recreate", "rollingUpdate": {"maxSurge": 1}});
-    assert_eq!(fields(&create(d)), vec![("spec.strategy.rollingUpdate", "FieldValueForbidden")]);
+    assert_eq!(
+        fields(&create(d)),
+        vec![("spec.strategy.rollingUpdate", "FieldValueForbidden")]
+    );
     let mut d = deployment();
     d["spec"]["strategy"] = json!({"type": "BlueGreen"});
-    assert_eq!(fields(&create(d)), vec![("spec.strategy", "FieldValueNotSupported")]);
+    assert_eq!(
+        fields(&create(d)),
+        vec![("spec.strategy", "FieldValueNotSupported")]
+    );
     let mut d = deployment();
     d["spec"]["strategy"] = json!({"rollingUpdate": {"maxSurge": 0, "maxUnavailable": "0%"}});
-    assert_eq!(fields(&create(d)), vec![("spec.strategy.rollingUpdate.maxUnavailable", "FieldValueInvalid")]);
+    assert_eq!(
+        fields(&create(d)),
+        vec![(
+            "spec.strategy.rollingUpdate.maxUnavailable",
+            "FieldValueInvalid"
+        )]
+    );
     let mut d = deployment();
-    d["spec"]["strategy"] = json!({"rollingUpdate": {"maxUnavailable": "150%", "maxSurge": "lots"}});
+    d["spec"]["strategy"] =
+        json!({"rollingUpdate": {"maxUnavailable": "150%", "maxSurge": "lots"}});
     assert_eq!(
         fields(&create(d)),
         vec![
-            ("spec.strategy.rollingUpdate.maxUnavailable", "FieldValueInvalid"),
+            (
+                "spec.strategy.rollingUpdate.maxUnavailable",
+                "FieldValueInvalid"
+            ),
             ("spec.strategy.rollingUpdate.maxSurge", "FieldValueInvalid"),
         ]
     );
@@ -252,30 +327,58 @@ fn job_rules() {
     let job = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "migrate"},
         "spec": {"template": {"spec": {"containers": [{"name": "m", "image": "app:1"}]}}}});
     let errs = create(job);
-    assert_eq!(fields(&errs), vec![("spec.template.spec.restartPolicy", "FieldValueNotSupported")]);
-    assert_eq!(errs[0].message, "Unsupported value: \"Always\": supported values: \"OnFailure\", \"Never\"");
+    assert_eq!(
+        fields(&errs),
+        vec![("spec.template.spec.restartPolicy", "FieldValueNotSupported")]
+    );
+    assert_eq!(
+        errs[0].message,
+        "Unsupported value: \"Always\": supported values: \"OnFailure\", \"Never\""
+    );
 
     let manual = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "m"},
         "spec": {"manualSelector": true, "template": {"spec": {"restartPolicy": "Never",
             "containers": [{"name": "m", "image": "app:1"}]}}}});
-    assert_eq!(fields(&create(manual)), vec![("spec.selector", "FieldValueRequired")]);
+    assert_eq!(
+        fields(&create(manual)),
+        vec![("spec.selector", "FieldValueRequired")]
+    );
 
     let indexed = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "m"},
         "spec": {"completionMode": "Indexed", "parallelism": 2, "template": {"spec": {"restartPolicy": "Never",
             "containers": [{"name": "m", "image": "app:1"}]}}}});
-    assert_eq!(fields(&create(indexed)), vec![("spec.completions", "FieldValueRequired")]);
+    assert_eq!(
+        fields(&create(indexed)),
+        vec![("spec.completions", "FieldValueRequired")]
+    );
 }
 
 #[test]
 fn service_rules() {
     let svc = |spec: Value| json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"}, "spec": spec});
-    assert_eq!(fields(&create(svc(json!({"selector": {"app": "web"}})))), vec![("spec.ports", "FieldValueRequired")]);
-    assert_eq!(create(svc(json!({"clusterIP": "None", "selector": {"app": "db"}}))), vec![]);
-    assert_eq!(create(svc(json!({"type": "ExternalName", "externalName": "db.example.com."}))), vec![]);
-    let errs = create(svc(json!({"ports": [{"port": 80}, {"port": 80, "name": "b"}]})));
+    assert_eq!(
+        fields(&create(svc(json!({"selector": {"app": "web"}})))),
+        vec![("spec.ports", "FieldValueRequired")]
+    );
+    assert_eq!(
+        create(svc(json!({"clusterIP": "None", "selector": {"app": "db"}}))),
+        vec![]
+    );
+    assert_eq!(
+        create(svc(
+            json!({"type": "ExternalName", "externalName": "db.example.com."})
+        )),
+        vec![]
+    );
+    let errs = create(svc(
+        json!({"ports": [{"port": 80}, {"port": 80, "name": "b"}]}),
+    ));
     assert_eq!(
         fields(&errs),
-        vec![("spec.ports[0].name", "FieldValueRequired"), ("spec.ports[1]", "FieldValueDuplicate")]
+        vec![
+            ("spec.ports[0].name", "FieldValueRequired"),
+            ("spec.ports[1]", "FieldValueDuplicate")
+        ]
     );
     let errs = create(svc(json!({"type": "NodePort", "ports": [
         {"name": "a", "port": 80, "nodePort": 80}, {"name": "a", "port": 0, "targetPort": "no_such"}]})));
@@ -288,10 +391,23 @@ fn service_rules() {
             ("spec.ports[1].targetPort", "FieldValueInvalid"),
         ]
     );
-    assert!(errs[0].message.contains("The range of valid ports is 30000-32767"));
-    let errs = create(svc(json!({"ports": [{"port": 80, "nodePort": 30080}], "clusterIP": "10.0.0.300"})));
-    assert_eq!(fields(&errs), vec![("spec.clusterIP", "FieldValueInvalid"), ("spec.ports[0].nodePort", "FieldValueForbidden")]);
-    assert_eq!(errs[1].message, "Forbidden: may not be used when `type` is 'ClusterIP'");
+    assert!(errs[0]
+        .message
+        .contains("The range of valid ports is 30000-32767"));
+    let errs = create(svc(
+        json!({"ports": [{"port": 80, "nodePort": 30080}], "clusterIP": "10.0.0.300"}),
+    ));
+    assert_eq!(
+        fields(&errs),
+        vec![
+            ("spec.clusterIP", "FieldValueInvalid"),
+            ("spec.ports[0].nodePort", "FieldValueForbidden")
+        ]
+    );
+    assert_eq!(
+        errs[1].message,
+        "Forbidden: may not be used when `type` is 'ClusterIP'"
+    );
     let errs = create(svc(json!({"type": "Ingress", "ports": [{"port": 80}]})));
     assert_eq!(
         errs[0].message,
@@ -305,14 +421,20 @@ fn config_and_secret_rules() {
         "data": {"nginx/conf": "x", "ok": "y"}, "binaryData": {"ok": "eQ=="}});
     assert_eq!(
         fields(&create(cm)),
-        vec![("data[nginx/conf]", "FieldValueInvalid"), ("data[ok]", "FieldValueInvalid")]
+        vec![
+            ("data[nginx/conf]", "FieldValueInvalid"),
+            ("data[ok]", "FieldValueInvalid")
+        ]
     );
     let big = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"},
         "data": {"a": "x".repeat(1024 * 1024), "b": "y"}});
     assert_eq!(fields(&create(big)), vec![("", "FieldValueTooLong")]);
     let tls = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "t"}, "type": "kubernetes.io/tls",
         "data": {"tls.crt": "Y2VydA=="}});
-    assert_eq!(fields(&create(tls)), vec![("data[tls.key]", "FieldValueRequired")]);
+    assert_eq!(
+        fields(&create(tls)),
+        vec![("data[tls.key]", "FieldValueRequired")]
+    );
 }
 
 #[test]
@@ -321,85 +443,35 @@ fn hpa_event_and_slice_rules() {
         "spec": {"minReplicas": 5, "maxReplicas": 2, "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment"}}});
     assert_eq!(
         fields(&create(hpa)),
-        vec![("spec.maxReplicas", "FieldValueInvalid"), ("spec.scaleTargetRef.name", "FieldValueRequired")]
+        vec![
+            ("spec.maxReplicas", "FieldValueInvalid"),
+            ("spec.scaleTargetRef.name", "FieldValueRequired")
+        ]
     );
     let v1 = json!({"apiVersion": "autoscaling/v1", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "h"},
         "spec": {"maxReplicas": 0, "targetCPUUtilizationPercentage": 0, "scaleTargetRef": {"kind": "Deployment", "name": "web"}}});
     assert_eq!(
         fields(&create(v1)),
-        vec![("spec.maxReplicas", "FieldValueInvalid"), ("spec.targetCPUUtilizationPercentage", "FieldValueInvalid")]
+        vec![
+            ("spec.maxReplicas", "FieldValueInvalid"),
+            ("spec.maxReplicas", "FieldValueInvalid"),
+            ("spec.targetCPUUtilizationPercentage", "FieldValueInvalid"),
+        ]
     );
     let event = json!({"apiVersion": "v1", "kind": "Event", "metadata": {"name": "web.17f"}, "reason": "Started"});
-    assert_eq!(fields(&create(event)), vec![("involvedObject", "FieldValueRequired")]);
+    assert_eq!(
+        fields(&create(event)),
+        vec![("involvedObject", "FieldValueRequired")]
+    );
     let slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "metadata": {"name": "web-x"},
         "addressType": "IPv5", "endpoints": [{"addresses": []}], "ports": [{"port": 80, "protocol": "TCP"}]});
     assert_eq!(
         fields(&create(slice)),
-        vec![("addressType", "FieldValueNotSupported"), ("endpoints[0].addresses", "FieldValueRequired")]
+        vec![
+            ("addressType", "FieldValueNotSupported"),
+            ("endpoints[0].addresses", "FieldValueRequired")
+        ]
     );
-}
-
-fn web_pod() -> Value {
-    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "uid": "u1"},
-        "spec": {"containers": [{"name": "web", "image": "nginx:1.26", "ports": [{"containerPort": 80}]}],
-                 "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "web", "effect": "NoSchedule"}]}})
-}
-
-#[test]
-fn pod_updates_may_only_change_images_and_friends() {
-    let mut new = web_pod();
-    new["spec"]["containers"][0]["image"] = json!("nginx:1.27");
-    new["spec"]["activeDeadlineSeconds"] = json!(600);
-    let spot = json!({"key": "spot", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 30});
-    new["spec"]["tolerations"].as_array_mut().unwrap().push(spot);
-    assert_eq!(update(web_pod(), new), vec![]);
-
-    let mut new = web_pod();
-    new["spec"]["containers"][0]["ports"][0]["containerPort"] = json!(8080);
-    let errs = update(web_pod(), new);
-    assert_eq!(fields(&errs), vec![("spec", "FieldValueForbidden")]);
-    assert!(errs[0].message.starts_with("Forbidden: pod updates may not change fields other than `spec.containers[*].image`"));
-    assert!(errs[0].message.contains("- spec.containers[0].ports[0].containerPort: 80\n+ spec.containers[0].ports[0].containerPort: 8080"));
-
-    let mut new = web_pod();
-    new["spec"]["tolerations"] = json!([]);
-    assert_eq!(fields(&update(web_pod(), new)), vec![("spec.tolerations", "FieldValueForbidden")]);
-}
-
-#[test]
-fn immutable_fields_on_update() {
-    let svc = |ip: &str| json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
-        "spec": {"clusterIP": ip, "ports": [{"port": 80}]}});
-    assert_eq!(update(svc("10.96.0.10"), svc("10.96.0.10")), vec![]);
-    let errs = update(svc("10.96.0.10"), svc("10.96.0.11"));
-    assert_eq!(errs[0].to_string(), "spec.clusterIP: Invalid value: \"10.96.0.11\": field is immutable");
-
-    let mut moved = deployment();
-    moved["spec"]["selector"]["matchLabels"]["app"] = json!("shop2");
-    moved["spec"]["template"]["metadata"]["labels"]["app"] = json!("shop2");
-    assert_eq!(fields(&update(deployment(), moved)), vec![("spec.selector", "FieldValueInvalid")]);
-    let mut scaled = deployment();
-    scaled["spec"]["replicas"] = json!(5);
-    assert_eq!(update(deployment(), scaled), vec![]);
-
-    let sts = |service: &str, replicas: i64| json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db"},
-        "spec": {"serviceName": service, "replicas": replicas, "selector": {"matchLabels": {"app": "db"}},
-            "template": {"metadata": {"labels": {"app": "db"}}, "spec": {"containers": [{"name": "pg", "image": "postgres:17"}]}}}});
-    assert_eq!(update(sts("db", 1), sts("db", 3)), vec![]);
-    assert_eq!(fields(&update(sts("db", 1), sts("db2", 1))), vec![("spec", "FieldValueForbidden")]);
-
-    let job = |image: &str| json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j", "uid": "u"},
-        "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "j", "image": image}]}}}});
-    assert_eq!(fields(&update(job("a:1"), job("a:2"))), vec![("spec.template", "FieldValueInvalid")]);
-
-    let cm = |v: &str| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "immutable": true, "data": {"k": v}});
-    assert_eq!(fields(&update(cm("a"), cm("b"))), vec![("data", "FieldValueForbidden")]);
-
-    let mut renamed = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "a"}});
-    let old = renamed.clone();
-    renamed["metadata"]["name"] = json!("b");
-    let resource = resource_of(&old);
-    assert_eq!(fields(&validate(resource, &renamed, Some(&old))), vec![("metadata.name", "FieldValueInvalid")]);
 }
 
 #[test]
@@ -421,8 +493,33 @@ fn unknown_fields_are_reported_with_upstream_paths() {
     let canonical = (pods.codec)(input.clone()).unwrap();
     assert_eq!(
         unknown_fields(&input, &canonical),
-        vec!["spec.containers[0].foo", "spec.containers[0].ports[0].hostPortt", "spec.restartPolicyy", "statuss"]
+        vec![
+            "spec.containers[0].foo",
+            "spec.containers[0].ports[0].hostPortt",
+            "spec.restartPolicyy",
+            "statuss"
+        ]
     );
+}
+
+#[test]
+fn what_kubectl_sends_has_no_unknown_fields() {
+    let deployments = find_kind("apps/v1", "Deployment").unwrap();
+    // `kubectl create deployment x --image=nginx --dry-run=client -o json`, plus
+    // int-or-string and quantity values written as numbers.
+    let input = json!({
+        "kind": "Deployment", "apiVersion": "apps/v1",
+        "metadata": {"name": "x", "creationTimestamp": null, "labels": {"app": "x"},
+            "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}"}},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "x"}},
+            "template": {"metadata": {"creationTimestamp": null, "labels": {"app": "x"}},
+                "spec": {"containers": [{"name": "nginx", "image": "nginx",
+                    "resources": {"requests": {"cpu": 0.5, "memory": 134217728}}}]}},
+            "strategy": {"rollingUpdate": {"maxSurge": 1, "maxUnavailable": "10%"}}},
+        "status": {}
+    });
+    let canonical = (deployments.codec)(input.clone()).unwrap();
+    assert_eq!(unknown_fields(&input, &canonical), Vec::<String>::new());
 }
 
 #[test]

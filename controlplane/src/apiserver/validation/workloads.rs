@@ -16,15 +16,31 @@ const MISMATCH: &str = "`selector` does not match template `labels`";
 pub(super) fn workload(kind: &str, spec: &Value, errs: &mut Errors) {
     let mut counts = vec!["minReadySeconds"];
     match kind {
-        "Deployment" => counts.extend(["replicas", "revisionHistoryLimit", "progressDeadlineSeconds"]),
+        "Deployment" => counts.extend([
+            "replicas",
+            "revisionHistoryLimit",
+            "progressDeadlineSeconds",
+        ]),
         "ReplicaSet" => counts.push("replicas"),
         "DaemonSet" => counts.push("revisionHistoryLimit"),
         "StatefulSet" => counts.extend(["replicas", "revisionHistoryLimit"]),
-        _ => counts = vec!["parallelism", "completions", "backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished"],
+        _ => {
+            counts = vec![
+                "parallelism",
+                "completions",
+                "backoffLimit",
+                "activeDeadlineSeconds",
+                "ttlSecondsAfterFinished",
+            ]
+        }
     }
     for field in counts {
         if let Some(n) = int_at(spec, field).filter(|n| *n < 0) {
-            errs.push(FieldError::invalid(at("spec", field), &n.into(), NON_NEGATIVE));
+            errs.push(FieldError::invalid(
+                at("spec", field),
+                &n.into(),
+                NON_NEGATIVE,
+            ));
         }
     }
     selector_and_template(kind, spec, errs);
@@ -34,13 +50,25 @@ pub(super) fn workload(kind: &str, spec: &Value, errs: &mut Errors) {
         "Job" => {
             if restart != "OnFailure" && restart != "Never" {
                 // A missing policy would have been defaulted to Always upstream.
-                let shown = if restart.is_empty() { "Always" } else { restart };
-                errs.push(FieldError::not_supported(restart_path, &shown.into(), &["OnFailure", "Never"]));
+                let shown = if restart.is_empty() {
+                    "Always"
+                } else {
+                    restart
+                };
+                errs.push(FieldError::not_supported(
+                    restart_path,
+                    &shown.into(),
+                    &["OnFailure", "Never"],
+                ));
             }
             job(spec, errs);
         }
         _ if !restart.is_empty() && restart != "Always" => {
-            errs.push(FieldError::not_supported(restart_path, &restart.into(), &["Always"]));
+            errs.push(FieldError::not_supported(
+                restart_path,
+                &restart.into(),
+                &["Always"],
+            ));
         }
         _ => {}
     }
@@ -50,9 +78,16 @@ pub(super) fn workload(kind: &str, spec: &Value, errs: &mut Errors) {
         "StatefulSet" => stateful_set(spec, errs),
         _ => {}
     }
-    if matches!(kind, "Deployment" | "ReplicaSet") && spec["template"]["spec"].get("activeDeadlineSeconds").is_some() {
+    if matches!(kind, "Deployment" | "ReplicaSet")
+        && spec["template"]["spec"]
+            .get("activeDeadlineSeconds")
+            .is_some()
+    {
         let msg = "activeDeadlineSeconds in ReplicaSet is not Supported";
-        errs.push(FieldError::forbidden("spec.template.spec.activeDeadlineSeconds", msg));
+        errs.push(FieldError::forbidden(
+            "spec.template.spec.activeDeadlineSeconds",
+            msg,
+        ));
     }
 }
 
@@ -79,12 +114,20 @@ fn selector_and_template(kind: &str, spec: &Value, errs: &mut Errors) {
             let labels = template.pointer("/metadata/labels");
             if valid && !empty && !selector_matches(selector, labels) {
                 let shown = labels.cloned().unwrap_or(Value::Null);
-                errs.push(FieldError::invalid("spec.template.metadata.labels", &shown, MISMATCH));
+                errs.push(FieldError::invalid(
+                    "spec.template.metadata.labels",
+                    &shown,
+                    MISMATCH,
+                ));
             }
         }
     }
     template_meta(template.get("metadata"), "spec.template.metadata", errs);
-    let owner = if kind == "Job" { Owner::JobTemplate } else { Owner::Template };
+    let owner = if kind == "Job" {
+        Owner::JobTemplate
+    } else {
+        Owner::Template
+    };
     pod_spec(&template["spec"], "spec.template.spec", owner, errs);
 }
 
@@ -107,7 +150,11 @@ fn label_selector(selector: &Value, path: &str, errs: &mut Errors) -> bool {
             "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
             op => {
                 valid = false;
-                errs.push(FieldError::invalid(at(&p, "operator"), &op.into(), "not a valid selector operator"));
+                errs.push(FieldError::invalid(
+                    at(&p, "operator"),
+                    &op.into(),
+                    "not a valid selector operator",
+                ));
             }
         }
         let key = str_at(req, "key");
@@ -117,7 +164,11 @@ fn label_selector(selector: &Value, path: &str, errs: &mut Errors) -> bool {
         for (j, value) in values.iter().enumerate() {
             let value = value.as_str().unwrap_or("");
             for msg in label_value(value) {
-                errs.push(FieldError::invalid(idx(&at(&p, "values"), j), &value.into(), &msg));
+                errs.push(FieldError::invalid(
+                    idx(&at(&p, "values"), j),
+                    &value.into(),
+                    &msg,
+                ));
             }
         }
     }
@@ -128,7 +179,9 @@ fn label_selector(selector: &Value, path: &str, errs: &mut Errors) -> bool {
 fn selector_matches(selector: &Value, labels: Option<&Value>) -> bool {
     let label = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
     let match_labels = obj_at(selector, "matchLabels").into_iter().flatten();
-    let labels_ok = match_labels.into_iter().all(|(k, v)| label(k).is_some() && label(k) == v.as_str());
+    let labels_ok = match_labels
+        .into_iter()
+        .all(|(k, v)| label(k).is_some() && label(k) == v.as_str());
     labels_ok
         && arr_at(selector, "matchExpressions").iter().all(|req| {
             let value = label(str_at(req, "key"));
@@ -146,7 +199,10 @@ fn selector_matches(selector: &Value, labels: Option<&Value>) -> bool {
 fn int_or_percent(v: Option<&Value>) -> i64 {
     match v {
         Some(Value::Number(n)) => n.as_i64().unwrap_or(0),
-        Some(Value::String(s)) => s.strip_suffix('%').and_then(|p| p.parse().ok()).unwrap_or(0),
+        Some(Value::String(s)) => s
+            .strip_suffix('%')
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0),
         _ => 0,
     }
 }
@@ -155,16 +211,26 @@ fn int_or_percent(v: Option<&Value>) -> i64 {
 fn positive_int_or_percent(v: Option<&Value>, path: &str, at_most_100: bool, errs: &mut Errors) {
     match v {
         Some(Value::String(s)) => {
-            let digits = s.strip_suffix('%').filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()));
+            let digits = s
+                .strip_suffix('%')
+                .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()));
             if digits.is_none() {
                 let msg = "a valid percent string must be a numeric string followed by an ending '%' (e.g. '1%',  or '93%', regex used for validation is '[0-9]+%')";
                 errs.push(FieldError::invalid(path, &s.as_str().into(), msg));
             } else if at_most_100 && int_or_percent(v) > 100 {
-                errs.push(FieldError::invalid(path, &s.as_str().into(), "must not be greater than 100%"));
+                errs.push(FieldError::invalid(
+                    path,
+                    &s.as_str().into(),
+                    "must not be greater than 100%",
+                ));
             }
         }
         Some(Value::Number(n)) if n.as_i64().is_some_and(|n| n < 0) => {
-            errs.push(FieldError::invalid(path, &Value::Number(n.clone()), NON_NEGATIVE));
+            errs.push(FieldError::invalid(
+                path,
+                &Value::Number(n.clone()),
+                NON_NEGATIVE,
+            ));
         }
         _ => {}
     }
@@ -177,7 +243,11 @@ fn rolling_update(ru: &Value, path: &str, errs: &mut Errors) {
     positive_int_or_percent(surge, &at(path, "maxSurge"), false, errs);
     if int_or_percent(unavailable) == 0 && int_or_percent(surge) == 0 {
         let shown = unavailable.cloned().unwrap_or(Value::Null);
-        errs.push(FieldError::invalid(at(path, "maxUnavailable"), &shown, "may not be 0 when `maxSurge` is 0"));
+        errs.push(FieldError::invalid(
+            at(path, "maxUnavailable"),
+            &shown,
+            "may not be 0 when `maxSurge` is 0",
+        ));
     }
 }
 
@@ -195,12 +265,23 @@ fn deployment(spec: &Value, errs: &mut Errors) {
             errs.push(FieldError::required("spec.strategy.rollingUpdate", msg));
         }
         ("RollingUpdate", Some(ru)) => rolling_update(ru, "spec.strategy.rollingUpdate", errs),
-        _ => errs.push(FieldError::not_supported("spec.strategy", strategy, &["Recreate", "RollingUpdate"])),
+        _ => errs.push(FieldError::not_supported(
+            "spec.strategy",
+            strategy,
+            &["Recreate", "RollingUpdate"],
+        )),
     }
-    let (deadline, min_ready) = (int_at(spec, "progressDeadlineSeconds"), int_at(spec, "minReadySeconds"));
+    let (deadline, min_ready) = (
+        int_at(spec, "progressDeadlineSeconds"),
+        int_at(spec, "minReadySeconds"),
+    );
     if let Some(deadline) = deadline.filter(|d| *d <= min_ready.unwrap_or(0)) {
         let msg = "must be greater than minReadySeconds";
-        errs.push(FieldError::invalid("spec.progressDeadlineSeconds", &deadline.into(), msg));
+        errs.push(FieldError::invalid(
+            "spec.progressDeadlineSeconds",
+            &deadline.into(),
+            msg,
+        ));
     }
 }
 
@@ -209,10 +290,17 @@ fn daemon_set(spec: &Value, errs: &mut Errors) {
     match str_at(strategy, "type") {
         "OnDelete" => {}
         "RollingUpdate" => match strategy.get("rollingUpdate").filter(|r| !r.is_null()) {
-            None => errs.push(FieldError::required("spec.updateStrategy.rollingUpdate", "")),
+            None => errs.push(FieldError::required(
+                "spec.updateStrategy.rollingUpdate",
+                "",
+            )),
             Some(ru) => rolling_update(ru, "spec.updateStrategy.rollingUpdate", errs),
         },
-        _ => errs.push(FieldError::not_supported("spec.updateStrategy", strategy, &["RollingUpdate", "OnDelete"])),
+        _ => errs.push(FieldError::not_supported(
+            "spec.updateStrategy",
+            strategy,
+            &["RollingUpdate", "OnDelete"],
+        )),
     }
 }
 
@@ -222,7 +310,11 @@ fn stateful_set(spec: &Value, errs: &mut Errors) {
         "OrderedReady" | "Parallel" => {}
         p => {
             let msg = "must be 'OrderedReady' or 'Parallel'";
-            errs.push(FieldError::invalid("spec.podManagementPolicy", &p.into(), msg));
+            errs.push(FieldError::invalid(
+                "spec.podManagementPolicy",
+                &p.into(),
+                msg,
+            ));
         }
     }
     let strategy = &spec["updateStrategy"];
@@ -231,14 +323,21 @@ fn stateful_set(spec: &Value, errs: &mut Errors) {
         "" => errs.push(FieldError::required("spec.updateStrategy", "")),
         "RollingUpdate" => {
             let path = "spec.updateStrategy.rollingUpdate.partition";
-            if let Some(p) = rolling.and_then(|r| int_at(r, "partition")).filter(|p| *p < 0) {
+            if let Some(p) = rolling
+                .and_then(|r| int_at(r, "partition"))
+                .filter(|p| *p < 0)
+            {
                 errs.push(FieldError::invalid(path, &p.into(), NON_NEGATIVE));
             }
         }
         "OnDelete" => {
             if let Some(ru) = rolling {
                 let msg = "only allowed for updateStrategy 'RollingUpdate'";
-                errs.push(FieldError::invalid("spec.updateStrategy.rollingUpdate", ru, msg));
+                errs.push(FieldError::invalid(
+                    "spec.updateStrategy.rollingUpdate",
+                    ru,
+                    msg,
+                ));
             }
         }
         _ => {
@@ -253,10 +352,17 @@ fn job(spec: &Value, errs: &mut Errors) {
         "" | "NonIndexed" => {}
         "Indexed" => {
             if int_at(spec, "completions").is_none() {
-                errs.push(FieldError::required("spec.completions", "when completion mode is Indexed"));
+                errs.push(FieldError::required(
+                    "spec.completions",
+                    "when completion mode is Indexed",
+                ));
             }
         }
-        m => errs.push(FieldError::not_supported("spec.completionMode", &m.into(), &["NonIndexed", "Indexed"])),
+        m => errs.push(FieldError::not_supported(
+            "spec.completionMode",
+            &m.into(),
+            &["NonIndexed", "Indexed"],
+        )),
     }
 }
 
@@ -267,9 +373,22 @@ pub(super) fn workload_update(kind: &str, spec: &Value, old: &Value, errs: &mut 
     let field = |v: &'_ Value, name: &str| v.get(name).cloned().unwrap_or(Value::Null);
     match kind {
         "StatefulSet" => {
-            let mutable = ["replicas", "ordinals", "template", "updateStrategy", "revisionHistoryLimit", "persistentVolumeClaimRetentionPolicy", "minReadySeconds"];
+            let mutable = [
+                "replicas",
+                "ordinals",
+                "template",
+                "updateStrategy",
+                "revisionHistoryLimit",
+                "persistentVolumeClaimRetentionPolicy",
+                "minReadySeconds",
+            ];
             let strip = |v: &Value| match v {
-                Value::Object(m) => Value::Object(m.iter().filter(|(k, _)| !mutable.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect()),
+                Value::Object(m) => Value::Object(
+                    m.iter()
+                        .filter(|(k, _)| !mutable.contains(&k.as_str()))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                ),
                 other => other.clone(),
             };
             if !same(&strip(spec), &strip(old)) {
@@ -285,14 +404,22 @@ pub(super) fn workload_update(kind: &str, spec: &Value, old: &Value, errs: &mut 
             for name in fixed {
                 let now = field(spec, name);
                 if !same(&now, old.get(name).unwrap_or(&null)) {
-                    errs.push(FieldError::invalid(at("spec", name), &now, "field is immutable"));
+                    errs.push(FieldError::invalid(
+                        at("spec", name),
+                        &now,
+                        "field is immutable",
+                    ));
                 }
             }
         }
         _ => {
             let now = field(spec, "selector");
             if !same(&now, old.get("selector").unwrap_or(&null)) {
-                errs.push(FieldError::invalid("spec.selector", &now, "field is immutable"));
+                errs.push(FieldError::invalid(
+                    "spec.selector",
+                    &now,
+                    "field is immutable",
+                ));
             }
         }
     }
@@ -302,11 +429,19 @@ pub(super) fn workload_update(kind: &str, spec: &Value, old: &Value, errs: &mut 
 pub(super) fn hpa(spec: &Value, errs: &mut Errors) {
     let min = int_at(spec, "minReplicas");
     if let Some(m) = min.filter(|m| *m < 1) {
-        errs.push(FieldError::invalid("spec.minReplicas", &m.into(), "must be greater than or equal to 1"));
+        errs.push(FieldError::invalid(
+            "spec.minReplicas",
+            &m.into(),
+            "must be greater than or equal to 1",
+        ));
     }
     let max = int_at(spec, "maxReplicas").unwrap_or(0);
     if max < 1 {
-        errs.push(FieldError::invalid("spec.maxReplicas", &max.into(), "must be greater than 0"));
+        errs.push(FieldError::invalid(
+            "spec.maxReplicas",
+            &max.into(),
+            "must be greater than 0",
+        ));
     }
     if min.is_some_and(|m| max < m) {
         let msg = "must be greater than or equal to `minReplicas`";
@@ -325,12 +460,19 @@ pub(super) fn hpa(spec: &Value, errs: &mut Errors) {
         }
     }
     if let Some(t) = int_at(spec, "targetCPUUtilizationPercentage").filter(|t| *t < 1) {
-        errs.push(FieldError::invalid("spec.targetCPUUtilizationPercentage", &t.into(), "must be greater than 0"));
+        errs.push(FieldError::invalid(
+            "spec.targetCPUUtilizationPercentage",
+            &t.into(),
+            "must be greater than 0",
+        ));
     }
     for (i, metric) in arr_at(spec, "metrics").iter().enumerate() {
         let p = idx("spec.metrics", i);
         match str_at(metric, "type") {
-            "" => errs.push(FieldError::required(at(&p, "type"), "must specify a metric source type")),
+            "" => errs.push(FieldError::required(
+                at(&p, "type"),
+                "must specify a metric source type",
+            )),
             "Object" | "Pods" | "Resource" | "ContainerResource" | "External" => {}
             t => {
                 let msg = "must be either 'Object', 'Pods', 'Resource', 'ContainerResource', or 'External'";
@@ -340,12 +482,21 @@ pub(super) fn hpa(spec: &Value, errs: &mut Errors) {
         if let Some(resource) = metric.get("resource").filter(|r| r.is_object()) {
             let rp = at(&p, "resource");
             if str_at(resource, "name").is_empty() {
-                errs.push(FieldError::required(at(&rp, "name"), "must specify a resource name"));
+                errs.push(FieldError::required(
+                    at(&rp, "name"),
+                    "must specify a resource name",
+                ));
             }
-            let utilization = resource.pointer("/target/averageUtilization").and_then(Value::as_i64);
+            let utilization = resource
+                .pointer("/target/averageUtilization")
+                .and_then(Value::as_i64);
             if let Some(u) = utilization.filter(|u| *u < 1) {
                 let path = at(&rp, "target.averageUtilization");
-                errs.push(FieldError::invalid(path, &u.into(), "must be greater than 0"));
+                errs.push(FieldError::invalid(
+                    path,
+                    &u.into(),
+                    "must be greater than 0",
+                ));
             }
         }
     }

@@ -1,0 +1,1 @@
+//! Event recording shared by the scheduler and controllers (in progress).

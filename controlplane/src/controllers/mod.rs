@@ -1,0 +1,121 @@
+//! Controllers, as kube-controller-manager runs them: each watches the API
+//! through the `kube` crate (the same client any Kubernetes controller
+//! uses) and drives objects towards their spec. They run inside
+//! `skiff server`, each one can be disabled by name.
+
+pub mod daemonset;
+pub mod deployment;
+pub mod endpointslice;
+pub mod events;
+pub mod garbagecollector;
+pub mod job;
+pub mod namespace;
+pub mod nodeipam;
+pub mod nodelifecycle;
+pub mod replicaset;
+pub mod statefulset;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Every controller by name, as `--disable-controllers` accepts them.
+pub const ALL: &[&str] = &[
+    "scheduler",
+    "deployment",
+    "replicaset",
+    "endpointslice",
+    "nodeipam",
+    "nodelifecycle",
+    "namespace",
+    "garbagecollector",
+    "daemonset",
+    "statefulset",
+    "job",
+];
+
+/// Settings shared by the controllers.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Controllers (and `scheduler`) not to start.
+    pub disabled: BTreeSet<String>,
+    /// How long a node may go without renewing its Lease before it is NotReady.
+    pub node_monitor_grace_period: Duration,
+    /// Default `tolerationSeconds` for not-ready/unreachable NoExecute taints.
+    pub default_toleration_seconds: i64,
+    /// Pod network range nodes' podCIDRs are carved from.
+    pub cluster_cidr: ipnetwork::IpNetwork,
+    /// Prefix length of each node's podCIDR.
+    pub node_cidr_mask_size: u8,
+}
+
+impl Settings {
+    /// Upstream's defaults for a cluster CIDR.
+    pub fn new(cluster_cidr: ipnetwork::IpNetwork) -> Self {
+        Settings {
+            disabled: BTreeSet::new(),
+            node_monitor_grace_period: Duration::from_secs(50),
+            default_toleration_seconds: 300,
+            cluster_cidr,
+            node_cidr_mask_size: 24,
+        }
+    }
+
+    /// True unless disabled.
+    pub fn enabled(&self, name: &str) -> bool {
+        !self.disabled.contains(name)
+    }
+}
+
+/// What every controller gets.
+pub struct Context {
+    /// Client of this API server.
+    pub client: kube::Client,
+    /// Settings.
+    pub settings: Settings,
+}
+
+/// Errors starting the controllers.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// The kubeconfig could not be read or used.
+    #[error("cannot build a client from {path}: {message}")]
+    Client {
+        /// The kubeconfig.
+        path: String,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// A client of this server from its admin kubeconfig.
+pub async fn client_from_kubeconfig(path: &std::path::Path) -> Result<kube::Client, ControllerError> {
+    let err = |e: &dyn std::fmt::Display| ControllerError::Client { path: path.display().to_string(), message: e.to_string() };
+    let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| err(&e))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+        .await
+        .map_err(|e| err(&e))?;
+    kube::Client::try_from(config).map_err(|e| err(&e))
+}
+
+/// Starts every enabled controller on the runtime; they run until the process ends.
+pub fn spawn_all(ctx: Arc<Context>) {
+    for name in ALL.iter().copied().filter(|n| ctx.settings.enabled(n)) {
+        tracing::info!("starting {name}");
+        let ctx = ctx.clone();
+        match name {
+            "scheduler" => tokio::spawn(crate::scheduler::run(ctx)),
+            "deployment" => tokio::spawn(deployment::run(ctx)),
+            "replicaset" => tokio::spawn(replicaset::run(ctx)),
+            "endpointslice" => tokio::spawn(endpointslice::run(ctx)),
+            "nodeipam" => tokio::spawn(nodeipam::run(ctx)),
+            "nodelifecycle" => tokio::spawn(nodelifecycle::run(ctx)),
+            "namespace" => tokio::spawn(namespace::run(ctx)),
+            "garbagecollector" => tokio::spawn(garbagecollector::run(ctx)),
+            "daemonset" => tokio::spawn(daemonset::run(ctx)),
+            "statefulset" => tokio::spawn(statefulset::run(ctx)),
+            "job" => tokio::spawn(job::run(ctx)),
+            _ => continue,
+        };
+    }
+}
