@@ -227,10 +227,15 @@ fn invalid_names_are_rejected() {
     let long = "a".repeat(254);
     assert_invalid(&server, CONFIGMAPS, configmap(&long, "v"), "metadata.name");
 
-    let err = server.kubectl_fails(&["create", "configmap", "My_App"]);
+    let out = server.kubectl_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: My_App\n",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "kubectl apply of My_App succeeded");
     assert!(
-        err.contains(r#"metadata.name: Invalid value: "My_App""#),
-        "{err}"
+        stderr.contains(r#"metadata.name: Invalid value: "My_App""#),
+        "{stderr}"
     );
 }
 

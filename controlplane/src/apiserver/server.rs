@@ -177,6 +177,8 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         server.config.listen,
         server.config.data_dir.join("admin.kubeconfig").display()
     );
+    // The OpenAPI documents are large; build them before the first kubectl asks.
+    tokio::task::spawn_blocking(|| openapi::v2_json().len() + openapi::v3_index().to_string().len());
     let kubeconfig = server.config.data_dir.join("admin.kubeconfig");
     let settings = server.config.controllers.clone();
     tokio::spawn(async move {
@@ -220,6 +222,10 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+fn raw_json(bytes: &'static [u8]) -> Response {
+    (StatusCode::OK, [("content-type", "application/json")], bytes).into_response()
 }
 
 fn json_response(code: StatusCode, value: &Value) -> Response {
@@ -272,9 +278,11 @@ async fn route(
         ["api", "v1"] => return get_only(discovery::resource_list("", "v1")),
         ["apis", group] => return get_only(discovery::api_group(group)),
         ["apis", group, version] => return get_only(discovery::resource_list(group, version)),
-        ["openapi", "v2"] => return get_only(Some(openapi::v2().clone())),
-        ["openapi", "v3"] => return get_only(Some(openapi::v3_index().clone())),
-        ["openapi", "v3", rest @ ..] => return get_only(openapi::v3_group_version(&rest.join("/"))),
+        ["openapi", "v2"] if method == Method::GET => return Ok(raw_json(openapi::v2_json())),
+        ["openapi", "v3"] => return get_only(Some(openapi::v3_index())),
+        ["openapi", "v3", rest @ ..] if method == Method::GET => {
+            return openapi::v3_group_version_json(&rest.join("/")).map(raw_json).ok_or_else(ApiError::no_route)
+        }
         _ => {}
     }
     let (group, version, rest) = match segs.as_slice() {
