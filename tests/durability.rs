@@ -70,16 +70,12 @@ fn configmap(name: &str) -> Value {
 fn restart_keeps_every_object(store: StoreKind) {
     let mut server = TestServer::start(store);
     server.kubectl_ok(&["apply", "-f", "examples/"]);
-    server.kubectl_ok(&["create", "namespace", "team-a"]);
-    server.kubectl_ok(&[
-        "create",
-        "secret",
-        "generic",
-        "creds",
-        "-n",
-        "team-a",
-        "--from-literal=password=hunter2",
-    ]);
+    server.kubectl_stdin_ok(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: team-a\n---\n\
+         apiVersion: v1\nkind: Secret\nmetadata:\n  name: creds\n  namespace: team-a\n\
+         stringData:\n  password: hunter2\n",
+    );
     for i in 0..20 {
         let response = server.send_json("POST", CONFIGMAPS, &configmap(&format!("keep-{i}")));
         assert_eq!(response.status, 201, "{}", response.body);

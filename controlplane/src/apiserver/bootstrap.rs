@@ -5,7 +5,6 @@
 
 use serde_json::{json, Value};
 
-use super::handlers::purge_namespace;
 use super::ipam::ServiceIpam;
 use super::registry;
 use super::server::ApiServer;
@@ -83,15 +82,4 @@ pub async fn namespace_created(server: &ApiServer, ns: &str) {
     if let Err(e) = ensure(server, "", "v1", "serviceaccounts", sa).await {
         tracing::warn!("cannot create the default ServiceAccount in {ns}: {}", e.message);
     }
-}
-
-/// Removes everything inside a deleted namespace.
-///
-/// Upstream's namespace controller does this asynchronously behind the
-/// `kubernetes` finalizer; done synchronously here, `kubectl delete ns`
-/// returns once the namespace and its content are gone.
-pub async fn namespace_deleted(server: &ApiServer, ns: &str) -> Result<(), ApiError> {
-    let n = purge_namespace(server, ns).await?;
-    tracing::info!("namespace {ns} deleted with {n} objects");
-    Ok(())
 }

@@ -137,6 +137,7 @@ fn subresource_entry(r: &Resource, sub: Subresource) -> Value {
         Subresource::Scale => (&["get", "patch", "update"], "Scale"),
         Subresource::Binding => (&["create"], "Binding"),
         Subresource::Log => (&["get"], r.kind),
+        Subresource::Finalize => (&["update"], r.kind),
     };
     entry["kind"] = kind.into();
     entry["verbs"] = json!(verbs);

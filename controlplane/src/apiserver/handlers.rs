@@ -150,6 +150,7 @@ pub async fn handle(server: &Arc<ApiServer>, method: &Method, req: ResourceReque
         ("PUT", true, Some(Subresource::Status)) => update(server, &req, Scope::Status).await,
         ("PATCH", true, None) => patch(server, &req, Scope::Main).await,
         ("PATCH", true, Some(Subresource::Status)) => patch(server, &req, Scope::Status).await,
+        ("PUT", true, Some(Subresource::Finalize)) => update(server, &req, Scope::Finalize).await,
         ("DELETE", true, None) => delete(server, &req).await,
         (_, true, Some(Subresource::Scale)) => subresources::scale(server, method, &req).await,
         ("POST", true, Some(Subresource::Binding)) => binding(server, &req, req.name.as_deref()).await,
@@ -350,6 +351,9 @@ async fn create(server: &Arc<ApiServer>, req: &ResourceRequest<'_>) -> Result<Re
     check_namespace(server, req).await?;
     let (mut obj, warnings) =
         strategy::prepare_create(req.resource, req.namespace.as_deref(), body, req.field_validation()?)?;
+    if req.resource.kind == "Pod" {
+        strategy::add_default_tolerations(&mut obj, server.config.controllers.default_toleration_seconds);
+    }
     let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
     let key = req.resource.key(req.namespace.as_deref(), &name);
     let allocation = if req.resource.kind == "Service" && !req.dry_run() {
@@ -422,10 +426,13 @@ pub async fn guaranteed_update(
     Err(ApiError::conflict(req.resource, req.object_name()))
 }
 
-/// An object being deleted whose last finalizer is gone can be removed.
+/// An object being deleted whose last finalizer is gone can be removed
+/// (for namespaces, `spec.finalizers` must be empty too).
 fn finalized(obj: &Value) -> bool {
+    let empty = |v: &Value| v.as_array().is_none_or(|f| f.is_empty());
     obj["metadata"]["deletionTimestamp"].is_string()
-        && obj["metadata"]["finalizers"].as_array().is_none_or(|f| f.is_empty())
+        && empty(&obj["metadata"]["finalizers"])
+        && (obj["kind"] != "Namespace" || empty(&obj["spec"]["finalizers"]))
 }
 
 /// Releases what a deleted object held (Service addresses and ports).
@@ -478,6 +485,8 @@ pub fn patch_error(e: &patch::PatchError) -> ApiError {
 #[derive(Debug, Clone)]
 struct DeleteOptions {
     grace_period: Option<i64>,
+    /// `Orphan` and `Foreground` add the finalizer the garbage collector acts on.
+    propagation: Option<String>,
     precondition_uid: Option<String>,
     precondition_rv: Option<String>,
 }
@@ -487,8 +496,24 @@ fn delete_options(req: &ResourceRequest<'_>) -> Result<DeleteOptions, ApiError> 
     let grace_period = body["gracePeriodSeconds"]
         .as_i64()
         .or_else(|| req.param("gracePeriodSeconds").and_then(|g| g.parse().ok()));
+    let propagation = body["propagationPolicy"]
+        .as_str()
+        .map(str::to_string)
+        .or_else(|| req.param("propagationPolicy").map(str::to_string))
+        .or_else(|| {
+            let orphan = body["orphanDependents"].as_bool().or_else(|| req.param("orphanDependents").map(|v| v == "true"));
+            orphan.map(|o| if o { "Orphan".to_string() } else { "Background".to_string() })
+        });
+    if let Some(p) = &propagation {
+        if !matches!(p.as_str(), "Orphan" | "Foreground" | "Background") {
+            return Err(ApiError::bad_request(format!(
+                "propagationPolicy: Unsupported value: \"{p}\": supported values: \"Foreground\", \"Background\", \"Orphan\""
+            )));
+        }
+    }
     Ok(DeleteOptions {
         grace_period,
+        propagation,
         precondition_uid: body["preconditions"]["uid"].as_str().map(str::to_string),
         precondition_rv: body["preconditions"]["resourceVersion"].as_str().map(str::to_string),
     })
@@ -522,7 +547,27 @@ async fn delete_one(
                 return Err(ApiError::conflict(req.resource, req.object_name()));
             }
         }
-        let has_finalizers = current["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
+        let mut current = current;
+        let gc_finalizer = match opts.propagation.as_deref() {
+            Some("Orphan") => Some("orphan"),
+            Some("Foreground") => Some("foregroundDeletion"),
+            _ => None,
+        };
+        if let Some(f) = gc_finalizer {
+            let list = current["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
+            if !list.iter().any(|x| x == f) {
+                let mut list = list;
+                list.push(json!(f));
+                current["metadata"]["finalizers"] = json!(list);
+            }
+        }
+        let terminating_namespace = req.resource.kind == "Namespace"
+            && current["spec"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
+        if terminating_namespace {
+            current["status"]["phase"] = json!("Terminating");
+        }
+        let has_finalizers =
+            current["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty()) || terminating_namespace;
         let graceful_pod = req.resource.kind == "Pod"
             && current["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty())
             && opts.grace_period != Some(0)
@@ -531,11 +576,13 @@ async fn delete_one(
             return Ok((current, StatusCode::OK));
         }
         if has_finalizers || graceful_pod {
-            if current["metadata"]["deletionTimestamp"].is_string() {
+            if current["metadata"]["deletionTimestamp"].is_string() && gc_finalizer.is_none() {
                 return Ok((current, StatusCode::ACCEPTED));
             }
             let mut marked = current.clone();
-            marked["metadata"]["deletionTimestamp"] = json!(strategy::now_rfc3339());
+            if !marked["metadata"]["deletionTimestamp"].is_string() {
+                marked["metadata"]["deletionTimestamp"] = json!(strategy::now_rfc3339());
+            }
             let grace = if graceful_pod {
                 opts.grace_period.or(current["spec"]["terminationGracePeriodSeconds"].as_i64()).unwrap_or(30)
             } else {
@@ -551,9 +598,6 @@ async fn delete_one(
         match server.store.delete(&req.key(), Some(revision)).await {
             Ok(kv) => {
                 released(server, req.resource, &current);
-                if req.resource.kind == "Namespace" {
-                    super::bootstrap::namespace_deleted(server, req.object_name()).await?;
-                }
                 let obj = strategy::with_resource_version(current, kv.mod_revision);
                 return Ok((obj, StatusCode::OK));
             }
@@ -596,33 +640,6 @@ async fn delete_collection(server: &Arc<ApiServer>, req: &ResourceRequest<'_>) -
         "items": deleted,
     });
     Ok(respond(StatusCode::OK, &list, &[]))
-}
-
-/// Deletes every namespaced object in `ns` (used when a namespace goes away).
-pub async fn purge_namespace(server: &ApiServer, ns: &str) -> Result<usize, ApiError> {
-    let mut count = 0;
-    let mut seen = std::collections::HashSet::new();
-    for resource in super::registry::RESOURCES.iter().filter(|r| r.namespaced) {
-        if !seen.insert(resource.storage) {
-            continue;
-        }
-        let page = server.store.list(&resource.prefix(Some(ns)), None, 0).await?;
-        for kv in page.items {
-            match server.store.delete(&kv.key, None).await {
-                Ok(_) => {
-                    if resource.kind == "Service" {
-                        if let Ok(obj) = serde_json::from_slice::<Value>(&kv.value) {
-                            released(server, resource, &obj);
-                        }
-                    }
-                    count += 1;
-                }
-                Err(StoreError::NotFound(_)) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-    Ok(count)
 }
 
 /// Success `Status` (used by binding).

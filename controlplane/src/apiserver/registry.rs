@@ -21,6 +21,8 @@ pub enum Subresource {
     Binding,
     /// `/log`: pods only, served by the node agent.
     Log,
+    /// `/finalize`: namespaces only, updates `spec.finalizers`.
+    Finalize,
 }
 
 impl Subresource {
@@ -31,6 +33,7 @@ impl Subresource {
             Subresource::Scale => "scale",
             Subresource::Binding => "binding",
             Subresource::Log => "log",
+            Subresource::Finalize => "finalize",
         }
     }
 }
@@ -128,7 +131,7 @@ fn codec<T: DeserializeOwned + Serialize>(value: Value) -> Result<Value, DecodeE
     })
 }
 
-use Subresource::{Binding, Log, Scale, Status};
+use Subresource::{Binding, Finalize, Log, Scale, Status};
 
 macro_rules! res {
     ($group:expr, $version:expr, $kind:expr, $plural:expr, $singular:expr, $ns:expr, $short:expr, $cat:expr, $subs:expr, $storage:expr, $ty:ty) => {
@@ -152,7 +155,7 @@ const ALL: &[&str] = &["all"];
 
 /// Every resource the server serves.
 pub static RESOURCES: &[Resource] = &[
-    res!("", "v1", "Namespace", "namespaces", "namespace", false, &["ns"], &[], &[Status], "namespaces", api::core::v1::Namespace),
+    res!("", "v1", "Namespace", "namespaces", "namespace", false, &["ns"], &[], &[Status, Finalize], "namespaces", api::core::v1::Namespace),
     res!("", "v1", "Pod", "pods", "pod", true, &["po"], ALL, &[Status, Binding, Log], "pods", api::core::v1::Pod),
     res!("", "v1", "Service", "services", "service", true, &["svc"], ALL, &[Status], "services", api::core::v1::Service),
     res!("", "v1", "Endpoints", "endpoints", "endpoints", true, &["ep"], &[], &[], "endpoints", api::core::v1::Endpoints),

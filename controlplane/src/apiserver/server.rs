@@ -23,7 +23,7 @@ use tokio_rustls::TlsAcceptor;
 use super::auth::Authenticator;
 use super::handlers::{self, ResourceRequest};
 use super::ipam::ServiceIpam;
-use super::registry::{self, Subresource};
+use super::registry;
 use super::status::ApiError;
 use super::{bootstrap, discovery, openapi, pki};
 use crate::store::{EtcdStore, RedbStore, Store};
@@ -313,7 +313,6 @@ async fn route(
     }
     let sub = match sub {
         None => None,
-        Some("finalize") => Some(Subresource::Status),
         Some(s) => Some(
             resource
                 .subresources

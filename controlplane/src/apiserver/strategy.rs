@@ -16,6 +16,8 @@ pub enum Scope {
     Main,
     /// The `/status` subresource: only `.status`.
     Status,
+    /// The namespace `/finalize` subresource: only `spec.finalizers`.
+    Finalize,
     /// A system write of spec and status together (pod binding); update-only
     /// validation rules such as pod spec immutability do not apply.
     Whole,
@@ -301,6 +303,22 @@ pub fn prepare_update(
             }
             new = merged;
         }
+        Scope::Finalize => {
+            let finalizers = new["spec"].get("finalizers").cloned();
+            let mut merged = old.clone();
+            if !merged["spec"].is_object() {
+                merged["spec"] = json!({});
+            }
+            match finalizers {
+                Some(f) => merged["spec"]["finalizers"] = f,
+                None => {
+                    if let Some(o) = merged["spec"].as_object_mut() {
+                        o.remove("finalizers");
+                    }
+                }
+            }
+            new = merged;
+        }
         Scope::Main if has_status => match old.get("status") {
             Some(s) => new["status"] = s.clone(),
             None => {
@@ -332,6 +350,28 @@ pub fn prepare_update(
         return Err(ApiError::invalid(resource, &name, &errors));
     }
     Ok((new, warnings))
+}
+
+/// Adds upstream's DefaultTolerationSeconds tolerations to a pod: NoExecute
+/// for `node.kubernetes.io/not-ready` and `unreachable`, unless the pod
+/// already tolerates them, so the node lifecycle controller evicts pods from
+/// a lost node after `seconds`.
+pub fn add_default_tolerations(pod: &mut Value, seconds: i64) {
+    if !pod["spec"].is_object() {
+        return;
+    }
+    let mut list = pod["spec"]["tolerations"].as_array().cloned().unwrap_or_default();
+    for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
+        let tolerated = list.iter().any(|t| {
+            let effect_ok = matches!(t["effect"].as_str(), None | Some("") | Some("NoExecute"));
+            let key_ok = t["key"].as_str() == Some(key) || (t["key"].as_str().unwrap_or("").is_empty() && t["operator"] == "Exists");
+            effect_ok && key_ok
+        });
+        if !tolerated {
+            list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": seconds}));
+        }
+    }
+    pod["spec"]["tolerations"] = json!(list);
 }
 
 /// True when anything but metadata and status differs.

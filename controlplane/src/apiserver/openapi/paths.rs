@@ -385,6 +385,22 @@ pub(super) fn add_resource(paths: &mut Map<String, Value>, r: &Resource) {
                     );
                 }
             }
+            Subresource::Finalize => {
+                ops.insert(
+                    "put".into(),
+                    Op {
+                        action: "put",
+                        id: format!("replace{gv}{scope}{kind}{suffix}"),
+                        description: format!("replace finalize of the specified {kind}"),
+                        gvk,
+                        params: write_params(false),
+                        body: Some((&["*/*"], object.clone())),
+                        responses: vec![("200", "OK"), ("201", "Created")],
+                        response: (OBJECT_TYPES, object.clone()),
+                    }
+                    .into_value(&tag),
+                );
+            }
             Subresource::Binding => {
                 let binding = kind_schema_name("", "v1", "Binding").unwrap_or_default();
                 ops.insert(
