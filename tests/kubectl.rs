@@ -622,7 +622,7 @@ fn apply_twice_then_delete(store: StoreKind) {
         "{err}"
     );
 
-    let out = server.kubectl_ok(&["delete", "-f", "examples/"]);
+    let out = server.kubectl_ok(&["delete", "-f", "examples/", "--ignore-not-found"]);
     for object in [
         "deployment.apps",
         "service",

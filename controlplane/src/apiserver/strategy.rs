@@ -259,6 +259,9 @@ pub fn prepare_create(
     } else {
         m.remove("generation");
     }
+    if storage.kind == "Job" {
+        generate_job_selector(&mut obj);
+    }
     let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
     let errors = validation::validate(storage, &obj, None);
     if !errors.is_empty() {
@@ -350,6 +353,33 @@ pub fn prepare_update(
         return Err(ApiError::invalid(resource, &name, &errors));
     }
     Ok((new, warnings))
+}
+
+/// As upstream's Job strategy: unless `spec.manualSelector` is true, the
+/// selector is the job's controller-uid and the template carries the
+/// matching labels (so a Job's pods never match another Job).
+fn generate_job_selector(job: &mut Value) {
+    if job["spec"]["manualSelector"] == json!(true) {
+        return;
+    }
+    let uid = job["metadata"]["uid"].as_str().unwrap_or("").to_string();
+    let name = job["metadata"]["name"].as_str().unwrap_or("").to_string();
+    job["spec"]["selector"] = json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
+    if !job["spec"]["template"]["metadata"].is_object() {
+        job["spec"]["template"]["metadata"] = json!({});
+    }
+    let labels = &mut job["spec"]["template"]["metadata"]["labels"];
+    if !labels.is_object() {
+        *labels = json!({});
+    }
+    for (k, v) in [
+        ("batch.kubernetes.io/controller-uid", &uid),
+        ("controller-uid", &uid),
+        ("batch.kubernetes.io/job-name", &name),
+        ("job-name", &name),
+    ] {
+        labels[k] = json!(v);
+    }
 }
 
 /// Adds upstream's DefaultTolerationSeconds tolerations to a pod: NoExecute
