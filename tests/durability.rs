@@ -197,6 +197,11 @@ fn kill9_during_creates_keeps_acknowledged(store: StoreKind) {
         "creates answered with something other than 201: {unexpected:#?}"
     );
     let acked = acked.into_inner().expect("lock");
+    println!(
+        "{store:?}: {} of {CREATES} creates acknowledged, {} unanswered at kill -9",
+        acked.len(),
+        unanswered.load(Ordering::SeqCst)
+    );
     assert!(
         acked.len() >= KILL_AFTER_ACKS,
         "only {} creates were acknowledged before the kill",
