@@ -164,9 +164,6 @@ impl TestServer {
         if let Some(etcd) = &self.etcd {
             cmd.arg("--etcd-endpoints").arg(etcd.client_url());
         }
-        if std::env::var_os("RUST_LOG").is_none() {
-            cmd.env("RUST_LOG", "info");
-        }
         let child = cmd
             .stdin(Stdio::null())
             .stdout(log)

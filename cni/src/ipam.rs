@@ -1,0 +1,550 @@
+//! The built-in IPAM: one state file per network under `dataDir/<network>/`,
+//! guarded by an exclusive `flock` on `dataDir/<network>/lock` so concurrent
+//! plugin processes never hand out the same address.
+//!
+//! The state file is rewritten whole (write a temporary file, then rename)
+//! while the lock is held, so a process killed at any point leaves either the
+//! old or the new state, never a torn one. An allocation is recorded before any
+//! link exists; a crashed ADD therefore leaves a record that DEL (by container)
+//! or GC (by `cni.dev/valid-attachments`) reclaims. The file is not fsynced:
+//! after a node crash every pod is recreated anyway and GC reconciles.
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::ErrorKind;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use ipnetwork::IpNetwork;
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{AttachmentId, BuiltinIpam, Range, RangeSet};
+
+/// Environment variable overriding how long to wait for the store lock (ms).
+pub const LOCK_TIMEOUT_ENV: &str = "SKIFF_CNI_LOCK_TIMEOUT_MS";
+const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
+const STATE_FILE: &str = "state.json";
+const LOCK_FILE: &str = "lock";
+
+/// Errors of the built-in IPAM.
+#[derive(Debug, thiserror::Error)]
+pub enum IpamError {
+    /// The state directory or a file in it cannot be used.
+    #[error("IPAM store {path}: {op} failed; check that dataDir is a writable directory")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another process held the lock for too long.
+    #[error("IPAM store {path} stayed locked for {waited:?}; another skiff-cni may be stuck, retry later")]
+    LockTimeout {
+        /// The lock file.
+        path: PathBuf,
+        /// How long this process waited.
+        waited: Duration,
+    },
+    /// The state file does not parse.
+    #[error("IPAM state file {path} is corrupt ({reason}); move it away and run GC to rebuild")]
+    Corrupt {
+        /// The state file.
+        path: PathBuf,
+        /// The parse error.
+        reason: String,
+    },
+    /// A range set has no free address.
+    #[error("IP range {ranges} of network {network} is exhausted: all {size} addresses are allocated or reserved; free some with DEL/GC or widen ipam.ranges")]
+    Exhausted {
+        /// The network name.
+        network: String,
+        /// The ranges of the full set, e.g. `10.244.1.1-10.244.1.254`.
+        ranges: String,
+        /// How many addresses the set has.
+        size: u128,
+    },
+}
+
+/// One allocated address.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocation {
+    /// The address.
+    pub ip: IpAddr,
+    /// Owner container.
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    /// Owner interface.
+    pub ifname: String,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct State {
+    /// Last address handed out per range set (round-robin start point).
+    #[serde(default)]
+    last: Vec<Option<IpAddr>>,
+    #[serde(default)]
+    allocations: Vec<Allocation>,
+}
+
+/// Free capacity of one range set, as STATUS reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetUsage {
+    /// The ranges, printed.
+    pub ranges: String,
+    /// Addresses in the set, gateways included.
+    pub size: u128,
+    /// Addresses that can still be allocated.
+    pub free: u128,
+}
+
+/// The per-network IPAM store.
+pub struct Store {
+    dir: PathBuf,
+    network: String,
+}
+
+/// The state, loaded while the store's lock is held.
+struct Locked {
+    _lock: Flock<File>,
+    state: State,
+    path: PathBuf,
+}
+
+impl Store {
+    /// The store of `network` under `conf.data_dir` (created on first use).
+    pub fn new(conf: &BuiltinIpam, network: &str) -> Store {
+        Store {
+            dir: conf.data_dir.join(network),
+            network: network.to_string(),
+        }
+    }
+
+    /// The directory holding this network's state.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn lock(&self) -> Result<Locked, IpamError> {
+        fs::create_dir_all(&self.dir).map_err(|source| IpamError::Io {
+            op: "creating the directory",
+            path: self.dir.clone(),
+            source,
+        })?;
+        let lock_path = self.dir.join(LOCK_FILE);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| IpamError::Io {
+                op: "opening the lock file",
+                path: lock_path.clone(),
+                source,
+            })?;
+        let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => l,
+            Err((file, _)) => wait_for_lock(file, &lock_path)?,
+        };
+        let path = self.dir.join(STATE_FILE);
+        let state = match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| IpamError::Corrupt {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?,
+            Err(e) if e.kind() == ErrorKind::NotFound => State::default(),
+            Err(source) => {
+                return Err(IpamError::Io {
+                    op: "reading the state file",
+                    path,
+                    source,
+                })
+            }
+        };
+        Ok(Locked {
+            _lock: lock,
+            state,
+            path,
+        })
+    }
+
+    /// Allocates one address per range set to `id`, or returns the addresses
+    /// it already holds (then the flag is `true`).
+    pub fn allocate(
+        &self,
+        conf: &BuiltinIpam,
+        id: &AttachmentId,
+    ) -> Result<(Vec<Allocated>, bool), IpamError> {
+        let mut locked = self.lock()?;
+        let owned: Vec<IpAddr> = locked
+            .state
+            .allocations
+            .iter()
+            .filter(|a| a.container_id == id.container_id && a.ifname == id.ifname)
+            .map(|a| a.ip)
+            .collect();
+        if !owned.is_empty() {
+            return Ok((describe(conf, &owned), true));
+        }
+        let taken: HashSet<IpAddr> = locked.state.allocations.iter().map(|a| a.ip).collect();
+        locked.state.last.resize(conf.range_sets.len(), None);
+        let mut ips = Vec::new();
+        for (i, set) in conf.range_sets.iter().enumerate() {
+            let ip = pick(set, &taken, locked.state.last[i]).ok_or_else(|| {
+                IpamError::Exhausted {
+                    network: self.network.clone(),
+                    ranges: set_label(set),
+                    size: set_size(set),
+                }
+            })?;
+            locked.state.last[i] = Some(ip);
+            ips.push(ip);
+        }
+        for ip in &ips {
+            locked.state.allocations.push(Allocation {
+                ip: *ip,
+                container_id: id.container_id.clone(),
+                ifname: id.ifname.clone(),
+            });
+        }
+        locked.save()?;
+        Ok((describe(conf, &ips), false))
+    }
+
+    /// Removes every allocation of `id`; returns them (empty if none).
+    pub fn release(&self, id: &AttachmentId) -> Result<Vec<Allocation>, IpamError> {
+        self.remove_where(|a| a.container_id == id.container_id && a.ifname == id.ifname)
+    }
+
+    /// Removes every allocation not owned by one of `valid`; returns them.
+    pub fn gc(&self, valid: &HashSet<AttachmentId>) -> Result<Vec<Allocation>, IpamError> {
+        self.remove_where(|a| {
+            !valid.contains(&AttachmentId {
+                container_id: a.container_id.clone(),
+                ifname: a.ifname.clone(),
+            })
+        })
+    }
+
+    /// The addresses `id` holds.
+    pub fn lookup(&self, id: &AttachmentId) -> Result<Vec<IpAddr>, IpamError> {
+        let locked = self.lock()?;
+        Ok(locked
+            .state
+            .allocations
+            .iter()
+            .filter(|a| a.container_id == id.container_id && a.ifname == id.ifname)
+            .map(|a| a.ip)
+            .collect())
+    }
+
+    /// Every allocation.
+    pub fn allocations(&self) -> Result<Vec<Allocation>, IpamError> {
+        Ok(self.lock()?.state.allocations)
+    }
+
+    /// Free capacity per range set.
+    pub fn usage(&self, conf: &BuiltinIpam) -> Result<Vec<SetUsage>, IpamError> {
+        let locked = self.lock()?;
+        Ok(conf
+            .range_sets
+            .iter()
+            .map(|set| {
+                let size = set_size(set);
+                let used = locked
+                    .state
+                    .allocations
+                    .iter()
+                    .filter(|a| set.0.iter().any(|r| r.contains(a.ip)))
+                    .count() as u128;
+                let gateways = set
+                    .0
+                    .iter()
+                    .filter(|r| r.contains(r.gateway))
+                    .count() as u128;
+                SetUsage {
+                    ranges: set_label(set),
+                    size,
+                    free: size.saturating_sub(used + gateways),
+                }
+            })
+            .collect())
+    }
+
+    fn remove_where(
+        &self,
+        mut pred: impl FnMut(&Allocation) -> bool,
+    ) -> Result<Vec<Allocation>, IpamError> {
+        let mut locked = self.lock()?;
+        let (gone, kept): (Vec<_>, Vec<_>) =
+            locked.state.allocations.drain(..).partition(|a| pred(a));
+        locked.state.allocations = kept;
+        if !gone.is_empty() {
+            locked.save()?;
+        }
+        Ok(gone)
+    }
+}
+
+fn wait_for_lock(file: File, path: &Path) -> Result<Flock<File>, IpamError> {
+    let timeout = std::env::var(LOCK_TIMEOUT_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(DEFAULT_LOCK_TIMEOUT);
+    // A blocking flock queues fairly behind other waiters; it runs on its own
+    // thread so this one can give up after `timeout`. If it does, the thread
+    // keeps waiting, and drops (unlocks) the lock as soon as it gets it.
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(Flock::lock(file, FlockArg::LockExclusive));
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(Ok(lock)) => Ok(lock),
+        Ok(Err((_, errno))) => Err(IpamError::Io {
+            op: "locking",
+            path: path.to_path_buf(),
+            source: std::io::Error::from(errno),
+        }),
+        Err(_) => Err(IpamError::LockTimeout {
+            path: path.to_path_buf(),
+            waited: timeout,
+        }),
+    }
+}
+
+impl Locked {
+    fn save(&self) -> Result<(), IpamError> {
+        let tmp = self.path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec(&self.state).map_err(|e| IpamError::Corrupt {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })?;
+        fs::write(&tmp, bytes).map_err(|source| IpamError::Io {
+            op: "writing the state file",
+            path: tmp.clone(),
+            source,
+        })?;
+        fs::rename(&tmp, &self.path).map_err(|source| IpamError::Io {
+            op: "replacing the state file",
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+/// An allocated address with its subnet prefix and gateway.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Allocated {
+    /// Address with the subnet's prefix length.
+    pub address: IpNetwork,
+    /// The range's gateway.
+    pub gateway: IpAddr,
+}
+
+fn describe(conf: &BuiltinIpam, ips: &[IpAddr]) -> Vec<Allocated> {
+    ips.iter()
+        .filter_map(|ip| {
+            let r = conf
+                .range_sets
+                .iter()
+                .flat_map(|s| s.0.iter())
+                .find(|r| r.subnet.contains(*ip))?;
+            Some(Allocated {
+                address: IpNetwork::new(*ip, r.subnet.prefix()).ok()?,
+                gateway: r.gateway,
+            })
+        })
+        .collect()
+}
+
+/// Picks the first free address after `last`, round-robin over the set.
+fn pick(set: &RangeSet, taken: &HashSet<IpAddr>, last: Option<IpAddr>) -> Option<IpAddr> {
+    let ranges = &set.0;
+    let (mut ri, mut ip) = match last.and_then(|l| ranges.iter().position(|r| r.contains(l))) {
+        Some(i) => next(ranges, i, last?),
+        None => (0, ranges[0].start),
+    };
+    // Every address skipped is taken or a gateway, so this many steps either
+    // find a free address or have visited the whole set.
+    let in_set = taken
+        .iter()
+        .filter(|t| ranges.iter().any(|r| r.contains(**t)))
+        .count() as u128;
+    let steps = (in_set + ranges.len() as u128 + 1).min(set_size(set));
+    for _ in 0..steps {
+        let r = &ranges[ri];
+        if ip != r.gateway && !taken.contains(&ip) {
+            return Some(ip);
+        }
+        (ri, ip) = next(ranges, ri, ip);
+    }
+    None
+}
+
+fn next(ranges: &[Range], i: usize, ip: IpAddr) -> (usize, IpAddr) {
+    if ip < ranges[i].end {
+        (i, add(ip, 1))
+    } else {
+        let n = (i + 1) % ranges.len();
+        (n, ranges[n].start)
+    }
+}
+
+fn set_size(set: &RangeSet) -> u128 {
+    set.0
+        .iter()
+        .map(|r| to_u128(r.end) - to_u128(r.start) + 1)
+        .fold(0u128, u128::saturating_add)
+}
+
+fn set_label(set: &RangeSet) -> String {
+    set.0
+        .iter()
+        .map(|r| format!("{}-{} ({})", r.start, r.end, r.subnet))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn to_u128(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v) => u32::from(v) as u128,
+        IpAddr::V6(v) => u128::from(v),
+    }
+}
+
+/// `ip + delta`, wrapping within its family.
+pub fn add(ip: IpAddr, delta: i64) -> IpAddr {
+    match ip {
+        IpAddr::V4(v) => IpAddr::V4(Ipv4Addr::from(
+            u32::from(v).wrapping_add_signed(delta as i32),
+        )),
+        IpAddr::V6(v) => IpAddr::V6(Ipv6Addr::from(
+            u128::from(v).wrapping_add_signed(delta as i128),
+        )),
+    }
+}
+
+/// The last address of `net`.
+pub fn last_addr(net: &IpNetwork) -> IpAddr {
+    match net {
+        IpNetwork::V4(n) => IpAddr::V4(n.broadcast()),
+        IpNetwork::V6(n) => {
+            let host_bits = 128 - u32::from(n.prefix());
+            let mask = if host_bits == 128 { u128::MAX } else { (1u128 << host_bits) - 1 };
+            IpAddr::V6(Ipv6Addr::from(u128::from(n.network()) | mask))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Ipam, NetConf};
+
+    fn conf(dir: &Path, ranges: &str) -> BuiltinIpam {
+        let text = format!(
+            r#"{{"cniVersion":"1.1.0","name":"n","type":"skiff","ipam":{{"type":"skiff","dataDir":"{}","ranges":{ranges}}}}}"#,
+            dir.display()
+        );
+        match NetConf::parse(text.as_bytes()).unwrap().ipam {
+            Ipam::Builtin(b) => b,
+            Ipam::Delegate { .. } => unreachable!(),
+        }
+    }
+
+    fn id(c: &str) -> AttachmentId {
+        AttachmentId {
+            container_id: c.into(),
+            ifname: "eth0".into(),
+        }
+    }
+
+    #[test]
+    fn allocates_distinct_addresses_skipping_the_gateway() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = conf(dir.path(), r#"[[{"subnet":"10.9.0.0/29"}],[{"subnet":"fd00::/125"}]]"#);
+        let s = Store::new(&c, "n");
+        let (a, existed) = s.allocate(&c, &id("a")).unwrap();
+        assert!(!existed);
+        assert_eq!(a[0].address.to_string(), "10.9.0.2/29");
+        assert_eq!(a[0].gateway.to_string(), "10.9.0.1");
+        assert_eq!(a[1].address.to_string(), "fd00::2/125");
+        // Same owner again: same addresses, no new allocation.
+        let (again, existed) = s.allocate(&c, &id("a")).unwrap();
+        assert!(existed);
+        assert_eq!(again, a);
+        let mut seen = HashSet::new();
+        for i in 0..5 {
+            let (got, _) = s.allocate(&c, &id(&format!("c{i}"))).unwrap();
+            assert!(seen.insert(got[0].address.ip()));
+        }
+        // /29: .1 gateway, .2-.6 usable (5), .7 broadcast: all used now.
+        let e = s.allocate(&c, &id("full")).unwrap_err();
+        assert!(matches!(e, IpamError::Exhausted { size: 6, .. }), "{e}");
+        assert!(e.to_string().contains("10.9.0.1-10.9.0.6"), "{e}");
+        assert_eq!(s.usage(&c).unwrap()[0].free, 0);
+    }
+
+    #[test]
+    fn release_and_round_robin() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = conf(dir.path(), r#"[[{"subnet":"10.9.0.0/24","rangeStart":"10.9.0.10","rangeEnd":"10.9.0.12"}]]"#);
+        let s = Store::new(&c, "n");
+        let first = s.allocate(&c, &id("a")).unwrap().0[0].address.ip();
+        assert_eq!(first.to_string(), "10.9.0.10");
+        assert_eq!(s.release(&id("a")).unwrap().len(), 1);
+        assert!(s.release(&id("a")).unwrap().is_empty());
+        // The next allocation moves on instead of reusing the address just freed.
+        let second = s.allocate(&c, &id("b")).unwrap().0[0].address.ip();
+        assert_eq!(second.to_string(), "10.9.0.11");
+        assert_eq!(s.lookup(&id("b")).unwrap(), vec![second]);
+    }
+
+    #[test]
+    fn gc_keeps_only_valid_attachments() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = conf(dir.path(), r#"[[{"subnet":"10.9.0.0/24"}]]"#);
+        let s = Store::new(&c, "n");
+        for n in ["a", "b", "c"] {
+            s.allocate(&c, &id(n)).unwrap();
+        }
+        let valid: HashSet<_> = [id("b")].into_iter().collect();
+        let gone = s.gc(&valid).unwrap();
+        assert_eq!(gone.len(), 2);
+        assert_eq!(s.allocations().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn multi_range_sets_wrap_between_ranges() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = conf(dir.path(), r#"[[{"subnet":"10.9.0.0/30"},{"subnet":"10.9.1.0/30"}]]"#);
+        let s = Store::new(&c, "n");
+        let a = s.allocate(&c, &id("a")).unwrap().0[0].address.ip();
+        let b = s.allocate(&c, &id("b")).unwrap().0[0].address.ip();
+        assert_eq!((a.to_string(), b.to_string()), ("10.9.0.2".into(), "10.9.1.2".into()));
+        assert!(s.allocate(&c, &id("c")).is_err());
+    }
+
+    #[test]
+    fn corrupt_state_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = conf(dir.path(), r#"[[{"subnet":"10.9.0.0/24"}]]"#);
+        let s = Store::new(&c, "n");
+        fs::create_dir_all(s.dir()).unwrap();
+        fs::write(s.dir().join(STATE_FILE), b"{oops").unwrap();
+        assert!(matches!(s.allocate(&c, &id("a")), Err(IpamError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn address_arithmetic() {
+        assert_eq!(add("10.0.0.255".parse().unwrap(), 1).to_string(), "10.0.1.0");
+        assert_eq!(add("fd00::".parse().unwrap(), -1).to_string(), "fcff:ffff:ffff:ffff:ffff:ffff:ffff:ffff");
+        assert_eq!(last_addr(&"fd00::/64".parse().unwrap()).to_string(), "fd00::ffff:ffff:ffff:ffff");
+    }
+}

@@ -1,0 +1,183 @@
+//! The veth pair joining a pod to the node bridge.
+//!
+//! One netlink request creates both ends: the host end (named from a hash of
+//! network, container and interface, attached to the bridge, up) and the pod
+//! end, created directly inside the pod namespace under its final `CNI_IFNAME`
+//! (so no temporary name ever appears on the node and the kernel itself
+//! refuses a name the pod already has). The host end carries an alias
+//! `skiff/<network>/<container>/<ifname>` that GC uses to find its owner.
+//! Deleting the host end deletes the pair; a pair whose pod namespace is gone
+//! has already been deleted by the kernel.
+
+use std::os::fd::RawFd;
+
+use netlink_packet_route::link::{InfoData, InfoKind, InfoPortKind, InfoVeth};
+use rtnetlink::{LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth};
+
+use crate::config::AttachmentId;
+use crate::netlink::{self, NetlinkError};
+
+/// Prefix of every host-side veth name.
+pub const HOST_PREFIX: &str = "sk";
+
+/// Errors creating the pair.
+#[derive(Debug, thiserror::Error)]
+pub enum VethError {
+    /// The pod already has an interface with this name.
+    #[error("interface {ifname} already exists in {netns}; ADD refuses to reuse it (run DEL first or choose another CNI_IFNAME)")]
+    PodExists {
+        /// The interface name.
+        ifname: String,
+        /// The pod namespace path.
+        netns: String,
+    },
+    /// The host end exists: a leftover of an earlier ADD of this attachment.
+    #[error("host interface {host} for this container and interface already exists (an earlier ADD was not deleted); run DEL for the container first")]
+    HostExists {
+        /// The host-side name.
+        host: String,
+    },
+    /// Any other netlink failure.
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+}
+
+/// Everything needed to create one pair.
+pub struct VethSpec<'a> {
+    /// Host-side name (see [`host_name`]).
+    pub host: String,
+    /// Pod-side name (`CNI_IFNAME`).
+    pub ifname: &'a str,
+    /// MTU of both ends.
+    pub mtu: Option<u32>,
+    /// Pod-side MAC.
+    pub pod_mac: [u8; 6],
+    /// Host-side MAC.
+    pub host_mac: [u8; 6],
+    /// Bridge to attach the host end to.
+    pub bridge_index: u32,
+    /// Descriptor of the pod network namespace.
+    pub pod_ns_fd: RawFd,
+    /// Pod namespace path, for messages.
+    pub pod_ns: String,
+    /// Hairpin mode on the bridge port.
+    pub hairpin: bool,
+    /// Alias recording the owner.
+    pub alias: String,
+}
+
+/// The host-side name of `id`'s veth in `network`: `sk` + 12 hex digits.
+pub fn host_name(network: &str, id: &AttachmentId) -> String {
+    let h = netlink::stable_hash(&[network, &id.container_id, &id.ifname]);
+    format!("{HOST_PREFIX}{:012x}", h >> 16)
+}
+
+/// The alias marking a host veth as `id`'s in `network`.
+pub fn alias(network: &str, id: &AttachmentId) -> String {
+    format!("skiff/{network}/{}/{}", id.container_id, id.ifname)
+}
+
+/// The owner recorded in `alias`, if it belongs to `network`.
+pub fn parse_alias(network: &str, alias: &str) -> Option<AttachmentId> {
+    let rest = alias.strip_prefix("skiff/")?.strip_prefix(network)?.strip_prefix('/')?;
+    let (cid, ifname) = rest.split_once('/')?;
+    Some(AttachmentId {
+        container_id: cid.to_string(),
+        ifname: ifname.to_string(),
+    })
+}
+
+/// Creates the pair, attached to the bridge and up, then sets the port options.
+pub async fn create(h: &rtnetlink::Handle, spec: &VethSpec<'_>, ns: &str) -> Result<(), VethError> {
+    let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
+        .name(spec.ifname)
+        .address(spec.pod_mac.to_vec())
+        .setns_by_fd(spec.pod_ns_fd)
+        .up();
+    let mut host = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+        .name(spec.host.clone())
+        .address(spec.host_mac.to_vec())
+        .controller(spec.bridge_index)
+        .up();
+    if let Some(m) = spec.mtu {
+        peer = peer.mtu(m);
+        host = host.mtu(m);
+    }
+    let msg = host
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
+        .build();
+    if let Err(e) = h.link().add(msg).execute().await {
+        if netlink::is_exists(&e) {
+            let host_there = netlink::link_by_name(h, &spec.host).await.ok().flatten().is_some();
+            return Err(if host_there {
+                VethError::HostExists {
+                    host: spec.host.clone(),
+                }
+            } else {
+                VethError::PodExists {
+                    ifname: spec.ifname.to_string(),
+                    netns: spec.pod_ns.clone(),
+                }
+            });
+        }
+        return Err(NetlinkError {
+            op: format!("creating veth {} / {}", spec.host, spec.ifname),
+            ns: ns.to_string(),
+            source: e,
+        }
+        .into());
+    }
+    // The port options and alias can only be set once the port exists.
+    let port = LinkMessageBuilder::<LinkBridgePort>::default()
+        .name(spec.host.clone())
+        .set_port_kind(InfoPortKind::Bridge)
+        .hairpin(spec.hairpin)
+        .alias(spec.alias.clone())
+        .build();
+    h.link().set_port(port).execute().await.map_err(|source| NetlinkError {
+        op: format!("setting hairpin mode and alias on {}", spec.host),
+        ns: ns.to_string(),
+        source,
+    })?;
+    Ok(())
+}
+
+/// Deletes the pair by its host end; returns whether it existed.
+pub async fn delete(h: &rtnetlink::Handle, host: &str, ns: &str) -> Result<bool, NetlinkError> {
+    let msg = LinkMessageBuilder::<LinkUnspec>::new_with_name(host).build();
+    match h.link().del_with_message(msg).execute().await {
+        Ok(()) => Ok(true),
+        Err(e) if netlink::is_not_found(&e) => Ok(false),
+        Err(source) => Err(NetlinkError {
+            op: format!("deleting veth {host}"),
+            ns: ns.to_string(),
+            source,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_short_stable_and_distinct() {
+        let a = AttachmentId {
+            container_id: "abc".into(),
+            ifname: "eth0".into(),
+        };
+        let b = AttachmentId {
+            container_id: "abd".into(),
+            ifname: "eth0".into(),
+        };
+        let n = host_name("net", &a);
+        assert_eq!(n.len(), 14);
+        assert!(crate::config::check_ifname(&n).is_ok());
+        assert_eq!(n, host_name("net", &a));
+        assert_ne!(n, host_name("net", &b));
+        assert_ne!(n, host_name("other", &a));
+        let al = alias("net", &a);
+        assert_eq!(parse_alias("net", &al), Some(a));
+        assert_eq!(parse_alias("ne", &al), None);
+    }
+}
