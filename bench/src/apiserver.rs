@@ -358,6 +358,12 @@ async fn bench_store(store: StoreKind, args: &Args, skiff: &Path) -> Result<Figu
     let list_paged = phase(store, "paginated list", paged, &mut failed);
     server.child.check_running()?;
     let rss_after_lists = memory(server.child.pid())?;
+    if list_full.is_none() {
+        notes.push(
+            "the unpaginated lists failed, so the RSS after them does not include their cost"
+                .to_string(),
+        );
+    }
 
     progress(
         store,

@@ -255,6 +255,20 @@ pub async fn list_objects(
     req: &ResourceRequest<'_>,
     selectors: &Selectors,
 ) -> Result<(Vec<Value>, i64, Option<String>), ApiError> {
+    let mut items = Vec::new();
+    let (revision, token) = list_each(server, req, selectors, |obj| items.push(obj)).await?;
+    Ok((items, revision, token))
+}
+
+/// Calls `each` with every matching object (served version, with its
+/// resourceVersion) in key order, honouring `limit`/`continue`, without
+/// holding them all in memory. Returns the list revision and continue token.
+pub async fn list_each(
+    server: &ApiServer,
+    req: &ResourceRequest<'_>,
+    selectors: &Selectors,
+    mut each: impl FnMut(Value),
+) -> Result<(i64, Option<String>), ApiError> {
     let limit: usize = match req.param("limit") {
         None | Some("") => 0,
         Some(l) => l.parse().map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
@@ -270,53 +284,72 @@ pub async fn list_objects(
         }
         None => (None, None),
     };
-    let mut items = Vec::new();
+    // Read in bounded pages so a list of many objects never holds them all twice.
+    const PAGE: usize = 500;
+    let mut matched = 0;
     loop {
-        let chunk = if limit == 0 { 0 } else { (limit - items.len()).max(64) };
+        let chunk = if limit == 0 { PAGE } else { (limit - matched).clamp(64, PAGE) };
         let page = server.store.list(&prefix, start.as_deref(), chunk).await?;
-        revision.get_or_insert(page.revision);
-        let mut last_key = None;
-        for kv in &page.items {
-            last_key = Some(kv.key.clone());
+        let rev = *revision.get_or_insert(page.revision);
+        for (i, kv) in page.items.iter().enumerate() {
             let Ok(obj) = serde_json::from_slice::<Value>(&kv.value) else {
                 tracing::warn!("skipping corrupt stored object {}", kv.key);
                 continue;
             };
             if selectors.matches(&obj) {
-                items.push(strategy::from_storage(req.resource, strategy::with_resource_version(obj, kv.mod_revision)));
-                if limit > 0 && items.len() == limit {
-                    let more = page.more || kv.key != page.items[page.items.len() - 1].key;
-                    let token = more.then(|| encode_continue(&kv.key, revision.unwrap_or(page.revision)));
-                    return Ok((items, revision.unwrap_or(page.revision), token));
+                each(strategy::from_storage(req.resource, strategy::with_resource_version(obj, kv.mod_revision)));
+                matched += 1;
+                if limit > 0 && matched == limit {
+                    let more = page.more || i + 1 < page.items.len();
+                    return Ok((rev, more.then(|| encode_continue(&kv.key, rev))));
                 }
             }
         }
-        if !page.more || last_key.is_none() {
-            return Ok((items, revision.unwrap_or(page.revision), None));
+        match page.items.last() {
+            Some(last) if page.more => start = Some(last.key.clone()),
+            _ => return Ok((rev, None)),
         }
-        start = last_key;
     }
 }
 
 async fn list(server: &Arc<ApiServer>, req: &ResourceRequest<'_>) -> Result<Response, ApiError> {
     let selectors = Selectors::from_request(req)?;
-    let (items, revision, token) = list_objects(server, req, &selectors).await?;
+    if req.wants_table() {
+        let (items, revision, token) = list_objects(server, req, &selectors).await?;
+        let mut t = table::to_table(req.resource, &items, req.include_object(), jiff::Timestamp::now());
+        t["metadata"] = list_metadata(revision, token);
+        return Ok(respond(StatusCode::OK, &t, &[]));
+    }
+    // Serialize item by item: the body is built once, objects are dropped as they go.
+    let mut body = format!(
+        "{{\"kind\":\"{}List\",\"apiVersion\":\"{}\",\"items\":[",
+        req.resource.kind,
+        req.resource.api_version()
+    )
+    .into_bytes();
+    let mut first = true;
+    let (revision, token) = list_each(server, req, &selectors, |obj| {
+        if !first {
+            body.push(b',');
+        }
+        first = false;
+        if serde_json::to_writer(&mut body, &obj).is_err() {
+            body.extend_from_slice(b"null");
+        }
+    })
+    .await?;
+    body.extend_from_slice(b"],\"metadata\":");
+    body.extend_from_slice(list_metadata(revision, token).to_string().as_bytes());
+    body.push(b'}');
+    Ok((StatusCode::OK, [("content-type", "application/json")], body).into_response())
+}
+
+fn list_metadata(revision: i64, token: Option<String>) -> Value {
     let mut metadata = json!({"resourceVersion": revision.to_string()});
     if let Some(t) = token {
         metadata["continue"] = json!(t);
     }
-    if req.wants_table() {
-        let mut t = table::to_table(req.resource, &items, req.include_object(), jiff::Timestamp::now());
-        t["metadata"] = metadata;
-        return Ok(respond(StatusCode::OK, &t, &[]));
-    }
-    let list = json!({
-        "kind": format!("{}List", req.resource.kind),
-        "apiVersion": req.resource.api_version(),
-        "metadata": metadata,
-        "items": items,
-    });
-    Ok(respond(StatusCode::OK, &list, &[]))
+    metadata
 }
 
 /// Fails unless the namespace exists and is not terminating.

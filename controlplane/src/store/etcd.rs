@@ -193,30 +193,42 @@ impl Store for EtcdStore {
         start_after: Option<&str>,
         limit: usize,
     ) -> Result<ListResult> {
-        let start = match start_after {
+        // etcd (and its gRPC client's 4 MiB message limit) caps one response,
+        // so large ranges are read in pages pinned to the first page's revision.
+        const PAGE: usize = 500;
+        let mut start = match start_after {
             Some(after) if after >= prefix => format!("{after}\0"),
             _ => prefix.to_owned(),
         };
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let options = GetOptions::new()
-            .with_range(prefix_end(prefix))
-            .with_limit(limit);
-        let response = self
-            .client
-            .clone()
-            .get(start, Some(options))
-            .await
-            .map_err(self.failed("list"))?;
-        let items = response
-            .kvs()
-            .iter()
-            .map(|kv| convert(kv).map_err(|d| self.unexpected("list", d)))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(ListResult {
-            items,
-            revision: self.header_revision("list", response.header())?,
-            more: response.more(),
-        })
+        let mut items = Vec::new();
+        let mut revision = 0;
+        loop {
+            let want = if limit == 0 { PAGE } else { (limit - items.len()).min(PAGE) };
+            let mut options = GetOptions::new()
+                .with_range(prefix_end(prefix))
+                .with_limit(i64::try_from(want).unwrap_or(i64::MAX));
+            if revision > 0 {
+                options = options.with_revision(revision);
+            }
+            let response = self
+                .client
+                .clone()
+                .get(start.clone(), Some(options))
+                .await
+                .map_err(self.failed("list"))?;
+            if revision == 0 {
+                revision = self.header_revision("list", response.header())?;
+            }
+            for kv in response.kvs() {
+                items.push(convert(kv).map_err(|d| self.unexpected("list", d))?);
+            }
+            let more = response.more();
+            let done = limit != 0 && items.len() >= limit;
+            match items.last() {
+                Some(last) if more && !done => start = format!("{}\0", last.key),
+                _ => return Ok(ListResult { items, revision, more }),
+            }
+        }
     }
 
     async fn create(&self, key: &str, value: Bytes) -> Result<KeyValue> {
