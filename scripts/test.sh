@@ -39,6 +39,7 @@ step scripts/setup.sh
 step cargo fmt --all -- --check
 step cargo clippy --workspace --exclude skiff-ebpf --all-targets -- -D warnings
 step cargo build --workspace --exclude skiff-ebpf --all-targets
-step cargo test --workspace --exclude skiff-ebpf
+# --no-fail-fast: report every failing test binary, not just the first.
+step cargo test --workspace --exclude skiff-ebpf --no-fail-fast
 step cargo +nightly clippy "${BPF_FLAGS[@]}" -- -D warnings
 step cargo +nightly build "${BPF_FLAGS[@]}"

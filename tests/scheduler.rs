@@ -56,7 +56,10 @@ impl Server {
             .arg(format!("127.0.0.1:{port}"))
             .arg("--disable-controllers")
             .arg(disabled.join(","))
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "SKIFF_LOG",
+                std::env::var("SKIFF_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone the log handle"))
             .stderr(log)
@@ -107,16 +110,20 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!("----- skiff server log -----\n{}\n----- end of server log -----", self.log());
+            eprintln!(
+                "----- skiff server log -----\n{}\n----- end of server log -----",
+                self.log()
+            );
         }
     }
 }
 
 async fn client(kubeconfig: &std::path::Path) -> Result<kube::Client, String> {
     let config = kube::config::Kubeconfig::read_from(kubeconfig).map_err(|e| e.to_string())?;
-    let config = kube::Config::from_custom_kubeconfig(config, &kube::config::KubeConfigOptions::default())
-        .await
-        .map_err(|e| e.to_string())?;
+    let config =
+        kube::Config::from_custom_kubeconfig(config, &kube::config::KubeConfigOptions::default())
+            .await
+            .map_err(|e| e.to_string())?;
     kube::Client::try_from(config).map_err(|e| e.to_string())
 }
 
@@ -176,7 +183,13 @@ async fn create_pod(client: &kube::Client, name: &str, cpu: &str, extra: Value) 
     create_pod_with_meta(client, name, cpu, json!({}), extra).await;
 }
 
-async fn create_pod_with_meta(client: &kube::Client, name: &str, cpu: &str, meta: Value, extra: Value) {
+async fn create_pod_with_meta(
+    client: &kube::Client,
+    name: &str,
+    cpu: &str,
+    meta: Value,
+    extra: Value,
+) {
     let mut spec = json!({"containers": [{
         "name": "app",
         "image": "registry.local/app:1",
@@ -189,8 +202,10 @@ async fn create_pod_with_meta(client: &kube::Client, name: &str, cpu: &str, meta
     if let (Some(m), Some(extra)) = (metadata.as_object_mut(), meta.as_object()) {
         m.extend(extra.clone());
     }
-    let pod: Pod = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}))
-        .expect("valid pod");
+    let pod: Pod = serde_json::from_value(
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}),
+    )
+    .expect("valid pod");
     pods(client)
         .create(&PostParams::default(), &pod)
         .await
@@ -212,7 +227,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {TIMEOUT:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {TIMEOUT:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -263,7 +281,11 @@ async fn scheduled_condition(client: &kube::Client, pod: &str) -> Option<(String
         .conditions?
         .into_iter()
         .find(|c| c.type_ == "PodScheduled")?;
-    Some((condition.status, condition.reason.unwrap_or_default(), condition.message.unwrap_or_default()))
+    Some((
+        condition.status,
+        condition.reason.unwrap_or_default(),
+        condition.message.unwrap_or_default(),
+    ))
 }
 
 #[tokio::test]
@@ -276,18 +298,32 @@ async fn unschedulable_pod_is_explained_and_scheduled_once_a_node_fits() {
     let node = bound_node(&client, "fits").await;
     assert!(node.starts_with("small-"), "bound to {node}");
     let message = eventually("the Scheduled event", || async {
-        events(&client, "fits", "Scheduled").await.first()?.message.clone()
+        events(&client, "fits", "Scheduled")
+            .await
+            .first()?
+            .message
+            .clone()
     })
     .await;
-    assert_eq!(message, format!("Successfully assigned default/fits to {node}"));
+    assert_eq!(
+        message,
+        format!("Successfully assigned default/fits to {node}")
+    );
 
     create_pod(&client, "too-big", "4", json!({})).await;
     let message = failed_scheduling(&client, "too-big").await;
     assert_eq!(message, "0/2 nodes are available: 2 Insufficient cpu.");
-    let condition = eventually("PodScheduled=False on too-big", || scheduled_condition(&client, "too-big")).await;
+    let condition = eventually("PodScheduled=False on too-big", || {
+        scheduled_condition(&client, "too-big")
+    })
+    .await;
     assert_eq!(
         condition,
-        ("False".to_string(), "Unschedulable".to_string(), "0/2 nodes are available: 2 Insufficient cpu.".to_string())
+        (
+            "False".to_string(),
+            "Unschedulable".to_string(),
+            "0/2 nodes are available: 2 Insufficient cpu.".to_string()
+        )
     );
     assert_eq!(node_of(&client, "too-big").await, None, "stays Pending");
 
@@ -299,9 +335,19 @@ async fn unschedulable_pod_is_explained_and_scheduled_once_a_node_fits() {
         .output()
         .expect("run kubectl describe");
     let text = String::from_utf8_lossy(&describe.stdout);
-    assert!(describe.status.success(), "kubectl describe failed: {}", String::from_utf8_lossy(&describe.stderr));
-    assert!(text.contains("FailedScheduling"), "no FailedScheduling in:\n{text}");
-    assert!(text.contains("0/2 nodes are available: 2 Insufficient cpu."), "no reason in:\n{text}");
+    assert!(
+        describe.status.success(),
+        "kubectl describe failed: {}",
+        String::from_utf8_lossy(&describe.stderr)
+    );
+    assert!(
+        text.contains("FailedScheduling"),
+        "no FailedScheduling in:\n{text}"
+    );
+    assert!(
+        text.contains("0/2 nodes are available: 2 Insufficient cpu."),
+        "no reason in:\n{text}"
+    );
 
     // A node big enough appears: the pod is retried without waiting for the periodic flush.
     FakeNode::new("big", "8").create(&client).await;
@@ -313,12 +359,18 @@ async fn unschedulable_pod_is_explained_and_scheduled_once_a_node_fits() {
 #[tokio::test]
 async fn selectors_affinity_taints_and_host_ports_steer_placement() {
     let (_server, client) = Server::start().await;
-    FakeNode { labels: json!({"zone": "a"}), ..FakeNode::new("plain", "4") }
-        .create(&client)
-        .await;
-    FakeNode { labels: json!({"zone": "b", "disk": "ssd", "cores": "16"}), ..FakeNode::new("ssd", "4") }
-        .create(&client)
-        .await;
+    FakeNode {
+        labels: json!({"zone": "a"}),
+        ..FakeNode::new("plain", "4")
+    }
+    .create(&client)
+    .await;
+    FakeNode {
+        labels: json!({"zone": "b", "disk": "ssd", "cores": "16"}),
+        ..FakeNode::new("ssd", "4")
+    }
+    .create(&client)
+    .await;
     FakeNode {
         labels: json!({"zone": "b", "gpu": "true"}),
         taints: json!([{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]),
@@ -326,19 +378,33 @@ async fn selectors_affinity_taints_and_host_ports_steer_placement() {
     }
     .create(&client)
     .await;
-    FakeNode { labels: json!({"zone": "c"}), unschedulable: true, ..FakeNode::new("cordoned", "4") }
-        .create(&client)
-        .await;
-    FakeNode { labels: json!({"zone": "c"}), ready: false, ..FakeNode::new("down", "4") }
-        .create(&client)
-        .await;
+    FakeNode {
+        labels: json!({"zone": "c"}),
+        unschedulable: true,
+        ..FakeNode::new("cordoned", "4")
+    }
+    .create(&client)
+    .await;
+    FakeNode {
+        labels: json!({"zone": "c"}),
+        ready: false,
+        ..FakeNode::new("down", "4")
+    }
+    .create(&client)
+    .await;
 
     let in_zone = |values: Value| {
         json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
             {"matchExpressions": [{"key": "zone", "operator": "In", "values": values}]}
         ]}}}})
     };
-    create_pod(&client, "selector", "100m", json!({"nodeSelector": {"disk": "ssd"}})).await;
+    create_pod(
+        &client,
+        "selector",
+        "100m",
+        json!({"nodeSelector": {"disk": "ssd"}}),
+    )
+    .await;
     create_pod(&client, "affinity-in", "100m", in_zone(json!(["a", "c"]))).await;
     create_pod(
         &client,
@@ -366,7 +432,13 @@ async fn selectors_affinity_taints_and_host_ports_steer_placement() {
         json!({"nodeSelector": {"gpu": "true"}, "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}]}),
     )
     .await;
-    create_pod(&client, "wants-gpu", "100m", json!({"nodeSelector": {"gpu": "true"}})).await;
+    create_pod(
+        &client,
+        "wants-gpu",
+        "100m",
+        json!({"nodeSelector": {"gpu": "true"}}),
+    )
+    .await;
 
     assert_eq!(bound_node(&client, "selector").await, "ssd");
     assert_eq!(bound_node(&client, "affinity-in").await, "plain");
@@ -415,11 +487,20 @@ async fn pods_of_one_owner_spread_and_avoid_prefer_no_schedule() {
         "uid": "5f0c7a4e-2b1d-4c3e-9f8a-1a2b3c4d5e6f", "controller": true,
     }]});
     for i in 0..6 {
-        create_pod_with_meta(&client, &format!("web-{i}"), "100m", owner.clone(), json!({})).await;
+        create_pod_with_meta(
+            &client,
+            &format!("web-{i}"),
+            "100m",
+            owner.clone(),
+            json!({}),
+        )
+        .await;
     }
     let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
     for i in 0..6 {
-        *per_node.entry(bound_node(&client, &format!("web-{i}")).await).or_default() += 1;
+        *per_node
+            .entry(bound_node(&client, &format!("web-{i}")).await)
+            .or_default() += 1;
     }
     let expected: BTreeMap<String, usize> = [("n1", 2), ("n2", 2), ("n3", 2)]
         .into_iter()
@@ -431,15 +512,29 @@ async fn pods_of_one_owner_spread_and_avoid_prefer_no_schedule() {
 #[tokio::test]
 async fn pods_bound_elsewhere_count_and_their_deletion_frees_room() {
     let (_server, client) = Server::start().await;
-    FakeNode { pods: "1", ..FakeNode::new("only", "4") }.create(&client).await;
+    FakeNode {
+        pods: "1",
+        ..FakeNode::new("only", "4")
+    }
+    .create(&client)
+    .await;
 
     // Bound by someone else: the scheduler leaves it alone but counts it.
     create_pod(&client, "manual", "100m", json!({"nodeName": "only"})).await;
     create_pod(&client, "waiting", "100m", json!({})).await;
-    assert_eq!(failed_scheduling(&client, "waiting").await, "0/1 nodes are available: 1 Too many pods.");
+    assert_eq!(
+        failed_scheduling(&client, "waiting").await,
+        "0/1 nodes are available: 1 Too many pods."
+    );
 
     // Another scheduler's pod is not ours to bind or explain.
-    create_pod(&client, "not-ours", "100m", json!({"schedulerName": "other-scheduler"})).await;
+    create_pod(
+        &client,
+        "not-ours",
+        "100m",
+        json!({"schedulerName": "other-scheduler"}),
+    )
+    .await;
 
     pods(&client)
         .delete("manual", &DeleteParams::default().grace_period(0))
@@ -447,6 +542,8 @@ async fn pods_bound_elsewhere_count_and_their_deletion_frees_room() {
         .expect("delete the manual pod");
     assert_eq!(bound_node(&client, "waiting").await, "only");
     assert_eq!(node_of(&client, "not-ours").await, None);
-    assert!(events(&client, "not-ours", "FailedScheduling").await.is_empty());
+    assert!(events(&client, "not-ours", "FailedScheduling")
+        .await
+        .is_empty());
     assert!(events(&client, "not-ours", "Scheduled").await.is_empty());
 }

@@ -4,7 +4,7 @@
 //! create it; "already exists" is success.
 
 use ipnetwork::IpNetwork;
-use rtnetlink::{LinkBridge, LinkUnspec, LinkMessageBuilder};
+use rtnetlink::{LinkBridge, LinkUnspec};
 
 use crate::netlink::{self, NetlinkError};
 
@@ -53,7 +53,7 @@ pub async fn ensure(
     let link = match existing {
         Some(l) => {
             if !netlink::is_up(&l) {
-                let up = LinkMessageBuilder::<LinkUnspec>::new_with_index(l.header.index).up().build();
+                let up = LinkUnspec::new_with_index(l.header.index).up().build();
                 h.link()
                     .set(up)
                     .execute()

@@ -1,1 +1,41 @@
-fn main() {}
+//! `skiff-cni`: the CNI plugin binary. A container runtime runs it inside the
+//! node's network namespace with `CNI_*` variables and the network config on
+//! stdin; it prints the result (or the spec's error object) on stdout.
+
+#![forbid(unsafe_code)]
+
+use std::io::{Read, Write};
+use std::process::ExitCode;
+
+use skiff_cni::errors::{CniError, Code};
+use skiff_cni::invoke::{invoke, Outcome};
+use skiff_cni::Netns;
+
+fn main() -> ExitCode {
+    let mut stdin = Vec::new();
+    let outcome = match std::io::stdin().read_to_end(&mut stdin) {
+        Err(e) => Outcome {
+            stdout: CniError::new(Code::Io, format!("reading the network config from stdin failed: {e}"))
+                .to_json(skiff_cni::SPEC_VERSION)
+                .to_string(),
+            success: false,
+        },
+        Ok(_) => match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt.block_on(invoke(&|k| std::env::var(k).ok(), &stdin, &Netns::current())),
+            Err(e) => Outcome {
+                stdout: CniError::new(Code::Io, format!("starting the async runtime failed: {e}"))
+                    .to_json(skiff_cni::SPEC_VERSION)
+                    .to_string(),
+                success: false,
+            },
+        },
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(outcome.stdout.as_bytes());
+    let _ = out.flush();
+    if outcome.success {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

@@ -184,6 +184,20 @@ pub async fn add_address(
     }
 }
 
+/// Deletes the link called `name`; returns whether it existed.
+pub async fn delete_link(h: &rtnetlink::Handle, name: &str, ns: &str) -> Result<bool, NetlinkError> {
+    let msg = rtnetlink::LinkUnspec::new_with_name(name).build();
+    match h.link().del_with_message(msg).execute().await {
+        Ok(()) => Ok(true),
+        Err(e) if is_not_found(&e) => Ok(false),
+        Err(source) => Err(NetlinkError {
+            op: format!("deleting link {name}"),
+            ns: ns.to_string(),
+            source,
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -156,14 +156,6 @@ impl Netns {
             std::fs::write(&path, value.as_bytes())
         })
     }
-
-    /// Runs `cmd` to completion inside this namespace.
-    pub fn output(
-        &self,
-        cmd: &mut std::process::Command,
-    ) -> Result<std::io::Result<std::process::Output>, NetnsError> {
-        self.run(|| cmd.output())
-    }
 }
 
 fn sysctl_path(key: &str) -> PathBuf {

@@ -87,13 +87,14 @@ pub fn parse_alias(network: &str, alias: &str) -> Option<AttachmentId> {
     })
 }
 
-/// Creates the pair, attached to the bridge and up, then sets the port options.
+/// Creates the pair, host end attached to the bridge and up, then sets the
+/// port options. The pod end is brought up by the caller inside the pod
+/// namespace: the kernel refuses to open a veth peer before the pair is complete.
 pub async fn create(h: &rtnetlink::Handle, spec: &VethSpec<'_>, ns: &str) -> Result<(), VethError> {
     let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
         .name(spec.ifname)
         .address(spec.pod_mac.to_vec())
-        .setns_by_fd(spec.pod_ns_fd)
-        .up();
+        .setns_by_fd(spec.pod_ns_fd);
     let mut host = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
         .name(spec.host.clone())
         .address(spec.host_mac.to_vec())
@@ -144,16 +145,7 @@ pub async fn create(h: &rtnetlink::Handle, spec: &VethSpec<'_>, ns: &str) -> Res
 
 /// Deletes the pair by its host end; returns whether it existed.
 pub async fn delete(h: &rtnetlink::Handle, host: &str, ns: &str) -> Result<bool, NetlinkError> {
-    let msg = LinkMessageBuilder::<LinkUnspec>::new_with_name(host).build();
-    match h.link().del_with_message(msg).execute().await {
-        Ok(()) => Ok(true),
-        Err(e) if netlink::is_not_found(&e) => Ok(false),
-        Err(source) => Err(NetlinkError {
-            op: format!("deleting veth {host}"),
-            ns: ns.to_string(),
-            source,
-        }),
-    }
+    netlink::delete_link(h, host, ns).await
 }
 
 #[cfg(test)]

@@ -87,7 +87,11 @@ impl OwnWrites {
     fn key(kind: &str, meta: &ObjectMeta, deleted: bool) -> String {
         let ns = meta.namespace.as_deref().unwrap_or_default();
         let name = meta.name.as_deref().unwrap_or_default();
-        let version = if deleted { "deleted" } else { meta.resource_version.as_deref().unwrap_or_default() };
+        let version = if deleted {
+            "deleted"
+        } else {
+            meta.resource_version.as_deref().unwrap_or_default()
+        };
         format!("{kind}/{ns}/{name}@{version}")
     }
 
@@ -135,47 +139,75 @@ pub async fn run(ctx: Arc<Context>) {
     });
 
     let c = ctrl.clone();
-    tokio::spawn(informer::run(Api::<Service>::all(client.clone()), watcher::Config::default(), services_w, move |change| {
-        c.on_service(change)
-    }));
+    tokio::spawn(informer::run(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+        services_w,
+        move |change| c.on_service(change),
+    ));
     let c = ctrl.clone();
-    tokio::spawn(async move {
-        // Pod changes are mapped to Services through the Service cache.
-        if c.services.wait_until_ready().await.is_err() {
-            return;
-        }
-        let api = Api::<Pod>::all(c.client.clone());
-        let c2 = c.clone();
-        informer::run(api, watcher::Config::default(), pods_w, move |change| c2.on_pod(change)).await;
-    });
+    tokio::spawn(informer::run(
+        Api::<Node>::all(client.clone()),
+        watcher::Config::default(),
+        nodes_w,
+        move |change| c.on_node(change),
+    ));
     let c = ctrl.clone();
-    tokio::spawn(informer::run(Api::<Node>::all(client.clone()), watcher::Config::default(), nodes_w, move |change| {
-        c.on_node(change)
-    }));
-    let c = ctrl.clone();
-    let managed = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={CONTROLLER_NAME}"));
+    let managed =
+        watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={CONTROLLER_NAME}"));
     let slices_reader = slices_w.as_reader();
-    tokio::spawn(informer::run(Api::<EndpointSlice>::all(client.clone()), managed, slices_w, move |change| {
-        c.on_owned("EndpointSlice", change, &slices_reader, |s: &EndpointSlice| {
-            s.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL).cloned()
-        })
-    }));
+    tokio::spawn(informer::run(
+        Api::<EndpointSlice>::all(client.clone()),
+        managed,
+        slices_w,
+        move |change| {
+            c.on_owned(
+                "EndpointSlice",
+                change,
+                &slices_reader,
+                |s: &EndpointSlice| s.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL).cloned(),
+            )
+        },
+    ));
     let c = ctrl.clone();
-    let managed = watcher::Config::default().labels(&format!("{ENDPOINTS_MANAGED_BY_LABEL}={ENDPOINTS_CONTROLLER_NAME}"));
+    let managed = watcher::Config::default().labels(&format!(
+        "{ENDPOINTS_MANAGED_BY_LABEL}={ENDPOINTS_CONTROLLER_NAME}"
+    ));
     let endpoints_reader = endpoints_w.as_reader();
-    tokio::spawn(informer::run(Api::<Endpoints>::all(client), managed, endpoints_w, move |change| {
-        c.on_owned("Endpoints", change, &endpoints_reader, |e: &Endpoints| e.metadata.name.clone())
-    }));
+    tokio::spawn(informer::run(
+        Api::<Endpoints>::all(client.clone()),
+        managed,
+        endpoints_w,
+        move |change| {
+            c.on_owned("Endpoints", change, &endpoints_reader, |e: &Endpoints| {
+                e.metadata.name.clone()
+            })
+        },
+    ));
 
-    for store_ready in [services.wait_until_ready().await, pods.wait_until_ready().await, nodes.wait_until_ready().await] {
-        if store_ready.is_err() {
-            tracing::error!("endpointslice controller stopped: a watch cache was dropped");
-            return;
-        }
+    // Pod changes are mapped to Services through the Service cache, so pods
+    // are watched once it is filled. (Each store is awaited by one task
+    // only: kube's readiness signal wakes a single waiter.)
+    if services.wait_until_ready().await.is_err() {
+        tracing::error!("endpointslice controller stopped: the Service watch cache was dropped");
+        return;
+    }
+    let c = ctrl.clone();
+    tokio::spawn(informer::run(
+        Api::<Pod>::all(client.clone()),
+        watcher::Config::default(),
+        pods_w,
+        move |change| c.on_pod(change),
+    ));
+    if pods.wait_until_ready().await.is_err() || nodes.wait_until_ready().await.is_err() {
+        tracing::error!("endpointslice controller stopped: a watch cache was dropped");
+        return;
     }
     ctrl.queue_all_services();
     tracing::info!("endpointslice controller synced its caches; {WORKERS} workers running");
-    let workers: Vec<_> = (0..WORKERS).map(|_| tokio::spawn(ctrl.clone().work())).collect();
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|_| tokio::spawn(ctrl.clone().work()))
+        .collect();
     for worker in workers {
         let _ = worker.await;
     }
@@ -196,15 +228,21 @@ impl Controller {
 
     fn on_service(&self, change: Change<'_, Service>) {
         match change {
-            Change::Applied { new, .. } => service_key(&new.metadata).into_iter().for_each(|k| self.queue.add(k)),
-            Change::Deleted(old) => service_key(&old.metadata).into_iter().for_each(|k| self.queue.add(k)),
+            Change::Applied { new, .. } => service_key(&new.metadata)
+                .into_iter()
+                .for_each(|k| self.queue.add(k)),
+            Change::Deleted(old) => service_key(&old.metadata)
+                .into_iter()
+                .for_each(|k| self.queue.add(k)),
             Change::Resynced => self.queue_all_services(),
         }
     }
 
     /// Queues the Services selecting `pod` (by its labels at that time).
     fn queue_services_of(&self, pod: &Pod) {
-        let Some(ns) = pod.metadata.namespace.as_deref() else { return };
+        let Some(ns) = pod.metadata.namespace.as_deref() else {
+            return;
+        };
         let labels = pod.metadata.labels.as_ref();
         for svc in self.services.state() {
             if svc.metadata.namespace.as_deref() != Some(ns) {
@@ -235,8 +273,17 @@ impl Controller {
     }
 
     fn on_node(&self, change: Change<'_, Node>) {
-        let zone = |n: &Node| n.metadata.labels.as_ref().and_then(|l| l.get(ZONE_LABEL).cloned());
-        if let Change::Applied { old: Some(old), new } = change {
+        let zone = |n: &Node| {
+            n.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(ZONE_LABEL).cloned())
+        };
+        if let Change::Applied {
+            old: Some(old),
+            new,
+        } = change
+        {
             // Endpoints carry their node's zone; a relabelled node is rare.
             if zone(&old) != zone(new) {
                 self.queue_all_services();
@@ -246,8 +293,13 @@ impl Controller {
 
     /// A change of one of our own slices or Endpoints made by someone else
     /// (or a leftover found at start) queues its Service.
-    fn on_owned<K>(&self, kind: &str, change: Change<'_, K>, cache: &Store<K>, service: impl Fn(&K) -> Option<String>)
-    where
+    fn on_owned<K>(
+        &self,
+        kind: &str,
+        change: Change<'_, K>,
+        cache: &Store<K>,
+        service: impl Fn(&K) -> Option<String>,
+    ) where
         K: kube::Resource<DynamicType = ()> + Clone + 'static,
     {
         let queue = |obj: &K| {
@@ -275,7 +327,12 @@ impl Controller {
                     if let Some(svc) = svc {
                         let about = events::reference(svc.as_ref());
                         self.recorder
-                            .record(&about, EventType::Warning, "FailedToUpdateEndpointSlices", &e.to_string())
+                            .record(
+                                &about,
+                                EventType::Warning,
+                                "FailedToUpdateEndpointSlices",
+                                &e.to_string(),
+                            )
                             .await;
                     }
                 }
@@ -295,11 +352,17 @@ impl Controller {
         let existing = slices
             .list(&lp)
             .await
-            .map_err(|source| EndpointSliceError::List { service: service.clone(), source })?
+            .map_err(|source| EndpointSliceError::List {
+                service: service.clone(),
+                source,
+            })?
             .items;
         let Some(svc) = self.services.get(&ObjectRef::new(name).within(ns)) else {
             tracing::debug!("service {service} is gone; removing its endpoints");
-            let plan = pack::Plan { delete: existing, ..Default::default() };
+            let plan = pack::Plan {
+                delete: existing,
+                ..Default::default()
+            };
             self.apply(&slices, plan, &service).await?;
             return self.delete_endpoints(ns, name, &service).await;
         };
@@ -307,10 +370,14 @@ impl Controller {
             // The garbage collector removes the slices with their owner.
             return Ok(());
         }
-        let (Some(selector), Some(uid)) = (desired::selector(&svc), svc.metadata.uid.clone()) else {
+        let (Some(selector), Some(uid)) = (desired::selector(&svc), svc.metadata.uid.clone())
+        else {
             // Endpoints of Services without a selector belong to users; slices
             // we made while it had one are stale.
-            let plan = pack::Plan { delete: existing, ..Default::default() };
+            let plan = pack::Plan {
+                delete: existing,
+                ..Default::default()
+            };
             return self.apply(&slices, plan, &service).await;
         };
         let pods: Vec<Arc<Pod>> = self
@@ -346,7 +413,12 @@ impl Controller {
 
     /// Creates, then updates, then deletes, so that no endpoint is missing
     /// from every slice in between.
-    async fn apply(&self, api: &Api<EndpointSlice>, plan: pack::Plan, service: &str) -> Result<(), EndpointSliceError> {
+    async fn apply(
+        &self,
+        api: &Api<EndpointSlice>,
+        plan: pack::Plan,
+        service: &str,
+    ) -> Result<(), EndpointSliceError> {
         if plan.is_empty() {
             return Ok(());
         }
@@ -356,14 +428,24 @@ impl Controller {
             plan.update.len(),
             plan.delete.len()
         );
-        let err = |action, source| EndpointSliceError::Slice { action, service: service.to_string(), source };
+        let err = |action, source| EndpointSliceError::Slice {
+            action,
+            service: service.to_string(),
+            source,
+        };
         for slice in plan.create {
-            let created = api.create(&PostParams::default(), &slice).await.map_err(|e| err("create", e))?;
+            let created = api
+                .create(&PostParams::default(), &slice)
+                .await
+                .map_err(|e| err("create", e))?;
             self.own.remember("EndpointSlice", &created.metadata, false);
         }
         for slice in plan.update {
             let name = slice.metadata.name.clone().unwrap_or_default();
-            let updated = api.replace(&name, &PostParams::default(), &slice).await.map_err(|e| err("update", e))?;
+            let updated = api
+                .replace(&name, &PostParams::default(), &slice)
+                .await
+                .map_err(|e| err("update", e))?;
             self.own.remember("EndpointSlice", &updated.metadata, false);
         }
         for slice in plan.delete {
@@ -379,22 +461,41 @@ impl Controller {
     }
 
     /// Keeps the legacy Endpoints object of the Service in step.
-    async fn sync_endpoints(&self, svc: &Service, pods: &[Arc<Pod>], service: &str) -> Result<(), EndpointSliceError> {
+    async fn sync_endpoints(
+        &self,
+        svc: &Service,
+        pods: &[Arc<Pod>],
+        service: &str,
+    ) -> Result<(), EndpointSliceError> {
         let ns = svc.metadata.namespace.clone().unwrap_or_default();
         let name = svc.metadata.name.clone().unwrap_or_default();
         let api: Api<Endpoints> = Api::namespaced(self.client.clone(), &ns);
-        let err = |action, source| EndpointSliceError::Endpoints { action, service: service.to_string(), source };
+        let err = |action, source| EndpointSliceError::Endpoints {
+            action,
+            service: service.to_string(),
+            source,
+        };
         let (subsets, truncated) = desired::endpoints_subsets(svc, pods.iter().map(AsRef::as_ref));
         let labels = desired::endpoints_labels(svc);
         let current = api.get_opt(&name).await.map_err(|e| err("read", e))?;
         let mut object = current.clone().unwrap_or_else(|| Endpoints {
-            metadata: ObjectMeta { name: Some(name.clone()), namespace: Some(ns.clone()), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(ns.clone()),
+                ..Default::default()
+            },
             subsets: None,
         });
         object.metadata.labels = Some(labels);
-        let annotations = object.metadata.annotations.get_or_insert_with(Default::default);
+        let annotations = object
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default);
         if truncated {
-            annotations.insert(OVER_CAPACITY_ANNOTATION.to_string(), "truncated".to_string());
+            annotations.insert(
+                OVER_CAPACITY_ANNOTATION.to_string(),
+                "truncated".to_string(),
+            );
         } else {
             annotations.remove(OVER_CAPACITY_ANNOTATION);
         }
@@ -403,22 +504,42 @@ impl Controller {
         }
         object.subsets = Some(subsets).filter(|s| !s.is_empty());
         let written = match current {
-            None => api.create(&PostParams::default(), &object).await.map_err(|e| err("create", e))?,
+            None => api
+                .create(&PostParams::default(), &object)
+                .await
+                .map_err(|e| err("create", e))?,
             Some(current) if same_endpoints(&current, &object) => return Ok(()),
-            Some(_) => api.replace(&name, &PostParams::default(), &object).await.map_err(|e| err("update", e))?,
+            Some(_) => api
+                .replace(&name, &PostParams::default(), &object)
+                .await
+                .map_err(|e| err("update", e))?,
         };
         self.own.remember("Endpoints", &written.metadata, false);
         Ok(())
     }
 
     /// Deletes the Endpoints of a deleted Service, if this controller made them.
-    async fn delete_endpoints(&self, ns: &str, name: &str, service: &str) -> Result<(), EndpointSliceError> {
+    async fn delete_endpoints(
+        &self,
+        ns: &str,
+        name: &str,
+        service: &str,
+    ) -> Result<(), EndpointSliceError> {
         let api: Api<Endpoints> = Api::namespaced(self.client.clone(), ns);
-        let err = |action, source| EndpointSliceError::Endpoints { action, service: service.to_string(), source };
+        let err = |action, source| EndpointSliceError::Endpoints {
+            action,
+            service: service.to_string(),
+            source,
+        };
         let Some(current) = api.get_opt(name).await.map_err(|e| err("read", e))? else {
             return Ok(());
         };
-        let ours = current.metadata.labels.as_ref().and_then(|l| l.get(ENDPOINTS_MANAGED_BY_LABEL)).map(String::as_str)
+        let ours = current
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(ENDPOINTS_MANAGED_BY_LABEL))
+            .map(String::as_str)
             == Some(ENDPOINTS_CONTROLLER_NAME);
         if !ours {
             return Ok(());

@@ -65,9 +65,17 @@ struct Allocator {
 /// The podCIDRs a node carries (`podCIDRs`, else `podCIDR`), parsed.
 fn node_cidrs(node: &Node) -> Vec<IpNetwork> {
     let spec = node.spec.as_ref();
-    let listed: Vec<&String> = spec.and_then(|s| s.pod_cidrs.as_ref()).into_iter().flatten().collect();
+    let listed: Vec<&String> = spec
+        .and_then(|s| s.pod_cidrs.as_ref())
+        .into_iter()
+        .flatten()
+        .collect();
     let single = spec.and_then(|s| s.pod_cidr.as_ref());
-    let raw: Vec<&String> = if listed.is_empty() { single.into_iter().collect() } else { listed };
+    let raw: Vec<&String> = if listed.is_empty() {
+        single.into_iter().collect()
+    } else {
+        listed
+    };
     raw.into_iter()
         .filter_map(|c| match c.parse() {
             Ok(net) => Some(net),
@@ -83,9 +91,15 @@ fn node_cidrs(node: &Node) -> Vec<IpNetwork> {
 impl Allocator {
     /// Records the CIDRs a node already has; false when it has none.
     fn observe(&mut self, node: &Node) -> bool {
-        let Some(name) = node.metadata.name.clone() else { return false };
+        let Some(name) = node.metadata.name.clone() else {
+            return false;
+        };
         let cidrs = node_cidrs(node);
-        let Some(primary) = cidrs.iter().find(|c| c.is_ipv4() == self.set.cluster().is_ipv4()).copied() else {
+        let Some(primary) = cidrs
+            .iter()
+            .find(|c| c.is_ipv4() == self.set.cluster().is_ipv4())
+            .copied()
+        else {
             return !cidrs.is_empty();
         };
         if let Some(previous) = self.assigned.insert(name.clone(), primary) {
@@ -130,7 +144,9 @@ impl Allocator {
             self.observe(node);
         }
         for node in &nodes {
-            let Some(name) = node.metadata.name.clone() else { continue };
+            let Some(name) = node.metadata.name.clone() else {
+                continue;
+            };
             if !self.assigned.contains_key(&name) && node_cidrs(node).is_empty() {
                 self.pending.insert(name);
             }
@@ -184,13 +200,17 @@ pub async fn run(ctx: Arc<Context>) {
                 continue;
             }
             Some(Ok(Event::Init)) => alloc.listing = Some(Vec::new()),
-            Some(Ok(Event::InitApply(node))) => alloc.listing.get_or_insert_with(Vec::new).push(node),
+            Some(Ok(Event::InitApply(node))) => {
+                alloc.listing.get_or_insert_with(Vec::new).push(node)
+            }
             Some(Ok(Event::InitDone)) => {
                 let nodes = alloc.listing.take().unwrap_or_default();
                 alloc.rebuild(nodes);
             }
             Some(Ok(Event::Apply(node))) => {
-                let Some(name) = node.metadata.name.clone() else { continue };
+                let Some(name) = node.metadata.name.clone() else {
+                    continue;
+                };
                 // A node we already patched may still show up without a CIDR.
                 if !alloc.observe(&node) && !alloc.assigned.contains_key(&name) {
                     alloc.pending.insert(name);
@@ -219,7 +239,10 @@ async fn assign_pending(alloc: &mut Allocator, api: &Api<Node>, recorder: &Recor
                 alloc.told_exhausted.remove(&name);
                 alloc.assigned.insert(name, cidr);
             }
-            Err(NodeIpamError::Patch { source: kube::Error::Api(s), .. }) if s.code == 404 => {
+            Err(NodeIpamError::Patch {
+                source: kube::Error::Api(s),
+                ..
+            }) if s.code == 404 => {
                 alloc.pending.remove(&name);
             }
             Err(e @ NodeIpamError::Cidr(CidrError::Exhausted { .. })) => {
@@ -229,7 +252,14 @@ async fn assign_pending(alloc: &mut Allocator, api: &Api<Node>, recorder: &Recor
                     tracing::warn!("node {name}: {e}");
                     if let Ok(node) = api.get(&name).await {
                         let about = events::reference(&node);
-                        recorder.record(&about, EventType::Warning, "CIDRNotAvailable", &e.to_string()).await;
+                        recorder
+                            .record(
+                                &about,
+                                EventType::Warning,
+                                "CIDRNotAvailable",
+                                &e.to_string(),
+                            )
+                            .await;
                     }
                 }
             }
@@ -239,14 +269,26 @@ async fn assign_pending(alloc: &mut Allocator, api: &Api<Node>, recorder: &Recor
 }
 
 /// Allocates a CIDR and writes it to the node; frees it again on failure.
-async fn assign(alloc: &mut Allocator, api: &Api<Node>, name: &str) -> Result<IpNetwork, NodeIpamError> {
+async fn assign(
+    alloc: &mut Allocator,
+    api: &Api<Node>,
+    name: &str,
+) -> Result<IpNetwork, NodeIpamError> {
     let cidr = alloc.set.allocate()?;
-    let patch = serde_json::json!({"spec": {"podCIDR": cidr.to_string(), "podCIDRs": [cidr.to_string()]}});
-    match api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+    let patch =
+        serde_json::json!({"spec": {"podCIDR": cidr.to_string(), "podCIDRs": [cidr.to_string()]}});
+    match api
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
         Ok(_) => Ok(cidr),
         Err(source) => {
             let _ = alloc.set.release(&cidr);
-            Err(NodeIpamError::Patch { node: name.to_string(), cidr, source })
+            Err(NodeIpamError::Patch {
+                node: name.to_string(),
+                cidr,
+                source,
+            })
         }
     }
 }

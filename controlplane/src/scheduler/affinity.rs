@@ -25,7 +25,10 @@ pub fn required_matches(spec: &PodSpec, node_name: &str, node: &NodeFacts) -> bo
         .affinity
         .as_ref()
         .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|na| na.required_during_scheduling_ignored_during_execution.as_ref());
+        .and_then(|na| {
+            na.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        });
     match required {
         None => true,
         Some(selector) => selector
@@ -40,7 +43,10 @@ pub fn preferred_weight(spec: &PodSpec, node_name: &str, node: &NodeFacts) -> i6
     spec.affinity
         .as_ref()
         .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|na| na.preferred_during_scheduling_ignored_during_execution.as_ref())
+        .and_then(|na| {
+            na.preferred_during_scheduling_ignored_during_execution
+                .as_ref()
+        })
         .into_iter()
         .flatten()
         .filter(|p| term_matches(&p.preference, node_name, &node.labels))
@@ -53,22 +59,37 @@ pub fn has_preferences(spec: &PodSpec) -> bool {
     spec.affinity
         .as_ref()
         .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|na| na.preferred_during_scheduling_ignored_during_execution.as_ref())
+        .and_then(|na| {
+            na.preferred_during_scheduling_ignored_during_execution
+                .as_ref()
+        })
         .is_some_and(|p| !p.is_empty())
 }
 
 /// One node selector term: all expressions and all fields match; an empty
 /// term matches nothing.
-pub fn term_matches(term: &NodeSelectorTerm, node_name: &str, labels: &BTreeMap<String, String>) -> bool {
+pub fn term_matches(
+    term: &NodeSelectorTerm,
+    node_name: &str,
+    labels: &BTreeMap<String, String>,
+) -> bool {
     let expressions = term.match_expressions.as_deref().unwrap_or_default();
     let fields = term.match_fields.as_deref().unwrap_or_default();
     if expressions.is_empty() && fields.is_empty() {
         return false;
     }
-    expressions.iter().all(|r| label_requirement_matches(r, labels)) && fields.iter().all(|r| field_requirement_matches(r, node_name))
+    expressions
+        .iter()
+        .all(|r| label_requirement_matches(r, labels))
+        && fields
+            .iter()
+            .all(|r| field_requirement_matches(r, node_name))
 }
 
-fn label_requirement_matches(r: &NodeSelectorRequirement, labels: &BTreeMap<String, String>) -> bool {
+fn label_requirement_matches(
+    r: &NodeSelectorRequirement,
+    labels: &BTreeMap<String, String>,
+) -> bool {
     let values = r.values.as_deref().unwrap_or_default();
     let label = labels.get(&r.key);
     match r.operator.as_str() {
@@ -80,7 +101,9 @@ fn label_requirement_matches(r: &NodeSelectorRequirement, labels: &BTreeMap<Stri
             let [bound] = values else {
                 return false;
             };
-            let (Ok(bound), Some(Ok(actual))) = (bound.parse::<i64>(), label.map(|v| v.parse::<i64>())) else {
+            let (Ok(bound), Some(Ok(actual))) =
+                (bound.parse::<i64>(), label.map(|v| v.parse::<i64>()))
+            else {
                 return false;
             };
             if r.operator == "Gt" {
@@ -112,7 +135,10 @@ mod tests {
 
     fn facts(labels: &[(&str, &str)]) -> NodeFacts {
         NodeFacts {
-            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             ..NodeFacts::default()
         }
     }
@@ -131,30 +157,60 @@ mod tests {
     #[test]
     fn node_selector_needs_every_label() {
         let s = spec(serde_json::json!({"nodeSelector": {"disk": "ssd", "zone": "a"}}));
-        assert!(required_matches(&s, "n", &facts(&[("disk", "ssd"), ("zone", "a"), ("x", "y")])));
+        assert!(required_matches(
+            &s,
+            "n",
+            &facts(&[("disk", "ssd"), ("zone", "a"), ("x", "y")])
+        ));
         assert!(!required_matches(&s, "n", &facts(&[("disk", "ssd")])));
-        assert!(!required_matches(&s, "n", &facts(&[("disk", "hdd"), ("zone", "a")])));
+        assert!(!required_matches(
+            &s,
+            "n",
+            &facts(&[("disk", "hdd"), ("zone", "a")])
+        ));
     }
 
     #[test]
     fn operators() {
         let node = facts(&[("zone", "a"), ("cores", "8")]);
         let one = |key: &str, op: &str, values: &[&str]| {
-            required(serde_json::json!([{"matchExpressions": [{"key": key, "operator": op, "values": values}]}]))
+            required(
+                serde_json::json!([{"matchExpressions": [{"key": key, "operator": op, "values": values}]}]),
+            )
         };
-        assert!(required_matches(&one("zone", "In", &["a", "b"]), "n", &node));
+        assert!(required_matches(
+            &one("zone", "In", &["a", "b"]),
+            "n",
+            &node
+        ));
         assert!(!required_matches(&one("zone", "In", &["b"]), "n", &node));
         assert!(required_matches(&one("zone", "NotIn", &["b"]), "n", &node));
-        assert!(required_matches(&one("missing", "NotIn", &["b"]), "n", &node));
+        assert!(required_matches(
+            &one("missing", "NotIn", &["b"]),
+            "n",
+            &node
+        ));
         assert!(!required_matches(&one("zone", "NotIn", &["a"]), "n", &node));
         assert!(required_matches(&one("zone", "Exists", &[]), "n", &node));
-        assert!(!required_matches(&one("zone", "DoesNotExist", &[]), "n", &node));
-        assert!(required_matches(&one("missing", "DoesNotExist", &[]), "n", &node));
+        assert!(!required_matches(
+            &one("zone", "DoesNotExist", &[]),
+            "n",
+            &node
+        ));
+        assert!(required_matches(
+            &one("missing", "DoesNotExist", &[]),
+            "n",
+            &node
+        ));
         assert!(required_matches(&one("cores", "Gt", &["4"]), "n", &node));
         assert!(!required_matches(&one("cores", "Gt", &["8"]), "n", &node));
         assert!(required_matches(&one("cores", "Lt", &["16"]), "n", &node));
         assert!(!required_matches(&one("zone", "Lt", &["16"]), "n", &node));
-        assert!(!required_matches(&one("cores", "Gt", &["4", "5"]), "n", &node));
+        assert!(!required_matches(
+            &one("cores", "Gt", &["4", "5"]),
+            "n",
+            &node
+        ));
         assert!(!required_matches(&one("missing", "Gt", &["4"]), "n", &node));
         assert!(!required_matches(&one("zone", "Like", &["a"]), "n", &node));
     }
@@ -172,30 +228,49 @@ mod tests {
             {"matchExpressions": [{"key": "disk", "operator": "Exists"}]},
         ]));
         assert!(required_matches(&s, "n", &node));
-        assert!(!required_matches(&required(serde_json::json!([{}])), "n", &node));
-        assert!(!required_matches(&required(serde_json::json!([])), "n", &node));
+        assert!(!required_matches(
+            &required(serde_json::json!([{}])),
+            "n",
+            &node
+        ));
+        assert!(!required_matches(
+            &required(serde_json::json!([])),
+            "n",
+            &node
+        ));
     }
 
     #[test]
     fn match_fields_by_name() {
         let node = facts(&[]);
-        let s = required(serde_json::json!([{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n1"]}]}]));
+        let s = required(
+            serde_json::json!([{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n1"]}]}]),
+        );
         assert!(required_matches(&s, "n1", &node));
         assert!(!required_matches(&s, "n2", &node));
-        let s = required(serde_json::json!([{"matchFields": [{"key": "metadata.name", "operator": "NotIn", "values": ["n1"]}]}]));
+        let s = required(
+            serde_json::json!([{"matchFields": [{"key": "metadata.name", "operator": "NotIn", "values": ["n1"]}]}]),
+        );
         assert!(required_matches(&s, "n2", &node));
-        let s = required(serde_json::json!([{"matchFields": [{"key": "metadata.uid", "operator": "In", "values": ["n1"]}]}]));
+        let s = required(
+            serde_json::json!([{"matchFields": [{"key": "metadata.uid", "operator": "In", "values": ["n1"]}]}]),
+        );
         assert!(!required_matches(&s, "n1", &node));
     }
 
     #[test]
     fn preferred_weights_add_up() {
-        let s = spec(serde_json::json!({"affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
-            {"weight": 10, "preference": {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}},
-            {"weight": 5, "preference": {"matchExpressions": [{"key": "disk", "operator": "Exists"}]}},
-        ]}}}));
+        let s = spec(
+            serde_json::json!({"affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 10, "preference": {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}},
+                {"weight": 5, "preference": {"matchExpressions": [{"key": "disk", "operator": "Exists"}]}},
+            ]}}}),
+        );
         assert!(has_preferences(&s));
-        assert_eq!(preferred_weight(&s, "n", &facts(&[("zone", "a"), ("disk", "x")])), 15);
+        assert_eq!(
+            preferred_weight(&s, "n", &facts(&[("zone", "a"), ("disk", "x")])),
+            15
+        );
         assert_eq!(preferred_weight(&s, "n", &facts(&[("zone", "b")])), 0);
     }
 }

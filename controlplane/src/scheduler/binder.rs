@@ -91,7 +91,10 @@ impl Binder {
     }
 
     fn pods(&self, pod: &Pod) -> Api<Pod> {
-        Api::namespaced(self.client.clone(), pod.metadata.namespace.as_deref().unwrap_or("default"))
+        Api::namespaced(
+            self.client.clone(),
+            pod.metadata.namespace.as_deref().unwrap_or("default"),
+        )
     }
 
     /// Binds `pod` to `node`.
@@ -138,7 +141,12 @@ impl Binder {
     pub async fn record_scheduled(&self, pod: &Pod, node: &str) {
         let message = format!("Successfully assigned {} to {node}", key(pod));
         self.recorder
-            .record(&events::reference(pod), EventType::Normal, "Scheduled", &message)
+            .record(
+                &events::reference(pod),
+                EventType::Normal,
+                "Scheduled",
+                &message,
+            )
             .await;
     }
 
@@ -146,7 +154,12 @@ impl Binder {
     pub async fn record_bind_failure(&self, pod: &Pod, error: &BindError) {
         let message = format!("Binding rejected: {error}");
         self.recorder
-            .record(&events::reference(pod), EventType::Warning, "FailedScheduling", &message)
+            .record(
+                &events::reference(pod),
+                EventType::Warning,
+                "FailedScheduling",
+                &message,
+            )
             .await;
     }
 
@@ -155,7 +168,12 @@ impl Binder {
     /// (left alone when it already says so).
     pub async fn record_unschedulable(&self, pod: &Pod, message: &str) {
         self.recorder
-            .record(&events::reference(pod), EventType::Warning, "FailedScheduling", message)
+            .record(
+                &events::reference(pod),
+                EventType::Warning,
+                "FailedScheduling",
+                message,
+            )
             .await;
         let current = pod
             .status
@@ -163,7 +181,9 @@ impl Binder {
             .and_then(|s| s.conditions.as_ref())
             .and_then(|cs| cs.iter().find(|c| c.type_ == "PodScheduled"));
         if current.is_some_and(|c| {
-            c.status == "False" && c.reason.as_deref() == Some("Unschedulable") && c.message.as_deref() == Some(message)
+            c.status == "False"
+                && c.reason.as_deref() == Some("Unschedulable")
+                && c.message.as_deref() == Some(message)
         }) {
             return;
         }

@@ -47,7 +47,9 @@ impl NodeFacts {
                     tracing::warn!("node {name}: {e}; treating its allocatable resources as zero");
                     Resources::default()
                 });
-                let pods = list.get("pods").map_or(Ok(0), |q| super::quantity::value(&q.0));
+                let pods = list
+                    .get("pods")
+                    .map_or(Ok(0), |q| super::quantity::value(&q.0));
                 let allowed_pods = pods.unwrap_or_else(|e| {
                     tracing::warn!("node {name}: allocatable pods: {e}; treating it as zero");
                     0
@@ -178,12 +180,18 @@ impl Cache {
 
     /// Names of the nodes that exist.
     pub fn node_names(&self) -> impl Iterator<Item = &str> {
-        self.nodes.iter().filter(|n| n.facts.is_some()).map(|n| n.name.as_str())
+        self.nodes
+            .iter()
+            .filter(|n| n.facts.is_some())
+            .map(|n| n.name.as_str())
     }
 
     /// UIDs of the pods bound (not merely assumed) in the cache.
     pub fn bound_pod_uids(&self) -> impl Iterator<Item = &str> {
-        self.pods.iter().filter(|(_, p)| !p.assumed).map(|(uid, _)| uid.as_str())
+        self.pods
+            .iter()
+            .filter(|(_, p)| !p.assumed)
+            .map(|(uid, _)| uid.as_str())
     }
 
     /// Adds or updates a node from its object.
@@ -333,24 +341,48 @@ mod tests {
 
     fn demand(cpu: i64, owner: &str) -> PodDemand {
         PodDemand {
-            requests: Resources { milli_cpu: cpu, ..Resources::default() },
-            non_zero: Resources { milli_cpu: cpu, memory: 1, ..Resources::default() },
-            host_ports: vec![HostPort { ip: "0.0.0.0".into(), protocol: "TCP".into(), port: 80 }],
+            requests: Resources {
+                milli_cpu: cpu,
+                ..Resources::default()
+            },
+            non_zero: Resources {
+                milli_cpu: cpu,
+                memory: 1,
+                ..Resources::default()
+            },
+            host_ports: vec![HostPort {
+                ip: "0.0.0.0".into(),
+                protocol: "TCP".into(),
+                port: 80,
+            }],
             owner: Some(owner.into()),
         }
     }
 
     fn info<'a>(cache: &'a Cache, name: &str) -> &'a NodeInfo {
-        cache.nodes().iter().find(|n| n.name == name).expect("node in cache")
+        cache
+            .nodes()
+            .iter()
+            .find(|n| n.name == name)
+            .expect("node in cache")
     }
 
     #[test]
     fn node_facts_and_changes() {
         let mut cache = Cache::new();
         assert_eq!(cache.upsert_node(&node("n1", "2", true)), NodeChange::Added);
-        assert_eq!(cache.upsert_node(&node("n1", "2", true)), NodeChange::Unchanged);
-        assert_eq!(cache.upsert_node(&node("n1", "4", true)), NodeChange::Updated);
-        assert_eq!(cache.upsert_node(&node("n1", "4", false)), NodeChange::Updated);
+        assert_eq!(
+            cache.upsert_node(&node("n1", "2", true)),
+            NodeChange::Unchanged
+        );
+        assert_eq!(
+            cache.upsert_node(&node("n1", "4", true)),
+            NodeChange::Updated
+        );
+        assert_eq!(
+            cache.upsert_node(&node("n1", "4", false)),
+            NodeChange::Updated
+        );
         let facts = info(&cache, "n1").facts.clone().expect("facts");
         assert_eq!(facts.allocatable.milli_cpu, 4000);
         assert_eq!(facts.allowed_pods, 110);
@@ -376,7 +408,10 @@ mod tests {
         cache.assume("p2", "n1", Arc::new(demand(100, "rs")));
         cache.forget("p2");
         let n1 = info(&cache, "n1");
-        assert_eq!((n1.pod_count, n1.requested.milli_cpu, n1.owner_count("rs")), (1, 500, 1));
+        assert_eq!(
+            (n1.pod_count, n1.requested.milli_cpu, n1.owner_count("rs")),
+            (1, 500, 1)
+        );
         assert_eq!(n1.host_ports.len(), 1);
         assert!(cache.remove_pod("p1"));
         let n1 = info(&cache, "n1");

@@ -30,7 +30,11 @@ impl Diagnosis {
         if total_nodes == 0 {
             return NO_NODES.to_string();
         }
-        let mut parts: Vec<String> = self.counts.iter().map(|(reason, n)| format!("{n} {reason}")).collect();
+        let mut parts: Vec<String> = self
+            .counts
+            .iter()
+            .map(|(reason, n)| format!("{n} {reason}"))
+            .collect();
         parts.sort();
         let mut message = format!("0/{total_nodes} nodes are available");
         if !parts.is_empty() {
@@ -64,7 +68,10 @@ mod tests {
     #[test]
     fn several_reasons_per_node_count_separately() {
         let mut d = Diagnosis::default();
-        d.record(&[Reason::Insufficient("cpu".into()), Reason::Insufficient("memory".into())]);
+        d.record(&[
+            Reason::Insufficient("cpu".into()),
+            Reason::Insufficient("memory".into()),
+        ]);
         d.record(&[Reason::Insufficient("cpu".into())]);
         d.record(&[Reason::NodeAffinity]);
         assert_eq!(

@@ -42,9 +42,15 @@ impl fmt::Display for Reason {
         match self {
             Reason::NotReady => f.write_str("node(s) were not ready"),
             Reason::Unschedulable => f.write_str("node(s) were unschedulable"),
-            Reason::UntoleratedTaint { key, value } => write!(f, "node(s) had untolerated taint {{{key}: {value}}}"),
-            Reason::NodeAffinity => f.write_str("node(s) didn't match Pod's node affinity/selector"),
-            Reason::HostPorts => f.write_str("node(s) didn't have free ports for the requested pod ports"),
+            Reason::UntoleratedTaint { key, value } => {
+                write!(f, "node(s) had untolerated taint {{{key}: {value}}}")
+            }
+            Reason::NodeAffinity => {
+                f.write_str("node(s) didn't match Pod's node affinity/selector")
+            }
+            Reason::HostPorts => {
+                f.write_str("node(s) didn't have free ports for the requested pod ports")
+            }
             Reason::Insufficient(resource) => write!(f, "Insufficient {resource}"),
             Reason::TooManyPods => f.write_str("Too many pods"),
         }
@@ -71,7 +77,10 @@ pub fn fits(pod: Candidate<'_>, node: &NodeInfo, reasons: &mut Vec<Reason>) -> b
     };
     if let Some(reason) = node_condition(pod.spec, facts)
         .or_else(|| taint_toleration(pod.spec, facts))
-        .or_else(|| (!affinity::required_matches(pod.spec, &node.name, facts)).then_some(Reason::NodeAffinity))
+        .or_else(|| {
+            (!affinity::required_matches(pod.spec, &node.name, facts))
+                .then_some(Reason::NodeAffinity)
+        })
         .or_else(|| host_ports(pod.demand, node))
     {
         reasons.push(reason);
@@ -118,20 +127,31 @@ fn host_ports(demand: &PodDemand, node: &NodeInfo) -> Option<Reason> {
 
 /// NodeResourcesFit: pod count, then every requested resource against what
 /// is left of allocatable; each shortage is its own reason.
-fn resources_fit(demand: &PodDemand, node: &NodeInfo, facts: &NodeFacts, reasons: &mut Vec<Reason>) {
+fn resources_fit(
+    demand: &PodDemand,
+    node: &NodeInfo,
+    facts: &NodeFacts,
+    reasons: &mut Vec<Reason>,
+) {
     if node.pod_count + 1 > facts.allowed_pods {
         reasons.push(Reason::TooManyPods);
     }
     let want = &demand.requests;
     let free = |allocatable: i64, requested: i64| allocatable.saturating_sub(requested);
-    if want.milli_cpu > 0 && want.milli_cpu > free(facts.allocatable.milli_cpu, node.requested.milli_cpu) {
+    if want.milli_cpu > 0
+        && want.milli_cpu > free(facts.allocatable.milli_cpu, node.requested.milli_cpu)
+    {
         reasons.push(Reason::Insufficient("cpu".into()));
     }
     if want.memory > 0 && want.memory > free(facts.allocatable.memory, node.requested.memory) {
         reasons.push(Reason::Insufficient("memory".into()));
     }
     if want.ephemeral_storage > 0
-        && want.ephemeral_storage > free(facts.allocatable.ephemeral_storage, node.requested.ephemeral_storage)
+        && want.ephemeral_storage
+            > free(
+                facts.allocatable.ephemeral_storage,
+                node.requested.ephemeral_storage,
+            )
     {
         reasons.push(Reason::Insufficient("ephemeral-storage".into()));
     }
@@ -202,14 +222,21 @@ mod tests {
         n.pod_count = 2;
         assert_eq!(
             check(&s, &demand(600, 1), &n),
-            vec![Reason::TooManyPods, Reason::Insufficient("cpu".into()), Reason::Insufficient("memory".into())]
+            vec![
+                Reason::TooManyPods,
+                Reason::Insufficient("cpu".into()),
+                Reason::Insufficient("memory".into())
+            ]
         );
         n.pod_count = 0;
         // A pod that requests nothing fits a full node.
         assert!(check(&s, &demand(0, 0), &n).is_empty());
         let mut gpu = demand(0, 0);
         gpu.requests.scalar.insert("example.com/gpu".into(), 1);
-        assert_eq!(check(&s, &gpu, &n), vec![Reason::Insufficient("example.com/gpu".into())]);
+        assert_eq!(
+            check(&s, &gpu, &n),
+            vec![Reason::Insufficient("example.com/gpu".into())]
+        );
     }
 
     #[test]
@@ -221,7 +248,9 @@ mod tests {
             f.ready = false;
         }
         assert_eq!(check(&s, &demand(0, 0), &n), vec![Reason::Unschedulable]);
-        let tolerant = spec(serde_json::json!({"tolerations": [{"key": "node.kubernetes.io/unschedulable", "operator": "Exists", "effect": "NoSchedule"}]}));
+        let tolerant = spec(
+            serde_json::json!({"tolerations": [{"key": "node.kubernetes.io/unschedulable", "operator": "Exists", "effect": "NoSchedule"}]}),
+        );
         assert_eq!(check(&tolerant, &demand(0, 0), &n), vec![Reason::NotReady]);
         let everything = spec(serde_json::json!({"tolerations": [{"operator": "Exists"}]}));
         assert!(check(&everything, &demand(0, 0), &n).is_empty());
@@ -246,7 +275,9 @@ mod tests {
                 value: "gpu".into()
             }]
         );
-        let s = spec(serde_json::json!({"nodeSelector": {"zone": "b"}, "tolerations": [{"key": "dedicated", "value": "gpu"}]}));
+        let s = spec(
+            serde_json::json!({"nodeSelector": {"zone": "b"}, "tolerations": [{"key": "dedicated", "value": "gpu"}]}),
+        );
         assert_eq!(check(&s, &demand(5000, 0), &n), vec![Reason::NodeAffinity]);
     }
 
@@ -279,8 +310,14 @@ mod tests {
             key: "key".into(),
             value: "value".into(),
         };
-        assert_eq!(taint.to_string(), "node(s) had untolerated taint {key: value}");
-        assert_eq!(Reason::Insufficient("cpu".into()).to_string(), "Insufficient cpu");
+        assert_eq!(
+            taint.to_string(),
+            "node(s) had untolerated taint {key: value}"
+        );
+        assert_eq!(
+            Reason::Insufficient("cpu".into()).to_string(),
+            "Insufficient cpu"
+        );
         assert_eq!(
             Reason::NodeAffinity.to_string(),
             "node(s) didn't match Pod's node affinity/selector"

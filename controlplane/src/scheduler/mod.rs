@@ -54,18 +54,35 @@ const MESSAGES_PER_TURN: usize = 256;
 /// Capacity of the channel from watchers and binding tasks.
 const CHANNEL_CAPACITY: usize = 4096;
 
+/// How often progress is logged while the scheduler has work.
+const STATS_INTERVAL: Duration = Duration::from_secs(10);
+
 /// What the scheduling loop hears about.
 enum Message {
     Pod(watcher::Event<Pod>),
     Node(watcher::Event<Node>),
-    BindDone { uid: String, outcome: BindOutcome },
+    BindDone {
+        uid: String,
+        outcome: BindOutcome,
+        took: Duration,
+    },
 }
 
 /// Runs the scheduler until the process ends.
 pub async fn run(ctx: Arc<Context>) {
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-    spawn_watch(Api::<Pod>::all(ctx.client.clone()), tx.clone(), Message::Pod, "pods");
-    spawn_watch(Api::<Node>::all(ctx.client.clone()), tx.clone(), Message::Node, "nodes");
+    spawn_watch(
+        Api::<Pod>::all(ctx.client.clone()),
+        tx.clone(),
+        Message::Pod,
+        "pods",
+    );
+    spawn_watch(
+        Api::<Node>::all(ctx.client.clone()),
+        tx.clone(),
+        Message::Node,
+        "nodes",
+    );
     let scheduler = Scheduler {
         cache: Cache::new(),
         queue: Queue::new(),
@@ -78,17 +95,24 @@ pub async fn run(ctx: Arc<Context>) {
         pod_relist: None,
         node_relist: None,
         cluster_changed: false,
+        stats: Stats::new(Instant::now()),
     };
     scheduler.run(rx).await;
 }
 
 /// Forwards a watch (list + watch, relist on expiry, with backoff) to the loop.
-fn spawn_watch<K>(api: Api<K>, tx: mpsc::Sender<Message>, wrap: fn(watcher::Event<K>) -> Message, what: &'static str)
-where
+fn spawn_watch<K>(
+    api: Api<K>,
+    tx: mpsc::Sender<Message>,
+    wrap: fn(watcher::Event<K>) -> Message,
+    what: &'static str,
+) where
     K: kube::Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     tokio::spawn(async move {
-        let mut events = watcher(api, watcher::Config::default()).default_backoff().boxed();
+        let mut events = watcher(api, watcher::Config::default())
+            .default_backoff()
+            .boxed();
         while let Some(event) = events.next().await {
             match event {
                 Ok(event) => {
@@ -104,7 +128,11 @@ where
 
 /// True for pods this scheduler is responsible for.
 fn is_ours(pod: &Pod) -> bool {
-    let name = pod.spec.as_ref().and_then(|s| s.scheduler_name.as_deref()).unwrap_or_default();
+    let name = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.scheduler_name.as_deref())
+        .unwrap_or_default();
     name.is_empty() || name == SCHEDULER_NAME
 }
 
@@ -138,6 +166,58 @@ struct Scheduler {
     node_relist: Option<HashSet<String>>,
     /// A node appeared or changed, or a bound pod went, since the last turn.
     cluster_changed: bool,
+    stats: Stats,
+}
+
+/// Progress since the last log line, for operators reading the server log.
+struct Stats {
+    since: Instant,
+    bound: u64,
+    failed: u64,
+    unschedulable: u64,
+    binding_time: Duration,
+}
+
+impl Stats {
+    fn new(now: Instant) -> Stats {
+        Stats {
+            since: now,
+            bound: 0,
+            failed: 0,
+            unschedulable: 0,
+            binding_time: Duration::ZERO,
+        }
+    }
+
+    fn binding(&mut self, outcome: BindOutcome, took: Duration) {
+        if outcome == BindOutcome::Bound {
+            self.bound += 1;
+            self.binding_time += took;
+        } else {
+            self.failed += 1;
+        }
+    }
+
+    /// Logs and resets every [`STATS_INTERVAL`] if anything happened.
+    fn log_if_due(&mut self, now: Instant, queued: usize, in_flight: usize) {
+        let elapsed = now.duration_since(self.since);
+        if elapsed < STATS_INTERVAL {
+            return;
+        }
+        if self.bound + self.failed + self.unschedulable > 0 {
+            let mean_ms = self.binding_time.as_secs_f64() * 1000.0 / self.bound.max(1) as f64;
+            tracing::info!(
+                "scheduler: bound {} pods in {:.1}s ({:.0}/s, mean binding {mean_ms:.0} ms), \
+                 {} unschedulable attempts, {} failed bindings; {queued} queued, {in_flight} in flight",
+                self.bound,
+                elapsed.as_secs_f64(),
+                self.bound as f64 / elapsed.as_secs_f64(),
+                self.unschedulable,
+                self.failed,
+            );
+        }
+        *self = Stats::new(now);
+    }
 }
 
 impl Scheduler {
@@ -157,6 +237,8 @@ impl Scheduler {
             }
             if now >= next_flush {
                 self.queue.flush(now);
+                let in_flight = MAX_IN_FLIGHT - self.permits.available_permits();
+                self.stats.log_if_due(now, self.queue.len(), in_flight);
                 next_flush = now + FLUSH_INTERVAL;
             }
             let ready = self.pods_synced && self.nodes_synced && self.queue.has_active();
@@ -187,7 +269,10 @@ impl Scheduler {
         match message {
             Message::Pod(event) => self.on_pod_event(event),
             Message::Node(event) => self.on_node_event(event),
-            Message::BindDone { uid, outcome } => self.on_bind_done(&uid, outcome),
+            Message::BindDone { uid, outcome, took } => {
+                self.stats.binding(outcome, took);
+                self.on_bind_done(&uid, outcome)
+            }
         }
     }
 
@@ -195,14 +280,21 @@ impl Scheduler {
         match event {
             watcher::Event::Init => self.pod_relist = Some(HashSet::new()),
             watcher::Event::InitApply(pod) => {
-                if let (Some(seen), Some(uid)) = (self.pod_relist.as_mut(), pod.metadata.uid.as_ref()) {
+                if let (Some(seen), Some(uid)) =
+                    (self.pod_relist.as_mut(), pod.metadata.uid.as_ref())
+                {
                     seen.insert(uid.clone());
                 }
                 self.on_pod(pod);
             }
             watcher::Event::InitDone => {
                 let seen = self.pod_relist.take().unwrap_or_default();
-                let gone_queued: Vec<String> = self.queue.uids().filter(|u| !seen.contains(*u)).map(str::to_string).collect();
+                let gone_queued: Vec<String> = self
+                    .queue
+                    .uids()
+                    .filter(|u| !seen.contains(*u))
+                    .map(str::to_string)
+                    .collect();
                 for uid in gone_queued {
                     self.queue.remove(&uid);
                 }
@@ -217,7 +309,10 @@ impl Scheduler {
                     self.cluster_changed = true;
                 }
                 if !self.pods_synced {
-                    tracing::info!("scheduler: pods synced, {} waiting to be scheduled", self.queue.len());
+                    tracing::info!(
+                        "scheduler: pods synced, {} waiting to be scheduled",
+                        self.queue.len()
+                    );
                 }
                 self.pods_synced = true;
             }
@@ -253,7 +348,10 @@ impl Scheduler {
                 return;
             }
             let demand = PodDemand::of(&pod).unwrap_or_else(|e| {
-                tracing::warn!("scheduler: pod {} on {node}: {e}; counting it as requesting nothing", pod_key(&pod));
+                tracing::warn!(
+                    "scheduler: pod {} on {node}: {e}; counting it as requesting nothing",
+                    pod_key(&pod)
+                );
                 PodDemand::default()
             });
             self.cache.add_pod(&uid, &node, demand);
@@ -267,21 +365,29 @@ impl Scheduler {
             // Our binding is on its way; this is an older state of the pod.
             return;
         }
-        self.queue.add_or_update(&uid, Arc::new(pod), Instant::now());
+        self.queue
+            .add_or_update(&uid, Arc::new(pod), Instant::now());
     }
 
     fn on_node_event(&mut self, event: watcher::Event<Node>) {
         match event {
             watcher::Event::Init => self.node_relist = Some(HashSet::new()),
             watcher::Event::InitApply(node) => {
-                if let (Some(seen), Some(name)) = (self.node_relist.as_mut(), node.metadata.name.as_ref()) {
+                if let (Some(seen), Some(name)) =
+                    (self.node_relist.as_mut(), node.metadata.name.as_ref())
+                {
                     seen.insert(name.clone());
                 }
                 self.on_node(&node);
             }
             watcher::Event::InitDone => {
                 let seen = self.node_relist.take().unwrap_or_default();
-                let gone: Vec<String> = self.cache.node_names().filter(|n| !seen.contains(*n)).map(str::to_string).collect();
+                let gone: Vec<String> = self
+                    .cache
+                    .node_names()
+                    .filter(|n| !seen.contains(*n))
+                    .map(str::to_string)
+                    .collect();
                 for name in gone {
                     self.cache.remove_node(&name);
                 }
@@ -335,7 +441,13 @@ impl Scheduler {
             Ok(demand) => {
                 let demand = Arc::new(demand);
                 self.placer
-                    .place(Candidate { spec, demand: &demand }, &self.cache)
+                    .place(
+                        Candidate {
+                            spec,
+                            demand: &demand,
+                        },
+                        &self.cache,
+                    )
                     .map(|node| (node, demand))
             }
             Err(e) => Err(format!("the pod's resource requests cannot be read: {e}")),
@@ -347,6 +459,7 @@ impl Scheduler {
                 self.cache.assume(&uid, &node, demand);
                 let tx = self.tx.clone();
                 tokio::spawn(async move {
+                    let started = Instant::now();
                     let result = binder.bind(&pod, &node).await;
                     let outcome = match &result {
                         Ok(()) => BindOutcome::Bound,
@@ -354,7 +467,8 @@ impl Scheduler {
                     };
                     // The loop never blocks on anything but this channel, so
                     // sending while holding the permit cannot deadlock.
-                    let _ = tx.send(Message::BindDone { uid, outcome }).await;
+                    let took = started.elapsed();
+                    let _ = tx.send(Message::BindDone { uid, outcome, took }).await;
                     match result {
                         Ok(()) => binder.record_scheduled(&pod, &node).await,
                         Err(e) => {
@@ -370,6 +484,7 @@ impl Scheduler {
             Err(message) => {
                 tracing::debug!("scheduler: {} is unschedulable: {message}", pod_key(&pod));
                 self.queue.unschedulable(&uid, now);
+                self.stats.unschedulable += 1;
                 tokio::spawn(async move {
                     binder.record_unschedulable(&pod, &message).await;
                     drop(permit);

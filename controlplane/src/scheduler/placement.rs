@@ -26,7 +26,9 @@ pub fn num_feasible_nodes_to_find(all: usize) -> usize {
     if all < MIN_FEASIBLE_NODES_TO_FIND {
         return all;
     }
-    let percentage = 50usize.saturating_sub(all / 125).max(MIN_FEASIBLE_NODES_PERCENTAGE);
+    let percentage = 50usize
+        .saturating_sub(all / 125)
+        .max(MIN_FEASIBLE_NODES_PERCENTAGE);
     (all * percentage / 100).max(MIN_FEASIBLE_NODES_TO_FIND)
 }
 
@@ -141,14 +143,26 @@ mod tests {
         let spec = PodSpec::default();
         let d = demand(2000);
         let err = placer()
-            .place(Candidate { spec: &spec, demand: &d }, &cache)
+            .place(
+                Candidate {
+                    spec: &spec,
+                    demand: &d,
+                },
+                &cache,
+            )
             .expect_err("unschedulable");
         assert_eq!(
             err,
             "0/3 nodes are available: 1 node(s) had untolerated taint {key: value}, 2 Insufficient cpu."
         );
         assert_eq!(
-            placer().place(Candidate { spec: &spec, demand: &d }, &Cache::new()),
+            placer().place(
+                Candidate {
+                    spec: &spec,
+                    demand: &d
+                },
+                &Cache::new()
+            ),
             Err(NO_NODES.to_string())
         );
     }
@@ -161,7 +175,13 @@ mod tests {
         let spec = PodSpec::default();
         let d = demand(2000);
         assert_eq!(
-            placer().place(Candidate { spec: &spec, demand: &d }, &cache),
+            placer().place(
+                Candidate {
+                    spec: &spec,
+                    demand: &d
+                },
+                &cache
+            ),
             Ok("big".to_string())
         );
     }
@@ -177,7 +197,15 @@ mod tests {
         let mut used = std::collections::HashSet::new();
         for i in 0..3000 {
             let d = demand(100);
-            let name = p.place(Candidate { spec: &spec, demand: &d }, &cache).expect("fits");
+            let name = p
+                .place(
+                    Candidate {
+                        spec: &spec,
+                        demand: &d,
+                    },
+                    &cache,
+                )
+                .expect("fits");
             cache.assume(&format!("p{i}"), &name, std::sync::Arc::new(d));
             used.insert(name);
         }

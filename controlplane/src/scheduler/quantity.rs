@@ -88,7 +88,8 @@ fn parse(s: &str) -> Result<Parsed, QuantityError> {
     if negative {
         mantissa = -mantissa;
     }
-    let (suffix_exp10, exp2) = suffix_exponents(suffix).ok_or_else(|| QuantityError::Suffix(s.to_string()))?;
+    let (suffix_exp10, exp2) =
+        suffix_exponents(suffix).ok_or_else(|| QuantityError::Suffix(s.to_string()))?;
     Ok(Parsed {
         mantissa,
         exp10: exp10.saturating_add(suffix_exp10),
@@ -124,7 +125,11 @@ fn suffix_exponents(suffix: &str) -> Option<(i32, u32)> {
                 return None;
             }
             // Exponents this large saturate anyway; clamp before parsing overflows.
-            let e: i32 = exponent.parse().unwrap_or(if exponent.starts_with('-') { -1000 } else { 1000 });
+            let e: i32 = exponent.parse().unwrap_or(if exponent.starts_with('-') {
+                -1000
+            } else {
+                1000
+            });
             decimal(e)
         }
     }
@@ -162,7 +167,11 @@ fn scaled(q: Parsed, scale: i32) -> i64 {
             }
         }
         let quotient = v.div_euclid(divisor);
-        let rounded_up = if v.rem_euclid(divisor) != 0 { quotient + 1 } else { quotient };
+        let rounded_up = if v.rem_euclid(divisor) != 0 {
+            quotient + 1
+        } else {
+            quotient
+        };
         clamp(rounded_up)
     }
 }
@@ -226,7 +235,10 @@ mod tests {
     fn huge_values_saturate() {
         assert_eq!(value("100Ei"), Ok(i64::MAX));
         assert_eq!(value("1e100"), Ok(i64::MAX));
-        assert_eq!(milli_value("99999999999999999999999999999999999999"), Ok(i64::MAX));
+        assert_eq!(
+            milli_value("99999999999999999999999999999999999999"),
+            Ok(i64::MAX)
+        );
         assert_eq!(value("-1e100"), Ok(i64::MIN));
         assert_eq!(value("1e-100"), Ok(1));
     }

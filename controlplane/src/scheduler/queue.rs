@@ -59,7 +59,9 @@ pub struct Queue {
 /// The backoff after `attempts` failed attempts.
 pub fn backoff_for(attempts: u32) -> Duration {
     let doublings = attempts.saturating_sub(1).min(16);
-    INITIAL_BACKOFF.saturating_mul(1 << doublings).min(MAX_BACKOFF)
+    INITIAL_BACKOFF
+        .saturating_mul(1 << doublings)
+        .min(MAX_BACKOFF)
 }
 
 fn priority(pod: &Pod) -> i32 {
@@ -254,7 +256,8 @@ impl Queue {
         if let Some(entry) = self.entries.get_mut(uid) {
             entry.state = State::Active;
             entry.ticket = ticket;
-            self.active.push((priority(&entry.pod), Reverse(ticket), uid.to_string()));
+            self.active
+                .push((priority(&entry.pod), Reverse(ticket), uid.to_string()));
         }
     }
 
@@ -300,7 +303,11 @@ mod tests {
         assert_eq!(popped(&mut q, now).as_deref(), Some("a"));
         assert_eq!(popped(&mut q, now).as_deref(), Some("c"));
         assert_eq!(popped(&mut q, now), None);
-        assert_eq!(q.len(), 3, "in-flight pods stay until their outcome is known");
+        assert_eq!(
+            q.len(),
+            3,
+            "in-flight pods stay until their outcome is known"
+        );
     }
 
     #[test]
@@ -316,7 +323,10 @@ mod tests {
         q.move_all(t0 + Duration::from_millis(100));
         assert!(!q.has_active());
         q.flush(t0 + Duration::from_millis(1100));
-        assert_eq!(popped(&mut q, t0 + Duration::from_millis(1100)).as_deref(), Some("a"));
+        assert_eq!(
+            popped(&mut q, t0 + Duration::from_millis(1100)).as_deref(),
+            Some("a")
+        );
         q.unschedulable("a", t0 + Duration::from_millis(1100));
         // A change after the backoff (2 s for the second attempt) activates at once.
         q.move_all(t0 + Duration::from_secs(4));
@@ -332,7 +342,10 @@ mod tests {
         q.move_all(t0);
         q.unschedulable("a", t0);
         q.flush(t0 + Duration::from_secs(1));
-        assert_eq!(popped(&mut q, t0 + Duration::from_secs(1)).as_deref(), Some("a"));
+        assert_eq!(
+            popped(&mut q, t0 + Duration::from_secs(1)).as_deref(),
+            Some("a")
+        );
     }
 
     #[test]

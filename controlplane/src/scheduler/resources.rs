@@ -67,7 +67,8 @@ impl Resources {
             "memory" => self.memory = quantity::value(&q.0).map_err(err)?,
             "ephemeral-storage" => self.ephemeral_storage = quantity::value(&q.0).map_err(err)?,
             _ if is_scalar(name) => {
-                self.scalar.insert(name.to_string(), quantity::value(&q.0).map_err(err)?);
+                self.scalar
+                    .insert(name.to_string(), quantity::value(&q.0).map_err(err)?);
             }
             _ => {}
         }
@@ -78,7 +79,9 @@ impl Resources {
     pub fn add(&mut self, other: &Resources) {
         self.milli_cpu = self.milli_cpu.saturating_add(other.milli_cpu);
         self.memory = self.memory.saturating_add(other.memory);
-        self.ephemeral_storage = self.ephemeral_storage.saturating_add(other.ephemeral_storage);
+        self.ephemeral_storage = self
+            .ephemeral_storage
+            .saturating_add(other.ephemeral_storage);
         for (name, v) in &other.scalar {
             let slot = self.scalar.entry(name.clone()).or_insert(0);
             *slot = slot.saturating_add(*v);
@@ -89,7 +92,9 @@ impl Resources {
     pub fn sub(&mut self, other: &Resources) {
         self.milli_cpu = self.milli_cpu.saturating_sub(other.milli_cpu);
         self.memory = self.memory.saturating_sub(other.memory);
-        self.ephemeral_storage = self.ephemeral_storage.saturating_sub(other.ephemeral_storage);
+        self.ephemeral_storage = self
+            .ephemeral_storage
+            .saturating_sub(other.ephemeral_storage);
         for (name, v) in &other.scalar {
             if let Some(slot) = self.scalar.get_mut(name) {
                 *slot = slot.saturating_sub(*v);
@@ -116,7 +121,9 @@ impl Resources {
 /// hugepages are accounted like cpu and memory.
 fn is_scalar(name: &str) -> bool {
     name.starts_with("hugepages-")
-        || name.contains('/') && !name.starts_with("kubernetes.io/") && !name.starts_with("requests.")
+        || name.contains('/')
+            && !name.starts_with("kubernetes.io/")
+            && !name.starts_with("requests.")
 }
 
 /// A host port a pod binds on its node.
@@ -166,7 +173,10 @@ impl PodDemand {
             .find(|r| r.controller == Some(true))
             .map(|r| r.uid.clone());
         let Some(spec) = &pod.spec else {
-            return Ok(PodDemand { owner, ..PodDemand::default() });
+            return Ok(PodDemand {
+                owner,
+                ..PodDemand::default()
+            });
         };
         let restartable_inits = || {
             spec.init_containers
@@ -182,8 +192,16 @@ impl PodDemand {
             .filter_map(|p| {
                 let port = p.host_port.filter(|p| *p > 0)?;
                 Some(HostPort {
-                    ip: p.host_ip.clone().filter(|ip| !ip.is_empty()).unwrap_or_else(|| WILDCARD_IP.to_string()),
-                    protocol: p.protocol.clone().filter(|p| !p.is_empty()).unwrap_or_else(|| "TCP".to_string()),
+                    ip: p
+                        .host_ip
+                        .clone()
+                        .filter(|ip| !ip.is_empty())
+                        .unwrap_or_else(|| WILDCARD_IP.to_string()),
+                    protocol: p
+                        .protocol
+                        .clone()
+                        .filter(|p| !p.is_empty())
+                        .unwrap_or_else(|| "TCP".to_string()),
                     port,
                 })
             })
@@ -202,7 +220,8 @@ impl PodDemand {
 /// upstream's scoring defaults.
 fn container_requests(c: &Container, non_zero: bool) -> Result<Resources, ResourceError> {
     let resources = c.resources.as_ref();
-    let mut list: BTreeMap<String, Quantity> = resources.and_then(|r| r.limits.clone()).unwrap_or_default();
+    let mut list: BTreeMap<String, Quantity> =
+        resources.and_then(|r| r.limits.clone()).unwrap_or_default();
     if let Some(requests) = resources.and_then(|r| r.requests.as_ref()) {
         list.extend(requests.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
@@ -311,7 +330,9 @@ mod tests {
 
     #[test]
     fn non_zero_defaults_for_scoring() {
-        let p = pod(serde_json::json!({"containers": [{"name": "a"}, {"name": "b", "resources": {"requests": {"cpu": "1"}}}]}));
+        let p = pod(
+            serde_json::json!({"containers": [{"name": "a"}, {"name": "b", "resources": {"requests": {"cpu": "1"}}}]}),
+        );
         let d = PodDemand::of(&p).expect("demand");
         assert_eq!(d.requests.milli_cpu, 1000);
         assert_eq!(d.requests.memory, 0);
@@ -328,12 +349,23 @@ mod tests {
         let d = PodDemand::of(&p).expect("demand");
         assert_eq!(d.requests.scalar.get("example.com/gpu"), Some(&2));
         assert_eq!(d.host_ports.len(), 2);
-        assert_eq!(d.host_ports[0], HostPort { ip: "0.0.0.0".into(), protocol: "TCP".into(), port: 8080 });
+        assert_eq!(
+            d.host_ports[0],
+            HostPort {
+                ip: "0.0.0.0".into(),
+                protocol: "TCP".into(),
+                port: 8080
+            }
+        );
     }
 
     #[test]
     fn host_port_conflicts() {
-        let hp = |ip: &str, proto: &str, port| HostPort { ip: ip.into(), protocol: proto.into(), port };
+        let hp = |ip: &str, proto: &str, port| HostPort {
+            ip: ip.into(),
+            protocol: proto.into(),
+            port,
+        };
         assert!(hp("0.0.0.0", "TCP", 80).conflicts(&hp("10.0.0.1", "TCP", 80)));
         assert!(hp("10.0.0.1", "TCP", 80).conflicts(&hp("10.0.0.1", "TCP", 80)));
         assert!(!hp("10.0.0.1", "TCP", 80).conflicts(&hp("10.0.0.2", "TCP", 80)));
@@ -343,7 +375,9 @@ mod tests {
 
     #[test]
     fn invalid_quantity_is_an_error() {
-        let p = pod(serde_json::json!({"containers": [{"name": "a", "resources": {"requests": {"cpu": "lots"}}}]}));
+        let p = pod(
+            serde_json::json!({"containers": [{"name": "a", "resources": {"requests": {"cpu": "lots"}}}]}),
+        );
         let err = PodDemand::of(&p).expect_err("invalid");
         assert_eq!(err.resource, "cpu");
     }

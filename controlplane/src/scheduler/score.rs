@@ -59,8 +59,13 @@ pub fn total_scores(pod: Candidate<'_>, feasible: &[&NodeInfo]) -> Vec<i64> {
     let mut taint_counts: Vec<i64> = feasible
         .iter()
         .map(|n| {
-            let node_taints = n.facts.as_ref().map(|f| f.taints.as_slice()).unwrap_or_default();
-            i64::try_from(taints::untolerated_preferences(node_taints, tolerations)).unwrap_or(i64::MAX)
+            let node_taints = n
+                .facts
+                .as_ref()
+                .map(|f| f.taints.as_slice())
+                .unwrap_or_default();
+            i64::try_from(taints::untolerated_preferences(node_taints, tolerations))
+                .unwrap_or(i64::MAX)
         })
         .collect();
     normalize(&mut taint_counts, true);
@@ -69,14 +74,21 @@ pub fn total_scores(pod: Candidate<'_>, feasible: &[&NodeInfo]) -> Vec<i64> {
     if affinity::has_preferences(pod.spec) {
         let mut weights: Vec<i64> = feasible
             .iter()
-            .map(|n| n.facts.as_ref().map_or(0, |f| affinity::preferred_weight(pod.spec, &n.name, f)))
+            .map(|n| {
+                n.facts
+                    .as_ref()
+                    .map_or(0, |f| affinity::preferred_weight(pod.spec, &n.name, f))
+            })
             .collect();
         normalize(&mut weights, false);
         add_weighted(&mut totals, &weights, NODE_AFFINITY_WEIGHT);
     }
 
     if let Some(owner) = &pod.demand.owner {
-        let mut counts: Vec<i64> = feasible.iter().map(|n| i64::from(n.owner_count(owner))).collect();
+        let mut counts: Vec<i64> = feasible
+            .iter()
+            .map(|n| i64::from(n.owner_count(owner)))
+            .collect();
         normalize(&mut counts, true);
         add_weighted(&mut totals, &counts, SPREAD_WEIGHT);
     }
@@ -100,7 +112,11 @@ pub fn normalize(scores: &mut [i64], reverse: bool) {
             continue;
         }
         let scaled = MAX_NODE_SCORE * *s / max;
-        *s = if reverse { MAX_NODE_SCORE - scaled } else { scaled };
+        *s = if reverse {
+            MAX_NODE_SCORE - scaled
+        } else {
+            scaled
+        };
     }
 }
 
@@ -112,8 +128,14 @@ pub fn least_allocated(pod: Candidate<'_>, node: &NodeInfo) -> i64 {
     };
     let want = &pod.demand.non_zero;
     let used = &node.non_zero_requested;
-    let cpu = least_requested(used.milli_cpu.saturating_add(want.milli_cpu), facts.allocatable.milli_cpu);
-    let memory = least_requested(used.memory.saturating_add(want.memory), facts.allocatable.memory);
+    let cpu = least_requested(
+        used.milli_cpu.saturating_add(want.milli_cpu),
+        facts.allocatable.milli_cpu,
+    );
+    let memory = least_requested(
+        used.memory.saturating_add(want.memory),
+        facts.allocatable.memory,
+    );
     (cpu + memory) / 2
 }
 
@@ -122,7 +144,10 @@ fn least_requested(requested: i64, capacity: i64) -> i64 {
         return 0;
     }
     // i128: capacity in bytes times 100 can exceed i64 for exabyte nodes.
-    i64::try_from(i128::from(capacity - requested) * i128::from(MAX_NODE_SCORE) / i128::from(capacity)).unwrap_or(0)
+    i64::try_from(
+        i128::from(capacity - requested) * i128::from(MAX_NODE_SCORE) / i128::from(capacity),
+    )
+    .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -180,7 +205,10 @@ mod tests {
     fn least_allocated_prefers_the_emptier_node() {
         let s = spec(serde_json::json!({}));
         let d = demand(None);
-        let pod = Candidate { spec: &s, demand: &d };
+        let pod = Candidate {
+            spec: &s,
+            demand: &d,
+        };
         let busy = node("busy", 2000);
         let idle = node("idle", 0);
         // cpu (4000-1000)/4000 = 75, memory (4-1)/4 = 75
@@ -206,9 +234,30 @@ mod tests {
         // The clean node is busier, but the taint weighs more.
         let clean = node("clean", 1000);
         let s = spec(serde_json::json!({}));
-        assert_eq!(select(Candidate { spec: &s, demand: &d }, &[&tainted, &clean], &mut rng()), 1);
-        let tolerant = spec(serde_json::json!({"tolerations": [{"key": "soft", "operator": "Exists"}]}));
-        assert_eq!(select(Candidate { spec: &tolerant, demand: &d }, &[&tainted, &clean], &mut rng()), 0);
+        assert_eq!(
+            select(
+                Candidate {
+                    spec: &s,
+                    demand: &d
+                },
+                &[&tainted, &clean],
+                &mut rng()
+            ),
+            1
+        );
+        let tolerant =
+            spec(serde_json::json!({"tolerations": [{"key": "soft", "operator": "Exists"}]}));
+        assert_eq!(
+            select(
+                Candidate {
+                    spec: &tolerant,
+                    demand: &d
+                },
+                &[&tainted, &clean],
+                &mut rng()
+            ),
+            0
+        );
     }
 
     #[test]
@@ -218,23 +267,55 @@ mod tests {
         let mut crowded = node("crowded", 0);
         crowded.owners.insert("rs".into(), 3);
         let slightly_busy = node("other", 500);
-        assert_eq!(select(Candidate { spec: &s, demand: &d }, &[&crowded, &slightly_busy], &mut rng()), 1);
+        assert_eq!(
+            select(
+                Candidate {
+                    spec: &s,
+                    demand: &d
+                },
+                &[&crowded, &slightly_busy],
+                &mut rng()
+            ),
+            1
+        );
         // Pods of other owners do not count.
         let d = demand(Some("someone-else"));
-        assert_eq!(select(Candidate { spec: &s, demand: &d }, &[&crowded, &slightly_busy], &mut rng()), 0);
+        assert_eq!(
+            select(
+                Candidate {
+                    spec: &s,
+                    demand: &d
+                },
+                &[&crowded, &slightly_busy],
+                &mut rng()
+            ),
+            0
+        );
     }
 
     #[test]
     fn preferred_affinity_counts() {
-        let s = spec(serde_json::json!({"affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
-            {"weight": 50, "preference": {"matchExpressions": [{"key": "disk", "operator": "In", "values": ["ssd"]}]}}]}}}));
+        let s = spec(
+            serde_json::json!({"affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+            {"weight": 50, "preference": {"matchExpressions": [{"key": "disk", "operator": "In", "values": ["ssd"]}]}}]}}}),
+        );
         let d = demand(None);
         let mut ssd = node("ssd", 1500);
         if let Some(f) = ssd.facts.as_mut() {
             f.labels.insert("disk".into(), "ssd".into());
         }
         let plain = node("plain", 0);
-        assert_eq!(select(Candidate { spec: &s, demand: &d }, &[&plain, &ssd], &mut rng()), 1);
+        assert_eq!(
+            select(
+                Candidate {
+                    spec: &s,
+                    demand: &d
+                },
+                &[&plain, &ssd],
+                &mut rng()
+            ),
+            1
+        );
     }
 
     #[test]
@@ -246,7 +327,14 @@ mod tests {
         let mut r = rng();
         let mut seen = std::collections::HashSet::new();
         for _ in 0..200 {
-            seen.insert(select(Candidate { spec: &s, demand: &d }, &refs, &mut r));
+            seen.insert(select(
+                Candidate {
+                    spec: &s,
+                    demand: &d,
+                },
+                &refs,
+                &mut r,
+            ));
         }
         assert_eq!(seen.len(), 4);
     }

@@ -29,7 +29,10 @@ pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
         return false;
     }
     match toleration.operator.as_deref().unwrap_or_default() {
-        "" | "Equal" => toleration.value.as_deref().unwrap_or_default() == taint.value.as_deref().unwrap_or_default(),
+        "" | "Equal" => {
+            toleration.value.as_deref().unwrap_or_default()
+                == taint.value.as_deref().unwrap_or_default()
+        }
         "Exists" => true,
         _ => false,
     }
@@ -96,9 +99,15 @@ mod tests {
     #[test]
     fn equal_and_exists() {
         let t = taint("dedicated", "gpu", NO_SCHEDULE);
-        assert!(tolerates(&tol("dedicated", "Equal", "gpu", NO_SCHEDULE), &t));
+        assert!(tolerates(
+            &tol("dedicated", "Equal", "gpu", NO_SCHEDULE),
+            &t
+        ));
         assert!(tolerates(&tol("dedicated", "", "gpu", ""), &t));
-        assert!(!tolerates(&tol("dedicated", "Equal", "cpu", NO_SCHEDULE), &t));
+        assert!(!tolerates(
+            &tol("dedicated", "Equal", "cpu", NO_SCHEDULE),
+            &t
+        ));
         assert!(tolerates(&tol("dedicated", "Exists", "", ""), &t));
         assert!(!tolerates(&tol("dedicated", "Exists", "", NO_EXECUTE), &t));
         assert!(!tolerates(&tol("other", "Exists", "", ""), &t));
@@ -121,17 +130,31 @@ mod tests {
         ];
         let found = first_untolerated(&taints, &[]).expect("untolerated");
         assert_eq!(found.key, "a");
-        let found = first_untolerated(&taints, &[tol("a", "Equal", "1", NO_SCHEDULE)]).expect("untolerated");
+        let found = first_untolerated(&taints, &[tol("a", "Equal", "1", NO_SCHEDULE)])
+            .expect("untolerated");
         assert_eq!(found.key, "b");
-        assert!(first_untolerated(&taints, &[tol("a", "Exists", "", ""), tol("b", "Exists", "", "")]).is_none());
+        assert!(first_untolerated(
+            &taints,
+            &[tol("a", "Exists", "", ""), tol("b", "Exists", "", "")]
+        )
+        .is_none());
         assert_eq!(untolerated_preferences(&taints, &[]), 1);
-        assert_eq!(untolerated_preferences(&taints, &[tol("soft", "Exists", "", PREFER_NO_SCHEDULE)]), 0);
+        assert_eq!(
+            untolerated_preferences(&taints, &[tol("soft", "Exists", "", PREFER_NO_SCHEDULE)]),
+            0
+        );
     }
 
     #[test]
     fn condition_taints() {
-        assert!(tolerates_condition(&[tol(UNSCHEDULABLE_KEY, "Exists", "", NO_SCHEDULE)], UNSCHEDULABLE_KEY));
-        assert!(!tolerates_condition(&[tol(UNSCHEDULABLE_KEY, "Exists", "", NO_EXECUTE)], UNSCHEDULABLE_KEY));
+        assert!(tolerates_condition(
+            &[tol(UNSCHEDULABLE_KEY, "Exists", "", NO_SCHEDULE)],
+            UNSCHEDULABLE_KEY
+        ));
+        assert!(!tolerates_condition(
+            &[tol(UNSCHEDULABLE_KEY, "Exists", "", NO_EXECUTE)],
+            UNSCHEDULABLE_KEY
+        ));
         assert!(!tolerates_condition(&[], NOT_READY_KEY));
     }
 }

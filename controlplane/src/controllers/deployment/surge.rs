@@ -184,7 +184,7 @@ mod tests {
         let d = deployment(3, IntOrString::Int(1), IntOrString::Int(0));
         assert_eq!(new_rs_new_replicas(&d, 3, 0), 1, "3 old + 1 surge");
         assert_eq!(new_rs_new_replicas(&d, 4, 1), 1, "at the surge limit");
-        assert_eq!(new_rs_new_replicas(&d, 2, 1), 2);
+        assert_eq!(new_rs_new_replicas(&d, 2, 1), 3, "room for 2 more");
         assert_eq!(new_rs_new_replicas(&d, 0, 0), 3, "never above spec.replicas");
     }
 

@@ -133,7 +133,10 @@ pub fn selector(svc: &Service) -> Option<&BTreeMap<String, String>> {
 }
 
 /// True when every selector term is among `labels`.
-pub fn selects(selector: &BTreeMap<String, String>, labels: Option<&BTreeMap<String, String>>) -> bool {
+pub fn selects(
+    selector: &BTreeMap<String, String>,
+    labels: Option<&BTreeMap<String, String>>,
+) -> bool {
     selector
         .iter()
         .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
@@ -162,7 +165,10 @@ pub fn address_types(svc: &Service) -> Vec<AddressType> {
     if !families.is_empty() {
         return families.into_iter().collect();
     }
-    match spec.and_then(|s| s.cluster_ip.as_deref()).and_then(AddressType::of) {
+    match spec
+        .and_then(|s| s.cluster_ip.as_deref())
+        .and_then(AddressType::of)
+    {
         Some(family) => vec![family],
         None => vec![AddressType::V4, AddressType::V6],
     }
@@ -232,11 +238,19 @@ pub fn same_for_endpoints(a: &Pod, b: &Pod) -> bool {
         let status = p.status.as_ref();
         let ports: Vec<_> = spec
             .into_iter()
-            .flat_map(|s| s.containers.iter().chain(s.init_containers.iter().flatten()))
+            .flat_map(|s| {
+                s.containers
+                    .iter()
+                    .chain(s.init_containers.iter().flatten())
+            })
             .map(|c| (c.ports.clone(), c.restart_policy.clone()))
             .collect();
         (
-            (p.metadata.labels.clone(), p.metadata.deletion_timestamp.clone(), p.metadata.uid.clone()),
+            (
+                p.metadata.labels.clone(),
+                p.metadata.deletion_timestamp.clone(),
+                p.metadata.uid.clone(),
+            ),
             (
                 spec.and_then(|s| s.node_name.clone()),
                 spec.and_then(|s| s.hostname.clone()),
@@ -326,7 +340,12 @@ fn target_ref(pod: &Pod) -> ObjectReference {
 
 /// The slice endpoint of `pod` in `family`, or `None` when the pod has no
 /// address of that family. `zone` is the zone of the pod's node.
-pub fn endpoint(pod: &Pod, svc: &Service, family: AddressType, zone: Option<String>) -> Option<Endpoint> {
+pub fn endpoint(
+    pod: &Pod,
+    svc: &Service,
+    family: AddressType,
+    zone: Option<String>,
+) -> Option<Endpoint> {
     let ip = pod_ip(pod, family)?;
     let serving = pod_ready(pod);
     let terminating = terminating(pod);
@@ -375,7 +394,10 @@ pub fn desired_endpoints<'a>(
             .and_then(&zone_of);
         for &family in &families {
             if let Some(ep) = endpoint(pod, svc, family, zone.clone()) {
-                let key = GroupKey { address_type: family, ports: ports.clone() };
+                let key = GroupKey {
+                    address_type: family,
+                    ports: ports.clone(),
+                };
                 groups.entry(key).or_default().push(ep);
             }
         }
@@ -391,7 +413,9 @@ pub fn slice_labels(svc: &Service) -> BTreeMap<String, String> {
         .labels
         .iter()
         .flatten()
-        .filter(|(k, _)| ![SERVICE_NAME_LABEL, MANAGED_BY_LABEL, HEADLESS_LABEL].contains(&k.as_str()))
+        .filter(|(k, _)| {
+            ![SERVICE_NAME_LABEL, MANAGED_BY_LABEL, HEADLESS_LABEL].contains(&k.as_str())
+        })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     if is_headless(svc) {
@@ -429,15 +453,27 @@ pub fn endpoints_labels(svc: &Service) -> BTreeMap<String, String> {
 /// addresses with the same port set share a subset, ready pods in
 /// `addresses`, the others in `notReadyAddresses`, sorted. The second value
 /// is true when addresses beyond [`MAX_ENDPOINTS_ADDRESSES`] were dropped.
-pub fn endpoints_subsets<'a>(svc: &Service, pods: impl IntoIterator<Item = &'a Pod>) -> (Vec<EndpointSubset>, bool) {
+pub fn endpoints_subsets<'a>(
+    svc: &Service,
+    pods: impl IntoIterator<Item = &'a Pod>,
+) -> (Vec<EndpointSubset>, bool) {
     let spec = svc.spec.as_ref();
-    let publish_not_ready = spec.and_then(|s| s.publish_not_ready_addresses).unwrap_or(false);
-    let has_ports = spec.and_then(|s| s.ports.as_ref()).is_some_and(|p| !p.is_empty());
+    let publish_not_ready = spec
+        .and_then(|s| s.publish_not_ready_addresses)
+        .unwrap_or(false);
+    let has_ports = spec
+        .and_then(|s| s.ports.as_ref())
+        .is_some_and(|p| !p.is_empty());
     let family = primary_address_type(svc);
     type Addresses = (Vec<EndpointAddress>, Vec<EndpointAddress>);
     let mut by_ports: BTreeMap<Vec<PortKey>, Addresses> = BTreeMap::new();
-    for pod in pods.into_iter().filter(|p| pod_in_endpoints(p, publish_not_ready)) {
-        let Some(ip) = pod_ip(pod, family) else { continue };
+    for pod in pods
+        .into_iter()
+        .filter(|p| pod_in_endpoints(p, publish_not_ready))
+    {
+        let Some(ip) = pod_ip(pod, family) else {
+            continue;
+        };
         let ports = pod_ports(svc, pod);
         // A Service with ports publishes only pods that serve one of them; a
         // headless Service without ports publishes bare addresses.
@@ -447,7 +483,11 @@ pub fn endpoints_subsets<'a>(svc: &Service, pods: impl IntoIterator<Item = &'a P
         let address = EndpointAddress {
             ip,
             hostname: hostname(pod, svc),
-            node_name: pod.spec.as_ref().and_then(|s| s.node_name.clone()).filter(|n| !n.is_empty()),
+            node_name: pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .filter(|n| !n.is_empty()),
             target_ref: Some(target_ref(pod)),
         };
         let entry = by_ports.entry(ports).or_default();
@@ -481,7 +521,8 @@ pub fn endpoints_subsets<'a>(svc: &Service, pods: impl IntoIterator<Item = &'a P
         .map(|(ports, (ready, not_ready))| EndpointSubset {
             addresses: Some(ready).filter(|a| !a.is_empty()),
             not_ready_addresses: Some(not_ready).filter(|a| !a.is_empty()),
-            ports: Some(ports.iter().map(PortKey::to_core_port).collect::<Vec<_>>()).filter(|p| !p.is_empty()),
+            ports: Some(ports.iter().map(PortKey::to_core_port).collect::<Vec<_>>())
+                .filter(|p| !p.is_empty()),
         })
         .collect();
     (subsets, truncated)

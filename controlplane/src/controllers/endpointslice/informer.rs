@@ -32,8 +32,12 @@ pub enum Change<'a, K> {
 }
 
 /// Runs the watch until the process ends, feeding `writer` and `on_change`.
-pub async fn run<K, F>(api: Api<K>, config: watcher::Config, mut writer: Writer<K>, mut on_change: F)
-where
+pub async fn run<K, F>(
+    api: Api<K>,
+    config: watcher::Config,
+    mut writer: Writer<K>,
+    mut on_change: F,
+) where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     F: FnMut(Change<'_, K>),
 {

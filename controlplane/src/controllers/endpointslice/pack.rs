@@ -103,9 +103,17 @@ fn endpoints(slice: &EndpointSlice) -> &[Endpoint] {
 }
 
 fn group_of(slice: &EndpointSlice) -> Option<GroupKey> {
-    let mut ports: Vec<PortKey> = slice.ports.iter().flatten().map(PortKey::from_slice_port).collect();
+    let mut ports: Vec<PortKey> = slice
+        .ports
+        .iter()
+        .flatten()
+        .map(PortKey::from_slice_port)
+        .collect();
     ports.sort();
-    Some(GroupKey { address_type: AddressType::parse(&slice.address_type)?, ports })
+    Some(GroupKey {
+        address_type: AddressType::parse(&slice.address_type)?,
+        ports,
+    })
 }
 
 /// Plans the writes turning `existing` (the Service's current slices) into
@@ -121,7 +129,12 @@ pub fn plan(
     let existing_count = existing.len();
     let mut remaining: BTreeMap<GroupKey, BTreeMap<(String, String, String), Endpoint>> = desired
         .into_iter()
-        .map(|(group, eps)| (group, eps.into_iter().map(|ep| (endpoint_key(&ep), ep)).collect()))
+        .map(|(group, eps)| {
+            (
+                group,
+                eps.into_iter().map(|ep| (endpoint_key(&ep), ep)).collect(),
+            )
+        })
         .collect();
     let mut plan = Plan::default();
     let mut updated: Vec<(GroupKey, EndpointSlice)> = Vec::new();
@@ -214,10 +227,16 @@ pub fn plan(
 }
 
 /// Moves endpoints from `wanted` into `slice` until it holds `max`.
-fn fill(slice: &mut EndpointSlice, wanted: &mut BTreeMap<(String, String, String), Endpoint>, max: usize) {
+fn fill(
+    slice: &mut EndpointSlice,
+    wanted: &mut BTreeMap<(String, String, String), Endpoint>,
+    max: usize,
+) {
     let list = slice.endpoints.get_or_insert_with(Vec::new);
     while list.len() < max {
-        let Some((_, ep)) = wanted.pop_first() else { break };
+        let Some((_, ep)) = wanted.pop_first() else {
+            break;
+        };
         list.push(ep);
     }
 }

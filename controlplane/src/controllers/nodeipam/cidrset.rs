@@ -65,7 +65,11 @@ fn to_u128(ip: IpAddr) -> u128 {
 fn bounds(net: &IpNetwork) -> (u128, u128) {
     let bits = u32::from(max_prefix(net));
     let host_bits = bits - u32::from(net.prefix());
-    let size_minus_one = if host_bits >= 128 { u128::MAX } else { (1u128 << host_bits) - 1 };
+    let size_minus_one = if host_bits >= 128 {
+        u128::MAX
+    } else {
+        (1u128 << host_bits) - 1
+    };
     let first = to_u128(net.ip()) & !size_minus_one;
     (first, first | size_minus_one)
 }
@@ -119,7 +123,9 @@ impl CidrSet {
         let offset = (index as u128).checked_shl(self.subnet_shift).unwrap_or(0);
         let start = self.base + offset;
         let ip = match self.cluster {
-            IpNetwork::V4(_) => IpAddr::V4(Ipv4Addr::from(u32::try_from(start).unwrap_or(u32::MAX))),
+            IpNetwork::V4(_) => {
+                IpAddr::V4(Ipv4Addr::from(u32::try_from(start).unwrap_or(u32::MAX)))
+            }
             IpNetwork::V6(_) => IpAddr::V6(Ipv6Addr::from(start)),
         };
         // The mask is validated in new(); the address is the network start.
@@ -138,12 +144,18 @@ impl CidrSet {
                 return Ok(self.subnet(index));
             }
         }
-        Err(CidrError::Exhausted { cluster: self.cluster, mask: self.mask })
+        Err(CidrError::Exhausted {
+            cluster: self.cluster,
+            mask: self.mask,
+        })
     }
 
     /// The subnet indices `cidr` overlaps.
     fn indices(&self, cidr: &IpNetwork) -> Result<std::ops::RangeInclusive<usize>, CidrError> {
-        let out_of_range = || CidrError::OutOfRange { cidr: *cidr, cluster: self.cluster };
+        let out_of_range = || CidrError::OutOfRange {
+            cidr: *cidr,
+            cluster: self.cluster,
+        };
         if cidr.is_ipv4() != self.cluster.is_ipv4() {
             return Err(out_of_range());
         }
@@ -152,7 +164,9 @@ impl CidrSet {
         if last < cluster_first || first > cluster_last {
             return Err(out_of_range());
         }
-        let index = |addr: u128| usize::try_from((addr - self.base) >> self.subnet_shift).unwrap_or(usize::MAX);
+        let index = |addr: u128| {
+            usize::try_from((addr - self.base) >> self.subnet_shift).unwrap_or(usize::MAX)
+        };
         Ok(index(first.max(cluster_first))..=index(last.min(cluster_last)))
     }
 
@@ -223,7 +237,8 @@ mod tests {
         let mut set = CidrSet::new(net("10.244.0.0/16"), 24).expect("set");
         set.occupy(&net("10.244.0.0/24")).expect("occupy");
         set.occupy(&net("10.244.0.0/24")).expect("occupy twice");
-        set.occupy(&net("10.244.2.0/23")).expect("occupy a bigger one");
+        set.occupy(&net("10.244.2.0/23"))
+            .expect("occupy a bigger one");
         assert_eq!(set.allocated(), 3);
         assert_eq!(set.allocate(), Ok(net("10.244.1.0/24")));
         assert_eq!(set.allocate(), Ok(net("10.244.4.0/24")));
@@ -232,10 +247,22 @@ mod tests {
     #[test]
     fn out_of_range_and_bad_masks_are_rejected() {
         let mut set = CidrSet::new(net("10.244.0.0/16"), 24).expect("set");
-        assert!(matches!(set.occupy(&net("192.168.0.0/24")), Err(CidrError::OutOfRange { .. })));
-        assert!(matches!(set.occupy(&net("fd00::/64")), Err(CidrError::OutOfRange { .. })));
-        assert!(matches!(CidrSet::new(net("10.244.0.0/16"), 8), Err(CidrError::BadMask { .. })));
-        assert!(matches!(CidrSet::new(net("10.0.0.0/8"), 30), Err(CidrError::TooManySubnets { .. })));
+        assert!(matches!(
+            set.occupy(&net("192.168.0.0/24")),
+            Err(CidrError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            set.occupy(&net("fd00::/64")),
+            Err(CidrError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            CidrSet::new(net("10.244.0.0/16"), 8),
+            Err(CidrError::BadMask { .. })
+        ));
+        assert!(matches!(
+            CidrSet::new(net("10.0.0.0/8"), 30),
+            Err(CidrError::TooManySubnets { .. })
+        ));
     }
 
     #[test]

@@ -22,14 +22,23 @@ fn template() -> SliceTemplate {
 fn group(port: i32) -> GroupKey {
     GroupKey {
         address_type: AddressType::V4,
-        ports: vec![PortKey { name: String::new(), port, protocol: "TCP".into(), app_protocol: None }],
+        ports: vec![PortKey {
+            name: String::new(),
+            port,
+            protocol: "TCP".into(),
+            app_protocol: None,
+        }],
     }
 }
 
 fn ep(i: usize, ready: bool) -> Endpoint {
     Endpoint {
         addresses: vec![format!("10.0.{}.{}", i / 200, i % 200)],
-        conditions: Some(EndpointConditions { ready: Some(ready), serving: Some(ready), terminating: Some(false) }),
+        conditions: Some(EndpointConditions {
+            ready: Some(ready),
+            serving: Some(ready),
+            terminating: Some(false),
+        }),
         target_ref: Some(ObjectReference {
             kind: Some("Pod".into()),
             name: Some(format!("p{i}")),
@@ -46,8 +55,16 @@ fn desired(port: i32, range: std::ops::Range<usize>) -> BTreeMap<GroupKey, Vec<E
 
 /// Applies a plan the way the API server would: names created slices.
 fn stored(plan: Plan, keep: Vec<EndpointSlice>) -> Vec<EndpointSlice> {
-    let deleted: Vec<_> = plan.delete.iter().map(|s| s.metadata.name.clone()).collect();
-    let updated: Vec<_> = plan.update.iter().map(|s| s.metadata.name.clone()).collect();
+    let deleted: Vec<_> = plan
+        .delete
+        .iter()
+        .map(|s| s.metadata.name.clone())
+        .collect();
+    let updated: Vec<_> = plan
+        .update
+        .iter()
+        .map(|s| s.metadata.name.clone())
+        .collect();
     let mut out: Vec<EndpointSlice> = keep
         .into_iter()
         .filter(|s| !deleted.contains(&s.metadata.name) && !updated.contains(&s.metadata.name))
@@ -68,13 +85,21 @@ fn sizes(slices: &[EndpointSlice]) -> Vec<usize> {
 
 #[test]
 fn splits_at_the_maximum() {
-    let plan = plan(&template(), vec![], desired(80, 0..150), MAX_ENDPOINTS_PER_SLICE);
+    let plan = plan(
+        &template(),
+        vec![],
+        desired(80, 0..150),
+        MAX_ENDPOINTS_PER_SLICE,
+    );
     assert_eq!(plan.create.len(), 2);
     assert!(plan.update.is_empty() && plan.delete.is_empty());
     assert_eq!(sizes(&plan.create), vec![50, 100]);
     let created = &plan.create[0];
     assert_eq!(created.metadata.generate_name.as_deref(), Some("web-"));
-    assert_eq!(created.metadata.owner_references.as_ref().map(Vec::len), Some(1));
+    assert_eq!(
+        created.metadata.owner_references.as_ref().map(Vec::len),
+        Some(1)
+    );
     assert_eq!(created.address_type, "IPv4");
 }
 
@@ -96,7 +121,10 @@ fn one_changed_endpoint_rewrites_only_its_slice() {
     assert!(p.create.is_empty() && p.delete.is_empty());
     assert_eq!(p.update.len(), 1);
     let updated = endpoints(&p.update[0]);
-    let three = updated.iter().find(|e| endpoint_key(e) == endpoint_key(&ep(3, true))).expect("kept");
+    let three = updated
+        .iter()
+        .find(|e| endpoint_key(e) == endpoint_key(&ep(3, true)))
+        .expect("kept");
     assert_eq!(three.conditions.as_ref().and_then(|c| c.ready), Some(false));
 }
 
@@ -108,10 +136,12 @@ fn new_endpoints_fill_the_fullest_slice_that_fits() {
     assert!(p.create.is_empty() && p.delete.is_empty());
     assert_eq!(p.update.len(), 1);
     assert_eq!(endpoints(&p.update[0]).len(), 60);
-    // More than fit: a new slice instead.
-    let p = plan(&t, slices, desired(80, 0..260), 100);
-    assert_eq!(p.create.len(), 1);
-    assert_eq!(sizes(&stored(p, vec![])).iter().sum::<usize>(), 110);
+    // More than fit: a full new slice, the rest into the half-empty one.
+    let p = plan(&t, slices.clone(), desired(80, 0..260), 100);
+    assert_eq!((p.create.len(), p.update.len()), (1, 1));
+    assert_eq!(endpoints(&p.create[0]).len(), 100);
+    assert_eq!(endpoints(&p.update[0]).len(), 60);
+    assert_eq!(sizes(&stored(p, slices)), vec![60, 100, 100]);
 }
 
 #[test]
@@ -162,13 +192,24 @@ fn slices_of_another_owner_or_stale_labels_are_fixed() {
     let mut slices = stored(plan(&t, vec![], desired(80, 0..10), 100), vec![]);
     let mut foreign = slices[0].clone();
     foreign.metadata.name = Some("web-old".into());
-    if let Some(owner) = foreign.metadata.owner_references.as_mut().and_then(|o| o.first_mut()) {
+    if let Some(owner) = foreign
+        .metadata
+        .owner_references
+        .as_mut()
+        .and_then(|o| o.first_mut())
+    {
         owner.uid = "previous-service-uid".into();
     }
     slices[0].metadata.labels = Some(BTreeMap::new());
     slices.push(foreign);
     let p = plan(&t, slices, desired(80, 0..10), 100);
-    assert_eq!(p.delete.iter().map(|s| s.metadata.name.as_deref()).collect::<Vec<_>>(), vec![Some("web-old")]);
+    assert_eq!(
+        p.delete
+            .iter()
+            .map(|s| s.metadata.name.as_deref())
+            .collect::<Vec<_>>(),
+        vec![Some("web-old")]
+    );
     assert_eq!(p.update.len(), 1);
     assert_eq!(p.update[0].metadata.labels.as_ref(), Some(&t.labels));
 }

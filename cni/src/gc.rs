@@ -1,0 +1,144 @@
+//! GC and STATUS (spec 1.1.0).
+//!
+//! GC removes every attachment of this network not listed in
+//! `cni.dev/valid-attachments`: address allocations, host veths on the bridge
+//! (found by their `skiff/<network>/…` alias, and by name for allocations a
+//! crashed ADD left before the alias was set) and masquerade rules. STATUS
+//! says whether ADD can succeed: 50 when a range set is full, 51 when pods are
+//! attached but the bridge is gone.
+
+use std::collections::HashSet;
+
+use crate::bridge;
+use crate::config::{AttachmentId, Ipam, NetConf};
+use crate::errors::{from_err, CniError, Code};
+use crate::ipam::Store;
+use crate::masq;
+use crate::netlink;
+use crate::netns::Netns;
+use crate::plugin::ipam_err;
+use crate::veth;
+
+/// What GC removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Address allocations released.
+    pub addresses: usize,
+    /// Host veths deleted.
+    pub links: usize,
+    /// Masquerade rules deleted.
+    pub rules: usize,
+}
+
+fn needs_1_1(conf: &NetConf, what: &str) -> Result<(), CniError> {
+    if conf.cni_version.is_1_1() {
+        Ok(())
+    } else {
+        Err(CniError::new(
+            Code::IncompatibleVersion,
+            format!("{what} needs cniVersion 1.1.0; the config says {}", conf.cni_version),
+        ))
+    }
+}
+
+/// Removes every attachment of `conf`'s network that is not in its valid list.
+pub async fn gc(conf: &NetConf, node: &Netns) -> Result<GcReport, CniError> {
+    needs_1_1(conf, "GC")?;
+    let valid: HashSet<AttachmentId> = conf
+        .valid_attachments
+        .clone()
+        .ok_or_else(|| {
+            CniError::new(
+                Code::InvalidConfig,
+                "GC needs cni.dev/valid-attachments (an empty list removes every attachment)",
+            )
+        })?
+        .into_iter()
+        .collect();
+    let mut report = GcReport::default();
+    let mut doomed: Vec<AttachmentId> = Vec::new();
+    if let Ipam::Builtin(b) = &conf.ipam {
+        let gone = Store::new(b, &conf.name).gc(&valid).map_err(ipam_err)?;
+        report.addresses = gone.len();
+        doomed.extend(gone.into_iter().map(|a| AttachmentId {
+            container_id: a.container_id,
+            ifname: a.ifname,
+        }));
+    }
+
+    let h = node.netlink().map_err(|e| from_err(Code::Netlink, &e))?;
+    let ns = node.describe();
+    if let Some(br) = bridge::find(&h, &conf.bridge, &ns)
+        .await
+        .map_err(|e| from_err(Code::Netlink, &e))?
+    {
+        let links = netlink::all_links(&h)
+            .await
+            .map_err(|source| netlink::NetlinkError { op: "listing links".into(), ns: ns.clone(), source })
+            .map_err(|e| from_err(Code::Netlink, &e))?;
+        for l in links.iter().filter(|l| netlink::controller(l) == Some(br.index)) {
+            if let Some(owner) = netlink::alias(l).and_then(|a| veth::parse_alias(&conf.name, a)) {
+                if !valid.contains(&owner) {
+                    doomed.push(owner);
+                }
+            }
+        }
+    }
+    let mut seen = HashSet::new();
+    for owner in doomed.iter().filter(|o| seen.insert((*o).clone())) {
+        if veth::delete(&h, &veth::host_name(&conf.name, owner), &ns)
+            .await
+            .map_err(|e| from_err(Code::Netlink, &e))?
+        {
+            report.links += 1;
+        }
+    }
+
+    // Rules of an attachment whose config later turned ipMasq off are still
+    // swept when iptables is installed.
+    if conf.ip_masq || masq::available() {
+        match masq::remove(node, &conf.name, |o| !valid.contains(o)) {
+            Ok(n) => report.rules = n,
+            Err(e) if conf.ip_masq => return Err(from_err(Code::Iptables, &e)),
+            Err(_) => {}
+        }
+    }
+    Ok(report)
+}
+
+/// Reports whether ADD can succeed (`Ok`) or why not (codes 50/51).
+pub async fn status(conf: &NetConf, node: &Netns) -> Result<(), CniError> {
+    needs_1_1(conf, "STATUS")?;
+    let Ipam::Builtin(b) = &conf.ipam else {
+        return Ok(());
+    };
+    let store = Store::new(b, &conf.name);
+    if let Some(full) = store.usage(b).map_err(ipam_err)?.into_iter().find(|u| u.free == 0) {
+        return Err(CniError::new(
+            Code::NotAvailable,
+            format!(
+                "IP range {} of network {} is exhausted ({} addresses, none free); ADD will fail until DEL/GC frees addresses or ipam.ranges grows",
+                full.ranges, conf.name, full.size
+            ),
+        ));
+    }
+    let attached = store.allocations().map_err(ipam_err)?.len();
+    if attached > 0 {
+        let h = node.netlink().map_err(|e| from_err(Code::Netlink, &e))?;
+        let ns = node.describe();
+        if bridge::find(&h, &conf.bridge, &ns)
+            .await
+            .map_err(|e| from_err(Code::Netlink, &e))?
+            .is_none()
+        {
+            return Err(CniError::new(
+                Code::NotAvailableLimitedConnectivity,
+                format!(
+                    "bridge {} is missing from {ns} while {attached} addresses are allocated: those pods have no network; recreate the pods",
+                    conf.bridge
+                ),
+            ));
+        }
+    }
+    Ok(())
+}

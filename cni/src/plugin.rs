@@ -1,0 +1,435 @@
+//! ADD and DEL, the in-process API the node agent calls and the binary wraps.
+//!
+//! ADD order: allocate addresses (recorded first, so a crash leaves something
+//! DEL/GC can find) → bridge and forwarding sysctls → veth pair (pod end made
+//! inside the pod netns) → pod addresses and routes → masquerade rule. If any
+//! step fails, the steps done so far are undone in reverse, so a failed ADD
+//! leaves nothing behind but the shared bridge. DEL undoes each piece and
+//! treats "already gone" as success, so it can be repeated and works after a
+//! crash, after the pod netns was deleted, and without `CNI_NETNS`.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnetwork::IpNetwork;
+
+use crate::bridge;
+use crate::config::{check_ifname, AttachmentId, Ipam, NetConf};
+use crate::delegate;
+use crate::errors::{from_err, CniError, Code};
+use crate::ipam::{self, Allocated, Store};
+use crate::masq;
+use crate::netlink;
+use crate::netns::Netns;
+use crate::result::{CniResult, Interface, IpConfig, Route};
+use crate::routes;
+use crate::veth::{self, VethSpec};
+
+/// Test hook: `ipam` or `veth` makes ADD pause (30 s at most) after that step,
+/// so tests can kill the plugin mid-ADD.
+pub const PAUSE_ENV: &str = "SKIFF_CNI_TEST_PAUSE_AT";
+
+/// One attachment as the runtime describes it (the `CNI_*` variables).
+#[derive(Clone, Debug, Default)]
+pub struct Attachment {
+    /// `CNI_CONTAINERID`.
+    pub container_id: String,
+    /// `CNI_IFNAME`.
+    pub ifname: String,
+    /// `CNI_NETNS`; optional on DEL.
+    pub netns: Option<PathBuf>,
+    /// `CNI_ARGS`, passed on to a delegated IPAM plugin.
+    pub args: String,
+    /// `CNI_PATH`, where delegated plugins are found.
+    pub cni_path: Vec<PathBuf>,
+}
+
+impl Attachment {
+    /// The (container, interface) pair.
+    pub fn id(&self) -> AttachmentId {
+        AttachmentId {
+            container_id: self.container_id.clone(),
+            ifname: self.ifname.clone(),
+        }
+    }
+
+    /// Checks the identifiers (code 4) and, if `need_netns`, that a netns is given.
+    pub fn validate(&self, need_netns: bool) -> Result<(), CniError> {
+        if !crate::config::valid_name(&self.container_id) {
+            return Err(CniError::new(
+                Code::InvalidEnvironment,
+                format!(
+                    "CNI_CONTAINERID {:?} is invalid: it must start with a letter or digit and hold only letters, digits, '_', '.' or '-'",
+                    self.container_id
+                ),
+            ));
+        }
+        if let Err(why) = check_ifname(&self.ifname) {
+            return Err(CniError::new(
+                Code::InvalidEnvironment,
+                format!("CNI_IFNAME {:?} is invalid: {why}", self.ifname),
+            ));
+        }
+        if need_netns && self.netns.as_ref().is_none_or(|p| p.as_os_str().is_empty()) {
+            return Err(CniError::new(
+                Code::InvalidEnvironment,
+                "CNI_NETNS is required for this command: set it to the pod's network namespace path",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Addresses and routes for the pod, from the built-in or a delegated IPAM.
+pub(crate) struct Addressing {
+    pub(crate) ips: Vec<Allocated>,
+    pub(crate) routes: Vec<(IpNetwork, Option<IpAddr>)>,
+    pub(crate) dns: crate::result::Dns,
+    /// Whether this ADD allocated them (and must free them on failure).
+    pub(crate) fresh: bool,
+}
+
+/// What an ADD has done so far, for rollback.
+#[derive(Default)]
+struct Progress {
+    ipam: bool,
+    veth: bool,
+    masq: bool,
+}
+
+/// Adds the pod's interface to the network; returns the CNI result.
+pub async fn add(conf: &NetConf, att: &Attachment, node: &Netns) -> Result<CniResult, CniError> {
+    att.validate(true)?;
+    let path = att.netns.clone().unwrap_or_default();
+    let pod = Netns::open(&path).map_err(|e| from_err(Code::InvalidEnvironment, &e))?;
+    let h = node.netlink().map_err(|e| from_err(Code::Netlink, &e))?;
+    let mut progress = Progress::default();
+    let r = add_steps(conf, att, node, &pod, &h, &mut progress).await;
+    if r.is_err() {
+        rollback(conf, att, node, &h, &progress).await;
+    }
+    r
+}
+
+async fn add_steps(
+    conf: &NetConf,
+    att: &Attachment,
+    node: &Netns,
+    pod: &Netns,
+    h: &rtnetlink::Handle,
+    progress: &mut Progress,
+) -> Result<CniResult, CniError> {
+    let id = att.id();
+    let ns = node.describe();
+    let addressing = allocate(conf, att, node)?;
+    progress.ipam = addressing.fresh;
+    pause_if_asked("ipam");
+
+    let gateways: Vec<IpNetwork> = addressing
+        .ips
+        .iter()
+        .filter_map(|a| IpNetwork::new(a.gateway, a.address.prefix()).ok())
+        .collect();
+    let br = bridge::ensure(h, &conf.bridge, conf.mtu, &gateways, &ns)
+        .await
+        .map_err(|e| from_err(Code::Netlink, &e))?;
+    enable_forwarding(node, &addressing.ips)?;
+
+    let host = veth::host_name(&conf.name, &id);
+    let pod_mac = pod_mac(conf, &id, &addressing.ips);
+    let host_mac = netlink::derived_mac(&["host", &conf.name, &id.container_id, &id.ifname]);
+    let spec = VethSpec {
+        host: host.clone(),
+        ifname: &att.ifname,
+        mtu: conf.mtu,
+        pod_mac,
+        host_mac,
+        bridge_index: br.index,
+        pod_ns_fd: pod.raw_fd().unwrap_or(-1),
+        pod_ns: pod.describe(),
+        hairpin: conf.hairpin_mode,
+        alias: veth::alias(&conf.name, &id),
+    };
+    progress.veth = true;
+    if let Err(e) = veth::create(h, &spec, &ns).await {
+        // Only a pair this ADD created may be deleted on rollback.
+        progress.veth = !matches!(e, veth::VethError::HostExists { .. } | veth::VethError::PodExists { .. });
+        let code = match e {
+            veth::VethError::Netlink(_) => Code::Netlink,
+            _ => Code::InterfaceExists,
+        };
+        return Err(from_err(code, &e));
+    }
+    pause_if_asked("veth");
+
+    let pod_h = pod.netlink().map_err(|e| from_err(Code::Netlink, &e))?;
+    let pod_ns = pod.describe();
+    let link = netlink::link_by_name(&pod_h, &att.ifname)
+        .await
+        .map_err(|source| netlink::NetlinkError {
+            op: format!("looking up {}", att.ifname),
+            ns: pod_ns.clone(),
+            source,
+        })
+        .map_err(|e| from_err(Code::Netlink, &e))?
+        .ok_or_else(|| CniError::new(Code::Netlink, format!("{} vanished from {pod_ns} right after it was created", att.ifname)))?;
+    let index = link.header.index;
+    pod_h
+        .link()
+        .set(rtnetlink::LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+        .map_err(|source| netlink::NetlinkError {
+            op: format!("bringing {} up", att.ifname),
+            ns: pod_ns.clone(),
+            source,
+        })
+        .map_err(|e| from_err(Code::Netlink, &e))?;
+    for a in &addressing.ips {
+        netlink::add_address(&pod_h, index, a.address, &pod_ns)
+            .await
+            .map_err(|e| from_err(Code::Netlink, &e))?;
+    }
+    for (dst, gw) in &addressing.routes {
+        routes::add_pod_route(&pod_h, index, *dst, *gw, &pod_ns)
+            .await
+            .map_err(|e| from_err(Code::Netlink, &e))?;
+    }
+
+    if conf.ip_masq {
+        progress.masq = true;
+        let pairs: Vec<(IpNetwork, IpNetwork)> = addressing
+            .ips
+            .iter()
+            .map(|a| (a.address, conf.masq_exclude(&a.address)))
+            .collect();
+        masq::add(node, &conf.name, &conf.bridge, &id, &pairs).map_err(|e| from_err(Code::Iptables, &e))?;
+    }
+
+    let ours = CniResult {
+        interfaces: vec![
+            Interface {
+                name: conf.bridge.clone(),
+                mac: br.mac.clone(),
+                mtu: br.mtu,
+                sandbox: None,
+            },
+            Interface {
+                name: host,
+                mac: netlink::format_mac(&host_mac),
+                mtu: conf.mtu.or(br.mtu),
+                sandbox: None,
+            },
+            Interface {
+                name: att.ifname.clone(),
+                mac: netlink::format_mac(&pod_mac),
+                mtu: netlink::mtu(&link),
+                sandbox: Some(pod.path().map(|p| p.display().to_string()).unwrap_or_default()),
+            },
+        ],
+        ips: addressing
+            .ips
+            .iter()
+            .map(|a| IpConfig {
+                address: a.address,
+                gateway: Some(a.gateway),
+                interface: Some(2),
+            })
+            .collect(),
+        routes: addressing
+            .routes
+            .iter()
+            .map(|(dst, gw)| Route {
+                dst: *dst,
+                gw: *gw,
+                mtu: None,
+                priority: None,
+            })
+            .collect(),
+        dns: if conf.dns == Default::default() { addressing.dns } else { conf.dns.clone() },
+    };
+    Ok(merge(conf.prev_result.clone(), ours))
+}
+
+/// Appends `ours` to a previous plugin's result (when skiff is not first).
+fn merge(prev: Option<CniResult>, mut ours: CniResult) -> CniResult {
+    let Some(mut prev) = prev else { return ours };
+    let offset = prev.interfaces.len();
+    for ip in &mut ours.ips {
+        ip.interface = ip.interface.map(|i| i + offset);
+    }
+    prev.interfaces.append(&mut ours.interfaces);
+    prev.ips.append(&mut ours.ips);
+    prev.routes.append(&mut ours.routes);
+    if ours.dns != Default::default() {
+        prev.dns = ours.dns;
+    }
+    prev
+}
+
+async fn rollback(conf: &NetConf, att: &Attachment, node: &Netns, h: &rtnetlink::Handle, p: &Progress) {
+    let id = att.id();
+    // Best effort: the original error is what the runtime needs to see.
+    if p.masq {
+        let _ = masq::remove(node, &conf.name, |o| o == &id);
+    }
+    if p.veth {
+        let _ = veth::delete(h, &veth::host_name(&conf.name, &id), &node.describe()).await;
+    }
+    if p.ipam {
+        let _ = release(conf, att, node);
+    }
+}
+
+fn pod_mac(conf: &NetConf, id: &AttachmentId, ips: &[Allocated]) -> [u8; 6] {
+    // Derived from the IPv4 address like the reference plugins used to, so a
+    // pod's MAC is predictable from its IP; otherwise from its identity.
+    match ips.iter().find_map(|a| match a.address.ip() {
+        IpAddr::V4(v) => Some(v.octets()),
+        IpAddr::V6(_) => None,
+    }) {
+        Some(o) => [0x0a, 0x58, o[0], o[1], o[2], o[3]],
+        None => netlink::derived_mac(&["pod", &conf.name, &id.container_id, &id.ifname]),
+    }
+}
+
+fn enable_forwarding(node: &Netns, ips: &[Allocated]) -> Result<(), CniError> {
+    let mut keys = Vec::new();
+    if ips.iter().any(|a| a.address.is_ipv4()) {
+        keys.push("net/ipv4/ip_forward");
+    }
+    if ips.iter().any(|a| a.address.is_ipv6()) {
+        keys.push("net/ipv6/conf/all/forwarding");
+    }
+    for key in keys {
+        node.ensure_sysctl(key, "1")
+            .map_err(|e| from_err(Code::Sysctl, &e))?
+            .map_err(|e| {
+                CniError::new(
+                    Code::Sysctl,
+                    format!("setting {key}=1 in {} failed; is /proc/sys writable?", node.describe()),
+                )
+                .with_details(e.to_string())
+            })?;
+    }
+    Ok(())
+}
+
+/// Gets addresses from the configured IPAM.
+pub(crate) fn allocate(conf: &NetConf, att: &Attachment, node: &Netns) -> Result<Addressing, CniError> {
+    match &conf.ipam {
+        Ipam::Builtin(b) => {
+            let (ips, existed) = Store::new(b, &conf.name)
+                .allocate(b, &att.id())
+                .map_err(ipam_err)?;
+            let gw_of = |v4: bool| ips.iter().find(|a| a.address.is_ipv4() == v4).map(|a| a.gateway);
+            let mut routes: Vec<(IpNetwork, Option<IpAddr>)> = b
+                .routes
+                .iter()
+                .map(|r| (r.dst, r.gw.or_else(|| gw_of(r.dst.is_ipv4()))))
+                .collect();
+            add_default_routes(conf, &ips, &mut routes);
+            Ok(Addressing {
+                ips,
+                routes,
+                dns: Default::default(),
+                fresh: !existed,
+            })
+        }
+        Ipam::Delegate { plugin } => {
+            let out = delegate::exec(node, plugin, "ADD", att, &conf.raw).map_err(|e| from_err(Code::Delegate, &e))?;
+            let result = out
+                .map(|v| CniResult::from_json(&v))
+                .transpose()
+                .map_err(|e| from_err(Code::Delegate, &e))?
+                .unwrap_or_default();
+            let ips: Vec<Allocated> = result
+                .ips
+                .iter()
+                .map(|ip| Allocated {
+                    address: ip.address,
+                    gateway: ip.gateway.unwrap_or_else(|| ipam::add(ip.address.network(), 1)),
+                })
+                .collect();
+            if ips.is_empty() {
+                let _ = delegate::exec(node, plugin, "DEL", att, &conf.raw);
+                return Err(CniError::new(Code::Delegate, format!("IPAM plugin {plugin} returned no addresses")));
+            }
+            let gw_of = |v4: bool| ips.iter().find(|a| a.address.is_ipv4() == v4).map(|a| a.gateway);
+            let mut routes: Vec<(IpNetwork, Option<IpAddr>)> = result
+                .routes
+                .iter()
+                .map(|r| (r.dst, r.gw.or_else(|| gw_of(r.dst.is_ipv4()))))
+                .collect();
+            add_default_routes(conf, &ips, &mut routes);
+            Ok(Addressing {
+                ips,
+                routes,
+                dns: result.dns,
+                fresh: true,
+            })
+        }
+    }
+}
+
+fn add_default_routes(conf: &NetConf, ips: &[Allocated], routes: &mut Vec<(IpNetwork, Option<IpAddr>)>) {
+    if !conf.is_default_gateway {
+        return;
+    }
+    for a in ips {
+        let any: IpAddr = if a.address.is_ipv4() {
+            IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+        };
+        let Ok(default) = IpNetwork::new(any, 0) else { continue };
+        if !routes.iter().any(|(d, _)| *d == default) {
+            routes.push((default, Some(a.gateway)));
+        }
+    }
+}
+
+/// Maps a built-in IPAM error to its CNI code.
+pub(crate) fn ipam_err(e: ipam::IpamError) -> CniError {
+    let code = match e {
+        ipam::IpamError::Exhausted { .. } => Code::RangeExhausted,
+        ipam::IpamError::LockTimeout { .. } => Code::TryAgainLater,
+        ipam::IpamError::Io { .. } | ipam::IpamError::Corrupt { .. } => Code::Io,
+    };
+    from_err(code, &e)
+}
+
+fn release(conf: &NetConf, att: &Attachment, node: &Netns) -> Result<(), CniError> {
+    match &conf.ipam {
+        Ipam::Builtin(b) => Store::new(b, &conf.name)
+            .release(&att.id())
+            .map(|_| ())
+            .map_err(ipam_err),
+        Ipam::Delegate { plugin } => delegate::exec(node, plugin, "DEL", att, &conf.raw)
+            .map(|_| ())
+            .map_err(|e| from_err(Code::Delegate, &e)),
+    }
+}
+
+/// Removes the pod's interface, masquerade rule and addresses; succeeds if
+/// they are already gone.
+pub async fn del(conf: &NetConf, att: &Attachment, node: &Netns) -> Result<(), CniError> {
+    att.validate(false)?;
+    let id = att.id();
+    let h = node.netlink().map_err(|e| from_err(Code::Netlink, &e))?;
+    veth::delete(&h, &veth::host_name(&conf.name, &id), &node.describe())
+        .await
+        .map_err(|e| from_err(Code::Netlink, &e))?;
+    if conf.ip_masq {
+        masq::remove(node, &conf.name, |o| o == &id).map_err(|e| from_err(Code::Iptables, &e))?;
+    }
+    release(conf, att, node)
+}
+
+fn pause_if_asked(stage: &str) {
+    if std::env::var(PAUSE_ENV).is_ok_and(|v| v == stage) {
+        eprintln!("skiff-cni: paused at {stage} ({PAUSE_ENV})");
+        std::thread::sleep(Duration::from_secs(30));
+    }
+}

@@ -1,0 +1,272 @@
+//! skiff-cni as a runtime sees it: every command, every error code, result
+//! versions, delegated IPAM — the binary runs with its whole process inside a
+//! node namespace made by the test, pods are namespaces attached to it.
+
+#[path = "cni_support/mod.rs"]
+mod cni_support;
+
+use std::process::Command;
+
+use cni_support::*;
+use serde_json::{json, Value};
+
+fn with_prev(conf: &Value, prev: &Value) -> String {
+    let mut c = conf.clone();
+    c["prevResult"] = prev.clone();
+    c.to_string()
+}
+
+#[test]
+fn add_check_del_dual_stack_pods_with_masquerade() {
+    let p = unique("ops");
+    let node = NetnsGuard::new(&format!("{p}-node"));
+    let pod1 = NetnsGuard::new(&format!("{p}-pod1"));
+    let pod2 = NetnsGuard::new(&format!("{p}-pod2"));
+    let data = tempfile::tempdir().unwrap();
+    let mut conf = skiff_conf("1.1.0", "dual", "skiff0", &["10.77.1.0/24", "fd00:77:1::/64"], data.path());
+    conf["ipMasq"] = json!(true);
+    conf["clusterCIDRs"] = json!(["10.77.0.0/16", "fd00:77::/48"]);
+    conf["dns"] = json!({"nameservers": ["10.96.0.10"], "search": ["default.svc.cluster.local"]});
+    let text = conf.to_string();
+
+    let r1 = Invocation::skiff("ADD", "pod1", Some(&pod1)).run_in(&node, &text).ok().json();
+    let r2 = Invocation::skiff("ADD", "pod2", Some(&pod2)).run_in(&node, &text).ok().json();
+    assert_eq!(r1["cniVersion"], "1.1.0");
+    let ifaces = r1["interfaces"].as_array().unwrap();
+    assert_eq!(ifaces.len(), 3);
+    assert_eq!(ifaces[0]["name"], "skiff0");
+    assert_eq!(ifaces[2]["name"], "eth0");
+    assert_eq!(ifaces[2]["sandbox"], pod1.path().display().to_string());
+    assert_eq!(ifaces[2]["mtu"], 1400);
+    assert_eq!(r1["ips"].as_array().unwrap().len(), 2);
+    assert_eq!(r1["ips"][0]["interface"], 2);
+    assert_eq!(r1["ips"][0]["gateway"], "10.77.1.1");
+    assert_eq!(r1["dns"]["nameservers"][0], "10.96.0.10");
+    let (ip2_v4, ip2_v6) = (result_ip(&r2, true), result_ip(&r2, false));
+    assert_ne!(result_ip(&r1, true), ip2_v4);
+
+    // Pod interface as configured; traffic flows pod → pod and pod → gateway.
+    let link = pod1.exec(&["ip", "-d", "link", "show", "eth0"]);
+    assert!(link.contains("mtu 1400"), "{link}");
+    assert!(pod1.exec(&["ip", "-4", "route"]).contains("default via 10.77.1.1 dev eth0"));
+    assert!(pod1.exec(&["ip", "-6", "route"]).contains("default via fd00:77:1::1 dev eth0"));
+    assert!(pod1.ping(&ip2_v4), "pod1 cannot reach pod2 over IPv4");
+    assert!(pod1.ping(&ip2_v6), "pod1 cannot reach pod2 over IPv6");
+    assert!(pod1.ping("10.77.1.1"), "pod1 cannot reach its gateway");
+
+    // Node side: bridge port with hairpin, forwarding on, tagged masquerade rules.
+    let host = ifaces[1]["name"].as_str().unwrap();
+    let port = node.exec(&["ip", "-d", "link", "show", host]);
+    assert!(port.contains("master skiff0") && port.contains("hairpin on"), "{port}");
+    assert_eq!(node.exec(&["cat", "/proc/sys/net/ipv4/ip_forward"]).trim(), "1");
+    let nat = node.nat_rules();
+    assert!(nat.contains("skiff/dual/pod1/eth0") && nat.contains("! -d 10.77.0.0/16"), "{nat}");
+    let nat6 = node.exec(&["ip6tables-save", "-t", "nat"]);
+    assert!(nat6.contains("skiff/dual/pod1/eth0"), "{nat6}");
+
+    // CHECK passes against the ADD result, and notices a removed address.
+    Invocation::skiff("CHECK", "pod1", Some(&pod1)).run_in(&node, &with_prev(&conf, &r1)).ok();
+    pod1.exec(&["ip", "addr", "del", &format!("{}/24", result_ip(&r1, true)), "dev", "eth0"]);
+    let bad = Invocation::skiff("CHECK", "pod1", Some(&pod1)).run_in(&node, &with_prev(&conf, &r1));
+    assert_eq!(bad.code(), 105, "{bad:?}");
+    assert!(bad.json()["msg"].as_str().unwrap().contains("missing"), "{bad:?}");
+
+    // DEL twice (idempotent), then nothing of either pod is left.
+    for _ in 0..2 {
+        Invocation::skiff("DEL", "pod1", Some(&pod1)).run_in(&node, &with_prev(&conf, &r1)).ok();
+    }
+    Invocation::skiff("DEL", "pod2", Some(&pod2)).run_in(&node, &text).ok();
+    let gone = Invocation::skiff("CHECK", "pod1", Some(&pod1)).run_in(&node, &with_prev(&conf, &r1));
+    assert_eq!(gone.code(), 3, "{gone:?}");
+    assert_eq!(node.links(), vec!["lo", "skiff0"]);
+    assert_eq!(pod1.links(), vec!["lo"]);
+    assert!(!node.nat_rules().contains("skiff/"));
+    assert!(!node.exec(&["ip6tables-save", "-t", "nat"]).contains("skiff/"));
+    assert_eq!(allocations(data.path(), "dual"), 0);
+}
+
+#[test]
+fn results_come_in_every_requested_version() {
+    let p = unique("ver");
+    let node = NetnsGuard::new(&format!("{p}-node"));
+    let pod = NetnsGuard::new(&format!("{p}-pod"));
+    let data = tempfile::tempdir().unwrap();
+    for version in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
+        let conf = skiff_conf(version, "ver", "skv0", &["10.78.1.0/24"], data.path()).to_string();
+        let r = Invocation::skiff("ADD", "c1", Some(&pod)).run_in(&node, &conf).ok().json();
+        assert_eq!(r["cniVersion"], version);
+        assert_eq!(r["ips"][0].get("version").is_some(), version < "1.0.0", "{version}: {r}");
+        assert_eq!(r["interfaces"][0].get("mtu").is_some(), version == "1.1.0", "{version}: {r}");
+        Invocation::skiff("DEL", "c1", Some(&pod)).run_in(&node, &conf).ok();
+    }
+    let v = Invocation::skiff("VERSION", "", None).run_in(&node, r#"{"cniVersion":"1.0.0"}"#).ok().json();
+    assert_eq!(v["cniVersion"], "1.0.0");
+    assert_eq!(v["supportedVersions"], json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]));
+}
+
+#[test]
+fn every_error_code_with_an_actionable_message() {
+    let p = unique("err");
+    let node = NetnsGuard::new(&format!("{p}-node"));
+    let pod = NetnsGuard::new(&format!("{p}-pod"));
+    let data = tempfile::tempdir().unwrap();
+    // A /30 holds exactly one pod address next to its gateway.
+    let conf = skiff_conf("1.1.0", "err", "ske0", &["10.79.1.0/30"], data.path());
+    let text = conf.to_string();
+    let add = |cid: &str, stdin: &str| Invocation::skiff("ADD", cid, Some(&pod)).run_in(&node, stdin);
+    let msg = |r: &Run| r.json()["msg"].as_str().unwrap().to_string();
+
+    let r = add("c1", &text.replace("1.1.0", "0.2.0"));
+    assert_eq!(r.code(), 1);
+    assert!(r.json()["details"].as_str().unwrap().contains("1.1.0"), "{r:?}");
+    let r = add("c1", &text.replace("\"hairpinMode\"", "\"hairpinMod\""));
+    assert_eq!(r.code(), 2);
+    assert!(msg(&r).contains("hairpinMod"), "{r:?}");
+    let mut no_netns = Invocation::skiff("ADD", "c1", None);
+    no_netns.netns = None;
+    let r = no_netns.run_in(&node, &text);
+    assert_eq!(r.code(), 4);
+    assert!(msg(&r).contains("CNI_NETNS"), "{r:?}");
+    let blocker = data.path().join("file");
+    std::fs::write(&blocker, b"x").unwrap();
+    let mut io = conf.clone();
+    io["ipam"]["dataDir"] = json!(blocker);
+    assert_eq!(add("c1", &io.to_string()).code(), 5);
+    let r = add("c1", "{\"cniVersion\": ");
+    assert_eq!(r.code(), 6);
+    let r = add("c1", &text.replace("10.79.1.0/30", "10.79.1.0/40"));
+    assert_eq!(r.code(), 7);
+    assert!(msg(&r).contains("10.79.1.0/40"), "{r:?}");
+    let r = Invocation::skiff("CHECK", "nobody", Some(&pod)).run_in(&node, &with_prev(&conf, &json!({"cniVersion":"1.1.0"})));
+    assert_eq!(r.code(), 3, "{r:?}");
+
+    // 11: another process holds the store lock past our timeout.
+    std::fs::create_dir_all(data.path().join("err")).unwrap();
+    let lock = data.path().join("err").join("lock");
+    let mut holder = Command::new("flock").arg(&lock).args(["sleep", "20"]).spawn().expect("flock(1)");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut busy = Invocation::skiff("ADD", "c1", Some(&pod));
+    busy.extra_env.push(("SKIFF_CNI_LOCK_TIMEOUT_MS".into(), "300".into()));
+    let mut r = busy.run_in(&node, &text);
+    while r.status == Some(0) && std::time::Instant::now() < deadline {
+        // flock(1) had not taken the lock yet; undo and retry.
+        Invocation::skiff("DEL", "c1", Some(&pod)).run_in(&node, &text).ok();
+        r = busy.run_in(&node, &text);
+    }
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(r.code(), 11, "{r:?}");
+
+    // 100 when the range is full, and STATUS then says 50.
+    let first = add("c1", &text).ok().json();
+    let r = add("c2", &text);
+    assert_eq!(r.code(), 100);
+    assert!(msg(&r).contains("10.79.1.1-10.79.1.2"), "{r:?}");
+    let status = Invocation::skiff("STATUS", "", None).run_in(&node, &text);
+    assert_eq!(status.code(), 50);
+
+    // 101 when the pod already has the interface; the failed ADD leaves nothing.
+    let bigger = skiff_conf("1.1.0", "err", "ske0", &["10.79.2.0/24"], data.path()).to_string();
+    let links_before = node.links();
+    let r = add("c3", &bigger);
+    assert_eq!(r.code(), 101, "{r:?}");
+    assert!(msg(&r).contains("eth0 already exists"), "{r:?}");
+    assert_eq!(node.links(), links_before);
+    assert_eq!(allocations(data.path(), "err"), 1);
+
+    // 51 when pods are attached but the bridge is gone.
+    Invocation::skiff("DEL", "c1", Some(&pod)).run_in(&node, &with_prev(&conf, &first)).ok();
+    Invocation::skiff("STATUS", "", None).run_in(&node, &bigger).ok();
+    let pod2 = NetnsGuard::new(&format!("{p}-pod2"));
+    Invocation::skiff("ADD", "c4", Some(&pod2)).run_in(&node, &bigger).ok();
+    node.exec(&["ip", "link", "del", "ske0"]);
+    assert_eq!(Invocation::skiff("STATUS", "", None).run_in(&node, &bigger).code(), 51);
+    // Unknown command and CNI_ARGS keys are environment errors too.
+    assert_eq!(Invocation::skiff("FROB", "c4", Some(&pod2)).run_in(&node, &bigger).code(), 4);
+    let mut args = Invocation::skiff("DEL", "c4", Some(&pod2));
+    args.extra_env.push(("CNI_ARGS".into(), "FOO=bar".into()));
+    assert_eq!(args.run_in(&node, &bigger).code(), 4);
+    args.extra_env.push(("CNI_ARGS".into(), "FOO=bar;IgnoreUnknown=1".into()));
+    args.run_in(&node, &bigger).ok();
+    assert_eq!(allocations(data.path(), "err"), 0);
+}
+
+#[test]
+fn del_works_without_netns_and_after_the_pod_is_gone() {
+    let p = unique("gone");
+    let node = NetnsGuard::new(&format!("{p}-node"));
+    let data = tempfile::tempdir().unwrap();
+    let conf = skiff_conf("1.0.0", "gone", "skg0", &["10.80.1.0/24"], data.path()).to_string();
+    {
+        let pod = NetnsGuard::new(&format!("{p}-pod"));
+        Invocation::skiff("ADD", "c1", Some(&pod)).run_in(&node, &conf).ok();
+        assert_eq!(node.links().len(), 3);
+    }
+    // The pod namespace is deleted before DEL, as a crashed runtime may do.
+    let mut del = Invocation::skiff("DEL", "c1", None);
+    del.netns = None;
+    del.run_in(&node, &conf).ok();
+    del.run_in(&node, &conf).ok();
+    assert_eq!(node.links(), vec!["lo", "skg0"]);
+    assert_eq!(allocations(data.path(), "gone"), 0);
+}
+
+#[test]
+fn gc_removes_everything_not_listed_as_valid() {
+    let p = unique("gc");
+    let node = NetnsGuard::new(&format!("{p}-node"));
+    let pods: Vec<NetnsGuard> = (0..3).map(|i| NetnsGuard::new(&format!("{p}-pod{i}"))).collect();
+    let data = tempfile::tempdir().unwrap();
+    let mut conf = skiff_conf("1.1.0", "gcnet", "skgc0", &["10.81.1.0/24"], data.path());
+    conf["ipMasq"] = json!(true);
+    for (i, pod) in pods.iter().enumerate() {
+        Invocation::skiff("ADD", &format!("c{i}"), Some(pod)).run_in(&node, &conf.to_string()).ok();
+    }
+    conf["cni.dev/valid-attachments"] = json!([{"containerID": "c1", "ifname": "eth0"}]);
+    Invocation::skiff("GC", "", None).run_in(&node, &conf.to_string()).ok();
+    assert_eq!(allocations(data.path(), "gcnet"), 1);
+    assert_eq!(node.links().len(), 3, "{:?}", node.links());
+    let nat = node.nat_rules();
+    assert!(nat.contains("skiff/gcnet/c1/") && !nat.contains("skiff/gcnet/c0/"), "{nat}");
+    assert!(pods[0].links() == vec!["lo"] && pods[1].links().len() == 2);
+    conf["cni.dev/valid-attachments"] = json!([]);
+    Invocation::skiff("GC", "", None).run_in(&node, &conf.to_string()).ok();
+    assert_eq!(allocations(data.path(), "gcnet"), 0);
+    assert_eq!(node.links(), vec!["lo", "skgc0"]);
+    assert!(!node.nat_rules().contains("skiff/"));
+}
+
+#[test]
+fn delegates_ipam_to_reference_host_local() {
+    let p = unique("hl");
+    let node = NetnsGuard::new(&format!("{p}-node"));
+    let pod = NetnsGuard::new(&format!("{p}-pod"));
+    let data = tempfile::tempdir().unwrap();
+    let conf = json!({
+        "cniVersion": "1.0.0", "name": "hlnet", "type": "skiff", "bridge": "skh0",
+        "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.82.1.0/24"}]],
+                 "routes": [{"dst": "0.0.0.0/0"}], "dataDir": data.path()},
+    });
+    let r = Invocation::skiff("ADD", "c1", Some(&pod)).run_in(&node, &conf.to_string()).ok().json();
+    let ip = result_ip(&r, true);
+    assert!(ip.starts_with("10.82.1."), "{r}");
+    assert!(data.path().join("hlnet").join(&ip).is_file(), "host-local did not record {ip}");
+    assert!(node.exec(&["ip", "addr", "show", "skh0"]).contains("10.82.1.1/24"));
+    Invocation::skiff("CHECK", "c1", Some(&pod)).run_in(&node, &with_prev(&conf, &r)).ok();
+    // A failed ADD (interface exists) hands the address back to host-local.
+    let r2 = Invocation::skiff("ADD", "c2", Some(&pod)).run_in(&node, &conf.to_string());
+    assert_eq!(r2.code(), 101);
+    Invocation::skiff("DEL", "c1", Some(&pod)).run_in(&node, &conf.to_string()).ok();
+    let left: Vec<_> = std::fs::read_dir(data.path().join("hlnet"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("10."))
+        .collect();
+    assert!(left.is_empty(), "host-local still holds {left:?}");
+    // A missing IPAM plugin is reported by name.
+    let mut missing = conf.clone();
+    missing["ipam"]["type"] = json!("no-such-ipam");
+    let r = Invocation::skiff("ADD", "c3", Some(&pod)).run_in(&node, &missing.to_string());
+    assert_eq!(r.code(), 104);
+    assert!(r.stdout.contains("no-such-ipam"), "{r:?}");
+}

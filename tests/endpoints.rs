@@ -1,0 +1,744 @@
+//! The EndpointSlice controller inside `skiff server`, seen from the API:
+//! Services and pods are created, the test plays the kubelet by writing pod
+//! status (podIP, Ready condition) through `pods/status`, and checks the
+//! EndpointSlices and legacy Endpoints the controller writes.
+//!
+//! Each test runs its own server with only the endpointslice controller
+//! enabled (so nothing else touches the pods), on a free 127.0.0.1 port and
+//! a temporary data directory; the guard kills the server by its PID, also
+//! when a test panics (and prints the server log then).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+/// How long anything the controller should do may take.
+const TIMEOUT: Duration = Duration::from_secs(30);
+const MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by=endpointslice-controller.k8s.io";
+
+/// A `skiff server` running only the endpointslice controller.
+struct Server {
+    child: Child,
+    dir: TempDir,
+}
+
+impl Server {
+    async fn start() -> (Server, kube::Client) {
+        let dir = tempfile::Builder::new()
+            .prefix("skiff-endpoints-test-")
+            .tempdir()
+            .expect("create a temporary directory");
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .and_then(|l| l.local_addr())
+            .expect("find a free port")
+            .port();
+        let disabled: Vec<&str> = skiff_controlplane::controllers::ALL
+            .iter()
+            .copied()
+            .filter(|n| *n != "endpointslice")
+            .collect();
+        let log = File::create(dir.path().join("server.log")).expect("create the server log");
+        let child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .arg("server")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--disable-controllers")
+            .arg(disabled.join(","))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone the log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("run the skiff binary");
+        let mut server = Server { child, dir };
+        let client = server.wait_ready().await;
+        (server, client)
+    }
+
+    fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("data").join("admin.kubeconfig")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    async fn wait_ready(&mut self) -> kube::Client {
+        let deadline = Instant::now() + TIMEOUT;
+        let mut last = String::from("no attempt yet");
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("skiff server exited with {status}; log:\n{}", self.log());
+            }
+            if self.kubeconfig().exists() {
+                match client(&self.kubeconfig()).await {
+                    Ok(client) => match client.apiserver_version().await {
+                        Ok(_) => return client,
+                        Err(e) => last = e.to_string(),
+                    },
+                    Err(e) => last = e,
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "skiff server not ready after {TIMEOUT:?}: {last}\nlog:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SIGKILL to this child's PID only.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "----- skiff server log -----\n{}\n----- end of server log -----",
+                self.log()
+            );
+        }
+    }
+}
+
+async fn client(kubeconfig: &std::path::Path) -> Result<kube::Client, String> {
+    let config = kube::config::Kubeconfig::read_from(kubeconfig).map_err(|e| e.to_string())?;
+    let config =
+        kube::Config::from_custom_kubeconfig(config, &kube::config::KubeConfigOptions::default())
+            .await
+            .map_err(|e| e.to_string())?;
+    kube::Client::try_from(config).map_err(|e| e.to_string())
+}
+
+/// Polls `check` every 50 ms until it returns `Ok`, or panics with `what`
+/// and the last thing `check` reported.
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let last = match check().await {
+            Ok(v) => return v,
+            Err(last) => last,
+        };
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {TIMEOUT:?} waiting for {what}; last seen: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn create_namespace(client: &kube::Client, ns: &str) {
+    let obj: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": ns}})).expect("namespace");
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &obj)
+        .await
+        .expect("create namespace");
+}
+
+async fn create_service(client: &kube::Client, ns: &str, name: &str, spec: Value) -> Service {
+    let svc: Service = serde_json::from_value(
+        json!({"metadata": {"name": name, "labels": {"tier": "test"}}, "spec": spec}),
+    )
+    .expect("service");
+    Api::<Service>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &svc)
+        .await
+        .unwrap_or_else(|e| panic!("create service {name}: {e}"))
+}
+
+/// Creates a pod bound to `node`; `meta` and `spec` are merged in.
+async fn create_pod(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    node: &str,
+    meta: Value,
+    spec: Value,
+) -> Pod {
+    let mut pod = json!({
+        "metadata": {"name": name, "labels": {"app": "web"}},
+        "spec": {"nodeName": node, "containers": [{"name": "app", "image": "registry.local/app:1",
+            "ports": [{"name": "http", "containerPort": 8080}]}]},
+    });
+    for (key, extra) in [("metadata", meta), ("spec", spec)] {
+        if let (Some(obj), Some(extra)) = (pod[key].as_object_mut(), extra.as_object()) {
+            obj.extend(extra.clone());
+        }
+    }
+    let pod: Pod = serde_json::from_value(pod).expect("pod");
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap_or_else(|e| panic!("create pod {name}: {e}"))
+}
+
+/// Plays the kubelet: the pod runs with `ip`, Ready or not.
+async fn set_pod_status(client: &kube::Client, ns: &str, name: &str, ip: &str, ready: bool) {
+    let status = if ready { "True" } else { "False" };
+    let patch = json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+        "conditions": [{"type": "Ready", "status": status}]}});
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap_or_else(|e| panic!("write status of pod {name}: {e}"));
+}
+
+async fn slices(client: &kube::Client, ns: &str, service: &str) -> Vec<EndpointSlice> {
+    let lp = ListParams::default().labels(&format!(
+        "kubernetes.io/service-name={service},{MANAGED_BY}"
+    ));
+    Api::<EndpointSlice>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await
+        .expect("list endpointslices")
+        .items
+}
+
+fn all_endpoints(slices: &[EndpointSlice]) -> Vec<Endpoint> {
+    slices
+        .iter()
+        .flat_map(|s| s.endpoints.clone().unwrap_or_default())
+        .collect()
+}
+
+/// (ready, serving, terminating) of an endpoint.
+fn conditions(ep: &Endpoint) -> (bool, bool, bool) {
+    let c = ep.conditions.clone().unwrap_or_default();
+    (
+        c.ready.unwrap_or(false),
+        c.serving.unwrap_or(false),
+        c.terminating.unwrap_or(false),
+    )
+}
+
+/// Waits until the service's slices hold exactly one endpoint for `ip` with
+/// `want` conditions, and returns it.
+async fn endpoint_with(
+    client: &kube::Client,
+    ns: &str,
+    service: &str,
+    ip: &str,
+    want: (bool, bool, bool),
+) -> Endpoint {
+    eventually(
+        &format!("endpoint {ip} of {ns}/{service} with (ready, serving, terminating) = {want:?}"),
+        || async {
+            let eps = all_endpoints(&slices(client, ns, service).await);
+            let found: Vec<&Endpoint> = eps
+                .iter()
+                .filter(|e| e.addresses.iter().any(|a| a == ip))
+                .collect();
+            match found.as_slice() {
+                [ep] if conditions(ep) == want => Ok((*ep).clone()),
+                _ => Err(format!(
+                    "{:?}",
+                    found.iter().map(|e| conditions(e)).collect::<Vec<_>>()
+                )),
+            }
+        },
+    )
+    .await
+}
+
+/// (ready addresses, not-ready addresses) of the legacy Endpoints.
+async fn legacy(client: &kube::Client, ns: &str, name: &str) -> Option<(Vec<String>, Vec<String>)> {
+    let ep = Api::<Endpoints>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .expect("get endpoints")?;
+    let subsets = ep.subsets.unwrap_or_default();
+    let ips =
+        |f: fn(&k8s_openapi::api::core::v1::EndpointSubset) -> &Option<Vec<_>>| -> Vec<String> {
+            subsets
+                .iter()
+                .flat_map(|s| {
+                    f(s).iter()
+                        .flatten()
+                        .map(|a: &k8s_openapi::api::core::v1::EndpointAddress| a.ip.clone())
+                })
+                .collect()
+        };
+    Some((ips(|s| &s.addresses), ips(|s| &s.not_ready_addresses)))
+}
+
+async fn legacy_is(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    ready: &[&str],
+    not_ready: &[&str],
+) {
+    let want = (
+        ready.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        not_ready.iter().map(|s| s.to_string()).collect(),
+    );
+    eventually(&format!("Endpoints {ns}/{name} = {want:?}"), || async {
+        match legacy(client, ns, name).await {
+            Some(got) if got == want => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slices_follow_readiness_and_termination() {
+    let (_server, client) = Server::start().await;
+    let ns = "eps-ready";
+    create_namespace(&client, ns).await;
+    let svc = create_service(
+        &client,
+        ns,
+        "web",
+        json!({"selector": {"app": "web"},
+        "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}),
+    )
+    .await;
+
+    // No pods yet: one empty placeholder slice, owned by the Service.
+    let placeholder = eventually("a placeholder slice", || async {
+        match slices(&client, ns, "web").await.as_slice() {
+            [s] if s.endpoints.as_ref().is_none_or(Vec::is_empty) => Ok(s.clone()),
+            other => Err(format!("{} slices", other.len())),
+        }
+    })
+    .await;
+    let owner = &placeholder
+        .metadata
+        .owner_references
+        .clone()
+        .unwrap_or_default()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+        ("Service", "web", Some(true))
+    );
+    assert_eq!(Some(&owner.uid), svc.metadata.uid.as_ref());
+    assert!(placeholder
+        .metadata
+        .name
+        .as_deref()
+        .is_some_and(|n| n.starts_with("web-")));
+    assert_eq!(
+        placeholder
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("tier"))
+            .map(String::as_str),
+        Some("test")
+    );
+
+    let pod = create_pod(
+        &client,
+        ns,
+        "web-1",
+        "node-a",
+        json!({"finalizers": ["skiff.test/hold"]}),
+        json!({}),
+    )
+    .await;
+    set_pod_status(&client, ns, "web-1", "10.244.1.10", false).await;
+    let ep = endpoint_with(&client, ns, "web", "10.244.1.10", (false, false, false)).await;
+    assert_eq!(ep.node_name.as_deref(), Some("node-a"));
+    let target = ep.target_ref.expect("targetRef");
+    assert_eq!(
+        (target.kind.as_deref(), target.name.as_deref()),
+        (Some("Pod"), Some("web-1"))
+    );
+    assert_eq!(target.uid, pod.metadata.uid);
+    legacy_is(&client, ns, "web", &[], &["10.244.1.10"]).await;
+
+    set_pod_status(&client, ns, "web-1", "10.244.1.10", true).await;
+    endpoint_with(&client, ns, "web", "10.244.1.10", (true, true, false)).await;
+    legacy_is(&client, ns, "web", &["10.244.1.10"], &[]).await;
+    let ready_slices = slices(&client, ns, "web").await;
+    assert_eq!(
+        ready_slices.len(),
+        1,
+        "the placeholder is replaced, not kept next to the real slice"
+    );
+    let ports = ready_slices[0].ports.clone().unwrap_or_default();
+    assert_eq!(
+        (ports[0].name.as_deref(), ports[0].port),
+        (Some("http"), Some(8080))
+    );
+
+    // Deleted while held by the finalizer: terminating, still serving, not ready.
+    let pods = Api::<Pod>::namespaced(client.clone(), ns);
+    pods.delete("web-1", &DeleteParams::default())
+        .await
+        .expect("delete pod");
+    endpoint_with(&client, ns, "web", "10.244.1.10", (false, true, true)).await;
+    legacy_is(&client, ns, "web", &[], &[]).await;
+
+    // Gone for good: back to the placeholder.
+    pods.patch(
+        "web-1",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .expect("drop finalizer");
+    let _ = pods
+        .delete(
+            "web-1",
+            &DeleteParams {
+                grace_period_seconds: Some(0),
+                ..Default::default()
+            },
+        )
+        .await;
+    eventually("the endpoint to go", || async {
+        let eps = all_endpoints(&slices(&client, ns, "web").await);
+        if eps.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{} endpoints", eps.len()))
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_services_split_into_slices_of_at_most_100() {
+    let (_server, client) = Server::start().await;
+    let ns = "eps-scale";
+    create_namespace(&client, ns).await;
+    create_service(
+        &client,
+        ns,
+        "big",
+        json!({"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": "http"}]}),
+    )
+    .await;
+    let mut tasks = Vec::new();
+    for i in 0..150 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let name = format!("big-{i}");
+            create_pod(&client, ns, &name, "node-a", json!({}), json!({})).await;
+            set_pod_status(
+                &client,
+                ns,
+                &name,
+                &format!("10.244.{}.{}", 2 + i / 200, i % 200 + 1),
+                true,
+            )
+            .await;
+        }));
+    }
+    for task in tasks {
+        task.await.expect("pod task");
+    }
+    let sizes = eventually("150 endpoints in 2 slices", || async {
+        let slices = slices(&client, ns, "big").await;
+        let mut sizes: Vec<usize> = slices
+            .iter()
+            .map(|s| s.endpoints.as_ref().map_or(0, Vec::len))
+            .collect();
+        sizes.sort();
+        if sizes.iter().sum::<usize>() == 150 && sizes.len() == 2 {
+            Ok(sizes)
+        } else {
+            Err(format!("{sizes:?}"))
+        }
+    })
+    .await;
+    assert!(sizes.iter().all(|&n| n <= 100), "{sizes:?}");
+    let ready = eventually("150 ready legacy addresses", || async {
+        match legacy(&client, ns, "big").await {
+            Some((ready, not_ready)) if ready.len() == 150 && not_ready.is_empty() => Ok(ready),
+            other => Err(format!("{:?}", other.map(|(r, n)| (r.len(), n.len())))),
+        }
+    })
+    .await;
+    assert_eq!(ready.len(), 150);
+
+    // Steady state: the slices are not rewritten.
+    let versions = |s: &[EndpointSlice]| -> Vec<Option<String>> {
+        let mut v: Vec<_> = s
+            .iter()
+            .map(|s| s.metadata.resource_version.clone())
+            .collect();
+        v.sort();
+        v
+    };
+    let before = versions(&slices(&client, ns, "big").await);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(before, versions(&slices(&client, ns, "big").await));
+
+    let pods = Api::<Pod>::namespaced(client.clone(), ns);
+    for i in 0..120 {
+        pods.delete(
+            &format!("big-{i}"),
+            &DeleteParams {
+                grace_period_seconds: Some(0),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("delete pod");
+    }
+    eventually("30 endpoints left", || async {
+        let total = all_endpoints(&slices(&client, ns, "big").await).len();
+        if total == 30 {
+            Ok(())
+        } else {
+            Err(format!("{total}"))
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_ports_hostnames_zones_and_publish_not_ready() {
+    let (_server, client) = Server::start().await;
+    let ns = "eps-ports";
+    create_namespace(&client, ns).await;
+    let node: Node = serde_json::from_value(json!({"metadata": {"name": "zoned",
+        "labels": {"topology.kubernetes.io/zone": "zone-a"}}}))
+    .expect("node");
+    Api::<Node>::all(client.clone())
+        .create(&PostParams::default(), &node)
+        .await
+        .expect("create node");
+
+    create_service(
+        &client,
+        ns,
+        "web",
+        json!({"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": "http"}]}),
+    )
+    .await;
+    create_pod(&client, ns, "a", "zoned", json!({}), json!({})).await;
+    let other_port = json!({"containers": [{"name": "app", "image": "x", "ports": [{"name": "http", "containerPort": 9090}]}]});
+    create_pod(&client, ns, "b", "node-b", json!({}), other_port).await;
+    set_pod_status(&client, ns, "a", "10.244.5.1", true).await;
+    set_pod_status(&client, ns, "b", "10.244.5.2", true).await;
+    let by_port = eventually("one slice per resolved port", || async {
+        let slices = slices(&client, ns, "web").await;
+        let mut by_port: BTreeMap<i32, Vec<String>> = BTreeMap::new();
+        for s in &slices {
+            let port = s
+                .ports
+                .as_ref()
+                .and_then(|p| p.first())
+                .and_then(|p| p.port)
+                .unwrap_or(0);
+            for ep in s.endpoints.iter().flatten() {
+                by_port
+                    .entry(port)
+                    .or_default()
+                    .extend(ep.addresses.clone());
+            }
+        }
+        if by_port.len() == 2 {
+            Ok(by_port)
+        } else {
+            Err(format!("{by_port:?}"))
+        }
+    })
+    .await;
+    assert_eq!(by_port.get(&8080), Some(&vec!["10.244.5.1".to_string()]));
+    assert_eq!(by_port.get(&9090), Some(&vec!["10.244.5.2".to_string()]));
+    let a = endpoint_with(&client, ns, "web", "10.244.5.1", (true, true, false)).await;
+    assert_eq!(a.zone.as_deref(), Some("zone-a"));
+
+    // Headless Service: hostname only for pods whose subdomain names it.
+    create_service(
+        &client,
+        ns,
+        "db",
+        json!({"clusterIP": "None", "selector": {"app": "db"}, "ports": [{"port": 5432}]}),
+    )
+    .await;
+    let db = |host: &str, subdomain: &str| json!({"hostname": host, "subdomain": subdomain});
+    create_pod(
+        &client,
+        ns,
+        "db-0",
+        "node-a",
+        json!({"labels": {"app": "db"}}),
+        db("db-0", "db"),
+    )
+    .await;
+    create_pod(
+        &client,
+        ns,
+        "db-1",
+        "node-a",
+        json!({"labels": {"app": "db"}}),
+        db("db-1", "elsewhere"),
+    )
+    .await;
+    set_pod_status(&client, ns, "db-0", "10.244.6.1", true).await;
+    set_pod_status(&client, ns, "db-1", "10.244.6.2", true).await;
+    let db0 = endpoint_with(&client, ns, "db", "10.244.6.1", (true, true, false)).await;
+    let db1 = endpoint_with(&client, ns, "db", "10.244.6.2", (true, true, false)).await;
+    assert_eq!(
+        (db0.hostname.as_deref(), db1.hostname),
+        (Some("db-0"), None)
+    );
+    let labels = slices(&client, ns, "db").await[0]
+        .metadata
+        .labels
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        labels.contains_key("service.kubernetes.io/headless"),
+        "{labels:?}"
+    );
+
+    // publishNotReadyAddresses: a not-ready pod is published as ready.
+    create_service(
+        &client,
+        ns,
+        "peers",
+        json!({"selector": {"app": "peer"}, "publishNotReadyAddresses": true,
+        "ports": [{"port": 7000}]}),
+    )
+    .await;
+    create_pod(
+        &client,
+        ns,
+        "peer-0",
+        "node-a",
+        json!({"labels": {"app": "peer"}}),
+        json!({}),
+    )
+    .await;
+    set_pod_status(&client, ns, "peer-0", "10.244.7.1", false).await;
+    endpoint_with(&client, ns, "peers", "10.244.7.1", (true, false, false)).await;
+    legacy_is(&client, ns, "peers", &["10.244.7.1"], &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_without_selector_are_left_to_users() {
+    let (_server, client) = Server::start().await;
+    let ns = "eps-manual";
+    create_namespace(&client, ns).await;
+    create_service(&client, ns, "manual", json!({"ports": [{"port": 80}]})).await;
+    let user_slice: EndpointSlice = serde_json::from_value(json!({
+        "metadata": {"name": "manual-1", "labels": {"kubernetes.io/service-name": "manual",
+            "endpointslice.kubernetes.io/managed-by": "someone-else"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["192.0.2.10"]}],
+        "ports": [{"port": 80}],
+    }))
+    .expect("slice");
+    let slices_api = Api::<EndpointSlice>::namespaced(client.clone(), ns);
+    let user_slice = slices_api
+        .create(&PostParams::default(), &user_slice)
+        .await
+        .expect("create user slice");
+    let user_endpoints: Endpoints = serde_json::from_value(json!({"metadata": {"name": "manual"},
+        "subsets": [{"addresses": [{"ip": "192.0.2.10"}], "ports": [{"port": 80}]}]}))
+    .expect("endpoints");
+    let endpoints_api = Api::<Endpoints>::namespaced(client.clone(), ns);
+    let user_endpoints = endpoints_api
+        .create(&PostParams::default(), &user_endpoints)
+        .await
+        .expect("create endpoints");
+    let kubernetes_before = Api::<EndpointSlice>::namespaced(client.clone(), "default")
+        .list(&ListParams::default().labels("kubernetes.io/service-name=kubernetes"))
+        .await
+        .expect("list default slices")
+        .items;
+
+    // A Service with a selector created afterwards gets its slice: by then
+    // the controller has seen the selector-less one too.
+    create_service(
+        &client,
+        ns,
+        "auto",
+        json!({"selector": {"app": "web"}, "ports": [{"port": 80}]}),
+    )
+    .await;
+    eventually("the slice of the selected service", || async {
+        let n = slices(&client, ns, "auto").await.len();
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(format!("{n} slices"))
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        slices(&client, ns, "manual").await.is_empty(),
+        "no controller slices for a selector-less service"
+    );
+    let still = slices_api
+        .get("manual-1")
+        .await
+        .expect("user slice survives");
+    assert_eq!(
+        still.metadata.resource_version,
+        user_slice.metadata.resource_version
+    );
+    let still = endpoints_api
+        .get("manual")
+        .await
+        .expect("user endpoints survive");
+    assert_eq!(
+        still.metadata.resource_version,
+        user_endpoints.metadata.resource_version
+    );
+    let kubernetes_after = Api::<EndpointSlice>::namespaced(client.clone(), "default")
+        .list(&ListParams::default().labels("kubernetes.io/service-name=kubernetes"))
+        .await
+        .expect("list default slices")
+        .items;
+    let versions = |s: &[EndpointSlice]| {
+        s.iter()
+            .map(|s| s.metadata.resource_version.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        versions(&kubernetes_before),
+        versions(&kubernetes_after),
+        "the API server's own slice is untouched"
+    );
+    assert_eq!(kubernetes_after.len(), 1);
+
+    // Deleting a Service removes its slices and Endpoints.
+    assert!(legacy(&client, ns, "auto").await.is_some());
+    Api::<Service>::namespaced(client.clone(), ns)
+        .delete("auto", &DeleteParams::default())
+        .await
+        .expect("delete service");
+    eventually(
+        "slices and Endpoints of a deleted service to go",
+        || async {
+            let n = slices(&client, ns, "auto").await.len();
+            let legacy = legacy(&client, ns, "auto").await;
+            if n == 0 && legacy.is_none() {
+                Ok(())
+            } else {
+                Err(format!("{n} slices, endpoints {legacy:?}"))
+            }
+        },
+    )
+    .await;
+}
