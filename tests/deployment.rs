@@ -6,9 +6,9 @@
 //! resume`, proportional scaling mid-rollout, the progress deadline,
 //! Recreate, revision history cleanup, and ReplicaSet adoption/release.
 
-mod common;
 #[path = "deployment/cluster.rs"]
 mod cluster;
+mod common;
 #[path = "deployment/rollout.rs"]
 mod rollout;
 
@@ -56,19 +56,32 @@ fn image_of_set(rs: &ReplicaSet) -> String {
         .unwrap_or_default()
 }
 
-fn annotation(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, key: &str) -> Option<String> {
+fn annotation(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    key: &str,
+) -> Option<String> {
     meta.annotations.as_ref().and_then(|a| a.get(key)).cloned()
 }
 
 fn hash_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<String> {
-    meta.labels.as_ref().and_then(|l| l.get("pod-template-hash")).cloned()
+    meta.labels
+        .as_ref()
+        .and_then(|l| l.get("pod-template-hash"))
+        .cloned()
 }
 
 /// Creating, scaling and the pod ownership a Deployment sets up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_and_scale() {
     let c = Cluster::start().await;
-    c.apply(&deployment("web", 3, "registry.local/web:1", rolling(1, 1), json!({}))).await;
+    c.apply(&deployment(
+        "web",
+        3,
+        "registry.local/web:1",
+        rolling(1, 1),
+        json!({}),
+    ))
+    .await;
     let (rs, pods) = wait_for("one replica set with 3 pods", || async {
         let sets = c.replica_sets("app=web").await;
         let pods = c.active_pods("app=web").await;
@@ -81,72 +94,132 @@ async fn create_and_scale() {
     let rs_name = rs.metadata.name.clone().unwrap_or_default();
     let hash = hash_of(&rs.metadata).expect("the replica set carries pod-template-hash");
     assert_eq!(rs_name, format!("web-{hash}"));
-    assert_eq!(rs.spec.selector.match_labels.as_ref().and_then(|m| m.get("pod-template-hash")), Some(&hash));
-    assert_eq!(annotation(&rs.metadata, "deployment.kubernetes.io/revision").as_deref(), Some("1"));
+    assert_eq!(
+        rs.spec
+            .selector
+            .match_labels
+            .as_ref()
+            .and_then(|m| m.get("pod-template-hash")),
+        Some(&hash)
+    );
+    assert_eq!(
+        annotation(&rs.metadata, "deployment.kubernetes.io/revision").as_deref(),
+        Some("1")
+    );
     for pod in &pods {
         let name = pod.metadata.name.clone().unwrap_or_default();
-        assert!(name.starts_with(&format!("{rs_name}-")) && name.len() == rs_name.len() + 6, "pod name {name}");
-        let owner = &pod.metadata.owner_references.as_ref().expect("owner reference")[0];
-        assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("ReplicaSet", rs_name.as_str()));
-        assert_eq!((owner.controller, owner.block_owner_deletion), (Some(true), Some(true)));
+        assert!(
+            name.starts_with(&format!("{rs_name}-")) && name.len() == rs_name.len() + 6,
+            "pod name {name}"
+        );
+        let owner = &pod
+            .metadata
+            .owner_references
+            .as_ref()
+            .expect("owner reference")[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str()),
+            ("ReplicaSet", rs_name.as_str())
+        );
+        assert_eq!(
+            (owner.controller, owner.block_owner_deletion),
+            (Some(true), Some(true))
+        );
         assert_eq!(hash_of(&pod.metadata), Some(hash.clone()));
         c.mark_ready(&name).await;
     }
     wait_deployment(&c, "web", 3).await;
-    let out = c.kubectl_ok(&["rollout", "status", "deployment/web", "--timeout=60s"]).await;
+    let out = c
+        .kubectl_ok(&["rollout", "status", "deployment/web", "--timeout=60s"])
+        .await;
     assert!(out.contains("successfully rolled out"), "{out}");
 
     for (replicas, what) in [(5_i32, "scaled up to 5"), (2, "scaled down to 2")] {
-        c.kubectl_ok(&["scale", "deployment/web", &format!("--replicas={replicas}")]).await;
+        c.kubectl_ok(&["scale", "deployment/web", &format!("--replicas={replicas}")])
+            .await;
         let pods = wait_for(what, || async {
             let pods = c.active_pods("app=web").await;
             let sets = c.replica_sets("app=web").await;
             if i32::try_from(pods.len()) == Ok(replicas) && sets.len() == 1 {
                 Ok(pods)
             } else {
-                Err(format!("{} pods in {} replica sets", pods.len(), sets.len()))
+                Err(format!(
+                    "{} pods in {} replica sets",
+                    pods.len(),
+                    sets.len()
+                ))
             }
         })
         .await;
         for pod in pods.iter().filter(|p| !is_ready(p)) {
-            c.mark_ready(pod.metadata.name.as_deref().unwrap_or_default()).await;
+            c.mark_ready(pod.metadata.name.as_deref().unwrap_or_default())
+                .await;
         }
         wait_deployment(&c, "web", replicas).await;
     }
     let rs = c.sets().get(&rs_name).await.expect("the replica set");
     let status = rs.status.expect("replica set status");
-    assert_eq!((status.replicas, status.ready_replicas, status.available_replicas), (2, Some(2), Some(2)));
+    assert_eq!(
+        (
+            status.replicas,
+            status.ready_replicas,
+            status.available_replicas
+        ),
+        (2, Some(2), Some(2))
+    );
     assert_eq!(status.fully_labeled_replicas, Some(2));
     assert_eq!(status.observed_generation, rs.metadata.generation);
-    assert_eq!(annotation(&rs.metadata, "deployment.kubernetes.io/desired-replicas").as_deref(), Some("2"));
+    assert_eq!(
+        annotation(&rs.metadata, "deployment.kubernetes.io/desired-replicas").as_deref(),
+        Some("2")
+    );
     let events = c.kubectl_ok(&["get", "events", "-o", "json"]).await;
     let events: Value = serde_json::from_str(&events).expect("events as JSON");
-    let reasons: Vec<&str> = events["items"].as_array().into_iter().flatten().filter_map(|e| e["reason"].as_str()).collect();
+    let reasons: Vec<&str> = events["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["reason"].as_str())
+        .collect();
     for reason in ["ScalingReplicaSet", "SuccessfulCreate", "SuccessfulDelete"] {
-        assert!(reasons.contains(&reason), "no {reason} event among {reasons:?}");
+        assert!(
+            reasons.contains(&reason),
+            "no {reason} event among {reasons:?}"
+        );
     }
 }
 
 /// Waits until the Deployment reports `replicas` updated, available pods
 /// for its current generation, and returns it.
 async fn wait_deployment(c: &Cluster, name: &str, replicas: i32) -> Deployment {
-    wait_for(&format!("deployment {name} complete with {replicas} replicas"), || async {
-        let d = c.deployments().get(name).await.map_err(|e| e.to_string())?;
-        let s = d.status.clone().unwrap_or_default();
-        let counts = (s.replicas, s.updated_replicas, s.ready_replicas, s.available_replicas);
-        let want = Some(replicas);
-        let done = counts == (want, want, want, want)
-            && s.unavailable_replicas.unwrap_or(0) == 0
-            && s.observed_generation == d.metadata.generation
-            && s.conditions.iter().flatten().any(|c| {
-                c.type_.as_deref() == Some("Available") && c.status.as_deref() == Some("True")
-            });
-        if done {
-            Ok(d)
-        } else {
-            Err(format!("status {s:?}, generation {:?}", d.metadata.generation))
-        }
-    })
+    wait_for(
+        &format!("deployment {name} complete with {replicas} replicas"),
+        || async {
+            let d = c.deployments().get(name).await.map_err(|e| e.to_string())?;
+            let s = d.status.clone().unwrap_or_default();
+            let counts = (
+                s.replicas,
+                s.updated_replicas,
+                s.ready_replicas,
+                s.available_replicas,
+            );
+            let want = Some(replicas);
+            let done = counts == (want, want, want, want)
+                && s.unavailable_replicas.unwrap_or(0) == 0
+                && s.observed_generation == d.metadata.generation
+                && s.conditions.iter().flatten().any(|c| {
+                    c.type_.as_deref() == Some("Available") && c.status.as_deref() == Some("True")
+                });
+            if done {
+                Ok(d)
+            } else {
+                Err(format!(
+                    "status {s:?}, generation {:?}",
+                    d.metadata.generation
+                ))
+            }
+        },
+    )
     .await
 }
 
@@ -158,37 +231,68 @@ async fn recreate_and_history_limit() {
     let c = Cluster::start().await;
     let _kubelet = c.kubelet();
     let recreate = json!({"type": "Recreate"});
-    c.apply(&deployment("db", 3, "registry.local/db:1", recreate.clone(), json!({"revisionHistoryLimit": 1}))).await;
+    c.apply(&deployment(
+        "db",
+        3,
+        "registry.local/db:1",
+        recreate.clone(),
+        json!({"revisionHistoryLimit": 1}),
+    ))
+    .await;
     wait_deployment(&c, "db", 3).await;
-    let held = c.active_pods("app=db").await.first().and_then(|p| p.metadata.name.clone()).expect("a pod");
+    let held = c
+        .active_pods("app=db")
+        .await
+        .first()
+        .and_then(|p| p.metadata.name.clone())
+        .expect("a pod");
     let finalizer = json!({"metadata": {"finalizers": ["skiff.test/hold"]}});
-    c.pods().patch(&held, &PatchParams::default(), &Patch::Merge(&finalizer)).await.expect("add a finalizer");
+    c.pods()
+        .patch(&held, &PatchParams::default(), &Patch::Merge(&finalizer))
+        .await
+        .expect("add a finalizer");
 
-    c.kubectl_ok(&["set", "image", "deployment/db", "web=registry.local/db:2"]).await;
+    c.kubectl_ok(&["set", "image", "deployment/db", "web=registry.local/db:2"])
+        .await;
     wait_for("old pods stopped but one still terminating", || async {
         let active = c.active_pods("app=db").await;
         let held_pod = c.pods().get_opt(&held).await.map_err(|e| e.to_string())?;
         match held_pod {
             Some(p) if active.is_empty() && p.metadata.deletion_timestamp.is_some() => Ok(()),
-            other => Err(format!("{} active pods, held pod {:?}", active.len(), other.map(|p| p.metadata))),
+            other => Err(format!(
+                "{} active pods, held pod {:?}",
+                active.len(),
+                other.map(|p| p.metadata)
+            )),
         }
     })
     .await;
     // The new ReplicaSet must not start while an old pod is still terminating.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let sets = c.replica_sets("app=db").await;
-    assert_eq!(sets.len(), 1, "a new replica set was created before the old pods were gone");
-    assert!(c.active_pods("app=db").await.is_empty(), "new pods started before the old ones were gone");
+    assert_eq!(
+        sets.len(),
+        1,
+        "a new replica set was created before the old pods were gone"
+    );
+    assert!(
+        c.active_pods("app=db").await.is_empty(),
+        "new pods started before the old ones were gone"
+    );
 
     let release = json!({"metadata": {"finalizers": null}});
-    c.pods().patch(&held, &PatchParams::default(), &Patch::Merge(&release)).await.expect("remove the finalizer");
+    c.pods()
+        .patch(&held, &PatchParams::default(), &Patch::Merge(&release))
+        .await
+        .expect("remove the finalizer");
     wait_deployment(&c, "db", 3).await;
     let sets = c.replica_sets("app=db").await;
     assert_eq!(sets.len(), 2);
     assert_eq!(image_of_set(&sets[1]), "registry.local/db:2");
     assert_eq!(sets[0].spec.replicas, Some(0));
 
-    c.kubectl_ok(&["set", "image", "deployment/db", "web=registry.local/db:3"]).await;
+    c.kubectl_ok(&["set", "image", "deployment/db", "web=registry.local/db:3"])
+        .await;
     wait_deployment(&c, "db", 3).await;
     let images = wait_for("the oldest replica set cleaned up", || async {
         let sets = c.replica_sets("app=db").await;
@@ -213,7 +317,10 @@ async fn replicaset_adopts_and_releases() {
         "spec": {"containers": [{"name": "web", "image": "registry.local/solo:1"}]},
     }))
     .expect("a pod");
-    c.pods().create(&PostParams::default(), &orphan).await.expect("create the orphan pod");
+    c.pods()
+        .create(&PostParams::default(), &orphan)
+        .await
+        .expect("create the orphan pod");
     c.mark_ready("orphan").await;
     let rs: ReplicaSet = serde_json::from_value(json!({
         "metadata": {"name": "solo"},
@@ -227,9 +334,19 @@ async fn replicaset_adopts_and_releases() {
         },
     }))
     .expect("a replica set");
-    let rs = c.sets().create(&PostParams::default(), &rs).await.expect("create the replica set");
+    let rs = c
+        .sets()
+        .create(&PostParams::default(), &rs)
+        .await
+        .expect("create the replica set");
     let uid = rs.metadata.uid.clone().expect("uid");
-    let owned_by_rs = |p: &Pod| p.metadata.owner_references.iter().flatten().any(|r| r.uid == uid && r.controller == Some(true));
+    let owned_by_rs = |p: &Pod| {
+        p.metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|r| r.uid == uid && r.controller == Some(true))
+    };
     let pods = wait_for("the orphan adopted and one pod created", || async {
         let pods = c.active_pods("app=solo").await;
         if pods.len() == 2 && pods.iter().all(owned_by_rs) {
@@ -239,17 +356,26 @@ async fn replicaset_adopts_and_releases() {
         }
     })
     .await;
-    assert!(pods.iter().any(|p| p.metadata.name.as_deref() == Some("orphan")));
+    assert!(pods
+        .iter()
+        .any(|p| p.metadata.name.as_deref() == Some("orphan")));
 
     let relabel = json!({"metadata": {"labels": {"app": "elsewhere"}}});
-    c.pods().patch("orphan", &PatchParams::default(), &Patch::Merge(&relabel)).await.expect("relabel the pod");
+    c.pods()
+        .patch("orphan", &PatchParams::default(), &Patch::Merge(&relabel))
+        .await
+        .expect("relabel the pod");
     wait_for("the relabelled pod released and replaced", || async {
         let released = c.pods().get("orphan").await.map_err(|e| e.to_string())?;
         let pods = c.active_pods("app=solo").await;
         if !owned_by_rs(&released) && pods.len() == 2 && pods.iter().all(owned_by_rs) {
             Ok(())
         } else {
-            Err(format!("orphan owners {:?}, {} pods", released.metadata.owner_references, pods.len()))
+            Err(format!(
+                "orphan owners {:?}, {} pods",
+                released.metadata.owner_references,
+                pods.len()
+            ))
         }
     })
     .await;
@@ -267,7 +393,10 @@ async fn replicaset_adopts_and_releases() {
     })
     .await;
     let scale = json!({"spec": {"replicas": 1}});
-    c.sets().patch("solo", &PatchParams::default(), &Patch::Merge(&scale)).await.expect("scale the replica set");
+    c.sets()
+        .patch("solo", &PatchParams::default(), &Patch::Merge(&scale))
+        .await
+        .expect("scale the replica set");
     let left = wait_for("one pod left", || async {
         let pods = c.active_pods("app=solo").await;
         match pods.as_slice() {
@@ -277,5 +406,8 @@ async fn replicaset_adopts_and_releases() {
     })
     .await;
     assert_eq!(left, keep, "the ready pod should have been kept");
-    c.sets().delete("solo", &DeleteParams::default()).await.expect("delete the replica set");
+    c.sets()
+        .delete("solo", &DeleteParams::default())
+        .await
+        .expect("delete the replica set");
 }

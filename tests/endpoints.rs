@@ -3,148 +3,26 @@
 //! status (podIP, Ready condition) through `pods/status`, and checks the
 //! EndpointSlices and legacy Endpoints the controller writes.
 //!
-//! Each test runs its own server with only the endpointslice controller
-//! enabled (so nothing else touches the pods), on a free 127.0.0.1 port and
-//! a temporary data directory; the guard kills the server by its PID, also
-//! when a test panics (and prints the server log then).
+//! Each test runs its own server (`fake_cluster`) with only the
+//! endpointslice controller enabled, so nothing else touches the pods.
+
+mod fake_cluster;
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::net::{Ipv4Addr, TcpListener};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{json, Value};
-use tempfile::TempDir;
 
-/// How long anything the controller should do may take.
-const TIMEOUT: Duration = Duration::from_secs(30);
+use fake_cluster::{eventually, Server};
+
 const MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by=endpointslice-controller.k8s.io";
 
-/// A `skiff server` running only the endpointslice controller.
-struct Server {
-    child: Child,
-    dir: TempDir,
-}
-
-impl Server {
-    async fn start() -> (Server, kube::Client) {
-        let dir = tempfile::Builder::new()
-            .prefix("skiff-endpoints-test-")
-            .tempdir()
-            .expect("create a temporary directory");
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .and_then(|l| l.local_addr())
-            .expect("find a free port")
-            .port();
-        let disabled: Vec<&str> = skiff_controlplane::controllers::ALL
-            .iter()
-            .copied()
-            .filter(|n| *n != "endpointslice")
-            .collect();
-        let log = File::create(dir.path().join("server.log")).expect("create the server log");
-        let child = Command::new(env!("CARGO_BIN_EXE_skiff"))
-            .arg("server")
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--disable-controllers")
-            .arg(disabled.join(","))
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone the log handle"))
-            .stderr(log)
-            .spawn()
-            .expect("run the skiff binary");
-        let mut server = Server { child, dir };
-        let client = server.wait_ready().await;
-        (server, client)
-    }
-
-    fn kubeconfig(&self) -> PathBuf {
-        self.dir.path().join("data").join("admin.kubeconfig")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
-    }
-
-    async fn wait_ready(&mut self) -> kube::Client {
-        let deadline = Instant::now() + TIMEOUT;
-        let mut last = String::from("no attempt yet");
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("skiff server exited with {status}; log:\n{}", self.log());
-            }
-            if self.kubeconfig().exists() {
-                match client(&self.kubeconfig()).await {
-                    Ok(client) => match client.apiserver_version().await {
-                        Ok(_) => return client,
-                        Err(e) => last = e.to_string(),
-                    },
-                    Err(e) => last = e,
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "skiff server not ready after {TIMEOUT:?}: {last}\nlog:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // SIGKILL to this child's PID only.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "----- skiff server log -----\n{}\n----- end of server log -----",
-                self.log()
-            );
-        }
-    }
-}
-
-async fn client(kubeconfig: &std::path::Path) -> Result<kube::Client, String> {
-    let config = kube::config::Kubeconfig::read_from(kubeconfig).map_err(|e| e.to_string())?;
-    let config =
-        kube::Config::from_custom_kubeconfig(config, &kube::config::KubeConfigOptions::default())
-            .await
-            .map_err(|e| e.to_string())?;
-    kube::Client::try_from(config).map_err(|e| e.to_string())
-}
-
-/// Polls `check` every 50 ms until it returns `Ok`, or panics with `what`
-/// and the last thing `check` reported.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let last = match check().await {
-            Ok(v) => return v,
-            Err(last) => last,
-        };
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {TIMEOUT:?} waiting for {what}; last seen: {last}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// A server running only the endpointslice controller, and a client of it.
+async fn start() -> (Server, kube::Client) {
+    Server::start(&["endpointslice"], &[]).await
 }
 
 async fn create_namespace(client: &kube::Client, ns: &str) {
@@ -304,7 +182,7 @@ async fn legacy_is(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slices_follow_readiness_and_termination() {
-    let (_server, client) = Server::start().await;
+    let (_server, client) = start().await;
     let ns = "eps-ready";
     create_namespace(&client, ns).await;
     let svc = create_service(
@@ -422,7 +300,7 @@ async fn slices_follow_readiness_and_termination() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_services_split_into_slices_of_at_most_100() {
-    let (_server, client) = Server::start().await;
+    let (_server, client) = start().await;
     let ns = "eps-scale";
     create_namespace(&client, ns).await;
     create_service(
@@ -513,7 +391,7 @@ async fn large_services_split_into_slices_of_at_most_100() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn named_ports_hostnames_zones_and_publish_not_ready() {
-    let (_server, client) = Server::start().await;
+    let (_server, client) = start().await;
     let ns = "eps-ports";
     create_namespace(&client, ns).await;
     let node: Node = serde_json::from_value(json!({"metadata": {"name": "zoned",
@@ -635,7 +513,7 @@ async fn named_ports_hostnames_zones_and_publish_not_ready() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_without_selector_are_left_to_users() {
-    let (_server, client) = Server::start().await;
+    let (_server, client) = start().await;
     let ns = "eps-manual";
     create_namespace(&client, ns).await;
     create_service(&client, ns, "manual", json!({"ports": [{"port": 80}]})).await;

@@ -4,29 +4,25 @@
 //! and checks podCIDR assignment, NotReady/Unknown marking, taints and
 //! NoExecute eviction.
 //!
-//! Each test runs its own server with only the controllers it exercises,
-//! short timings (`--node-monitor-grace-period 3s`,
-//! `--default-toleration-seconds 2`), on a free 127.0.0.1 port and a
-//! temporary data directory; the guard kills the server by its PID, also
-//! when a test panics (and prints the server log then).
+//! Each test runs its own server (`fake_cluster`) with only the controllers
+//! it exercises and short timings (`--node-monitor-grace-period 3s`,
+//! `--default-toleration-seconds 2`).
+
+mod fake_cluster;
 
 use std::collections::{BTreeSet, HashSet};
-use std::fs::OpenOptions;
-use std::net::{Ipv4Addr, TcpListener};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Node, Pod, Taint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{json, Value};
-use tempfile::TempDir;
 
-/// Upper bound for anything the controllers should do.
-const TIMEOUT: Duration = Duration::from_secs(40);
+use fake_cluster::{eventually, Server};
+
 const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 
 /// The current time as the API writes it.
@@ -339,9 +335,10 @@ async fn silent_node_is_tainted_and_its_pods_evicted() {
         },
     )
     .await;
+    // The last renewal may precede stop() by one heartbeat interval.
     assert!(
-        silent_since.elapsed() >= Duration::from_secs(3),
-        "not before the grace period"
+        silent_since.elapsed() >= Duration::from_secs(2),
+        "not before the 3 s grace period (less the last heartbeat interval)"
     );
     let (_, reason, message) = ready_condition(&bad).expect("Ready condition");
     assert_eq!(reason.as_deref(), Some("NodeStatusUnknown"));
@@ -428,5 +425,85 @@ async fn silent_node_is_tainted_and_its_pods_evicted() {
         t,
         [("skiff.test/drain".to_string(), "NoExecute".to_string())].into(),
         "the user's taint is kept"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evicted_pods_are_recreated_on_a_healthy_node() {
+    let (_server, client) = Server::start(
+        &["nodelifecycle", "replicaset", "scheduler"],
+        &[
+            "--node-monitor-grace-period",
+            "3s",
+            "--default-toleration-seconds",
+            "2",
+        ],
+    )
+    .await;
+    create_node(&client, "doomed").await;
+    let heartbeats = Heartbeats::start(&client, &["doomed"]);
+    let rs: ReplicaSet = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "app", "image": "registry.local/app:1"}]}}},
+    }))
+    .expect("replicaset");
+    Api::<ReplicaSet>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &rs)
+        .await
+        .expect("create replicaset");
+    let pods = Api::<Pod>::namespaced(client.clone(), "default");
+    let placement = || async {
+        let list = pods
+            .list(&ListParams::default().labels("app=web"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let live: Vec<Option<String>> = list
+            .items
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .map(|p| p.spec.as_ref().and_then(|s| s.node_name.clone()))
+            .collect();
+        Ok::<_, String>(live)
+    };
+    eventually("both replicas bound to doomed", || async {
+        let live = placement().await?;
+        let want = vec![Some("doomed".to_string()); 2];
+        if live == want {
+            Ok(())
+        } else {
+            Err(format!("{live:?}"))
+        }
+    })
+    .await;
+
+    // A second node joins, then the first one's kubelet goes silent.
+    create_node(&client, "healthy").await;
+    heartbeats.resume("healthy");
+    heartbeats.stop("doomed");
+    eventually("both replicas running on healthy", || async {
+        let live = placement().await?;
+        let want = vec![Some("healthy".to_string()); 2];
+        if live == want {
+            Ok(())
+        } else {
+            Err(format!("{live:?}"))
+        }
+    })
+    .await;
+    let old = pods
+        .list(&ListParams::default().labels("app=web"))
+        .await
+        .expect("list pods");
+    let evicted: Vec<&Pod> = old
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_some())
+        .collect();
+    assert_eq!(
+        evicted.len(),
+        2,
+        "the pods on doomed are terminating, not lost"
     );
 }

@@ -102,6 +102,9 @@ struct Args {
     /// Seconds to wait for all pods to be bound before reporting what was bound
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     bind_timeout: u64,
+    /// Keep the servers' data directories and logs (the path is printed)
+    #[arg(long)]
+    keep: bool,
 }
 
 /// Who creates the pods.
@@ -678,6 +681,10 @@ async fn run(args: &Args, skiff: &Path) -> Result<()> {
         None
     };
     report(args, skiff, burst.as_ref(), created.as_ref());
+    if args.keep {
+        let kept = dir.keep();
+        println!("\nServer data directories and logs kept in {}", kept.display());
+    }
     if !failures.is_empty() {
         bail!("not everything could be measured:\n{}", failures.join("\n"));
     }

@@ -31,6 +31,9 @@ pub mod veth;
 pub mod version;
 pub mod vxlan;
 
+/// The prefix type of the public API, re-exported for callers.
+pub use ipnetwork;
+
 pub use check::check;
 pub use config::{AttachmentId, NetConf};
 pub use errors::{CniError, Code};

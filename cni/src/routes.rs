@@ -25,12 +25,19 @@ const RT_TABLE_MAIN: u8 = 254;
 pub struct RemoteNode {
     /// Node name, for messages.
     pub name: String,
-    /// Its address on the shared (underlay) network.
-    pub node_ip: IpAddr,
+    /// Its addresses on the shared (underlay) network, at most one per family.
+    pub node_ips: Vec<IpAddr>,
     /// Its pod CIDRs (one per family).
     pub pod_cidrs: Vec<IpNetwork>,
     /// Its VXLAN device's MAC (VXLAN mode only).
     pub vtep_mac: Option<[u8; 6]>,
+}
+
+impl RemoteNode {
+    /// The node address of the family of `cidr`.
+    pub fn ip_for(&self, cidr: &IpNetwork) -> Option<IpAddr> {
+        self.node_ips.iter().copied().find(|ip| ip.is_ipv4() == cidr.is_ipv4())
+    }
 }
 
 /// Errors of node route management.
@@ -42,15 +49,15 @@ pub enum RoutesError {
     /// A netlink request failed.
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
-    /// A pod CIDR and the node IP are of different families.
-    #[error("node {node}: pod CIDR {cidr} cannot be reached via node IP {ip} of the other family; give the node an address of each family")]
+    /// A pod CIDR has no node address of its family to route through.
+    #[error("node {node}: pod CIDR {cidr} needs a node address of its family (the node has {ips:?})")]
     FamilyMismatch {
         /// Node name.
         node: String,
         /// The pod CIDR.
         cidr: IpNetwork,
-        /// The node IP.
-        ip: IpAddr,
+        /// The node's addresses.
+        ips: Vec<IpAddr>,
     },
 }
 
@@ -171,15 +178,13 @@ impl HostGw {
     /// Adds (or updates) the routes to `remote`'s pod CIDRs.
     pub async fn add_node(&self, remote: &RemoteNode) -> Result<(), RoutesError> {
         for cidr in &remote.pod_cidrs {
-            if cidr.is_ipv4() != remote.node_ip.is_ipv4() {
-                return Err(RoutesError::FamilyMismatch {
-                    node: remote.name.clone(),
-                    cidr: *cidr,
-                    ip: remote.node_ip,
-                });
-            }
+            let via = remote.ip_for(cidr).ok_or_else(|| RoutesError::FamilyMismatch {
+                node: remote.name.clone(),
+                cidr: *cidr,
+                ips: remote.node_ips.clone(),
+            })?;
             let msg = route_builder(*cidr)
-                .gateway(remote.node_ip)
+                .gateway(via)
                 .unwrap_or_else(|_| route_builder(*cidr))
                 .protocol(RouteProtocol::Other(RTPROT_SKIFF))
                 .build();
@@ -191,8 +196,8 @@ impl HostGw {
                 .await
                 .map_err(|source| NetlinkError {
                     op: format!(
-                        "adding route {cidr} via {} for node {} (is {} on a directly connected network?)",
-                        remote.node_ip, remote.name, remote.node_ip
+                        "adding route {cidr} via {via} for node {} (is {via} on a directly connected network?)",
+                        remote.name
                     ),
                     ns: self.ns.clone(),
                     source,

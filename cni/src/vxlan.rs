@@ -65,8 +65,8 @@ pub enum VxlanError {
     /// A remote node has no VTEP MAC.
     #[error("node {0} has no VXLAN MAC address; publish its device MAC before adding it")]
     NoMac(String),
-    /// A remote node's underlay IP is IPv6 (this device tunnels over IPv4).
-    #[error("node {0} has an IPv6 underlay address; the VXLAN device tunnels over IPv4")]
+    /// A remote node has no IPv4 underlay address (this device tunnels over IPv4).
+    #[error("node {0} has no IPv4 node address; the VXLAN device tunnels over IPv4")]
     Ipv6Underlay(String),
 }
 
@@ -149,7 +149,7 @@ impl Vxlan {
     /// Adds (or updates) route, neighbour and FDB entries for `remote`.
     pub async fn add_node(&self, remote: &RemoteNode) -> Result<(), VxlanError> {
         let mac = remote.vtep_mac.ok_or_else(|| VxlanError::NoMac(remote.name.clone()))?;
-        let IpAddr::V4(_) = remote.node_ip else {
+        let Some(node_ip) = remote.node_ips.iter().copied().find(IpAddr::is_ipv4) else {
             return Err(VxlanError::Ipv6Underlay(remote.name.clone()));
         };
         let err = |op: String| {
@@ -159,7 +159,7 @@ impl Vxlan {
         self.h
             .neighbours()
             .add_bridge(self.index, &mac)
-            .destination(remote.node_ip)
+            .destination(node_ip)
             .flags(NeighbourFlags::Own)
             .state(NeighbourState::Permanent)
             .replace()
@@ -218,7 +218,7 @@ impl Vxlan {
             n.header.ifindex = self.index;
             n.header.flags = NeighbourFlags::Own;
             n.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
-            if let IpAddr::V4(v) = remote.node_ip {
+            if let Some(IpAddr::V4(v)) = remote.node_ips.iter().copied().find(IpAddr::is_ipv4) {
                 n.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(v)));
             }
             self.del_neigh(n, format!("deleting FDB entry of node {}", remote.name)).await?;

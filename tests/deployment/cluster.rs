@@ -38,7 +38,10 @@ pub struct Cluster {
 impl Cluster {
     /// Starts a server on a free port and waits until it answers.
     pub async fn start() -> Cluster {
-        let dir = tempfile::Builder::new().prefix("skiff-deployment-test-").tempdir().expect("create a temporary directory");
+        let dir = tempfile::Builder::new()
+            .prefix("skiff-deployment-test-")
+            .tempdir()
+            .expect("create a temporary directory");
         let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .and_then(|l| l.local_addr())
             .expect("find a free port")
@@ -52,7 +55,10 @@ impl Cluster {
             .arg(format!("127.0.0.1:{port}"))
             .arg("--disable-controllers")
             .arg("scheduler")
-            .env("SKIFF_LOG", std::env::var("SKIFF_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "SKIFF_LOG",
+                std::env::var("SKIFF_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone the log handle"))
             .stderr(log)
@@ -89,7 +95,11 @@ impl Cluster {
 
     /// Applies a manifest with kubectl.
     pub async fn apply(&self, manifest: &serde_json::Value) {
-        let path = self.server.dir.path().join(format!("manifest-{}.json", rand_suffix()));
+        let path = self
+            .server
+            .dir
+            .path()
+            .join(format!("manifest-{}.json", rand_suffix()));
         std::fs::write(&path, manifest.to_string()).expect("write the manifest");
         let path = path.to_string_lossy().into_owned();
         self.kubectl_ok(&["apply", "-f", &path]).await;
@@ -109,18 +119,35 @@ impl Cluster {
 
     /// Active (not terminating) pods matching `selector`, by name.
     pub async fn active_pods(&self, selector: &str) -> Vec<Pod> {
-        let list = self.pods().list(&ListParams::default().labels(selector)).await.expect("list pods");
-        let mut pods: Vec<Pod> = list.items.into_iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
+        let list = self
+            .pods()
+            .list(&ListParams::default().labels(selector))
+            .await
+            .expect("list pods");
+        let mut pods: Vec<Pod> = list
+            .items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .collect();
         pods.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
         pods
     }
 
     /// ReplicaSets matching `selector`, oldest first.
     pub async fn replica_sets(&self, selector: &str) -> Vec<ReplicaSet> {
-        let list = self.sets().list(&ListParams::default().labels(selector)).await.expect("list replica sets");
+        let list = self
+            .sets()
+            .list(&ListParams::default().labels(selector))
+            .await
+            .expect("list replica sets");
         let mut sets = list.items;
         sets.sort_by(|a, b| {
-            let key = |rs: &ReplicaSet| (rs.metadata.creation_timestamp.clone().map(|t| t.0), rs.metadata.name.clone());
+            let key = |rs: &ReplicaSet| {
+                (
+                    rs.metadata.creation_timestamp.clone().map(|t| t.0),
+                    rs.metadata.name.clone(),
+                )
+            };
             key(a).cmp(&key(b))
         });
         sets
@@ -128,7 +155,9 @@ impl Cluster {
 
     /// Plays kubelet: the pod is Running and Ready.
     pub async fn mark_ready(&self, name: &str) {
-        let now = k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let now = k8s_openapi::jiff::Timestamp::now()
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string();
         let status = json!({"status": {
             "phase": "Running",
             "conditions": [
@@ -149,14 +178,22 @@ impl Cluster {
         let task = tokio::spawn(async move {
             loop {
                 if let Ok(list) = pods.list(&ListParams::default()).await {
-                    for pod in list.items.iter().filter(|p| p.metadata.deletion_timestamp.is_none() && !is_ready(p)) {
+                    for pod in list
+                        .items
+                        .iter()
+                        .filter(|p| p.metadata.deletion_timestamp.is_none() && !is_ready(p))
+                    {
                         let name = pod.metadata.name.clone().unwrap_or_default();
-                        let now = k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+                        let now = k8s_openapi::jiff::Timestamp::now()
+                            .strftime("%Y-%m-%dT%H:%M:%SZ")
+                            .to_string();
                         let status = json!({"status": {"phase": "Running", "conditions": [
                             {"type": "Ready", "status": "True", "lastTransitionTime": now},
                         ]}});
                         // A pod deleted meanwhile is fine.
-                        let _ = pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await;
+                        let _ = pods
+                            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                            .await;
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -191,11 +228,14 @@ impl Process {
                     Err(e) => last = e,
                 }
             }
-            assert!(Instant::now() < deadline, "skiff server not ready after {TIMEOUT:?}: {last}\nlog:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "skiff server not ready after {TIMEOUT:?}: {last}\nlog:\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-
 }
 
 impl Drop for Process {
@@ -240,7 +280,9 @@ where
     loop {
         match check().await {
             Ok(v) => return v,
-            Err(state) if Instant::now() >= deadline => panic!("timed out after {TIMEOUT:?} waiting for {what}; last state: {state}"),
+            Err(state) if Instant::now() >= deadline => {
+                panic!("timed out after {TIMEOUT:?} waiting for {what}; last state: {state}")
+            }
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
@@ -252,8 +294,9 @@ fn rand_suffix() -> String {
 
 async fn client(kubeconfig: &std::path::Path) -> Result<kube::Client, String> {
     let config = kube::config::Kubeconfig::read_from(kubeconfig).map_err(|e| e.to_string())?;
-    let config = kube::Config::from_custom_kubeconfig(config, &kube::config::KubeConfigOptions::default())
-        .await
-        .map_err(|e| e.to_string())?;
+    let config =
+        kube::Config::from_custom_kubeconfig(config, &kube::config::KubeConfigOptions::default())
+            .await
+            .map_err(|e| e.to_string())?;
     kube::Client::try_from(config).map_err(|e| e.to_string())
 }

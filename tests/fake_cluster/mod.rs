@@ -169,4 +169,3 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
-

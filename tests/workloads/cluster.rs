@@ -41,7 +41,8 @@ impl Drop for Process {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            let log = std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
+            let log =
+                std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
             let lines: Vec<&str> = log.lines().collect();
             let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
             eprintln!(
@@ -164,7 +165,11 @@ impl Cluster {
         // One YAML document per object (JSON is YAML): validating a `List`
         // would send kubectl to the protobuf OpenAPI v2 document.
         let documents: Vec<String> = manifests.iter().map(Value::to_string).collect();
-        let path = self.process.dir.path().join(format!("manifest-{}.yaml", unique()));
+        let path = self
+            .process
+            .dir
+            .path()
+            .join(format!("manifest-{}.yaml", unique()));
         std::fs::write(&path, documents.join("\n---\n")).expect("write the manifest");
         let path = path.to_string_lossy().into_owned();
         self.kubectl(&["apply", "-f", &path]).await
@@ -257,12 +262,20 @@ async fn kubelet_pass(pods: &Api<Pod>, pod: &Pod, default_node: &str) {
         finish_deletion(pods, name).await;
         return;
     }
-    let bound = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_some_and(|n| !n.is_empty());
+    let bound = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .is_some_and(|n| !n.is_empty());
     if !bound {
         let node = pinned_node(pod).unwrap_or_else(|| default_node.to_string());
         bind(pods, name, &node).await;
     }
-    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
+    let phase = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("Pending");
     if phase == "Pending" {
         set_phase(pods, name, "Running").await;
     }
@@ -295,7 +308,10 @@ pub async fn bind(pods: &Api<Pod>, pod: &str, node: &str) {
         "target": {"apiVersion": "v1", "kind": "Node", "name": node},
     });
     // The API answers with a Status, hence the untyped answer.
-    match pods.create_subresource::<Value, Value>("binding", pod, &PostParams::default(), &binding).await {
+    match pods
+        .create_subresource::<Value, Value>("binding", pod, &PostParams::default(), &binding)
+        .await
+    {
         Ok(_) => {}
         // Gone meanwhile, or bound already by an earlier pass.
         Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
@@ -320,7 +336,14 @@ pub async fn set_phase(pods: &Api<Pod>, pod: &str, phase: &str) {
             "state": {"terminated": {"exitCode": code, "startedAt": now(), "finishedAt": now()}},
         }]);
     }
-    match pods.patch_status(pod, &PatchParams::default(), &Patch::Merge(&json!({"status": status}))).await {
+    match pods
+        .patch_status(
+            pod,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": status})),
+        )
+        .await
+    {
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 404 => {}
         Err(e) => panic!("set pod {pod} {phase}: {e}"),
@@ -329,7 +352,10 @@ pub async fn set_phase(pods: &Api<Pod>, pod: &str, phase: &str) {
 
 /// Confirms a graceful deletion: deletes with grace period 0.
 pub async fn finish_deletion(pods: &Api<Pod>, pod: &str) {
-    match pods.delete(pod, &DeleteParams::default().grace_period(0)).await {
+    match pods
+        .delete(pod, &DeleteParams::default().grace_period(0))
+        .await
+    {
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 404 => {}
         Err(e) => panic!("delete pod {pod}: {e}"),
@@ -358,7 +384,10 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

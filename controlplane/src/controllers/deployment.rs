@@ -62,7 +62,7 @@ pub enum Error {
         key: String,
         /// The API error.
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     /// Adopting or releasing ReplicaSets failed.
     #[error(transparent)]
@@ -119,32 +119,49 @@ pub async fn run(ctx: Arc<Context>) {
         backoff: retry::Backoff::default(),
     });
     let deployment_triggers =
-        informer::changes(Api::<Deployment>::all(client.clone()), deployment_writer).filter_map(|change| async move {
-            match change {
-                Change::Applied { new, .. } => Some(ObjectRef::from_obj(new.as_ref())),
-                Change::Deleted(_) => None,
-            }
-        });
+        informer::changes(Api::<Deployment>::all(client.clone()), deployment_writer).filter_map(
+            |change| async move {
+                match change {
+                    Change::Applied { new, .. } => Some(ObjectRef::from_obj(new.as_ref())),
+                    Change::Deleted(_) => None,
+                }
+            },
+        );
     let set_triggers = informer::changes(Api::<ReplicaSet>::all(client), set_writer).flat_map({
         let st = state.clone();
         move |change| stream::iter(st.on_set(change))
     });
     let queue = stream::select(deployment_triggers, set_triggers).map(Ok::<_, Infallible>);
-    controller::applier(start_sync, error_policy, state, deployments, queue, controller::Config::default())
-        .for_each(|result| async move {
-            match result {
-                Ok(_) | Err(controller::Error::ObjectNotFound(_)) => {}
-                Err(e) => tracing::debug!("deployment sync: {e}"),
-            }
-        })
-        .await;
+    controller::applier(
+        start_sync,
+        error_policy,
+        state,
+        deployments,
+        queue,
+        controller::Config::default(),
+    )
+    .for_each(|result| async move {
+        match result {
+            Ok(_) | Err(controller::Error::ObjectNotFound(_)) => {}
+            Err(e) => tracing::debug!("deployment sync: {e}"),
+        }
+    })
+    .await;
 }
 
 /// Starts one sync on its own task, so Deployments sync in parallel.
 fn start_sync(d: Arc<Deployment>, st: Arc<State>) -> BoxFuture<'static, Result<Action, Error>> {
     let key = key_of(d.as_ref());
     let task = tokio::spawn(sync::Sync::run(st, d));
-    async move { task.await.unwrap_or_else(|e| Err(Error::Task { key, message: e.to_string() })) }.boxed()
+    async move {
+        task.await.unwrap_or_else(|e| {
+            Err(Error::Task {
+                key,
+                message: e.to_string(),
+            })
+        })
+    }
+    .boxed()
 }
 
 fn error_policy(d: Arc<Deployment>, error: &Error, st: Arc<State>) -> Action {
@@ -165,7 +182,9 @@ fn selector_of(d: &Deployment) -> Result<Selector, ParseExpressionError> {
 impl State {
     /// The Deployment a controller reference points at, if it is in the cache.
     fn resolve(&self, namespace: &str, r: &OwnerReference) -> Option<Arc<Deployment>> {
-        let d = self.deployments.get(&ObjectRef::new(&r.name).within(namespace))?;
+        let d = self
+            .deployments
+            .get(&ObjectRef::new(&r.name).within(namespace))?;
         ownership::refers_to::<Deployment>(r, d.metadata.uid.as_deref()).then_some(d)
     }
 
@@ -193,11 +212,17 @@ impl State {
                 None if new.metadata.deletion_timestamp.is_some() => Vec::new(),
                 None => self.selecting(&new),
             },
-            Change::Applied { old: Some(old), new } => {
+            Change::Applied {
+                old: Some(old),
+                new,
+            } => {
                 if old.metadata.resource_version == new.metadata.resource_version {
                     return Vec::new();
                 }
-                let (old_ref, new_ref) = (ownership::controller_of(&old.metadata), ownership::controller_of(&new.metadata));
+                let (old_ref, new_ref) = (
+                    ownership::controller_of(&old.metadata),
+                    ownership::controller_of(&new.metadata),
+                );
                 let mut out = Vec::new();
                 if old_ref != new_ref {
                     out.extend(self.owner(&old));

@@ -79,6 +79,18 @@ pub enum EndpointSliceError {
     },
 }
 
+impl EndpointSliceError {
+    /// True for a 409: the write raced with another one.
+    fn is_conflict(&self) -> bool {
+        let source = match self {
+            EndpointSliceError::List { source, .. }
+            | EndpointSliceError::Slice { source, .. }
+            | EndpointSliceError::Endpoints { source, .. } => source,
+        };
+        matches!(source, kube::Error::Api(s) if s.code == 409)
+    }
+}
+
 /// Writes of this controller, so that their watch events do not queue work.
 #[derive(Default)]
 struct OwnWrites(Mutex<HashSet<String>>);
@@ -320,24 +332,32 @@ impl Controller {
             let key = self.queue.next().await;
             match self.sync(&key).await {
                 Ok(()) => self.queue.forget(&key),
-                Err(e) => {
-                    let delay = self.queue.retry(key.clone());
-                    tracing::warn!("{e}; retrying in {delay:?}");
-                    let svc = self.services.get(&ObjectRef::new(&key.1).within(&key.0));
-                    if let Some(svc) = svc {
-                        let about = events::reference(svc.as_ref());
-                        self.recorder
-                            .record(
-                                &about,
-                                EventType::Warning,
-                                "FailedToUpdateEndpointSlices",
-                                &e.to_string(),
-                            )
-                            .await;
-                    }
-                }
+                Err(e) => self.failed(&key, e).await,
             }
             self.queue.done(&key);
+        }
+    }
+
+    /// Schedules a retry; tells the operator unless it was a mere conflict
+    /// (a write that raced with another one, the retry sees the newer object).
+    async fn failed(self: &Arc<Self>, key: &ServiceKey, e: EndpointSliceError) {
+        let delay = self.queue.retry(key.clone());
+        if e.is_conflict() {
+            tracing::debug!("{e}; retrying in {delay:?}");
+            return;
+        }
+        tracing::warn!("{e}; retrying in {delay:?}");
+        if let Some(svc) = self.services.get(&ObjectRef::new(&key.1).within(&key.0)) {
+            let about = events::reference(svc.as_ref());
+            let message = e.to_string();
+            self.recorder
+                .record(
+                    &about,
+                    EventType::Warning,
+                    "FailedToUpdateEndpointSlices",
+                    &message,
+                )
+                .await;
         }
     }
 

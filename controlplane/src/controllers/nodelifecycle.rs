@@ -66,6 +66,23 @@ pub enum NodeLifecycleError {
     },
 }
 
+impl NodeLifecycleError {
+    /// Logs the error; a conflict (a write raced with another one, the next
+    /// pass sees the newer object) is routine and logged at debug level.
+    fn log(&self) {
+        let source = match self {
+            NodeLifecycleError::Node { source, .. } | NodeLifecycleError::Pod { source, .. } => {
+                source
+            }
+        };
+        if matches!(source, kube::Error::Api(s) if s.code == 409) {
+            tracing::debug!("{self}");
+        } else {
+            tracing::warn!("{self}");
+        }
+    }
+}
+
 /// How often nodes are checked: a fifth of the grace period, within bounds.
 fn monitor_period(grace: Duration) -> Duration {
     (grace / 5).clamp(Duration::from_millis(100), Duration::from_secs(5))
@@ -107,19 +124,15 @@ pub async fn run(ctx: Arc<Context>) {
         |_| {},
     ));
     let w = wake.clone();
+    let node_cache = nodes.clone();
     tokio::spawn(informer::run(
         Api::<Pod>::all(client.clone()),
         watcher::Config::default(),
         pods_w,
         move |change| {
-            // A pod landing on (or changing on) a NoExecute-tainted node may have to go at once.
+            // A pod landing on a NoExecute-tainted node may have to go at once.
             if let Change::Applied { new, .. } = change {
-                if new
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.node_name.as_ref())
-                    .is_some()
-                {
+                if on_no_execute_node(new, &node_cache) {
                     w.notify_one();
                 }
             }
@@ -167,6 +180,17 @@ pub async fn run(ctx: Arc<Context>) {
     }
 }
 
+/// True when the pod's node carries a NoExecute taint.
+fn on_no_execute_node(pod: &Pod, nodes: &Store<Node>) -> bool {
+    let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) else {
+        return false;
+    };
+    nodes.get(&ObjectRef::new(node)).is_some_and(|n| {
+        let taints = n.spec.as_ref().and_then(|s| s.taints.as_ref());
+        taints.into_iter().flatten().any(|t| t.effect == NO_EXECUTE)
+    })
+}
+
 fn pod_name(pod: &Pod) -> String {
     format!(
         "{}/{}",
@@ -180,12 +204,7 @@ impl Monitor {
     async fn pass(&mut self) -> Option<Timestamp> {
         let now_instant = Instant::now();
         let now = Timestamp::now();
-        let mut nodes: Vec<Node> = self
-            .nodes
-            .state()
-            .iter()
-            .map(|n| n.as_ref().clone())
-            .collect();
+        let mut nodes: Vec<Arc<Node>> = self.nodes.state();
         let names: HashSet<String> = nodes
             .iter()
             .filter_map(|n| n.metadata.name.clone())
@@ -194,15 +213,15 @@ impl Monitor {
 
         for node in &mut nodes {
             if let Err(e) = self.check_health(node, now_instant, now).await {
-                tracing::warn!("{e}");
+                e.log();
             }
         }
-        let zones = health::zone_states(nodes.iter());
+        let zones = health::zone_states(nodes.iter().map(AsRef::as_ref));
         for node in &nodes {
             let policy = health::no_execute_policy(&zones, &health::zone_of(node));
             if let Some(taints) = health::reconcile_taints(node, policy, now) {
                 if let Err(e) = self.write_taints(node, taints).await {
-                    tracing::warn!("{e}");
+                    e.log();
                 }
             }
         }
@@ -213,7 +232,7 @@ impl Monitor {
     /// Marks a node whose kubelet went silent Unknown (updating `node`).
     async fn check_health(
         &mut self,
-        node: &mut Node,
+        node: &mut Arc<Node>,
         now_instant: Instant,
         now: Timestamp,
     ) -> Result<(), NodeLifecycleError> {
@@ -239,7 +258,7 @@ impl Monitor {
         if !health::mark_unknown(&mut status, now, node.metadata.creation_timestamp.clone()) {
             return Ok(());
         }
-        let mut updated = node.clone();
+        let mut updated = node.as_ref().clone();
         updated.status = Some(status);
         let api: Api<Node> = Api::all(self.client.clone());
         let written = api
@@ -265,7 +284,7 @@ impl Monitor {
                 )
                 .await;
         }
-        *node = written;
+        *node = Arc::new(written);
         Ok(())
     }
 
@@ -295,7 +314,7 @@ impl Monitor {
 
     /// Pods on nodes whose kubelet is gone can no longer be trusted to serve:
     /// their Ready condition turns False, so Services stop sending them traffic.
-    async fn mark_pods_not_ready(&self, nodes: &[Node], now: Timestamp) {
+    async fn mark_pods_not_ready(&self, nodes: &[Arc<Node>], now: Timestamp) {
         let silent: HashSet<&str> = nodes
             .iter()
             .filter(|n| health::ready_status(n) == Some("Unknown"))
@@ -329,7 +348,7 @@ impl Monitor {
                 c.last_transition_time = Some(Time(now));
             }
             if let Err(e) = self.write_pod_status(&updated, "mark not ready").await {
-                tracing::warn!("{e}");
+                e.log();
                 continue;
             }
             self.recorder
@@ -420,7 +439,7 @@ impl Monitor {
                     Ok(()) => {
                         self.evicted.insert(uid, Instant::now());
                     }
-                    Err(e) => tracing::warn!("{e}"),
+                    Err(e) => e.log(),
                 },
             }
         }

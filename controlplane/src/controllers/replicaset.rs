@@ -16,6 +16,7 @@ pub(crate) mod ownership;
 pub(crate) mod ranking;
 pub(crate) mod retry;
 mod status;
+mod triggers;
 
 use std::cmp::Ordering;
 use std::collections::HashSet;
@@ -29,16 +30,16 @@ use futures::{stream, FutureExt, StreamExt};
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::core::{ParseExpressionError, Selector};
 use kube::runtime::controller::{self, Action};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, Store};
 
 use super::events::{reference, EventType, Recorder};
 use super::Context;
 use expectations::Expectations;
-use informer::{key_of, Change};
+use informer::key_of;
 use ownership::controller_of;
 use status::Failure;
 
@@ -80,7 +81,7 @@ pub enum Error {
         key: String,
         /// The API error.
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     /// Adopting or releasing pods failed.
     #[error(transparent)]
@@ -118,30 +119,46 @@ pub async fn run(ctx: Arc<Context>) {
         expectations: Expectations::default(),
         backoff: retry::Backoff::default(),
     });
-    let set_triggers = informer::changes(Api::<ReplicaSet>::all(client.clone()), set_writer).flat_map({
-        let st = state.clone();
-        move |change| stream::iter(st.on_set(change))
-    });
+    let set_triggers = informer::changes(Api::<ReplicaSet>::all(client.clone()), set_writer)
+        .flat_map({
+            let st = state.clone();
+            move |change| stream::iter(st.on_set(change))
+        });
     let pod_triggers = informer::changes(Api::<Pod>::all(client), pod_writer).flat_map({
         let st = state.clone();
         move |change| stream::iter(st.on_pod(change))
     });
     let queue = stream::select(set_triggers, pod_triggers).map(Ok::<_, Infallible>);
-    controller::applier(sync, error_policy, state, sets, queue, controller::Config::default())
-        .for_each(|result| async move {
-            match result {
-                Ok(_) | Err(controller::Error::ObjectNotFound(_)) => {}
-                Err(e) => tracing::debug!("replicaset sync: {e}"),
-            }
-        })
-        .await;
+    controller::applier(
+        sync,
+        error_policy,
+        state,
+        sets,
+        queue,
+        controller::Config::default(),
+    )
+    .for_each(|result| async move {
+        match result {
+            Ok(_) | Err(controller::Error::ObjectNotFound(_)) => {}
+            Err(e) => tracing::debug!("replicaset sync: {e}"),
+        }
+    })
+    .await;
 }
 
 /// Starts one sync on its own task, so syncs of different ReplicaSets run in parallel.
 fn sync(rs: Arc<ReplicaSet>, st: Arc<State>) -> BoxFuture<'static, Result<Action, Error>> {
     let key = key_of(rs.as_ref());
     let task = tokio::spawn(st.sync(rs));
-    async move { task.await.unwrap_or_else(|e| Err(Error::Task { key, message: e.to_string() })) }.boxed()
+    async move {
+        task.await.unwrap_or_else(|e| {
+            Err(Error::Task {
+                key,
+                message: e.to_string(),
+            })
+        })
+    }
+    .boxed()
 }
 
 fn error_policy(rs: Arc<ReplicaSet>, error: &Error, st: Arc<State>) -> Action {
@@ -160,107 +177,16 @@ fn selector_of(rs: &ReplicaSet) -> Result<Selector, ParseExpressionError> {
 }
 
 impl State {
-    /// The ReplicaSet a controller reference points at, if it is in the cache.
-    fn resolve(&self, namespace: &str, r: &OwnerReference) -> Option<Arc<ReplicaSet>> {
-        if r.kind != "ReplicaSet" || !r.api_version.starts_with("apps/") {
-            return None;
-        }
-        let rs = self.sets.get(&ObjectRef::new(&r.name).within(namespace))?;
-        (rs.metadata.uid.as_deref() == Some(r.uid.as_str())).then_some(rs)
-    }
-
-    /// ReplicaSets whose selector matches an orphan pod.
-    fn sets_selecting(&self, pod: &Pod) -> Vec<ObjectRef<ReplicaSet>> {
-        self.sets
-            .state()
-            .iter()
-            .filter(|rs| rs.metadata.namespace == pod.metadata.namespace)
-            .filter(|rs| selector_of(rs).is_ok_and(|s| ownership::selects(&s, &pod.metadata)))
-            .map(|rs| ObjectRef::from_obj(rs.as_ref()))
-            .collect()
-    }
-
-    fn on_set(&self, change: Change<ReplicaSet>) -> Vec<ObjectRef<ReplicaSet>> {
-        match change {
-            Change::Applied { new, .. } => vec![ObjectRef::from_obj(new.as_ref())],
-            Change::Deleted(rs) => {
-                self.expectations.forget(&key_of(rs.as_ref()));
-                Vec::new()
-            }
-        }
-    }
-
-    fn on_pod(&self, change: Change<Pod>) -> Vec<ObjectRef<ReplicaSet>> {
-        match change {
-            Change::Applied { old: None, new } => self.pod_added(&new),
-            Change::Applied { old: Some(old), new } => self.pod_updated(&old, &new),
-            Change::Deleted(pod) => self.pod_deleted(&pod),
-        }
-    }
-
-    fn pod_added(&self, pod: &Pod) -> Vec<ObjectRef<ReplicaSet>> {
-        if pod.metadata.deletion_timestamp.is_some() {
-            // Seen for the first time already terminating (e.g. after a relist).
-            return self.pod_deleted(pod);
-        }
-        let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
-        match controller_of(&pod.metadata) {
-            Some(r) => self
-                .resolve(ns, r)
-                .map(|rs| {
-                    self.expectations.creation_observed(&key_of(rs.as_ref()));
-                    vec![ObjectRef::from_obj(rs.as_ref())]
-                })
-                .unwrap_or_default(),
-            None => self.sets_selecting(pod),
-        }
-    }
-
-    fn pod_updated(&self, old: &Pod, new: &Pod) -> Vec<ObjectRef<ReplicaSet>> {
-        if old.metadata.resource_version == new.metadata.resource_version {
-            return Vec::new();
-        }
-        let labels_changed = old.metadata.labels != new.metadata.labels;
-        if new.metadata.deletion_timestamp.is_some() {
-            // A graceful deletion started: replace the pod now, not when it is gone.
-            let mut out = self.pod_deleted(new);
-            if labels_changed {
-                out.extend(self.pod_deleted(old));
-            }
-            return out;
-        }
-        let ns = new.metadata.namespace.as_deref().unwrap_or_default();
-        let (old_ref, new_ref) = (controller_of(&old.metadata), controller_of(&new.metadata));
-        let mut out = Vec::new();
-        if old_ref != new_ref {
-            if let Some(rs) = old_ref.and_then(|r| self.resolve(ns, r)) {
-                out.push(ObjectRef::from_obj(rs.as_ref()));
-            }
-        }
-        match new_ref {
-            Some(r) => out.extend(self.resolve(ns, r).map(|rs| ObjectRef::from_obj(rs.as_ref()))),
-            None if labels_changed || old_ref.is_some() => out.extend(self.sets_selecting(new)),
-            None => {}
-        }
-        out
-    }
-
-    fn pod_deleted(&self, pod: &Pod) -> Vec<ObjectRef<ReplicaSet>> {
-        let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
-        let Some(rs) = controller_of(&pod.metadata).and_then(|r| self.resolve(ns, r)) else {
-            return Vec::new();
-        };
-        self.expectations.deletion_observed(&key_of(rs.as_ref()), &key_of(pod));
-        vec![ObjectRef::from_obj(rs.as_ref())]
-    }
-
     /// One sync, as upstream's `syncReplicaSet`.
     async fn sync(self: Arc<Self>, rs: Arc<ReplicaSet>) -> Result<Action, Error> {
         // Until the pod cache is filled every ReplicaSet would look empty.
         let _ = self.pods.wait_until_ready().await;
         let key = key_of(rs.as_ref());
         let needs_sync = self.expectations.satisfied(&key);
-        let selector = selector_of(&rs).map_err(|source| Error::Selector { key: key.clone(), source })?;
+        let selector = selector_of(&rs).map_err(|source| Error::Selector {
+            key: key.clone(),
+            source,
+        })?;
         let uid = rs.metadata.uid.as_deref();
         let (active, inactive): (Vec<_>, Vec<_>) = self
             .pods
@@ -274,14 +200,19 @@ impl State {
             .filter(|p| controller_of(&p.metadata).is_some_and(|r| Some(r.uid.as_str()) == uid))
             .filter(|p| ownership::selects(&selector, &p.metadata))
             .count();
-        let owned = ownership::Claimer::new(self.client.clone(), rs.as_ref(), &selector).claim(active).await?;
+        let owned = ownership::Claimer::new(self.client.clone(), rs.as_ref(), &selector)
+            .claim(active)
+            .await?;
         let now = Timestamp::now();
         let managed = if needs_sync && rs.metadata.deletion_timestamp.is_none() {
             self.manage_replicas(&rs, &key, &owned, now).await
         } else {
             Ok(())
         };
-        let failure = managed.as_ref().err().map(|(kind, e)| (*kind, e.to_string()));
+        let failure = managed
+            .as_ref()
+            .err()
+            .map(|(kind, e)| (*kind, e.to_string()));
         let new_status = status::calculate(&rs, &owned, terminating, failure, now);
         self.update_status(&rs, &key, new_status).await?;
         managed.map_err(|(_, e)| e)?;
@@ -304,7 +235,10 @@ impl State {
                 let diff = (want - owned.len()).min(BURST_REPLICAS);
                 let pod = pod_from_template(rs, key).map_err(|e| (Failure::Create, e))?;
                 self.expectations.expect_creations(key, diff);
-                let (created, error) = slow_start(diff, SLOW_START_INITIAL_BATCH, || self.create_pod(rs, key, &pod)).await;
+                let (created, error) = slow_start(diff, SLOW_START_INITIAL_BATCH, || {
+                    self.create_pod(rs, key, &pod)
+                })
+                .await;
                 // Creations never attempted or failed will not be observed.
                 for _ in created..diff {
                     self.expectations.creation_observed(key);
@@ -315,14 +249,20 @@ impl State {
                 let diff = (owned.len() - want).min(BURST_REPLICAS);
                 let related = self.related_pods(rs);
                 let victims = ranking::pods_to_delete(owned.to_vec(), &related, diff, now);
-                self.expectations.expect_deletions(key, victims.iter().map(|p| key_of(p.as_ref())));
+                self.expectations
+                    .expect_deletions(key, victims.iter().map(|p| key_of(p.as_ref())));
                 let results = join_all(victims.iter().map(|p| self.delete_pod(rs, p))).await;
                 let mut first = None;
                 for (pod, result) in victims.iter().zip(results) {
                     if let Err(source) = result {
-                        self.expectations.deletion_observed(key, &key_of(pod.as_ref()));
+                        self.expectations
+                            .deletion_observed(key, &key_of(pod.as_ref()));
                         if !ownership::is_not_found(&source) && first.is_none() {
-                            first = Some(Error::Api { action: "delete a pod", key: key.to_string(), source });
+                            first = Some(Error::Api {
+                                action: "delete a pod",
+                                key: key.to_string(),
+                                source: Box::new(source),
+                            });
                         }
                     }
                 }
@@ -332,35 +272,63 @@ impl State {
     }
 
     async fn create_pod(&self, rs: &ReplicaSet, key: &str, pod: &Pod) -> Result<(), Error> {
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), rs.metadata.namespace.as_deref().unwrap_or_default());
+        let api: Api<Pod> = Api::namespaced(
+            self.client.clone(),
+            rs.metadata.namespace.as_deref().unwrap_or_default(),
+        );
         match api.create(&PostParams::default(), pod).await {
             Ok(created) => {
                 let name = created.metadata.name.unwrap_or_default();
                 let message = format!("Created pod: {name}");
-                self.recorder.record(&reference(rs), EventType::Normal, "SuccessfulCreate", &message).await;
+                self.recorder
+                    .record(
+                        &reference(rs),
+                        EventType::Normal,
+                        "SuccessfulCreate",
+                        &message,
+                    )
+                    .await;
                 Ok(())
             }
             Err(source) => {
                 let message = format!("Error creating: {source}");
-                self.recorder.record(&reference(rs), EventType::Warning, "FailedCreate", &message).await;
-                Err(Error::Api { action: "create a pod", key: key.to_string(), source })
+                self.recorder
+                    .record(&reference(rs), EventType::Warning, "FailedCreate", &message)
+                    .await;
+                Err(Error::Api {
+                    action: "create a pod",
+                    key: key.to_string(),
+                    source: Box::new(source),
+                })
             }
         }
     }
 
     async fn delete_pod(&self, rs: &ReplicaSet, pod: &Pod) -> Result<(), kube::Error> {
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), pod.metadata.namespace.as_deref().unwrap_or_default());
+        let api: Api<Pod> = Api::namespaced(
+            self.client.clone(),
+            pod.metadata.namespace.as_deref().unwrap_or_default(),
+        );
         let name = pod.metadata.name.as_deref().unwrap_or_default();
         match api.delete(name, &DeleteParams::default()).await {
             Ok(_) => {
                 let message = format!("Deleted pod: {name}");
-                self.recorder.record(&reference(rs), EventType::Normal, "SuccessfulDelete", &message).await;
+                self.recorder
+                    .record(
+                        &reference(rs),
+                        EventType::Normal,
+                        "SuccessfulDelete",
+                        &message,
+                    )
+                    .await;
                 Ok(())
             }
             Err(e) => {
                 if !ownership::is_not_found(&e) {
                     let message = format!("Error deleting: {e}");
-                    self.recorder.record(&reference(rs), EventType::Warning, "FailedDelete", &message).await;
+                    self.recorder
+                        .record(&reference(rs), EventType::Warning, "FailedDelete", &message)
+                        .await;
                 }
                 Err(e)
             }
@@ -403,18 +371,33 @@ impl State {
             return Ok(());
         }
         status.observed_generation = rs.metadata.generation;
-        let api: Api<ReplicaSet> =
-            Api::namespaced(self.client.clone(), rs.metadata.namespace.as_deref().unwrap_or_default());
+        let api: Api<ReplicaSet> = Api::namespaced(
+            self.client.clone(),
+            rs.metadata.namespace.as_deref().unwrap_or_default(),
+        );
         let name = rs.metadata.name.as_deref().unwrap_or_default();
-        let api_err = |action, source| Error::Api { action, key: key.to_string(), source };
+        let api_err = |action, source| Error::Api {
+            action,
+            key: key.to_string(),
+            source: Box::new(source),
+        };
         let mut current = rs.clone();
         current.status = Some(status.clone());
-        if api.replace_status(name, &PostParams::default(), &current).await.is_ok() {
+        if api
+            .replace_status(name, &PostParams::default(), &current)
+            .await
+            .is_ok()
+        {
             return Ok(());
         }
-        let mut current = api.get(name).await.map_err(|e| api_err("re-read before a status update", e))?;
+        let mut current = api
+            .get(name)
+            .await
+            .map_err(|e| api_err("re-read before a status update", e))?;
         current.status = Some(status);
-        api.replace_status(name, &PostParams::default(), &current).await.map_err(|e| api_err("update status", e))?;
+        api.replace_status(name, &PostParams::default(), &current)
+            .await
+            .map_err(|e| api_err("update status", e))?;
         Ok(())
     }
 }
@@ -439,14 +422,16 @@ fn next_sync(rs: &ReplicaSet, owned: &[Arc<Pod>], now: Timestamp) -> Action {
 
 /// The pod a ReplicaSet creates from its template, as upstream's `GetPodFromTemplate`.
 fn pod_from_template(rs: &ReplicaSet, key: &str) -> Result<Pod, Error> {
-    let template = rs
-        .spec
-        .template
-        .as_ref()
-        .ok_or(Error::Template { key: key.to_string(), reason: "spec.template is missing" })?;
+    let template = rs.spec.template.as_ref().ok_or(Error::Template {
+        key: key.to_string(),
+        reason: "spec.template is missing",
+    })?;
     let meta = template.metadata.clone().unwrap_or_default();
     if meta.labels.as_ref().is_none_or(|l| l.is_empty()) {
-        return Err(Error::Template { key: key.to_string(), reason: "the template has no labels" });
+        return Err(Error::Template {
+            key: key.to_string(),
+            reason: "the template has no labels",
+        });
     }
     let name = rs.metadata.name.as_deref().unwrap_or_default();
     let mut prefix = format!("{name}-");
@@ -514,7 +499,10 @@ mod tests {
             calls.fetch_add(1, AtomicOrdering::SeqCst);
             async { Ok::<(), ()>(()) }
         }));
-        assert_eq!((ok, err, calls.load(AtomicOrdering::SeqCst)), (10, None, 10));
+        assert_eq!(
+            (ok, err, calls.load(AtomicOrdering::SeqCst)),
+            (10, None, 10)
+        );
 
         // Batches are 1, 2, 4, ...; the 5th call (in the batch of 4) fails.
         let batches = Mutex::new(Vec::new());
@@ -531,7 +519,10 @@ mod tests {
             }
         }));
         assert_eq!(err, Some("quota"));
-        assert_eq!(ok, 6, "1 + 2 + (4 - 1) succeeded, nothing after the failing batch");
+        assert_eq!(
+            ok, 6,
+            "1 + 2 + (4 - 1) succeeded, nothing after the failing batch"
+        );
         assert_eq!(calls.load(AtomicOrdering::SeqCst), 7);
     }
 
@@ -552,14 +543,30 @@ mod tests {
             ..Default::default()
         };
         let pod = pod_from_template(&rs, "ns/x").expect("a pod");
-        assert_eq!(pod.metadata.generate_name.as_deref().map(str::len), Some(MAX_PREFIX));
+        assert_eq!(
+            pod.metadata.generate_name.as_deref().map(str::len),
+            Some(MAX_PREFIX)
+        );
         let owner = &pod.metadata.owner_references.as_ref().expect("owner")[0];
-        assert_eq!((owner.controller, owner.block_owner_deletion), (Some(true), Some(true)));
-        assert_eq!(pod.metadata.labels, rs.spec.template.as_ref().and_then(|t| t.metadata.as_ref()).and_then(|m| m.labels.clone()));
+        assert_eq!(
+            (owner.controller, owner.block_owner_deletion),
+            (Some(true), Some(true))
+        );
+        assert_eq!(
+            pod.metadata.labels,
+            rs.spec
+                .template
+                .as_ref()
+                .and_then(|t| t.metadata.as_ref())
+                .and_then(|m| m.labels.clone())
+        );
 
         if let Some(t) = rs.spec.template.as_mut() {
             t.metadata = None;
         }
-        assert!(matches!(pod_from_template(&rs, "ns/x"), Err(Error::Template { .. })));
+        assert!(matches!(
+            pod_from_template(&rs, "ns/x"),
+            Err(Error::Template { .. })
+        ));
     }
 }

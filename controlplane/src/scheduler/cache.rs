@@ -89,8 +89,9 @@ pub struct NodeInfo {
     pub pod_count: i64,
     /// Host ports in use, with how many pods use each.
     pub host_ports: HashMap<HostPort, u32>,
-    /// Pods on the node per controller owner UID.
-    pub owners: HashMap<String, u32>,
+    /// Pods on the node per controller owner UID. A node has few owners, and
+    /// scoring asks for one on every candidate node, where a short scan beats hashing.
+    pub owners: Vec<(String, u32)>,
 }
 
 impl NodeInfo {
@@ -102,7 +103,10 @@ impl NodeInfo {
             *self.host_ports.entry(port.clone()).or_insert(0) += 1;
         }
         if let Some(owner) = &demand.owner {
-            *self.owners.entry(owner.clone()).or_insert(0) += 1;
+            match self.owners.iter_mut().find(|(o, _)| o == owner) {
+                Some((_, n)) => *n += 1,
+                None => self.owners.push((owner.clone(), 1)),
+            }
         }
     }
 
@@ -114,13 +118,21 @@ impl NodeInfo {
             decrement(&mut self.host_ports, port);
         }
         if let Some(owner) = &demand.owner {
-            decrement(&mut self.owners, owner);
+            if let Some(i) = self.owners.iter().position(|(o, _)| o == owner) {
+                self.owners[i].1 -= 1;
+                if self.owners[i].1 == 0 {
+                    self.owners.swap_remove(i);
+                }
+            }
         }
     }
 
     /// Pods of `owner` on this node.
     pub fn owner_count(&self, owner: &str) -> u32 {
-        self.owners.get(owner).copied().unwrap_or(0)
+        self.owners
+            .iter()
+            .find(|(o, _)| o == owner)
+            .map_or(0, |(_, n)| *n)
     }
 }
 

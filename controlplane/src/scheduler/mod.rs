@@ -54,6 +54,10 @@ const MESSAGES_PER_TURN: usize = 256;
 /// Capacity of the channel from watchers and binding tasks.
 const CHANNEL_CAPACITY: usize = 4096;
 
+/// Longest stretch of scheduling decisions between yields to the runtime:
+/// long enough that a busy runtime's round trip is not paid per pod, short
+/// enough not to stall the API server's tasks on the same workers.
+const SCHEDULING_SLICE: Duration = Duration::from_millis(2);
 /// How often progress is logged while the scheduler has work.
 const STATS_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -243,8 +247,16 @@ impl Scheduler {
             }
             let ready = self.pods_synced && self.nodes_synced && self.queue.has_active();
             if ready {
-                if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+                let slice_end = now + SCHEDULING_SLICE;
+                let mut scheduled = false;
+                while let Ok(permit) = self.permits.clone().try_acquire_owned() {
                     self.schedule_one(permit);
+                    scheduled = true;
+                    if !self.queue.has_active() || Instant::now() >= slice_end {
+                        break;
+                    }
+                }
+                if scheduled {
                     // Share the runtime with the API server serving our bindings.
                     tokio::task::yield_now().await;
                     continue;

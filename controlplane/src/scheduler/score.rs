@@ -265,7 +265,7 @@ mod tests {
         let s = spec(serde_json::json!({}));
         let d = demand(Some("rs"));
         let mut crowded = node("crowded", 0);
-        crowded.owners.insert("rs".into(), 3);
+        crowded.owners.push(("rs".into(), 3));
         let slightly_busy = node("other", 500);
         assert_eq!(
             select(

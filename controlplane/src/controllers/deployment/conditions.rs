@@ -39,7 +39,13 @@ pub const RESUMED: &str = "DeploymentResumed";
 pub const FAILED_RS_CREATE: &str = "ReplicaSetCreateError";
 
 /// A condition stamped `now`.
-pub fn new_condition(type_: &str, status: &str, reason: &str, message: String, now: Timestamp) -> DeploymentCondition {
+pub fn new_condition(
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    now: Timestamp,
+) -> DeploymentCondition {
     DeploymentCondition {
         type_: Some(type_.into()),
         status: Some(status.into()),
@@ -52,7 +58,11 @@ pub fn new_condition(type_: &str, status: &str, reason: &str, message: String, n
 
 /// The condition of `type_`, if present.
 pub fn get<'a>(status: &'a DeploymentStatus, type_: &str) -> Option<&'a DeploymentCondition> {
-    status.conditions.iter().flatten().find(|c| c.type_.as_deref() == Some(type_))
+    status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_.as_deref() == Some(type_))
 }
 
 /// Upstream's `SetDeploymentCondition`: no-op when status and reason are
@@ -68,7 +78,10 @@ pub fn set(status: &mut DeploymentStatus, mut condition: DeploymentCondition) {
         }
     }
     remove(status, &type_);
-    status.conditions.get_or_insert_with(Vec::new).push(condition);
+    status
+        .conditions
+        .get_or_insert_with(Vec::new)
+        .push(condition);
 }
 
 /// Removes the condition of `type_`.
@@ -80,7 +93,9 @@ pub fn remove(status: &mut DeploymentStatus, type_: &str) {
 
 /// `progressDeadlineSeconds` is set (and not the "no deadline" maximum).
 pub fn has_progress_deadline(d: &Deployment) -> bool {
-    d.spec.progress_deadline_seconds.is_some_and(|s| s != i32::MAX)
+    d.spec
+        .progress_deadline_seconds
+        .is_some_and(|s| s != i32::MAX)
 }
 
 /// The status fields of one or more ReplicaSets.
@@ -100,20 +115,34 @@ pub fn status_replicas(rs: &ReplicaSet) -> i32 {
 
 /// `status.availableReplicas` of a ReplicaSet.
 pub fn available_replicas(rs: &ReplicaSet) -> i32 {
-    rs.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0)
+    rs.status
+        .as_ref()
+        .and_then(|s| s.available_replicas)
+        .unwrap_or(0)
 }
 
 fn ready_replicas(rs: &ReplicaSet) -> i32 {
-    rs.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0)
+    rs.status
+        .as_ref()
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0)
 }
 
 fn terminating_replicas(rs: &ReplicaSet) -> i32 {
-    rs.status.as_ref().and_then(|s| s.terminating_replicas).unwrap_or(0)
+    rs.status
+        .as_ref()
+        .and_then(|s| s.terminating_replicas)
+        .unwrap_or(0)
 }
 
 /// Upstream's `calculateStatus`: counts over `all` (which includes `new`)
 /// and the Available condition.
-pub fn calculate(d: &Deployment, all: &[&ReplicaSet], new: Option<&ReplicaSet>, now: Timestamp) -> DeploymentStatus {
+pub fn calculate(
+    d: &Deployment,
+    all: &[&ReplicaSet],
+    new: Option<&ReplicaSet>,
+    now: Timestamp,
+) -> DeploymentStatus {
     let old = d.status.clone().unwrap_or_default();
     let available = sum(all.iter().copied(), available_replicas);
     let total = sum(all.iter().copied(), spec_replicas);
@@ -129,9 +158,21 @@ pub fn calculate(d: &Deployment, all: &[&ReplicaSet], new: Option<&ReplicaSet>, 
         conditions: old.conditions.clone(),
     };
     let condition = if available >= surge::desired(d) - surge::max_unavailable(d) {
-        new_condition(AVAILABLE, "True", "MinimumReplicasAvailable", "Deployment has minimum availability.".into(), now)
+        new_condition(
+            AVAILABLE,
+            "True",
+            "MinimumReplicasAvailable",
+            "Deployment has minimum availability.".into(),
+            now,
+        )
     } else {
-        new_condition(AVAILABLE, "False", "MinimumReplicasUnavailable", "Deployment does not have minimum availability.".into(), now)
+        new_condition(
+            AVAILABLE,
+            "False",
+            "MinimumReplicasUnavailable",
+            "Deployment does not have minimum availability.".into(),
+            now,
+        )
     };
     set(&mut status, condition);
     status
@@ -175,7 +216,8 @@ pub fn timed_out(d: &Deployment, status: &DeploymentStatus, now: Timestamp) -> b
         Some(NEW_RS_AVAILABLE) => false,
         Some(TIMED_OUT) => true,
         _ => c.last_update_time.as_ref().is_some_and(|t| {
-            let limit = jiff::SignedDuration::try_from(deadline(d)).unwrap_or(jiff::SignedDuration::MAX);
+            let limit =
+                jiff::SignedDuration::try_from(deadline(d)).unwrap_or(jiff::SignedDuration::MAX);
             t.0.checked_add(limit).is_ok_and(|end| end < now)
         }),
     }
@@ -183,7 +225,12 @@ pub fn timed_out(d: &Deployment, status: &DeploymentStatus, now: Timestamp) -> b
 
 /// Upstream's `syncRolloutStatus` computation: the status to write after a
 /// rollout step, with Progressing and ReplicaFailure updated.
-pub fn rollout_status(d: &Deployment, all: &[&ReplicaSet], new: Option<&ReplicaSet>, now: Timestamp) -> DeploymentStatus {
+pub fn rollout_status(
+    d: &Deployment,
+    all: &[&ReplicaSet],
+    new: Option<&ReplicaSet>,
+    now: Timestamp,
+) -> DeploymentStatus {
     let mut status = calculate(d, all, new, now);
     if !has_progress_deadline(d) {
         remove(&mut status, PROGRESSING);
@@ -198,9 +245,24 @@ pub fn rollout_status(d: &Deployment, all: &[&ReplicaSet], new: Option<&ReplicaS
     };
     if has_progress_deadline(d) && !completed_before {
         if is_complete(d, &status) {
-            set(&mut status, new_condition(PROGRESSING, "True", NEW_RS_AVAILABLE, subject("has successfully progressed"), now));
+            set(
+                &mut status,
+                new_condition(
+                    PROGRESSING,
+                    "True",
+                    NEW_RS_AVAILABLE,
+                    subject("has successfully progressed"),
+                    now,
+                ),
+            );
         } else if is_progressing(d, &status) {
-            let mut c = new_condition(PROGRESSING, "True", RS_UPDATED, subject("is progressing"), now);
+            let mut c = new_condition(
+                PROGRESSING,
+                "True",
+                RS_UPDATED,
+                subject("is progressing"),
+                now,
+            );
             if let Some(current) = current {
                 if current.status.as_deref() == Some("True") {
                     c.last_transition_time = current.last_transition_time.clone();
@@ -209,7 +271,16 @@ pub fn rollout_status(d: &Deployment, all: &[&ReplicaSet], new: Option<&ReplicaS
             }
             set(&mut status, c);
         } else if timed_out(d, &status, now) {
-            set(&mut status, new_condition(PROGRESSING, "False", TIMED_OUT, subject("has timed out progressing"), now));
+            set(
+                &mut status,
+                new_condition(
+                    PROGRESSING,
+                    "False",
+                    TIMED_OUT,
+                    subject("has timed out progressing"),
+                    now,
+                ),
+            );
         }
     }
     match replica_failure(all, new) {
@@ -222,29 +293,39 @@ pub fn rollout_status(d: &Deployment, all: &[&ReplicaSet], new: Option<&ReplicaS
 /// The ReplicaFailure condition of the new ReplicaSet, else of any other.
 fn replica_failure(all: &[&ReplicaSet], new: Option<&ReplicaSet>) -> Option<DeploymentCondition> {
     let failure = |rs: &ReplicaSet| {
-        rs.status.as_ref()?.conditions.iter().flatten().find(|c| c.type_.as_deref() == Some(REPLICA_FAILURE)).map(|c| {
-            DeploymentCondition {
+        rs.status
+            .as_ref()?
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_.as_deref() == Some(REPLICA_FAILURE))
+            .map(|c| DeploymentCondition {
                 type_: c.type_.clone(),
                 status: c.status.clone(),
                 reason: c.reason.clone(),
                 message: c.message.clone(),
                 last_update_time: c.last_transition_time.clone(),
                 last_transition_time: c.last_transition_time.clone(),
-            }
-        })
+            })
     };
-    new.and_then(failure).or_else(|| all.iter().find_map(|rs| failure(rs)))
+    new.and_then(failure)
+        .or_else(|| all.iter().find_map(|rs| failure(rs)))
 }
 
 /// Upstream's `requeueStuckDeployment`: when to look again so a stalled
 /// rollout is marked ProgressDeadlineExceeded on time.
 pub fn recheck_after(d: &Deployment, new: &DeploymentStatus, now: Timestamp) -> Option<Duration> {
     let current = d.status.as_ref().and_then(|s| get(s, PROGRESSING))?;
-    if !has_progress_deadline(d) || is_complete(d, new) || current.reason.as_deref() == Some(TIMED_OUT) {
+    if !has_progress_deadline(d)
+        || is_complete(d, new)
+        || current.reason.as_deref() == Some(TIMED_OUT)
+    {
         return None;
     }
     let updated = current.last_update_time.as_ref()?.0;
-    let end = updated.checked_add(jiff::SignedDuration::try_from(deadline(d)).ok()?).ok()?;
+    let end = updated
+        .checked_add(jiff::SignedDuration::try_from(deadline(d)).ok()?)
+        .ok()?;
     let after = Duration::try_from(end.duration_since(now)).unwrap_or(Duration::ZERO);
     Some(after.max(Duration::from_millis(100)))
 }
@@ -263,10 +344,28 @@ pub fn update_paused(d: &Deployment, status: &mut DeploymentStatus, now: Timesta
     let paused_shown = reason.as_deref() == Some(PAUSED);
     let paused = d.spec.paused.unwrap_or(false);
     if paused && !paused_shown {
-        set(status, new_condition(PROGRESSING, "Unknown", PAUSED, "Deployment is paused".into(), now));
+        set(
+            status,
+            new_condition(
+                PROGRESSING,
+                "Unknown",
+                PAUSED,
+                "Deployment is paused".into(),
+                now,
+            ),
+        );
         true
     } else if !paused && paused_shown {
-        set(status, new_condition(PROGRESSING, "Unknown", RESUMED, "Deployment is resumed".into(), now));
+        set(
+            status,
+            new_condition(
+                PROGRESSING,
+                "Unknown",
+                RESUMED,
+                "Deployment is resumed".into(),
+                now,
+            ),
+        );
         true
     } else {
         false

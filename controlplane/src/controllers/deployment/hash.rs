@@ -25,7 +25,9 @@ fn fnv1a32(chunks: &[&[u8]]) -> u32 {
 /// alphabet without vowels or look-alikes, so a hash never spells a word.
 fn safe_encode(s: &str) -> String {
     const ALPHANUMS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    s.bytes().map(|b| char::from(ALPHANUMS[usize::from(b) % ALPHANUMS.len()])).collect()
+    s.bytes()
+        .map(|b| char::from(ALPHANUMS[usize::from(b) % ALPHANUMS.len()]))
+        .collect()
 }
 
 /// The hash of `template` (without any `pod-template-hash` label), salted
@@ -51,12 +53,17 @@ fn normalize(value: Value) -> Option<Value> {
     match value {
         Value::Null => None,
         Value::Object(map) => {
-            let map: serde_json::Map<String, Value> =
-                map.into_iter().filter_map(|(k, v)| normalize(v).map(|v| (k, v))).collect();
+            let map: serde_json::Map<String, Value> = map
+                .into_iter()
+                .filter_map(|(k, v)| normalize(v).map(|v| (k, v)))
+                .collect();
             (!map.is_empty()).then_some(Value::Object(map))
         }
         Value::Array(items) => {
-            let items: Vec<Value> = items.into_iter().map(|v| normalize(v).unwrap_or(Value::Null)).collect();
+            let items: Vec<Value> = items
+                .into_iter()
+                .map(|v| normalize(v).unwrap_or(Value::Null))
+                .collect();
             (!items.is_empty()).then_some(Value::Array(items))
         }
         other => Some(other),
@@ -90,7 +97,11 @@ mod tests {
                 ..Default::default()
             }),
             spec: Some(PodSpec {
-                containers: vec![Container { name: "web".into(), image: Some(image.into()), ..Default::default() }],
+                containers: vec![Container {
+                    name: "web".into(),
+                    image: Some(image.into()),
+                    ..Default::default()
+                }],
                 ..Default::default()
             }),
         }
@@ -102,7 +113,10 @@ mod tests {
         assert_eq!(a, pod_template_hash(&template("nginx:1"), None));
         assert_ne!(a, pod_template_hash(&template("nginx:2"), None));
         assert_ne!(a, pod_template_hash(&template("nginx:1"), Some(1)));
-        assert!(a.len() <= 10 && a.chars().all(|c| "bcdfghjklmnpqrstvwxz2456789".contains(c)), "{a}");
+        assert!(
+            a.len() <= 10 && a.chars().all(|c| "bcdfghjklmnpqrstvwxz2456789".contains(c)),
+            "{a}"
+        );
     }
 
     #[test]
@@ -124,6 +138,9 @@ mod tests {
             m.annotations = Some(Default::default());
         }
         assert!(equal_ignore_hash(&empty_annotations, &template("nginx:1")));
-        assert!(!equal_ignore_hash(&template("nginx:2"), &template("nginx:1")));
+        assert!(!equal_ignore_hash(
+            &template("nginx:2"),
+            &template("nginx:1")
+        ));
     }
 }

@@ -14,18 +14,28 @@ use super::{hash, revision, surge};
 /// Oldest first, ties by name (upstream's `ReplicaSetsByCreationTimestamp`).
 pub fn by_age(a: &ReplicaSet, b: &ReplicaSet) -> Ordering {
     let created = |rs: &ReplicaSet| rs.metadata.creation_timestamp.as_ref().map(|t| t.0);
-    created(a).cmp(&created(b)).then_with(|| a.metadata.name.cmp(&b.metadata.name))
+    created(a)
+        .cmp(&created(b))
+        .then_with(|| a.metadata.name.cmp(&b.metadata.name))
 }
 
 /// Lowest revision first, ties by age (upstream's `ReplicaSetsByRevision`).
 pub fn by_revision(a: &ReplicaSet, b: &ReplicaSet) -> Ordering {
-    revision::revision_of(a).cmp(&revision::revision_of(b)).then_with(|| by_age(a, b))
+    revision::revision_of(a)
+        .cmp(&revision::revision_of(b))
+        .then_with(|| by_age(a, b))
 }
 
 /// Largest first; ties oldest first (`ReplicaSetsBySizeOlder`) or newest
 /// first (`ReplicaSetsBySizeNewer`).
 fn by_size(a: &ReplicaSet, b: &ReplicaSet, newer_first: bool) -> Ordering {
-    spec_replicas(b).cmp(&spec_replicas(a)).then_with(|| if newer_first { by_age(b, a) } else { by_age(a, b) })
+    spec_replicas(b).cmp(&spec_replicas(a)).then_with(|| {
+        if newer_first {
+            by_age(b, a)
+        } else {
+            by_age(a, b)
+        }
+    })
 }
 
 /// Upstream's `FindNewReplicaSet`: the oldest ReplicaSet whose template
@@ -33,7 +43,13 @@ fn by_size(a: &ReplicaSet, b: &ReplicaSet, newer_first: bool) -> Ordering {
 pub fn find_new(d: &Deployment, sets: &[ReplicaSet]) -> Option<usize> {
     let mut order: Vec<usize> = (0..sets.len()).collect();
     order.sort_by(|&a, &b| by_age(&sets[a], &sets[b]));
-    order.into_iter().find(|&i| sets[i].spec.template.as_ref().is_some_and(|t| hash::equal_ignore_hash(t, &d.spec.template)))
+    order.into_iter().find(|&i| {
+        sets[i]
+            .spec
+            .template
+            .as_ref()
+            .is_some_and(|t| hash::equal_ignore_hash(t, &d.spec.template))
+    })
 }
 
 /// `spec.replicas > 0`.
@@ -43,10 +59,18 @@ pub fn is_active(rs: &ReplicaSet) -> bool {
 
 /// Upstream's `FindActiveOrLatest`: the only active ReplicaSet, or the
 /// newest one when none is active; `None` when several are active.
-pub fn find_active_or_latest<'a>(new: Option<&'a ReplicaSet>, old: &'a [ReplicaSet]) -> Option<&'a ReplicaSet> {
+pub fn find_active_or_latest<'a>(
+    new: Option<&'a ReplicaSet>,
+    old: &'a [ReplicaSet],
+) -> Option<&'a ReplicaSet> {
     let mut olds: Vec<&ReplicaSet> = old.iter().collect();
     olds.sort_by(|a, b| by_age(b, a));
-    let active: Vec<&ReplicaSet> = olds.iter().copied().chain(new).filter(|rs| is_active(rs)).collect();
+    let active: Vec<&ReplicaSet> = olds
+        .iter()
+        .copied()
+        .chain(new)
+        .filter(|rs| is_active(rs))
+        .collect();
     match active.len() {
         0 => new.or_else(|| olds.first().copied()),
         1 => Some(active[0]),
@@ -57,7 +81,9 @@ pub fn find_active_or_latest<'a>(new: Option<&'a ReplicaSet>, old: &'a [ReplicaS
 /// Upstream's `IsSaturated`: the new ReplicaSet has all desired pods available.
 pub fn is_saturated(d: &Deployment, rs: &ReplicaSet) -> bool {
     let want = surge::desired(d);
-    spec_replicas(rs) == want && revision::desired_replicas(rs) == Some(want) && available_replicas(rs) == want
+    spec_replicas(rs) == want
+        && revision::desired_replicas(rs) == Some(want)
+        && available_replicas(rs) == want
 }
 
 /// The proportional-scaling plan of upstream's `scale` for a RollingUpdate
@@ -66,7 +92,11 @@ pub fn is_saturated(d: &Deployment, rs: &ReplicaSet) -> bool {
 /// growing, oldest when shrinking) first.
 pub fn proportional_plan(d: &Deployment, active: &[&ReplicaSet]) -> Vec<(usize, i32)> {
     let current: i32 = active.iter().map(|rs| spec_replicas(rs)).sum();
-    let allowed = if surge::desired(d) > 0 { surge::desired(d) + surge::max_surge(d) } else { 0 };
+    let allowed = if surge::desired(d) > 0 {
+        surge::desired(d) + surge::max_surge(d)
+    } else {
+        0
+    };
     let to_add = allowed - current;
     let mut order: Vec<usize> = (0..active.len()).collect();
     order.sort_by(|&a, &b| by_size(active[a], active[b], to_add > 0));
@@ -78,7 +108,13 @@ pub fn proportional_plan(d: &Deployment, active: &[&ReplicaSet]) -> Vec<(usize, 
             if to_add == 0 {
                 return (i, spec_replicas(rs));
             }
-            let share = surge::proportion(spec_replicas(rs), revision::max_replicas(rs), d, to_add, added);
+            let share = surge::proportion(
+                spec_replicas(rs),
+                revision::max_replicas(rs),
+                d,
+                to_add,
+                added,
+            );
             added += share;
             (i, spec_replicas(rs) + share)
         })
@@ -95,7 +131,9 @@ pub fn proportional_plan(d: &Deployment, active: &[&ReplicaSet]) -> Vec<(usize, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::apps::v1::{DeploymentSpec, DeploymentStrategy, ReplicaSetSpec, RollingUpdateDeployment};
+    use k8s_openapi::api::apps::v1::{
+        DeploymentSpec, DeploymentStrategy, ReplicaSetSpec, RollingUpdateDeployment,
+    };
     use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -104,7 +142,11 @@ mod tests {
         PodTemplateSpec {
             metadata: None,
             spec: Some(PodSpec {
-                containers: vec![Container { name: "c".into(), image: Some(image.into()), ..Default::default() }],
+                containers: vec![Container {
+                    name: "c".into(),
+                    image: Some(image.into()),
+                    ..Default::default()
+                }],
                 ..Default::default()
             }),
         }
@@ -114,11 +156,17 @@ mod tests {
         ReplicaSet {
             metadata: ObjectMeta {
                 name: Some(name.into()),
-                creation_timestamp: Some(Time(jiff::Timestamp::from_second(1_700_000_000 + age).expect("time"))),
+                creation_timestamp: Some(Time(
+                    jiff::Timestamp::from_second(1_700_000_000 + age).expect("time"),
+                )),
                 annotations: Some([(revision::MAX_REPLICAS.to_string(), max.to_string())].into()),
                 ..Default::default()
             },
-            spec: ReplicaSetSpec { replicas: Some(replicas), template: Some(template(image)), ..Default::default() },
+            spec: ReplicaSetSpec {
+                replicas: Some(replicas),
+                template: Some(template(image)),
+                ..Default::default()
+            },
             status: None,
         }
     }
@@ -143,13 +191,27 @@ mod tests {
 
     #[test]
     fn new_and_latest() {
-        let sets = vec![rs("b", 2, 0, 0, "v2"), rs("a", 1, 3, 3, "v1"), rs("c", 3, 0, 0, "v2")];
-        assert_eq!(find_new(&deployment(3, "v2"), &sets), Some(0), "oldest of the matching ones");
+        let sets = vec![
+            rs("b", 2, 0, 0, "v2"),
+            rs("a", 1, 3, 3, "v1"),
+            rs("c", 3, 0, 0, "v2"),
+        ];
+        assert_eq!(
+            find_new(&deployment(3, "v2"), &sets),
+            Some(0),
+            "oldest of the matching ones"
+        );
         assert_eq!(find_new(&deployment(3, "v3"), &sets), None);
         let (new, old) = (&sets[0], &sets[1..]);
-        assert_eq!(find_active_or_latest(Some(new), old).and_then(|r| r.metadata.name.as_deref()), Some("a"));
+        assert_eq!(
+            find_active_or_latest(Some(new), old).and_then(|r| r.metadata.name.as_deref()),
+            Some("a")
+        );
         let idle = [rs("x", 1, 0, 0, "v1"), rs("y", 2, 0, 0, "v1")];
-        assert_eq!(find_active_or_latest(None, &idle).and_then(|r| r.metadata.name.as_deref()), Some("y"));
+        assert_eq!(
+            find_active_or_latest(None, &idle).and_then(|r| r.metadata.name.as_deref()),
+            Some("y")
+        );
         let busy = [rs("x", 1, 1, 1, "v1"), rs("y", 2, 1, 1, "v1")];
         assert!(find_active_or_latest(None, &busy).is_none());
     }
@@ -180,6 +242,10 @@ mod tests {
         let b = rs("b", 1, 1, 1, "v1");
         assert_eq!(by_age(&a, &b), Ordering::Greater);
         a.metadata.annotations = Some([(revision::REVISION.to_string(), "1".to_string())].into());
-        assert_eq!(by_revision(&b, &a), Ordering::Less, "no revision sorts as 0");
+        assert_eq!(
+            by_revision(&b, &a),
+            Ordering::Less,
+            "no revision sorts as 0"
+        );
     }
 }

@@ -36,7 +36,12 @@ type Annotations = BTreeMap<String, String>;
 
 /// The revision number of a ReplicaSet (0 when missing or unparsable).
 pub fn revision_of(rs: &ReplicaSet) -> i64 {
-    rs.metadata.annotations.as_ref().and_then(|a| a.get(REVISION)).and_then(|v| v.parse().ok()).unwrap_or(0)
+    rs.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(REVISION))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The highest revision among `sets`.
@@ -119,7 +124,13 @@ pub fn set_new_replica_set_annotations(
             let history = rs.get(REVISION_HISTORY).cloned().unwrap_or_default();
             let mut entries: Vec<&str> = history.split(',').filter(|e| !e.is_empty()).collect();
             entries.push(&old);
-            while entries.iter().map(|e| e.len() + 1).sum::<usize>().saturating_sub(1) > MAX_HISTORY_CHARS {
+            while entries
+                .iter()
+                .map(|e| e.len() + 1)
+                .sum::<usize>()
+                .saturating_sub(1)
+                > MAX_HISTORY_CHARS
+            {
                 entries.remove(0);
             }
             let joined = entries.join(",");
@@ -137,32 +148,74 @@ mod tests {
     use super::*;
 
     fn map(pairs: &[(&str, &str)]) -> Annotations {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn new_replica_set_gets_revision_and_change_cause() {
-        let d = map(&[("kubernetes.io/change-cause", "set image"), (REVISION, "7"), ("kubectl.kubernetes.io/last-applied-configuration", "{}")]);
+        let d = map(&[
+            ("kubernetes.io/change-cause", "set image"),
+            (REVISION, "7"),
+            ("kubectl.kubernetes.io/last-applied-configuration", "{}"),
+        ]);
         let mut rs = Annotations::new();
-        assert!(set_new_replica_set_annotations(&d, &mut rs, 2, false, (3, 4)));
+        assert!(set_new_replica_set_annotations(
+            &d,
+            &mut rs,
+            2,
+            false,
+            (3, 4)
+        ));
         assert_eq!(
             rs,
-            map(&[("kubernetes.io/change-cause", "set image"), (REVISION, "2"), (DESIRED_REPLICAS, "3"), (MAX_REPLICAS, "4")])
+            map(&[
+                ("kubernetes.io/change-cause", "set image"),
+                (REVISION, "2"),
+                (DESIRED_REPLICAS, "3"),
+                (MAX_REPLICAS, "4")
+            ])
         );
-        assert!(!set_new_replica_set_annotations(&d, &mut rs, 2, true, (3, 4)), "idempotent");
+        assert!(
+            !set_new_replica_set_annotations(&d, &mut rs, 2, true, (3, 4)),
+            "idempotent"
+        );
     }
 
     #[test]
     fn reused_replica_set_keeps_its_history() {
         let mut rs = map(&[(REVISION, "1")]);
-        assert!(set_new_replica_set_annotations(&Annotations::new(), &mut rs, 3, true, (1, 1)));
+        assert!(set_new_replica_set_annotations(
+            &Annotations::new(),
+            &mut rs,
+            3,
+            true,
+            (1, 1)
+        ));
         assert_eq!(rs.get(REVISION).map(String::as_str), Some("3"));
         assert_eq!(rs.get(REVISION_HISTORY).map(String::as_str), Some("1"));
-        assert!(set_new_replica_set_annotations(&Annotations::new(), &mut rs, 5, true, (1, 1)));
+        assert!(set_new_replica_set_annotations(
+            &Annotations::new(),
+            &mut rs,
+            5,
+            true,
+            (1, 1)
+        ));
         assert_eq!(rs.get(REVISION_HISTORY).map(String::as_str), Some("1,3"));
-        assert!(!set_new_replica_set_annotations(&Annotations::new(), &mut rs, 4, true, (1, 1)), "never lowered");
+        assert!(
+            !set_new_replica_set_annotations(&Annotations::new(), &mut rs, 4, true, (1, 1)),
+            "never lowered"
+        );
         let mut garbage = map(&[(REVISION, "x")]);
-        assert!(!set_new_replica_set_annotations(&Annotations::new(), &mut garbage, 4, true, (1, 1)));
+        assert!(!set_new_replica_set_annotations(
+            &Annotations::new(),
+            &mut garbage,
+            4,
+            true,
+            (1, 1)
+        ));
     }
 
     #[test]

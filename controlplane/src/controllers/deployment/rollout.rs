@@ -50,7 +50,11 @@ impl Sync {
             return Ok(());
         }
         if surge::is_rolling_update(&self.d) {
-            let active: Vec<&ReplicaSet> = old.iter().chain(new).filter(|rs| replica_sets::is_active(rs)).collect();
+            let active: Vec<&ReplicaSet> = old
+                .iter()
+                .chain(new)
+                .filter(|rs| replica_sets::is_active(rs))
+                .collect();
             for (i, size) in replica_sets::proportional_plan(&self.d, &active) {
                 self.scale_set(active[i], size).await?;
             }
@@ -68,7 +72,11 @@ impl Sync {
         if self.reconcile_new(&all, &new).await? {
             return self.sync_rollout_status(&old, Some(&new)).await;
         }
-        let active_old: Vec<ReplicaSet> = old.iter().filter(|rs| replica_sets::is_active(rs)).cloned().collect();
+        let active_old: Vec<ReplicaSet> = old
+            .iter()
+            .filter(|rs| replica_sets::is_active(rs))
+            .cloned()
+            .collect();
         if self.reconcile_old(&all, active_old, &new).await? {
             return self.sync_rollout_status(&old, Some(&new)).await;
         }
@@ -80,7 +88,11 @@ impl Sync {
 
     /// Upstream's `reconcileNewReplicaSet`: grows the new ReplicaSet as far
     /// as maxSurge allows (or shrinks it to `spec.replicas`).
-    async fn reconcile_new(&mut self, all: &[&ReplicaSet], new: &ReplicaSet) -> Result<bool, Error> {
+    async fn reconcile_new(
+        &mut self,
+        all: &[&ReplicaSet],
+        new: &ReplicaSet,
+    ) -> Result<bool, Error> {
         let desired = surge::desired(&self.d);
         let current = spec_replicas(new);
         if current == desired {
@@ -97,7 +109,12 @@ impl Sync {
     /// Upstream's `reconcileOldReplicaSets`: shrinks old ReplicaSets as far
     /// as maxUnavailable allows, counting the new ReplicaSet's unavailable
     /// pods against the budget.
-    async fn reconcile_old(&mut self, all: &[&ReplicaSet], old: Vec<ReplicaSet>, new: &ReplicaSet) -> Result<bool, Error> {
+    async fn reconcile_old(
+        &mut self,
+        all: &[&ReplicaSet],
+        old: Vec<ReplicaSet>,
+        new: &ReplicaSet,
+    ) -> Result<bool, Error> {
         let old_pods: i32 = old.iter().map(spec_replicas).sum();
         if old_pods == 0 {
             return Ok(false);
@@ -117,7 +134,11 @@ impl Sync {
 
     /// Upstream's `cleanupUnhealthyReplicas`: first removes old pods that
     /// are not available, which costs no availability.
-    async fn cleanup_unhealthy(&mut self, mut old: Vec<ReplicaSet>, max: i32) -> Result<(Vec<ReplicaSet>, i32), Error> {
+    async fn cleanup_unhealthy(
+        &mut self,
+        mut old: Vec<ReplicaSet>,
+        max: i32,
+    ) -> Result<(Vec<ReplicaSet>, i32), Error> {
         old.sort_by(replica_sets::by_age);
         let mut total = 0;
         for rs in &mut old {
@@ -146,7 +167,11 @@ impl Sync {
 
     /// Upstream's `scaleDownOldReplicaSetsForRollingUpdate`: removes
     /// available old pods down to `spec.replicas - maxUnavailable` available.
-    async fn scale_down_old(&mut self, all: &[&ReplicaSet], old: &[ReplicaSet]) -> Result<i32, Error> {
+    async fn scale_down_old(
+        &mut self,
+        all: &[&ReplicaSet],
+        old: &[ReplicaSet],
+    ) -> Result<i32, Error> {
         let min_available = surge::desired(&self.d) - surge::max_unavailable(&self.d);
         let available: i32 = all.iter().map(|rs| available_replicas(rs)).sum();
         if available <= min_available {
@@ -172,7 +197,10 @@ impl Sync {
     }
 
     /// Upstream's `rolloutRecreate`.
-    pub(super) async fn rollout_recreate(&mut self, mut sets: Vec<ReplicaSet>) -> Result<(), Error> {
+    pub(super) async fn rollout_recreate(
+        &mut self,
+        mut sets: Vec<ReplicaSet>,
+    ) -> Result<(), Error> {
         // The new ReplicaSet is not created before the old pods are gone.
         let (new, old) = self.new_and_old(&mut sets, false).await?;
         let mut scaled = false;
@@ -193,7 +221,9 @@ impl Sync {
                 (None, _) => return Ok(()),
             },
         };
-        let (_, new) = self.scale_set_if_needed(&new, surge::desired(&self.d)).await?;
+        let (_, new) = self
+            .scale_set_if_needed(&new, surge::desired(&self.d))
+            .await?;
         if conditions::is_complete(&self.d, &self.d.status.clone().unwrap_or_default()) {
             self.cleanup(&old).await?;
         }
@@ -203,14 +233,21 @@ impl Sync {
     /// Upstream's `oldPodsRunning`: an old ReplicaSet still reports pods, or
     /// a pod of an old ReplicaSet is not yet gone (terminating pods count).
     /// Pods are listed from the server: only Recreate rollouts need them.
-    async fn old_pods_running(&self, new: Option<&ReplicaSet>, old: &[ReplicaSet]) -> Result<bool, Error> {
+    async fn old_pods_running(
+        &self,
+        new: Option<&ReplicaSet>,
+        old: &[ReplicaSet],
+    ) -> Result<bool, Error> {
         if old.iter().map(status_replicas).sum::<i32>() > 0 {
             return Ok(true);
         }
         if old.is_empty() {
             return Ok(false);
         }
-        let selector = selector_of(&self.d).map_err(|source| Error::Selector { key: self.key.clone(), source })?;
+        let selector = selector_of(&self.d).map_err(|source| Error::Selector {
+            key: self.key.clone(),
+            source,
+        })?;
         let ns = self.d.metadata.namespace.clone().unwrap_or_default();
         let pods: Api<Pod> = Api::namespaced(self.st.client.clone(), &ns);
         let list = pods
@@ -218,11 +255,14 @@ impl Sync {
             .await
             .map_err(self.api_err("list pods of old replica sets"))?;
         let new_uid = new.and_then(|rs| rs.metadata.uid.as_deref());
-        let old_uids: Vec<&str> = old.iter().filter_map(|rs| rs.metadata.uid.as_deref()).collect();
+        let old_uids: Vec<&str> = old
+            .iter()
+            .filter_map(|rs| rs.metadata.uid.as_deref())
+            .collect();
         Ok(list.items.iter().any(|pod| {
-            ownership::controller_of(&pod.metadata)
-                .is_some_and(|r| Some(r.uid.as_str()) != new_uid && old_uids.contains(&r.uid.as_str()))
-                && !ranking::is_terminal(pod)
+            ownership::controller_of(&pod.metadata).is_some_and(|r| {
+                Some(r.uid.as_str()) != new_uid && old_uids.contains(&r.uid.as_str())
+            }) && !ranking::is_terminal(pod)
         }))
     }
 }

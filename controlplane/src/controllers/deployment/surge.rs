@@ -26,7 +26,11 @@ pub fn scaled_value(value: &IntOrString, total: i32, round_up: bool) -> Result<i
                 .and_then(|p| p.parse().ok())
                 .ok_or_else(|| Error::NotAPercentage(s.clone()))?;
             let scaled = percent * i64::from(total);
-            let value = if round_up { (scaled + 99).div_euclid(100) } else { scaled.div_euclid(100) };
+            let value = if round_up {
+                (scaled + 99).div_euclid(100)
+            } else {
+                scaled.div_euclid(100)
+            };
             Ok(i32::try_from(value).unwrap_or(if value < 0 { i32::MIN } else { i32::MAX }))
         }
     }
@@ -43,7 +47,11 @@ pub fn resolve_fenceposts(
     let unavailable = scaled_value(max_unavailable.unwrap_or(&zero), desired, false)?;
     // Both zero can only come from rounding down a percentage; a surge of 0
     // needs an unavailable pod to make progress.
-    Ok(if surge == 0 && unavailable == 0 { (0, 1) } else { (surge, unavailable) })
+    Ok(if surge == 0 && unavailable == 0 {
+        (0, 1)
+    } else {
+        (surge, unavailable)
+    })
 }
 
 /// `spec.replicas` of a Deployment (defaulted to 1).
@@ -53,11 +61,19 @@ pub fn desired(d: &Deployment) -> i32 {
 
 /// The strategy is RollingUpdate (also when unset, the API default).
 pub fn is_rolling_update(d: &Deployment) -> bool {
-    d.spec.strategy.as_ref().and_then(|s| s.type_.as_deref()).is_none_or(|t| t == "RollingUpdate")
+    d.spec
+        .strategy
+        .as_ref()
+        .and_then(|s| s.type_.as_deref())
+        .is_none_or(|t| t == "RollingUpdate")
 }
 
 fn fenceposts(d: &Deployment) -> (i32, i32) {
-    let ru = d.spec.strategy.as_ref().and_then(|s| s.rolling_update.as_ref());
+    let ru = d
+        .spec
+        .strategy
+        .as_ref()
+        .and_then(|s| s.rolling_update.as_ref());
     let surge = ru.and_then(|r| r.max_surge.as_ref());
     let unavailable = ru.and_then(|r| r.max_unavailable.as_ref());
     // Validation rejects bad values; a stored bad value acts like zero, as upstream.
@@ -116,7 +132,13 @@ fn fraction(rs_replicas: i32, annotated_max: Option<i32>, fallback: i32, d: &Dep
 
 /// Upstream's `GetProportion`: how many replicas a ReplicaSet gains (or
 /// loses) of `to_add`, given `added` already handed out.
-pub fn proportion(rs_replicas: i32, annotated_max: Option<i32>, d: &Deployment, to_add: i32, added: i32) -> i32 {
+pub fn proportion(
+    rs_replicas: i32,
+    annotated_max: Option<i32>,
+    d: &Deployment,
+    to_add: i32,
+    added: i32,
+) -> i32 {
     if rs_replicas == 0 || to_add == 0 || to_add == added {
         return 0;
     }
@@ -164,17 +186,29 @@ mod tests {
         assert!(scaled_value(&s("5"), 10, true).is_err());
         assert!(scaled_value(&s("x%"), 10, true).is_err());
         // The API defaults (25%/25%) for 3 replicas: surge 1, unavailable 0.
-        assert_eq!(resolve_fenceposts(Some(&s("25%")), Some(&s("25%")), 3), Ok((1, 0)));
+        assert_eq!(
+            resolve_fenceposts(Some(&s("25%")), Some(&s("25%")), 3),
+            Ok((1, 0))
+        );
         // Both round to zero: unavailable becomes 1.
-        assert_eq!(resolve_fenceposts(Some(&s("0%")), Some(&s("25%")), 3), Ok((0, 1)));
+        assert_eq!(
+            resolve_fenceposts(Some(&s("0%")), Some(&s("25%")), 3),
+            Ok((0, 1))
+        );
         assert_eq!(resolve_fenceposts(None, None, 3), Ok((0, 1)));
     }
 
     #[test]
     fn max_unavailable_is_capped_and_strategy_aware() {
-        assert_eq!(max_unavailable(&deployment(2, IntOrString::Int(1), IntOrString::Int(5))), 2);
+        assert_eq!(
+            max_unavailable(&deployment(2, IntOrString::Int(1), IntOrString::Int(5))),
+            2
+        );
         let mut recreate = deployment(3, IntOrString::Int(1), IntOrString::Int(1));
-        recreate.spec.strategy = Some(DeploymentStrategy { type_: Some("Recreate".into()), rolling_update: None });
+        recreate.spec.strategy = Some(DeploymentStrategy {
+            type_: Some("Recreate".into()),
+            rolling_update: None,
+        });
         assert_eq!((max_surge(&recreate), max_unavailable(&recreate)), (0, 0));
         assert_eq!(new_rs_new_replicas(&recreate, 3, 0), 3);
     }
@@ -185,7 +219,11 @@ mod tests {
         assert_eq!(new_rs_new_replicas(&d, 3, 0), 1, "3 old + 1 surge");
         assert_eq!(new_rs_new_replicas(&d, 4, 1), 1, "at the surge limit");
         assert_eq!(new_rs_new_replicas(&d, 2, 1), 3, "room for 2 more");
-        assert_eq!(new_rs_new_replicas(&d, 0, 0), 3, "never above spec.replicas");
+        assert_eq!(
+            new_rs_new_replicas(&d, 0, 0),
+            3,
+            "never above spec.replicas"
+        );
     }
 
     #[test]

@@ -39,7 +39,13 @@ impl Sync {
         // Until the ReplicaSet cache is filled every Deployment would look new.
         let _ = st.sets.wait_until_ready().await;
         let key = key_of(d.as_ref());
-        let mut sync = Sync { st: st.clone(), d: (*d).clone(), key: key.clone(), now: Timestamp::now(), recheck: None };
+        let mut sync = Sync {
+            st: st.clone(),
+            d: (*d).clone(),
+            key: key.clone(),
+            now: Timestamp::now(),
+            recheck: None,
+        };
         sync.sync().await?;
         st.backoff.reset(&key);
         Ok(Action::requeue(sync.recheck.unwrap_or(RESYNC)))
@@ -52,7 +58,11 @@ impl Sync {
 
     pub(super) fn api_err(&self, action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
         let (action, key) = (action.into(), self.key.clone());
-        move |source| Error::Api { action, key, source }
+        move |source| Error::Api {
+            action,
+            key,
+            source: Box::new(source),
+        }
     }
 
     fn namespace(&self) -> String {
@@ -76,9 +86,24 @@ impl Sync {
     }
 
     async fn sync(&mut self) -> Result<(), Error> {
-        let selector = selector_of(&self.d).map_err(|source| Error::Selector { key: self.key.clone(), source })?;
-        if self.d.spec.selector.match_labels.as_ref().is_none_or(|m| m.is_empty())
-            && self.d.spec.selector.match_expressions.as_ref().is_none_or(|m| m.is_empty())
+        let selector = selector_of(&self.d).map_err(|source| Error::Selector {
+            key: self.key.clone(),
+            source,
+        })?;
+        if self
+            .d
+            .spec
+            .selector
+            .match_labels
+            .as_ref()
+            .is_none_or(|m| m.is_empty())
+            && self
+                .d
+                .spec
+                .selector
+                .match_expressions
+                .as_ref()
+                .is_none_or(|m| m.is_empty())
         {
             return self.selecting_all().await;
         }
@@ -104,7 +129,15 @@ impl Sync {
     /// An empty selector would select every pod in the namespace; upstream refuses.
     async fn selecting_all(&mut self) -> Result<(), Error> {
         let message = "This deployment is selecting all pods. A non-empty selector is required.";
-        self.st.recorder.record(&reference(&self.d), EventType::Warning, "SelectingAll", message).await;
+        self.st
+            .recorder
+            .record(
+                &reference(&self.d),
+                EventType::Warning,
+                "SelectingAll",
+                message,
+            )
+            .await;
         let mut status = self.status();
         if status.observed_generation < self.d.metadata.generation {
             status.observed_generation = self.d.metadata.generation;
@@ -122,7 +155,9 @@ impl Sync {
             .into_iter()
             .filter(|rs| rs.metadata.namespace == self.d.metadata.namespace)
             .collect();
-        let claimed = ownership::Claimer::new(self.st.client.clone(), &self.d, selector).claim(in_namespace).await?;
+        let claimed = ownership::Claimer::new(self.st.client.clone(), &self.d, selector)
+            .claim(in_namespace)
+            .await?;
         Ok(claimed.into_iter().map(|rs| (*rs).clone()).collect())
     }
 
@@ -161,8 +196,12 @@ impl Sync {
         create: bool,
     ) -> Result<(Option<ReplicaSet>, Vec<ReplicaSet>), Error> {
         let new_index = replica_sets::find_new(&self.d, sets);
-        let old: Vec<ReplicaSet> =
-            sets.iter().enumerate().filter(|(i, _)| Some(*i) != new_index).map(|(_, rs)| rs.clone()).collect();
+        let old: Vec<ReplicaSet> = sets
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != new_index)
+            .map(|(_, rs)| rs.clone())
+            .collect();
         let new_revision = revision::max_revision(&old) + 1;
         let desired = surge::desired(&self.d);
         let sizes = (desired, desired + surge::max_surge(&self.d));
@@ -170,21 +209,43 @@ impl Sync {
         if let Some(i) = new_index {
             let mut rs = sets[i].clone();
             let rs_annotations = rs.metadata.annotations.get_or_insert_with(Default::default);
-            let changed = revision::set_new_replica_set_annotations(&annotations, rs_annotations, new_revision, true, sizes);
+            let changed = revision::set_new_replica_set_annotations(
+                &annotations,
+                rs_annotations,
+                new_revision,
+                true,
+                sizes,
+            );
             if changed || rs.spec.min_ready_seconds != self.d.spec.min_ready_seconds {
                 rs.spec.min_ready_seconds = self.d.spec.min_ready_seconds;
                 let updated = self.replace_set(&rs).await?;
                 sets[i] = updated.clone();
                 return Ok((Some(updated), old));
             }
-            let rs_revision = rs.metadata.annotations.as_ref().and_then(|a| a.get(revision::REVISION)).cloned();
+            let rs_revision = rs
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(revision::REVISION))
+                .cloned();
             if let Some(r) = rs_revision {
                 self.set_revision(&r).await?;
             }
             let mut status = self.status();
-            if conditions::has_progress_deadline(&self.d) && conditions::get(&status, conditions::PROGRESSING).is_none() {
-                let message = format!("Found new replica set \"{}\"", rs.metadata.name.as_deref().unwrap_or_default());
-                let c = conditions::new_condition(conditions::PROGRESSING, "True", conditions::FOUND_NEW_RS, message, self.now);
+            if conditions::has_progress_deadline(&self.d)
+                && conditions::get(&status, conditions::PROGRESSING).is_none()
+            {
+                let message = format!(
+                    "Found new replica set \"{}\"",
+                    rs.metadata.name.as_deref().unwrap_or_default()
+                );
+                let c = conditions::new_condition(
+                    conditions::PROGRESSING,
+                    "True",
+                    conditions::FOUND_NEW_RS,
+                    message,
+                    self.now,
+                );
                 conditions::set(&mut status, c);
                 self.write_status(status).await?;
             }
@@ -193,7 +254,9 @@ impl Sync {
         if !create {
             return Ok((None, old));
         }
-        let created = self.create_new(&old, new_revision, sizes, &annotations).await?;
+        let created = self
+            .create_new(&old, new_revision, sizes, &annotations)
+            .await?;
         sets.push(created.clone());
         Ok((Some(created), old))
     }
@@ -208,16 +271,29 @@ impl Sync {
         let collision_count = self.d.status.as_ref().and_then(|s| s.collision_count);
         let hash = hash::pod_template_hash(&self.d.spec.template, collision_count);
         let mut template = self.d.spec.template.clone();
-        let labels = template.metadata.get_or_insert_with(Default::default).labels.get_or_insert_with(Default::default);
+        let labels = template
+            .metadata
+            .get_or_insert_with(Default::default)
+            .labels
+            .get_or_insert_with(Default::default);
         labels.insert(hash::HASH_LABEL.into(), hash.clone());
         let labels = labels.clone();
         let mut selector: LabelSelector = self.d.spec.selector.clone();
-        selector.match_labels.get_or_insert_with(Default::default).insert(hash::HASH_LABEL.into(), hash.clone());
+        selector
+            .match_labels
+            .get_or_insert_with(Default::default)
+            .insert(hash::HASH_LABEL.into(), hash.clone());
         let name = format!("{}-{hash}", self.name());
         let total: i32 = old.iter().map(spec_replicas).sum();
         let replicas = surge::new_rs_new_replicas(&self.d, total, 0);
         let mut rs_annotations = Default::default();
-        revision::set_new_replica_set_annotations(annotations, &mut rs_annotations, new_revision, false, sizes);
+        revision::set_new_replica_set_annotations(
+            annotations,
+            &mut rs_annotations,
+            new_revision,
+            false,
+            sizes,
+        );
         let rs = ReplicaSet {
             metadata: ObjectMeta {
                 name: Some(name.clone()),
@@ -254,19 +330,40 @@ impl Sync {
                     let _ = self.write_status(status).await;
                 }
                 let why = conditions::FAILED_RS_CREATE;
-                self.st.recorder.record(&reference(&self.d), EventType::Warning, why, &message).await;
-                return Err(Error::Api { action: format!("create replica set {name}"), key: self.key.clone(), source });
+                self.st
+                    .recorder
+                    .record(&reference(&self.d), EventType::Warning, why, &message)
+                    .await;
+                return Err(Error::Api {
+                    action: format!("create replica set {name}"),
+                    key: self.key.clone(),
+                    source: Box::new(source),
+                });
             }
         };
         if !existed && replicas > 0 {
             let message = format!("Scaled up replica set {name} from 0 to {replicas}");
-            self.st.recorder.record(&reference(&self.d), EventType::Normal, "ScalingReplicaSet", &message).await;
+            self.st
+                .recorder
+                .record(
+                    &reference(&self.d),
+                    EventType::Normal,
+                    "ScalingReplicaSet",
+                    &message,
+                )
+                .await;
         }
         self.set_revision(&new_revision.to_string()).await?;
         if !existed && conditions::has_progress_deadline(&self.d) {
             let mut status = self.status();
             let message = format!("Created new replica set \"{name}\"");
-            let c = conditions::new_condition(conditions::PROGRESSING, "True", conditions::NEW_RS_CREATED, message, self.now);
+            let c = conditions::new_condition(
+                conditions::PROGRESSING,
+                "True",
+                conditions::NEW_RS_CREATED,
+                message,
+                self.now,
+            );
             conditions::set(&mut status, c);
             self.write_status(status).await?;
         }
@@ -276,22 +373,42 @@ impl Sync {
     /// The ReplicaSet that already has the new ReplicaSet's name: ours (the
     /// cache was behind) or a hash collision, which bumps `collisionCount`.
     async fn existing_new(&mut self, name: &str) -> Result<ReplicaSet, Error> {
-        let existing = self.sets_api().get(name).await.map_err(self.api_err(format!("read replica set {name}")))?;
-        let ours = ownership::controller_of(&existing.metadata).is_some_and(|r| Some(&r.uid) == self.d.metadata.uid.as_ref());
-        let same = existing.spec.template.as_ref().is_some_and(|t| hash::equal_ignore_hash(t, &self.d.spec.template));
+        let existing = self
+            .sets_api()
+            .get(name)
+            .await
+            .map_err(self.api_err(format!("read replica set {name}")))?;
+        let ours = ownership::controller_of(&existing.metadata)
+            .is_some_and(|r| Some(&r.uid) == self.d.metadata.uid.as_ref());
+        let same = existing
+            .spec
+            .template
+            .as_ref()
+            .is_some_and(|t| hash::equal_ignore_hash(t, &self.d.spec.template));
         if ours && same {
             return Ok(existing);
         }
         let mut status = self.status();
         status.collision_count = Some(status.collision_count.unwrap_or(0).saturating_add(1));
         self.write_status(status).await?;
-        Err(Error::Collision { key: self.key.clone(), name: name.to_string() })
+        Err(Error::Collision {
+            key: self.key.clone(),
+            name: name.to_string(),
+        })
     }
 
     /// Sets the Deployment's revision annotation (a metadata write pinned to
     /// the version this sync read, so it never overwrites a newer spec).
     async fn set_revision(&mut self, value: &str) -> Result<(), Error> {
-        if self.d.metadata.annotations.as_ref().and_then(|a| a.get(revision::REVISION)).map(String::as_str) == Some(value) {
+        if self
+            .d
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(revision::REVISION))
+            .map(String::as_str)
+            == Some(value)
+        {
             return Ok(());
         }
         let patch = json!({"metadata": {
@@ -324,7 +441,11 @@ impl Sync {
     }
 
     /// Upstream's `syncDeploymentStatus`: counts and Available, if changed.
-    pub(super) async fn sync_status(&mut self, old: &[ReplicaSet], new: Option<&ReplicaSet>) -> Result<(), Error> {
+    pub(super) async fn sync_status(
+        &mut self,
+        old: &[ReplicaSet],
+        new: Option<&ReplicaSet>,
+    ) -> Result<(), Error> {
         let all: Vec<&ReplicaSet> = old.iter().chain(new).collect();
         let status = conditions::calculate(&self.d, &all, new, self.now);
         if self.d.status.as_ref() != Some(&status) {
@@ -335,7 +456,11 @@ impl Sync {
 
     /// Upstream's `syncRolloutStatus`: counts and every condition, if
     /// changed; otherwise schedules the progress-deadline check.
-    pub(super) async fn sync_rollout_status(&mut self, old: &[ReplicaSet], new: Option<&ReplicaSet>) -> Result<(), Error> {
+    pub(super) async fn sync_rollout_status(
+        &mut self,
+        old: &[ReplicaSet],
+        new: Option<&ReplicaSet>,
+    ) -> Result<(), Error> {
         let all: Vec<&ReplicaSet> = old.iter().chain(new).collect();
         let status = conditions::rollout_status(&self.d, &all, new, self.now);
         if self.d.status.as_ref() == Some(&status) {
@@ -357,7 +482,11 @@ impl Sync {
 
     /// Upstream's `scaleReplicaSet`: sets the size and the replicas
     /// annotations; returns whether the size changed and the stored object.
-    pub(super) async fn scale_set(&self, rs: &ReplicaSet, size: i32) -> Result<(bool, ReplicaSet), Error> {
+    pub(super) async fn scale_set(
+        &self,
+        rs: &ReplicaSet,
+        size: i32,
+    ) -> Result<(bool, ReplicaSet), Error> {
         let desired = surge::desired(&self.d);
         let max = desired + surge::max_surge(&self.d);
         let old_size = spec_replicas(rs);
@@ -367,19 +496,38 @@ impl Sync {
         }
         let mut copy = rs.clone();
         copy.spec.replicas = Some(size);
-        revision::set_replicas_annotations(copy.metadata.annotations.get_or_insert_with(Default::default), desired, max);
+        revision::set_replicas_annotations(
+            copy.metadata
+                .annotations
+                .get_or_insert_with(Default::default),
+            desired,
+            max,
+        );
         let updated = self.replace_set(&copy).await?;
         if resize {
             let direction = if size > old_size { "up" } else { "down" };
             let name = rs.metadata.name.as_deref().unwrap_or_default();
-            let message = format!("Scaled {direction} replica set {name} from {old_size} to {size}");
-            self.st.recorder.record(&reference(&self.d), EventType::Normal, "ScalingReplicaSet", &message).await;
+            let message =
+                format!("Scaled {direction} replica set {name} from {old_size} to {size}");
+            self.st
+                .recorder
+                .record(
+                    &reference(&self.d),
+                    EventType::Normal,
+                    "ScalingReplicaSet",
+                    &message,
+                )
+                .await;
         }
         Ok((resize, updated))
     }
 
     /// Upstream's `scaleReplicaSetAndRecordEvent`: [`Self::scale_set`] unless the size is already right.
-    pub(super) async fn scale_set_if_needed(&self, rs: &ReplicaSet, size: i32) -> Result<(bool, ReplicaSet), Error> {
+    pub(super) async fn scale_set_if_needed(
+        &self,
+        rs: &ReplicaSet,
+        size: i32,
+    ) -> Result<(bool, ReplicaSet), Error> {
         if spec_replicas(rs) == size {
             return Ok((false, rs.clone()));
         }
@@ -392,12 +540,20 @@ impl Sync {
         let Some(limit) = self.d.spec.revision_history_limit else {
             return Ok(());
         };
-        let mut cleanable: Vec<&ReplicaSet> = old.iter().filter(|rs| rs.metadata.deletion_timestamp.is_none()).collect();
-        let excess = cleanable.len().saturating_sub(usize::try_from(limit).unwrap_or(0));
+        let mut cleanable: Vec<&ReplicaSet> = old
+            .iter()
+            .filter(|rs| rs.metadata.deletion_timestamp.is_none())
+            .collect();
+        let excess = cleanable
+            .len()
+            .saturating_sub(usize::try_from(limit).unwrap_or(0));
         cleanable.sort_by(|a, b| replica_sets::by_revision(a, b));
         for rs in cleanable.into_iter().take(excess) {
             let observed = rs.status.as_ref().and_then(|s| s.observed_generation);
-            if status_replicas(rs) != 0 || spec_replicas(rs) != 0 || rs.metadata.generation > observed {
+            if status_replicas(rs) != 0
+                || spec_replicas(rs) != 0
+                || rs.metadata.generation > observed
+            {
                 continue;
             }
             let name = rs.metadata.name.as_deref().unwrap_or_default();
@@ -405,7 +561,11 @@ impl Sync {
                 Ok(_) => tracing::debug!("deployment {}: deleted old replica set {name}", self.key),
                 Err(e) if ownership::is_not_found(&e) => {}
                 Err(source) => {
-                    return Err(Error::Api { action: format!("delete old replica set {name}"), key: self.key.clone(), source })
+                    return Err(Error::Api {
+                        action: format!("delete old replica set {name}"),
+                        key: self.key.clone(),
+                        source: Box::new(source),
+                    })
                 }
             }
         }

@@ -45,13 +45,31 @@ impl Expectations {
     /// Expects `count` pod creations (replacing earlier expectations).
     pub(crate) fn expect_creations(&self, key: &str, count: usize) {
         let adds = i64::try_from(count).unwrap_or(i64::MAX);
-        self.with(|m| m.insert(key.to_string(), Expectation { adds, deletes: HashSet::new(), set_at: Instant::now() }));
+        self.with(|m| {
+            m.insert(
+                key.to_string(),
+                Expectation {
+                    adds,
+                    deletes: HashSet::new(),
+                    set_at: Instant::now(),
+                },
+            )
+        });
     }
 
     /// Expects the deletion of these pods (replacing earlier expectations).
     pub(crate) fn expect_deletions(&self, key: &str, pods: impl IntoIterator<Item = String>) {
         let deletes = pods.into_iter().collect();
-        self.with(|m| m.insert(key.to_string(), Expectation { adds: 0, deletes, set_at: Instant::now() }));
+        self.with(|m| {
+            m.insert(
+                key.to_string(),
+                Expectation {
+                    adds: 0,
+                    deletes,
+                    set_at: Instant::now(),
+                },
+            )
+        });
     }
 
     /// One expected creation was observed (or will never happen).
@@ -100,7 +118,10 @@ mod tests {
         e.expect_deletions("ns/rs", ["ns/a".to_string(), "ns/b".to_string()]);
         e.deletion_observed("ns/rs", "ns/a");
         e.deletion_observed("ns/rs", "ns/a");
-        assert!(!e.satisfied("ns/rs"), "observing the same pod twice counts once");
+        assert!(
+            !e.satisfied("ns/rs"),
+            "observing the same pod twice counts once"
+        );
         e.deletion_observed("ns/rs", "ns/b");
         assert!(e.satisfied("ns/rs"));
         e.expect_creations("ns/rs", 1);

@@ -63,11 +63,17 @@ where
                     if let Some(seen) = relisted.as_mut() {
                         seen.insert(key);
                     }
-                    out.push(Change::Applied { old, new: Arc::new(obj.clone()) });
+                    out.push(Change::Applied {
+                        old,
+                        new: Arc::new(obj.clone()),
+                    });
                 }
                 Event::Apply(obj) => {
                     let old = reader.get(&ObjectRef::from_obj(obj));
-                    out.push(Change::Applied { old, new: Arc::new(obj.clone()) });
+                    out.push(Change::Applied {
+                        old,
+                        new: Arc::new(obj.clone()),
+                    });
                 }
                 Event::Delete(obj) => {
                     out.push(Change::Deleted(Arc::new(obj.clone())));
@@ -93,5 +99,9 @@ where
 /// `namespace/name` of an object, the key of queues and expectations.
 pub(crate) fn key_of<K: Resource>(obj: &K) -> String {
     let meta = obj.meta();
-    format!("{}/{}", meta.namespace.as_deref().unwrap_or_default(), meta.name.as_deref().unwrap_or_default())
+    format!(
+        "{}/{}",
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default()
+    )
 }

@@ -50,13 +50,16 @@ pub enum Error {
         owner: String,
         /// The API error.
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
 }
 
 /// The controller ownerReference of an object, if any.
 pub(crate) fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
-    meta.owner_references.as_ref()?.iter().find(|r| r.controller == Some(true))
+    meta.owner_references
+        .as_ref()?
+        .iter()
+        .find(|r| r.controller == Some(true))
 }
 
 /// A controller ownerReference to `owner` (controller and blockOwnerDeletion set).
@@ -73,8 +76,13 @@ pub(crate) fn controller_ref<K: Resource<DynamicType = ()>>(owner: &K) -> OwnerR
 }
 
 /// True when `reference` points at an object of kind `K` with this UID.
-pub(crate) fn refers_to<K: Resource<DynamicType = ()>>(reference: &OwnerReference, uid: Option<&str>) -> bool {
-    reference.kind == K::kind(&()) && reference.api_version == K::api_version(&()) && Some(reference.uid.as_str()) == uid
+pub(crate) fn refers_to<K: Resource<DynamicType = ()>>(
+    reference: &OwnerReference,
+    uid: Option<&str>,
+) -> bool {
+    reference.kind == K::kind(&())
+        && reference.api_version == K::api_version(&())
+        && Some(reference.uid.as_str()) == uid
 }
 
 /// What a controller does with one object it looks at.
@@ -91,7 +99,12 @@ pub(crate) enum Claim {
 }
 
 /// Decides a claim, as upstream's `ClaimObject`.
-pub(crate) fn decide(owner_uid: Option<&str>, owner_deleting: bool, child: &ObjectMeta, matches: bool) -> Claim {
+pub(crate) fn decide(
+    owner_uid: Option<&str>,
+    owner_deleting: bool,
+    child: &ObjectMeta,
+    matches: bool,
+) -> Claim {
     match controller_of(child) {
         Some(r) if Some(r.uid.as_str()) != owner_uid => Claim::Ignore,
         Some(_) if matches => Claim::Owned,
@@ -121,11 +134,19 @@ pub(crate) struct Claimer<'a, O> {
 
 impl<'a, O> Claimer<'a, O>
 where
-    O: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
+    O: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug,
 {
     /// A claimer for `owner` selecting with `selector`.
     pub(crate) fn new(client: kube::Client, owner: &'a O, selector: &'a Selector) -> Self {
-        Claimer { client, owner, selector, checked: false }
+        Claimer {
+            client,
+            owner,
+            selector,
+            checked: false,
+        }
     }
 
     fn owner_key(&self) -> String {
@@ -137,21 +158,32 @@ where
             return Ok(());
         }
         let meta = self.owner.meta();
-        let api: Api<O> = Api::namespaced(self.client.clone(), meta.namespace.as_deref().unwrap_or_default());
+        let api: Api<O> = Api::namespaced(
+            self.client.clone(),
+            meta.namespace.as_deref().unwrap_or_default(),
+        );
         let name = meta.name.as_deref().unwrap_or_default();
         let fresh = api.get_opt(name).await.map_err(|source| Error::Api {
             action: "re-read",
             child: name.to_string(),
             owner: self.owner_key(),
-            source,
+            source: Box::new(source),
         })?;
         let kind = O::kind(&()).into_owned();
         let found = fresh.as_ref().and_then(|f| f.meta().uid.clone());
         if found != meta.uid {
-            return Err(Error::OwnerGone { kind, key: self.owner_key(), found, wanted: meta.uid.clone() });
+            return Err(Error::OwnerGone {
+                kind,
+                key: self.owner_key(),
+                found,
+                wanted: meta.uid.clone(),
+            });
         }
         if fresh.is_some_and(|f| f.meta().deletion_timestamp.is_some()) {
-            return Err(Error::OwnerDeleting { kind, key: self.owner_key() });
+            return Err(Error::OwnerDeleting {
+                kind,
+                key: self.owner_key(),
+            });
         }
         self.checked = true;
         Ok(())
@@ -161,7 +193,10 @@ where
     /// the owner owns after adopting and releasing as needed.
     pub(crate) async fn claim<C>(&mut self, children: Vec<Arc<C>>) -> Result<Vec<Arc<C>>, Error>
     where
-        C: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
+        C: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + Debug,
     {
         let owner_meta = self.owner.meta();
         let deleting = owner_meta.deletion_timestamp.is_some();
@@ -181,11 +216,19 @@ where
                         "ownerReferences": [controller_ref(self.owner)],
                         "uid": meta.uid,
                     }});
-                    match api.patch(&name, &PatchParams::default(), &Patch::Strategic(&patch)).await {
+                    match api
+                        .patch(&name, &PatchParams::default(), &Patch::Strategic(&patch))
+                        .await
+                    {
                         Ok(adopted) => owned.push(Arc::new(adopted)),
                         Err(e) if is_not_found(&e) => {}
                         Err(source) => {
-                            return Err(Error::Api { action: "adopt", child: name, owner: self.owner_key(), source })
+                            return Err(Error::Api {
+                                action: "adopt",
+                                child: name,
+                                owner: self.owner_key(),
+                                source: Box::new(source),
+                            })
                         }
                     }
                 }
@@ -194,11 +237,19 @@ where
                         "ownerReferences": [{"$patch": "delete", "uid": owner_meta.uid}],
                         "uid": meta.uid,
                     }});
-                    match api.patch(&name, &PatchParams::default(), &Patch::Strategic(&patch)).await {
+                    match api
+                        .patch(&name, &PatchParams::default(), &Patch::Strategic(&patch))
+                        .await
+                    {
                         Ok(_) => {}
                         Err(e) if is_not_found(&e) => {}
                         Err(source) => {
-                            return Err(Error::Api { action: "release", child: name, owner: self.owner_key(), source })
+                            return Err(Error::Api {
+                                action: "release",
+                                child: name,
+                                owner: self.owner_key(),
+                                source: Box::new(source),
+                            })
                         }
                     }
                 }
@@ -240,15 +291,29 @@ mod tests {
     #[test]
     fn claim_decisions() {
         let orphan = ObjectMeta::default();
-        assert_eq!(decide(Some("me"), false, &owned_by("me"), true), Claim::Owned);
-        assert_eq!(decide(Some("me"), false, &owned_by("me"), false), Claim::Release);
-        assert_eq!(decide(Some("me"), true, &owned_by("me"), false), Claim::Ignore);
-        assert_eq!(decide(Some("me"), false, &owned_by("other"), true), Claim::Ignore);
+        assert_eq!(
+            decide(Some("me"), false, &owned_by("me"), true),
+            Claim::Owned
+        );
+        assert_eq!(
+            decide(Some("me"), false, &owned_by("me"), false),
+            Claim::Release
+        );
+        assert_eq!(
+            decide(Some("me"), true, &owned_by("me"), false),
+            Claim::Ignore
+        );
+        assert_eq!(
+            decide(Some("me"), false, &owned_by("other"), true),
+            Claim::Ignore
+        );
         assert_eq!(decide(Some("me"), false, &orphan, true), Claim::Adopt);
         assert_eq!(decide(Some("me"), false, &orphan, false), Claim::Ignore);
         assert_eq!(decide(Some("me"), true, &orphan, true), Claim::Ignore);
         let dying = ObjectMeta {
-            deletion_timestamp: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::UNIX_EPOCH)),
+            deletion_timestamp: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                jiff::Timestamp::UNIX_EPOCH,
+            )),
             ..Default::default()
         };
         assert_eq!(decide(Some("me"), false, &dying, true), Claim::Ignore);
@@ -260,16 +325,25 @@ mod tests {
         rs.metadata.name = Some("web".into());
         rs.metadata.uid = Some("u1".into());
         let r = controller_ref(&rs);
-        assert_eq!((r.kind.as_str(), r.api_version.as_str(), r.controller), ("ReplicaSet", "apps/v1", Some(true)));
+        assert_eq!(
+            (r.kind.as_str(), r.api_version.as_str(), r.controller),
+            ("ReplicaSet", "apps/v1", Some(true))
+        );
         assert!(refers_to::<ReplicaSet>(&r, Some("u1")));
         assert!(!refers_to::<ReplicaSet>(&r, Some("u2")));
-        let meta = ObjectMeta { owner_references: Some(vec![r]), ..Default::default() };
+        let meta = ObjectMeta {
+            owner_references: Some(vec![r]),
+            ..Default::default()
+        };
         assert!(controller_of(&meta).is_some());
     }
 
     #[test]
     fn empty_selector_selects_nothing() {
-        let meta = ObjectMeta { labels: Some([("a".to_string(), "b".to_string())].into()), ..Default::default() };
+        let meta = ObjectMeta {
+            labels: Some([("a".to_string(), "b".to_string())].into()),
+            ..Default::default()
+        };
         assert!(!selects(&Selector::default(), &meta));
         let sel: Selector = [("a", "b")].into_iter().collect();
         assert!(selects(&sel, &meta));

@@ -27,11 +27,19 @@ pub(crate) fn is_terminal(pod: &Pod) -> bool {
 }
 
 fn phase(pod: &Pod) -> &str {
-    pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or_default()
+    pod.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or_default()
 }
 
 fn ready_condition(pod: &Pod) -> Option<&PodCondition> {
-    pod.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready")
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready")
 }
 
 /// The pod's Ready condition is True.
@@ -41,7 +49,11 @@ pub(crate) fn is_ready(pod: &Pod) -> bool {
 
 /// When a ready pod became ready (the Ready condition's last transition).
 fn ready_since(pod: &Pod) -> Option<Timestamp> {
-    ready_condition(pod).filter(|c| c.status == "True")?.last_transition_time.as_ref().map(|t| t.0)
+    ready_condition(pod)
+        .filter(|c| c.status == "True")?
+        .last_transition_time
+        .as_ref()
+        .map(|t| t.0)
 }
 
 /// Ready for at least `min_ready_seconds` at `now`.
@@ -52,7 +64,9 @@ pub(crate) fn is_available(pod: &Pod, min_ready_seconds: i32, now: Timestamp) ->
     if min_ready_seconds <= 0 {
         return true;
     }
-    ready_since(pod).is_some_and(|since| since + jiff::SignedDuration::from_secs(min_ready_seconds.into()) < now)
+    ready_since(pod).is_some_and(|since| {
+        since + jiff::SignedDuration::from_secs(min_ready_seconds.into()) < now
+    })
 }
 
 /// When a ready pod that is not yet available becomes available.
@@ -64,7 +78,10 @@ pub(crate) fn available_at(pod: &Pod, min_ready_seconds: i32) -> Option<Timestam
 }
 
 fn node_name(pod: &Pod) -> &str {
-    pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).unwrap_or_default()
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .unwrap_or_default()
 }
 
 fn phase_ordinal(pod: &Pod) -> u8 {
@@ -89,7 +106,13 @@ fn max_restarts(pod: &Pod) -> (i32, i32) {
     let Some(status) = pod.status.as_ref() else {
         return (0, 0);
     };
-    let regular = status.container_statuses.iter().flatten().map(|c| c.restart_count).max().unwrap_or(0);
+    let regular = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .map(|c| c.restart_count)
+        .max()
+        .unwrap_or(0);
     let sidecars: Vec<&str> = pod
         .spec
         .iter()
@@ -124,7 +147,13 @@ fn log_rank(t: Timestamp, now: Timestamp) -> i64 {
 /// Upstream's LogarithmicScaleDown comparison of two times, more recent
 /// first: by `floor(log2(age))` bucket, equal buckets by pod UID; a missing
 /// time first; `None` when the times are equal.
-fn newer_first(a: Option<Timestamp>, b: Option<Timestamp>, pa: &Pod, pb: &Pod, now: Timestamp) -> Option<Ordering> {
+fn newer_first(
+    a: Option<Timestamp>,
+    b: Option<Timestamp>,
+    pa: &Pod,
+    pb: &Pod,
+    now: Timestamp,
+) -> Option<Ordering> {
     match (a, b) {
         (None, None) => None,
         (None, Some(_)) => Some(Ordering::Less),
@@ -142,14 +171,22 @@ fn newer_first(a: Option<Timestamp>, b: Option<Timestamp>, pa: &Pod, pb: &Pod, n
 fn compare(a: &Pod, rank_a: usize, b: &Pod, rank_b: usize, now: Timestamp) -> Ordering {
     let (node_a, node_b) = (node_name(a), node_name(b));
     if node_a != node_b && (node_a.is_empty() || node_b.is_empty()) {
-        return if node_a.is_empty() { Ordering::Less } else { Ordering::Greater };
+        return if node_a.is_empty() {
+            Ordering::Less
+        } else {
+            Ordering::Greater
+        };
     }
     let by_phase = phase_ordinal(a).cmp(&phase_ordinal(b));
     if by_phase != Ordering::Equal {
         return by_phase;
     }
     if is_ready(a) != is_ready(b) {
-        return if is_ready(a) { Ordering::Greater } else { Ordering::Less };
+        return if is_ready(a) {
+            Ordering::Greater
+        } else {
+            Ordering::Less
+        };
     }
     let by_cost = deletion_cost(a).cmp(&deletion_cost(b));
     if by_cost != Ordering::Equal {
@@ -174,7 +211,12 @@ fn compare(a: &Pod, rank_a: usize, b: &Pod, rank_b: usize, now: Timestamp) -> Or
 /// Picks `count` of `pods` to delete, in upstream's preference order.
 /// `related` are the active pods of this ReplicaSet and its siblings (same
 /// controller); pods sharing a node with more of them go first.
-pub(crate) fn pods_to_delete(mut pods: Vec<Arc<Pod>>, related: &[Arc<Pod>], count: usize, now: Timestamp) -> Vec<Arc<Pod>> {
+pub(crate) fn pods_to_delete(
+    mut pods: Vec<Arc<Pod>>,
+    related: &[Arc<Pod>],
+    count: usize,
+    now: Timestamp,
+) -> Vec<Arc<Pod>> {
     if count < pods.len() {
         let mut on_node: HashMap<&str, usize> = HashMap::new();
         for pod in related.iter().filter(|p| is_active(p)) {
@@ -204,7 +246,10 @@ mod tests {
         p.metadata.name = Some(name.into());
         p.metadata.uid = Some(format!("uid-{name}"));
         p.metadata.creation_timestamp = Some(Time(at(created)));
-        p.spec = Some(PodSpec { node_name: (!node.is_empty()).then(|| node.to_string()), ..Default::default() });
+        p.spec = Some(PodSpec {
+            node_name: (!node.is_empty()).then(|| node.to_string()),
+            ..Default::default()
+        });
         let conditions = ready_at.map(|t| {
             vec![PodCondition {
                 type_: "Ready".into(),
@@ -213,12 +258,18 @@ mod tests {
                 ..Default::default()
             }]
         });
-        p.status = Some(PodStatus { phase: Some(phase.into()), conditions, ..Default::default() });
+        p.status = Some(PodStatus {
+            phase: Some(phase.into()),
+            conditions,
+            ..Default::default()
+        });
         Arc::new(p)
     }
 
     fn names(pods: &[Arc<Pod>]) -> Vec<&str> {
-        pods.iter().map(|p| p.metadata.name.as_deref().unwrap_or_default()).collect()
+        pods.iter()
+            .map(|p| p.metadata.name.as_deref().unwrap_or_default())
+            .collect()
     }
 
     #[test]
@@ -239,36 +290,57 @@ mod tests {
         let now = at(100_000);
         let mut restarted = (*pod("restarted", "n1", "Running", None, 0)).clone();
         if let Some(s) = restarted.status.as_mut() {
-            s.container_statuses = Some(vec![ContainerStatus { name: "c".into(), restart_count: 3, ..Default::default() }]);
+            s.container_statuses = Some(vec![ContainerStatus {
+                name: "c".into(),
+                restart_count: 3,
+                ..Default::default()
+            }]);
         }
         let pods = vec![pod("calm", "n1", "Running", None, 0), Arc::new(restarted)];
         assert_eq!(names(&pods_to_delete(pods, &[], 1, now)), ["restarted"]);
 
         let mut cheap = (*pod("cheap", "n1", "Running", None, 0)).clone();
-        cheap.metadata.annotations = Some([(DELETION_COST_ANNOTATION.to_string(), "-5".to_string())].into());
+        cheap.metadata.annotations =
+            Some([(DELETION_COST_ANNOTATION.to_string(), "-5".to_string())].into());
         let pods = vec![pod("dear", "n1", "Running", None, 0), Arc::new(cheap)];
         assert_eq!(names(&pods_to_delete(pods, &[], 1, now)), ["cheap"]);
 
         let alone = pod("alone", "n1", "Running", None, 0);
         let crowded = pod("crowded", "n2", "Running", None, 0);
-        let related = vec![alone.clone(), crowded.clone(), pod("other", "n2", "Running", None, 0)];
-        assert_eq!(names(&pods_to_delete(vec![alone, crowded], &related, 1, now)), ["crowded"]);
+        let related = vec![
+            alone.clone(),
+            crowded.clone(),
+            pod("other", "n2", "Running", None, 0),
+        ];
+        assert_eq!(
+            names(&pods_to_delete(vec![alone, crowded], &related, 1, now)),
+            ["crowded"]
+        );
     }
 
     #[test]
     fn newer_first_in_logarithmic_buckets() {
         let now = at(100_000);
         // Created ~27 h and ~1 min ago: different buckets, the newer goes first.
-        let pods = vec![pod("old", "n1", "Running", None, 0), pod("new", "n1", "Running", None, 99_940)];
+        let pods = vec![
+            pod("old", "n1", "Running", None, 0),
+            pod("new", "n1", "Running", None, 99_940),
+        ];
         assert_eq!(names(&pods_to_delete(pods, &[], 1, now)), ["new"]);
         // Ready for ~27 h vs ~1 min: the recently ready one goes first.
-        let pods = vec![pod("long", "n1", "Running", Some(0), 0), pod("short", "n1", "Running", Some(99_940), 0)];
+        let pods = vec![
+            pod("long", "n1", "Running", Some(0), 0),
+            pod("short", "n1", "Running", Some(99_940), 0),
+        ];
         assert_eq!(names(&pods_to_delete(pods, &[], 1, now)), ["short"]);
     }
 
     #[test]
     fn all_pods_when_count_covers_them() {
-        let pods = vec![pod("a", "n1", "Running", Some(0), 0), pod("b", "", "Pending", None, 0)];
+        let pods = vec![
+            pod("a", "n1", "Running", Some(0), 0),
+            pod("b", "", "Pending", None, 0),
+        ];
         assert_eq!(pods_to_delete(pods, &[], 5, at(10)).len(), 2);
     }
 

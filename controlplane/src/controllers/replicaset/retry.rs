@@ -30,7 +30,10 @@ impl Backoff {
 
     /// Forgets the failures of `key` after a successful sync.
     pub(crate) fn reset(&self, key: &str) {
-        self.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
     }
 }
 

@@ -32,31 +32,49 @@ pub(crate) fn calculate(
     now: Timestamp,
 ) -> ReplicaSetStatus {
     let mut status = rs.status.clone().unwrap_or_default();
-    let template_labels = rs.spec.template.as_ref().and_then(|t| t.metadata.as_ref()).and_then(|m| m.labels.as_ref());
+    let template_labels = rs
+        .spec
+        .template
+        .as_ref()
+        .and_then(|t| t.metadata.as_ref())
+        .and_then(|m| m.labels.as_ref());
     let min_ready = rs.spec.min_ready_seconds.unwrap_or(0);
     let fully_labeled = pods
         .iter()
         .filter(|p| {
             let labels = p.metadata.labels.as_ref();
-            template_labels.is_none_or(|want| want.iter().all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v)))
+            template_labels.is_none_or(|want| {
+                want.iter()
+                    .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+            })
         })
         .count();
     let ready = pods.iter().filter(|p| ranking::is_ready(p)).count();
-    let available = pods.iter().filter(|p| ranking::is_available(p, min_ready, now)).count();
-    let has_failure = status.conditions.iter().flatten().any(|c| c.type_.as_deref() == Some("ReplicaFailure"));
+    let available = pods
+        .iter()
+        .filter(|p| ranking::is_available(p, min_ready, now))
+        .count();
+    let has_failure = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_.as_deref() == Some("ReplicaFailure"));
     match failure {
         Some((kind, message)) if !has_failure => {
             let reason = match kind {
                 Failure::Create => "FailedCreate",
                 Failure::Delete => "FailedDelete",
             };
-            status.conditions.get_or_insert_with(Vec::new).push(ReplicaSetCondition {
-                type_: Some("ReplicaFailure".into()),
-                status: Some("True".into()),
-                reason: Some(reason.into()),
-                message: Some(message),
-                last_transition_time: Some(Time(now)),
-            });
+            status
+                .conditions
+                .get_or_insert_with(Vec::new)
+                .push(ReplicaSetCondition {
+                    type_: Some("ReplicaFailure".into()),
+                    status: Some("True".into()),
+                    reason: Some(reason.into()),
+                    message: Some(message),
+                    last_transition_time: Some(Time(now)),
+                });
         }
         None if has_failure => {
             if let Some(conditions) = status.conditions.as_mut() {
@@ -105,7 +123,12 @@ mod tests {
 
     fn pod(labels: &[(&str, &str)], ready_at: Option<i64>) -> Arc<Pod> {
         let mut p = Pod::default();
-        p.metadata.labels = Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+        p.metadata.labels = Some(
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
         p.status = Some(PodStatus {
             conditions: ready_at.map(|t| {
                 vec![PodCondition {
@@ -122,12 +145,21 @@ mod tests {
 
     fn rs(min_ready: i32) -> ReplicaSet {
         ReplicaSet {
-            metadata: ObjectMeta { generation: Some(2), ..Default::default() },
+            metadata: ObjectMeta {
+                generation: Some(2),
+                ..Default::default()
+            },
             spec: ReplicaSetSpec {
                 min_ready_seconds: Some(min_ready),
                 template: Some(PodTemplateSpec {
                     metadata: Some(ObjectMeta {
-                        labels: Some([("app".to_string(), "web".to_string()), ("tier".to_string(), "fe".to_string())].into()),
+                        labels: Some(
+                            [
+                                ("app".to_string(), "web".to_string()),
+                                ("tier".to_string(), "fe".to_string()),
+                            ]
+                            .into(),
+                        ),
                         ..Default::default()
                     }),
                     spec: None,
@@ -149,7 +181,11 @@ mod tests {
         assert_eq!(s.replicas, 3);
         assert_eq!(s.fully_labeled_replicas, Some(2));
         assert_eq!(s.ready_replicas, Some(2));
-        assert_eq!(s.available_replicas, Some(1), "one pod has been ready for only 5 of 10 seconds");
+        assert_eq!(
+            s.available_replicas,
+            Some(1),
+            "one pod has been ready for only 5 of 10 seconds"
+        );
         assert_eq!(s.terminating_replicas, Some(1));
     }
 
@@ -158,7 +194,10 @@ mod tests {
         let mut set = rs(0);
         let s = calculate(&set, &[], 0, Some((Failure::Create, "quota".into())), at(0));
         let c = &s.conditions.as_ref().expect("condition set")[0];
-        assert_eq!((c.type_.as_deref(), c.reason.as_deref()), (Some("ReplicaFailure"), Some("FailedCreate")));
+        assert_eq!(
+            (c.type_.as_deref(), c.reason.as_deref()),
+            (Some("ReplicaFailure"), Some("FailedCreate"))
+        );
         set.status = Some(s);
         assert!(needs_update(&set, &calculate(&set, &[], 0, None, at(1))));
         assert_eq!(calculate(&set, &[], 0, None, at(1)).conditions, None);
@@ -169,7 +208,10 @@ mod tests {
         let mut set = rs(0);
         let s = calculate(&set, &[], 0, None, at(0));
         assert!(needs_update(&set, &s));
-        set.status = Some(ReplicaSetStatus { observed_generation: Some(2), ..s.clone() });
+        set.status = Some(ReplicaSetStatus {
+            observed_generation: Some(2),
+            ..s.clone()
+        });
         assert!(!needs_update(&set, &s));
     }
 }

@@ -61,7 +61,7 @@ pub fn plan(spec: &SetSpec, pods: &[Replica]) -> Vec<Step> {
         .collect();
     let in_range = |o: i32| o >= spec.start && o < spec.start + spec.replicas.max(0);
     let mut condemned: Vec<&Replica> = pods.iter().filter(|p| !in_range(p.ordinal)).collect();
-    condemned.sort_by(|a, b| b.ordinal.cmp(&a.ordinal));
+    condemned.sort_by_key(|p| std::cmp::Reverse(p.ordinal));
     let first_unhealthy = slots
         .iter()
         .flatten()

@@ -1,0 +1,1 @@
+../../tests/cni_chain.rs

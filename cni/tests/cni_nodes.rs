@@ -1,0 +1,1 @@
+../../tests/cni_nodes.rs
