@@ -1,13 +1,16 @@
-//! The built-in IPAM: one state file per network under `dataDir/<network>/`,
-//! guarded by an exclusive `flock` on `dataDir/<network>/lock` so concurrent
-//! plugin processes never hand out the same address.
+//! The built-in IPAM: a per-network store under `dataDir/<network>/`, guarded
+//! by an exclusive `flock` on `dataDir/<network>/lock` so concurrent plugin
+//! processes never hand out the same address.
 //!
-//! The state file is rewritten whole (write a temporary file, then rename)
-//! while the lock is held, so a process killed at any point leaves either the
-//! old or the new state, never a torn one. An allocation is recorded before any
-//! link exists; a crashed ADD therefore leaves a record that DEL (by container)
-//! or GC (by `cni.dev/valid-attachments`) reclaims. The file is not fsynced:
-//! after a node crash every pod is recreated anyway and GC reconciles.
+//! Each allocation is a symlink `ip-<address>` whose target is its owner
+//! `<containerID>/<ifname>`; `last-<n>` symlinks point at the address range set
+//! `n` handed out last (for round-robin). Creating, reading or removing a
+//! symlink is a single atomic system call with no file data, so a process
+//! killed at any point leaves a consistent store, and no write waits for the
+//! disk (rewriting a regular file in place or by rename makes ext4 flush it).
+//! An allocation is recorded before any link exists; a crashed ADD therefore
+//! leaves an entry that DEL (by container) or GC (by
+//! `cni.dev/valid-attachments`) reclaims.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
@@ -19,14 +22,14 @@ use std::time::Duration;
 
 use ipnetwork::IpNetwork;
 use nix::fcntl::{Flock, FlockArg};
-use serde::{Deserialize, Serialize};
 
 use crate::config::{AttachmentId, BuiltinIpam, Range, RangeSet};
 
 /// Environment variable overriding how long to wait for the store lock (ms).
 pub const LOCK_TIMEOUT_ENV: &str = "SKIFF_CNI_LOCK_TIMEOUT_MS";
 const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
-const STATE_FILE: &str = "state.json";
+const IP_PREFIX: &str = "ip-";
+const LAST_PREFIX: &str = "last-";
 const LOCK_FILE: &str = "lock";
 
 /// Errors of the built-in IPAM.
@@ -51,8 +54,8 @@ pub enum IpamError {
         /// How long this process waited.
         waited: Duration,
     },
-    /// The state file does not parse.
-    #[error("IPAM state file {path} is corrupt ({reason}); move it away and run GC to rebuild")]
+    /// A store entry does not parse.
+    #[error("IPAM store entry {path} is corrupt ({reason}); remove it and run GC")]
     Corrupt {
         /// The state file.
         path: PathBuf,
@@ -72,23 +75,20 @@ pub enum IpamError {
 }
 
 /// One allocated address.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Allocation {
     /// The address.
     pub ip: IpAddr,
     /// Owner container.
-    #[serde(rename = "containerID")]
     pub container_id: String,
     /// Owner interface.
     pub ifname: String,
 }
 
-#[derive(Default, Serialize, Deserialize)]
+#[derive(Default)]
 struct State {
     /// Last address handed out per range set (round-robin start point).
-    #[serde(default)]
     last: Vec<Option<IpAddr>>,
-    #[serde(default)]
     allocations: Vec<Allocation>,
 }
 
@@ -113,7 +113,7 @@ pub struct Store {
 struct Locked {
     _lock: Flock<File>,
     state: State,
-    path: PathBuf,
+    dir: PathBuf,
 }
 
 impl Store {
@@ -151,25 +151,11 @@ impl Store {
             Ok(l) => l,
             Err((file, _)) => wait_for_lock(file, &lock_path)?,
         };
-        let path = self.dir.join(STATE_FILE);
-        let state = match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| IpamError::Corrupt {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?,
-            Err(e) if e.kind() == ErrorKind::NotFound => State::default(),
-            Err(source) => {
-                return Err(IpamError::Io {
-                    op: "reading the state file",
-                    path,
-                    source,
-                })
-            }
-        };
+        let state = read_state(&self.dir)?;
         Ok(Locked {
             _lock: lock,
             state,
-            path,
+            dir: self.dir.clone(),
         })
     }
 
@@ -205,14 +191,11 @@ impl Store {
             locked.state.last[i] = Some(ip);
             ips.push(ip);
         }
-        for ip in &ips {
-            locked.state.allocations.push(Allocation {
-                ip: *ip,
-                container_id: id.container_id.clone(),
-                ifname: id.ifname.clone(),
-            });
+        let owner = format!("{}/{}", id.container_id, id.ifname);
+        for (i, ip) in ips.iter().enumerate() {
+            locked.link(&format!("{IP_PREFIX}{ip}"), &owner)?;
+            locked.replace(&format!("{LAST_PREFIX}{i}"), &ip.to_string())?;
         }
-        locked.save()?;
         Ok((describe(conf, &ips), false))
     }
 
@@ -280,12 +263,21 @@ impl Store {
         &self,
         mut pred: impl FnMut(&Allocation) -> bool,
     ) -> Result<Vec<Allocation>, IpamError> {
-        let mut locked = self.lock()?;
-        let (gone, kept): (Vec<_>, Vec<_>) =
-            locked.state.allocations.drain(..).partition(|a| pred(a));
-        locked.state.allocations = kept;
-        if !gone.is_empty() {
-            locked.save()?;
+        let locked = self.lock()?;
+        let gone: Vec<Allocation> = locked.state.allocations.iter().filter(|a| pred(a)).cloned().collect();
+        for a in &gone {
+            let path = locked.dir.join(format!("{IP_PREFIX}{}", a.ip));
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(IpamError::Io {
+                        op: "removing an allocation",
+                        path,
+                        source,
+                    })
+                }
+            }
         }
         Ok(gone)
     }
@@ -319,23 +311,74 @@ fn wait_for_lock(file: File, path: &Path) -> Result<Flock<File>, IpamError> {
 }
 
 impl Locked {
-    fn save(&self) -> Result<(), IpamError> {
-        let tmp = self.path.with_extension("json.tmp");
-        let bytes = serde_json::to_vec(&self.state).map_err(|e| IpamError::Corrupt {
-            path: self.path.clone(),
-            reason: e.to_string(),
-        })?;
-        fs::write(&tmp, bytes).map_err(|source| IpamError::Io {
-            op: "writing the state file",
-            path: tmp.clone(),
-            source,
-        })?;
-        fs::rename(&tmp, &self.path).map_err(|source| IpamError::Io {
-            op: "replacing the state file",
-            path: self.path.clone(),
+    /// Creates symlink `name` → `target`; the lock guarantees it is new.
+    fn link(&self, name: &str, target: &str) -> Result<(), IpamError> {
+        let path = self.dir.join(name);
+        std::os::unix::fs::symlink(target, &path).map_err(|source| IpamError::Io {
+            op: "recording an allocation",
+            path,
             source,
         })
     }
+
+    /// Points symlink `name` at `target`, replacing it atomically.
+    fn replace(&self, name: &str, target: &str) -> Result<(), IpamError> {
+        let tmp = self.dir.join(format!("{name}.tmp"));
+        let _ = fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(target, &tmp).map_err(|source| IpamError::Io {
+            op: "writing the round-robin pointer",
+            path: tmp.clone(),
+            source,
+        })?;
+        let path = self.dir.join(name);
+        fs::rename(&tmp, &path).map_err(|source| IpamError::Io {
+            op: "replacing the round-robin pointer",
+            path,
+            source,
+        })
+    }
+}
+
+/// Loads every entry of the store in `dir`.
+fn read_state(dir: &Path) -> Result<State, IpamError> {
+    let io = |op: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| IpamError::Io { op, path, source }
+    };
+    let corrupt = |path: &Path, reason: &str| IpamError::Corrupt {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    };
+    let mut state = State::default();
+    for entry in fs::read_dir(dir).map_err(io("listing the store", dir))? {
+        let entry = entry.map_err(io("listing the store", dir))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let path = entry.path();
+        if let Some(ip) = name.strip_prefix(IP_PREFIX) {
+            let ip: IpAddr = ip.parse().map_err(|_| corrupt(&path, "not an address"))?;
+            let target = fs::read_link(&path).map_err(|_| corrupt(&path, "not a symlink"))?;
+            let owner = target.to_str().unwrap_or_default();
+            let (cid, ifname) = owner
+                .split_once('/')
+                .ok_or_else(|| corrupt(&path, "owner is not <containerID>/<ifname>"))?;
+            state.allocations.push(Allocation {
+                ip,
+                container_id: cid.to_string(),
+                ifname: ifname.to_string(),
+            });
+        } else if let Some(n) = name.strip_prefix(LAST_PREFIX).and_then(|n| n.parse::<usize>().ok()) {
+            let last = fs::read_link(&path)
+                .ok()
+                .and_then(|t| t.to_str().and_then(|t| t.parse().ok()));
+            if state.last.len() <= n {
+                state.last.resize(n + 1, None);
+            }
+            state.last[n] = last;
+        }
+    }
+    state.allocations.sort_by_key(|a| a.ip);
+    Ok(state)
 }
 
 /// An allocated address with its subnet prefix and gateway.
@@ -538,7 +581,7 @@ mod tests {
         let c = conf(dir.path(), r#"[[{"subnet":"10.9.0.0/24"}]]"#);
         let s = Store::new(&c, "n");
         fs::create_dir_all(s.dir()).unwrap();
-        fs::write(s.dir().join(STATE_FILE), b"{oops").unwrap();
+        fs::write(s.dir().join("ip-10.9.0.7"), b"oops").unwrap();
         assert!(matches!(s.allocate(&c, &id("a")), Err(IpamError::Corrupt { .. })));
     }
 

@@ -310,12 +310,13 @@ pub fn result_ip(result: &Value, v4: bool) -> String {
         .to_string()
 }
 
-/// Allocations recorded in the built-in IPAM state of `network`.
+/// Allocations recorded in the built-in IPAM store of `network`.
 pub fn allocations(data_dir: &Path, network: &str) -> usize {
-    match std::fs::read(data_dir.join(network).join("state.json")) {
-        Ok(b) => serde_json::from_slice::<Value>(&b).expect("state json")["allocations"]
-            .as_array()
-            .map_or(0, Vec::len),
+    match std::fs::read_dir(data_dir.join(network)) {
+        Ok(entries) => entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("ip-"))
+            .count(),
         Err(_) => 0,
     }
 }

@@ -117,7 +117,7 @@ pub async fn run(ctx: Arc<Context>) {
         graph: Graph::default(),
         queue: VecDeque::new(),
         queued: HashSet::new(),
-        retries: Vec::new(),
+        retries: HashMap::new(),
         relisting: HashMap::new(),
     };
     collector.run(rx).await;
@@ -175,7 +175,8 @@ struct Collector {
     graph: Graph,
     queue: VecDeque<String>,
     queued: HashSet<String>,
-    retries: Vec<(Instant, String)>,
+    /// uid → when to try it again.
+    retries: HashMap<String, Instant>,
     /// Per resource: whether its first list has been seen.
     synced: Vec<bool>,
     /// Per resource being relisted: the uids seen so far.
@@ -224,9 +225,14 @@ impl Collector {
 
     fn requeue_due(&mut self) {
         let now = Instant::now();
-        let (due, later): (Vec<_>, Vec<_>) = self.retries.drain(..).partition(|(at, _)| *at <= now);
-        self.retries = later;
-        for (_, uid) in due {
+        let due: Vec<String> = self
+            .retries
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in due {
+            self.retries.remove(&uid);
             self.enqueue(uid);
         }
     }
@@ -307,7 +313,7 @@ impl Collector {
                 Ok(more) => self.enqueue_all(more),
                 Err(e) => {
                     tracing::warn!("garbage collector: {e}; retrying in {RETRY_DELAY:?}");
-                    self.retries.push((Instant::now() + RETRY_DELAY, uid));
+                    self.retries.insert(uid, Instant::now() + RETRY_DELAY);
                 }
             }
         }
