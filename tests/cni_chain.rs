@@ -31,7 +31,9 @@ impl Chain<'_> {
         if let Some(caps) = c.get("capabilities").and_then(Value::as_object) {
             let rc: Map<String, Value> = caps
                 .iter()
-                .filter(|(k, on)| on.as_bool() == Some(true) && self.runtime.get(k.as_str()).is_some())
+                .filter(|(k, on)| {
+                    on.as_bool() == Some(true) && self.runtime.get(k.as_str()).is_some()
+                })
                 .map(|(k, _)| (k.clone(), self.runtime[k.as_str()].clone()))
                 .collect();
             if !rc.is_empty() {
@@ -90,7 +92,19 @@ fn first_in_a_chain_with_portmap_bandwidth_and_tuning() {
     let node = NetnsGuard::new(&format!("{p}-node"));
     let pod = NetnsGuard::new(&format!("{p}-pod"));
     let ext = NetnsGuard::new(&format!("{p}-ext"));
-    node.exec(&["ip", "link", "add", "ext0", "type", "veth", "peer", "name", "eth0", "netns", ext.name()]);
+    node.exec(&[
+        "ip",
+        "link",
+        "add",
+        "ext0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        ext.name(),
+    ]);
     node.exec(&["ip", "addr", "add", "192.168.91.1/24", "dev", "ext0"]);
     node.exec(&["ip", "link", "set", "ext0", "up"]);
     ext.exec(&["ip", "addr", "add", "192.168.91.2/24", "dev", "eth0"]);
@@ -126,13 +140,22 @@ fn first_in_a_chain_with_portmap_bandwidth_and_tuning() {
     assert_eq!(result["cniVersion"], "1.0.0");
     let pod_ip = result_ip(&result, true);
     assert!(pod_ip.starts_with("10.87.1."), "{result}");
-    let host = result["interfaces"][1]["name"].as_str().unwrap().to_string();
+    let host = result["interfaces"][1]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(host.starts_with("sk"), "{result}");
 
     // tuning wrote the pod sysctl, bandwidth shaped the host veth, portmap forwards.
-    assert_eq!(pod.exec(&["cat", "/proc/sys/net/core/somaxconn"]).trim(), "512");
+    assert_eq!(
+        pod.exec(&["cat", "/proc/sys/net/core/somaxconn"]).trim(),
+        "512"
+    );
     let qdisc = node.exec(&["tc", "qdisc", "show", "dev", &host]);
-    assert!(qdisc.contains("tbf") || qdisc.contains("ingress"), "{qdisc}");
+    assert!(
+        qdisc.contains("tbf") || qdisc.contains("ingress"),
+        "{qdisc}"
+    );
     assert!(node.nat_rules().contains("18080"), "portmap rules missing");
     let listener = pod
         .netns()
@@ -152,7 +175,9 @@ fn first_in_a_chain_with_portmap_bandwidth_and_tuning() {
         .run(|| TcpStream::connect_timeout(&addr, Duration::from_secs(5)))
         .unwrap()
         .expect("connect through portmap");
-    client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     client.write_all(b"hello").unwrap();
     let mut echo = [0u8; 5];
     client.read_exact(&mut echo).expect("echo through portmap");
@@ -166,6 +191,9 @@ fn first_in_a_chain_with_portmap_bandwidth_and_tuning() {
     // DEL twice through the whole chain is still fine.
     chain.del(&result);
     assert_eq!(node.links(), vec!["lo", "ext0", "skc0"]);
-    assert!(!node.nat_rules().contains("18080"), "portmap rules left behind");
+    assert!(
+        !node.nat_rules().contains("18080"),
+        "portmap rules left behind"
+    );
     assert_eq!(allocations(data.path(), "chain"), 0);
 }

@@ -21,16 +21,46 @@ struct Node {
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// Joins `node` to the underlay bridge as `192.168.90.<n>` / `fd00:90::<n>`.
 fn wire(under: &NetnsGuard, node: &NetnsGuard, n: u8) {
     let port = format!("n{n}");
-    under.exec(&["ip", "link", "add", &port, "type", "veth", "peer", "name", "ul0", "netns", node.name()]);
+    under.exec(&[
+        "ip",
+        "link",
+        "add",
+        &port,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "ul0",
+        "netns",
+        node.name(),
+    ]);
     under.exec(&["ip", "link", "set", &port, "master", "ul", "up"]);
-    node.exec(&["ip", "addr", "add", &format!("192.168.90.{n}/24"), "dev", "ul0"]);
-    node.exec(&["ip", "addr", "add", &format!("fd00:90::{n}/64"), "dev", "ul0", "nodad"]);
+    node.exec(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("192.168.90.{n}/24"),
+        "dev",
+        "ul0",
+    ]);
+    node.exec(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("fd00:90::{n}/64"),
+        "dev",
+        "ul0",
+        "nodad",
+    ]);
     node.exec(&["ip", "link", "set", "ul0", "up"]);
 }
 
@@ -55,8 +85,14 @@ fn pods_on_two_nodes_talk_over_host_gw_and_vxlan() {
         let node = Node {
             ns: NetnsGuard::new(&format!("{p}-node{n}")),
             pod: NetnsGuard::new(&format!("{p}-pod{n}")),
-            ips: vec![format!("192.168.90.{n}").parse().unwrap(), format!("fd00:90::{n}").parse().unwrap()],
-            cidrs: vec![format!("10.86.{n}.0/24").parse().unwrap(), format!("fd00:86:{n}::/64").parse().unwrap()],
+            ips: vec![
+                format!("192.168.90.{n}").parse().unwrap(),
+                format!("fd00:90::{n}").parse().unwrap(),
+            ],
+            cidrs: vec![
+                format!("10.86.{n}.0/24").parse().unwrap(),
+                format!("fd00:86:{n}::/64").parse().unwrap(),
+            ],
         };
         wire(&under, &node.ns, n);
         nodes.push(node);
@@ -66,7 +102,10 @@ fn pods_on_two_nodes_talk_over_host_gw_and_vxlan() {
             "1.1.0",
             "multi",
             "skiff0",
-            &[&nodes[n].cidrs[0].to_string(), &nodes[n].cidrs[1].to_string()],
+            &[
+                &nodes[n].cidrs[0].to_string(),
+                &nodes[n].cidrs[1].to_string(),
+            ],
             &data.path().join(format!("node{n}")),
         );
         c["ipMasq"] = json!(true);
@@ -83,27 +122,50 @@ fn pods_on_two_nodes_talk_over_host_gw_and_vxlan() {
         netns: Some(nodes[0].pod.path()),
         ..Attachment::default()
     };
-    let r1 = rt.block_on(skiff_cni::add(&conf1, &att, &nodes[0].ns.netns())).unwrap();
+    let r1 = rt
+        .block_on(skiff_cni::add(&conf1, &att, &nodes[0].ns.netns()))
+        .unwrap();
     assert_eq!(r1.ips.len(), 2);
     // node2: the plugin binary inside the node namespace.
-    let r2 = Invocation::skiff("ADD", "pod2", Some(&nodes[1].pod)).run_in(&nodes[1].ns, &conf(1)).ok().json();
+    let r2 = Invocation::skiff("ADD", "pod2", Some(&nodes[1].pod))
+        .run_in(&nodes[1].ns, &conf(1))
+        .ok()
+        .json();
     let (to_v4, to_v6) = (result_ip(&r2, true), result_ip(&r2, false));
     let pod1 = &nodes[0].pod;
-    assert!(!pod1.ping(&to_v4), "pods must not reach each other before nodes are connected");
+    assert!(
+        !pod1.ping(&to_v4),
+        "pods must not reach each other before nodes are connected"
+    );
 
     // host-gw: a route per remote pod CIDR via the remote node's address.
     rt.block_on(async {
         let gw1 = HostGw::new(&nodes[0].ns.netns()).unwrap();
         let gw2 = HostGw::new(&nodes[1].ns.netns()).unwrap();
-        gw1.add_node(&remote(&nodes[1], "node2", None)).await.unwrap();
+        gw1.add_node(&remote(&nodes[1], "node2", None))
+            .await
+            .unwrap();
         gw2.sync(&[remote(&nodes[0], "node1", None)]).await.unwrap();
     });
     let routes = nodes[0].ns.exec(&["ip", "route"]);
-    assert!(routes.contains("10.86.2.0/24 via 192.168.90.2 dev ul0 proto 83"), "{routes}");
-    assert!(pod1.ping(&to_v4), "host-gw: pod1 cannot reach pod2 over IPv4");
-    assert!(pod1.ping(&to_v6), "host-gw: pod1 cannot reach pod2 over IPv6");
+    assert!(
+        routes.contains("10.86.2.0/24 via 192.168.90.2 dev ul0 proto 83"),
+        "{routes}"
+    );
+    assert!(
+        pod1.ping(&to_v4),
+        "host-gw: pod1 cannot reach pod2 over IPv4"
+    );
+    assert!(
+        pod1.ping(&to_v6),
+        "host-gw: pod1 cannot reach pod2 over IPv6"
+    );
     rt.block_on(async {
-        HostGw::new(&nodes[0].ns.netns()).unwrap().sync(&[]).await.unwrap();
+        HostGw::new(&nodes[0].ns.netns())
+            .unwrap()
+            .sync(&[])
+            .await
+            .unwrap();
         HostGw::new(&nodes[1].ns.netns())
             .unwrap()
             .remove_node(&remote(&nodes[0], "node1", None))
@@ -117,16 +179,30 @@ fn pods_on_two_nodes_talk_over_host_gw_and_vxlan() {
     rt.block_on(async {
         let mut devs = Vec::new();
         for (i, n) in nodes.iter().enumerate() {
-            let mut cfg = VxlanConfig::new(format!("192.168.90.{}", i + 1).parse().unwrap(), n.cidrs.clone());
+            let mut cfg = VxlanConfig::new(
+                format!("192.168.90.{}", i + 1).parse().unwrap(),
+                n.cidrs.clone(),
+            );
             cfg.underlay = Some("ul0".into());
             devs.push(Vxlan::ensure(&n.ns.netns(), &cfg).await.unwrap());
         }
-        devs[0].add_node(&remote(&nodes[1], "node2", Some(devs[1].mac()))).await.unwrap();
-        devs[1].add_node(&remote(&nodes[0], "node1", Some(devs[0].mac()))).await.unwrap();
+        devs[0]
+            .add_node(&remote(&nodes[1], "node2", Some(devs[1].mac())))
+            .await
+            .unwrap();
+        devs[1]
+            .add_node(&remote(&nodes[0], "node1", Some(devs[0].mac())))
+            .await
+            .unwrap();
     });
-    let fdb = nodes[0].ns.exec(&["bridge", "fdb", "show", "dev", "skiff.vxlan"]);
+    let fdb = nodes[0]
+        .ns
+        .exec(&["bridge", "fdb", "show", "dev", "skiff.vxlan"]);
     assert!(fdb.contains("dst 192.168.90.2"), "{fdb}");
-    assert!(nodes[0].ns.exec(&["ip", "neigh", "show", "dev", "skiff.vxlan"]).contains("10.86.2.0"));
+    assert!(nodes[0]
+        .ns
+        .exec(&["ip", "neigh", "show", "dev", "skiff.vxlan"])
+        .contains("10.86.2.0"));
     assert!(pod1.ping(&to_v4), "vxlan: pod1 cannot reach pod2 over IPv4");
     assert!(pod1.ping(&to_v6), "vxlan: pod1 cannot reach pod2 over IPv6");
     // The pod→pod traffic stayed inside the cluster CIDR: no masquerading.
@@ -136,15 +212,23 @@ fn pods_on_two_nodes_talk_over_host_gw_and_vxlan() {
         let mut cfg = VxlanConfig::new("192.168.90.1".parse().unwrap(), nodes[0].cidrs.clone());
         cfg.underlay = Some("ul0".into());
         let dev = Vxlan::ensure(&nodes[0].ns.netns(), &cfg).await.unwrap();
-        dev.remove_node(&remote(&nodes[1], "node2", None)).await.unwrap();
-        assert!(!pod1.ping(&to_v4), "vxlan entries removed, traffic must stop");
+        dev.remove_node(&remote(&nodes[1], "node2", None))
+            .await
+            .unwrap();
+        assert!(
+            !pod1.ping(&to_v4),
+            "vxlan entries removed, traffic must stop"
+        );
         dev.delete().await.unwrap();
     });
     assert!(!nodes[0].ns.links().contains(&"skiff.vxlan".to_string()));
 
     // Pods leave: the in-process DEL on node1, the binary on node2.
-    rt.block_on(skiff_cni::del(&conf1, &att, &nodes[0].ns.netns())).unwrap();
-    Invocation::skiff("DEL", "pod2", Some(&nodes[1].pod)).run_in(&nodes[1].ns, &conf(1)).ok();
+    rt.block_on(skiff_cni::del(&conf1, &att, &nodes[0].ns.netns()))
+        .unwrap();
+    Invocation::skiff("DEL", "pod2", Some(&nodes[1].pod))
+        .run_in(&nodes[1].ns, &conf(1))
+        .ok();
     assert_eq!(pod1.links(), vec!["lo"]);
     assert!(!nodes[0].ns.nat_rules().contains("skiff/"));
 }

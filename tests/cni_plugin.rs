@@ -23,14 +23,26 @@ fn add_check_del_dual_stack_pods_with_masquerade() {
     let pod1 = NetnsGuard::new(&format!("{p}-pod1"));
     let pod2 = NetnsGuard::new(&format!("{p}-pod2"));
     let data = tempfile::tempdir().unwrap();
-    let mut conf = skiff_conf("1.1.0", "dual", "skiff0", &["10.77.1.0/24", "fd00:77:1::/64"], data.path());
+    let mut conf = skiff_conf(
+        "1.1.0",
+        "dual",
+        "skiff0",
+        &["10.77.1.0/24", "fd00:77:1::/64"],
+        data.path(),
+    );
     conf["ipMasq"] = json!(true);
     conf["clusterCIDRs"] = json!(["10.77.0.0/16", "fd00:77::/48"]);
     conf["dns"] = json!({"nameservers": ["10.96.0.10"], "search": ["default.svc.cluster.local"]});
     let text = conf.to_string();
 
-    let r1 = Invocation::skiff("ADD", "pod1", Some(&pod1)).run_in(&node, &text).ok().json();
-    let r2 = Invocation::skiff("ADD", "pod2", Some(&pod2)).run_in(&node, &text).ok().json();
+    let r1 = Invocation::skiff("ADD", "pod1", Some(&pod1))
+        .run_in(&node, &text)
+        .ok()
+        .json();
+    let r2 = Invocation::skiff("ADD", "pod2", Some(&pod2))
+        .run_in(&node, &text)
+        .ok()
+        .json();
     assert_eq!(r1["cniVersion"], "1.1.0");
     let ifaces = r1["interfaces"].as_array().unwrap();
     assert_eq!(ifaces.len(), 3);
@@ -48,8 +60,12 @@ fn add_check_del_dual_stack_pods_with_masquerade() {
     // Pod interface as configured; traffic flows pod → pod and pod → gateway.
     let link = pod1.exec(&["ip", "-d", "link", "show", "eth0"]);
     assert!(link.contains("mtu 1400"), "{link}");
-    assert!(pod1.exec(&["ip", "-4", "route"]).contains("default via 10.77.1.1 dev eth0"));
-    assert!(pod1.exec(&["ip", "-6", "route"]).contains("default via fd00:77:1::1 dev eth0"));
+    assert!(pod1
+        .exec(&["ip", "-4", "route"])
+        .contains("default via 10.77.1.1 dev eth0"));
+    assert!(pod1
+        .exec(&["ip", "-6", "route"])
+        .contains("default via fd00:77:1::1 dev eth0"));
     assert!(pod1.ping(&ip2_v4), "pod1 cannot reach pod2 over IPv4");
     assert!(pod1.ping(&ip2_v6), "pod1 cannot reach pod2 over IPv6");
     assert!(pod1.ping("10.77.1.1"), "pod1 cannot reach its gateway");
@@ -57,31 +73,59 @@ fn add_check_del_dual_stack_pods_with_masquerade() {
     // Node side: bridge port with hairpin, forwarding on, tagged masquerade rules.
     let host = ifaces[1]["name"].as_str().unwrap();
     let port = node.exec(&["ip", "-d", "link", "show", host]);
-    assert!(port.contains("master skiff0") && port.contains("hairpin on"), "{port}");
-    assert_eq!(node.exec(&["cat", "/proc/sys/net/ipv4/ip_forward"]).trim(), "1");
+    assert!(
+        port.contains("master skiff0") && port.contains("hairpin on"),
+        "{port}"
+    );
+    assert_eq!(
+        node.exec(&["cat", "/proc/sys/net/ipv4/ip_forward"]).trim(),
+        "1"
+    );
     let nat = node.nat_rules();
-    assert!(nat.contains("skiff/dual/pod1/eth0") && nat.contains("! -d 10.77.0.0/16"), "{nat}");
+    assert!(
+        nat.contains("skiff/dual/pod1/eth0") && nat.contains("! -d 10.77.0.0/16"),
+        "{nat}"
+    );
     let nat6 = node.exec(&["ip6tables-save", "-t", "nat"]);
     assert!(nat6.contains("skiff/dual/pod1/eth0"), "{nat6}");
 
     // CHECK passes against the ADD result, and notices a removed address.
-    Invocation::skiff("CHECK", "pod1", Some(&pod1)).run_in(&node, &with_prev(&conf, &r1)).ok();
-    pod1.exec(&["ip", "addr", "del", &format!("{}/24", result_ip(&r1, true)), "dev", "eth0"]);
+    Invocation::skiff("CHECK", "pod1", Some(&pod1))
+        .run_in(&node, &with_prev(&conf, &r1))
+        .ok();
+    pod1.exec(&[
+        "ip",
+        "addr",
+        "del",
+        &format!("{}/24", result_ip(&r1, true)),
+        "dev",
+        "eth0",
+    ]);
     let bad = Invocation::skiff("CHECK", "pod1", Some(&pod1)).run_in(&node, &with_prev(&conf, &r1));
     assert_eq!(bad.code(), 105, "{bad:?}");
-    assert!(bad.json()["msg"].as_str().unwrap().contains("missing"), "{bad:?}");
+    assert!(
+        bad.json()["msg"].as_str().unwrap().contains("missing"),
+        "{bad:?}"
+    );
 
     // DEL twice (idempotent), then nothing of either pod is left.
     for _ in 0..2 {
-        Invocation::skiff("DEL", "pod1", Some(&pod1)).run_in(&node, &with_prev(&conf, &r1)).ok();
+        Invocation::skiff("DEL", "pod1", Some(&pod1))
+            .run_in(&node, &with_prev(&conf, &r1))
+            .ok();
     }
-    Invocation::skiff("DEL", "pod2", Some(&pod2)).run_in(&node, &text).ok();
-    let gone = Invocation::skiff("CHECK", "pod1", Some(&pod1)).run_in(&node, &with_prev(&conf, &r1));
+    Invocation::skiff("DEL", "pod2", Some(&pod2))
+        .run_in(&node, &text)
+        .ok();
+    let gone =
+        Invocation::skiff("CHECK", "pod1", Some(&pod1)).run_in(&node, &with_prev(&conf, &r1));
     assert_eq!(gone.code(), 3, "{gone:?}");
     assert_eq!(node.links(), vec!["lo", "skiff0"]);
     assert_eq!(pod1.links(), vec!["lo"]);
     assert!(!node.nat_rules().contains("skiff/"));
-    assert!(!node.exec(&["ip6tables-save", "-t", "nat"]).contains("skiff/"));
+    assert!(!node
+        .exec(&["ip6tables-save", "-t", "nat"])
+        .contains("skiff/"));
     assert_eq!(allocations(data.path(), "dual"), 0);
 }
 
@@ -93,15 +137,34 @@ fn results_come_in_every_requested_version() {
     let data = tempfile::tempdir().unwrap();
     for version in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
         let conf = skiff_conf(version, "ver", "skv0", &["10.78.1.0/24"], data.path()).to_string();
-        let r = Invocation::skiff("ADD", "c1", Some(&pod)).run_in(&node, &conf).ok().json();
+        let r = Invocation::skiff("ADD", "c1", Some(&pod))
+            .run_in(&node, &conf)
+            .ok()
+            .json();
         assert_eq!(r["cniVersion"], version);
-        assert_eq!(r["ips"][0].get("version").is_some(), version < "1.0.0", "{version}: {r}");
-        assert_eq!(r["interfaces"][0].get("mtu").is_some(), version == "1.1.0", "{version}: {r}");
-        Invocation::skiff("DEL", "c1", Some(&pod)).run_in(&node, &conf).ok();
+        assert_eq!(
+            r["ips"][0].get("version").is_some(),
+            version < "1.0.0",
+            "{version}: {r}"
+        );
+        assert_eq!(
+            r["interfaces"][0].get("mtu").is_some(),
+            version == "1.1.0",
+            "{version}: {r}"
+        );
+        Invocation::skiff("DEL", "c1", Some(&pod))
+            .run_in(&node, &conf)
+            .ok();
     }
-    let v = Invocation::skiff("VERSION", "", None).run_in(&node, r#"{"cniVersion":"1.0.0"}"#).ok().json();
+    let v = Invocation::skiff("VERSION", "", None)
+        .run_in(&node, r#"{"cniVersion":"1.0.0"}"#)
+        .ok()
+        .json();
     assert_eq!(v["cniVersion"], "1.0.0");
-    assert_eq!(v["supportedVersions"], json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]));
+    assert_eq!(
+        v["supportedVersions"],
+        json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+    );
 }
 
 #[test]
@@ -113,12 +176,16 @@ fn every_error_code_with_an_actionable_message() {
     // A /30 holds exactly one pod address next to its gateway.
     let conf = skiff_conf("1.1.0", "err", "ske0", &["10.79.1.0/30"], data.path());
     let text = conf.to_string();
-    let add = |cid: &str, stdin: &str| Invocation::skiff("ADD", cid, Some(&pod)).run_in(&node, stdin);
+    let add =
+        |cid: &str, stdin: &str| Invocation::skiff("ADD", cid, Some(&pod)).run_in(&node, stdin);
     let msg = |r: &Run| r.json()["msg"].as_str().unwrap().to_string();
 
     let r = add("c1", &text.replace("1.1.0", "0.2.0"));
     assert_eq!(r.code(), 1);
-    assert!(r.json()["details"].as_str().unwrap().contains("1.1.0"), "{r:?}");
+    assert!(
+        r.json()["details"].as_str().unwrap().contains("1.1.0"),
+        "{r:?}"
+    );
     let r = add("c1", &text.replace("\"hairpinMode\"", "\"hairpinMod\""));
     assert_eq!(r.code(), 2);
     assert!(msg(&r).contains("hairpinMod"), "{r:?}");
@@ -137,20 +204,28 @@ fn every_error_code_with_an_actionable_message() {
     let r = add("c1", &text.replace("10.79.1.0/30", "10.79.1.0/40"));
     assert_eq!(r.code(), 7);
     assert!(msg(&r).contains("10.79.1.0/40"), "{r:?}");
-    let r = Invocation::skiff("CHECK", "nobody", Some(&pod)).run_in(&node, &with_prev(&conf, &json!({"cniVersion":"1.1.0"})));
+    let r = Invocation::skiff("CHECK", "nobody", Some(&pod))
+        .run_in(&node, &with_prev(&conf, &json!({"cniVersion":"1.1.0"})));
     assert_eq!(r.code(), 3, "{r:?}");
 
     // 11: another process holds the store lock past our timeout.
     std::fs::create_dir_all(data.path().join("err")).unwrap();
     let lock = data.path().join("err").join("lock");
-    let mut holder = Command::new("flock").arg(&lock).args(["sleep", "20"]).spawn().expect("flock(1)");
+    let mut holder = Command::new("flock")
+        .arg(&lock)
+        .args(["sleep", "20"])
+        .spawn()
+        .expect("flock(1)");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     let mut busy = Invocation::skiff("ADD", "c1", Some(&pod));
-    busy.extra_env.push(("SKIFF_CNI_LOCK_TIMEOUT_MS".into(), "300".into()));
+    busy.extra_env
+        .push(("SKIFF_CNI_LOCK_TIMEOUT_MS".into(), "300".into()));
     let mut r = busy.run_in(&node, &text);
     while r.status == Some(0) && std::time::Instant::now() < deadline {
         // flock(1) had not taken the lock yet; undo and retry.
-        Invocation::skiff("DEL", "c1", Some(&pod)).run_in(&node, &text).ok();
+        Invocation::skiff("DEL", "c1", Some(&pod))
+            .run_in(&node, &text)
+            .ok();
         r = busy.run_in(&node, &text);
     }
     let _ = holder.kill();
@@ -175,18 +250,35 @@ fn every_error_code_with_an_actionable_message() {
     assert_eq!(allocations(data.path(), "err"), 1);
 
     // 51 when pods are attached but the bridge is gone.
-    Invocation::skiff("DEL", "c1", Some(&pod)).run_in(&node, &with_prev(&conf, &first)).ok();
-    Invocation::skiff("STATUS", "", None).run_in(&node, &bigger).ok();
+    Invocation::skiff("DEL", "c1", Some(&pod))
+        .run_in(&node, &with_prev(&conf, &first))
+        .ok();
+    Invocation::skiff("STATUS", "", None)
+        .run_in(&node, &bigger)
+        .ok();
     let pod2 = NetnsGuard::new(&format!("{p}-pod2"));
-    Invocation::skiff("ADD", "c4", Some(&pod2)).run_in(&node, &bigger).ok();
+    Invocation::skiff("ADD", "c4", Some(&pod2))
+        .run_in(&node, &bigger)
+        .ok();
     node.exec(&["ip", "link", "del", "ske0"]);
-    assert_eq!(Invocation::skiff("STATUS", "", None).run_in(&node, &bigger).code(), 51);
+    assert_eq!(
+        Invocation::skiff("STATUS", "", None)
+            .run_in(&node, &bigger)
+            .code(),
+        51
+    );
     // Unknown command and CNI_ARGS keys are environment errors too.
-    assert_eq!(Invocation::skiff("FROB", "c4", Some(&pod2)).run_in(&node, &bigger).code(), 4);
+    assert_eq!(
+        Invocation::skiff("FROB", "c4", Some(&pod2))
+            .run_in(&node, &bigger)
+            .code(),
+        4
+    );
     let mut args = Invocation::skiff("DEL", "c4", Some(&pod2));
     args.extra_env.push(("CNI_ARGS".into(), "FOO=bar".into()));
     assert_eq!(args.run_in(&node, &bigger).code(), 4);
-    args.extra_env.push(("CNI_ARGS".into(), "FOO=bar;IgnoreUnknown=1".into()));
+    args.extra_env
+        .push(("CNI_ARGS".into(), "FOO=bar;IgnoreUnknown=1".into()));
     args.run_in(&node, &bigger).ok();
     assert_eq!(allocations(data.path(), "err"), 0);
 }
@@ -199,7 +291,9 @@ fn del_works_without_netns_and_after_the_pod_is_gone() {
     let conf = skiff_conf("1.0.0", "gone", "skg0", &["10.80.1.0/24"], data.path()).to_string();
     {
         let pod = NetnsGuard::new(&format!("{p}-pod"));
-        Invocation::skiff("ADD", "c1", Some(&pod)).run_in(&node, &conf).ok();
+        Invocation::skiff("ADD", "c1", Some(&pod))
+            .run_in(&node, &conf)
+            .ok();
         assert_eq!(node.links().len(), 3);
     }
     // The pod namespace is deleted before DEL, as a crashed runtime may do.
@@ -215,22 +309,33 @@ fn del_works_without_netns_and_after_the_pod_is_gone() {
 fn gc_removes_everything_not_listed_as_valid() {
     let p = unique("gc");
     let node = NetnsGuard::new(&format!("{p}-node"));
-    let pods: Vec<NetnsGuard> = (0..3).map(|i| NetnsGuard::new(&format!("{p}-pod{i}"))).collect();
+    let pods: Vec<NetnsGuard> = (0..3)
+        .map(|i| NetnsGuard::new(&format!("{p}-pod{i}")))
+        .collect();
     let data = tempfile::tempdir().unwrap();
     let mut conf = skiff_conf("1.1.0", "gcnet", "skgc0", &["10.81.1.0/24"], data.path());
     conf["ipMasq"] = json!(true);
     for (i, pod) in pods.iter().enumerate() {
-        Invocation::skiff("ADD", &format!("c{i}"), Some(pod)).run_in(&node, &conf.to_string()).ok();
+        Invocation::skiff("ADD", &format!("c{i}"), Some(pod))
+            .run_in(&node, &conf.to_string())
+            .ok();
     }
     conf["cni.dev/valid-attachments"] = json!([{"containerID": "c1", "ifname": "eth0"}]);
-    Invocation::skiff("GC", "", None).run_in(&node, &conf.to_string()).ok();
+    Invocation::skiff("GC", "", None)
+        .run_in(&node, &conf.to_string())
+        .ok();
     assert_eq!(allocations(data.path(), "gcnet"), 1);
     assert_eq!(node.links().len(), 3, "{:?}", node.links());
     let nat = node.nat_rules();
-    assert!(nat.contains("skiff/gcnet/c1/") && !nat.contains("skiff/gcnet/c0/"), "{nat}");
+    assert!(
+        nat.contains("skiff/gcnet/c1/") && !nat.contains("skiff/gcnet/c0/"),
+        "{nat}"
+    );
     assert!(pods[0].links() == vec!["lo"] && pods[1].links().len() == 2);
     conf["cni.dev/valid-attachments"] = json!([]);
-    Invocation::skiff("GC", "", None).run_in(&node, &conf.to_string()).ok();
+    Invocation::skiff("GC", "", None)
+        .run_in(&node, &conf.to_string())
+        .ok();
     assert_eq!(allocations(data.path(), "gcnet"), 0);
     assert_eq!(node.links(), vec!["lo", "skgc0"]);
     assert!(!node.nat_rules().contains("skiff/"));
@@ -247,16 +352,28 @@ fn delegates_ipam_to_reference_host_local() {
         "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.82.1.0/24"}]],
                  "routes": [{"dst": "0.0.0.0/0"}], "dataDir": data.path()},
     });
-    let r = Invocation::skiff("ADD", "c1", Some(&pod)).run_in(&node, &conf.to_string()).ok().json();
+    let r = Invocation::skiff("ADD", "c1", Some(&pod))
+        .run_in(&node, &conf.to_string())
+        .ok()
+        .json();
     let ip = result_ip(&r, true);
     assert!(ip.starts_with("10.82.1."), "{r}");
-    assert!(data.path().join("hlnet").join(&ip).is_file(), "host-local did not record {ip}");
-    assert!(node.exec(&["ip", "addr", "show", "skh0"]).contains("10.82.1.1/24"));
-    Invocation::skiff("CHECK", "c1", Some(&pod)).run_in(&node, &with_prev(&conf, &r)).ok();
+    assert!(
+        data.path().join("hlnet").join(&ip).is_file(),
+        "host-local did not record {ip}"
+    );
+    assert!(node
+        .exec(&["ip", "addr", "show", "skh0"])
+        .contains("10.82.1.1/24"));
+    Invocation::skiff("CHECK", "c1", Some(&pod))
+        .run_in(&node, &with_prev(&conf, &r))
+        .ok();
     // A failed ADD (interface exists) hands the address back to host-local.
     let r2 = Invocation::skiff("ADD", "c2", Some(&pod)).run_in(&node, &conf.to_string());
     assert_eq!(r2.code(), 101);
-    Invocation::skiff("DEL", "c1", Some(&pod)).run_in(&node, &conf.to_string()).ok();
+    Invocation::skiff("DEL", "c1", Some(&pod))
+        .run_in(&node, &conf.to_string())
+        .ok();
     let left: Vec<_> = std::fs::read_dir(data.path().join("hlnet"))
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().into_string().ok())

@@ -326,6 +326,7 @@ async fn replicaset_adopts_and_releases() {
         "metadata": {"name": "solo"},
         "spec": {
             "replicas": 2,
+            "minReadySeconds": 3,
             "selector": {"matchLabels": {"app": "solo"}},
             "template": {
                 "metadata": {"labels": {"app": "solo"}},
@@ -380,18 +381,37 @@ async fn replicaset_adopts_and_releases() {
     })
     .await;
 
-    // Scale down to one: of a ready and an unready pod, the unready one goes.
+    // A ready pod counts as available only after minReadySeconds (3 s).
     let pods = c.active_pods("app=solo").await;
     let keep = pods[0].metadata.name.clone().unwrap_or_default();
+    let marked = std::time::Instant::now();
     c.mark_ready(&keep).await;
-    wait_for("the ready pod counted", || async {
+    let available = wait_for("the ready pod counted", || async {
         let rs = c.sets().get("solo").await.map_err(|e| e.to_string())?;
-        match rs.status.as_ref().and_then(|s| s.ready_replicas) {
-            Some(1) => Ok(()),
+        let status = rs.status.unwrap_or_default();
+        match status.ready_replicas {
+            Some(1) => Ok(status.available_replicas),
             other => Err(format!("readyReplicas {other:?}")),
         }
     })
     .await;
+    if marked.elapsed() < Duration::from_secs(2) {
+        assert_eq!(
+            available,
+            Some(0),
+            "available before minReadySeconds passed"
+        );
+    }
+    wait_for("the ready pod available after minReadySeconds", || async {
+        let rs = c.sets().get("solo").await.map_err(|e| e.to_string())?;
+        match rs.status.and_then(|s| s.available_replicas) {
+            Some(1) => Ok(()),
+            other => Err(format!("availableReplicas {other:?}")),
+        }
+    })
+    .await;
+
+    // Scale down to one: of a ready and an unready pod, the unready one goes.
     let scale = json!({"spec": {"replicas": 1}});
     c.sets()
         .patch("solo", &PatchParams::default(), &Patch::Merge(&scale))

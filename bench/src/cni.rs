@@ -46,8 +46,15 @@ struct Namespaces(Vec<String>);
 impl Namespaces {
     fn add(&mut self, name: &str) -> Result<Duration> {
         let start = Instant::now();
-        let out = Command::new("ip").args(["netns", "add", name]).output().context("running ip netns add")?;
-        ensure!(out.status.success(), "ip netns add {name}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("ip")
+            .args(["netns", "add", name])
+            .output()
+            .context("running ip netns add")?;
+        ensure!(
+            out.status.success(),
+            "ip netns add {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         self.0.push(name.to_string());
         Ok(start.elapsed())
     }
@@ -86,8 +93,15 @@ impl Plugin {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let start = Instant::now();
-        let mut child = self.node.run(|| cmd.spawn())?.with_context(|| format!("starting {}", self.bin.display()))?;
-        child.stdin.take().context("stdin")?.write_all(self.conf.as_bytes())?;
+        let mut child = self
+            .node
+            .run(|| cmd.spawn())?
+            .with_context(|| format!("starting {}", self.bin.display()))?;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(self.conf.as_bytes())?;
         let out = child.wait_with_output()?;
         let took = start.elapsed();
         if !out.status.success() {
@@ -117,7 +131,11 @@ fn plugin_binary(args: &Args) -> Result<PathBuf> {
 }
 
 fn conf(kind: &str, bridge: &str, subnet: &str, data: &Path, ip_masq: bool) -> String {
-    let ipam_type = if kind == "skiff" { "skiff" } else { "host-local" };
+    let ipam_type = if kind == "skiff" {
+        "skiff"
+    } else {
+        "host-local"
+    };
     let mut c = json!({
         "cniVersion": "1.0.0",
         "name": format!("bench-{kind}"),
@@ -146,9 +164,18 @@ fn line(name: &str, d: &[Duration]) -> String {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    ensure!(is_root(), "cni-bench creates network namespaces: run it as root");
-    ensure!(Path::new(REF_DIR).join("bridge").is_file(), "install containernetworking-plugins ({REF_DIR}/bridge missing)");
-    ensure!(args.pods <= 250, "at most 250 pods: each plugin uses one /24");
+    ensure!(
+        is_root(),
+        "cni-bench creates network namespaces: run it as root"
+    );
+    ensure!(
+        Path::new(REF_DIR).join("bridge").is_file(),
+        "install containernetworking-plugins ({REF_DIR}/bridge missing)"
+    );
+    ensure!(
+        args.pods <= 250,
+        "at most 250 pods: each plugin uses one /24"
+    );
     let bin = plugin_binary(&args)?;
     let prefix = format!("skbench{}", std::process::id());
     let data = tempfile::tempdir()?;
@@ -165,18 +192,31 @@ fn main() -> Result<()> {
             label: "skiff",
             bin,
             node: Netns::open(netns_path(&format!("{prefix}-skiff")))?,
-            conf: conf("skiff", "skb0", "10.250.0.0/24", &data.path().join("skiff"), args.ip_masq),
+            conf: conf(
+                "skiff",
+                "skb0",
+                "10.250.0.0/24",
+                &data.path().join("skiff"),
+                args.ip_masq,
+            ),
             cni_path: REF_DIR.to_string(),
         },
         Plugin {
             label: "bridge+host-local",
             bin: Path::new(REF_DIR).join("bridge"),
             node: Netns::open(netns_path(&format!("{prefix}-ref")))?,
-            conf: conf("bridge", "refbr0", "10.251.0.0/24", &data.path().join("ref"), args.ip_masq),
+            conf: conf(
+                "bridge",
+                "refbr0",
+                "10.251.0.0/24",
+                &data.path().join("ref"),
+                args.ip_masq,
+            ),
             cni_path: REF_DIR.to_string(),
         },
     ];
-    let pod = |p: usize, i: usize| netns_path(&format!("{prefix}-{}{i}", if p == 0 { "s" } else { "r" }));
+    let pod =
+        |p: usize, i: usize| netns_path(&format!("{prefix}-{}{i}", if p == 0 { "s" } else { "r" }));
 
     let mut add = [Vec::new(), Vec::new()];
     let mut del = [Vec::new(), Vec::new()];
@@ -195,14 +235,20 @@ fn main() -> Result<()> {
     }
     netns_cost.sort_unstable();
 
-    println!("cni-bench: {} pods per plugin, ipMasq {}", args.pods, args.ip_masq);
-    println!("timings exclude netns creation for both plugins (created beforehand; its cost is below)");
+    println!(
+        "cni-bench: {} pods per plugin, ipMasq {}",
+        args.pods, args.ip_masq
+    );
+    println!(
+        "timings exclude netns creation for both plugins (created beforehand; its cost is below)"
+    );
     println!("{}", line("netns creation (ip netns add)", &netns_cost));
     for (p, plugin) in plugins.iter().enumerate() {
         println!("{}", line(&format!("{} ADD", plugin.label), &add[p]));
         println!("{}", line(&format!("{} DEL", plugin.label), &del[p]));
     }
-    let ratio = |v: &[Vec<Duration>; 2], q| ms(percentile(&v[1], q)) / ms(percentile(&v[0], q)).max(1e-9);
+    let ratio =
+        |v: &[Vec<Duration>; 2], q| ms(percentile(&v[1], q)) / ms(percentile(&v[0], q)).max(1e-9);
     println!(
         "ratio reference/skiff: ADD p50 {:.1}x  p99 {:.1}x   DEL p50 {:.1}x  p99 {:.1}x",
         ratio(&add, 0.50),
@@ -216,13 +262,20 @@ fn main() -> Result<()> {
         with_netns(&add[1]) / with_netns(&add[0]).max(1e-9)
     );
     let met = ratio(&add, 0.50) >= ADD_GOAL;
-    println!("goal: skiff ADD >= {ADD_GOAL}x faster (p50): {}", if met { "met" } else { "not met" });
+    println!(
+        "goal: skiff ADD >= {ADD_GOAL}x faster (p50): {}",
+        if met { "met" } else { "not met" }
+    );
     Ok(())
 }
 
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false)
 }

@@ -28,7 +28,11 @@ fn nl(op: String, ns: &str) -> impl FnOnce(rtnetlink::Error) -> NetlinkError + '
 }
 
 /// Finds the bridge `name`, if present.
-pub async fn find(h: &rtnetlink::Handle, name: &str, ns: &str) -> Result<Option<Bridge>, NetlinkError> {
+pub async fn find(
+    h: &rtnetlink::Handle,
+    name: &str,
+    ns: &str,
+) -> Result<Option<Bridge>, NetlinkError> {
     let link = netlink::link_by_name(h, name)
         .await
         .map_err(nl(format!("looking up bridge {name}"), ns))?;
@@ -63,7 +67,8 @@ pub async fn ensure(
             l
         }
         None => {
-            let mut b = LinkBridge::new(name).address(netlink::derived_mac(&["bridge", name]).to_vec());
+            let mut b =
+                LinkBridge::new(name).address(netlink::derived_mac(&["bridge", name]).to_vec());
             if let Some(m) = mtu {
                 b = b.mtu(m);
             }

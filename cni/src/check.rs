@@ -29,12 +29,18 @@ pub async fn check(conf: &NetConf, att: &Attachment, node: &Netns) -> Result<(),
     if !conf.cni_version.has_check() {
         return Err(CniError::new(
             Code::IncompatibleVersion,
-            format!("CHECK needs cniVersion 0.4.0 or later; the config says {}", conf.cni_version),
+            format!(
+                "CHECK needs cniVersion 0.4.0 or later; the config says {}",
+                conf.cni_version
+            ),
         ));
     }
     att.validate(true)?;
     let prev = conf.prev_result.as_ref().ok_or_else(|| {
-        CniError::new(Code::InvalidConfig, "CHECK needs prevResult: pass the result of the ADD")
+        CniError::new(
+            Code::InvalidConfig,
+            "CHECK needs prevResult: pass the result of the ADD",
+        )
     })?;
     let id = att.id();
     let pod_iface = prev
@@ -53,7 +59,11 @@ pub async fn check(conf: &NetConf, att: &Attachment, node: &Netns) -> Result<(),
     let host = veth::host_name(&conf.name, &id);
     let host_link = netlink::link_by_name(&h, &host)
         .await
-        .map_err(|source| netlink::NetlinkError { op: format!("looking up {host}"), ns: ns.clone(), source })
+        .map_err(|source| netlink::NetlinkError {
+            op: format!("looking up {host}"),
+            ns: ns.clone(),
+            source,
+        })
         .map_err(|e| from_err(Code::Netlink, &e))?;
 
     match &conf.ipam {
@@ -62,7 +72,10 @@ pub async fn check(conf: &NetConf, att: &Attachment, node: &Netns) -> Result<(),
             if held.is_empty() && host_link.is_none() {
                 return Err(CniError::new(
                     Code::UnknownContainer,
-                    format!("container {} has no {} attachment in network {}", att.container_id, att.ifname, conf.name),
+                    format!(
+                        "container {} has no {} attachment in network {}",
+                        att.container_id, att.ifname, conf.name
+                    ),
                 ));
             }
             for ip in &expected {
@@ -77,17 +90,22 @@ pub async fn check(conf: &NetConf, att: &Attachment, node: &Netns) -> Result<(),
             }
         }
         Ipam::Delegate { plugin } => {
-            delegate::exec(node, plugin, "CHECK", att, &conf.raw).map_err(|e| from_err(Code::Delegate, &e))?;
+            delegate::exec(node, plugin, "CHECK", att, &conf.raw)
+                .map_err(|e| from_err(Code::Delegate, &e))?;
         }
     }
 
-    let host_link = host_link.ok_or_else(|| mismatch(format!("host interface {host} is missing from {ns}")))?;
+    let host_link =
+        host_link.ok_or_else(|| mismatch(format!("host interface {host} is missing from {ns}")))?;
     let br = bridge::find(&h, &conf.bridge, &ns)
         .await
         .map_err(|e| from_err(Code::Netlink, &e))?
         .ok_or_else(|| mismatch(format!("bridge {} is missing from {ns}", conf.bridge)))?;
     if netlink::controller(&host_link) != Some(br.index) {
-        return Err(mismatch(format!("host interface {host} is not attached to bridge {}", conf.bridge)));
+        return Err(mismatch(format!(
+            "host interface {host} is not attached to bridge {}",
+            conf.bridge
+        )));
     }
 
     let path = att.netns.clone().unwrap_or_default();
@@ -96,22 +114,35 @@ pub async fn check(conf: &NetConf, att: &Attachment, node: &Netns) -> Result<(),
     let pod_ns = pod.describe();
     let link = netlink::link_by_name(&pod_h, &att.ifname)
         .await
-        .map_err(|source| netlink::NetlinkError { op: format!("looking up {}", att.ifname), ns: pod_ns.clone(), source })
+        .map_err(|source| netlink::NetlinkError {
+            op: format!("looking up {}", att.ifname),
+            ns: pod_ns.clone(),
+            source,
+        })
         .map_err(|e| from_err(Code::Netlink, &e))?
         .ok_or_else(|| mismatch(format!("interface {} is missing from {pod_ns}", att.ifname)))?;
     if !netlink::is_up(&link) {
-        return Err(mismatch(format!("interface {} in {pod_ns} is down", att.ifname)));
+        return Err(mismatch(format!(
+            "interface {} in {pod_ns} is down",
+            att.ifname
+        )));
     }
     if let Some(i) = pod_iface {
         let want = &prev.interfaces[i].mac;
         let have = netlink::mac(&link);
         if !want.is_empty() && !want.eq_ignore_ascii_case(&have) {
-            return Err(mismatch(format!("interface {} has MAC {have}, ADD reported {want}", att.ifname)));
+            return Err(mismatch(format!(
+                "interface {} has MAC {have}, ADD reported {want}",
+                att.ifname
+            )));
         }
     }
     if let (Some(want), Some(have)) = (conf.mtu, netlink::mtu(&link)) {
         if want != have {
-            return Err(mismatch(format!("interface {} has MTU {have}, the config says {want}", att.ifname)));
+            return Err(mismatch(format!(
+                "interface {} has MTU {have}, the config says {want}",
+                att.ifname
+            )));
         }
     }
 
@@ -122,7 +153,11 @@ pub async fn check(conf: &NetConf, att: &Attachment, node: &Netns) -> Result<(),
         .execute()
         .try_collect()
         .await
-        .map_err(|source| netlink::NetlinkError { op: "listing addresses".into(), ns: pod_ns.clone(), source })
+        .map_err(|source| netlink::NetlinkError {
+            op: "listing addresses".into(),
+            ns: pod_ns.clone(),
+            source,
+        })
         .map_err(|e| from_err(Code::Netlink, &e))?;
     let have: HashSet<IpNetwork> = addrs
         .iter()
@@ -135,13 +170,20 @@ pub async fn check(conf: &NetConf, att: &Attachment, node: &Netns) -> Result<(),
         .collect();
     for ip in &expected {
         if !have.contains(ip) {
-            return Err(mismatch(format!("address {ip} is missing from {} in {pod_ns}", att.ifname)));
+            return Err(mismatch(format!(
+                "address {ip} is missing from {} in {pod_ns}",
+                att.ifname
+            )));
         }
     }
 
     let table = routes::main_table(&pod_h)
         .await
-        .map_err(|source| netlink::NetlinkError { op: "listing routes".into(), ns: pod_ns.clone(), source })
+        .map_err(|source| netlink::NetlinkError {
+            op: "listing routes".into(),
+            ns: pod_ns.clone(),
+            source,
+        })
         .map_err(|e| from_err(Code::Netlink, &e))?;
     for r in &prev.routes {
         let found = table.iter().any(|t| {
@@ -161,8 +203,14 @@ pub async fn check(conf: &NetConf, att: &Attachment, node: &Netns) -> Result<(),
         for ip in &expected {
             let host_len = if ip.is_ipv4() { 32 } else { 128 };
             let needle = format!("-s {}/{host_len} ", ip.ip());
-            if !rules.iter().any(|r| r.owner == id && r.line.contains(&needle)) {
-                return Err(mismatch(format!("the masquerade rule for {} is missing from {ns}", ip.ip())));
+            if !rules
+                .iter()
+                .any(|r| r.owner == id && r.line.contains(&needle))
+            {
+                return Err(mismatch(format!(
+                    "the masquerade rule for {} is missing from {ns}",
+                    ip.ip()
+                )));
             }
         }
     }

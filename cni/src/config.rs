@@ -196,10 +196,9 @@ impl NetConf {
             ));
         }
         let raw: RawConf = strict("", value)?;
-        let version = raw
-            .cni_version
-            .as_deref()
-            .ok_or_else(|| invalid("the network config has no cniVersion; add e.g. \"cniVersion\": \"1.1.0\""))?;
+        let version = raw.cni_version.as_deref().ok_or_else(|| {
+            invalid("the network config has no cniVersion; add e.g. \"cniVersion\": \"1.1.0\"")
+        })?;
         let cni_version = CniVersion::parse(version)?;
         let name = raw
             .name
@@ -224,7 +223,9 @@ impl NetConf {
         for c in raw.cluster_cidrs.unwrap_or_default() {
             let net = parse_subnet("clusterCIDRs", &c)?;
             if cluster_cidrs.iter().any(|o| o.is_ipv4() == net.is_ipv4()) {
-                return Err(invalid("clusterCIDRs may hold at most one IPv4 and one IPv6 CIDR"));
+                return Err(invalid(
+                    "clusterCIDRs may hold at most one IPv4 and one IPv6 CIDR",
+                ));
             }
             cluster_cidrs.push(net);
         }
@@ -269,9 +270,7 @@ impl NetConf {
             .iter()
             .find(|c| c.is_ipv4() == addr.is_ipv4())
             .copied()
-            .unwrap_or_else(|| {
-                IpNetwork::new(addr.network(), addr.prefix()).unwrap_or(*addr)
-            })
+            .unwrap_or_else(|| IpNetwork::new(addr.network(), addr.prefix()).unwrap_or(*addr))
     }
 }
 
@@ -290,7 +289,9 @@ fn strict<T: for<'de> Deserialize<'de>>(prefix: &str, value: Value) -> Result<T,
         if inner.starts_with("unknown field") {
             CniError::new(
                 Code::UnsupportedField,
-                format!("{at}: {inner}; remove it or fix its spelling (cni/README.md lists every key)"),
+                format!(
+                    "{at}: {inner}; remove it or fix its spelling (cni/README.md lists every key)"
+                ),
             )
         } else {
             invalid(format!("{at}: {inner}"))
@@ -302,7 +303,9 @@ fn parse_ipam(v: Value) -> Result<Ipam, CniError> {
     let ty = v
         .get("type")
         .and_then(Value::as_str)
-        .ok_or_else(|| invalid("ipam.type is missing: use \"skiff\" or the name of an IPAM plugin in CNI_PATH"))?
+        .ok_or_else(|| {
+            invalid("ipam.type is missing: use \"skiff\" or the name of an IPAM plugin in CNI_PATH")
+        })?
         .to_string();
     if ty != "skiff" {
         if ty.is_empty() || ty.contains('/') || ty.starts_with('.') {
@@ -322,7 +325,9 @@ fn parse_ipam(v: Value) -> Result<Ipam, CniError> {
             gateway: raw.gateway,
         }]);
     } else if raw.range_start.is_some() || raw.range_end.is_some() || raw.gateway.is_some() {
-        return Err(invalid("ipam.rangeStart/rangeEnd/gateway need ipam.subnet; or put them in ipam.ranges"));
+        return Err(invalid(
+            "ipam.rangeStart/rangeEnd/gateway need ipam.subnet; or put them in ipam.ranges",
+        ));
     }
     if raw_sets.is_empty() {
         return Err(invalid("ipam.ranges is empty: add at least one range, e.g. [[{\"subnet\": \"10.244.1.0/24\"}]]"));
@@ -361,17 +366,21 @@ fn parse_ipam(v: Value) -> Result<Ipam, CniError> {
     for (i, r) in raw.routes.unwrap_or_default().into_iter().enumerate() {
         let field = format!("ipam.routes[{i}].dst");
         let dst = parse_subnet(&field, &r.dst)?;
-        if !range_sets.iter().any(|s| s.0[0].subnet.is_ipv4() == dst.is_ipv4()) {
+        if !range_sets
+            .iter()
+            .any(|s| s.0[0].subnet.is_ipv4() == dst.is_ipv4())
+        {
             return Err(invalid(format!(
                 "{field} {dst} has no range of its family to route from; add a range or drop the route"
             )));
         }
-        let gw = r
-            .gw
-            .map(|g| parse_ip(&format!("ipam.routes[{i}].gw"), &g))
-            .transpose()?;
+        let gw =
+            r.gw.map(|g| parse_ip(&format!("ipam.routes[{i}].gw"), &g))
+                .transpose()?;
         if gw.is_some_and(|g| g.is_ipv4() != dst.is_ipv4()) {
-            return Err(invalid(format!("ipam.routes[{i}]: gw and dst are of different families")));
+            return Err(invalid(format!(
+                "ipam.routes[{i}]: gw and dst are of different families"
+            )));
         }
         routes.push(RouteConf { dst, gw });
     }
@@ -384,7 +393,11 @@ fn parse_ipam(v: Value) -> Result<Ipam, CniError> {
 
 fn parse_range(field: &str, r: RawRange) -> Result<Range, CniError> {
     let subnet = parse_subnet(&format!("{field}.subnet"), &r.subnet)?;
-    let (max_prefix, v4) = if subnet.is_ipv4() { (30, true) } else { (126, false) };
+    let (max_prefix, v4) = if subnet.is_ipv4() {
+        (30, true)
+    } else {
+        (126, false)
+    };
     if subnet.prefix() > max_prefix {
         return Err(invalid(format!(
             "{field}.subnet {subnet} is too small: use a /{max_prefix} or larger so it holds a gateway and a pod"
@@ -415,7 +428,9 @@ fn parse_range(field: &str, r: RawRange) -> Result<Range, CniError> {
     let end = get("rangeEnd", r.range_end, last)?;
     let gateway = get("gateway", r.gateway, first)?;
     if start > end {
-        return Err(invalid(format!("{field}: rangeStart {start} is after rangeEnd {end}")));
+        return Err(invalid(format!(
+            "{field}: rangeStart {start} is after rangeEnd {end}"
+        )));
     }
     Ok(Range {
         subnet,
@@ -431,8 +446,7 @@ fn parse_subnet(field: &str, s: &str) -> Result<IpNetwork, CniError> {
             "{field} {s:?} is not a valid subnet: write it in CIDR form such as 10.244.1.0/24 or fd00:10:244:1::/64"
         ))
     })?;
-    IpNetwork::new(net.network(), net.prefix())
-        .map_err(|e| invalid(format!("{field} {s:?}: {e}")))
+    IpNetwork::new(net.network(), net.prefix()).map_err(|e| invalid(format!("{field} {s:?}: {e}")))
 }
 
 fn parse_ip(field: &str, s: &str) -> Result<IpAddr, CniError> {
@@ -471,7 +485,10 @@ pub fn check_ifname(name: &str) -> Result<(), &'static str> {
     if name == "." || name == ".." {
         return Err("it cannot be . or ..");
     }
-    if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
+    if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
         return Err("it cannot contain '/', ':' or whitespace");
     }
     Ok(())
@@ -535,19 +552,27 @@ mod tests {
         let e = parse(&GOOD.replace("10.244.1.0/24", "10.244.1.0/31")).unwrap_err();
         assert!(e.msg.contains("too small"), "{}", e.msg);
         assert_eq!(
-            parse(&GOOD.replace("\"mtu\":1500", "\"mtu\":\"big\"")).unwrap_err().code,
+            parse(&GOOD.replace("\"mtu\":1500", "\"mtu\":\"big\""))
+                .unwrap_err()
+                .code,
             Code::InvalidConfig
         );
         assert_eq!(
-            parse(&GOOD.replace("\"mtu\":1500", "\"mtu\":1000")).unwrap_err().code,
+            parse(&GOOD.replace("\"mtu\":1500", "\"mtu\":1000"))
+                .unwrap_err()
+                .code,
             Code::InvalidConfig
         );
         assert_eq!(
-            parse(&GOOD.replace("skiff0", "a-very-long-bridge-name")).unwrap_err().code,
+            parse(&GOOD.replace("skiff0", "a-very-long-bridge-name"))
+                .unwrap_err()
+                .code,
             Code::InvalidConfig
         );
         assert_eq!(
-            parse(&GOOD.replace("\"name\":\"skiff\"", "\"name\":\"-x\"")).unwrap_err().code,
+            parse(&GOOD.replace("\"name\":\"skiff\"", "\"name\":\"-x\""))
+                .unwrap_err()
+                .code,
             Code::InvalidConfig
         );
     }
@@ -564,7 +589,8 @@ mod tests {
     fn delegated_ipam_accepts_its_own_keys() {
         let c = parse(r#"{"cniVersion":"1.0.0","name":"n","type":"skiff","ipam":{"type":"host-local","whatever":1}}"#).unwrap();
         assert!(matches!(c.ipam, Ipam::Delegate { ref plugin } if plugin == "host-local"));
-        let e = parse(r#"{"cniVersion":"1.0.0","name":"n","type":"skiff","ipam":{"type":"../x"}}"#).unwrap_err();
+        let e = parse(r#"{"cniVersion":"1.0.0","name":"n","type":"skiff","ipam":{"type":"../x"}}"#)
+            .unwrap_err();
         assert_eq!(e.code, Code::InvalidConfig);
     }
 
@@ -579,7 +605,11 @@ mod tests {
         let c = parse(GOOD).unwrap();
         let a: IpNetwork = "10.244.1.7/24".parse().unwrap();
         assert_eq!(c.masq_exclude(&a).to_string(), "10.244.1.0/24");
-        let c = parse(&GOOD.replace("\"ipMasq\":true", "\"ipMasq\":true,\"clusterCIDRs\":[\"10.244.0.0/16\"]")).unwrap();
+        let c = parse(&GOOD.replace(
+            "\"ipMasq\":true",
+            "\"ipMasq\":true,\"clusterCIDRs\":[\"10.244.0.0/16\"]",
+        ))
+        .unwrap();
         assert_eq!(c.masq_exclude(&a).to_string(), "10.244.0.0/16");
     }
 }

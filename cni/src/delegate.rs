@@ -89,10 +89,12 @@ pub fn exec(
     let parsed: Option<Value> = if text.trim().is_empty() {
         None
     } else {
-        Some(serde_json::from_str(&text).map_err(|_| DelegateError::BadOutput {
-            plugin: plugin.to_string(),
-            output: text.chars().take(200).collect(),
-        })?)
+        Some(
+            serde_json::from_str(&text).map_err(|_| DelegateError::BadOutput {
+                plugin: plugin.to_string(),
+                output: text.chars().take(200).collect(),
+            })?,
+        )
     };
     if !out.status.success() {
         let (code, msg) = match &parsed {
@@ -116,7 +118,12 @@ pub fn exec(
     Ok(parsed)
 }
 
-fn run(bin: &Path, command: &str, att: &Attachment, stdin: &[u8]) -> std::io::Result<std::process::Output> {
+fn run(
+    bin: &Path,
+    command: &str,
+    att: &Attachment,
+    stdin: &[u8],
+) -> std::io::Result<std::process::Output> {
     let path = std::env::join_paths(&att.cni_path).unwrap_or_default();
     let mut child = Command::new(bin)
         .env("CNI_COMMAND", command)

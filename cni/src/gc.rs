@@ -36,7 +36,10 @@ fn needs_1_1(conf: &NetConf, what: &str) -> Result<(), CniError> {
     } else {
         Err(CniError::new(
             Code::IncompatibleVersion,
-            format!("{what} needs cniVersion 1.1.0; the config says {}", conf.cni_version),
+            format!(
+                "{what} needs cniVersion 1.1.0; the config says {}",
+                conf.cni_version
+            ),
         ))
     }
 }
@@ -74,9 +77,16 @@ pub async fn gc(conf: &NetConf, node: &Netns) -> Result<GcReport, CniError> {
     {
         let links = netlink::all_links(&h)
             .await
-            .map_err(|source| netlink::NetlinkError { op: "listing links".into(), ns: ns.clone(), source })
+            .map_err(|source| netlink::NetlinkError {
+                op: "listing links".into(),
+                ns: ns.clone(),
+                source,
+            })
             .map_err(|e| from_err(Code::Netlink, &e))?;
-        for l in links.iter().filter(|l| netlink::controller(l) == Some(br.index)) {
+        for l in links
+            .iter()
+            .filter(|l| netlink::controller(l) == Some(br.index))
+        {
             if let Some(owner) = netlink::alias(l).and_then(|a| veth::parse_alias(&conf.name, a)) {
                 if !valid.contains(&owner) {
                     doomed.push(owner);
@@ -113,7 +123,12 @@ pub async fn status(conf: &NetConf, node: &Netns) -> Result<(), CniError> {
         return Ok(());
     };
     let store = Store::new(b, &conf.name);
-    if let Some(full) = store.usage(b).map_err(ipam_err)?.into_iter().find(|u| u.free == 0) {
+    if let Some(full) = store
+        .usage(b)
+        .map_err(ipam_err)?
+        .into_iter()
+        .find(|u| u.free == 0)
+    {
         return Err(CniError::new(
             Code::NotAvailable,
             format!(

@@ -39,7 +39,10 @@ pub async fn invoke(env: &dyn Fn(&str) -> Option<String>, stdin: &[u8], node: &N
         .filter(|v| CniVersion::parse(v).is_ok())
         .unwrap_or_else(|| CniVersion::V1_1_0.as_str().to_string());
     match run(env, stdin, node).await {
-        Ok(stdout) => Outcome { stdout, success: true },
+        Ok(stdout) => Outcome {
+            stdout,
+            success: true,
+        },
         Err(e) => Outcome {
             stdout: e.to_json(&version).to_string(),
             success: false,
@@ -47,7 +50,11 @@ pub async fn invoke(env: &dyn Fn(&str) -> Option<String>, stdin: &[u8], node: &N
     }
 }
 
-async fn run(env: &dyn Fn(&str) -> Option<String>, stdin: &[u8], node: &Netns) -> Result<String, CniError> {
+async fn run(
+    env: &dyn Fn(&str) -> Option<String>,
+    stdin: &[u8],
+    node: &Netns,
+) -> Result<String, CniError> {
     let command = env("CNI_COMMAND").filter(|c| !c.is_empty()).ok_or_else(|| {
         CniError::new(
             Code::InvalidEnvironment,
@@ -75,7 +82,9 @@ async fn run(env: &dyn Fn(&str) -> Option<String>, stdin: &[u8], node: &Netns) -
                     .await
                     .map(|r| r.to_json(conf.cni_version).to_string()),
                 "DEL" => plugin::del(&conf, &att, node).await.map(|()| String::new()),
-                _ => check::check(&conf, &att, node).await.map(|()| String::new()),
+                _ => check::check(&conf, &att, node)
+                    .await
+                    .map(|()| String::new()),
             }
         }
     }
@@ -92,9 +101,16 @@ fn version_reply(stdin: &[u8]) -> String {
     .to_string()
 }
 
-fn required(env: &dyn Fn(&str) -> Option<String>, key: &str, command: &str) -> Result<String, CniError> {
+fn required(
+    env: &dyn Fn(&str) -> Option<String>,
+    key: &str,
+    command: &str,
+) -> Result<String, CniError> {
     env(key).filter(|v| !v.is_empty()).ok_or_else(|| {
-        CniError::new(Code::InvalidEnvironment, format!("{key} is required for {command} but is not set"))
+        CniError::new(
+            Code::InvalidEnvironment,
+            format!("{key} is required for {command} but is not set"),
+        )
     })
 }
 
@@ -109,7 +125,11 @@ fn attachment(env: &dyn Fn(&str) -> Option<String>, command: &str) -> Result<Att
     let args = env("CNI_ARGS").unwrap_or_default();
     check_args(&args)?;
     let cni_path = env("CNI_PATH")
-        .map(|p| std::env::split_paths(&p).filter(|d| !d.as_os_str().is_empty()).collect())
+        .map(|p| {
+            std::env::split_paths(&p)
+                .filter(|d| !d.as_os_str().is_empty())
+                .collect()
+        })
         .unwrap_or_default();
     let att = Attachment {
         container_id,
@@ -128,13 +148,16 @@ pub fn check_args(args: &str) -> Result<(), CniError> {
     let mut pairs = Vec::new();
     for part in args.split(';').filter(|p| !p.is_empty()) {
         let (k, v) = part.split_once('=').ok_or_else(|| {
-            CniError::new(Code::InvalidEnvironment, format!("CNI_ARGS entry {part:?} is not KEY=VALUE"))
+            CniError::new(
+                Code::InvalidEnvironment,
+                format!("CNI_ARGS entry {part:?} is not KEY=VALUE"),
+            )
         })?;
         pairs.push((k, v));
     }
-    let ignore = pairs
-        .iter()
-        .any(|(k, v)| *k == "IgnoreUnknown" && matches!(v.to_ascii_lowercase().as_str(), "1" | "true"));
+    let ignore = pairs.iter().any(|(k, v)| {
+        *k == "IgnoreUnknown" && matches!(v.to_ascii_lowercase().as_str(), "1" | "true")
+    });
     if !ignore {
         if let Some((k, _)) = pairs.iter().find(|(k, _)| !KNOWN_ARGS.contains(k)) {
             return Err(CniError::new(
@@ -152,7 +175,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn run_with(vars: &[(&str, &str)], stdin: &str) -> Outcome {
-        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let env = move |k: &str| map.get(k).cloned();
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -162,7 +188,9 @@ mod tests {
     }
 
     fn code(o: &Outcome) -> i64 {
-        serde_json::from_str::<serde_json::Value>(&o.stdout).unwrap()["code"].as_i64().unwrap()
+        serde_json::from_str::<serde_json::Value>(&o.stdout).unwrap()["code"]
+            .as_i64()
+            .unwrap()
     }
 
     const CONF: &str = r#"{"cniVersion":"1.0.0","name":"n","type":"skiff","ipam":{"type":"skiff","ranges":[[{"subnet":"10.9.0.0/24"}]],"dataDir":"/nonexistent"}}"#;
@@ -180,11 +208,22 @@ mod tests {
     fn environment_errors_are_code_4() {
         assert_eq!(code(&run_with(&[], CONF)), 4);
         assert_eq!(code(&run_with(&[("CNI_COMMAND", "FROB")], CONF)), 4);
-        let o = run_with(&[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0")], CONF);
+        let o = run_with(
+            &[
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", "c1"),
+                ("CNI_IFNAME", "eth0"),
+            ],
+            CONF,
+        );
         assert_eq!(code(&o), 4);
         assert!(o.stdout.contains("CNI_NETNS"), "{}", o.stdout);
         let o = run_with(
-            &[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "bad/id"), ("CNI_IFNAME", "eth0")],
+            &[
+                ("CNI_COMMAND", "DEL"),
+                ("CNI_CONTAINERID", "bad/id"),
+                ("CNI_IFNAME", "eth0"),
+            ],
             CONF,
         );
         assert_eq!(code(&o), 4);

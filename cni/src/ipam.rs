@@ -181,13 +181,12 @@ impl Store {
         locked.state.last.resize(conf.range_sets.len(), None);
         let mut ips = Vec::new();
         for (i, set) in conf.range_sets.iter().enumerate() {
-            let ip = pick(set, &taken, locked.state.last[i]).ok_or_else(|| {
-                IpamError::Exhausted {
+            let ip =
+                pick(set, &taken, locked.state.last[i]).ok_or_else(|| IpamError::Exhausted {
                     network: self.network.clone(),
                     ranges: set_label(set),
                     size: set_size(set),
-                }
-            })?;
+                })?;
             locked.state.last[i] = Some(ip);
             ips.push(ip);
         }
@@ -245,11 +244,7 @@ impl Store {
                     .iter()
                     .filter(|a| set.0.iter().any(|r| r.contains(a.ip)))
                     .count() as u128;
-                let gateways = set
-                    .0
-                    .iter()
-                    .filter(|r| r.contains(r.gateway))
-                    .count() as u128;
+                let gateways = set.0.iter().filter(|r| r.contains(r.gateway)).count() as u128;
                 SetUsage {
                     ranges: set_label(set),
                     size,
@@ -264,7 +259,13 @@ impl Store {
         mut pred: impl FnMut(&Allocation) -> bool,
     ) -> Result<Vec<Allocation>, IpamError> {
         let locked = self.lock()?;
-        let gone: Vec<Allocation> = locked.state.allocations.iter().filter(|a| pred(a)).cloned().collect();
+        let gone: Vec<Allocation> = locked
+            .state
+            .allocations
+            .iter()
+            .filter(|a| pred(a))
+            .cloned()
+            .collect();
         for a in &gone {
             let path = locked.dir.join(format!("{IP_PREFIX}{}", a.ip));
             match fs::remove_file(&path) {
@@ -367,7 +368,10 @@ fn read_state(dir: &Path) -> Result<State, IpamError> {
                 container_id: cid.to_string(),
                 ifname: ifname.to_string(),
             });
-        } else if let Some(n) = name.strip_prefix(LAST_PREFIX).and_then(|n| n.parse::<usize>().ok()) {
+        } else if let Some(n) = name
+            .strip_prefix(LAST_PREFIX)
+            .and_then(|n| n.parse::<usize>().ok())
+        {
             let last = fs::read_link(&path)
                 .ok()
                 .and_then(|t| t.to_str().and_then(|t| t.parse().ok()));
@@ -479,7 +483,11 @@ pub fn last_addr(net: &IpNetwork) -> IpAddr {
         IpNetwork::V4(n) => IpAddr::V4(n.broadcast()),
         IpNetwork::V6(n) => {
             let host_bits = 128 - u32::from(n.prefix());
-            let mask = if host_bits == 128 { u128::MAX } else { (1u128 << host_bits) - 1 };
+            let mask = if host_bits == 128 {
+                u128::MAX
+            } else {
+                (1u128 << host_bits) - 1
+            };
             IpAddr::V6(Ipv6Addr::from(u128::from(n.network()) | mask))
         }
     }
@@ -511,7 +519,10 @@ mod tests {
     #[test]
     fn allocates_distinct_addresses_skipping_the_gateway() {
         let dir = tempfile::tempdir().unwrap();
-        let c = conf(dir.path(), r#"[[{"subnet":"10.9.0.0/29"}],[{"subnet":"fd00::/125"}]]"#);
+        let c = conf(
+            dir.path(),
+            r#"[[{"subnet":"10.9.0.0/29"}],[{"subnet":"fd00::/125"}]]"#,
+        );
         let s = Store::new(&c, "n");
         let (a, existed) = s.allocate(&c, &id("a")).unwrap();
         assert!(!existed);
@@ -538,7 +549,10 @@ mod tests {
     #[test]
     fn release_and_round_robin() {
         let dir = tempfile::tempdir().unwrap();
-        let c = conf(dir.path(), r#"[[{"subnet":"10.9.0.0/24","rangeStart":"10.9.0.10","rangeEnd":"10.9.0.12"}]]"#);
+        let c = conf(
+            dir.path(),
+            r#"[[{"subnet":"10.9.0.0/24","rangeStart":"10.9.0.10","rangeEnd":"10.9.0.12"}]]"#,
+        );
         let s = Store::new(&c, "n");
         let first = s.allocate(&c, &id("a")).unwrap().0[0].address.ip();
         assert_eq!(first.to_string(), "10.9.0.10");
@@ -567,11 +581,17 @@ mod tests {
     #[test]
     fn multi_range_sets_wrap_between_ranges() {
         let dir = tempfile::tempdir().unwrap();
-        let c = conf(dir.path(), r#"[[{"subnet":"10.9.0.0/30"},{"subnet":"10.9.1.0/30"}]]"#);
+        let c = conf(
+            dir.path(),
+            r#"[[{"subnet":"10.9.0.0/30"},{"subnet":"10.9.1.0/30"}]]"#,
+        );
         let s = Store::new(&c, "n");
         let a = s.allocate(&c, &id("a")).unwrap().0[0].address.ip();
         let b = s.allocate(&c, &id("b")).unwrap().0[0].address.ip();
-        assert_eq!((a.to_string(), b.to_string()), ("10.9.0.2".into(), "10.9.1.2".into()));
+        assert_eq!(
+            (a.to_string(), b.to_string()),
+            ("10.9.0.2".into(), "10.9.1.2".into())
+        );
         assert!(s.allocate(&c, &id("c")).is_err());
     }
 
@@ -582,13 +602,25 @@ mod tests {
         let s = Store::new(&c, "n");
         fs::create_dir_all(s.dir()).unwrap();
         fs::write(s.dir().join("ip-10.9.0.7"), b"oops").unwrap();
-        assert!(matches!(s.allocate(&c, &id("a")), Err(IpamError::Corrupt { .. })));
+        assert!(matches!(
+            s.allocate(&c, &id("a")),
+            Err(IpamError::Corrupt { .. })
+        ));
     }
 
     #[test]
     fn address_arithmetic() {
-        assert_eq!(add("10.0.0.255".parse().unwrap(), 1).to_string(), "10.0.1.0");
-        assert_eq!(add("fd00::".parse().unwrap(), -1).to_string(), "fcff:ffff:ffff:ffff:ffff:ffff:ffff:ffff");
-        assert_eq!(last_addr(&"fd00::/64".parse().unwrap()).to_string(), "fd00::ffff:ffff:ffff:ffff");
+        assert_eq!(
+            add("10.0.0.255".parse().unwrap(), 1).to_string(),
+            "10.0.1.0"
+        );
+        assert_eq!(
+            add("fd00::".parse().unwrap(), -1).to_string(),
+            "fcff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
+        );
+        assert_eq!(
+            last_addr(&"fd00::/64".parse().unwrap()).to_string(),
+            "fd00::ffff:ffff:ffff:ffff"
+        );
     }
 }

@@ -27,8 +27,8 @@ pub mod netns;
 pub mod plugin;
 pub mod result;
 pub mod routes;
-pub mod veth;
 pub mod version;
+pub mod veth;
 pub mod vxlan;
 
 /// The prefix type of the public API, re-exported for callers.

@@ -15,13 +15,23 @@ fn main() -> ExitCode {
     let mut stdin = Vec::new();
     let outcome = match std::io::stdin().read_to_end(&mut stdin) {
         Err(e) => Outcome {
-            stdout: CniError::new(Code::Io, format!("reading the network config from stdin failed: {e}"))
-                .to_json(skiff_cni::SPEC_VERSION)
-                .to_string(),
+            stdout: CniError::new(
+                Code::Io,
+                format!("reading the network config from stdin failed: {e}"),
+            )
+            .to_json(skiff_cni::SPEC_VERSION)
+            .to_string(),
             success: false,
         },
-        Ok(_) => match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(rt) => rt.block_on(invoke(&|k| std::env::var(k).ok(), &stdin, &Netns::current())),
+        Ok(_) => match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt.block_on(invoke(
+                &|k| std::env::var(k).ok(),
+                &stdin,
+                &Netns::current(),
+            )),
             Err(e) => Outcome {
                 stdout: CniError::new(Code::Io, format!("starting the async runtime failed: {e}"))
                     .to_json(skiff_cni::SPEC_VERSION)

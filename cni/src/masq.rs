@@ -76,12 +76,21 @@ fn find(tool: &'static str) -> Result<PathBuf, MasqError> {
         .ok_or(MasqError::NotInstalled { tool })
 }
 
-fn run(node: &Netns, tool: &'static str, args: &[&str], stdin: Option<&str>) -> Result<String, MasqError> {
+fn run(
+    node: &Netns,
+    tool: &'static str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<String, MasqError> {
     let bin = find(tool)?;
     let out = node.run(|| -> std::io::Result<std::process::Output> {
         let mut child = Command::new(&bin)
             .args(args)
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
@@ -173,7 +182,11 @@ pub fn list(node: &Netns, network: &str) -> Result<Vec<TaggedRule>, MasqError> {
 }
 
 /// Removes `network`'s rules whose owner `doomed` selects; returns how many.
-pub fn remove(node: &Netns, network: &str, doomed: impl Fn(&AttachmentId) -> bool) -> Result<usize, MasqError> {
+pub fn remove(
+    node: &Netns,
+    network: &str,
+    doomed: impl Fn(&AttachmentId) -> bool,
+) -> Result<usize, MasqError> {
     let mut removed = 0;
     for v4 in [true, false] {
         let (save_tool, restore_tool) = tools(v4);

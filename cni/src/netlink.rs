@@ -171,7 +171,8 @@ pub async fn add_address(
     if addr.is_ipv6() {
         let m = req.message_mut();
         m.header.flags |= AddressHeaderFlags::Nodad;
-        m.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+        m.attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
     }
     match req.execute().await {
         Ok(()) => Ok(()),
@@ -185,7 +186,11 @@ pub async fn add_address(
 }
 
 /// Deletes the link called `name`; returns whether it existed.
-pub async fn delete_link(h: &rtnetlink::Handle, name: &str, ns: &str) -> Result<bool, NetlinkError> {
+pub async fn delete_link(
+    h: &rtnetlink::Handle,
+    name: &str,
+    ns: &str,
+) -> Result<bool, NetlinkError> {
     let msg = rtnetlink::LinkUnspec::new_with_name(name).build();
     match h.link().del_with_message(msg).execute().await {
         Ok(()) => Ok(true),

@@ -154,7 +154,10 @@ async fn add_steps(
     progress.veth = true;
     if let Err(e) = veth::create(h, &spec, &ns).await {
         // Only a pair this ADD created may be deleted on rollback.
-        progress.veth = !matches!(e, veth::VethError::HostExists { .. } | veth::VethError::PodExists { .. });
+        progress.veth = !matches!(
+            e,
+            veth::VethError::HostExists { .. } | veth::VethError::PodExists { .. }
+        );
         let code = match e {
             veth::VethError::Netlink(_) => Code::Netlink,
             _ => Code::InterfaceExists,
@@ -173,7 +176,15 @@ async fn add_steps(
             source,
         })
         .map_err(|e| from_err(Code::Netlink, &e))?
-        .ok_or_else(|| CniError::new(Code::Netlink, format!("{} vanished from {pod_ns} right after it was created", att.ifname)))?;
+        .ok_or_else(|| {
+            CniError::new(
+                Code::Netlink,
+                format!(
+                    "{} vanished from {pod_ns} right after it was created",
+                    att.ifname
+                ),
+            )
+        })?;
     let index = link.header.index;
     pod_h
         .link()
@@ -204,7 +215,8 @@ async fn add_steps(
             .iter()
             .map(|a| (a.address, conf.masq_exclude(&a.address)))
             .collect();
-        masq::add(node, &conf.name, &conf.bridge, &id, &pairs).map_err(|e| from_err(Code::Iptables, &e))?;
+        masq::add(node, &conf.name, &conf.bridge, &id, &pairs)
+            .map_err(|e| from_err(Code::Iptables, &e))?;
     }
 
     let ours = CniResult {
@@ -225,7 +237,11 @@ async fn add_steps(
                 name: att.ifname.clone(),
                 mac: netlink::format_mac(&pod_mac),
                 mtu: netlink::mtu(&link),
-                sandbox: Some(pod.path().map(|p| p.display().to_string()).unwrap_or_default()),
+                sandbox: Some(
+                    pod.path()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
+                ),
             },
         ],
         ips: addressing
@@ -247,7 +263,11 @@ async fn add_steps(
                 priority: None,
             })
             .collect(),
-        dns: if conf.dns == Default::default() { addressing.dns } else { conf.dns.clone() },
+        dns: if conf.dns == Default::default() {
+            addressing.dns
+        } else {
+            conf.dns.clone()
+        },
     };
     Ok(merge(conf.prev_result.clone(), ours))
 }
@@ -268,7 +288,13 @@ fn merge(prev: Option<CniResult>, mut ours: CniResult) -> CniResult {
     prev
 }
 
-async fn rollback(conf: &NetConf, att: &Attachment, node: &Netns, h: &rtnetlink::Handle, p: &Progress) {
+async fn rollback(
+    conf: &NetConf,
+    att: &Attachment,
+    node: &Netns,
+    h: &rtnetlink::Handle,
+    p: &Progress,
+) {
     let id = att.id();
     // Best effort: the original error is what the runtime needs to see.
     if p.masq {
@@ -308,7 +334,10 @@ fn enable_forwarding(node: &Netns, ips: &[Allocated]) -> Result<(), CniError> {
             .map_err(|e| {
                 CniError::new(
                     Code::Sysctl,
-                    format!("setting {key}=1 in {} failed; is /proc/sys writable?", node.describe()),
+                    format!(
+                        "setting {key}=1 in {} failed; is /proc/sys writable?",
+                        node.describe()
+                    ),
                 )
                 .with_details(e.to_string())
             })?;
@@ -317,13 +346,21 @@ fn enable_forwarding(node: &Netns, ips: &[Allocated]) -> Result<(), CniError> {
 }
 
 /// Gets addresses from the configured IPAM.
-pub(crate) fn allocate(conf: &NetConf, att: &Attachment, node: &Netns) -> Result<Addressing, CniError> {
+pub(crate) fn allocate(
+    conf: &NetConf,
+    att: &Attachment,
+    node: &Netns,
+) -> Result<Addressing, CniError> {
     match &conf.ipam {
         Ipam::Builtin(b) => {
             let (ips, existed) = Store::new(b, &conf.name)
                 .allocate(b, &att.id())
                 .map_err(ipam_err)?;
-            let gw_of = |v4: bool| ips.iter().find(|a| a.address.is_ipv4() == v4).map(|a| a.gateway);
+            let gw_of = |v4: bool| {
+                ips.iter()
+                    .find(|a| a.address.is_ipv4() == v4)
+                    .map(|a| a.gateway)
+            };
             let mut routes: Vec<(IpNetwork, Option<IpAddr>)> = b
                 .routes
                 .iter()
@@ -338,7 +375,8 @@ pub(crate) fn allocate(conf: &NetConf, att: &Attachment, node: &Netns) -> Result
             })
         }
         Ipam::Delegate { plugin } => {
-            let out = delegate::exec(node, plugin, "ADD", att, &conf.raw).map_err(|e| from_err(Code::Delegate, &e))?;
+            let out = delegate::exec(node, plugin, "ADD", att, &conf.raw)
+                .map_err(|e| from_err(Code::Delegate, &e))?;
             let result = out
                 .map(|v| CniResult::from_json(&v))
                 .transpose()
@@ -349,14 +387,23 @@ pub(crate) fn allocate(conf: &NetConf, att: &Attachment, node: &Netns) -> Result
                 .iter()
                 .map(|ip| Allocated {
                     address: ip.address,
-                    gateway: ip.gateway.unwrap_or_else(|| ipam::add(ip.address.network(), 1)),
+                    gateway: ip
+                        .gateway
+                        .unwrap_or_else(|| ipam::add(ip.address.network(), 1)),
                 })
                 .collect();
             if ips.is_empty() {
                 let _ = delegate::exec(node, plugin, "DEL", att, &conf.raw);
-                return Err(CniError::new(Code::Delegate, format!("IPAM plugin {plugin} returned no addresses")));
+                return Err(CniError::new(
+                    Code::Delegate,
+                    format!("IPAM plugin {plugin} returned no addresses"),
+                ));
             }
-            let gw_of = |v4: bool| ips.iter().find(|a| a.address.is_ipv4() == v4).map(|a| a.gateway);
+            let gw_of = |v4: bool| {
+                ips.iter()
+                    .find(|a| a.address.is_ipv4() == v4)
+                    .map(|a| a.gateway)
+            };
             let mut routes: Vec<(IpNetwork, Option<IpAddr>)> = result
                 .routes
                 .iter()
@@ -373,7 +420,11 @@ pub(crate) fn allocate(conf: &NetConf, att: &Attachment, node: &Netns) -> Result
     }
 }
 
-fn add_default_routes(conf: &NetConf, ips: &[Allocated], routes: &mut Vec<(IpNetwork, Option<IpAddr>)>) {
+fn add_default_routes(
+    conf: &NetConf,
+    ips: &[Allocated],
+    routes: &mut Vec<(IpNetwork, Option<IpAddr>)>,
+) {
     if !conf.is_default_gateway {
         return;
     }
@@ -383,7 +434,9 @@ fn add_default_routes(conf: &NetConf, ips: &[Allocated], routes: &mut Vec<(IpNet
         } else {
             IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
         };
-        let Ok(default) = IpNetwork::new(any, 0) else { continue };
+        let Ok(default) = IpNetwork::new(any, 0) else {
+            continue;
+        };
         if !routes.iter().any(|(d, _)| *d == default) {
             routes.push((default, Some(a.gateway)));
         }

@@ -36,7 +36,10 @@ pub struct RemoteNode {
 impl RemoteNode {
     /// The node address of the family of `cidr`.
     pub fn ip_for(&self, cidr: &IpNetwork) -> Option<IpAddr> {
-        self.node_ips.iter().copied().find(|ip| ip.is_ipv4() == cidr.is_ipv4())
+        self.node_ips
+            .iter()
+            .copied()
+            .find(|ip| ip.is_ipv4() == cidr.is_ipv4())
     }
 }
 
@@ -50,7 +53,9 @@ pub enum RoutesError {
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
     /// A pod CIDR has no node address of its family to route through.
-    #[error("node {node}: pod CIDR {cidr} needs a node address of its family (the node has {ips:?})")]
+    #[error(
+        "node {node}: pod CIDR {cidr} needs a node address of its family (the node has {ips:?})"
+    )]
     FamilyMismatch {
         /// Node name.
         node: String,
@@ -78,7 +83,9 @@ pub async fn add_pod_route(
 ) -> Result<(), NetlinkError> {
     let mut b = route_builder(dst).output_interface(ifindex);
     if let Some(g) = gw {
-        b = b.gateway(g).unwrap_or_else(|_| route_builder(dst).output_interface(ifindex));
+        b = b
+            .gateway(g)
+            .unwrap_or_else(|_| route_builder(dst).output_interface(ifindex));
     }
     h.route().add(b.build()).execute().await.map_err(|source| {
         let hint = if netlink::is_exists(&source) {
@@ -178,11 +185,13 @@ impl HostGw {
     /// Adds (or updates) the routes to `remote`'s pod CIDRs.
     pub async fn add_node(&self, remote: &RemoteNode) -> Result<(), RoutesError> {
         for cidr in &remote.pod_cidrs {
-            let via = remote.ip_for(cidr).ok_or_else(|| RoutesError::FamilyMismatch {
-                node: remote.name.clone(),
-                cidr: *cidr,
-                ips: remote.node_ips.clone(),
-            })?;
+            let via = remote
+                .ip_for(cidr)
+                .ok_or_else(|| RoutesError::FamilyMismatch {
+                    node: remote.name.clone(),
+                    cidr: *cidr,
+                    ips: remote.node_ips.clone(),
+                })?;
             let msg = route_builder(*cidr)
                 .gateway(via)
                 .unwrap_or_else(|_| route_builder(*cidr))
@@ -216,13 +225,19 @@ impl HostGw {
 
     /// Makes the node's skiff routes exactly those to `remotes`.
     pub async fn sync(&self, remotes: &[RemoteNode]) -> Result<(), RoutesError> {
-        let wanted: HashSet<IpNetwork> = remotes.iter().flat_map(|r| r.pod_cidrs.iter().copied()).collect();
+        let wanted: HashSet<IpNetwork> = remotes
+            .iter()
+            .flat_map(|r| r.pod_cidrs.iter().copied())
+            .collect();
         let current = main_table(&self.h).await.map_err(|source| NetlinkError {
             op: "listing routes".into(),
             ns: self.ns.clone(),
             source,
         })?;
-        for r in current.iter().filter(|r| r.protocol == RTPROT_SKIFF && r.gw.is_some()) {
+        for r in current
+            .iter()
+            .filter(|r| r.protocol == RTPROT_SKIFF && r.gw.is_some())
+        {
             if !wanted.contains(&r.dst) {
                 delete_route(&self.h, r.dst, &self.ns).await?;
             }
@@ -235,8 +250,14 @@ impl HostGw {
 }
 
 /// Deletes the skiff route to `dst`; a missing route is fine.
-pub async fn delete_route(h: &rtnetlink::Handle, dst: IpNetwork, ns: &str) -> Result<(), NetlinkError> {
-    let msg = route_builder(dst).protocol(RouteProtocol::Other(RTPROT_SKIFF)).build();
+pub async fn delete_route(
+    h: &rtnetlink::Handle,
+    dst: IpNetwork,
+    ns: &str,
+) -> Result<(), NetlinkError> {
+    let msg = route_builder(dst)
+        .protocol(RouteProtocol::Other(RTPROT_SKIFF))
+        .build();
     match h.route().del(msg).execute().await {
         Ok(()) => Ok(()),
         Err(e) if netlink::is_not_found(&e) => Ok(()),

@@ -79,7 +79,10 @@ pub fn alias(network: &str, id: &AttachmentId) -> String {
 
 /// The owner recorded in `alias`, if it belongs to `network`.
 pub fn parse_alias(network: &str, alias: &str) -> Option<AttachmentId> {
-    let rest = alias.strip_prefix("skiff/")?.strip_prefix(network)?.strip_prefix('/')?;
+    let rest = alias
+        .strip_prefix("skiff/")?
+        .strip_prefix(network)?
+        .strip_prefix('/')?;
     let (cid, ifname) = rest.split_once('/')?;
     Some(AttachmentId {
         container_id: cid.to_string(),
@@ -109,7 +112,11 @@ pub async fn create(h: &rtnetlink::Handle, spec: &VethSpec<'_>, ns: &str) -> Res
         .build();
     if let Err(e) = h.link().add(msg).execute().await {
         if netlink::is_exists(&e) {
-            let host_there = netlink::link_by_name(h, &spec.host).await.ok().flatten().is_some();
+            let host_there = netlink::link_by_name(h, &spec.host)
+                .await
+                .ok()
+                .flatten()
+                .is_some();
             return Err(if host_there {
                 VethError::HostExists {
                     host: spec.host.clone(),
@@ -135,11 +142,15 @@ pub async fn create(h: &rtnetlink::Handle, spec: &VethSpec<'_>, ns: &str) -> Res
         .hairpin(spec.hairpin)
         .alias(spec.alias.clone())
         .build();
-    h.link().set_port(port).execute().await.map_err(|source| NetlinkError {
-        op: format!("setting hairpin mode and alias on {}", spec.host),
-        ns: ns.to_string(),
-        source,
-    })?;
+    h.link()
+        .set_port(port)
+        .execute()
+        .await
+        .map_err(|source| NetlinkError {
+            op: format!("setting hairpin mode and alias on {}", spec.host),
+            ns: ns.to_string(),
+            source,
+        })?;
     Ok(())
 }
 

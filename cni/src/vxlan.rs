@@ -148,7 +148,9 @@ impl Vxlan {
 
     /// Adds (or updates) route, neighbour and FDB entries for `remote`.
     pub async fn add_node(&self, remote: &RemoteNode) -> Result<(), VxlanError> {
-        let mac = remote.vtep_mac.ok_or_else(|| VxlanError::NoMac(remote.name.clone()))?;
+        let mac = remote
+            .vtep_mac
+            .ok_or_else(|| VxlanError::NoMac(remote.name.clone()))?;
         let Some(node_ip) = remote.node_ips.iter().copied().find(IpAddr::is_ipv4) else {
             return Err(VxlanError::Ipv6Underlay(remote.name.clone()));
         };
@@ -165,7 +167,10 @@ impl Vxlan {
             .replace()
             .execute()
             .await
-            .map_err(err(format!("adding FDB entry for node {} on {}", remote.name, self.name)))?;
+            .map_err(err(format!(
+                "adding FDB entry for node {} on {}",
+                remote.name, self.name
+            )))?;
         for cidr in &remote.pod_cidrs {
             let gw = cidr.network();
             self.h
@@ -176,7 +181,10 @@ impl Vxlan {
                 .replace()
                 .execute()
                 .await
-                .map_err(err(format!("adding neighbour {gw} for node {}", remote.name)))?;
+                .map_err(err(format!(
+                    "adding neighbour {gw} for node {}",
+                    remote.name
+                )))?;
             let route = RouteMessageBuilder::<IpAddr>::new()
                 .destination_prefix(gw, cidr.prefix())
                 .and_then(|b| b.gateway(gw))
@@ -193,7 +201,10 @@ impl Vxlan {
                 .replace()
                 .execute()
                 .await
-                .map_err(err(format!("adding route {cidr} for node {} via {}", remote.name, self.name)))?;
+                .map_err(err(format!(
+                    "adding route {cidr} for node {} via {}",
+                    remote.name, self.name
+                )))?;
         }
         Ok(())
     }
@@ -203,25 +214,40 @@ impl Vxlan {
         for cidr in &remote.pod_cidrs {
             routes::delete_route(&self.h, *cidr, &self.ns).await?;
             let mut n = NeighbourMessage::default();
-            n.header.family = if cidr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+            n.header.family = if cidr.is_ipv4() {
+                AddressFamily::Inet
+            } else {
+                AddressFamily::Inet6
+            };
             n.header.ifindex = self.index;
-            n.attributes.push(NeighbourAttribute::Destination(match cidr.network() {
-                IpAddr::V4(v) => NeighbourAddress::Inet(v),
-                IpAddr::V6(v) => NeighbourAddress::Inet6(v),
-            }));
-            self.del_neigh(n, format!("deleting neighbour {} of node {}", cidr.network(), remote.name))
-                .await?;
+            n.attributes
+                .push(NeighbourAttribute::Destination(match cidr.network() {
+                    IpAddr::V4(v) => NeighbourAddress::Inet(v),
+                    IpAddr::V6(v) => NeighbourAddress::Inet6(v),
+                }));
+            self.del_neigh(
+                n,
+                format!(
+                    "deleting neighbour {} of node {}",
+                    cidr.network(),
+                    remote.name
+                ),
+            )
+            .await?;
         }
         if let Some(mac) = remote.vtep_mac {
             let mut n = NeighbourMessage::default();
             n.header.family = AddressFamily::Bridge;
             n.header.ifindex = self.index;
             n.header.flags = NeighbourFlags::Own;
-            n.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+            n.attributes
+                .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
             if let Some(IpAddr::V4(v)) = remote.node_ips.iter().copied().find(IpAddr::is_ipv4) {
-                n.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(v)));
+                n.attributes
+                    .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(v)));
             }
-            self.del_neigh(n, format!("deleting FDB entry of node {}", remote.name)).await?;
+            self.del_neigh(n, format!("deleting FDB entry of node {}", remote.name))
+                .await?;
         }
         Ok(())
     }
@@ -240,6 +266,8 @@ impl Vxlan {
 
     /// Deletes the device (and with it every route, neighbour and FDB entry on it).
     pub async fn delete(self) -> Result<(), NetlinkError> {
-        netlink::delete_link(&self.h, &self.name, &self.ns).await.map(|_| ())
+        netlink::delete_link(&self.h, &self.name, &self.ns)
+            .await
+            .map(|_| ())
     }
 }

@@ -41,18 +41,28 @@ pub fn ensure_tools() {
             ("/usr/bin/ping", "iputils-ping"),
             ("/usr/lib/cni/portmap", "containernetworking-plugins"),
         ];
-        let missing: Vec<&str> = needed.iter().filter(|(p, _)| !have(p)).map(|(_, pkg)| *pkg).collect();
+        let missing: Vec<&str> = needed
+            .iter()
+            .filter(|(p, _)| !have(p))
+            .map(|(_, pkg)| *pkg)
+            .collect();
         if missing.is_empty() {
             return;
         }
-        let ok = Command::new("apt-get").arg("update").status().is_ok_and(|s| s.success())
+        let ok = Command::new("apt-get")
+            .arg("update")
+            .status()
+            .is_ok_and(|s| s.success())
             && Command::new("apt-get")
                 .args(["install", "-y", "--no-install-recommends"])
                 .args(&missing)
                 .env("DEBIAN_FRONTEND", "noninteractive")
                 .status()
                 .is_ok_and(|s| s.success());
-        assert!(ok, "installing {missing:?} with apt-get failed; the CNI tests need them (and root)");
+        assert!(
+            ok,
+            "installing {missing:?} with apt-get failed; the CNI tests need them (and root)"
+        );
     });
 }
 
@@ -62,13 +72,25 @@ pub fn plugin_bin() -> &'static PathBuf {
     BIN.get_or_init(|| {
         // target/<profile>/deps/<test> → target/<profile>
         let exe = std::env::current_exe().expect("current_exe");
-        let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf();
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>")
+            .to_path_buf();
         let target_dir = profile_dir.parent().expect("target dir").to_path_buf();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-q", "-p", "skiff-cni", "--bin", "skiff-cni", "--target-dir"])
-            .arg(&target_dir)
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        cmd.args([
+            "build",
+            "-q",
+            "-p",
+            "skiff-cni",
+            "--bin",
+            "skiff-cni",
+            "--target-dir",
+        ])
+        .arg(&target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
@@ -91,7 +113,9 @@ impl NetnsGuard {
         ensure_tools();
         let _ = Command::new("ip").args(["netns", "del", name]).output();
         sh(&["ip", "netns", "add", name]);
-        let g = NetnsGuard { name: name.to_string() };
+        let g = NetnsGuard {
+            name: name.to_string(),
+        };
         g.exec(&["ip", "link", "set", "lo", "up"]);
         g
     }
@@ -159,12 +183,17 @@ impl NetnsGuard {
 impl Drop for NetnsGuard {
     fn drop(&mut self) {
         // Deleting the namespace removes every link, route and iptables rule in it.
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
 fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().expect("spawn");
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("spawn");
     assert!(
         out.status.success(),
         "{args:?} failed: {}",
@@ -187,7 +216,8 @@ pub struct Run {
 impl Run {
     /// Stdout parsed as JSON.
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
     }
 
     /// The CNI error code (panics if the run succeeded).
@@ -236,10 +266,7 @@ impl Invocation {
             .env("CNI_CONTAINERID", &self.container_id)
             .env("CNI_IFNAME", &self.ifname)
             .env("CNI_PATH", &self.cni_path)
-            .env(
-                "CNI_NETNS",
-                self.netns.as_deref().unwrap_or(Path::new("")),
-            )
+            .env("CNI_NETNS", self.netns.as_deref().unwrap_or(Path::new("")))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -280,8 +307,17 @@ pub fn finish(child: Child) -> Run {
 }
 
 /// A skiff network config for `subnets` with its store under `data_dir`.
-pub fn skiff_conf(version: &str, name: &str, bridge: &str, subnets: &[&str], data_dir: &Path) -> Value {
-    let ranges: Vec<Value> = subnets.iter().map(|s| serde_json::json!([{ "subnet": s }])).collect();
+pub fn skiff_conf(
+    version: &str,
+    name: &str,
+    bridge: &str,
+    subnets: &[&str],
+    data_dir: &Path,
+) -> Value {
+    let ranges: Vec<Value> = subnets
+        .iter()
+        .map(|s| serde_json::json!([{ "subnet": s }]))
+        .collect();
     let mut routes = vec![serde_json::json!({"dst": "0.0.0.0/0"})];
     if subnets.iter().any(|s| s.contains(':')) {
         routes.push(serde_json::json!({"dst": "::/0"}));

@@ -278,7 +278,15 @@ async fn route(
         ["api", "v1"] => return get_only(discovery::resource_list("", "v1")),
         ["apis", group] => return get_only(discovery::api_group(group)),
         ["apis", group, version] => return get_only(discovery::resource_list(group, version)),
-        ["openapi", "v2"] if method == Method::GET => return Ok(raw_json(openapi::v2_json())),
+        ["openapi", "v2"] if method == Method::GET => {
+            // Only JSON is served; a client asking for protobuf alone (kubectl's
+            // proto-openapi accept header) must not get JSON it will misparse.
+            let accept = headers.get("accept").and_then(|v| v.to_str().ok()).unwrap_or("*/*");
+            if !accept.contains("json") && !accept.contains("*/*") {
+                return Err(ApiError::new(406, "NotAcceptable", "only application/json is supported for /openapi/v2"));
+            }
+            return Ok(raw_json(openapi::v2_json()));
+        }
         ["openapi", "v3"] => return get_only(Some(openapi::v3_index())),
         ["openapi", "v3", rest @ ..] if method == Method::GET => {
             return openapi::v3_group_version_json(&rest.join("/")).map(raw_json).ok_or_else(ApiError::no_route)

@@ -15,8 +15,6 @@
 mod eligibility;
 mod rollout;
 
-#[path = "workload.rs"]
-pub mod workload;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -37,7 +35,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::events::{reference, EventType, Recorder};
 use super::Context;
 use rollout::{DaemonPod, NodeState};
-use workload::SelectorError;
+use super::workload::{self, SelectorError};
 
 /// Pod creations and deletions in flight at once for one DaemonSet.
 const PARALLEL_WRITES: usize = 16;

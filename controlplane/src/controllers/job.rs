@@ -31,7 +31,7 @@ use kube::runtime::watcher;
 use kube::ResourceExt;
 use serde_json::json;
 
-use super::daemonset::workload::{self, SelectorError};
+use super::workload::{self, SelectorError};
 use super::events::{reference, EventType, Recorder};
 use super::Context;
 use accounting::JobPod;

@@ -14,6 +14,7 @@ pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod replicaset;
 pub mod statefulset;
+pub mod workload;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -6,6 +6,7 @@
 use k8s_openapi::api::core::v1::{Binding, ObjectReference, Pod, PodCondition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use tokio::sync::Semaphore;
 
 use crate::controllers::events::{self, EventType, Recorder};
 
@@ -46,6 +47,14 @@ pub enum BindError {
     },
 }
 
+/// An event waiting for a free event slot; holds only what the event needs.
+pub struct PendingEvent {
+    about: ObjectReference,
+    kind: EventType,
+    reason: &'static str,
+    message: String,
+}
+
 /// What a binding attempt ended in, as the scheduling loop needs to know it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BindOutcome {
@@ -67,10 +76,16 @@ impl BindError {
     }
 }
 
+/// Event writes in flight at once. Events are best effort and must not hold
+/// up bindings, so they have their own, smaller pool; a burst of scheduled
+/// pods leaves a backlog of small pending reports (no pod objects) behind.
+const EVENTS_IN_FLIGHT: usize = 64;
+
 /// Writes bindings, events and conditions for the scheduler.
 pub struct Binder {
     client: kube::Client,
     recorder: Recorder,
+    events: Semaphore,
 }
 
 fn key(pod: &Pod) -> String {
@@ -87,6 +102,7 @@ impl Binder {
         Binder {
             recorder: Recorder::new(client.clone(), SCHEDULER_NAME),
             client,
+            events: Semaphore::new(EVENTS_IN_FLIGHT),
         }
     }
 
@@ -137,29 +153,33 @@ impl Binder {
         }
     }
 
-    /// Records the `Scheduled` event of a bound pod.
-    pub async fn record_scheduled(&self, pod: &Pod, node: &str) {
-        let message = format!("Successfully assigned {} to {node}", key(pod));
-        self.recorder
-            .record(
-                &events::reference(pod),
-                EventType::Normal,
-                "Scheduled",
-                &message,
-            )
-            .await;
+    /// The `Scheduled` event of a pod bound to `node`, to [`record`](Self::record).
+    pub fn scheduled_event(pod: &Pod, node: &str) -> PendingEvent {
+        PendingEvent {
+            about: events::reference(pod),
+            kind: EventType::Normal,
+            reason: "Scheduled",
+            message: format!("Successfully assigned {} to {node}", key(pod)),
+        }
     }
 
-    /// Records a failed binding as a `FailedScheduling` event.
-    pub async fn record_bind_failure(&self, pod: &Pod, error: &BindError) {
-        let message = format!("Binding rejected: {error}");
+    /// The `FailedScheduling` event of a rejected binding, to [`record`](Self::record).
+    pub fn bind_failure_event(pod: &Pod, error: &BindError) -> PendingEvent {
+        PendingEvent {
+            about: events::reference(pod),
+            kind: EventType::Warning,
+            reason: "FailedScheduling",
+            message: format!("Binding rejected: {error}"),
+        }
+    }
+
+    /// Records an event once one of the event slots is free.
+    pub async fn record(&self, event: PendingEvent) {
+        let Ok(_slot) = self.events.acquire().await else {
+            return;
+        };
         self.recorder
-            .record(
-                &events::reference(pod),
-                EventType::Warning,
-                "FailedScheduling",
-                &message,
-            )
+            .record(&event.about, event.kind, event.reason, &event.message)
             .await;
     }
 

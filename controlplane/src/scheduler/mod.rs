@@ -43,9 +43,10 @@ use placement::Placer;
 use queue::Queue;
 use resources::PodDemand;
 
-/// Bindings (and failure reports) in flight at once. Enough to keep the API
-/// server busy without queueing thousands of requests in it.
-const MAX_IN_FLIGHT: usize = 128;
+/// Bindings (and unschedulable reports) in flight at once: enough to fill
+/// the store's group commits while each waits for its fsync, without
+/// queueing thousands of requests in the API server.
+const MAX_IN_FLIGHT: usize = 256;
 /// How often backoff and unschedulable pods are checked for a retry.
 const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// Messages handled before the loop schedules again, so a burst of watch
@@ -473,24 +474,28 @@ impl Scheduler {
                 tokio::spawn(async move {
                     let started = Instant::now();
                     let result = binder.bind(&pod, &node).await;
-                    let outcome = match &result {
-                        Ok(()) => BindOutcome::Bound,
-                        Err(e) => e.outcome(),
-                    };
-                    // The loop never blocks on anything but this channel, so
-                    // sending while holding the permit cannot deadlock.
                     let took = started.elapsed();
-                    let _ = tx.send(Message::BindDone { uid, outcome, took }).await;
-                    match result {
-                        Ok(()) => binder.record_scheduled(&pod, &node).await,
+                    // The binding is answered: free its slot before the event.
+                    drop(permit);
+                    let (outcome, event) = match &result {
+                        Ok(()) => (
+                            BindOutcome::Bound,
+                            Some(Binder::scheduled_event(&pod, &node)),
+                        ),
                         Err(e) => {
                             tracing::warn!("scheduler: {e}");
-                            if outcome == BindOutcome::Retry {
-                                binder.record_bind_failure(&pod, &e).await;
-                            }
+                            let retry = e.outcome() == BindOutcome::Retry;
+                            (
+                                e.outcome(),
+                                retry.then(|| Binder::bind_failure_event(&pod, e)),
+                            )
                         }
+                    };
+                    drop(pod);
+                    let _ = tx.send(Message::BindDone { uid, outcome, took }).await;
+                    if let Some(event) = event {
+                        binder.record(event).await;
                     }
-                    drop(permit);
                 });
             }
             Err(message) => {

@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Pod}
 use kube::ResourceExt;
 
 use super::accounting::JobPod;
-use crate::controllers::daemonset::workload;
+use crate::controllers::workload;
 
 /// Annotation and label with an Indexed Job pod's completion index.
 pub const COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index";
