@@ -308,7 +308,8 @@ async fn recreate_and_history_limit() {
 }
 
 /// A bare ReplicaSet adopts a matching orphan pod, releases a pod relabelled
-/// out of its selector (and replaces it), and deletes unready pods first.
+/// out of its selector (and replaces it), counts a ready pod as available
+/// only after minReadySeconds, and deletes unready pods first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicaset_adopts_and_releases() {
     let c = Cluster::start().await;

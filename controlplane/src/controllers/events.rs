@@ -30,12 +30,15 @@ impl EventType {
     }
 }
 
+/// What correlates repeats: namespace, object uid, reason and message.
+type EventKey = (String, String, String, String);
+
 /// Records Events as one component (e.g. `default-scheduler`).
 pub struct Recorder {
     client: kube::Client,
     component: String,
     /// (namespace, uid, reason, message) → (event name, count) of recent events.
-    recent: Mutex<HashMap<(String, String, String, String), (String, i32)>>,
+    recent: Mutex<HashMap<EventKey, (String, i32)>>,
 }
 
 /// Bound on remembered events before the correlation map is reset.

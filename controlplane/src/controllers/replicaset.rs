@@ -7,7 +7,8 @@
 //! Pods are created in slow-start batches (1, 2, 4, ...) of at most
 //! [`BURST_REPLICAS`] per sync and deleted in upstream's preference order
 //! ([`ranking`]). [`expectations`] keep a sync from acting on a pod cache
-//! that has not yet seen the previous sync's writes. This module owns
+//! that has not yet seen the previous sync's writes; [`triggers`] maps
+//! watched changes to the ReplicaSets to sync. This module owns
 //! ReplicaSet status and the pods it creates; it never touches Deployments.
 
 mod expectations;

@@ -1,1 +1,0 @@
-../../tests/cni_plugin.rs
