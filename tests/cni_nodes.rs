@@ -134,7 +134,7 @@ fn pods_on_two_nodes_talk_over_host_gw_and_vxlan() {
     let (to_v4, to_v6) = (result_ip(&r2, true), result_ip(&r2, false));
     let pod1 = &nodes[0].pod;
     assert!(
-        !pod1.ping(&to_v4),
+        pod1.unreachable(&to_v4),
         "pods must not reach each other before nodes are connected"
     );
 
@@ -173,7 +173,10 @@ fn pods_on_two_nodes_talk_over_host_gw_and_vxlan() {
             .unwrap();
     });
     assert!(!nodes[0].ns.exec(&["ip", "route"]).contains("proto 83"));
-    assert!(!pod1.ping(&to_v4), "routes removed, traffic must stop");
+    assert!(
+        pod1.unreachable(&to_v4),
+        "routes removed, traffic must stop"
+    );
 
     // VXLAN: one device per node; route, neighbour and FDB entry per remote node.
     rt.block_on(async {
@@ -216,7 +219,7 @@ fn pods_on_two_nodes_talk_over_host_gw_and_vxlan() {
             .await
             .unwrap();
         assert!(
-            !pod1.ping(&to_v4),
+            pod1.unreachable(&to_v4),
             "vxlan entries removed, traffic must stop"
         );
         dev.delete().await.unwrap();

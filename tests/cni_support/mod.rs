@@ -158,9 +158,20 @@ impl NetnsGuard {
             .unwrap_or_else(|e| panic!("running {args:?}: {e}"))
     }
 
-    /// Whether `ping -c 2` from here reaches `ip` (bounded: 2 probes, 1 s each).
+    /// Whether `ip` answers a ping from here: up to 5 single probes of 1 s
+    /// each, so neighbour discovery on fresh links has time to settle.
     pub fn ping(&self, ip: &str) -> bool {
-        self.try_exec(&["ping", "-n", "-q", "-c", "2", "-i", "0.2", "-W", "1", ip])
+        (0..5).any(|_| {
+            self.try_exec(&["ping", "-n", "-q", "-c", "1", "-W", "1", ip])
+                .status
+                .success()
+        })
+    }
+
+    /// Whether `ip` stays silent: 2 probes, 1 s each (for "must not reach").
+    pub fn unreachable(&self, ip: &str) -> bool {
+        !self
+            .try_exec(&["ping", "-n", "-q", "-c", "2", "-i", "0.2", "-W", "1", ip])
             .status
             .success()
     }

@@ -236,6 +236,8 @@ pub fn prepare_create(
         let name = m.get("name").and_then(Value::as_str).unwrap_or("");
         if name.is_empty() {
             if let Some(prefix) = m.get("generateName").and_then(Value::as_str).filter(|p| !p.is_empty()) {
+                // As upstream: the prefix is cut to 58 characters so the name fits 63.
+                let prefix: String = prefix.chars().take(58).collect();
                 let generated = format!("{prefix}{}", random_suffix());
                 m.insert("name".into(), json!(generated));
             }
