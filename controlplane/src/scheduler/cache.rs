@@ -89,36 +89,41 @@ pub struct NodeInfo {
     pub pod_count: i64,
     /// Host ports in use, with how many pods use each.
     pub host_ports: HashMap<HostPort, u32>,
-    /// Pods on the node per controller owner UID. A node has few owners, and
-    /// scoring asks for one on every candidate node, where a short scan beats hashing.
-    pub owners: Vec<(String, u32)>,
+    /// Pods on the node per controller owner. A node has few owners, and
+    /// scoring asks for one on every candidate node, where a short scan of
+    /// interned ids beats hashing UIDs.
+    pub owners: Vec<(OwnerId, u32)>,
 }
 
+/// A controller owner's UID, interned by the [`Cache`] while it has pods there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct OwnerId(pub u32);
+
 impl NodeInfo {
-    fn add(&mut self, demand: &PodDemand) {
+    fn add(&mut self, demand: &PodDemand, owner: Option<OwnerId>) {
         self.requested.add(&demand.requests);
         self.non_zero_requested.add(&demand.non_zero);
         self.pod_count += 1;
         for port in &demand.host_ports {
             *self.host_ports.entry(port.clone()).or_insert(0) += 1;
         }
-        if let Some(owner) = &demand.owner {
-            match self.owners.iter_mut().find(|(o, _)| o == owner) {
+        if let Some(owner) = owner {
+            match self.owners.iter_mut().find(|(o, _)| *o == owner) {
                 Some((_, n)) => *n += 1,
-                None => self.owners.push((owner.clone(), 1)),
+                None => self.owners.push((owner, 1)),
             }
         }
     }
 
-    fn remove(&mut self, demand: &PodDemand) {
+    fn remove(&mut self, demand: &PodDemand, owner: Option<OwnerId>) {
         self.requested.sub(&demand.requests);
         self.non_zero_requested.sub(&demand.non_zero);
         self.pod_count -= 1;
         for port in &demand.host_ports {
             decrement(&mut self.host_ports, port);
         }
-        if let Some(owner) = &demand.owner {
-            if let Some(i) = self.owners.iter().position(|(o, _)| o == owner) {
+        if let Some(owner) = owner {
+            if let Some(i) = self.owners.iter().position(|(o, _)| *o == owner) {
                 self.owners[i].1 -= 1;
                 if self.owners[i].1 == 0 {
                     self.owners.swap_remove(i);
@@ -128,10 +133,10 @@ impl NodeInfo {
     }
 
     /// Pods of `owner` on this node.
-    pub fn owner_count(&self, owner: &str) -> u32 {
+    pub fn owner_count(&self, owner: OwnerId) -> u32 {
         self.owners
             .iter()
-            .find(|(o, _)| o == owner)
+            .find(|(o, _)| *o == owner)
             .map_or(0, |(_, n)| *n)
     }
 }
@@ -161,6 +166,7 @@ pub enum NodeChange {
 struct CachedPod {
     node: String,
     demand: Arc<PodDemand>,
+    owner: Option<OwnerId>,
     assumed: bool,
 }
 
@@ -172,6 +178,11 @@ pub struct Cache {
     index: HashMap<String, usize>,
     pods: HashMap<String, CachedPod>,
     real_nodes: usize,
+    /// Owner UID → interned id and the number of cached pods it owns.
+    owner_ids: HashMap<String, (OwnerId, usize)>,
+    /// Owner UID by id (`None` once released, for reuse).
+    owner_uids: Vec<Option<String>>,
+    free_owner_ids: Vec<OwnerId>,
 }
 
 impl Cache {
@@ -250,16 +261,7 @@ impl Cache {
             }
             self.remove_pod(uid);
         }
-        let demand = Arc::new(demand);
-        self.entry(node).add(&demand);
-        self.pods.insert(
-            uid.to_string(),
-            CachedPod {
-                node: node.to_string(),
-                demand,
-                assumed: false,
-            },
-        );
+        self.insert(uid, node, Arc::new(demand), false);
     }
 
     /// Removes a pod (deleted or terminal); true if it was in the cache.
@@ -268,7 +270,10 @@ impl Cache {
             return false;
         };
         if let Some(&i) = self.index.get(&pod.node) {
-            self.nodes[i].remove(&pod.demand);
+            self.nodes[i].remove(&pod.demand, pod.owner);
+        }
+        if let Some(owner) = pod.owner {
+            self.release_owner(owner);
         }
         self.drop_if_empty_ghost(&pod.node);
         true
@@ -277,15 +282,64 @@ impl Cache {
     /// Accounts a pod on `node` before its binding is confirmed.
     pub fn assume(&mut self, uid: &str, node: &str, demand: Arc<PodDemand>) {
         self.remove_pod(uid);
-        self.entry(node).add(&demand);
+        self.insert(uid, node, demand, true);
+    }
+
+    /// The interned id of an owner UID, if any cached pod has that owner
+    /// (otherwise no node has pods of it).
+    pub fn owner_id(&self, owner: &str) -> Option<OwnerId> {
+        self.owner_ids.get(owner).map(|(id, _)| *id)
+    }
+
+    fn insert(&mut self, uid: &str, node: &str, demand: Arc<PodDemand>, assumed: bool) {
+        let owner = demand.owner.as_deref().map(|o| self.intern_owner(o));
+        self.entry(node).add(&demand, owner);
         self.pods.insert(
             uid.to_string(),
             CachedPod {
                 node: node.to_string(),
                 demand,
-                assumed: true,
+                owner,
+                assumed,
             },
         );
+    }
+
+    fn intern_owner(&mut self, owner: &str) -> OwnerId {
+        if let Some((id, pods)) = self.owner_ids.get_mut(owner) {
+            *pods += 1;
+            return *id;
+        }
+        let id = match self.free_owner_ids.pop() {
+            Some(id) => id,
+            None => {
+                self.owner_uids.push(None);
+                OwnerId(u32::try_from(self.owner_uids.len() - 1).unwrap_or(u32::MAX))
+            }
+        };
+        if let Some(slot) = self.owner_uids.get_mut(id.0 as usize) {
+            *slot = Some(owner.to_string());
+        }
+        self.owner_ids.insert(owner.to_string(), (id, 1));
+        id
+    }
+
+    fn release_owner(&mut self, id: OwnerId) {
+        let Some(uid) = self.owner_uids.get(id.0 as usize).cloned().flatten() else {
+            return;
+        };
+        let gone = match self.owner_ids.get_mut(&uid) {
+            Some((_, pods)) => {
+                *pods -= 1;
+                *pods == 0
+            }
+            None => false,
+        };
+        if gone {
+            self.owner_ids.remove(&uid);
+            self.owner_uids[id.0 as usize] = None;
+            self.free_owner_ids.push(id);
+        }
     }
 
     /// Undoes [`assume`](Self::assume) after a failed binding; a pod the watch
@@ -409,7 +463,8 @@ mod tests {
         cache.assume("p1", "n1", Arc::new(demand(500, "rs")));
         assert!(cache.is_assumed("p1"));
         assert_eq!(info(&cache, "n1").requested.milli_cpu, 500);
-        assert_eq!(info(&cache, "n1").owner_count("rs"), 1);
+        let rs = cache.owner_id("rs").expect("owner interned");
+        assert_eq!(info(&cache, "n1").owner_count(rs), 1);
         cache.add_pod("p1", "n1", demand(500, "rs"));
         assert!(!cache.is_assumed("p1"));
         assert_eq!(info(&cache, "n1").pod_count, 1);
@@ -421,7 +476,7 @@ mod tests {
         cache.forget("p2");
         let n1 = info(&cache, "n1");
         assert_eq!(
-            (n1.pod_count, n1.requested.milli_cpu, n1.owner_count("rs")),
+            (n1.pod_count, n1.requested.milli_cpu, n1.owner_count(rs)),
             (1, 500, 1)
         );
         assert_eq!(n1.host_ports.len(), 1);
@@ -429,6 +484,11 @@ mod tests {
         let n1 = info(&cache, "n1");
         assert_eq!((n1.pod_count, n1.requested.milli_cpu), (0, 0));
         assert!(n1.host_ports.is_empty() && n1.owners.is_empty());
+        assert_eq!(
+            cache.owner_id("rs"),
+            None,
+            "owner released with its last pod"
+        );
     }
 
     #[test]

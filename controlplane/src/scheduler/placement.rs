@@ -85,7 +85,8 @@ impl Placer {
         if feasible.is_empty() {
             return Err(diagnosis.message(total));
         }
-        let best = score::select(pod, &feasible, &mut self.rng);
+        let owner = pod.demand.owner.as_deref().and_then(|o| cache.owner_id(o));
+        let best = score::select(pod, owner, &feasible, &mut self.rng);
         Ok(feasible[best].name.clone())
     }
 }

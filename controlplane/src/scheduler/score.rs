@@ -14,7 +14,7 @@
 use rand::Rng;
 
 use super::affinity;
-use super::cache::NodeInfo;
+use super::cache::{NodeInfo, OwnerId};
 use super::filters::Candidate;
 use super::taints;
 
@@ -26,12 +26,18 @@ const TAINT_TOLERATION_WEIGHT: i64 = 3;
 const NODE_AFFINITY_WEIGHT: i64 = 2;
 const SPREAD_WEIGHT: i64 = 2;
 
-/// Picks the best of `feasible` (non-empty) and returns its position.
-pub fn select<R: Rng>(pod: Candidate<'_>, feasible: &[&NodeInfo], rng: &mut R) -> usize {
+/// Picks the best of `feasible` (non-empty) for `pod`, whose controller
+/// owner is `owner` as the cache interned it, and returns its position.
+pub fn select<R: Rng>(
+    pod: Candidate<'_>,
+    owner: Option<OwnerId>,
+    feasible: &[&NodeInfo],
+    rng: &mut R,
+) -> usize {
     if feasible.len() <= 1 {
         return 0;
     }
-    let totals = total_scores(pod, feasible);
+    let totals = total_scores(pod, owner, feasible);
     let mut best = 0;
     let mut ties = 0u32;
     for (i, score) in totals.iter().enumerate() {
@@ -49,7 +55,11 @@ pub fn select<R: Rng>(pod: Candidate<'_>, feasible: &[&NodeInfo], rng: &mut R) -
 }
 
 /// Weighted sum of every plugin's normalised score per node.
-pub fn total_scores(pod: Candidate<'_>, feasible: &[&NodeInfo]) -> Vec<i64> {
+pub fn total_scores(
+    pod: Candidate<'_>,
+    owner: Option<OwnerId>,
+    feasible: &[&NodeInfo],
+) -> Vec<i64> {
     let mut totals: Vec<i64> = feasible
         .iter()
         .map(|n| LEAST_ALLOCATED_WEIGHT * least_allocated(pod, n))
@@ -84,7 +94,7 @@ pub fn total_scores(pod: Candidate<'_>, feasible: &[&NodeInfo]) -> Vec<i64> {
         add_weighted(&mut totals, &weights, NODE_AFFINITY_WEIGHT);
     }
 
-    if let Some(owner) = &pod.demand.owner {
+    if let Some(owner) = owner {
         let mut counts: Vec<i64> = feasible
             .iter()
             .map(|n| i64::from(n.owner_count(owner)))
@@ -143,11 +153,13 @@ fn least_requested(requested: i64, capacity: i64) -> i64 {
     if capacity <= 0 || requested > capacity {
         return 0;
     }
-    // i128: capacity in bytes times 100 can exceed i64 for exabyte nodes.
-    i64::try_from(
-        i128::from(capacity - requested) * i128::from(MAX_NODE_SCORE) / i128::from(capacity),
-    )
-    .unwrap_or(0)
+    let free = capacity - requested.max(0);
+    match free.checked_mul(MAX_NODE_SCORE) {
+        Some(scaled) => scaled / capacity,
+        // Only for capacities near i64::MAX (exabytes): same result, slower.
+        None => i64::try_from(i128::from(free) * i128::from(MAX_NODE_SCORE) / i128::from(capacity))
+            .unwrap_or(0),
+    }
 }
 
 #[cfg(test)]
@@ -201,6 +213,10 @@ mod tests {
         rand::rngs::StdRng::seed_from_u64(7)
     }
 
+    fn best(s: &PodSpec, d: &PodDemand, owner: Option<OwnerId>, nodes: &[&NodeInfo]) -> usize {
+        select(Candidate { spec: s, demand: d }, owner, nodes, &mut rng())
+    }
+
     #[test]
     fn least_allocated_prefers_the_emptier_node() {
         let s = spec(serde_json::json!({}));
@@ -214,9 +230,10 @@ mod tests {
         // cpu (4000-1000)/4000 = 75, memory (4-1)/4 = 75
         assert_eq!(least_allocated(pod, &idle), 75);
         assert_eq!(least_allocated(pod, &busy), (25 + 75) / 2);
-        assert_eq!(select(pod, &[&busy, &idle], &mut rng()), 1);
+        assert_eq!(best(&s, &d, None, &[&busy, &idle]), 1);
         assert_eq!(least_requested(5, 4), 0);
         assert_eq!(least_requested(1, 0), 0);
+        assert_eq!(least_requested(1, i64::MAX), 99);
     }
 
     #[test]
@@ -234,63 +251,23 @@ mod tests {
         // The clean node is busier, but the taint weighs more.
         let clean = node("clean", 1000);
         let s = spec(serde_json::json!({}));
-        assert_eq!(
-            select(
-                Candidate {
-                    spec: &s,
-                    demand: &d
-                },
-                &[&tainted, &clean],
-                &mut rng()
-            ),
-            1
-        );
+        assert_eq!(best(&s, &d, None, &[&tainted, &clean]), 1);
         let tolerant =
             spec(serde_json::json!({"tolerations": [{"key": "soft", "operator": "Exists"}]}));
-        assert_eq!(
-            select(
-                Candidate {
-                    spec: &tolerant,
-                    demand: &d
-                },
-                &[&tainted, &clean],
-                &mut rng()
-            ),
-            0
-        );
+        assert_eq!(best(&tolerant, &d, None, &[&tainted, &clean]), 0);
     }
 
     #[test]
     fn spreads_pods_of_one_owner() {
         let s = spec(serde_json::json!({}));
         let d = demand(Some("rs"));
+        let (rs, other) = (OwnerId(0), OwnerId(1));
         let mut crowded = node("crowded", 0);
-        crowded.owners.push(("rs".into(), 3));
+        crowded.owners.push((rs, 3));
         let slightly_busy = node("other", 500);
-        assert_eq!(
-            select(
-                Candidate {
-                    spec: &s,
-                    demand: &d
-                },
-                &[&crowded, &slightly_busy],
-                &mut rng()
-            ),
-            1
-        );
+        assert_eq!(best(&s, &d, Some(rs), &[&crowded, &slightly_busy]), 1);
         // Pods of other owners do not count.
-        let d = demand(Some("someone-else"));
-        assert_eq!(
-            select(
-                Candidate {
-                    spec: &s,
-                    demand: &d
-                },
-                &[&crowded, &slightly_busy],
-                &mut rng()
-            ),
-            0
-        );
+        assert_eq!(best(&s, &d, Some(other), &[&crowded, &slightly_busy]), 0);
     }
 
     #[test]
@@ -305,17 +282,7 @@ mod tests {
             f.labels.insert("disk".into(), "ssd".into());
         }
         let plain = node("plain", 0);
-        assert_eq!(
-            select(
-                Candidate {
-                    spec: &s,
-                    demand: &d
-                },
-                &[&plain, &ssd],
-                &mut rng()
-            ),
-            1
-        );
+        assert_eq!(best(&s, &d, None, &[&plain, &ssd]), 1);
     }
 
     #[test]
@@ -332,6 +299,7 @@ mod tests {
                     spec: &s,
                     demand: &d,
                 },
+                None,
                 &refs,
                 &mut r,
             ));
