@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 use skiff_controlplane::apiserver::server::{self, Config, StoreConfig};
 
 #[derive(Parser)]
-#[command(name = "skiff", version, about = "A compact Kubernetes-compatible cluster with an eBPF data path")]
+#[command(
+    name = "skiff",
+    version,
+    about = "A compact Kubernetes-compatible cluster with an eBPF data path"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -70,8 +74,12 @@ struct ServerArgs {
 
 /// Parses `50s`, `2m`, `1h` or plain seconds.
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let (num, unit) = s.find(|c: char| !c.is_ascii_digit() && c != '.').map_or((s, "s"), |i| s.split_at(i));
-    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}: expected e.g. 50s, 2m, 1h"))?;
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map_or((s, "s"), |i| s.split_at(i));
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 50s, 2m, 1h"))?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "s" => n,
@@ -84,15 +92,23 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 
 fn server_config(args: ServerArgs) -> Result<Config> {
     let store = match args.store.as_str() {
-        "etcd" if args.etcd_endpoints.is_empty() => bail!("--store etcd needs --etcd-endpoints URL[,URL...]"),
+        "etcd" if args.etcd_endpoints.is_empty() => {
+            bail!("--store etcd needs --etcd-endpoints URL[,URL...]")
+        }
         "etcd" => StoreConfig::Etcd(args.etcd_endpoints),
         _ => StoreConfig::Redb,
     };
-    let cluster_cidr = args.cluster_cidr.parse().with_context(|| format!("--cluster-cidr {:?}", args.cluster_cidr))?;
+    let cluster_cidr = args
+        .cluster_cidr
+        .parse()
+        .with_context(|| format!("--cluster-cidr {:?}", args.cluster_cidr))?;
     let mut controllers = skiff_controlplane::controllers::Settings::new(cluster_cidr);
     for name in &args.disable_controllers {
         if !skiff_controlplane::controllers::ALL.contains(&name.as_str()) {
-            bail!("--disable-controllers: unknown controller {name:?}; known: {}", skiff_controlplane::controllers::ALL.join(", "));
+            bail!(
+                "--disable-controllers: unknown controller {name:?}; known: {}",
+                skiff_controlplane::controllers::ALL.join(", ")
+            );
         }
     }
     controllers.disabled = args.disable_controllers.into_iter().collect();
@@ -103,7 +119,10 @@ fn server_config(args: ServerArgs) -> Result<Config> {
         data_dir: args.data_dir,
         listen: args.listen,
         store,
-        service_cidr: args.service_cidr.parse().with_context(|| format!("--service-cidr {:?}", args.service_cidr))?,
+        service_cidr: args
+            .service_cidr
+            .parse()
+            .with_context(|| format!("--service-cidr {:?}", args.service_cidr))?,
         cluster_cidr,
         advertise_address: args.advertise_address,
         controllers,
@@ -131,7 +150,8 @@ fn not_yet(what: &str, issue: u32) -> Result<()> {
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("SKIFF_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();

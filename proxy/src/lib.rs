@@ -18,7 +18,9 @@ impl std::str::FromStr for Mode {
         match s {
             "ebpf" => Ok(Mode::Ebpf),
             "iptables" => Ok(Mode::Iptables),
-            other => Err(format!("unknown proxy mode {other:?}: expected ebpf or iptables")),
+            other => Err(format!(
+                "unknown proxy mode {other:?}: expected ebpf or iptables"
+            )),
         }
     }
 }

@@ -29,7 +29,9 @@ impl Authenticator {
         let Some(token) = value.strip_prefix("Bearer ").map(str::trim) else {
             return false;
         };
-        self.tokens.iter().any(|t| constant_time_eq(t.as_bytes(), token.as_bytes()))
+        self.tokens
+            .iter()
+            .any(|t| constant_time_eq(t.as_bytes(), token.as_bytes()))
     }
 }
 

@@ -13,20 +13,32 @@ use super::strategy::{self, FieldValidation};
 use crate::store::StoreError;
 
 /// Namespaces that exist from the start.
-pub const DEFAULT_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
+pub const DEFAULT_NAMESPACES: &[&str] =
+    &["default", "kube-system", "kube-public", "kube-node-lease"];
 
 /// Creates `obj` of `plural` (core or grouped) unless it exists.
-async fn ensure(server: &ApiServer, group: &str, version: &str, plural: &str, obj: Value) -> Result<(), ApiError> {
-    let resource = registry::find(group, version, plural).ok_or_else(|| ApiError::internal(format!("no resource {plural}")))?;
+async fn ensure(
+    server: &ApiServer,
+    group: &str,
+    version: &str,
+    plural: &str,
+    obj: Value,
+) -> Result<(), ApiError> {
+    let resource = registry::find(group, version, plural)
+        .ok_or_else(|| ApiError::internal(format!("no resource {plural}")))?;
     let ns = obj["metadata"]["namespace"].as_str().map(str::to_string);
     let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
     let key = resource.key(ns.as_deref(), &name);
     if server.store.get(&key).await?.is_some() {
         return Ok(());
     }
-    let (mut obj, _) = strategy::prepare_create(resource, ns.as_deref(), obj, FieldValidation::Strict)?;
+    let (mut obj, _) =
+        strategy::prepare_create(resource, ns.as_deref(), obj, FieldValidation::Strict)?;
     let allocation = if resource.kind == "Service" {
-        server.ipam.allocate(&mut obj).map_err(|e| ApiError::invalid(resource, &name, &e))?
+        server
+            .ipam
+            .allocate(&mut obj)
+            .map_err(|e| ApiError::invalid(resource, &name, &e))?
     } else {
         Default::default()
     };
@@ -46,10 +58,22 @@ async fn ensure(server: &ApiServer, group: &str, version: &str, plural: &str, ob
 /// Ensures the default namespaces, service accounts and `kubernetes` Service.
 pub async fn ensure_defaults(server: &ApiServer) -> Result<(), ApiError> {
     for ns in DEFAULT_NAMESPACES {
-        ensure(server, "", "v1", "namespaces", json!({"metadata": {"name": ns}})).await?;
+        ensure(
+            server,
+            "",
+            "v1",
+            "namespaces",
+            json!({"metadata": {"name": ns}}),
+        )
+        .await?;
         namespace_created(server, ns).await;
     }
-    let host = server.server_address.rsplit_once(':').map(|(h, _)| h).unwrap_or("127.0.0.1").to_string();
+    let host = server
+        .server_address
+        .rsplit_once(':')
+        .map(|(h, _)| h)
+        .unwrap_or("127.0.0.1")
+        .to_string();
     let port: u16 = server.config.listen.port();
     if let Some(ip) = ServiceIpam::kubernetes_ip(&server.config.service_cidr) {
         let svc = json!({
@@ -80,6 +104,9 @@ pub async fn ensure_defaults(server: &ApiServer) -> Result<(), ApiError> {
 pub async fn namespace_created(server: &ApiServer, ns: &str) {
     let sa = json!({"metadata": {"name": "default", "namespace": ns}});
     if let Err(e) = ensure(server, "", "v1", "serviceaccounts", sa).await {
-        tracing::warn!("cannot create the default ServiceAccount in {ns}: {}", e.message);
+        tracing::warn!(
+            "cannot create the default ServiceAccount in {ns}: {}",
+            e.message
+        );
     }
 }

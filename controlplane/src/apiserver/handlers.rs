@@ -75,7 +75,10 @@ impl<'a> ResourceRequest<'a> {
     /// A boolean query parameter, parsed as Go's `strconv.ParseBool` (clients
     /// send `true`, `1` or, like the Python client, `True`).
     pub fn flag(&self, key: &str) -> bool {
-        matches!(self.param(key), Some("1" | "t" | "T" | "true" | "TRUE" | "True"))
+        matches!(
+            self.param(key),
+            Some("1" | "t" | "T" | "true" | "TRUE" | "True")
+        )
     }
 
     /// The object name (routes guarantee it for item requests).
@@ -85,7 +88,8 @@ impl<'a> ResourceRequest<'a> {
 
     /// Storage key of the named object.
     pub fn key(&self) -> String {
-        self.resource.key(self.namespace.as_deref(), self.object_name())
+        self.resource
+            .key(self.namespace.as_deref(), self.object_name())
     }
 
     /// True when the client asked for `as=Table`.
@@ -93,7 +97,11 @@ impl<'a> ResourceRequest<'a> {
         self.headers
             .get("accept")
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|a| a.split(',').next().is_some_and(|first| first.contains("as=Table")))
+            .is_some_and(|a| {
+                a.split(',')
+                    .next()
+                    .is_some_and(|first| first.contains("as=Table"))
+            })
     }
 
     /// The `includeObject` policy for tables.
@@ -112,7 +120,10 @@ impl<'a> ResourceRequest<'a> {
 
     /// The request body's content type.
     pub fn content_type(&self) -> &str {
-        self.headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("application/json")
+        self.headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json")
     }
 
     /// Parses the body as an object.
@@ -127,7 +138,11 @@ impl<'a> ResourceRequest<'a> {
 }
 
 /// Routes a resource request by method, name and subresource.
-pub async fn handle(server: &Arc<ApiServer>, method: &Method, req: ResourceRequest<'_>) -> Result<Response, ApiError> {
+pub async fn handle(
+    server: &Arc<ApiServer>,
+    method: &Method,
+    req: ResourceRequest<'_>,
+) -> Result<Response, ApiError> {
     let has_name = req.name.is_some();
     if has_name && req.resource.namespaced && req.namespace.is_none() {
         return Err(ApiError::no_route());
@@ -153,18 +168,27 @@ pub async fn handle(server: &Arc<ApiServer>, method: &Method, req: ResourceReque
         ("PUT", true, Some(Subresource::Finalize)) => update(server, &req, Scope::Finalize).await,
         ("DELETE", true, None) => delete(server, &req).await,
         (_, true, Some(Subresource::Scale)) => subresources::scale(server, method, &req).await,
-        ("POST", true, Some(Subresource::Binding)) => binding(server, &req, req.name.as_deref()).await,
+        ("POST", true, Some(Subresource::Binding)) => {
+            binding(server, &req, req.name.as_deref()).await
+        }
         ("GET", true, Some(Subresource::Log)) => Err(ApiError::new(
             503,
             "ServiceUnavailable",
-            format!("no node agent serves logs for pod \"{}\" yet", req.object_name()),
+            format!(
+                "no node agent serves logs for pod \"{}\" yet",
+                req.object_name()
+            ),
         )),
         (m, _, _) => Err(ApiError::method_not_allowed(m)),
     }
 }
 
 /// POST pods/{name}/binding (or namespaces/{ns}/bindings).
-pub async fn binding(server: &Arc<ApiServer>, req: &ResourceRequest<'_>, name: Option<&str>) -> Result<Response, ApiError> {
+pub async fn binding(
+    server: &Arc<ApiServer>,
+    req: &ResourceRequest<'_>,
+    name: Option<&str>,
+) -> Result<Response, ApiError> {
     subresources::binding(server, req, name).await
 }
 
@@ -182,11 +206,21 @@ pub fn respond(code: StatusCode, value: &Value, warnings: &[String]) -> Response
 }
 
 /// Responds with one object, as a Table when asked.
-pub fn respond_object(req: &ResourceRequest<'_>, code: StatusCode, obj: Value, warnings: &[String]) -> Response {
+pub fn respond_object(
+    req: &ResourceRequest<'_>,
+    code: StatusCode,
+    obj: Value,
+    warnings: &[String],
+) -> Response {
     let obj = strategy::from_storage(req.resource, obj);
     if req.wants_table() {
         let rv = obj["metadata"]["resourceVersion"].clone();
-        let mut t = table::to_table(req.resource, &[obj], req.include_object(), jiff::Timestamp::now());
+        let mut t = table::to_table(
+            req.resource,
+            &[obj],
+            req.include_object(),
+            jiff::Timestamp::now(),
+        );
         t["metadata"] = json!({"resourceVersion": rv});
         return respond(code, &t, warnings);
     }
@@ -203,7 +237,10 @@ pub async fn read(server: &ApiServer, req: &ResourceRequest<'_>) -> Result<(Valu
         .ok_or_else(|| ApiError::not_found(req.resource, req.object_name()))?;
     let obj: Value = serde_json::from_slice(&kv.value)
         .map_err(|e| ApiError::internal(format!("stored object {} is corrupt: {e}", kv.key)))?;
-    Ok((strategy::with_resource_version(obj, kv.mod_revision), kv.mod_revision))
+    Ok((
+        strategy::with_resource_version(obj, kv.mod_revision),
+        kv.mod_revision,
+    ))
 }
 
 async fn get(server: &Arc<ApiServer>, req: &ResourceRequest<'_>) -> Result<Response, ApiError> {
@@ -225,8 +262,14 @@ impl Selectors {
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
         let field = FieldSelector::parse(req.param("fieldSelector").unwrap_or(""))
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        field.validate(req.resource.plural).map_err(|e| ApiError::bad_request(e.to_string()))?;
-        Ok(Selectors { label, field, plural: req.resource.plural })
+        field
+            .validate(req.resource.plural)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        Ok(Selectors {
+            label,
+            field,
+            plural: req.resource.plural,
+        })
     }
 
     /// True when the object matches both selectors.
@@ -243,10 +286,16 @@ fn encode_continue(key: &str, revision: i64) -> String {
 }
 
 fn decode_continue(token: &str) -> Result<(String, i64), ApiError> {
-    let bad = || ApiError::bad_request("continue key is not valid: please re-list from the beginning");
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let bad =
+        || ApiError::bad_request("continue key is not valid: please re-list from the beginning");
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| bad())?;
     let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
-    Ok((v["start"].as_str().ok_or_else(bad)?.to_string(), v["rv"].as_i64().ok_or_else(bad)?))
+    Ok((
+        v["start"].as_str().ok_or_else(bad)?.to_string(),
+        v["rv"].as_i64().ok_or_else(bad)?,
+    ))
 }
 
 /// Lists matching objects (with `limit`/`continue`). Returns items, revision and continue token.
@@ -271,14 +320,18 @@ pub async fn list_each(
 ) -> Result<(i64, Option<String>), ApiError> {
     let limit: usize = match req.param("limit") {
         None | Some("") => 0,
-        Some(l) => l.parse().map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
+        Some(l) => l
+            .parse()
+            .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
     };
     let prefix = req.resource.prefix(req.namespace.as_deref());
     let (mut start, mut revision) = match req.param("continue").filter(|c| !c.is_empty()) {
         Some(token) => {
             let (key, rv) = decode_continue(token)?;
             if !key.starts_with(&prefix) {
-                return Err(ApiError::bad_request("continue key does not belong to this list"));
+                return Err(ApiError::bad_request(
+                    "continue key does not belong to this list",
+                ));
             }
             (Some(key), Some(rv))
         }
@@ -288,7 +341,11 @@ pub async fn list_each(
     const PAGE: usize = 500;
     let mut matched = 0;
     loop {
-        let chunk = if limit == 0 { PAGE } else { (limit - matched).clamp(64, PAGE) };
+        let chunk = if limit == 0 {
+            PAGE
+        } else {
+            (limit - matched).clamp(64, PAGE)
+        };
         let page = server.store.list(&prefix, start.as_deref(), chunk).await?;
         let rev = *revision.get_or_insert(page.revision);
         for (i, kv) in page.items.iter().enumerate() {
@@ -297,7 +354,10 @@ pub async fn list_each(
                 continue;
             };
             if selectors.matches(&obj) {
-                each(strategy::from_storage(req.resource, strategy::with_resource_version(obj, kv.mod_revision)));
+                each(strategy::from_storage(
+                    req.resource,
+                    strategy::with_resource_version(obj, kv.mod_revision),
+                ));
                 matched += 1;
                 if limit > 0 && matched == limit {
                     let more = page.more || i + 1 < page.items.len();
@@ -316,7 +376,12 @@ async fn list(server: &Arc<ApiServer>, req: &ResourceRequest<'_>) -> Result<Resp
     let selectors = Selectors::from_request(req)?;
     if req.wants_table() {
         let (items, revision, token) = list_objects(server, req, &selectors).await?;
-        let mut t = table::to_table(req.resource, &items, req.include_object(), jiff::Timestamp::now());
+        let mut t = table::to_table(
+            req.resource,
+            &items,
+            req.include_object(),
+            jiff::Timestamp::now(),
+        );
         t["metadata"] = list_metadata(revision, token);
         return Ok(respond(StatusCode::OK, &t, &[]));
     }
@@ -382,15 +447,25 @@ async fn check_namespace(server: &ApiServer, req: &ResourceRequest<'_>) -> Resul
 async fn create(server: &Arc<ApiServer>, req: &ResourceRequest<'_>) -> Result<Response, ApiError> {
     let body = req.decode()?;
     check_namespace(server, req).await?;
-    let (mut obj, warnings) =
-        strategy::prepare_create(req.resource, req.namespace.as_deref(), body, req.field_validation()?)?;
+    let (mut obj, warnings) = strategy::prepare_create(
+        req.resource,
+        req.namespace.as_deref(),
+        body,
+        req.field_validation()?,
+    )?;
     if req.resource.kind == "Pod" {
-        strategy::add_default_tolerations(&mut obj, server.config.controllers.default_toleration_seconds);
+        strategy::add_default_tolerations(
+            &mut obj,
+            server.config.controllers.default_toleration_seconds,
+        );
     }
     let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
     let key = req.resource.key(req.namespace.as_deref(), &name);
     let allocation = if req.resource.kind == "Service" && !req.dry_run() {
-        server.ipam.allocate(&mut obj).map_err(|errs| ApiError::invalid(req.resource, &name, &errs))?
+        server
+            .ipam
+            .allocate(&mut obj)
+            .map_err(|errs| ApiError::invalid(req.resource, &name, &errs))?
     } else {
         ipam::Allocation::default()
     };
@@ -424,8 +499,14 @@ pub async fn guaranteed_update(
     let fv = req.field_validation()?;
     for _ in 0..MAX_RETRIES {
         let (current, revision) = read(server, req).await?;
-        let desired = strategy::to_storage(req.resource, mutate(&strategy::from_storage(req.resource, current.clone()))?);
-        let pinned = desired["metadata"]["resourceVersion"].as_str().filter(|s| !s.is_empty()).map(str::to_string);
+        let desired = strategy::to_storage(
+            req.resource,
+            mutate(&strategy::from_storage(req.resource, current.clone()))?,
+        );
+        let pinned = desired["metadata"]["resourceVersion"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(str::to_string);
         if let Some(rv) = &pinned {
             if rv.parse::<i64>().ok() != Some(revision) {
                 return Err(ApiError::conflict(req.resource, req.object_name()));
@@ -444,14 +525,26 @@ pub async fn guaranteed_update(
             return match server.store.delete(&req.key(), Some(revision)).await {
                 Ok(kv) => {
                     released(server, req.resource, &new);
-                    Ok((strategy::with_resource_version(new, kv.mod_revision), warnings))
+                    Ok((
+                        strategy::with_resource_version(new, kv.mod_revision),
+                        warnings,
+                    ))
                 }
                 Err(StoreError::Conflict { .. }) if pinned.is_none() => continue,
                 Err(e) => Err(ApiError::from_store(e, req.resource, req.object_name())),
             };
         }
-        match server.store.update(&req.key(), strategy::to_bytes(&new), revision).await {
-            Ok(kv) => return Ok((strategy::with_resource_version(new, kv.mod_revision), warnings)),
+        match server
+            .store
+            .update(&req.key(), strategy::to_bytes(&new), revision)
+            .await
+        {
+            Ok(kv) => {
+                return Ok((
+                    strategy::with_resource_version(new, kv.mod_revision),
+                    warnings,
+                ))
+            }
             Err(StoreError::Conflict { .. }) if pinned.is_none() => continue,
             Err(e) => return Err(ApiError::from_store(e, req.resource, req.object_name())),
         }
@@ -475,13 +568,21 @@ fn released(server: &ApiServer, resource: &Resource, obj: &Value) {
     }
 }
 
-async fn update(server: &Arc<ApiServer>, req: &ResourceRequest<'_>, scope: Scope) -> Result<Response, ApiError> {
+async fn update(
+    server: &Arc<ApiServer>,
+    req: &ResourceRequest<'_>,
+    scope: Scope,
+) -> Result<Response, ApiError> {
     let body = req.decode()?;
     let (obj, warnings) = guaranteed_update(server, req, scope, |_| Ok(body.clone())).await?;
     Ok(respond_object(req, StatusCode::OK, obj, &warnings))
 }
 
-async fn patch(server: &Arc<ApiServer>, req: &ResourceRequest<'_>, scope: Scope) -> Result<Response, ApiError> {
+async fn patch(
+    server: &Arc<ApiServer>,
+    req: &ResourceRequest<'_>,
+    scope: Scope,
+) -> Result<Response, ApiError> {
     let ct = req.content_type();
     let patch_type = PatchType::from_content_type(ct).ok_or_else(|| {
         ApiError::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {ct})"))
@@ -525,7 +626,11 @@ struct DeleteOptions {
 }
 
 fn delete_options(req: &ResourceRequest<'_>) -> Result<DeleteOptions, ApiError> {
-    let body: Value = if req.body.iter().all(u8::is_ascii_whitespace) { json!({}) } else { req.decode()? };
+    let body: Value = if req.body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        req.decode()?
+    };
     let grace_period = body["gracePeriodSeconds"]
         .as_i64()
         .or_else(|| req.param("gracePeriodSeconds").and_then(|g| g.parse().ok()));
@@ -534,8 +639,16 @@ fn delete_options(req: &ResourceRequest<'_>) -> Result<DeleteOptions, ApiError> 
         .map(str::to_string)
         .or_else(|| req.param("propagationPolicy").map(str::to_string))
         .or_else(|| {
-            let orphan = body["orphanDependents"].as_bool().or_else(|| req.param("orphanDependents").map(|v| v == "true"));
-            orphan.map(|o| if o { "Orphan".to_string() } else { "Background".to_string() })
+            let orphan = body["orphanDependents"]
+                .as_bool()
+                .or_else(|| req.param("orphanDependents").map(|v| v == "true"));
+            orphan.map(|o| {
+                if o {
+                    "Orphan".to_string()
+                } else {
+                    "Background".to_string()
+                }
+            })
         });
     if let Some(p) = &propagation {
         if !matches!(p.as_str(), "Orphan" | "Foreground" | "Background") {
@@ -548,7 +661,9 @@ fn delete_options(req: &ResourceRequest<'_>) -> Result<DeleteOptions, ApiError> 
         grace_period,
         propagation,
         precondition_uid: body["preconditions"]["uid"].as_str().map(str::to_string),
-        precondition_rv: body["preconditions"]["resourceVersion"].as_str().map(str::to_string),
+        precondition_rv: body["preconditions"]["resourceVersion"]
+            .as_str()
+            .map(str::to_string),
     })
 }
 
@@ -569,10 +684,14 @@ async fn delete_one(
         let (current, revision) = read(server, req).await?;
         if let Some(uid) = &opts.precondition_uid {
             if current["metadata"]["uid"].as_str() != Some(uid) {
-                return Err(ApiError::new(409, "Conflict", format!(
-                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                    current["metadata"]["uid"].as_str().unwrap_or("")
-                )));
+                return Err(ApiError::new(
+                    409,
+                    "Conflict",
+                    format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                        current["metadata"]["uid"].as_str().unwrap_or("")
+                    ),
+                ));
             }
         }
         if let Some(rv) = &opts.precondition_rv {
@@ -587,7 +706,10 @@ async fn delete_one(
             _ => None,
         };
         if let Some(f) = gc_finalizer {
-            let list = current["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
+            let list = current["metadata"]["finalizers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             if !list.iter().any(|x| x == f) {
                 let mut list = list;
                 list.push(json!(f));
@@ -595,16 +717,25 @@ async fn delete_one(
             }
         }
         let terminating_namespace = req.resource.kind == "Namespace"
-            && current["spec"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
+            && current["spec"]["finalizers"]
+                .as_array()
+                .is_some_and(|f| !f.is_empty());
         if terminating_namespace {
             current["status"]["phase"] = json!("Terminating");
         }
-        let has_finalizers =
-            current["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty()) || terminating_namespace;
+        let has_finalizers = current["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty())
+            || terminating_namespace;
         let graceful_pod = req.resource.kind == "Pod"
-            && current["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty())
+            && current["spec"]["nodeName"]
+                .as_str()
+                .is_some_and(|n| !n.is_empty())
             && opts.grace_period != Some(0)
-            && !matches!(current["status"]["phase"].as_str(), Some("Succeeded" | "Failed"));
+            && !matches!(
+                current["status"]["phase"].as_str(),
+                Some("Succeeded" | "Failed")
+            );
         if req.dry_run() {
             return Ok((current, StatusCode::OK));
         }
@@ -617,13 +748,24 @@ async fn delete_one(
                 marked["metadata"]["deletionTimestamp"] = json!(strategy::now_rfc3339());
             }
             let grace = if graceful_pod {
-                opts.grace_period.or(current["spec"]["terminationGracePeriodSeconds"].as_i64()).unwrap_or(30)
+                opts.grace_period
+                    .or(current["spec"]["terminationGracePeriodSeconds"].as_i64())
+                    .unwrap_or(30)
             } else {
                 0
             };
             marked["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
-            match server.store.update(&req.key(), strategy::to_bytes(&marked), revision).await {
-                Ok(kv) => return Ok((strategy::with_resource_version(marked, kv.mod_revision), StatusCode::ACCEPTED)),
+            match server
+                .store
+                .update(&req.key(), strategy::to_bytes(&marked), revision)
+                .await
+            {
+                Ok(kv) => {
+                    return Ok((
+                        strategy::with_resource_version(marked, kv.mod_revision),
+                        StatusCode::ACCEPTED,
+                    ))
+                }
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(ApiError::from_store(e, req.resource, req.object_name())),
             }
@@ -641,7 +783,10 @@ async fn delete_one(
     Err(ApiError::conflict(req.resource, req.object_name()))
 }
 
-async fn delete_collection(server: &Arc<ApiServer>, req: &ResourceRequest<'_>) -> Result<Response, ApiError> {
+async fn delete_collection(
+    server: &Arc<ApiServer>,
+    req: &ResourceRequest<'_>,
+) -> Result<Response, ApiError> {
     if req.resource.namespaced && req.namespace.is_none() {
         return Err(ApiError::method_not_allowed("DELETE"));
     }

@@ -39,7 +39,11 @@ struct State {
 }
 
 fn field(reason: &'static str, path: &str, message: String) -> FieldError {
-    FieldError { reason, field: path.to_string(), message }
+    FieldError {
+        reason,
+        field: path.to_string(),
+        message,
+    }
 }
 
 impl ServiceIpam {
@@ -59,7 +63,10 @@ impl ServiceIpam {
                 state.ports.extend(a.node_ports);
             }
         }
-        Ok(ServiceIpam { cidr, state: Mutex::new(state) })
+        Ok(ServiceIpam {
+            cidr,
+            state: Mutex::new(state),
+        })
     }
 
     /// Fills `spec.clusterIP(s)` and missing NodePorts of a new Service,
@@ -70,11 +77,19 @@ impl ServiceIpam {
             Some(s) => s,
             None => return Ok(Allocation::default()),
         };
-        let svc_type = spec.get("type").and_then(Value::as_str).unwrap_or("ClusterIP").to_string();
+        let svc_type = spec
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("ClusterIP")
+            .to_string();
         let mut taken = Allocation::default();
         let mut errors = Vec::new();
         if svc_type != "ExternalName" {
-            let requested = spec.get("clusterIP").and_then(Value::as_str).unwrap_or("").to_string();
+            let requested = spec
+                .get("clusterIP")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
             match requested.as_str() {
                 "None" => {
                     spec.insert("clusterIPs".into(), serde_json::json!(["None"]));
@@ -112,7 +127,8 @@ impl ServiceIpam {
             spec.insert("clusterIPs".into(), serde_json::json!([ip.to_string()]));
             let family = if ip.is_ipv4() { "IPv4" } else { "IPv6" };
             spec.insert("ipFamilies".into(), serde_json::json!([family]));
-            spec.entry("ipFamilyPolicy").or_insert_with(|| Value::String("SingleStack".into()));
+            spec.entry("ipFamilyPolicy")
+                .or_insert_with(|| Value::String("SingleStack".into()));
         }
         if svc_type == "NodePort" || svc_type == "LoadBalancer" {
             let mut local: HashSet<u16> = HashSet::new();
@@ -126,10 +142,16 @@ impl ServiceIpam {
                                 local.insert(p);
                                 port["nodePort"] = Value::from(p);
                             }
-                            None => errors.push(field("FieldValueInvalid", &path, "failed to allocate a node port: range is full".into())),
+                            None => errors.push(field(
+                                "FieldValueInvalid",
+                                &path,
+                                "failed to allocate a node port: range is full".into(),
+                            )),
                         }
                     } else {
-                        let p = u16::try_from(want).ok().filter(|p| NODE_PORT_RANGE.contains(p));
+                        let p = u16::try_from(want)
+                            .ok()
+                            .filter(|p| NODE_PORT_RANGE.contains(p));
                         match p {
                             None => errors.push(field(
                                 "FieldValueInvalid",
@@ -206,7 +228,8 @@ fn nth(cidr: &IpNetwork, n: u128) -> Option<IpAddr> {
         }
         IpNetwork::V6(net) => {
             let base = u128::from(net.network());
-            Some(IpAddr::from(std::net::Ipv6Addr::from(base.checked_add(n)?))).filter(|ip| cidr.contains(*ip))
+            Some(IpAddr::from(std::net::Ipv6Addr::from(base.checked_add(n)?)))
+                .filter(|ip| cidr.contains(*ip))
         }
     }
 }
@@ -238,7 +261,10 @@ mod tests {
     use serde_json::json;
 
     fn ipam() -> ServiceIpam {
-        ServiceIpam { cidr: "10.96.0.0/28".parse().unwrap(), state: Mutex::new(State::default()) }
+        ServiceIpam {
+            cidr: "10.96.0.0/28".parse().unwrap(),
+            state: Mutex::new(State::default()),
+        }
     }
 
     #[test]
@@ -256,7 +282,10 @@ mod tests {
         let errs = ipam.allocate(&mut svc).unwrap_err();
         assert_eq!(errs[0].field, "spec.clusterIPs");
         let first = *seen.iter().next().unwrap();
-        ipam.release(&Allocation { ips: vec![first], node_ports: vec![] });
+        ipam.release(&Allocation {
+            ips: vec![first],
+            node_ports: vec![],
+        });
         let mut svc = json!({"spec": {"ports": [{"port": 80}]}});
         assert_eq!(ipam.allocate(&mut svc).unwrap().ips, vec![first]);
     }
@@ -267,9 +296,13 @@ mod tests {
         let mut a = json!({"spec": {"clusterIP": "10.96.0.10"}});
         ipam.allocate(&mut a).unwrap();
         let mut b = json!({"spec": {"clusterIP": "10.96.0.10"}});
-        assert!(ipam.allocate(&mut b).unwrap_err()[0].message.contains("already allocated"));
+        assert!(ipam.allocate(&mut b).unwrap_err()[0]
+            .message
+            .contains("already allocated"));
         let mut c = json!({"spec": {"clusterIP": "10.97.0.1"}});
-        assert!(ipam.allocate(&mut c).unwrap_err()[0].message.contains("not in the valid range"));
+        assert!(ipam.allocate(&mut c).unwrap_err()[0]
+            .message
+            .contains("not in the valid range"));
         let mut headless = json!({"spec": {"clusterIP": "None"}});
         assert!(ipam.allocate(&mut headless).unwrap().ips.is_empty());
     }
@@ -282,7 +315,8 @@ mod tests {
         assert_eq!(a.node_ports.len(), 2);
         let p = svc["spec"]["ports"][0]["nodePort"].as_u64().unwrap() as u16;
         assert!(NODE_PORT_RANGE.contains(&p));
-        let mut dup = json!({"spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 30080}]}});
+        let mut dup =
+            json!({"spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 30080}]}});
         assert!(ipam.allocate(&mut dup).is_err());
     }
 }

@@ -61,14 +61,20 @@ fn read(path: &Path) -> Result<Option<String>, PkiError> {
     match fs::read_to_string(path) {
         Ok(s) => Ok(Some(s)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(PkiError::Io { path: path.into(), source }),
+        Err(source) => Err(PkiError::Io {
+            path: path.into(),
+            source,
+        }),
     }
 }
 
 /// Writes a file atomically (temp + rename) with the given mode.
 fn write(path: &Path, contents: &str, mode: u32) -> Result<(), PkiError> {
     use std::os::unix::fs::PermissionsExt;
-    let io_err = |source| PkiError::Io { path: path.into(), source };
+    let io_err = |source| PkiError::Io {
+        path: path.into(),
+        source,
+    };
     let tmp = path.with_extension("tmp");
     fs::write(&tmp, contents).map_err(io_err)?;
     fs::set_permissions(&tmp, fs::Permissions::from_mode(mode)).map_err(io_err)?;
@@ -106,12 +112,22 @@ fn new_ca() -> Result<(String, String), PkiError> {
     dn.push(DnType::CommonName, "skiff-ca");
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    let cert = params.self_signed(&key).map_err(cert_err("CA certificate"))?;
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let cert = params
+        .self_signed(&key)
+        .map_err(cert_err("CA certificate"))?;
     Ok((cert.pem(), key.serialize_pem()))
 }
 
-fn new_server_cert(ca_pem: &str, ca_key_pem: &str, sans: &[String]) -> Result<(String, String), PkiError> {
+fn new_server_cert(
+    ca_pem: &str,
+    ca_key_pem: &str,
+    sans: &[String],
+) -> Result<(String, String), PkiError> {
     let ca_key = KeyPair::from_pem(ca_key_pem).map_err(cert_err("CA key"))?;
     let issuer = Issuer::from_ca_cert_pem(ca_pem, ca_key).map_err(cert_err("CA certificate"))?;
     let key = KeyPair::generate().map_err(cert_err("serving key"))?;
@@ -127,9 +143,14 @@ fn new_server_cert(ca_pem: &str, ca_key_pem: &str, sans: &[String]) -> Result<(S
         })
         .collect::<Result<_, _>>()
         .map_err(cert_err("serving certificate names"))?;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let cert = params.signed_by(&key, &issuer).map_err(cert_err("serving certificate"))?;
+    let cert = params
+        .signed_by(&key, &issuer)
+        .map_err(cert_err("serving certificate"))?;
     Ok((cert.pem(), key.serialize_pem()))
 }
 
@@ -141,7 +162,10 @@ fn new_token() -> String {
 /// Loads the PKI from `dir`, creating whatever is missing, and (re)writes
 /// `admin.kubeconfig` pointing at `server_url`.
 pub fn ensure(dir: &Path, ips: &[IpAddr], server_url: &str) -> Result<Pki, PkiError> {
-    fs::create_dir_all(dir).map_err(|source| PkiError::Io { path: dir.into(), source })?;
+    fs::create_dir_all(dir).map_err(|source| PkiError::Io {
+        path: dir.into(),
+        source,
+    })?;
     let (ca_pem, ca_key_pem) = match (read(&dir.join("ca.crt"))?, read(&dir.join("ca.key"))?) {
         (Some(c), Some(k)) => (c, k),
         _ => {
@@ -178,8 +202,17 @@ pub fn ensure(dir: &Path, ips: &[IpAddr], server_url: &str) -> Result<Pki, PkiEr
             t
         }
     };
-    write(&dir.join("admin.kubeconfig"), &kubeconfig(server_url, &ca_pem, &admin_token), 0o600)?;
-    Ok(Pki { ca_pem, server_cert_pem, server_key_pem, admin_token })
+    write(
+        &dir.join("admin.kubeconfig"),
+        &kubeconfig(server_url, &ca_pem, &admin_token),
+        0o600,
+    )?;
+    Ok(Pki {
+        ca_pem,
+        server_cert_pem,
+        server_key_pem,
+        admin_token,
+    })
 }
 
 /// A kubeconfig for the admin user with context `skiff`.
@@ -194,9 +227,15 @@ pub fn kubeconfig(server_url: &str, ca_pem: &str, token: &str) -> String {
 pub fn tls_config(pki: &Pki, dir: &Path) -> Result<rustls::ServerConfig, PkiError> {
     let certs: Vec<_> = rustls_pemfile::certs(&mut pki.server_cert_pem.as_bytes())
         .collect::<Result<_, _>>()
-        .map_err(|source| PkiError::Io { path: dir.join("server.crt"), source })?;
+        .map_err(|source| PkiError::Io {
+            path: dir.join("server.crt"),
+            source,
+        })?;
     let key = rustls_pemfile::private_key(&mut pki.server_key_pem.as_bytes())
-        .map_err(|source| PkiError::Io { path: dir.join("server.key"), source })?
+        .map_err(|source| PkiError::Io {
+            path: dir.join("server.key"),
+            source,
+        })?
         .ok_or_else(|| PkiError::Pem(dir.join("server.key")))?;
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -225,7 +264,12 @@ mod tests {
         let kc = fs::read_to_string(dir.path().join("admin.kubeconfig")).unwrap();
         assert!(kc.contains(&a.admin_token));
         // A new address re-issues the serving certificate under the same CA.
-        let c = ensure(dir.path(), &[ip, "10.0.0.1".parse().unwrap()], "https://10.0.0.1:6443").unwrap();
+        let c = ensure(
+            dir.path(),
+            &[ip, "10.0.0.1".parse().unwrap()],
+            "https://10.0.0.1:6443",
+        )
+        .unwrap();
         assert_eq!(a.ca_pem, c.ca_pem);
         assert_ne!(a.server_cert_pem, c.server_cert_pem);
         assert!(tls_config(&c, dir.path()).is_ok());

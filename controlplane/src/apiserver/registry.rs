@@ -155,24 +155,240 @@ const ALL: &[&str] = &["all"];
 
 /// Every resource the server serves.
 pub static RESOURCES: &[Resource] = &[
-    res!("", "v1", "Namespace", "namespaces", "namespace", false, &["ns"], &[], &[Status, Finalize], "namespaces", api::core::v1::Namespace),
-    res!("", "v1", "Pod", "pods", "pod", true, &["po"], ALL, &[Status, Binding, Log], "pods", api::core::v1::Pod),
-    res!("", "v1", "Service", "services", "service", true, &["svc"], ALL, &[Status], "services", api::core::v1::Service),
-    res!("", "v1", "Endpoints", "endpoints", "endpoints", true, &["ep"], &[], &[], "endpoints", api::core::v1::Endpoints),
-    res!("", "v1", "Node", "nodes", "node", false, &["no"], &[], &[Status], "nodes", api::core::v1::Node),
-    res!("", "v1", "ConfigMap", "configmaps", "configmap", true, &["cm"], &[], &[], "configmaps", api::core::v1::ConfigMap),
-    res!("", "v1", "Secret", "secrets", "secret", true, &[], &[], &[], "secrets", api::core::v1::Secret),
-    res!("", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount", true, &["sa"], &[], &[], "serviceaccounts", api::core::v1::ServiceAccount),
-    res!("", "v1", "Event", "events", "event", true, &["ev"], &[], &[], "events", api::core::v1::Event),
-    res!("apps", "v1", "Deployment", "deployments", "deployment", true, &["deploy"], ALL, &[Status, Scale], "deployments", api::apps::v1::Deployment),
-    res!("apps", "v1", "ReplicaSet", "replicasets", "replicaset", true, &["rs"], ALL, &[Status, Scale], "replicasets", api::apps::v1::ReplicaSet),
-    res!("apps", "v1", "DaemonSet", "daemonsets", "daemonset", true, &["ds"], ALL, &[Status], "daemonsets", api::apps::v1::DaemonSet),
-    res!("apps", "v1", "StatefulSet", "statefulsets", "statefulset", true, &["sts"], ALL, &[Status, Scale], "statefulsets", api::apps::v1::StatefulSet),
-    res!("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", "endpointslice", true, &[], &[], &[], "endpointslices", api::discovery::v1::EndpointSlice),
-    res!("coordination.k8s.io", "v1", "Lease", "leases", "lease", true, &[], &[], &[], "leases", api::coordination::v1::Lease),
-    res!("batch", "v1", "Job", "jobs", "job", true, &[], ALL, &[Status], "jobs", api::batch::v1::Job),
-    res!("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", "horizontalpodautoscaler", true, &["hpa"], ALL, &[Status], "horizontalpodautoscalers", api::autoscaling::v2::HorizontalPodAutoscaler),
-    res!("autoscaling", "v1", "HorizontalPodAutoscaler", "horizontalpodautoscalers", "horizontalpodautoscaler", true, &["hpa"], ALL, &[Status], "horizontalpodautoscalers", api::autoscaling::v1::HorizontalPodAutoscaler),
+    res!(
+        "",
+        "v1",
+        "Namespace",
+        "namespaces",
+        "namespace",
+        false,
+        &["ns"],
+        &[],
+        &[Status, Finalize],
+        "namespaces",
+        api::core::v1::Namespace
+    ),
+    res!(
+        "",
+        "v1",
+        "Pod",
+        "pods",
+        "pod",
+        true,
+        &["po"],
+        ALL,
+        &[Status, Binding, Log],
+        "pods",
+        api::core::v1::Pod
+    ),
+    res!(
+        "",
+        "v1",
+        "Service",
+        "services",
+        "service",
+        true,
+        &["svc"],
+        ALL,
+        &[Status],
+        "services",
+        api::core::v1::Service
+    ),
+    res!(
+        "",
+        "v1",
+        "Endpoints",
+        "endpoints",
+        "endpoints",
+        true,
+        &["ep"],
+        &[],
+        &[],
+        "endpoints",
+        api::core::v1::Endpoints
+    ),
+    res!(
+        "",
+        "v1",
+        "Node",
+        "nodes",
+        "node",
+        false,
+        &["no"],
+        &[],
+        &[Status],
+        "nodes",
+        api::core::v1::Node
+    ),
+    res!(
+        "",
+        "v1",
+        "ConfigMap",
+        "configmaps",
+        "configmap",
+        true,
+        &["cm"],
+        &[],
+        &[],
+        "configmaps",
+        api::core::v1::ConfigMap
+    ),
+    res!(
+        "",
+        "v1",
+        "Secret",
+        "secrets",
+        "secret",
+        true,
+        &[],
+        &[],
+        &[],
+        "secrets",
+        api::core::v1::Secret
+    ),
+    res!(
+        "",
+        "v1",
+        "ServiceAccount",
+        "serviceaccounts",
+        "serviceaccount",
+        true,
+        &["sa"],
+        &[],
+        &[],
+        "serviceaccounts",
+        api::core::v1::ServiceAccount
+    ),
+    res!(
+        "",
+        "v1",
+        "Event",
+        "events",
+        "event",
+        true,
+        &["ev"],
+        &[],
+        &[],
+        "events",
+        api::core::v1::Event
+    ),
+    res!(
+        "apps",
+        "v1",
+        "Deployment",
+        "deployments",
+        "deployment",
+        true,
+        &["deploy"],
+        ALL,
+        &[Status, Scale],
+        "deployments",
+        api::apps::v1::Deployment
+    ),
+    res!(
+        "apps",
+        "v1",
+        "ReplicaSet",
+        "replicasets",
+        "replicaset",
+        true,
+        &["rs"],
+        ALL,
+        &[Status, Scale],
+        "replicasets",
+        api::apps::v1::ReplicaSet
+    ),
+    res!(
+        "apps",
+        "v1",
+        "DaemonSet",
+        "daemonsets",
+        "daemonset",
+        true,
+        &["ds"],
+        ALL,
+        &[Status],
+        "daemonsets",
+        api::apps::v1::DaemonSet
+    ),
+    res!(
+        "apps",
+        "v1",
+        "StatefulSet",
+        "statefulsets",
+        "statefulset",
+        true,
+        &["sts"],
+        ALL,
+        &[Status, Scale],
+        "statefulsets",
+        api::apps::v1::StatefulSet
+    ),
+    res!(
+        "discovery.k8s.io",
+        "v1",
+        "EndpointSlice",
+        "endpointslices",
+        "endpointslice",
+        true,
+        &[],
+        &[],
+        &[],
+        "endpointslices",
+        api::discovery::v1::EndpointSlice
+    ),
+    res!(
+        "coordination.k8s.io",
+        "v1",
+        "Lease",
+        "leases",
+        "lease",
+        true,
+        &[],
+        &[],
+        &[],
+        "leases",
+        api::coordination::v1::Lease
+    ),
+    res!(
+        "batch",
+        "v1",
+        "Job",
+        "jobs",
+        "job",
+        true,
+        &[],
+        ALL,
+        &[Status],
+        "jobs",
+        api::batch::v1::Job
+    ),
+    res!(
+        "autoscaling",
+        "v2",
+        "HorizontalPodAutoscaler",
+        "horizontalpodautoscalers",
+        "horizontalpodautoscaler",
+        true,
+        &["hpa"],
+        ALL,
+        &[Status],
+        "horizontalpodautoscalers",
+        api::autoscaling::v2::HorizontalPodAutoscaler
+    ),
+    res!(
+        "autoscaling",
+        "v1",
+        "HorizontalPodAutoscaler",
+        "horizontalpodautoscalers",
+        "horizontalpodautoscaler",
+        true,
+        &["hpa"],
+        ALL,
+        &[Status],
+        "horizontalpodautoscalers",
+        api::autoscaling::v1::HorizontalPodAutoscaler
+    ),
 ];
 
 /// Finds a resource by group, version and plural.
@@ -228,7 +444,10 @@ mod tests {
         let v2 = find("autoscaling", "v2", "horizontalpodautoscalers").unwrap();
         let v1 = find("autoscaling", "v1", "horizontalpodautoscalers").unwrap();
         assert_eq!(v1.key(Some("ns"), "a"), v2.key(Some("ns"), "a"));
-        let autoscaling = groups().into_iter().find(|(g, _)| *g == "autoscaling").unwrap();
+        let autoscaling = groups()
+            .into_iter()
+            .find(|(g, _)| *g == "autoscaling")
+            .unwrap();
         assert_eq!(autoscaling.1, vec!["v2", "v1"]);
     }
 }

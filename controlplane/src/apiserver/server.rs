@@ -104,22 +104,32 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServerError> 
 }
 
 /// Prepares the PKI, store and default objects; returns the state and listener.
-pub async fn prepare(config: Config) -> Result<(Arc<ApiServer>, TcpListener, TlsAcceptor), ServerError> {
+pub async fn prepare(
+    config: Config,
+) -> Result<(Arc<ApiServer>, TcpListener, TlsAcceptor), ServerError> {
     let advertised = config.advertise_address.unwrap_or(config.listen.ip());
     let mut ips = vec![config.listen.ip(), advertised];
     if let Some(ip) = ServiceIpam::kubernetes_ip(&config.service_cidr) {
         ips.push(ip);
     }
     ips.retain(|ip| !ip.is_unspecified());
-    let host = if advertised.is_unspecified() { IpAddr::from([127, 0, 0, 1]) } else { advertised };
+    let host = if advertised.is_unspecified() {
+        IpAddr::from([127, 0, 0, 1])
+    } else {
+        advertised
+    };
     let server_address = SocketAddr::new(host, config.listen.port()).to_string();
     let pki = pki::ensure(&config.data_dir, &ips, &format!("https://{server_address}"))?;
     let tls = pki::tls_config(&pki, &config.data_dir)?;
     let store = open_store(&config).await?;
     let ipam = ServiceIpam::load(config.service_cidr, store.as_ref()).await?;
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServerError::Listen { addr: config.listen, source })?;
+    let listener =
+        TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ServerError::Listen {
+                addr: config.listen,
+                source,
+            })?;
     let server = Arc::new(ApiServer {
         store,
         auth: Authenticator::new(vec![pki.admin_token.clone()]),
@@ -127,7 +137,9 @@ pub async fn prepare(config: Config) -> Result<(Arc<ApiServer>, TcpListener, Tls
         server_address,
         config,
     });
-    bootstrap::ensure_defaults(&server).await.map_err(|e| ServerError::Bootstrap(e.message))?;
+    bootstrap::ensure_defaults(&server)
+        .await
+        .map_err(|e| ServerError::Bootstrap(e.message))?;
     Ok((server, listener, TlsAcceptor::from(Arc::new(tls))))
 }
 
@@ -162,7 +174,10 @@ pub async fn serve(
                 }
             };
             let builder = auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await {
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                .await
+            {
                 tracing::debug!("connection from {peer} ended: {e}");
             }
         });
@@ -170,7 +185,10 @@ pub async fn serve(
 }
 
 /// Runs the server until `shutdown` resolves.
-pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<(), ServerError> {
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ServerError> {
     let (server, listener, acceptor) = prepare(config).await?;
     tracing::info!(
         "skiff API server listening on https://{}; kubeconfig: {}",
@@ -178,12 +196,17 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         server.config.data_dir.join("admin.kubeconfig").display()
     );
     // The OpenAPI documents are large; build them before the first kubectl asks.
-    tokio::task::spawn_blocking(|| openapi::v2_json().len() + openapi::v3_index().to_string().len());
+    tokio::task::spawn_blocking(|| {
+        openapi::v2_json().len() + openapi::v3_index().to_string().len()
+    });
     let kubeconfig = server.config.data_dir.join("admin.kubeconfig");
     let settings = server.config.controllers.clone();
     tokio::spawn(async move {
         match crate::controllers::client_from_kubeconfig(&kubeconfig).await {
-            Ok(client) => crate::controllers::spawn_all(Arc::new(crate::controllers::Context { client, settings })),
+            Ok(client) => crate::controllers::spawn_all(Arc::new(crate::controllers::Context {
+                client,
+                settings,
+            })),
             Err(e) => tracing::error!("controllers not started: {e}"),
         }
     });
@@ -210,7 +233,9 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
         match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
             (b'+', _) => out.push(b' '),
             (b'%', Some(b)) => {
@@ -225,7 +250,12 @@ fn percent_decode(s: &str) -> String {
 }
 
 fn raw_json(bytes: &'static [u8]) -> Response {
-    (StatusCode::OK, [("content-type", "application/json")], bytes).into_response()
+    (
+        StatusCode::OK,
+        [("content-type", "application/json")],
+        bytes,
+    )
+        .into_response()
 }
 
 fn json_response(code: StatusCode, value: &Value) -> Response {
@@ -242,8 +272,12 @@ async fn dispatch(State(server): State<Arc<ApiServer>>, req: Request<Body>) -> R
     let body = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,
         Err(_) => {
-            return ApiError::new(413, "RequestEntityTooLarge", "the request body exceeds the 3 MiB limit")
-                .into_response()
+            return ApiError::new(
+                413,
+                "RequestEntityTooLarge",
+                "the request body exceeds the 3 MiB limit",
+            )
+            .into_response()
         }
     };
     let query = query_map(parts.uri.query());
@@ -261,12 +295,17 @@ async fn route(
     headers: &HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let segs: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let segs: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
     let get_only = |v: Option<Value>| -> Result<Response, ApiError> {
         if method != Method::GET {
             return Err(ApiError::method_not_allowed(method.as_str()));
         }
-        v.map(|v| json_response(StatusCode::OK, &v)).ok_or_else(ApiError::no_route)
+        v.map(|v| json_response(StatusCode::OK, &v))
+            .ok_or_else(ApiError::no_route)
     };
     match segs.as_slice() {
         ["healthz"] | ["livez"] | ["readyz"] => {
@@ -281,15 +320,24 @@ async fn route(
         ["openapi", "v2"] if method == Method::GET => {
             // Only JSON is served; a client asking for protobuf alone (kubectl's
             // proto-openapi accept header) must not get JSON it will misparse.
-            let accept = headers.get("accept").and_then(|v| v.to_str().ok()).unwrap_or("*/*");
+            let accept = headers
+                .get("accept")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("*/*");
             if !accept.contains("json") && !accept.contains("*/*") {
-                return Err(ApiError::new(406, "NotAcceptable", "only application/json is supported for /openapi/v2"));
+                return Err(ApiError::new(
+                    406,
+                    "NotAcceptable",
+                    "only application/json is supported for /openapi/v2",
+                ));
             }
             return Ok(raw_json(openapi::v2_json()));
         }
         ["openapi", "v3"] => return get_only(Some(openapi::v3_index())),
         ["openapi", "v3", rest @ ..] if method == Method::GET => {
-            return openapi::v3_group_version_json(&rest.join("/")).map(raw_json).ok_or_else(ApiError::no_route)
+            return openapi::v3_group_version_json(&rest.join("/"))
+                .map(raw_json)
+                .ok_or_else(ApiError::no_route)
         }
         _ => {}
     }
@@ -300,7 +348,9 @@ async fn route(
     };
     let (namespace, plural, name, sub) = match rest {
         // Namespace objects and their subresources.
-        ["namespaces", name, sub @ ("status" | "finalize")] if group.is_empty() => (None, "namespaces", Some(*name), Some(*sub)),
+        ["namespaces", name, sub @ ("status" | "finalize")] if group.is_empty() => {
+            (None, "namespaces", Some(*name), Some(*sub))
+        }
         ["namespaces", ns, plural] => (Some(*ns), *plural, None, None),
         ["namespaces", ns, plural, name] => (Some(*ns), *plural, Some(*name), None),
         ["namespaces", ns, plural, name, sub] => (Some(*ns), *plural, Some(*name), Some(*sub)),

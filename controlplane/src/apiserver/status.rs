@@ -26,7 +26,12 @@ pub struct ApiError {
 impl ApiError {
     /// A plain error.
     pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
-        ApiError { code, reason, message: message.into(), details: None }
+        ApiError {
+            code,
+            reason,
+            message: message.into(),
+            details: None,
+        }
     }
 
     /// 400 BadRequest.
@@ -38,20 +43,32 @@ impl ApiError {
     pub fn not_found(resource: &Resource, name: &str) -> Self {
         ApiError {
             details: Some(details(resource, name)),
-            ..Self::new(404, "NotFound", format!("{} \"{}\" not found", resource.qualified(), name))
+            ..Self::new(
+                404,
+                "NotFound",
+                format!("{} \"{}\" not found", resource.qualified(), name),
+            )
         }
     }
 
     /// 404 for a path we do not serve.
     pub fn no_route() -> Self {
-        Self::new(404, "NotFound", "the server could not find the requested resource")
+        Self::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
     }
 
     /// 409 AlreadyExists.
     pub fn already_exists(resource: &Resource, name: &str) -> Self {
         ApiError {
             details: Some(details(resource, name)),
-            ..Self::new(409, "AlreadyExists", format!("{} \"{}\" already exists", resource.qualified(), name))
+            ..Self::new(
+                409,
+                "AlreadyExists",
+                format!("{} \"{}\" already exists", resource.qualified(), name),
+            )
         }
     }
 
@@ -77,7 +94,11 @@ impl ApiError {
             .iter()
             .map(|e| format!("{}: {}", e.field, e.message))
             .collect::<Vec<_>>();
-        let summary = if list.len() == 1 { list[0].clone() } else { format!("[{}]", list.join(", ")) };
+        let summary = if list.len() == 1 {
+            list[0].clone()
+        } else {
+            format!("[{}]", list.join(", "))
+        };
         // Upstream's NewInvalid names the kind (NotFound and friends name the resource).
         let mut d = details(resource, name);
         d["kind"] = json!(resource.kind);
@@ -87,13 +108,21 @@ impl ApiError {
             .collect();
         ApiError {
             details: Some(d),
-            ..Self::new(422, "Invalid", format!("{} \"{}\" is invalid: {}", resource.kind, name, summary))
+            ..Self::new(
+                422,
+                "Invalid",
+                format!("{} \"{}\" is invalid: {}", resource.kind, name, summary),
+            )
         }
     }
 
     /// 405 MethodNotAllowed.
     pub fn method_not_allowed(method: &str) -> Self {
-        Self::new(405, "MethodNotAllowed", format!("the server does not allow this method on the requested resource ({method})"))
+        Self::new(
+            405,
+            "MethodNotAllowed",
+            format!("the server does not allow this method on the requested resource ({method})"),
+        )
     }
 
     /// 500 InternalError.
@@ -114,7 +143,11 @@ impl ApiError {
 
     /// 410 Expired for a resourceVersion older than the history window.
     pub fn gone(requested: i64, oldest: i64) -> Self {
-        Self::new(410, "Expired", format!("too old resource version: {requested} ({oldest})"))
+        Self::new(
+            410,
+            "Expired",
+            format!("too old resource version: {requested} ({oldest})"),
+        )
     }
 
     /// The `Status` object.

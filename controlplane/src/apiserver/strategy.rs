@@ -54,30 +54,48 @@ pub fn decode_body(content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
         return Err(ApiError::bad_request("the request body is empty"));
     }
     let value: Value = if content_type.contains("yaml") {
-        serde_yaml::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding YAML body: {e}")))?
+        serde_yaml::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding YAML body: {e}")))?
     } else if content_type.contains("protobuf") {
-        return Err(ApiError::new(415, "UnsupportedMediaType", "protobuf bodies are not supported; send JSON or YAML"));
+        return Err(ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            "protobuf bodies are not supported; send JSON or YAML",
+        ));
     } else {
         serde_json::from_slice(body).map_err(|e| {
-            ApiError::bad_request(format!("the body of the request could not be decoded as JSON: {e}"))
+            ApiError::bad_request(format!(
+                "the body of the request could not be decoded as JSON: {e}"
+            ))
         })?
     };
     if !value.is_object() {
-        return Err(ApiError::bad_request("the body of the request must be a JSON object"));
+        return Err(ApiError::bad_request(
+            "the body of the request must be a JSON object",
+        ));
     }
     Ok(value)
 }
 
 /// RFC 3339 time in seconds, as Kubernetes writes metadata timestamps.
 pub fn now_rfc3339() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 /// True for kinds whose writes bump `metadata.generation` on spec changes.
 fn tracks_generation(resource: &Resource) -> bool {
     matches!(
         resource.kind,
-        "Pod" | "Deployment" | "ReplicaSet" | "DaemonSet" | "StatefulSet" | "Job" | "HorizontalPodAutoscaler" | "Service"
+        "Pod"
+            | "Deployment"
+            | "ReplicaSet"
+            | "DaemonSet"
+            | "StatefulSet"
+            | "Job"
+            | "HorizontalPodAutoscaler"
+            | "Service"
     )
 }
 
@@ -85,7 +103,9 @@ fn meta(obj: &mut Value) -> &mut Map<String, Value> {
     if !obj["metadata"].is_object() {
         obj["metadata"] = json!({});
     }
-    obj["metadata"].as_object_mut().expect("metadata was just made an object")
+    obj["metadata"]
+        .as_object_mut()
+        .expect("metadata was just made an object")
 }
 
 /// Checks apiVersion/kind against the URL's resource and fills them if absent.
@@ -133,25 +153,38 @@ pub fn from_storage(resource: &Resource, obj: Value) -> Value {
 
 /// Decodes through the typed struct, applying the field validation policy.
 /// Returns the canonical object and warnings.
-fn canonicalize(resource: &Resource, obj: Value, fv: FieldValidation) -> Result<(Value, Vec<String>), ApiError> {
+fn canonicalize(
+    resource: &Resource,
+    obj: Value,
+    fv: FieldValidation,
+) -> Result<(Value, Vec<String>), ApiError> {
     let canonical = (resource.codec)(obj.clone()).map_err(|e| {
         ApiError::bad_request(format!(
             "{} in version \"{}\" cannot be handled as a {}: {}",
-            resource.kind,
-            resource.version,
-            resource.kind,
-            e
+            resource.kind, resource.version, resource.kind, e
         ))
     })?;
-    let unknown = if fv == FieldValidation::Ignore { vec![] } else { validation::unknown_fields(&obj, &canonical) };
+    let unknown = if fv == FieldValidation::Ignore {
+        vec![]
+    } else {
+        validation::unknown_fields(&obj, &canonical)
+    };
     let mut warnings = Vec::new();
     if !unknown.is_empty() {
         match fv {
             FieldValidation::Strict => {
-                let list = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect::<Vec<_>>();
-                return Err(ApiError::bad_request(format!("strict decoding error: {}", list.join(", "))));
+                let list = unknown
+                    .iter()
+                    .map(|f| format!("unknown field \"{f}\""))
+                    .collect::<Vec<_>>();
+                return Err(ApiError::bad_request(format!(
+                    "strict decoding error: {}",
+                    list.join(", ")
+                )));
             }
-            FieldValidation::Warn => warnings.extend(unknown.iter().map(|f| format!("unknown field \"{f}\""))),
+            FieldValidation::Warn => {
+                warnings.extend(unknown.iter().map(|f| format!("unknown field \"{f}\"")))
+            }
             FieldValidation::Ignore => {}
         }
     }
@@ -163,7 +196,9 @@ fn random_suffix() -> String {
     // Upstream's alphabet avoids vowels and look-alike characters.
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut rng = rand::rng();
-    (0..5).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+    (0..5)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
 }
 
 /// The status an object starts with, as upstream's PrepareForCreate.
@@ -235,14 +270,26 @@ pub fn prepare_create(
         }
         let name = m.get("name").and_then(Value::as_str).unwrap_or("");
         if name.is_empty() {
-            if let Some(prefix) = m.get("generateName").and_then(Value::as_str).filter(|p| !p.is_empty()) {
+            if let Some(prefix) = m
+                .get("generateName")
+                .and_then(Value::as_str)
+                .filter(|p| !p.is_empty())
+            {
                 // As upstream: the prefix is cut to 58 characters so the name fits 63.
                 let prefix: String = prefix.chars().take(58).collect();
                 let generated = format!("{prefix}{}", random_suffix());
                 m.insert("name".into(), json!(generated));
             }
         }
-        for key in ["resourceVersion", "uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink", "managedFields"] {
+        for key in [
+            "resourceVersion",
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "selfLink",
+            "managedFields",
+        ] {
             m.remove(key);
         }
     }
@@ -340,7 +387,15 @@ pub fn prepare_update(
     // System metadata is the server's, whatever the client sent.
     let old_meta = old["metadata"].as_object().cloned().unwrap_or_default();
     let m = meta(&mut new);
-    for key in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "namespace", "name", "generation"] {
+    for key in [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "namespace",
+        "name",
+        "generation",
+    ] {
         match old_meta.get(key) {
             Some(v) => m.insert(key.into(), v.clone()),
             None => m.remove(key),
@@ -352,7 +407,11 @@ pub fn prepare_update(
         let g = old["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
         meta(&mut new).insert("generation".into(), json!(g));
     }
-    let old_for_validation = if scope == Scope::Whole { None } else { Some(old) };
+    let old_for_validation = if scope == Scope::Whole {
+        None
+    } else {
+        Some(old)
+    };
     let errors = validation::validate(storage, &new, old_for_validation);
     if !errors.is_empty() {
         return Err(ApiError::invalid(resource, &name, &errors));
@@ -368,7 +427,13 @@ fn keep_service_allocations(old: &Value, new: &mut Value) {
     if !n.is_object() || o["type"] != n["type"] && !n["type"].is_null() {
         return;
     }
-    for key in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy", "healthCheckNodePort"] {
+    for key in [
+        "clusterIP",
+        "clusterIPs",
+        "ipFamilies",
+        "ipFamilyPolicy",
+        "healthCheckNodePort",
+    ] {
         let missing = n[key].is_null() || n[key] == json!("");
         if missing && !o[key].is_null() {
             n[key] = o[key].clone();
@@ -376,9 +441,15 @@ fn keep_service_allocations(old: &Value, new: &mut Value) {
     }
     let old_ports = o["ports"].as_array().cloned().unwrap_or_default();
     if let Some(ports) = n["ports"].as_array_mut() {
-        for p in ports.iter_mut().filter(|p| p["nodePort"].is_null() || p["nodePort"] == json!(0)) {
+        for p in ports
+            .iter_mut()
+            .filter(|p| p["nodePort"].is_null() || p["nodePort"] == json!(0))
+        {
             let proto = |v: &Value| v["protocol"].as_str().unwrap_or("TCP").to_string();
-            if let Some(prev) = old_ports.iter().find(|q| q["port"] == p["port"] && proto(q) == proto(p)) {
+            if let Some(prev) = old_ports
+                .iter()
+                .find(|q| q["port"] == p["port"] && proto(q) == proto(p))
+            {
                 if !prev["nodePort"].is_null() {
                     p["nodePort"] = prev["nodePort"].clone();
                 }
@@ -422,11 +493,18 @@ pub fn add_default_tolerations(pod: &mut Value, seconds: i64) {
     if !pod["spec"].is_object() {
         return;
     }
-    let mut list = pod["spec"]["tolerations"].as_array().cloned().unwrap_or_default();
-    for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
+    let mut list = pod["spec"]["tolerations"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for key in [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ] {
         let tolerated = list.iter().any(|t| {
             let effect_ok = matches!(t["effect"].as_str(), None | Some("") | Some("NoExecute"));
-            let key_ok = t["key"].as_str() == Some(key) || (t["key"].as_str().unwrap_or("").is_empty() && t["operator"] == "Exists");
+            let key_ok = t["key"].as_str() == Some(key)
+                || (t["key"].as_str().unwrap_or("").is_empty() && t["operator"] == "Exists");
             effect_ok && key_ok
         });
         if !tolerated {
@@ -490,10 +568,18 @@ mod tests {
         new["spec"]["replicas"] = json!(5);
         new["status"]["replicas"] = json!(1);
         new["metadata"]["labels"] = json!({"x": "y"});
-        let (out, _) = prepare_update(deploy, Scope::Status, &old, new.clone(), FieldValidation::Strict).unwrap();
+        let (out, _) = prepare_update(
+            deploy,
+            Scope::Status,
+            &old,
+            new.clone(),
+            FieldValidation::Strict,
+        )
+        .unwrap();
         assert_eq!(out["spec"]["replicas"], json!(1));
         assert_eq!(out["status"]["replicas"], json!(1));
-        let (out, _) = prepare_update(deploy, Scope::Main, &old, new, FieldValidation::Strict).unwrap();
+        let (out, _) =
+            prepare_update(deploy, Scope::Main, &old, new, FieldValidation::Strict).unwrap();
         assert_eq!(out["spec"]["replicas"], json!(5));
         assert_eq!(out["status"]["replicas"], json!(0));
         assert_eq!(out["metadata"]["generation"], json!(4));

@@ -16,7 +16,9 @@ use super::strategy::{self, Scope};
 
 /// The Scale view of a scalable object.
 fn scale_of(obj: &Value) -> Value {
-    let selector = LabelSelector::from_json(&obj["spec"]["selector"]).map(|s| s.to_string()).unwrap_or_default();
+    let selector = LabelSelector::from_json(&obj["spec"]["selector"])
+        .map(|s| s.to_string())
+        .unwrap_or_default();
     json!({
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
@@ -33,7 +35,11 @@ fn scale_of(obj: &Value) -> Value {
 }
 
 /// GET, PUT and PATCH on `<resource>/<name>/scale`.
-pub async fn scale(server: &Arc<ApiServer>, method: &Method, req: &ResourceRequest<'_>) -> Result<Response, ApiError> {
+pub async fn scale(
+    server: &Arc<ApiServer>,
+    method: &Method,
+    req: &ResourceRequest<'_>,
+) -> Result<Response, ApiError> {
     if method == Method::GET {
         let (obj, _) = read(server, req).await?;
         return Ok(respond(StatusCode::OK, &scale_of(&obj), &[]));
@@ -45,8 +51,15 @@ pub async fn scale(server: &Arc<ApiServer>, method: &Method, req: &ResourceReque
                 let ct = req.content_type();
                 let ty = PatchType::from_content_type(ct)
                     .filter(|t| *t != PatchType::Apply)
-                    .ok_or_else(|| ApiError::new(415, "UnsupportedMediaType", format!("unsupported patch type {ct}")))?;
-                patch::apply("Scale", current_scale, ty, &req.body).map_err(|e| handlers::patch_error(&e))
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            415,
+                            "UnsupportedMediaType",
+                            format!("unsupported patch type {ct}"),
+                        )
+                    })?;
+                patch::apply("Scale", current_scale, ty, &req.body)
+                    .map_err(|e| handlers::patch_error(&e))
             }
             m => Err(ApiError::method_not_allowed(m)),
         }
@@ -59,17 +72,22 @@ pub async fn scale(server: &Arc<ApiServer>, method: &Method, req: &ResourceReque
         let wanted = new_scale(&current_scale)?;
         let replicas = match &wanted["spec"]["replicas"] {
             Value::Null => 0,
-            v => v.as_i64().filter(|r| *r >= 0 && *r <= i64::from(i32::MAX)).ok_or_else(|| {
-                ApiError::invalid(
-                    req.resource,
-                    req.object_name(),
-                    &[super::validation::FieldError {
-                        reason: "FieldValueInvalid",
-                        field: "spec.replicas".into(),
-                        message: format!("Invalid value: {v}: must be greater than or equal to 0"),
-                    }],
-                )
-            })?,
+            v => v
+                .as_i64()
+                .filter(|r| *r >= 0 && *r <= i64::from(i32::MAX))
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        req.resource,
+                        req.object_name(),
+                        &[super::validation::FieldError {
+                            reason: "FieldValueInvalid",
+                            field: "spec.replicas".into(),
+                            message: format!(
+                                "Invalid value: {v}: must be greater than or equal to 0"
+                            ),
+                        }],
+                    )
+                })?,
         };
         let mut next = current.clone();
         next["spec"]["replicas"] = json!(replicas);
@@ -86,14 +104,23 @@ pub async fn scale(server: &Arc<ApiServer>, method: &Method, req: &ResourceReque
 }
 
 /// POST `pods/<name>/binding` (or `namespaces/<ns>/bindings` with the pod in the body).
-pub async fn binding(server: &Arc<ApiServer>, req: &ResourceRequest<'_>, name: Option<&str>) -> Result<Response, ApiError> {
+pub async fn binding(
+    server: &Arc<ApiServer>,
+    req: &ResourceRequest<'_>,
+    name: Option<&str>,
+) -> Result<Response, ApiError> {
     let body = req.decode()?;
     let pod_name = match name {
         Some(n) => n.to_string(),
         None => body["metadata"]["name"].as_str().unwrap_or("").to_string(),
     };
-    if body["metadata"]["name"].as_str().is_some_and(|n| n != pod_name) {
-        return Err(ApiError::bad_request("the name of the binding does not match the pod"));
+    if body["metadata"]["name"]
+        .as_str()
+        .is_some_and(|n| n != pod_name)
+    {
+        return Err(ApiError::bad_request(
+            "the name of the binding does not match the pod",
+        ));
     }
     let node = body["target"]["name"].as_str().unwrap_or("").to_string();
     if node.is_empty() {

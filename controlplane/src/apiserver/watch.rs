@@ -50,7 +50,8 @@ impl Render {
     fn served_event(&self, kind: &str, obj: Value) -> Bytes {
         let obj = if self.table {
             let rv = obj["metadata"]["resourceVersion"].clone();
-            let mut t = table::to_table(self.resource, &[obj], self.include, jiff::Timestamp::now());
+            let mut t =
+                table::to_table(self.resource, &[obj], self.include, jiff::Timestamp::now());
             t["metadata"] = json!({"resourceVersion": rv});
             t
         } else {
@@ -81,14 +82,22 @@ fn error_event(e: &ApiError) -> Bytes {
 }
 
 /// Serves a watch request.
-pub async fn serve(server: &Arc<ApiServer>, req: &ResourceRequest<'_>) -> Result<Response, ApiError> {
+pub async fn serve(
+    server: &Arc<ApiServer>,
+    req: &ResourceRequest<'_>,
+) -> Result<Response, ApiError> {
     let selectors = Selectors::from_request(req)?;
-    let render = Render { resource: req.resource, table: req.wants_table(), include: req.include_object() };
+    let render = Render {
+        resource: req.resource,
+        table: req.wants_table(),
+        include: req.include_object(),
+    };
     let bookmarks = req.flag("allowWatchBookmarks");
     let send_initial = req.flag("sendInitialEvents");
     let timeout = match req.param("timeoutSeconds") {
         Some(t) => Duration::from_secs(
-            t.parse().map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds {t:?}")))?,
+            t.parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds {t:?}")))?,
         ),
         None => DEFAULT_TIMEOUT,
     };
@@ -121,7 +130,9 @@ pub async fn serve(server: &Arc<ApiServer>, req: &ResourceRequest<'_>) -> Result
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(256);
     match server.store.watch(&prefix, start).await {
         Ok(stream) => {
-            tokio::spawn(pump(stream, tx, initial, selectors, render, bookmarks, timeout, start));
+            tokio::spawn(pump(
+                stream, tx, initial, selectors, render, bookmarks, timeout, start,
+            ));
         }
         Err(StoreError::Compacted { requested, oldest }) => {
             // Upstream answers 200 and an ERROR event so clients relist.
@@ -130,7 +141,15 @@ pub async fn serve(server: &Arc<ApiServer>, req: &ResourceRequest<'_>) -> Result
         Err(e) => return Err(e.into()),
     }
     let body = Body::from_stream(ReceiverStream::new(rx));
-    Ok((StatusCode::OK, [("content-type", "application/json"), ("cache-control", "no-cache")], body).into_response())
+    Ok((
+        StatusCode::OK,
+        [
+            ("content-type", "application/json"),
+            ("cache-control", "no-cache"),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -151,7 +170,8 @@ async fn pump(
     }
     let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + BOOKMARK_EVERY, BOOKMARK_EVERY);
+    let mut ticker =
+        tokio::time::interval_at(tokio::time::Instant::now() + BOOKMARK_EVERY, BOOKMARK_EVERY);
     let mut last = start;
     loop {
         let out = tokio::select! {
@@ -193,7 +213,9 @@ fn translate(ev: &crate::store::Event, selectors: &Selectors, render: &Render) -
     match ev.kind {
         EventKind::Delete => {
             let obj = decode(&ev.kv.value, rev)?;
-            selectors.matches(&obj).then(|| render.event("DELETED", obj))
+            selectors
+                .matches(&obj)
+                .then(|| render.event("DELETED", obj))
         }
         EventKind::Put => {
             let new = decode(&ev.kv.value, rev)?;

@@ -15,7 +15,6 @@
 mod eligibility;
 mod rollout;
 
-
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,9 +32,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::events::{reference, EventType, Recorder};
+use super::workload::{self, SelectorError};
 use super::Context;
 use rollout::{DaemonPod, NodeState};
-use super::workload::{self, SelectorError};
 
 /// Pod creations and deletions in flight at once for one DaemonSet.
 const PARALLEL_WRITES: usize = 16;

@@ -61,14 +61,32 @@ pub fn reference<K: Resource<DynamicType = ()>>(obj: &K) -> ObjectReference {
 impl Recorder {
     /// A recorder for `component`.
     pub fn new(client: kube::Client, component: &str) -> Self {
-        Recorder { client, component: component.to_string(), recent: Mutex::new(HashMap::new()) }
+        Recorder {
+            client,
+            component: component.to_string(),
+            recent: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Records an event about `about`; failures are logged, never fatal.
-    pub async fn record(&self, about: &ObjectReference, kind: EventType, reason: &str, message: &str) {
-        let namespace = about.namespace.clone().unwrap_or_else(|| "default".to_string());
+    pub async fn record(
+        &self,
+        about: &ObjectReference,
+        kind: EventType,
+        reason: &str,
+        message: &str,
+    ) {
+        let namespace = about
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_string());
         let uid = about.uid.clone().unwrap_or_default();
-        let key = (namespace.clone(), uid, reason.to_string(), message.to_string());
+        let key = (
+            namespace.clone(),
+            uid,
+            reason.to_string(),
+            message.to_string(),
+        );
         let now = jiff::Timestamp::now();
         let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
         let existing = {
@@ -80,15 +98,26 @@ impl Recorder {
         };
         if let Some((name, count)) = existing {
             let patch = serde_json::json!({"count": count + 1, "lastTimestamp": Time(now)});
-            if api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.is_ok() {
-                self.recent.lock().unwrap_or_else(|e| e.into_inner()).insert(key, (name, count + 1));
+            if api
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .is_ok()
+            {
+                self.recent
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key, (name, count + 1));
                 return;
             }
         }
         let object_name = about.name.clone().unwrap_or_default();
         let name = format!("{}.{:x}", object_name, now.as_nanosecond());
         let event = Event {
-            metadata: ObjectMeta { name: Some(name.clone()), namespace: Some(namespace.clone()), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(namespace.clone()),
+                ..Default::default()
+            },
             involved_object: about.clone(),
             reason: Some(reason.to_string()),
             message: Some(message.to_string()),
@@ -97,7 +126,10 @@ impl Recorder {
             first_timestamp: Some(Time(now)),
             last_timestamp: Some(Time(now)),
             event_time: Some(MicroTime(now)),
-            source: Some(EventSource { component: Some(self.component.clone()), host: None }),
+            source: Some(EventSource {
+                component: Some(self.component.clone()),
+                host: None,
+            }),
             reporting_component: Some(self.component.clone()),
             reporting_instance: Some(self.component.clone()),
             action: Some(reason.to_string()),
@@ -105,7 +137,10 @@ impl Recorder {
         };
         match api.create(&PostParams::default(), &event).await {
             Ok(_) => {
-                self.recent.lock().unwrap_or_else(|e| e.into_inner()).insert(key, (name, 1));
+                self.recent
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key, (name, 1));
             }
             Err(e) => tracing::debug!("cannot record event {reason} on {object_name}: {e}"),
         }

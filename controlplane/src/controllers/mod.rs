@@ -90,12 +90,20 @@ pub enum ControllerError {
 }
 
 /// A client of this server from its admin kubeconfig.
-pub async fn client_from_kubeconfig(path: &std::path::Path) -> Result<kube::Client, ControllerError> {
-    let err = |e: &dyn std::fmt::Display| ControllerError::Client { path: path.display().to_string(), message: e.to_string() };
+pub async fn client_from_kubeconfig(
+    path: &std::path::Path,
+) -> Result<kube::Client, ControllerError> {
+    let err = |e: &dyn std::fmt::Display| ControllerError::Client {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
     let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| err(&e))?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
-        .await
-        .map_err(|e| err(&e))?;
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .map_err(|e| err(&e))?;
     kube::Client::try_from(config).map_err(|e| err(&e))
 }
 

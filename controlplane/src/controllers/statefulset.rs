@@ -25,8 +25,8 @@ use kube::runtime::watcher;
 use kube::ResourceExt;
 use serde_json::json;
 
-use super::workload::{self, SelectorError};
 use super::events::{reference, EventType, Recorder};
+use super::workload::{self, SelectorError};
 use super::Context;
 use plan::{Replica, SetSpec, Step};
 

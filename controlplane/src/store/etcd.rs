@@ -203,7 +203,11 @@ impl Store for EtcdStore {
         let mut items = Vec::new();
         let mut revision = 0;
         loop {
-            let want = if limit == 0 { PAGE } else { (limit - items.len()).min(PAGE) };
+            let want = if limit == 0 {
+                PAGE
+            } else {
+                (limit - items.len()).min(PAGE)
+            };
             let mut options = GetOptions::new()
                 .with_range(prefix_end(prefix))
                 .with_limit(i64::try_from(want).unwrap_or(i64::MAX));
@@ -226,7 +230,13 @@ impl Store for EtcdStore {
             let done = limit != 0 && items.len() >= limit;
             match items.last() {
                 Some(last) if more && !done => start = format!("{}\0", last.key),
-                _ => return Ok(ListResult { items, revision, more }),
+                _ => {
+                    return Ok(ListResult {
+                        items,
+                        revision,
+                        more,
+                    })
+                }
             }
         }
     }

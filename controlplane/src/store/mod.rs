@@ -113,7 +113,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Lists keys starting with `prefix` in key order, beginning strictly after
     /// `start_after` when given, at most `limit` items (0 = no limit).
-    async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<ListResult>;
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<ListResult>;
 
     /// Creates `key`; fails with `AlreadyExists` if present. Returns the new KeyValue.
     async fn create(&self, key: &str, value: Bytes) -> Result<KeyValue>;
