@@ -33,7 +33,6 @@ on_both_stores!(
     apply_twice_then_delete,
     finalizer_holds_deletion,
     api_resources_and_short_names,
-    imperative_create_commands,
 );
 
 /// The objects in examples/, as `kubectl apply` names them.
@@ -785,78 +784,4 @@ fn api_resources_and_short_names(store: StoreKind) {
             .is_some_and(|v| v.starts_with('v')),
         "{version}"
     );
-}
-
-/// `kubectl create ...` and `kubectl run` build typed objects and send them as
-/// protobuf (`application/vnd.kubernetes.protobuf`), unlike apply and patch.
-fn imperative_create_commands(store: StoreKind) {
-    let server = TestServer::start(store);
-    let ns = ["-n", "team-a"];
-    // The namespace flag goes first: after `--` everything is the command.
-    let run = |args: &[&str]| {
-        let mut all = ns.to_vec();
-        all.extend_from_slice(args);
-        server.kubectl_ok(&all).trim().to_owned()
-    };
-    assert_eq!(
-        run(&["create", "namespace", "team-a"]),
-        "namespace/team-a created"
-    );
-    assert_eq!(
-        run(&[
-            "create",
-            "configmap",
-            "settings",
-            "--from-literal=mode=fast"
-        ]),
-        "configmap/settings created"
-    );
-    assert_eq!(
-        run(&["get", "cm", "settings", "-o", "jsonpath={.data.mode}"]),
-        "fast"
-    );
-    assert_eq!(
-        run(&[
-            "create",
-            "secret",
-            "generic",
-            "creds",
-            "--from-literal=password=hunter2"
-        ]),
-        "secret/creds created"
-    );
-    assert_eq!(
-        run(&[
-            "create",
-            "deployment",
-            "api",
-            "--image=localhost/my-app:latest",
-            "--replicas=2"
-        ]),
-        "deployment.apps/api created"
-    );
-    assert_eq!(
-        run(&[
-            "expose",
-            "deployment",
-            "api",
-            "--port=80",
-            "--target-port=3000"
-        ]),
-        "service/api exposed"
-    );
-    assert_eq!(
-        run(&[
-            "run",
-            "shell",
-            "--image=localhost/busybox:latest",
-            "--restart=Never",
-            "--",
-            "sleep",
-            "3600"
-        ]),
-        "pod/shell created"
-    );
-    let pods = run(&["get", "pods"]);
-    assert_eq!(row(&pods, "shell")[1..3], ["0/1", "Pending"], "{pods}");
 }

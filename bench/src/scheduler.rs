@@ -376,6 +376,8 @@ async fn wait_bound(
 /// Figures of the burst run.
 struct Burst {
     create: Duration,
+    /// Server CPU time from ready to all bound.
+    cpu: Duration,
     ready_to_bound: Duration,
     first_bind_after_ready: Option<Duration>,
     bound: usize,
@@ -385,9 +387,42 @@ struct Burst {
 /// Figures of the create + schedule run.
 struct Created {
     create: Duration,
+    /// Server CPU time from the first create to all bound.
+    cpu: Duration,
     wall: Duration,
     bound: usize,
     rss: Memory,
+}
+
+/// CPU time (user + system, all threads) `pid` has used so far.
+fn cpu_time(pid: u32) -> Result<Duration> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // Fields after the parenthesised command name, which may contain spaces.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<u64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .with_context(|| format!("unexpected {path}: {stat}"))
+    };
+    // utime and stime are fields 14 and 15 of the line, 12th and 13th after the name.
+    let total = ticks(11)? + ticks(12)?;
+    Ok(Duration::from_secs_f64(
+        total as f64 / clock_ticks_per_second(),
+    ))
+}
+
+/// `getconf CLK_TCK` (100 on Linux unless configured otherwise).
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .filter(|t: &f64| *t > 0.0)
+        .unwrap_or(100.0)
 }
 
 fn per_second(n: usize, d: Duration) -> f64 {
@@ -426,6 +461,7 @@ async fn burst(args: &Args, skiff: &Path, dir: &Path) -> Result<Burst> {
     let mut server = Server::start(skiff, &data_dir, OTHER_CONTROLLERS)?;
     let api = server.connect(&data_dir, startup).await?;
     let ready = Instant::now();
+    let cpu_before = cpu_time(server.child.pid())?;
     let (bound, stream) = open_pod_watch(&api).await?;
     let seen = wait_bound(
         bound,
@@ -434,9 +470,11 @@ async fn burst(args: &Args, skiff: &Path, dir: &Path) -> Result<Burst> {
         Duration::from_secs(args.bind_timeout),
     )
     .await?;
+    let cpu = cpu_time(server.child.pid())?.saturating_sub(cpu_before);
     let rss = memory(server.child.pid())?;
     Ok(Burst {
         create,
+        cpu,
         ready_to_bound: seen.end - ready,
         first_bind_after_ready: seen.first.map(|f| f - ready),
         bound: seen.bound,
@@ -468,6 +506,7 @@ async fn create_and_schedule(args: &Args, skiff: &Path, dir: &Path) -> Result<Cr
     )
     .await?;
     let (bound, stream) = open_pod_watch(&api).await?;
+    let cpu_before = cpu_time(server.child.pid())?;
     let start = Instant::now();
     let waiter = tokio::spawn(wait_bound(
         bound,
@@ -499,9 +538,11 @@ async fn create_and_schedule(args: &Args, skiff: &Path, dir: &Path) -> Result<Cr
         }
     };
     let seen = waiter.await.context("the watch task panicked")??;
+    let cpu = cpu_time(server.child.pid())?.saturating_sub(cpu_before);
     let rss = memory(server.child.pid())?;
     Ok(Created {
         create,
+        cpu,
         wall: seen.end - start,
         bound: seen.bound,
         rss,
@@ -515,6 +556,23 @@ fn against_upstream(pods_per_sec: f64) -> String {
         pods_per_sec / hi,
         pods_per_sec / lo
     )
+}
+
+/// The server's CPU time for `pods` pods, and the rate that CPU cost would
+/// allow if the server had every core to itself: on a busy machine the
+/// measured rate says more about the neighbours than about skiff.
+fn cpu_lines(cpu: Duration, pods: usize, cores: usize) {
+    let per_pod_ms = cpu.as_secs_f64() * 1000.0 / pods.max(1) as f64;
+    println!(
+        "  server CPU time (user + system)            {:>9.2} s ({per_pod_ms:.2} ms per pod)",
+        cpu.as_secs_f64()
+    );
+    if per_pod_ms > 0.0 {
+        println!(
+            "  CPU-bound ceiling on {cores} idle cores          {:>9.0} pods/s (not a measurement)",
+            cores as f64 * 1000.0 / per_pod_ms
+        );
+    }
 }
 
 fn met(ok: bool) -> &'static str {
@@ -586,6 +644,7 @@ fn report(args: &Args, skiff: &Path, burst: Option<&Burst>, created: Option<&Cre
             mib(b.rss.rss),
             mib(b.rss.peak)
         );
+        cpu_lines(b.cpu, b.bound, cores);
     }
     if let Some(c) = created {
         let rate = per_second(c.bound, c.wall);
@@ -619,6 +678,7 @@ fn report(args: &Args, skiff: &Path, burst: Option<&Burst>, created: Option<&Cre
             mib(c.rss.rss),
             mib(c.rss.peak)
         );
+        cpu_lines(c.cpu, c.bound, cores);
     }
     println!();
     println!("Goals from issue 3 (measured here, not asserted):");
@@ -683,7 +743,10 @@ async fn run(args: &Args, skiff: &Path) -> Result<()> {
     report(args, skiff, burst.as_ref(), created.as_ref());
     if args.keep {
         let kept = dir.keep();
-        println!("\nServer data directories and logs kept in {}", kept.display());
+        println!(
+            "\nServer data directories and logs kept in {}",
+            kept.display()
+        );
     }
     if !failures.is_empty() {
         bail!("not everything could be measured:\n{}", failures.join("\n"));
