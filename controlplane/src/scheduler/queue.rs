@@ -178,7 +178,7 @@ impl Queue {
             return;
         };
         match entry.state {
-            State::InFlight { moves_at_pop } if moves_at_pop != moves => self.to_backoff(uid, now),
+            State::InFlight { moves_at_pop } if moves_at_pop != moves => self.back_off(uid, now),
             _ => entry.state = State::Unschedulable { since: now },
         }
     }
@@ -186,7 +186,7 @@ impl Queue {
     /// An in-flight pod failed for a transient reason (a binding error): retry after backoff.
     pub fn backoff(&mut self, uid: &str, now: Instant) {
         if self.entries.contains_key(uid) {
-            self.to_backoff(uid, now);
+            self.back_off(uid, now);
         }
     }
 
@@ -246,7 +246,7 @@ impl Queue {
         if backed_off {
             self.activate(uid, now);
         } else {
-            self.to_backoff(uid, now);
+            self.back_off(uid, now);
         }
     }
 
@@ -261,7 +261,7 @@ impl Queue {
         }
     }
 
-    fn to_backoff(&mut self, uid: &str, now: Instant) {
+    fn back_off(&mut self, uid: &str, now: Instant) {
         self.next_ticket += 1;
         let ticket = self.next_ticket;
         if let Some(entry) = self.entries.get_mut(uid) {
