@@ -266,10 +266,14 @@ fn json_response(code: StatusCode, value: &Value) -> Response {
 async fn dispatch(State(server): State<Arc<ApiServer>>, req: Request<Body>) -> Response {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
+    // The body is read (up to the limit) before any answer, also a 401: an
+    // answer while the client is still sending resets the HTTP/2 stream, and
+    // clients then report a transport error instead of the Status.
+    let body = axum::body::to_bytes(body, MAX_BODY).await;
     if !server.auth.allows(&path, &parts.headers) {
         return ApiError::new(401, "Unauthorized", "Unauthorized").into_response();
     }
-    let body = match axum::body::to_bytes(body, MAX_BODY).await {
+    let body = match body {
         Ok(b) => b,
         Err(_) => {
             return ApiError::new(
