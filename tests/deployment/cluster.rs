@@ -142,8 +142,17 @@ impl Cluster {
             .expect("list replica sets");
         let mut sets = list.items;
         sets.sort_by(|a, b| {
+            // Revisions order replica sets; creation timestamps have only
+            // second precision, so two sets made in one second would tie.
             let key = |rs: &ReplicaSet| {
+                let revision = rs
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get("deployment.kubernetes.io/revision"))
+                    .and_then(|r| r.parse::<u64>().ok());
                 (
+                    revision,
                     rs.metadata.creation_timestamp.clone().map(|t| t.0),
                     rs.metadata.name.clone(),
                 )
