@@ -8,6 +8,7 @@ pub mod defaults;
 pub mod discovery;
 pub mod handlers;
 pub mod ipam;
+pub mod list;
 pub mod openapi;
 pub mod patch;
 pub mod pki;

@@ -19,7 +19,8 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::handlers::{list_objects, ResourceRequest, Selectors};
+use super::handlers::ResourceRequest;
+use super::list::{list_objects, Selectors};
 use super::registry::Resource;
 use super::server::ApiServer;
 use super::status::ApiError;
