@@ -8,6 +8,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use skiff_controlplane::apiserver::server::{self, Config, StoreConfig};
 
+mod cmd;
+
 #[derive(Parser)]
 #[command(
     name = "skiff",
@@ -26,15 +28,15 @@ enum Command {
     /// Run the control plane: the Kubernetes API server over an embedded or etcd store.
     Server(ServerArgs),
     /// Run the node agent (kubelet) on this machine or in a node network namespace.
-    Agent,
+    Agent(cmd::agent::Args),
     /// Start a whole cluster on this machine (control plane and node namespaces).
-    Up,
+    Up(cmd::up::Args),
     /// Run the service proxy standalone.
-    Proxy,
+    Proxy(cmd::proxy::Args),
     /// Run the cluster DNS server standalone.
-    Dns,
+    Dns(cmd::dns::Args),
     /// Manage node images.
-    Image,
+    Image(cmd::image::Args),
 }
 
 #[derive(clap::Args)]
@@ -132,7 +134,7 @@ fn server_config(args: ServerArgs) -> Result<Config> {
 }
 
 /// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut term) = signal(SignalKind::terminate()) else {
         let _ = tokio::signal::ctrl_c().await;
@@ -142,10 +144,6 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
-}
-
-fn not_yet(what: &str, issue: u32) -> Result<()> {
-    bail!("`skiff {what}` is not implemented yet (tracked in issue {issue})")
 }
 
 #[tokio::main]
@@ -163,10 +161,10 @@ async fn main() -> Result<()> {
             server::run(config, shutdown_signal()).await?;
             Ok(())
         }
-        Command::Agent => not_yet("agent", 5),
-        Command::Up => not_yet("up", 9),
-        Command::Proxy => not_yet("proxy", 6),
-        Command::Dns => not_yet("dns", 8),
-        Command::Image => not_yet("image", 5),
+        Command::Agent(args) => cmd::agent::run(args).await,
+        Command::Up(args) => cmd::up::run(args).await,
+        Command::Proxy(args) => cmd::proxy::run(args).await,
+        Command::Dns(args) => cmd::dns::run(args).await,
+        Command::Image(args) => cmd::image::run(args).await,
     }
 }
