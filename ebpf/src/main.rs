@@ -1,17 +1,18 @@
 //! eBPF programs of the skiff data path (built for bpfel-unknown-none).
 //!
-//! Until the socket load balancer lands (issue 7) this holds a pass-through
-//! cgroup/connect4 program that proves the toolchain builds and links.
+//! - `sock`: socket-level ClusterIP load balancing on cgroup hooks: the backend
+//!   is chosen once per connect()/sendmsg() and the address rewritten, so no
+//!   packet is ever NATed on this path.
+//! - `tc`: NodePort / externalIPs / LoadBalancer IPs on node interfaces: DNAT
+//!   with a Maglev lookup, a connection table, reverse NAT and SNAT.
+//!
+//! The maps (`maps`) are pinned by name; layouts live in `skiff-common`.
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
-
-/// Allows every connect(); the service lookup replaces this in issue 7.
-#[cgroup_sock_addr(connect4)]
-pub fn skiff_connect4(_ctx: SockAddrContext) -> i32 {
-    1
-}
+mod maps;
+mod sock;
+mod tc;
 
 #[cfg(not(test))]
 #[panic_handler]

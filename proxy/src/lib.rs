@@ -1,7 +1,25 @@
 //! Service proxy: turns Services and EndpointSlices into load balancing on a node.
 //!
-//! The service model, the eBPF backend and the iptables backend land here
-//! (issues 6 and 7); until then the crate only names its modes.
+//! - [`model`]: the pure service model. Services, EndpointSlices and the Node
+//!   become a [`model::ServiceMap`] (one entry per service port, endpoints
+//!   already chosen for this node), and [`model::diff`] yields [`model::Changes`].
+//! - [`dataplane`]: the [`Dataplane`] trait every backend implements —
+//!   `sync(&ServiceMap, &Changes)`, called from one blocking thread, with
+//!   `changes.full` meaning "rewrite everything".
+
+pub mod conntrack;
+pub mod dataplane;
+#[cfg(feature = "ebpf-wip")]
+pub mod ebpf;
+pub mod health;
+pub mod iptables;
+pub mod metrics;
+pub mod model;
+pub mod runner;
+pub mod watch;
+
+pub use dataplane::{Dataplane, DataplaneError, SyncStats};
+pub use runner::{run, run_with, Config, RunError};
 
 /// How the proxy programs the data path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,11 +1,49 @@
-//! `skiff dns`.
+//! `skiff dns`: the cluster DNS server standalone, against any Kubernetes API
+//! server (ours or a real one) reached through a kubeconfig.
 
-use anyhow::{bail, Result};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
 
 /// Arguments of `skiff dns`.
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Kubeconfig of the cluster to serve (default: $KUBECONFIG, ~/.kube/config or in-cluster).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Address to answer on (UDP and TCP); repeat or comma-separate for several.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:53")]
+    listen: Vec<SocketAddr>,
+    /// The cluster zone.
+    #[arg(long, default_value = skiff_dns::DEFAULT_ZONE)]
+    zone: String,
+    /// TTL of cluster records, seconds.
+    #[arg(long, default_value_t = skiff_dns::DEFAULT_TTL)]
+    ttl: u32,
+    /// Upstream resolvers IP:PORT, comma-separated (default: the nameservers of /etc/resolv.conf).
+    #[arg(long, value_delimiter = ',')]
+    upstream: Vec<SocketAddr>,
+    /// Where to serve Prometheus metrics (GET /metrics).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+    /// Most upstream answers cached at once.
+    #[arg(long, default_value_t = 10_000)]
+    cache_entries: usize,
+}
 
-pub async fn run(_args: Args) -> Result<()> {
-    bail!("`skiff dns` is not implemented yet (tracked in issue 8)")
+pub async fn run(args: Args) -> Result<()> {
+    let client = skiff_dns::client(args.kubeconfig.as_deref()).await?;
+    let config = skiff_dns::Config {
+        listen: args.listen,
+        zone: args.zone,
+        ttl: args.ttl,
+        upstreams: args.upstream,
+        metrics_listen: args.metrics_listen,
+        cache_entries: args.cache_entries,
+        ..skiff_dns::Config::default()
+    };
+    skiff_dns::run(client, config, crate::shutdown_signal())
+        .await
+        .context("skiff dns")
 }

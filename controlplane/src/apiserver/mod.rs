@@ -12,6 +12,7 @@ pub mod list;
 pub mod openapi;
 pub mod patch;
 pub mod pki;
+pub mod protobuf;
 pub mod registry;
 pub mod selector;
 pub mod server;

@@ -1,5 +1,5 @@
 //! What happens to an object between the request body and the store, as
-//! upstream's REST strategies: decoding (JSON or YAML, strict field
+//! upstream's REST strategies: decoding (JSON, YAML or protobuf, strict field
 //! validation), version conversion, defaulting, system metadata (uid,
 //! timestamps, generation), status handling per subresource, validation.
 
@@ -7,7 +7,7 @@ use serde_json::{json, Map, Value};
 
 use super::registry::{self, Resource};
 use super::status::ApiError;
-use super::{convert, defaults, validation};
+use super::{convert, defaults, protobuf, validation};
 
 /// Which part of an object a write may change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +48,7 @@ impl FieldValidation {
     }
 }
 
-/// Decodes a request body as JSON or YAML (by content type).
+/// Decodes a request body as JSON, YAML or Kubernetes protobuf (by content type).
 pub fn decode_body(content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request("the request body is empty"));
@@ -57,11 +57,13 @@ pub fn decode_body(content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
         serde_yaml::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("error decoding YAML body: {e}")))?
     } else if content_type.contains("protobuf") {
-        return Err(ApiError::new(
-            415,
-            "UnsupportedMediaType",
-            "protobuf bodies are not supported; send JSON or YAML",
-        ));
+        protobuf::decode_object(body).map_err(|e| {
+            if e.is_unsupported() {
+                ApiError::new(415, "UnsupportedMediaType", e.to_string())
+            } else {
+                ApiError::bad_request(format!("the body of the request could not be decoded as protobuf: {e}"))
+            }
+        })?
     } else {
         serde_json::from_slice(body).map_err(|e| {
             ApiError::bad_request(format!(

@@ -1,16 +1,15 @@
-//! `#[repr(C)]` map keys and values shared by the eBPF programs and user space.
+//! `#[repr(C)]` map keys and values shared by the eBPF programs and user space,
+//! and the pure decision logic both sides need (backend selection, flow hashing,
+//! the Maglev table). Everything here is `no_std` so the eBPF crate can use it;
+//! the Maglev table *builder* and the aya `Pod` impls need the `user` feature.
 #![no_std]
 
-/// A service frontend key: virtual IPv4 address and port in network byte order.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Service4Key {
-    /// Virtual IPv4 address, network byte order.
-    pub addr: u32,
-    /// Port, network byte order.
-    pub port: u16,
-    /// IP protocol number (6 TCP, 17 UDP).
-    pub proto: u8,
-    /// Padding, always zero.
-    pub pad: u8,
-}
+#[cfg(any(test, feature = "user"))]
+extern crate std;
+
+pub mod maps;
+#[cfg(any(test, feature = "user"))]
+pub mod maglev;
+pub mod select;
+
+pub use maps::*;

@@ -1,0 +1,267 @@
+//! Keeps the [`Index`] equal to the cluster: one task watches Services,
+//! EndpointSlices (discovery.k8s.io/v1) and Pods with kube-rs watchers and
+//! rewrites the records of exactly the Service or Pod an event touched.
+//!
+//! It owns the last seen Services and slices (records of a Service depend on
+//! both); it never answers queries and holds the index lock only to swap one
+//! object's records.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+
+use futures::{stream, StreamExt};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::watch as signal;
+
+use crate::index::{Index, Source};
+use crate::records::{pod_records, service_records, slice_service, SERVICE_NAME_LABEL};
+
+/// Errors of the watch task.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    /// All watch streams ended, which kube-rs watchers never do on their own.
+    #[error("the Service/EndpointSlice/Pod watches ended unexpectedly")]
+    Ended,
+}
+
+enum Change {
+    Service(Event<Service>),
+    Slice(Event<EndpointSlice>),
+    Pod(Event<Pod>),
+}
+
+type Key = (String, String);
+
+fn key_of<K: ResourceExt>(obj: &K) -> Key {
+    (obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+/// The watch-side state: the objects the records are computed from.
+struct Tracker {
+    index: Arc<RwLock<Index>>,
+    services: HashMap<Key, Service>,
+    /// (namespace, service) → slice name → slice.
+    slices: HashMap<Key, HashMap<String, EndpointSlice>>,
+    /// (namespace, slice name) → the service it was filed under.
+    slice_owner: HashMap<Key, String>,
+    service_buf: Option<Vec<Service>>,
+    slice_buf: Option<Vec<EndpointSlice>>,
+    pod_buf: Option<Vec<Pod>>,
+    synced: [bool; 3],
+}
+
+impl Tracker {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn refresh_service(&self, key: &Key) {
+        let mut index = self.write();
+        let records = match self.services.get(key) {
+            Some(svc) => {
+                let slices = self.slices.get(key).into_iter().flat_map(|m| m.values());
+                service_records(index.zone(), svc, slices)
+            }
+            None => Vec::new(),
+        };
+        index.set(
+            Source::Service {
+                namespace: key.0.clone(),
+                name: key.1.clone(),
+            },
+            records,
+        );
+    }
+
+    fn refresh_all_services(&self) {
+        let keys: HashSet<&Key> = self.services.keys().collect();
+        for key in &keys {
+            self.refresh_service(key);
+        }
+        self.write().retain_sources(|s| match s {
+            Source::Service { namespace, name } => {
+                keys.contains(&(namespace.clone(), name.clone()))
+            }
+            Source::Pod { .. } => true,
+        });
+    }
+
+    fn set_pod(&self, pod: &Pod) {
+        let (namespace, name) = key_of(pod);
+        let mut index = self.write();
+        let records = pod_records(index.zone(), pod);
+        index.set(Source::Pod { namespace, name }, records);
+    }
+
+    fn file_slice(&mut self, slice: EndpointSlice) -> Vec<Key> {
+        let (ns, name) = key_of(&slice);
+        let mut touched = Vec::new();
+        let owner = slice_service(&slice).map(str::to_string);
+        let previous = match &owner {
+            Some(svc) => self.slice_owner.insert((ns.clone(), name.clone()), svc.clone()),
+            None => self.slice_owner.remove(&(ns.clone(), name.clone())),
+        };
+        if let Some(prev) = previous.filter(|p| Some(p) != owner.as_ref()) {
+            let prev_key = (ns.clone(), prev);
+            if let Some(map) = self.slices.get_mut(&prev_key) {
+                map.remove(&name);
+            }
+            touched.push(prev_key);
+        }
+        if let Some(svc) = owner {
+            let key = (ns, svc);
+            self.slices
+                .entry(key.clone())
+                .or_default()
+                .insert(name, slice);
+            touched.push(key);
+        }
+        touched
+    }
+
+    fn unfile_slice(&mut self, slice: &EndpointSlice) -> Vec<Key> {
+        let (ns, name) = key_of(slice);
+        let Some(svc) = self.slice_owner.remove(&(ns.clone(), name.clone())) else {
+            return Vec::new();
+        };
+        let key = (ns, svc);
+        if let Some(map) = self.slices.get_mut(&key) {
+            map.remove(&name);
+            if map.is_empty() {
+                self.slices.remove(&key);
+            }
+        }
+        vec![key]
+    }
+
+    fn apply(&mut self, change: Change) {
+        match change {
+            Change::Service(event) => self.on_service(event),
+            Change::Slice(event) => self.on_slice(event),
+            Change::Pod(event) => self.on_pod(event),
+        }
+    }
+
+    fn on_service(&mut self, event: Event<Service>) {
+        match event {
+            Event::Apply(svc) => {
+                let key = key_of(&svc);
+                self.services.insert(key.clone(), svc);
+                self.refresh_service(&key);
+            }
+            Event::Delete(svc) => {
+                let key = key_of(&svc);
+                self.services.remove(&key);
+                self.refresh_service(&key);
+            }
+            Event::Init => self.service_buf = Some(Vec::new()),
+            Event::InitApply(svc) => self.service_buf.get_or_insert_default().push(svc),
+            Event::InitDone => {
+                let listed = self.service_buf.take().unwrap_or_default();
+                self.services = listed.into_iter().map(|s| (key_of(&s), s)).collect();
+                self.refresh_all_services();
+                self.synced[0] = true;
+            }
+        }
+    }
+
+    fn on_slice(&mut self, event: Event<EndpointSlice>) {
+        match event {
+            Event::Apply(slice) => {
+                for key in self.file_slice(slice) {
+                    self.refresh_service(&key);
+                }
+            }
+            Event::Delete(slice) => {
+                for key in self.unfile_slice(&slice) {
+                    self.refresh_service(&key);
+                }
+            }
+            Event::Init => self.slice_buf = Some(Vec::new()),
+            Event::InitApply(slice) => self.slice_buf.get_or_insert_default().push(slice),
+            Event::InitDone => {
+                self.slices.clear();
+                self.slice_owner.clear();
+                for slice in self.slice_buf.take().unwrap_or_default() {
+                    self.file_slice(slice);
+                }
+                self.refresh_all_services();
+                self.synced[1] = true;
+            }
+        }
+    }
+
+    fn on_pod(&mut self, event: Event<Pod>) {
+        match event {
+            Event::Apply(pod) => self.set_pod(&pod),
+            Event::Delete(pod) => {
+                let (namespace, name) = key_of(&pod);
+                self.write().set(Source::Pod { namespace, name }, Vec::new());
+            }
+            Event::Init => self.pod_buf = Some(Vec::new()),
+            Event::InitApply(pod) => self.pod_buf.get_or_insert_default().push(pod),
+            Event::InitDone => {
+                let listed = self.pod_buf.take().unwrap_or_default();
+                let keys: HashSet<Key> = listed.iter().map(key_of).collect();
+                for pod in &listed {
+                    self.set_pod(pod);
+                }
+                self.write().retain_sources(|s| match s {
+                    Source::Pod { namespace, name } => {
+                        keys.contains(&(namespace.clone(), name.clone()))
+                    }
+                    Source::Service { .. } => true,
+                });
+                self.synced[2] = true;
+            }
+        }
+    }
+}
+
+/// Watches the cluster and keeps `index` current until the streams end.
+/// `synced` turns true once the first full list of every kind is in the index.
+pub async fn run(
+    client: Client,
+    index: Arc<RwLock<Index>>,
+    synced: signal::Sender<bool>,
+) -> Result<(), WatchError> {
+    let config = watcher::Config::default();
+    let services = watcher::watcher(Api::<Service>::all(client.clone()), config.clone())
+        .default_backoff()
+        .map(|e| e.map(Change::Service));
+    let slices = watcher::watcher(
+        Api::<EndpointSlice>::all(client.clone()),
+        config.clone().labels(SERVICE_NAME_LABEL),
+    )
+    .default_backoff()
+    .map(|e| e.map(Change::Slice));
+    let pods = watcher::watcher(Api::<Pod>::all(client), config)
+        .default_backoff()
+        .map(|e| e.map(Change::Pod));
+    let mut changes = stream::select_all([services.boxed(), slices.boxed(), pods.boxed()]);
+    let mut tracker = Tracker {
+        index,
+        services: HashMap::new(),
+        slices: HashMap::new(),
+        slice_owner: HashMap::new(),
+        service_buf: None,
+        slice_buf: None,
+        pod_buf: None,
+        synced: [false; 3],
+    };
+    while let Some(change) = changes.next().await {
+        match change {
+            Ok(change) => tracker.apply(change),
+            // The backoff retries; a failing watch keeps serving the last state.
+            Err(error) => tracing::warn!(%error, "watch failed, retrying"),
+        }
+        if tracker.synced.iter().all(|s| *s) && !*synced.borrow() {
+            let _ = synced.send(true);
+        }
+    }
+    Err(WatchError::Ended)
+}

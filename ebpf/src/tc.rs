@@ -1,0 +1,327 @@
+//! tc (clsact) programs on node interfaces for NodePort, externalIPs and
+//! LoadBalancer IPs (IPv4). Ingress: a packet of a known flow is rewritten as
+//! its connection-table entry says; the first packet of a new flow to a
+//! frontend picks a backend (affinity entry, else Maglev), records both
+//! directions and is DNATed (and SNATed to the node for remote backends
+//! unless externalTrafficPolicy is Local). Egress: replies of local backends
+//! get the frontend address back.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    macros::classifier,
+    maps::lpm_trie::Key,
+    programs::TcContext,
+};
+use skiff_common::{
+    select::{affinity_fresh, flow_hash, fold_addr, maglev_index, pick_slot},
+    AffinityKey, AffinityValue, Backend, CtKey, CtValue, Frontend, FrontendKey, NodeAddrKey,
+    SourceRangeKey, BACKEND_LOCAL, CT_FORWARD, CT_REPLY, FAMILY_V4, FLAG_AFFINITY, FLAG_EXTERNAL,
+    FLAG_LOCAL, FLAG_SOURCE_RANGES, MAGLEV_MAX, PROTO_TCP, PROTO_UDP,
+};
+
+use crate::maps::{
+    self, SKIFF_AFFINITY, SKIFF_CT, SKIFF_MAGLEV, SKIFF_NODE_ADDRS, SKIFF_SRC_RANGES,
+};
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const IP_CSUM_OFF: usize = ETH_HLEN + 10;
+const IP_SRC_OFF: usize = ETH_HLEN + 12;
+const IP_DST_OFF: usize = ETH_HLEN + 16;
+
+/// Where the packet's rewritable fields are.
+struct Packet {
+    l4: usize,
+    proto: u8,
+    saddr: u32,
+    daddr: u32,
+    sport: u16,
+    dport: u16,
+}
+
+impl Packet {
+    fn csum_off(&self) -> usize {
+        self.l4 + if self.proto == PROTO_TCP { 16 } else { 6 }
+    }
+
+    fn l4_flags(&self) -> u64 {
+        // A zero UDP checksum means "none" and must stay zero.
+        if self.proto == PROTO_UDP {
+            BPF_F_MARK_MANGLED_0 as u64
+        } else {
+            0
+        }
+    }
+}
+
+#[inline(always)]
+fn parse(ctx: &TcContext) -> Option<Packet> {
+    let ethertype = u16::from_be(ctx.load::<u16>(12).ok()?);
+    if ethertype != ETH_P_IP {
+        return None;
+    }
+    let vihl: u8 = ctx.load(ETH_HLEN).ok()?;
+    let frag: u16 = u16::from_be(ctx.load(ETH_HLEN + 6).ok()?);
+    // Only first fragments carry ports; later ones are left alone.
+    if frag & 0x1fff != 0 {
+        return None;
+    }
+    let proto: u8 = ctx.load(ETH_HLEN + 9).ok()?;
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return None;
+    }
+    let l4 = ETH_HLEN + ((vihl & 0x0f) as usize) * 4;
+    Some(Packet {
+        l4,
+        proto,
+        saddr: ctx.load(IP_SRC_OFF).ok()?,
+        daddr: ctx.load(IP_DST_OFF).ok()?,
+        sport: ctx.load(l4).ok()?,
+        dport: ctx.load(l4 + 2).ok()?,
+    })
+}
+
+/// Rewrites the IPv4 address at `off` and fixes both checksums.
+#[inline(always)]
+fn set_addr(ctx: &TcContext, p: &Packet, off: usize, old: u32, new: u32) -> Option<()> {
+    if old == new {
+        return Some(());
+    }
+    ctx.store(off, &new, 0).ok()?;
+    ctx.l3_csum_replace(IP_CSUM_OFF, old as u64, new as u64, 4).ok()?;
+    ctx.l4_csum_replace(
+        p.csum_off(),
+        old as u64,
+        new as u64,
+        BPF_F_PSEUDO_HDR as u64 | p.l4_flags() | 4,
+    )
+    .ok()
+}
+
+/// Rewrites the port at `off` and fixes the L4 checksum.
+#[inline(always)]
+fn set_port(ctx: &TcContext, p: &Packet, off: usize, old: u16, new: u16) -> Option<()> {
+    if old == new {
+        return Some(());
+    }
+    ctx.store(off, &new, 0).ok()?;
+    ctx.l4_csum_replace(p.csum_off(), old as u64, new as u64, p.l4_flags() | 2)
+        .ok()
+}
+
+/// The frontend a new flow is addressed to: its destination address
+/// (externalIP / LoadBalancer IP), else a NodePort on a node address.
+#[inline(always)]
+fn lookup_frontend(p: &Packet) -> Option<Frontend> {
+    let mut key = FrontendKey {
+        addr: [p.daddr, 0, 0, 0],
+        port: p.dport,
+        proto: p.proto,
+        family: FAMILY_V4,
+    };
+    if let Some(fe) = maps::frontend(&key) {
+        if fe.flags & FLAG_EXTERNAL != 0 {
+            return Some(fe);
+        }
+    }
+    let node = NodeAddrKey {
+        addr: [p.daddr, 0, 0, 0],
+        family: FAMILY_V4,
+        pad: [0; 3],
+    };
+    SKIFF_NODE_ADDRS.get_ptr(node)?;
+    key.addr = [0; 4];
+    let fe = maps::frontend(&key)?;
+    (fe.flags & FLAG_EXTERNAL != 0).then_some(fe)
+}
+
+/// Whether the flow's source is inside the frontend's source ranges.
+#[inline(always)]
+fn source_allowed(fe: &Frontend, saddr: u32) -> bool {
+    if fe.flags & FLAG_SOURCE_RANGES == 0 {
+        return true;
+    }
+    let key = Key::new(
+        32 + 32,
+        SourceRangeKey {
+            frontend: fe.id.to_be(),
+            addr: [saddr, 0, 0, 0],
+        },
+    );
+    SKIFF_SRC_RANGES.get(&key).is_some()
+}
+
+/// Picks the backend of a new flow.
+#[inline(always)]
+fn choose(fe: &Frontend, p: &Packet) -> Option<(u32, Backend)> {
+    let client = [p.saddr, 0, 0, 0];
+    let now = unsafe { bpf_ktime_get_ns() } / 1_000_000_000;
+    let akey = AffinityKey {
+        client: fold_addr(&client),
+        frontend: fe.id,
+        pad: 0,
+    };
+    if fe.flags & FLAG_AFFINITY != 0 {
+        if let Some(a) = SKIFF_AFFINITY.get_ptr(akey) {
+            // SAFETY: LRU value copied out at once.
+            let a = unsafe { *a };
+            if affinity_fresh(a.last_used, now, fe.affinity_timeout) {
+                if let Some(b) = maps::backend(a.backend) {
+                    return Some((a.backend, b));
+                }
+            }
+        }
+    }
+    let mut id = None;
+    if fe.maglev_size != 0 && (fe.maglev_size as usize) <= MAGLEV_MAX {
+        if let Some(t) = SKIFF_MAGLEV.get_ptr(fe.id) {
+            let h = flow_hash(&client, p.sport, &[p.daddr, 0, 0, 0], p.dport, p.proto);
+            let i = maglev_index(h, fe.maglev_size) as usize;
+            if i < MAGLEV_MAX {
+                // SAFETY: not preallocated, valid for this RCU section;
+                // `i` is bounds-checked above.
+                id = Some(unsafe { (*t).entries[i] });
+            }
+        }
+    }
+    let id = match id {
+        Some(id) => id,
+        // SAFETY: helper has no preconditions.
+        None => maps::slot(fe, pick_slot(unsafe { bpf_get_prandom_u32() }, fe.count))?,
+    };
+    let b = maps::backend(id)?;
+    if fe.flags & FLAG_AFFINITY != 0 {
+        let v = AffinityValue {
+            backend: id,
+            pad: 0,
+            last_used: now,
+        };
+        let _ = SKIFF_AFFINITY.insert(akey, v, 0);
+    }
+    Some((id, b))
+}
+
+/// Applies a connection-table entry to the packet.
+#[inline(always)]
+fn apply(ctx: &TcContext, p: &Packet, v: &CtValue) -> Option<()> {
+    if v.dir == CT_FORWARD {
+        set_addr(ctx, p, IP_DST_OFF, p.daddr, v.addr[0])?;
+        set_port(ctx, p, p.l4 + 2, p.dport, v.port)?;
+        if v.snat != 0 {
+            set_addr(ctx, p, IP_SRC_OFF, p.saddr, v.nat_addr[0])?;
+            set_port(ctx, p, p.l4, p.sport, v.nat_port)?;
+        }
+    } else {
+        set_addr(ctx, p, IP_SRC_OFF, p.saddr, v.addr[0])?;
+        set_port(ctx, p, p.l4, p.sport, v.port)?;
+        if v.snat != 0 {
+            set_addr(ctx, p, IP_DST_OFF, p.daddr, v.nat_addr[0])?;
+            set_port(ctx, p, p.l4 + 2, p.dport, v.nat_port)?;
+        }
+    }
+    Some(())
+}
+
+/// Records both directions of a new flow and DNATs its first packet.
+#[inline(always)]
+fn new_flow(ctx: &TcContext, p: &Packet, key: &CtKey) -> i32 {
+    let Some(fe) = lookup_frontend(p) else {
+        return TC_ACT_OK;
+    };
+    if !source_allowed(&fe, p.saddr) || fe.count == 0 {
+        maps::count(fe.id, 0, 0, 1);
+        return TC_ACT_SHOT;
+    }
+    let Some((id, b)) = choose(&fe, p) else {
+        maps::count(fe.id, 0, 0, 1);
+        return TC_ACT_SHOT;
+    };
+    let snat = fe.flags & FLAG_LOCAL == 0 && b.flags & BACKEND_LOCAL == 0;
+    let fwd = CtValue {
+        addr: b.addr,
+        nat_addr: [p.daddr, 0, 0, 0],
+        port: b.port,
+        // The client's port is kept: the node address plus the client port
+        // names the flow well enough for the reply lookup.
+        nat_port: p.sport,
+        backend: id,
+        frontend: fe.id,
+        dir: CT_FORWARD,
+        snat: snat as u8,
+        pad: 0,
+    };
+    let reply_key = CtKey {
+        saddr: b.addr,
+        daddr: if snat { [p.daddr, 0, 0, 0] } else { [p.saddr, 0, 0, 0] },
+        sport: b.port,
+        dport: p.sport,
+        proto: p.proto,
+        family: FAMILY_V4,
+        pad: 0,
+    };
+    let reply = CtValue {
+        addr: [p.daddr, 0, 0, 0],
+        nat_addr: [p.saddr, 0, 0, 0],
+        port: p.dport,
+        nat_port: p.sport,
+        backend: id,
+        frontend: fe.id,
+        dir: CT_REPLY,
+        snat: snat as u8,
+        pad: 0,
+    };
+    if SKIFF_CT.insert(key, fwd, 0).is_err() || SKIFF_CT.insert(reply_key, reply, 0).is_err() {
+        maps::count(fe.id, 0, 0, 1);
+        return TC_ACT_SHOT;
+    }
+    maps::count(fe.id, 1, 1, 0);
+    match apply(ctx, p, &fwd) {
+        Some(()) => TC_ACT_OK,
+        None => TC_ACT_SHOT,
+    }
+}
+
+#[inline(always)]
+fn handle(ctx: &TcContext, ingress: bool) -> i32 {
+    let Some(p) = parse(ctx) else {
+        return TC_ACT_OK;
+    };
+    let key = CtKey {
+        saddr: [p.saddr, 0, 0, 0],
+        daddr: [p.daddr, 0, 0, 0],
+        sport: p.sport,
+        dport: p.dport,
+        proto: p.proto,
+        family: FAMILY_V4,
+        pad: 0,
+    };
+    if let Some(v) = SKIFF_CT.get_ptr(key) {
+        // SAFETY: LRU value copied out at once.
+        let v = unsafe { *v };
+        // A flow whose backend went away is balanced again.
+        if v.dir == CT_REPLY || maps::backend(v.backend).is_some() {
+            maps::count(v.frontend, 0, 1, 0);
+            return match apply(ctx, &p, &v) {
+                Some(()) => TC_ACT_OK,
+                None => TC_ACT_SHOT,
+            };
+        }
+    }
+    if !ingress {
+        return TC_ACT_OK;
+    }
+    new_flow(ctx, &p, &key)
+}
+
+/// NodePort / external IP load balancing on a node interface's ingress.
+#[classifier]
+pub fn skiff_tc_ingress(ctx: TcContext) -> i32 {
+    handle(&ctx, true)
+}
+
+/// Reverse NAT of local backends' replies on a node interface's egress.
+#[classifier]
+pub fn skiff_tc_egress(ctx: TcContext) -> i32 {
+    handle(&ctx, false)
+}

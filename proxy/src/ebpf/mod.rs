@@ -1,0 +1,247 @@
+//! The eBPF data plane: socket-level load balancing for ClusterIPs (cgroup
+//! programs on the node's cgroup v2 subtree) and tc load balancing for
+//! NodePorts, externalIPs and LoadBalancer IPs on node interfaces, driven by
+//! pinned maps that this module keeps equal to the service model.
+//!
+//! It owns `/sys/fs/bpf/skiff/<node>` (maps and links) and attaches only to
+//! the cgroup subtree and interfaces it is given; it never touches the root
+//! cgroup (DESIGN §6).
+
+mod attach;
+mod cgroup;
+mod desired;
+mod tables;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use aya::maps::{HashMap as BpfHash, LpmTrie, PerCpuArray};
+use aya::Ebpf;
+use skiff_common::{maglev, names, words_ip, Counters, FrontendKey};
+
+pub use attach::{detach_and_unpin, AttachError, SOCK_PROGRAMS, TC_EGRESS, TC_INGRESS};
+pub use cgroup::{cgroup2_mount, check_subtree, ensure_subtree, CgroupError};
+pub use desired::{frontends, BackendAddr, DesiredFrontend};
+pub use tables::TablesError;
+
+use crate::dataplane::{Dataplane, DataplaneError, SyncStats};
+use crate::model::{Changes, ServiceMap, ServicePortName};
+use tables::{Maps, Tables};
+
+/// Where the eBPF data plane pins and attaches.
+#[derive(Debug, Clone)]
+pub struct EbpfConfig {
+    /// bpffs directory for maps and links, e.g. `/sys/fs/bpf/skiff/<node>`.
+    pub pin_dir: PathBuf,
+    /// cgroup v2 directory the socket programs attach to (never the root).
+    pub cgroup: PathBuf,
+    /// Node interfaces that get the tc programs (NodePort, external IPs).
+    pub interfaces: Vec<String>,
+    /// Maglev table size, a prime ≤ 16381.
+    pub maglev_size: usize,
+}
+
+impl EbpfConfig {
+    /// The default layout for `node`: pins under /sys/fs/bpf/skiff/<node>,
+    /// programs on the cgroup `skiff/<node>` below the cgroup v2 root.
+    pub fn for_node(node: &str) -> Result<EbpfConfig, EbpfError> {
+        Ok(EbpfConfig {
+            pin_dir: Path::new("/sys/fs/bpf/skiff").join(node),
+            cgroup: cgroup2_mount()?.join("skiff").join(node),
+            interfaces: Vec::new(),
+            maglev_size: maglev::DEFAULT_SIZE,
+        })
+    }
+}
+
+/// Setting up the eBPF data plane failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EbpfError {
+    /// cgroup or bpffs setup.
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    /// Loading or attaching programs.
+    #[error(transparent)]
+    Attach(#[from] AttachError),
+    /// Map access.
+    #[error(transparent)]
+    Tables(#[from] TablesError),
+    /// A map is missing from the object.
+    #[error("eBPF map {0} missing from the embedded object")]
+    MissingMap(&'static str),
+    /// A map has another type than expected (a build mismatch).
+    #[error("eBPF map {0}: {1}")]
+    MapType(&'static str, aya::maps::MapError),
+    /// The Maglev table size is not usable.
+    #[error("maglev table size: {0}")]
+    Maglev(#[from] maglev::MaglevError),
+}
+
+/// The eBPF backend of the proxy.
+pub struct EbpfDataplane {
+    ebpf: Ebpf,
+    tables: Tables,
+    cfg: EbpfConfig,
+    by_port: BTreeMap<ServicePortName, Vec<FrontendKey>>,
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EbpfError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(EbpfError::MissingMap(name))?;
+    T::try_from(map).map_err(|e| EbpfError::MapType(name, e))
+}
+
+impl EbpfDataplane {
+    /// Loads the programs (reusing maps and links a previous proxy pinned in
+    /// `cfg.pin_dir`), attaches them and resumes from the pinned state.
+    pub fn new(cfg: EbpfConfig) -> Result<EbpfDataplane, EbpfError> {
+        maglev::build(&[], cfg.maglev_size)?;
+        let cgroup = check_subtree(&cfg.cgroup)?;
+        cgroup::ensure_bpffs_dir(&cfg.pin_dir)?;
+        let mut ebpf = attach::load(&cfg.pin_dir)?;
+        attach::attach_cgroup(&mut ebpf, &cgroup, &cfg.pin_dir)?;
+        for iface in &cfg.interfaces {
+            attach::attach_tc(&mut ebpf, iface, &cfg.pin_dir)?;
+        }
+        let maps = Maps {
+            frontends: take::<BpfHash<_, _, _>>(&mut ebpf, names::FRONTENDS)?,
+            slots: take::<BpfHash<_, _, _>>(&mut ebpf, names::SLOTS)?,
+            backends: take::<BpfHash<_, _, _>>(&mut ebpf, names::BACKENDS)?,
+            maglev: take::<BpfHash<_, _, _>>(&mut ebpf, names::MAGLEV)?,
+            ranges: take::<LpmTrie<_, _, _>>(&mut ebpf, names::SOURCE_RANGES)?,
+            node_addrs: take::<BpfHash<_, _, _>>(&mut ebpf, names::NODE_ADDRS)?,
+            counters: take::<PerCpuArray<_, _>>(&mut ebpf, names::COUNTERS)?,
+        };
+        let tables = Tables::resume(maps, cfg.maglev_size)?;
+        Ok(EbpfDataplane {
+            ebpf,
+            tables,
+            cfg,
+            by_port: BTreeMap::new(),
+        })
+    }
+
+    /// Runs a tc program once on `packet` (BPF_PROG_TEST_RUN), for tests and
+    /// diagnostics; returns the `TC_ACT_*` verdict and the rewritten packet.
+    pub fn run_tc(&self, ingress: bool, packet: &[u8]) -> Result<(u32, Vec<u8>), EbpfError> {
+        Ok(attach::run_tc(&self.ebpf, ingress, packet)?)
+    }
+
+    /// Attached programs, map fill and per-frontend counters.
+    pub fn status(&self) -> Result<Status, EbpfError> {
+        let mut frontends = Vec::new();
+        for key in self.tables.keys() {
+            if let Some(id) = self.tables.frontend_id(key) {
+                frontends.push((*key, self.tables.counters(id)?));
+            }
+        }
+        frontends.sort_by_key(|(k, _)| (k.family, k.addr.map(u32::from_be), k.port, k.proto));
+        Ok(Status {
+            links: attach::pinned_links(&self.cfg.pin_dir),
+            entries: self.tables.entry_count(),
+            frontends,
+        })
+    }
+
+    fn apply_port(&mut self, name: &ServicePortName, map: &ServiceMap) -> Result<(), EbpfError> {
+        let want = map.ports.get(name).map(frontends).unwrap_or_default();
+        let keys: Vec<FrontendKey> = want.iter().map(|d| d.key).collect();
+        for d in &want {
+            self.tables.apply(d)?;
+        }
+        if let Some(old) = self.by_port.remove(name) {
+            for k in old.iter().filter(|k| !keys.contains(k)) {
+                self.tables.remove(k)?;
+            }
+        }
+        if !keys.is_empty() {
+            self.by_port.insert(name.clone(), keys);
+        }
+        Ok(())
+    }
+
+    fn sync_inner(&mut self, map: &ServiceMap, changes: &Changes) -> Result<(), EbpfError> {
+        if changes.full {
+            self.tables.set_node_addrs(&map.node.addresses)?;
+            let names: Vec<ServicePortName> = map.ports.keys().cloned().collect();
+            for name in &names {
+                self.apply_port(name, map)?;
+            }
+            // Anything else pinned (removed while no proxy ran) goes.
+            let live: HashSet<FrontendKey> = self.by_port.values().flatten().copied().collect();
+            let stale: Vec<FrontendKey> =
+                self.tables.keys().filter(|k| !live.contains(k)).copied().collect();
+            for k in &stale {
+                self.tables.remove(k)?;
+            }
+            self.by_port.retain(|n, _| map.ports.contains_key(n));
+        } else {
+            for name in changes.removed.keys() {
+                self.apply_port(name, map)?;
+            }
+            for name in &changes.updated {
+                self.apply_port(name, map)?;
+            }
+        }
+        self.tables.collect_backends()?;
+        Ok(())
+    }
+}
+
+impl Dataplane for EbpfDataplane {
+    fn name(&self) -> &'static str {
+        "ebpf"
+    }
+
+    fn sync(&mut self, map: &ServiceMap, changes: &Changes) -> Result<SyncStats, DataplaneError> {
+        self.tables.written = 0;
+        self.sync_inner(map, changes)
+            .map_err(|e| DataplaneError::new("ebpf", e))?;
+        Ok(SyncStats {
+            rules: self.tables.entry_count(),
+            written: self.tables.written,
+        })
+    }
+
+    fn cleanup(&mut self) -> Result<(), DataplaneError> {
+        detach_and_unpin(&self.cfg.pin_dir).map_err(|e| DataplaneError::new("ebpf", e))
+    }
+}
+
+/// What `skiff proxy status` shows for the eBPF data plane.
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// Pinned links (attached programs).
+    pub links: Vec<PathBuf>,
+    /// Map entries installed (frontends, slots, backends).
+    pub entries: u64,
+    /// Every frontend with its counters.
+    pub frontends: Vec<(FrontendKey, Counters)>,
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "attached programs:")?;
+        for l in &self.links {
+            writeln!(f, "  {}", l.display())?;
+        }
+        writeln!(f, "map entries: {}", self.entries)?;
+        writeln!(f, "frontends: {}", self.frontends.len())?;
+        for (k, c) in &self.frontends {
+            let ip = words_ip(k.addr, k.family);
+            let proto = if k.proto == skiff_common::PROTO_UDP { "udp" } else { "tcp" };
+            writeln!(
+                f,
+                "  {ip}:{}/{proto} connections={} packets={} dropped={}",
+                u16::from_be(k.port),
+                c.connections,
+                c.packets,
+                c.dropped
+            )?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,218 @@
+//! The proxy's main loop, shared by `skiff proxy` and the node agent:
+//! watch → rebuild the [`ServiceMap`] → diff → [`Dataplane::sync`] on a
+//! blocking thread, rate-limited, with a periodic full resync that repairs
+//! drift and a full retry after any failed sync.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ipnetwork::IpNetwork;
+use kube::Client;
+use skiff_cni::Netns;
+use tokio::sync::Notify;
+
+use crate::dataplane::Dataplane;
+use crate::health::{HealthError, HealthState, HttpServers};
+use crate::iptables::{Family, Iptables, RuleOptions};
+use crate::model::{self, Changes, ServiceMap};
+use crate::watch::Stores;
+use crate::Mode;
+
+/// How long to wait before retrying a failed sync.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Settings of one proxy instance.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Name of the node the proxy serves (endpoints with this `nodeName` are local).
+    pub node_name: String,
+    /// Data plane.
+    pub mode: Mode,
+    /// Network namespace to program (`None`: the proxy's own).
+    pub netns: Option<PathBuf>,
+    /// `/healthz` listen address (inside the namespace).
+    pub healthz_listen: Option<SocketAddr>,
+    /// `/metrics` listen address (inside the namespace).
+    pub metrics_listen: Option<SocketAddr>,
+    /// Full resync period.
+    pub sync_period: Duration,
+    /// Minimum time between two syncs (changes arriving faster are batched).
+    pub min_sync_interval: Duration,
+    /// Pod network(s): ClusterIP traffic from elsewhere is masqueraded.
+    pub cluster_cidrs: Vec<IpNetwork>,
+    /// Masquerade all ClusterIP traffic.
+    pub masquerade_all: bool,
+}
+
+impl Config {
+    /// Defaults for `node_name` in `mode`.
+    pub fn new(node_name: impl Into<String>, mode: Mode) -> Config {
+        Config {
+            node_name: node_name.into(),
+            mode,
+            netns: None,
+            healthz_listen: None,
+            metrics_listen: None,
+            sync_period: Duration::from_secs(30),
+            min_sync_interval: Duration::from_millis(100),
+            cluster_cidrs: Vec::new(),
+            masquerade_all: false,
+        }
+    }
+}
+
+/// Errors that stop the proxy.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The namespace given with `--netns` cannot be opened.
+    #[error("opening network namespace {path}: {source}")]
+    Netns {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: skiff_cni::netns::NetnsError,
+    },
+    /// An HTTP listener could not be started.
+    #[error(transparent)]
+    Http(#[from] HealthError),
+    /// The requested data plane is not available.
+    #[error("the {0} data plane is not available in this build: {1}")]
+    Unavailable(&'static str, String),
+}
+
+fn open_netns(path: &Option<PathBuf>) -> Result<Netns, RunError> {
+    match path {
+        Some(p) => Netns::open(p).map_err(|source| RunError::Netns {
+            path: p.clone(),
+            source,
+        }),
+        None => Ok(Netns::current()),
+    }
+}
+
+/// The data plane `config.mode` asks for.
+pub fn dataplane_for(config: &Config) -> Result<Box<dyn Dataplane>, RunError> {
+    match config.mode {
+        Mode::Iptables => {
+            let options = RuleOptions {
+                cluster_cidrs: config.cluster_cidrs.clone(),
+                masquerade_all: config.masquerade_all,
+            };
+            let netns = open_netns(&config.netns)?;
+            Ok(Box::new(Iptables::new(
+                netns,
+                options,
+                vec![Family::V4, Family::V6],
+            )))
+        }
+        Mode::Ebpf => Err(RunError::Unavailable(
+            "ebpf",
+            "the eBPF backend is not wired into the runner yet; use --mode iptables".into(),
+        )),
+    }
+}
+
+/// Runs the proxy with the data plane of `config.mode` until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let dataplane = dataplane_for(&config)?;
+    run_with(client, config, dataplane, shutdown).await
+}
+
+/// Runs the proxy with a given data plane until `shutdown` resolves.
+pub async fn run_with(
+    client: Client,
+    config: Config,
+    mut dataplane: Box<dyn Dataplane>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let netns = Arc::new(open_netns(&config.netns)?);
+    let health = HealthState::new(config.sync_period);
+    let mut http = HttpServers::start(
+        netns,
+        health.clone(),
+        config.healthz_listen,
+        config.metrics_listen,
+    )?;
+    let notify = Arc::new(Notify::new());
+    let stores = Stores::start(client, &config.node_name, notify.clone());
+    tokio::pin!(shutdown);
+    tokio::select! {
+        () = stores.ready() => {}
+        () = &mut shutdown => return Ok(()),
+    }
+    tracing::info!(node = %config.node_name, mode = dataplane.name(), "proxy watching; first sync");
+    let mut applied = ServiceMap::default();
+    let mut need_full = true;
+    let mut last_full = Instant::now();
+    let mut last_sync: Option<Instant> = None;
+    loop {
+        if let Some(at) = last_sync {
+            let next = at + config.min_sync_interval;
+            tokio::select! {
+                () = tokio::time::sleep_until(next.into()) => {}
+                () = &mut shutdown => return Ok(()),
+            }
+        }
+        if last_full.elapsed() >= config.sync_period {
+            need_full = true;
+        }
+        let map = stores.build(&config.node_name);
+        let changes = if need_full {
+            Changes::full(&map)
+        } else {
+            model::diff(&applied, &map)
+        };
+        if !changes.is_empty() {
+            let started = Instant::now();
+            let (dp, result, map) = tokio::task::spawn_blocking(move || {
+                let r = dataplane.sync(&map, &changes);
+                (dataplane, r, map)
+            })
+            .await
+            .map_err(|e| RunError::Unavailable("sync", format!("sync task failed: {e}")))?;
+            dataplane = dp;
+            match result {
+                Ok(stats) => {
+                    let took = started.elapsed();
+                    tracing::debug!(ports = map.ports.len(), rules = stats.rules, ?took, full = need_full, "synced");
+                    health.synced(&map, took, stats.rules);
+                    http.update_health_ports();
+                    if need_full {
+                        last_full = Instant::now();
+                    }
+                    need_full = false;
+                    applied = map;
+                }
+                Err(e) => {
+                    tracing::warn!("sync failed, retrying with a full sync: {e}");
+                    health.metrics().failed();
+                    need_full = true;
+                    tokio::select! {
+                        () = tokio::time::sleep(RETRY_AFTER) => {}
+                        () = &mut shutdown => return Ok(()),
+                    }
+                    last_sync = Some(Instant::now());
+                    continue;
+                }
+            }
+        } else {
+            // Nothing changed: still tell /healthz the data plane is current.
+            health.alive();
+        }
+        last_sync = Some(Instant::now());
+        let until_resync = config.sync_period.saturating_sub(last_full.elapsed());
+        tokio::select! {
+            () = notify.notified() => {}
+            () = tokio::time::sleep(until_resync) => {}
+            () = &mut shutdown => return Ok(()),
+        }
+    }
+}

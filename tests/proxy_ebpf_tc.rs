@@ -1,0 +1,206 @@
+//! The tc programs (NodePort / external IPs) run with BPF_PROG_TEST_RUN on
+//! crafted packets: the service map is programmed through the real data plane,
+//! then packets go through the ingress/egress programs and we read what they
+//! did to them — rewritten addresses, valid checksums, or a drop.
+
+mod proxy_ebpf_support;
+
+use std::net::Ipv4Addr;
+
+use proxy_ebpf_support::{endpoint, map_of, service, Plane};
+use skiff_proxy::model::{Changes, Protocol, TrafficPolicy};
+use skiff_proxy::Dataplane;
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+
+const NODE: &str = "192.168.50.2";
+const CLIENT: &str = "198.51.100.7";
+
+fn csum(data: &[u8], mut sum: u32) -> u16 {
+    for c in data.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An Ethernet + IPv4 + TCP (SYN) or UDP packet with correct checksums.
+fn packet(proto: u8, src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
+    let src: Ipv4Addr = src.parse().unwrap();
+    let dst: Ipv4Addr = dst.parse().unwrap();
+    let payload = b"hello";
+    let l4_len = if proto == 6 { 20 } else { 8 } + payload.len();
+    let mut p = vec![0u8; 14];
+    p[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, proto, 0, 0];
+    ip[2..4].copy_from_slice(&((20 + l4_len) as u16).to_be_bytes());
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let c = csum(&ip, 0);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut l4 = Vec::new();
+    l4.extend_from_slice(&sport.to_be_bytes());
+    l4.extend_from_slice(&dport.to_be_bytes());
+    if proto == 6 {
+        l4.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+    } else {
+        l4.extend_from_slice(&(l4_len as u16).to_be_bytes());
+        l4.extend_from_slice(&[0, 0]);
+    }
+    l4.extend_from_slice(payload);
+    let c = l4_csum(&ip, &l4);
+    let off = if proto == 6 { 16 } else { 6 };
+    l4[off..off + 2].copy_from_slice(&c.to_be_bytes());
+    p.extend_from_slice(&ip);
+    p.extend_from_slice(&l4);
+    p
+}
+
+fn l4_csum(ip: &[u8], l4: &[u8]) -> u16 {
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&ip[12..20]);
+    pseudo.extend_from_slice(&[0, ip[9]]);
+    pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    pseudo.extend_from_slice(l4);
+    csum(&pseudo, 0)
+}
+
+/// (src, sport, dst, dport) of a packet, after checking both checksums.
+fn addrs(p: &[u8]) -> (String, u16, String, u16) {
+    let ip = &p[14..34];
+    assert_eq!(csum(ip, 0), 0, "IPv4 header checksum broken");
+    let l4 = &p[34..];
+    assert_eq!(l4_csum(ip, l4), 0, "L4 checksum broken");
+    let a = |o: usize| Ipv4Addr::new(ip[o], ip[o + 1], ip[o + 2], ip[o + 3]).to_string();
+    let port = |o: usize| u16::from_be_bytes([l4[o], l4[o + 1]]);
+    (a(12), port(0), a(16), port(2))
+}
+
+#[test]
+fn nodeport_dnat_to_a_local_backend_and_reply_reverse_nat() {
+    let mut plane = Plane::new("tcnp");
+    let mut web = service("web", "10.96.0.20", 80, Protocol::Tcp, vec![endpoint("10.244.1.5", 8080, true)]);
+    web.node_port = Some(30080);
+    let map = map_of(&[NODE], vec![web]);
+    plane.dp().sync(&map, &Changes::full(&map)).expect("sync");
+
+    let syn = packet(6, CLIENT, 40000, NODE, 30080);
+    let (verdict, out) = plane.dp().run_tc(true, &syn).expect("test run");
+    assert_eq!(verdict, TC_ACT_OK);
+    // Local backend: destination rewritten, client address kept.
+    assert_eq!(addrs(&out), (CLIENT.into(), 40000, "10.244.1.5".into(), 8080));
+
+    // The backend's reply leaves through the node interface's egress and
+    // gets the NodePort address back.
+    let reply = packet(6, "10.244.1.5", 8080, CLIENT, 40000);
+    let (verdict, out) = plane.dp().run_tc(false, &reply).expect("test run");
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(addrs(&out), (NODE.into(), 30080, CLIENT.into(), 40000));
+
+    // The flow's next packet goes to the same backend via the connection table.
+    let (_, out) = plane.dp().run_tc(true, &syn).expect("test run");
+    assert_eq!(addrs(&out).2, "10.244.1.5");
+
+    // Traffic to another port of the node, or a NodePort on an address that
+    // is not the node's, passes untouched.
+    for p in [packet(6, CLIENT, 40001, NODE, 22), packet(6, CLIENT, 40002, "10.0.0.9", 30080)] {
+        let (verdict, out) = plane.dp().run_tc(true, &p).expect("test run");
+        assert_eq!(verdict, TC_ACT_OK);
+        assert_eq!(out, p);
+    }
+}
+
+#[test]
+fn nodeport_to_a_remote_backend_is_snated_to_the_node() {
+    let mut plane = Plane::new("tcsnat");
+    let mut dns = service("dns", "10.96.0.10", 53, Protocol::Udp, vec![endpoint("10.244.2.9", 5353, false)]);
+    dns.node_port = Some(30053);
+    let map = map_of(&[NODE], vec![dns]);
+    plane.dp().sync(&map, &Changes::full(&map)).expect("sync");
+
+    let q = packet(17, CLIENT, 41000, NODE, 30053);
+    let (verdict, out) = plane.dp().run_tc(true, &q).expect("test run");
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(addrs(&out), (NODE.into(), 41000, "10.244.2.9".into(), 5353));
+
+    // The remote backend answers the node; ingress restores both ends.
+    let reply = packet(17, "10.244.2.9", 5353, NODE, 41000);
+    let (verdict, out) = plane.dp().run_tc(true, &reply).expect("test run");
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(addrs(&out), (NODE.into(), 30053, CLIENT.into(), 41000));
+}
+
+#[test]
+fn local_policy_keeps_the_client_address_for_every_backend() {
+    let mut plane = Plane::new("tclocal");
+    let mut web = service("web", "10.96.0.21", 80, Protocol::Tcp, vec![endpoint("10.244.1.6", 8080, true)]);
+    web.node_port = Some(30081);
+    web.external_policy = TrafficPolicy::Local;
+    let map = map_of(&[NODE], vec![web]);
+    plane.dp().sync(&map, &Changes::full(&map)).expect("sync");
+    let (_, out) = plane.dp().run_tc(true, &packet(6, CLIENT, 40100, NODE, 30081)).expect("run");
+    assert_eq!(addrs(&out), (CLIENT.into(), 40100, "10.244.1.6".into(), 8080));
+}
+
+#[test]
+fn load_balancer_source_ranges_drop_other_sources() {
+    let mut plane = Plane::new("tcsrc");
+    let mut lb = service("lb", "10.96.0.30", 443, Protocol::Tcp, vec![endpoint("10.244.1.7", 8443, true)]);
+    lb.load_balancer_ips = vec!["192.0.2.10".parse().unwrap()];
+    lb.load_balancer_source_ranges = vec!["198.51.100.0/24".parse().unwrap()];
+    let map = map_of(&[NODE], vec![lb]);
+    plane.dp().sync(&map, &Changes::full(&map)).expect("sync");
+
+    let outsider = packet(6, "203.0.113.5", 40200, "192.0.2.10", 443);
+    let (verdict, _) = plane.dp().run_tc(true, &outsider).expect("test run");
+    assert_eq!(verdict, TC_ACT_SHOT, "a source outside loadBalancerSourceRanges must be dropped");
+
+    let allowed = packet(6, CLIENT, 40201, "192.0.2.10", 443);
+    let (verdict, out) = plane.dp().run_tc(true, &allowed).expect("test run");
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(addrs(&out), (CLIENT.into(), 40201, "10.244.1.7".into(), 8443));
+
+    let status = plane.dp().status().expect("status").to_string();
+    assert!(status.contains("192.0.2.10:443/tcp connections=1 packets=1 dropped=1"), "{status}");
+}
+
+fn flows_through(plane: &mut Plane, map: &skiff_proxy::model::ServiceMap) -> Vec<String> {
+    plane.dp().sync(map, &Changes::full(map)).expect("sync");
+    (42000..42060)
+        .map(|port| {
+            let (_, out) = plane.dp().run_tc(true, &packet(6, CLIENT, port, NODE, 30090)).expect("run");
+            addrs(&out).2
+        })
+        .collect()
+}
+
+#[test]
+fn maglev_gives_every_node_the_same_backend_per_flow() {
+    let eps: Vec<_> = (1..=5).map(|i| endpoint(&format!("10.244.1.{i}"), 8080, true)).collect();
+    let mut web = service("web", "10.96.0.40", 80, Protocol::Tcp, eps.clone());
+    web.node_port = Some(30090);
+    let map = map_of(&[NODE], vec![web.clone()]);
+    // Two nodes (separate pins, separate connection tables), the same flows.
+    let on_a = flows_through(&mut Plane::new("tcmga"), &map);
+    let on_b = flows_through(&mut Plane::new("tcmgb"), &map);
+    assert_eq!(on_a, on_b, "nodes disagree on flows' backends");
+    let spread: std::collections::BTreeSet<_> = on_a.iter().collect();
+    assert!(spread.len() >= 4, "60 flows over 5 backends hit only {spread:?}");
+
+    // A third node that already saw 10.244.1.3 go away: flows of the other
+    // backends keep theirs (Maglev's small disruption), only its flows move.
+    web.endpoints.retain(|e| e.ip.to_string() != "10.244.1.3");
+    web.cluster_endpoints = web.endpoints.clone();
+    web.external_endpoints = web.endpoints.clone();
+    let on_c = flows_through(&mut Plane::new("tcmgc"), &map_of(&[NODE], vec![web]));
+    let moved = on_a
+        .iter()
+        .zip(&on_c)
+        .filter(|(a, c)| a.as_str() != "10.244.1.3" && a != c)
+        .count();
+    assert!(!on_c.iter().any(|c| c == "10.244.1.3"));
+    assert!(moved <= 3, "{moved} of 60 flows of surviving backends moved");
+}
