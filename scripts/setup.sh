@@ -132,5 +132,11 @@ else
   log "bpf-linker: building from crates.io against LLVM 22 (takes a few minutes)"
   PATH="$LLVM_BIN:$PATH" cargo install --locked bpf-linker --no-default-features --features llvm-22
 fi
+if command -v cargo-fuzz >/dev/null; then
+  log "cargo-fuzz: present ($(command -v cargo-fuzz))"
+else
+  log "cargo-fuzz: installing from crates.io (fuzzes the DNS packet handler, dns/fuzz)"
+  cargo install --locked cargo-fuzz
+fi
 
 log "done"

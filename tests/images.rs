@@ -45,10 +45,29 @@ async fn pulls_from_local_registry_and_serves_if_not_present_from_cache() {
     let store = ImageStore::open(dir.path().join("node/images"), vec![registry.host()])
         .expect("open store");
 
-    let pulled = store
-        .ensure(&reference, PullPolicy::IfNotPresent, &[])
-        .await
-        .unwrap_or_else(|e| panic!("pull {reference}: {e}\nregistry log:\n{}", registry.log()));
+    // Several containers of a fresh image start at once: all get the same image.
+    let store = std::sync::Arc::new(store);
+    let tasks: Vec<_> = (0..6)
+        .map(|_| {
+            let store = std::sync::Arc::clone(&store);
+            let reference = reference.clone();
+            tokio::spawn(async move {
+                store
+                    .ensure(&reference, PullPolicy::IfNotPresent, &[])
+                    .await
+            })
+        })
+        .collect();
+    let mut images = Vec::new();
+    for task in tasks {
+        let image = task
+            .await
+            .expect("task")
+            .unwrap_or_else(|e| panic!("pull {reference}: {e}\nregistry log:\n{}", registry.log()));
+        images.push(image);
+    }
+    let pulled = images[0].clone();
+    assert!(images.iter().all(|i| *i == pulled), "{images:?}");
     assert_eq!(pulled.reference, reference);
     assert_eq!(pulled.config.cmd, vec!["sh".to_string()]);
     assert!(
@@ -377,14 +396,15 @@ async fn overlay_rootfs_runs_busybox_and_writes_stay_in_the_container() {
     let hi = chroot(&root1, &["/bin/busybox", "echo", "hi"]);
     assert_eq!(hi.trim(), "hi");
     // Writes and deletes inside container 1 ...
-    chroot(
+    let page = chroot(
         &root1,
         &[
             "/bin/sh",
             "-c",
-            "echo data > /tmp/f && rm /bin/cat && cat /var/www/index.html",
+            "echo data > /tmp/f && rm /bin/cat && /bin/busybox cat /var/www/index.html",
         ],
     );
+    assert!(page.contains("skiff busybox"), "{page}");
     assert!(root1.join("tmp/f").exists());
     assert!(!root1.join("bin/cat").exists());
     // ... land in its upper dir and are invisible to container 2 on the same layers.
@@ -404,7 +424,7 @@ async fn overlay_rootfs_runs_busybox_and_writes_stay_in_the_container() {
 }
 
 fn chroot(root: &Path, argv: &[&str]) -> String {
-    let mut cmd = Command::new("chroot");
+    let mut cmd = Command::new("/usr/sbin/chroot");
     cmd.arg(root).args(argv).env_clear().env("PATH", "/bin");
     run_ok(&mut cmd)
 }

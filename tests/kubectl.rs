@@ -2,6 +2,7 @@
 //! and what they see. Each scenario starts its own server.
 
 mod common;
+#[path = "kubectl/imperative.rs"]
 mod imperative;
 
 use std::collections::BTreeSet;

@@ -82,7 +82,13 @@ fn addrs(p: &[u8]) -> (String, u16, String, u16) {
 #[test]
 fn nodeport_dnat_to_a_local_backend_and_reply_reverse_nat() {
     let mut plane = Plane::new("tcnp");
-    let mut web = service("web", "10.96.0.20", 80, Protocol::Tcp, vec![endpoint("10.244.1.5", 8080, true)]);
+    let mut web = service(
+        "web",
+        "10.96.0.20",
+        80,
+        Protocol::Tcp,
+        vec![endpoint("10.244.1.5", 8080, true)],
+    );
     web.node_port = Some(30080);
     let map = map_of(&[NODE], vec![web]);
     plane.dp().sync(&map, &Changes::full(&map)).expect("sync");
@@ -91,7 +97,10 @@ fn nodeport_dnat_to_a_local_backend_and_reply_reverse_nat() {
     let (verdict, out) = plane.dp().run_tc(true, &syn).expect("test run");
     assert_eq!(verdict, TC_ACT_OK);
     // Local backend: destination rewritten, client address kept.
-    assert_eq!(addrs(&out), (CLIENT.into(), 40000, "10.244.1.5".into(), 8080));
+    assert_eq!(
+        addrs(&out),
+        (CLIENT.into(), 40000, "10.244.1.5".into(), 8080)
+    );
 
     // The backend's reply leaves through the node interface's egress and
     // gets the NodePort address back.
@@ -106,7 +115,10 @@ fn nodeport_dnat_to_a_local_backend_and_reply_reverse_nat() {
 
     // Traffic to another port of the node, or a NodePort on an address that
     // is not the node's, passes untouched.
-    for p in [packet(6, CLIENT, 40001, NODE, 22), packet(6, CLIENT, 40002, "10.0.0.9", 30080)] {
+    for p in [
+        packet(6, CLIENT, 40001, NODE, 22),
+        packet(6, CLIENT, 40002, "10.0.0.9", 30080),
+    ] {
         let (verdict, out) = plane.dp().run_tc(true, &p).expect("test run");
         assert_eq!(verdict, TC_ACT_OK);
         assert_eq!(out, p);
@@ -116,7 +128,13 @@ fn nodeport_dnat_to_a_local_backend_and_reply_reverse_nat() {
 #[test]
 fn nodeport_to_a_remote_backend_is_snated_to_the_node() {
     let mut plane = Plane::new("tcsnat");
-    let mut dns = service("dns", "10.96.0.10", 53, Protocol::Udp, vec![endpoint("10.244.2.9", 5353, false)]);
+    let mut dns = service(
+        "dns",
+        "10.96.0.10",
+        53,
+        Protocol::Udp,
+        vec![endpoint("10.244.2.9", 5353, false)],
+    );
     dns.node_port = Some(30053);
     let map = map_of(&[NODE], vec![dns]);
     plane.dp().sync(&map, &Changes::full(&map)).expect("sync");
@@ -136,19 +154,37 @@ fn nodeport_to_a_remote_backend_is_snated_to_the_node() {
 #[test]
 fn local_policy_keeps_the_client_address_for_every_backend() {
     let mut plane = Plane::new("tclocal");
-    let mut web = service("web", "10.96.0.21", 80, Protocol::Tcp, vec![endpoint("10.244.1.6", 8080, true)]);
+    let mut web = service(
+        "web",
+        "10.96.0.21",
+        80,
+        Protocol::Tcp,
+        vec![endpoint("10.244.1.6", 8080, true)],
+    );
     web.node_port = Some(30081);
     web.external_policy = TrafficPolicy::Local;
     let map = map_of(&[NODE], vec![web]);
     plane.dp().sync(&map, &Changes::full(&map)).expect("sync");
-    let (_, out) = plane.dp().run_tc(true, &packet(6, CLIENT, 40100, NODE, 30081)).expect("run");
-    assert_eq!(addrs(&out), (CLIENT.into(), 40100, "10.244.1.6".into(), 8080));
+    let (_, out) = plane
+        .dp()
+        .run_tc(true, &packet(6, CLIENT, 40100, NODE, 30081))
+        .expect("run");
+    assert_eq!(
+        addrs(&out),
+        (CLIENT.into(), 40100, "10.244.1.6".into(), 8080)
+    );
 }
 
 #[test]
 fn load_balancer_source_ranges_drop_other_sources() {
     let mut plane = Plane::new("tcsrc");
-    let mut lb = service("lb", "10.96.0.30", 443, Protocol::Tcp, vec![endpoint("10.244.1.7", 8443, true)]);
+    let mut lb = service(
+        "lb",
+        "10.96.0.30",
+        443,
+        Protocol::Tcp,
+        vec![endpoint("10.244.1.7", 8443, true)],
+    );
     lb.load_balancer_ips = vec!["192.0.2.10".parse().unwrap()];
     lb.load_balancer_source_ranges = vec!["198.51.100.0/24".parse().unwrap()];
     let map = map_of(&[NODE], vec![lb]);
@@ -156,22 +192,34 @@ fn load_balancer_source_ranges_drop_other_sources() {
 
     let outsider = packet(6, "203.0.113.5", 40200, "192.0.2.10", 443);
     let (verdict, _) = plane.dp().run_tc(true, &outsider).expect("test run");
-    assert_eq!(verdict, TC_ACT_SHOT, "a source outside loadBalancerSourceRanges must be dropped");
+    assert_eq!(
+        verdict, TC_ACT_SHOT,
+        "a source outside loadBalancerSourceRanges must be dropped"
+    );
 
     let allowed = packet(6, CLIENT, 40201, "192.0.2.10", 443);
     let (verdict, out) = plane.dp().run_tc(true, &allowed).expect("test run");
     assert_eq!(verdict, TC_ACT_OK);
-    assert_eq!(addrs(&out), (CLIENT.into(), 40201, "10.244.1.7".into(), 8443));
+    assert_eq!(
+        addrs(&out),
+        (CLIENT.into(), 40201, "10.244.1.7".into(), 8443)
+    );
 
     let status = plane.dp().status().expect("status").to_string();
-    assert!(status.contains("192.0.2.10:443/tcp connections=1 packets=1 dropped=1"), "{status}");
+    assert!(
+        status.contains("192.0.2.10:443/tcp connections=1 packets=1 dropped=1"),
+        "{status}"
+    );
 }
 
 fn flows_through(plane: &mut Plane, map: &skiff_proxy::model::ServiceMap) -> Vec<String> {
     plane.dp().sync(map, &Changes::full(map)).expect("sync");
     (42000..42060)
         .map(|port| {
-            let (_, out) = plane.dp().run_tc(true, &packet(6, CLIENT, port, NODE, 30090)).expect("run");
+            let (_, out) = plane
+                .dp()
+                .run_tc(true, &packet(6, CLIENT, port, NODE, 30090))
+                .expect("run");
             addrs(&out).2
         })
         .collect()
@@ -179,7 +227,9 @@ fn flows_through(plane: &mut Plane, map: &skiff_proxy::model::ServiceMap) -> Vec
 
 #[test]
 fn maglev_gives_every_node_the_same_backend_per_flow() {
-    let eps: Vec<_> = (1..=5).map(|i| endpoint(&format!("10.244.1.{i}"), 8080, true)).collect();
+    let eps: Vec<_> = (1..=5)
+        .map(|i| endpoint(&format!("10.244.1.{i}"), 8080, true))
+        .collect();
     let mut web = service("web", "10.96.0.40", 80, Protocol::Tcp, eps.clone());
     web.node_port = Some(30090);
     let map = map_of(&[NODE], vec![web.clone()]);
@@ -188,7 +238,10 @@ fn maglev_gives_every_node_the_same_backend_per_flow() {
     let on_b = flows_through(&mut Plane::new("tcmgb"), &map);
     assert_eq!(on_a, on_b, "nodes disagree on flows' backends");
     let spread: std::collections::BTreeSet<_> = on_a.iter().collect();
-    assert!(spread.len() >= 4, "60 flows over 5 backends hit only {spread:?}");
+    assert!(
+        spread.len() >= 4,
+        "60 flows over 5 backends hit only {spread:?}"
+    );
 
     // A third node that already saw 10.244.1.3 go away: flows of the other
     // backends keep theirs (Maglev's small disruption), only its flows move.
@@ -202,5 +255,8 @@ fn maglev_gives_every_node_the_same_backend_per_flow() {
         .filter(|(a, c)| a.as_str() != "10.244.1.3" && a != c)
         .count();
     assert!(!on_c.iter().any(|c| c == "10.244.1.3"));
-    assert!(moved <= 3, "{moved} of 60 flows of surviving backends moved");
+    assert!(
+        moved <= 3,
+        "{moved} of 60 flows of surviving backends moved"
+    );
 }

@@ -55,7 +55,11 @@ impl Cache {
         }
         let elapsed = u32::try_from(now.duration_since(entry.stored).as_secs()).unwrap_or(u32::MAX);
         let mut answer = entry.answer.clone();
-        for record in answer.answers.iter_mut().chain(answer.authorities.iter_mut()) {
+        for record in answer
+            .answers
+            .iter_mut()
+            .chain(answer.authorities.iter_mut())
+        {
             record.ttl = record.ttl.saturating_sub(elapsed);
         }
         Some(answer)
@@ -155,14 +159,22 @@ mod tests {
         let t0 = Instant::now();
         cache.put(name("x.example."), RecordType::A, a(30), t0);
         let hit = cache
-            .get(&name("X.Example."), RecordType::A, t0 + Duration::from_secs(10))
+            .get(
+                &name("X.Example."),
+                RecordType::A,
+                t0 + Duration::from_secs(10),
+            )
             .expect("cached");
         assert_eq!(hit.answers[0].ttl, 20);
         assert!(cache
             .get(&name("x.example."), RecordType::AAAA, t0)
             .is_none());
         assert!(cache
-            .get(&name("x.example."), RecordType::A, t0 + Duration::from_secs(31))
+            .get(
+                &name("x.example."),
+                RecordType::A,
+                t0 + Duration::from_secs(31)
+            )
             .is_none());
     }
 
@@ -178,18 +190,38 @@ mod tests {
         };
         cache.put(name("nope.example."), RecordType::A, nx.clone(), t0);
         assert_eq!(
-            cache.get(&name("nope.example."), RecordType::A, t0 + Duration::from_secs(6)).map(|a| a.rcode),
+            cache
+                .get(
+                    &name("nope.example."),
+                    RecordType::A,
+                    t0 + Duration::from_secs(6)
+                )
+                .map(|a| a.rcode),
             Some(ResponseCode::NXDomain)
         );
         assert!(cache
-            .get(&name("nope.example."), RecordType::A, t0 + Duration::from_secs(8))
+            .get(
+                &name("nope.example."),
+                RecordType::A,
+                t0 + Duration::from_secs(8)
+            )
             .is_none());
-        let bare = Answer { authorities: vec![], ..nx };
+        let bare = Answer {
+            authorities: vec![],
+            ..nx
+        };
         cache.put(name("bare.example."), RecordType::A, bare, t0);
-        assert!(cache.get(&name("bare.example."), RecordType::A, t0).is_none());
-        let servfail = Answer { rcode: ResponseCode::ServFail, ..a(30) };
+        assert!(cache
+            .get(&name("bare.example."), RecordType::A, t0)
+            .is_none());
+        let servfail = Answer {
+            rcode: ResponseCode::ServFail,
+            ..a(30)
+        };
         cache.put(name("fail.example."), RecordType::A, servfail, t0);
-        assert!(cache.get(&name("fail.example."), RecordType::A, t0).is_none());
+        assert!(cache
+            .get(&name("fail.example."), RecordType::A, t0)
+            .is_none());
     }
 
     #[test]
@@ -201,6 +233,8 @@ mod tests {
             assert!(cache.len() <= 100);
         }
         // The newest entry is always kept.
-        assert!(cache.get(&name("n9999.example."), RecordType::A, t0).is_some());
+        assert!(cache
+            .get(&name("n9999.example."), RecordType::A, t0)
+            .is_some());
     }
 }

@@ -205,7 +205,7 @@ impl RequestHandler for Handler {
             builder.edns(edns);
         }
         let response = builder.build(
-            metadata.clone(),
+            metadata,
             reply.answers.iter(),
             reply.authorities.iter(),
             std::iter::empty(),
@@ -231,12 +231,10 @@ impl RequestHandler for Handler {
             .queries
             .get_or_create(&QueryLabels {
                 qtype,
-                rcode: info.response_code.to_string(),
+                rcode: format!("{:?}", info.response_code),
             })
             .inc();
-        self.metrics
-            .latency
-            .observe(start.elapsed().as_secs_f64());
+        self.metrics.latency.observe(start.elapsed().as_secs_f64());
         info
     }
 }

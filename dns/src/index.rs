@@ -77,15 +77,7 @@ impl Index {
             .ok()
             .and_then(|n| n.append_domain(&origin).ok())
             .unwrap_or_else(|| origin.clone());
-        let soa = SOA::new(
-            ns_name.clone(),
-            hostmaster,
-            1,
-            7200,
-            1800,
-            86400,
-            zone.ttl,
-        );
+        let soa = SOA::new(ns_name.clone(), hostmaster, 1, 7200, 1800, 86400, zone.ttl);
         let soa = Record::from_rdata(origin.clone(), zone.ttl, RData::SOA(soa));
         let mut index = Index {
             soa: soa.clone(),
@@ -168,7 +160,11 @@ impl Index {
     fn add(&mut self, record: Record) {
         let name = record.name.clone();
         let created = !self.names.contains_key(&name);
-        self.names.entry(name.clone()).or_default().records.push(record);
+        self.names
+            .entry(name.clone())
+            .or_default()
+            .records
+            .push(record);
         if created && self.in_zone(&name) {
             let mut parent = name.base_name();
             while self.zone.origin.zone_of(&parent) {

@@ -38,7 +38,10 @@ fn has_soa(r: &Resolution) -> bool {
 #[test]
 fn answers_are_case_insensitive_and_missing_types_are_nodata() {
     let mut idx = index();
-    idx.set(svc("a", "web"), vec![a("web.a.svc.cluster.local.", [10, 96, 0, 1])]);
+    idx.set(
+        svc("a", "web"),
+        vec![a("web.a.svc.cluster.local.", [10, 96, 0, 1])],
+    );
     let r = idx.resolve(&name("WEB.A.Svc.Cluster.Local."), RecordType::A);
     assert!(matches!(&r, Resolution::Authoritative { answers, .. } if answers.len() == 1));
     let nodata = idx.resolve(&name("web.a.svc.cluster.local."), RecordType::AAAA);
@@ -52,7 +55,10 @@ fn answers_are_case_insensitive_and_missing_types_are_nodata() {
 #[test]
 fn unknown_names_in_the_zone_are_nxdomain_and_never_forwarded() {
     let mut idx = index();
-    idx.set(svc("a", "web"), vec![a("web.a.svc.cluster.local.", [10, 96, 0, 1])]);
+    idx.set(
+        svc("a", "web"),
+        vec![a("web.a.svc.cluster.local.", [10, 96, 0, 1])],
+    );
     for q in [
         "nope.a.svc.cluster.local.",
         "web.a.svc.cluster.local.svc.cluster.local.",
@@ -62,7 +68,10 @@ fn unknown_names_in_the_zone_are_nxdomain_and_never_forwarded() {
         assert_eq!(rcode(&r), Some(ResponseCode::NXDomain), "{q}");
         assert!(has_soa(&r), "{q}");
     }
-    assert_eq!(idx.resolve(&name("example.com."), RecordType::A), Resolution::Forward);
+    assert_eq!(
+        idx.resolve(&name("example.com."), RecordType::A),
+        Resolution::Forward
+    );
     assert_eq!(
         idx.resolve(&name("9.9.9.9.in-addr.arpa."), RecordType::PTR),
         Resolution::Forward
@@ -73,8 +82,14 @@ fn unknown_names_in_the_zone_are_nxdomain_and_never_forwarded() {
 fn replacing_and_removing_a_source_drops_its_names_and_empty_parents() {
     let mut idx = index();
     let base = idx.len();
-    idx.set(svc("b", "db"), vec![a("db.b.svc.cluster.local.", [10, 0, 0, 1])]);
-    idx.set(svc("b", "db"), vec![a("db.b.svc.cluster.local.", [10, 0, 0, 2])]);
+    idx.set(
+        svc("b", "db"),
+        vec![a("db.b.svc.cluster.local.", [10, 0, 0, 1])],
+    );
+    idx.set(
+        svc("b", "db"),
+        vec![a("db.b.svc.cluster.local.", [10, 0, 0, 2])],
+    );
     match idx.resolve(&name("db.b.svc.cluster.local."), RecordType::A) {
         Resolution::Authoritative { answers, .. } => {
             assert_eq!(answers, vec![a("db.b.svc.cluster.local.", [10, 0, 0, 2])])
@@ -111,14 +126,19 @@ fn dns_version_and_apex_soa_are_served() {
 #[test]
 fn cnames_are_followed_inside_the_zone_and_chased_outside() {
     let mut idx = index();
-    let cname = |from: &str, to: &str| {
-        Record::from_rdata(name(from), 5, RData::CNAME(CNAME(name(to))))
-    };
+    let cname =
+        |from: &str, to: &str| Record::from_rdata(name(from), 5, RData::CNAME(CNAME(name(to))));
     idx.set(
         svc("a", "alias"),
-        vec![cname("alias.a.svc.cluster.local.", "web.a.svc.cluster.local.")],
+        vec![cname(
+            "alias.a.svc.cluster.local.",
+            "web.a.svc.cluster.local.",
+        )],
     );
-    idx.set(svc("a", "web"), vec![a("web.a.svc.cluster.local.", [10, 96, 0, 1])]);
+    idx.set(
+        svc("a", "web"),
+        vec![a("web.a.svc.cluster.local.", [10, 96, 0, 1])],
+    );
     idx.set(
         svc("a", "ext"),
         vec![cname("ext.a.svc.cluster.local.", "www.example.com.")],

@@ -95,7 +95,9 @@ pub enum DnsError {
     Zone(String),
     #[error("no listen address given")]
     NoListen,
-    #[error("cannot listen for DNS on {addr} (is the port taken, or does it need root?): {source}")]
+    #[error(
+        "cannot listen for DNS on {addr} (is the port taken, or does it need root?): {source}"
+    )]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
@@ -123,12 +125,15 @@ pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client
     };
     let config = match kubeconfig {
         Some(path) => {
-            let file = kube::config::Kubeconfig::read_from(path).map_err(|e| fail(e.to_string()))?;
+            let file =
+                kube::config::Kubeconfig::read_from(path).map_err(|e| fail(e.to_string()))?;
             kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
                 .await
                 .map_err(|e| fail(e.to_string()))?
         }
-        None => kube::Config::infer().await.map_err(|e| fail(e.to_string()))?,
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| fail(e.to_string()))?,
     };
     kube::Client::try_from(config).map_err(|e| fail(e.to_string()))
 }
@@ -143,7 +148,9 @@ impl RequestHandler for Shared {
         request: &Request,
         response_handle: R,
     ) -> ResponseInfo {
-        self.0.handle_request::<R, T>(request, response_handle).await
+        self.0
+            .handle_request::<R, T>(request, response_handle)
+            .await
     }
 }
 

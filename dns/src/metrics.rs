@@ -68,11 +68,23 @@ impl Metrics {
             latency.clone(),
         );
         let cache_hits = Counter::default();
-        registry.register("cache_hits", "Upstream answers served from the cache", cache_hits.clone());
+        registry.register(
+            "cache_hits",
+            "Upstream answers served from the cache",
+            cache_hits.clone(),
+        );
         let cache_misses = Counter::default();
-        registry.register("cache_misses", "Forwarded questions not in the cache", cache_misses.clone());
+        registry.register(
+            "cache_misses",
+            "Forwarded questions not in the cache",
+            cache_misses.clone(),
+        );
         let upstream_errors = Counter::default();
-        registry.register("upstream_errors", "Failed upstream queries", upstream_errors.clone());
+        registry.register(
+            "upstream_errors",
+            "Failed upstream queries",
+            upstream_errors.clone(),
+        );
         Metrics {
             registry,
             queries,
@@ -118,7 +130,9 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
                             )
                             .body(metrics.encode())
                     } else {
-                        Response::builder().status(404).body("not found\n".to_string())
+                        Response::builder()
+                            .status(404)
+                            .body("not found\n".to_string())
                     };
                     response
                 }

@@ -83,3 +83,112 @@ fn formerr(header: Header) -> Option<Vec<u8>> {
     };
     reply.to_bytes().ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::RwLock;
+    use std::time::Duration;
+
+    use hickory_proto::op::{Edns, Message, Query};
+    use hickory_proto::rr::rdata::A;
+    use hickory_proto::rr::{Name, RData, RecordType};
+
+    use super::*;
+    use crate::cache::Cache;
+    use crate::index::{Index, Source};
+    use crate::metrics::Metrics;
+    use crate::records::Zone;
+    use crate::upstream::Upstreams;
+
+    fn handler(addresses: u8) -> Handler {
+        let mut index = Index::new(Zone::new("cluster.local", 5).unwrap());
+        let owner = Name::from_ascii("big.ns.svc.cluster.local.").unwrap();
+        let records = (1..=addresses)
+            .map(|i| Record::from_rdata(owner.clone(), 5, RData::A(A::new(10, 244, 0, i))))
+            .collect();
+        index.set(
+            Source::Service {
+                namespace: "ns".into(),
+                name: "big".into(),
+            },
+            records,
+        );
+        Handler::new(
+            Arc::new(RwLock::new(index)),
+            Cache::new(16),
+            Upstreams::new(Vec::new(), Duration::from_millis(10), 4),
+            Arc::new(Metrics::new()),
+        )
+    }
+
+    fn query(name: &str, qtype: RecordType, edns: Option<u16>) -> Vec<u8> {
+        let mut m = Message::query();
+        m.metadata.id = 0x4242;
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+        if let Some(size) = edns {
+            let mut e = Edns::new();
+            e.set_max_payload(size);
+            m.set_edns(e);
+        }
+        m.to_vec().unwrap()
+    }
+
+    fn src() -> SocketAddr {
+        "127.0.0.1:5000".parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn answers_keep_the_id_and_truncate_to_the_udp_limit() {
+        let h = handler(60);
+        let small = answer_udp(
+            &h,
+            &query("BIG.ns.svc.cluster.local.", RecordType::A, Some(4096)),
+            src(),
+        )
+        .await
+        .unwrap();
+        let m = Message::from_vec(&small).unwrap();
+        assert_eq!(m.metadata.id, 0x4242);
+        assert!(m.metadata.authoritative);
+        assert_eq!(m.answers.len(), 60);
+        assert!(!m.metadata.truncation);
+        assert!(m.edns.is_some(), "EDNS answered with EDNS");
+        let plain = answer_udp(
+            &h,
+            &query("big.ns.svc.cluster.local.", RecordType::A, None),
+            src(),
+        )
+        .await
+        .unwrap();
+        assert!(plain.len() <= 512);
+        assert!(Message::from_vec(&plain).unwrap().metadata.truncation);
+    }
+
+    #[tokio::test]
+    async fn garbage_gets_formerr_short_packets_and_responses_get_nothing() {
+        let h = handler(1);
+        let mut garbage = vec![0xab, 0xcd, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0];
+        garbage.extend_from_slice(&[0x3f, 1, 2, 3]);
+        let reply = answer_udp(&h, &garbage, src()).await.unwrap();
+        let m = Message::from_vec(&reply).unwrap();
+        assert_eq!(m.metadata.id, 0xabcd);
+        assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+        assert!(answer_udp(&h, &[1, 2, 3], src()).await.is_none());
+        let mut response = Message::from_vec(&query("x.", RecordType::A, None)).unwrap();
+        response.metadata.message_type = MessageType::Response;
+        assert!(answer_udp(&h, &response.to_vec().unwrap(), src())
+            .await
+            .is_none());
+    }
+
+    #[tokio::test]
+    async fn forwarding_without_upstreams_is_servfail_not_a_hang() {
+        let h = handler(1);
+        let reply = answer_udp(&h, &query("example.com.", RecordType::A, None), src())
+            .await
+            .unwrap();
+        let m = Message::from_vec(&reply).unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+        assert!(m.metadata.recursion_available);
+    }
+}

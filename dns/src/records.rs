@@ -121,8 +121,7 @@ pub fn service_records<'s>(
         out.push(zone.ptr(*ip, base.clone()));
     }
     for port in spec.ports.iter().flatten() {
-        let (Some(port_name), Ok(number)) = (port.name.as_deref(), u16::try_from(port.port))
-        else {
+        let (Some(port_name), Ok(number)) = (port.name.as_deref(), u16::try_from(port.port)) else {
             continue;
         };
         let proto = port.protocol.as_deref().unwrap_or("TCP");
@@ -232,7 +231,9 @@ fn headless<'s>(
     targets.sort();
     targets.dedup();
     // Spread the weight evenly over the targets, as CoreDNS does.
-    let weight = u16::try_from(100 / targets.len().max(1)).unwrap_or(1).max(1);
+    let weight = u16::try_from(100 / targets.len().max(1))
+        .unwrap_or(1)
+        .max(1);
     for (owner, port) in &ports {
         for target in &targets {
             let srv = SRV::new(0, weight, *port, (*target).clone());

@@ -28,10 +28,12 @@ pub enum WatchError {
     Ended,
 }
 
+/// One event of any watched kind, boxed: the objects are hundreds of bytes
+/// to kilobytes and every event moves through the merged stream.
 enum Change {
-    Service(Event<Service>),
-    Slice(Event<EndpointSlice>),
-    Pod(Event<Pod>),
+    Service(Box<Event<Service>>),
+    Slice(Box<Event<EndpointSlice>>),
+    Pod(Box<Event<Pod>>),
 }
 
 type Key = (String, String);
@@ -102,7 +104,9 @@ impl Tracker {
         let mut touched = Vec::new();
         let owner = slice_service(&slice).map(str::to_string);
         let previous = match &owner {
-            Some(svc) => self.slice_owner.insert((ns.clone(), name.clone()), svc.clone()),
+            Some(svc) => self
+                .slice_owner
+                .insert((ns.clone(), name.clone()), svc.clone()),
             None => self.slice_owner.remove(&(ns.clone(), name.clone())),
         };
         if let Some(prev) = previous.filter(|p| Some(p) != owner.as_ref()) {
@@ -140,9 +144,9 @@ impl Tracker {
 
     fn apply(&mut self, change: Change) {
         match change {
-            Change::Service(event) => self.on_service(event),
-            Change::Slice(event) => self.on_slice(event),
-            Change::Pod(event) => self.on_pod(event),
+            Change::Service(event) => self.on_service(*event),
+            Change::Slice(event) => self.on_slice(*event),
+            Change::Pod(event) => self.on_pod(*event),
         }
     }
 
@@ -200,7 +204,8 @@ impl Tracker {
             Event::Apply(pod) => self.set_pod(&pod),
             Event::Delete(pod) => {
                 let (namespace, name) = key_of(&pod);
-                self.write().set(Source::Pod { namespace, name }, Vec::new());
+                self.write()
+                    .set(Source::Pod { namespace, name }, Vec::new());
             }
             Event::Init => self.pod_buf = Some(Vec::new()),
             Event::InitApply(pod) => self.pod_buf.get_or_insert_default().push(pod),
@@ -232,16 +237,16 @@ pub async fn run(
     let config = watcher::Config::default();
     let services = watcher::watcher(Api::<Service>::all(client.clone()), config.clone())
         .default_backoff()
-        .map(|e| e.map(Change::Service));
+        .map(|e| e.map(|s| Change::Service(Box::new(s))));
     let slices = watcher::watcher(
         Api::<EndpointSlice>::all(client.clone()),
         config.clone().labels(SERVICE_NAME_LABEL),
     )
     .default_backoff()
-    .map(|e| e.map(Change::Slice));
+    .map(|e| e.map(|s| Change::Slice(Box::new(s))));
     let pods = watcher::watcher(Api::<Pod>::all(client), config)
         .default_backoff()
-        .map(|e| e.map(Change::Pod));
+        .map(|e| e.map(|p| Change::Pod(Box::new(p))));
     let mut changes = stream::select_all([services.boxed(), slices.boxed(), pods.boxed()]);
     let mut tracker = Tracker {
         index,

@@ -35,8 +35,7 @@ pub static SKIFF_MAGLEV: HashMap<u32, MaglevTable> = HashMap::pinned(4096, NO_PR
 pub static SKIFF_REVNAT: LruHashMap<RevNatKey, RevNatValue> = LruHashMap::pinned(1 << 18, 0);
 
 #[map]
-pub static SKIFF_AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
-    LruHashMap::pinned(1 << 16, 0);
+pub static SKIFF_AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned(1 << 16, 0);
 
 #[map]
 pub static SKIFF_CT: LruHashMap<CtKey, CtValue> = LruHashMap::pinned(1 << 18, 0);

@@ -13,8 +13,8 @@ use aya_ebpf::{
 };
 use skiff_common::{
     select::{affinity_fresh, pick_slot},
-    AffinityKey, AffinityValue, Backend, FrontendKey, RevNatKey, RevNatValue, FAMILY_V4,
-    FAMILY_V6, FLAG_AFFINITY, FLAG_SOCKET,
+    AffinityKey, AffinityValue, Backend, FrontendKey, RevNatKey, RevNatValue, FAMILY_V4, FAMILY_V6,
+    FLAG_AFFINITY, FLAG_SOCKET,
 };
 
 use crate::maps::{self, SKIFF_AFFINITY, SKIFF_REVNAT};

@@ -17,7 +17,7 @@ use skiff_common::{
     select::{affinity_fresh, flow_hash, fold_addr, maglev_index, pick_slot},
     AffinityKey, AffinityValue, Backend, CtKey, CtValue, Frontend, FrontendKey, NodeAddrKey,
     SourceRangeKey, BACKEND_LOCAL, CT_FORWARD, CT_REPLY, FAMILY_V4, FLAG_AFFINITY, FLAG_EXTERNAL,
-    FLAG_LOCAL, FLAG_SOURCE_RANGES, MAGLEV_MAX, PROTO_TCP, PROTO_UDP,
+    FLAG_LOCAL, FLAG_SOURCE_RANGES, MAGLEV_TABLE_LEN, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::maps::{
@@ -89,7 +89,8 @@ fn set_addr(ctx: &TcContext, p: &Packet, off: usize, old: u32, new: u32) -> Opti
         return Some(());
     }
     ctx.store(off, &new, 0).ok()?;
-    ctx.l3_csum_replace(IP_CSUM_OFF, old as u64, new as u64, 4).ok()?;
+    ctx.l3_csum_replace(IP_CSUM_OFF, old as u64, new as u64, 4)
+        .ok()?;
     ctx.l4_csum_replace(
         p.csum_off(),
         old as u64,
@@ -174,15 +175,14 @@ fn choose(fe: &Frontend, p: &Packet) -> Option<(u32, Backend)> {
         }
     }
     let mut id = None;
-    if fe.maglev_size != 0 && (fe.maglev_size as usize) <= MAGLEV_MAX {
+    if fe.maglev_size != 0 {
         if let Some(t) = SKIFF_MAGLEV.get_ptr(fe.id) {
             let h = flow_hash(&client, p.sport, &[p.daddr, 0, 0, 0], p.dport, p.proto);
-            let i = maglev_index(h, fe.maglev_size) as usize;
-            if i < MAGLEV_MAX {
-                // SAFETY: not preallocated, valid for this RCU section;
-                // `i` is bounds-checked above.
-                id = Some(unsafe { (*t).entries[i] });
-            }
+            // User space keeps maglev_size ≤ MAGLEV_MAX; the mask is what
+            // proves the bound to the verifier.
+            let i = maglev_index(h, fe.maglev_size) as usize & (MAGLEV_TABLE_LEN - 1);
+            // SAFETY: not preallocated, valid for this RCU section.
+            id = Some(unsafe { (*t).entries[i] });
         }
     }
     let id = match id {
@@ -253,7 +253,11 @@ fn new_flow(ctx: &TcContext, p: &Packet, key: &CtKey) -> i32 {
     };
     let reply_key = CtKey {
         saddr: b.addr,
-        daddr: if snat { [p.daddr, 0, 0, 0] } else { [p.saddr, 0, 0, 0] },
+        daddr: if snat {
+            [p.daddr, 0, 0, 0]
+        } else {
+            [p.saddr, 0, 0, 0]
+        },
         sport: b.port,
         dport: p.sport,
         proto: p.proto,

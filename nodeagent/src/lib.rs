@@ -1,15 +1,23 @@
-//! The node agent (kubelet): node status, pod workers, runc runtime. Filled by issue 5.
+//! The node agent (kubelet): node registration and Lease, pod workers that run
+//! pods with runc in sandboxes made with the CNI library, probes, volumes,
+//! logs and the HTTPS endpoint the API server proxies `kubectl logs` to.
+//! Images come from [`image`]. Everything the agent creates lives under its
+//! `--data-dir`, its own runc root and the `skiff-<node>` cgroups.
 
+pub mod agent;
 pub mod container;
 pub mod context;
 pub mod env;
 pub mod image;
 pub mod logs;
 pub mod node;
+pub mod pod_worker;
+pub mod pods;
 pub mod probe;
 pub mod quantity;
 pub mod runtime;
 pub mod sandbox;
+pub mod server;
 pub mod status;
 pub mod volume;
 

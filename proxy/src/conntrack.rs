@@ -114,7 +114,12 @@ impl Conntrack {
         let mut flows = Vec::new();
         for family in [AF_INET, AF_INET6] {
             let mut req = Vec::with_capacity(20);
-            self.header(&mut req, IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, family);
+            self.header(
+                &mut req,
+                IPCTNL_MSG_CT_GET,
+                NLM_F_REQUEST | NLM_F_DUMP,
+                family,
+            );
             finish(&mut req);
             self.socket.send(&req, 0)?;
             let mut done = false;
@@ -149,9 +154,18 @@ impl Conntrack {
 
     /// Deletes the entry of `flow`; true if it existed.
     pub fn delete(&mut self, flow: &Flow) -> Result<bool, ConntrackError> {
-        let family = if flow.orig.src.is_ipv4() { AF_INET } else { AF_INET6 };
+        let family = if flow.orig.src.is_ipv4() {
+            AF_INET
+        } else {
+            AF_INET6
+        };
         let mut req = Vec::with_capacity(80);
-        self.header(&mut req, IPCTNL_MSG_CT_DELETE, NLM_F_REQUEST | NLM_F_ACK, family);
+        self.header(
+            &mut req,
+            IPCTNL_MSG_CT_DELETE,
+            NLM_F_REQUEST | NLM_F_ACK,
+            family,
+        );
         encode_tuple(&mut req, CTA_TUPLE_ORIG, &flow.orig);
         finish(&mut req);
         self.socket.send(&req, 0)?;
@@ -195,7 +209,7 @@ fn attr(buf: &mut Vec<u8>, kind: u16, data: &[u8]) {
     buf.extend_from_slice(&len.to_ne_bytes());
     buf.extend_from_slice(&kind.to_ne_bytes());
     buf.extend_from_slice(data);
-    while buf.len() % 4 != 0 {
+    while !buf.len().is_multiple_of(4) {
         buf.push(0);
     }
 }
@@ -283,7 +297,9 @@ fn parse_tuple(buf: &[u8]) -> Option<Tuple> {
                 for (k, d) in attrs(data) {
                     let ip = match d.len() {
                         4 => Some(IpAddr::V4(Ipv4Addr::new(d[0], d[1], d[2], d[3]))),
-                        16 => <[u8; 16]>::try_from(d).ok().map(|o| IpAddr::V6(Ipv6Addr::from(o))),
+                        16 => <[u8; 16]>::try_from(d)
+                            .ok()
+                            .map(|o| IpAddr::V6(Ipv6Addr::from(o))),
                         _ => None,
                     };
                     match k {

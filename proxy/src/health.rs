@@ -79,7 +79,10 @@ impl HealthState {
         if let Ok(mut last) = self.last_sync.write() {
             *last = Some(now);
         }
-        let unix = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+        let unix = now
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
         self.metrics.synced(map, took.as_secs_f64(), rules, unix);
         let mut services: BTreeMap<u16, ServiceHealth> = BTreeMap::new();
         for port in map.ports.values() {

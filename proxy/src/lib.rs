@@ -9,7 +9,6 @@
 
 pub mod conntrack;
 pub mod dataplane;
-#[cfg(feature = "ebpf-wip")]
 pub mod ebpf;
 pub mod health;
 pub mod iptables;

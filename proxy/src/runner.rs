@@ -79,6 +79,14 @@ pub enum RunError {
     /// An HTTP listener could not be started.
     #[error(transparent)]
     Http(#[from] HealthError),
+    /// The kubeconfig cannot be read or used.
+    #[error("kubeconfig {path}: {message}")]
+    Kubeconfig {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// The requested data plane is not available.
     #[error("the {0} data plane is not available in this build: {1}")]
     Unavailable(&'static str, String),
@@ -92,6 +100,19 @@ fn open_netns(path: &Option<PathBuf>) -> Result<Netns, RunError> {
         }),
         None => Ok(Netns::current()),
     }
+}
+
+/// An API client from a kubeconfig file (for `skiff proxy --kubeconfig`).
+pub async fn client_from_kubeconfig(path: &std::path::Path) -> Result<Client, RunError> {
+    let err = |message: String| RunError::Kubeconfig {
+        path: path.to_path_buf(),
+        message,
+    };
+    let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| err(e.to_string()))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    Client::try_from(config).map_err(|e| err(e.to_string()))
 }
 
 /// The data plane `config.mode` asks for.
@@ -165,11 +186,13 @@ pub async fn run_with(
             need_full = true;
         }
         let map = stores.build(&config.node_name);
-        let changes = if need_full {
-            Changes::full(&map)
-        } else {
-            model::diff(&applied, &map)
-        };
+        // Always diff against the last applied map, so a full resync still
+        // carries the stale endpoints for conntrack cleanup.
+        let mut changes = model::diff(&applied, &map);
+        if need_full {
+            changes.full = true;
+            changes.updated = Changes::full(&map).updated;
+        }
         if !changes.is_empty() {
             let started = Instant::now();
             let (dp, result, map) = tokio::task::spawn_blocking(move || {
@@ -182,7 +205,13 @@ pub async fn run_with(
             match result {
                 Ok(stats) => {
                     let took = started.elapsed();
-                    tracing::debug!(ports = map.ports.len(), rules = stats.rules, ?took, full = need_full, "synced");
+                    tracing::debug!(
+                        ports = map.ports.len(),
+                        rules = stats.rules,
+                        ?took,
+                        full = need_full,
+                        "synced"
+                    );
                     health.synced(&map, took, stats.rules);
                     http.update_health_ports();
                     if need_full {

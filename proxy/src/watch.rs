@@ -25,9 +25,19 @@ pub struct Stores {
     tasks: Vec<JoinHandle<()>>,
 }
 
-fn reflect<K>(api: Api<K>, config: watcher::Config, notify: Arc<Notify>) -> (Store<K>, JoinHandle<()>)
+fn reflect<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    notify: Arc<Notify>,
+) -> (Store<K>, JoinHandle<()>)
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
 {
     let (reader, writer) = reflector::store();
     let stream = reflector::reflector(writer, watcher(api, config)).default_backoff();
@@ -37,7 +47,9 @@ where
             match event {
                 Ok(_) => notify.notify_one(),
                 // The backoff retries; the store keeps the last state meanwhile.
-                Err(error) => tracing::warn!(%error, kind = K::kind(&()).as_ref(), "watch failed, retrying"),
+                Err(error) => {
+                    tracing::warn!(%error, kind = K::kind(&()).as_ref(), "watch failed, retrying")
+                }
             }
         }
     });

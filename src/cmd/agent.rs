@@ -1,11 +1,86 @@
-//! `skiff agent`.
+//! `skiff agent`: the node agent (kubelet). The same subcommand, with the
+//! hidden `--shim-*` flags, is the per-container shim the agent starts.
 
-use anyhow::{bail, Result};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use skiff_nodeagent::agent::{self, AgentConfig};
 
 /// Arguments of `skiff agent`.
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Kubeconfig of the API server.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Name of this node.
+    #[arg(long)]
+    node_name: Option<String>,
+    /// The node's network namespace (e.g. /var/run/netns/node1); pods and CNI
+    /// live there. Default: the agent's own namespace.
+    #[arg(long)]
+    netns: Option<PathBuf>,
+    /// Where pods, images, logs and runc state are kept.
+    #[arg(long, default_value = "/var/lib/skiff/agent")]
+    data_dir: PathBuf,
+    /// Directory with the CNI network config (*.conf / *.conflist); default: a
+    /// bridge over the node's podCIDR.
+    #[arg(long)]
+    cni_conf_dir: Option<PathBuf>,
+    /// Registries reached over plain HTTP, comma-separated host:port.
+    #[arg(long, value_delimiter = ',')]
+    insecure_registry: Vec<String>,
+    /// The node's InternalIP; default: the first global address in the node namespace.
+    #[arg(long)]
+    node_ip: Option<IpAddr>,
+    /// Address of the agent's HTTPS endpoint (logs); port 0 picks a free port.
+    #[arg(long, default_value = "0.0.0.0:10250")]
+    listen: SocketAddr,
+    /// Nameserver written into ClusterFirst pods' resolv.conf (node-local DNS).
+    #[arg(long, default_value = "169.254.20.10")]
+    cluster_dns: String,
+    /// The cluster's DNS domain.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// Pods this node accepts.
+    #[arg(long, default_value_t = skiff_nodeagent::DEFAULT_MAX_PODS)]
+    max_pods: u32,
+    #[arg(long, hide = true)]
+    shim_log: Option<PathBuf>,
+    #[arg(long, hide = true)]
+    shim_exit: Option<PathBuf>,
+    #[arg(long, hide = true)]
+    shim_pid_file: Option<PathBuf>,
+    /// The runtime command the shim runs.
+    #[arg(last = true, hide = true)]
+    shim_command: Vec<String>,
+}
 
-pub async fn run(_args: Args) -> Result<()> {
-    bail!("`skiff agent` is not implemented yet (tracked in issue 5)")
+pub async fn run(args: Args) -> Result<()> {
+    if let (Some(log), Some(exit), Some(pid)) = (&args.shim_log, &args.shim_exit, &args.shim_pid_file) {
+        let code = skiff_nodeagent::runtime::shim::run(log, exit, pid, &args.shim_command)?;
+        std::process::exit(code);
+    }
+    let (Some(kubeconfig), Some(node_name)) = (args.kubeconfig, args.node_name) else {
+        bail!("skiff agent needs --kubeconfig FILE and --node-name NAME");
+    };
+    let exe = std::env::current_exe().context("finding the skiff binary for the container shim")?;
+    let config = AgentConfig {
+        kubeconfig,
+        node_name,
+        netns: args.netns,
+        data_dir: args.data_dir,
+        cni_conf_dir: args.cni_conf_dir,
+        insecure_registries: args.insecure_registry,
+        node_ip: args.node_ip,
+        listen: args.listen,
+        cluster_dns: args.cluster_dns,
+        cluster_domain: args.cluster_domain,
+        max_pods: args.max_pods,
+        shim_command: vec![exe.display().to_string(), "agent".into()],
+    };
+    tokio::select! {
+        r = agent::run(config) => r.map_err(Into::into),
+        _ = crate::shutdown_signal() => Ok(()),
+    }
 }

@@ -58,7 +58,11 @@ pub fn imperative_create_commands(store: StoreKind) {
     );
     let secret = get_json(&server, "secret", "creds");
     // Secret data is bytes: base64 of "hunter2" in JSON.
-    assert_eq!(secret["data"], json!({"password": "aHVudGVyMg=="}), "{secret}");
+    assert_eq!(
+        secret["data"],
+        json!({"password": "aHVudGVyMg=="}),
+        "{secret}"
+    );
     assert_eq!(secret["type"], "Opaque");
 
     assert_eq!(
@@ -76,7 +80,10 @@ pub fn imperative_create_commands(store: StoreKind) {
     );
     let deploy = get_json(&server, "deploy", "api");
     assert_eq!(deploy["spec"]["replicas"], 2, "{deploy}");
-    assert_eq!(deploy["spec"]["selector"]["matchLabels"], json!({"app": "api"}));
+    assert_eq!(
+        deploy["spec"]["selector"]["matchLabels"],
+        json!({"app": "api"})
+    );
     let container = &deploy["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(container["image"], "localhost/my-app:latest", "{deploy}");
     assert_eq!(container["command"], json!(["/app/server", "--verbose"]));

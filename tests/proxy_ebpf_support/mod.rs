@@ -104,6 +104,10 @@ impl Drop for Cgroup {
                 let _ = run(&["kill", "-9", pid]);
             }
             if std::fs::remove_dir(&self.path).is_ok() || Instant::now() > deadline {
+                // The shared parent goes too once the last test left it.
+                if let Some(parent) = self.path.parent() {
+                    let _ = std::fs::remove_dir(parent);
+                }
                 break;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -152,16 +156,31 @@ impl Netns {
         Proc(child)
     }
 
-    /// Runs `script` with `sh` inside the namespace *and* inside `cgroup`
-    /// (the shell moves itself there before exec'ing the client).
-    pub fn run_in_cgroup(&self, cgroup: Option<&Cgroup>, script: &str) -> Output {
-        let prefix = match cgroup {
-            Some(cg) => format!("echo $$ > {}/cgroup.procs && ", cg.path().display()),
-            None => String::new(),
+    /// A command running `script` with `sh` inside the namespace, and inside
+    /// `cgroup` if given. The shell joins the cgroup *before* `ip netns exec`,
+    /// which remounts /sys (and so hides the cgroup mount) in its own mount
+    /// namespace; children inherit the cgroup.
+    pub fn command_in_cgroup(&self, cgroup: Option<&Cgroup>, script: &str) -> Command {
+        let mut cmd = Command::new("sh");
+        match cgroup {
+            Some(cg) => cmd
+                .arg("-c")
+                .arg(r#"echo $$ > "$0/cgroup.procs" && exec ip netns exec "$1" sh -c "$2""#)
+                .arg(cg.path())
+                .arg(&self.name)
+                .arg(script),
+            None => cmd
+                .arg("-c")
+                .arg(r#"exec ip netns exec "$0" sh -c "$1""#)
+                .arg(&self.name)
+                .arg(script),
         };
-        Command::new("ip")
-            .args(["netns", "exec", &self.name, "sh", "-c"])
-            .arg(format!("{prefix}{script}"))
+        cmd
+    }
+
+    /// Runs `script` (see [`Netns::command_in_cgroup`]) to completion.
+    pub fn run_in_cgroup(&self, cgroup: Option<&Cgroup>, script: &str) -> Output {
+        self.command_in_cgroup(cgroup, script)
             .output()
             .expect("client")
     }
@@ -186,7 +205,17 @@ impl Drop for Proc {
 /// Links two namespaces with a veth pair: `a` gets `a_ip/24`, `b` gets `b_ip/24`.
 pub fn veth(a: &Netns, a_ip: &str, b: &Netns, b_ip: &str) {
     a.exec(&[
-        "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", b.name(),
+        "ip",
+        "link",
+        "add",
+        "eth0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        b.name(),
     ]);
     for (ns, ip) in [(a, a_ip), (b, b_ip)] {
         ns.exec(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
@@ -247,6 +276,7 @@ impl Plane {
             pin_dir: bpffs.pin_dir(&name),
             cgroup: cgroup.path().to_path_buf(),
             interfaces: Vec::new(),
+            netns: None,
             maglev_size: 251,
         };
         let dp = EbpfDataplane::new(cfg.clone()).expect("loading the eBPF data plane");
@@ -287,7 +317,13 @@ pub fn endpoint(ip: &str, port: u16, local: bool) -> Endpoint {
 }
 
 /// A ClusterIP service port `name` on `ip:port/proto` with `endpoints`.
-pub fn service(name: &str, ip: &str, port: u16, proto: Protocol, eps: Vec<Endpoint>) -> ServicePort {
+pub fn service(
+    name: &str,
+    ip: &str,
+    port: u16,
+    proto: Protocol,
+    eps: Vec<Endpoint>,
+) -> ServicePort {
     ServicePort {
         name: ServicePortName {
             namespace: "default".into(),
@@ -319,7 +355,10 @@ pub fn map_of(addrs: &[&str], ports: Vec<ServicePort>) -> ServiceMap {
         node: NodeInfo {
             name: "node-a".into(),
             zone: None,
-            addresses: addrs.iter().map(|a| a.parse::<IpAddr>().expect("ip")).collect(),
+            addresses: addrs
+                .iter()
+                .map(|a| a.parse::<IpAddr>().expect("ip"))
+                .collect(),
         },
         ports: ports
             .into_iter()

@@ -170,14 +170,7 @@ pub async fn handle(
         ("POST", true, Some(Subresource::Binding)) => {
             binding(server, &req, req.name.as_deref()).await
         }
-        ("GET", true, Some(Subresource::Log)) => Err(ApiError::new(
-            503,
-            "ServiceUnavailable",
-            format!(
-                "no node agent serves logs for pod \"{}\" yet",
-                req.object_name()
-            ),
-        )),
+        ("GET", true, Some(Subresource::Log)) => super::podlog::serve(server, &req).await,
         (m, _, _) => Err(ApiError::method_not_allowed(m)),
     }
 }
@@ -343,7 +336,9 @@ pub async fn guaranteed_update(
             }
         }
         let desired = strategy::from_storage(req.resource, desired);
-        let (new, warnings) = strategy::prepare_update(req.resource, scope, &current, desired, fv)?;
+        let (mut new, warnings) =
+            strategy::prepare_update(req.resource, scope, &current, desired, fv)?;
+        let pending = reserve_service(server, req, scope, &current, &mut new)?;
         let mut unchanged = current.clone();
         if let Some(m) = unchanged["metadata"].as_object_mut() {
             m.remove("resourceVersion");
@@ -354,6 +349,9 @@ pub async fn guaranteed_update(
         if finalized(&new) {
             return match server.store.delete(&req.key(), Some(revision)).await {
                 Ok(kv) => {
+                    if let Some(pending) = pending {
+                        pending.commit();
+                    }
                     released(server, req.resource, &new);
                     Ok((
                         strategy::with_resource_version(new, kv.mod_revision),
@@ -370,10 +368,13 @@ pub async fn guaranteed_update(
             .await
         {
             Ok(kv) => {
+                if let Some(pending) = pending {
+                    pending.commit();
+                }
                 return Ok((
                     strategy::with_resource_version(new, kv.mod_revision),
                     warnings,
-                ))
+                ));
             }
             Err(StoreError::Conflict { .. }) if pinned.is_none() => continue,
             Err(e) => return Err(ApiError::from_store(e, req.resource, req.object_name())),
@@ -389,6 +390,25 @@ fn finalized(obj: &Value) -> bool {
     obj["metadata"]["deletionTimestamp"].is_string()
         && empty(&obj["metadata"]["finalizers"])
         && (obj["kind"] != "Namespace" || empty(&obj["spec"]["finalizers"]))
+}
+
+/// Reserves what an updated Service newly needs (NodePorts once its type
+/// asks for them, a ClusterIP once it leaves ExternalName); 422 on conflicts.
+fn reserve_service<'a>(
+    server: &'a ApiServer,
+    req: &ResourceRequest<'_>,
+    scope: Scope,
+    current: &Value,
+    new: &mut Value,
+) -> Result<Option<ipam::Pending<'a>>, ApiError> {
+    if req.resource.kind != "Service" || scope == Scope::Status {
+        return Ok(None);
+    }
+    server
+        .ipam
+        .reallocate(current, new)
+        .map(Some)
+        .map_err(|errs| ApiError::invalid(req.resource, req.object_name(), &errs))
 }
 
 /// Releases what a deleted object held (Service addresses and ports).

@@ -1,4 +1,4 @@
-//! Service address allocation done by the API server on create, as upstream:
+//! Service address allocation done by the API server on create and update, as upstream:
 //! ClusterIPs from the service CIDR and NodePorts from 30000-32767. The
 //! allocated sets are rebuilt from stored Services at start, so they survive
 //! restarts without a separate allocation table.
@@ -24,6 +24,30 @@ pub struct Allocation {
     pub ips: Vec<IpAddr>,
     /// NodePorts taken by this Service.
     pub node_ports: Vec<u16>,
+}
+
+/// Reservations made for a write that is not stored yet.
+#[must_use = "dropping a Pending returns its reservations; commit it once the write is stored"]
+pub struct Pending<'a> {
+    ipam: &'a ServiceIpam,
+    /// Newly reserved: returned to the pool if the write fails.
+    pub taken: Allocation,
+    /// Held before, not any more: returned to the pool once the write succeeds.
+    pub freed: Allocation,
+}
+
+impl Pending<'_> {
+    /// The write is stored: keep the new reservations, free the old ones.
+    pub fn commit(mut self) {
+        self.taken = Allocation::default();
+        self.ipam.release(&self.freed);
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.ipam.release(&self.taken);
+    }
 }
 
 /// Allocator of ClusterIPs and NodePorts.
@@ -72,63 +96,35 @@ impl ServiceIpam {
     /// Fills `spec.clusterIP(s)` and missing NodePorts of a new Service,
     /// reserving them. On error nothing stays reserved.
     pub fn allocate(&self, svc: &mut Value) -> Result<Allocation, Vec<FieldError>> {
+        let mut pending = self.reallocate(&Value::Null, svc)?;
+        let taken = std::mem::take(&mut pending.taken);
+        pending.commit();
+        Ok(taken)
+    }
+
+    /// As upstream's Service update: reserves what `svc` newly needs (a
+    /// NodePort for each port once the type becomes NodePort/LoadBalancer or
+    /// a port is added, a ClusterIP when it stops being ExternalName) and
+    /// notes what `old` held that `svc` no longer does. Requested values
+    /// held by another Service are 422s naming the field. Nothing is freed
+    /// until [`Pending::commit`]; dropping the result uncommitted returns
+    /// the new reservations.
+    pub fn reallocate(&self, old: &Value, svc: &mut Value) -> Result<Pending<'_>, Vec<FieldError>> {
+        let held = allocation_of(old);
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let spec = match svc.get_mut("spec").and_then(Value::as_object_mut) {
-            Some(s) => s,
-            None => return Ok(Allocation::default()),
+        let mut taken = Allocation::default();
+        let mut errors = Vec::new();
+        let Some(spec) = svc.get_mut("spec").and_then(Value::as_object_mut) else {
+            return Ok(self.pending(taken, held));
         };
         let svc_type = spec
             .get("type")
             .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
             .unwrap_or("ClusterIP")
             .to_string();
-        let mut taken = Allocation::default();
-        let mut errors = Vec::new();
         if svc_type != "ExternalName" {
-            let requested = spec
-                .get("clusterIP")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string();
-            match requested.as_str() {
-                "None" => {
-                    spec.insert("clusterIPs".into(), serde_json::json!(["None"]));
-                }
-                "" => match self.random_free_ip(&state) {
-                    Some(ip) => taken.ips.push(ip),
-                    None => errors.push(field(
-                        "FieldValueInvalid",
-                        "spec.clusterIPs",
-                        format!("failed to allocate IP: range {} is full", self.cidr),
-                    )),
-                },
-                text => match text.parse::<IpAddr>() {
-                    Ok(ip) if !self.cidr.contains(ip) => errors.push(field(
-                        "FieldValueInvalid",
-                        "spec.clusterIPs",
-                        format!("Invalid value: [\"{ip}\"]: failed to allocate IP {ip}: the provided IP ({ip}) is not in the valid range. The range of valid IPs is {}", self.cidr),
-                    )),
-                    Ok(ip) if state.ips.contains(&ip) => errors.push(field(
-                        "FieldValueInvalid",
-                        "spec.clusterIPs",
-                        format!("Invalid value: [\"{ip}\"]: failed to allocate IP {ip}: provided IP is already allocated"),
-                    )),
-                    Ok(ip) => taken.ips.push(ip),
-                    Err(_) => errors.push(field(
-                        "FieldValueInvalid",
-                        "spec.clusterIPs",
-                        format!("Invalid value: \"{text}\": must be a valid IP address or \"None\""),
-                    )),
-                },
-            }
-        }
-        if let Some(ip) = taken.ips.first() {
-            spec.insert("clusterIP".into(), Value::String(ip.to_string()));
-            spec.insert("clusterIPs".into(), serde_json::json!([ip.to_string()]));
-            let family = if ip.is_ipv4() { "IPv4" } else { "IPv6" };
-            spec.insert("ipFamilies".into(), serde_json::json!([family]));
-            spec.entry("ipFamilyPolicy")
-                .or_insert_with(|| Value::String("SingleStack".into()));
+            self.cluster_ip(&state, &held, spec, &mut taken, &mut errors);
         }
         if svc_type == "NodePort" || svc_type == "LoadBalancer" {
             let mut local: HashSet<u16> = HashSet::new();
@@ -140,6 +136,7 @@ impl ServiceIpam {
                         match random_free_port(&state, &local) {
                             Some(p) => {
                                 local.insert(p);
+                                taken.node_ports.push(p);
                                 port["nodePort"] = Value::from(p);
                             }
                             None => errors.push(field(
@@ -148,36 +145,113 @@ impl ServiceIpam {
                                 "failed to allocate a node port: range is full".into(),
                             )),
                         }
-                    } else {
-                        let p = u16::try_from(want)
-                            .ok()
-                            .filter(|p| NODE_PORT_RANGE.contains(p));
-                        match p {
-                            None => errors.push(field(
-                                "FieldValueInvalid",
-                                &path,
-                                format!("Invalid value: {want}: provided port is not in the valid range. The range of valid ports is 30000-32767"),
-                            )),
-                            Some(p) if state.ports.contains(&p) => errors.push(field(
-                                "FieldValueInvalid",
-                                &path,
-                                format!("Invalid value: {p}: provided port is already allocated"),
-                            )),
-                            Some(p) => {
-                                local.insert(p);
-                            }
-                        }
+                        continue;
+                    }
+                    let p = u16::try_from(want)
+                        .ok()
+                        .filter(|p| NODE_PORT_RANGE.contains(p));
+                    match p {
+                        None => errors.push(field(
+                            "FieldValueInvalid",
+                            &path,
+                            format!("Invalid value: {want}: provided port is not in the valid range. The range of valid ports is 30000-32767"),
+                        )),
+                        // Validation reports a port used twice in one Service.
+                        Some(p) if !local.insert(p) => {}
+                        Some(p) if held.node_ports.contains(&p) => {}
+                        Some(p) if state.ports.contains(&p) => errors.push(field(
+                            "FieldValueInvalid",
+                            &path,
+                            format!("Invalid value: {p}: provided port is already allocated"),
+                        )),
+                        Some(p) => taken.node_ports.push(p),
                     }
                 }
             }
-            taken.node_ports = local.into_iter().collect();
         }
         if !errors.is_empty() {
             return Err(errors);
         }
         state.ips.extend(taken.ips.iter().copied());
         state.ports.extend(taken.node_ports.iter().copied());
-        Ok(taken)
+        let now = allocation_of(svc);
+        let freed = Allocation {
+            ips: held
+                .ips
+                .into_iter()
+                .filter(|ip| !now.ips.contains(ip))
+                .collect(),
+            node_ports: held
+                .node_ports
+                .into_iter()
+                .filter(|p| !now.node_ports.contains(p))
+                .collect(),
+        };
+        Ok(self.pending(taken, freed))
+    }
+
+    fn pending(&self, taken: Allocation, freed: Allocation) -> Pending<'_> {
+        Pending {
+            ipam: self,
+            taken,
+            freed,
+        }
+    }
+
+    /// Keeps, reserves or picks the ClusterIP of a Service that needs one.
+    fn cluster_ip(
+        &self,
+        state: &State,
+        held: &Allocation,
+        spec: &mut serde_json::Map<String, Value>,
+        taken: &mut Allocation,
+        errors: &mut Vec<FieldError>,
+    ) {
+        let requested = spec
+            .get("clusterIP")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        match requested.as_str() {
+            "None" => {
+                spec.insert("clusterIPs".into(), serde_json::json!(["None"]));
+            }
+            "" => match self.random_free_ip(state) {
+                Some(ip) => taken.ips.push(ip),
+                None => errors.push(field(
+                    "FieldValueInvalid",
+                    "spec.clusterIPs",
+                    format!("failed to allocate IP: range {} is full", self.cidr),
+                )),
+            },
+            text => match text.parse::<IpAddr>() {
+                Ok(ip) if held.ips.contains(&ip) => {}
+                Ok(ip) if !self.cidr.contains(ip) => errors.push(field(
+                    "FieldValueInvalid",
+                    "spec.clusterIPs",
+                    format!("Invalid value: [\"{ip}\"]: failed to allocate IP {ip}: the provided IP ({ip}) is not in the valid range. The range of valid IPs is {}", self.cidr),
+                )),
+                Ok(ip) if state.ips.contains(&ip) => errors.push(field(
+                    "FieldValueInvalid",
+                    "spec.clusterIPs",
+                    format!("Invalid value: [\"{ip}\"]: failed to allocate IP {ip}: provided IP is already allocated"),
+                )),
+                Ok(ip) => taken.ips.push(ip),
+                Err(_) => errors.push(field(
+                    "FieldValueInvalid",
+                    "spec.clusterIPs",
+                    format!("Invalid value: \"{text}\": must be a valid IP address or \"None\""),
+                )),
+            },
+        }
+        if let Some(ip) = taken.ips.first() {
+            spec.insert("clusterIP".into(), Value::String(ip.to_string()));
+            spec.insert("clusterIPs".into(), serde_json::json!([ip.to_string()]));
+            let family = if ip.is_ipv4() { "IPv4" } else { "IPv6" };
+            spec.insert("ipFamilies".into(), serde_json::json!([family]));
+            spec.entry("ipFamilyPolicy")
+                .or_insert_with(|| Value::String("SingleStack".into()));
+        }
     }
 
     /// Returns addresses and ports to the pool.
@@ -318,5 +392,72 @@ mod tests {
         let mut dup =
             json!({"spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 30080}]}});
         assert!(ipam.allocate(&mut dup).is_err());
+    }
+
+    fn taken_ports(ipam: &ServiceIpam) -> HashSet<u16> {
+        ipam.state.lock().unwrap().ports.clone()
+    }
+
+    #[test]
+    fn type_change_to_node_port_allocates_and_back_releases() {
+        let ipam = ipam();
+        let mut old = json!({"spec": {"type": "ClusterIP", "ports": [{"port": 80}]}});
+        ipam.allocate(&mut old).unwrap();
+        let mut new = old.clone();
+        new["spec"]["type"] = json!("NodePort");
+        let pending = ipam.reallocate(&old, &mut new).unwrap();
+        let p = new["spec"]["ports"][0]["nodePort"].as_u64().unwrap() as u16;
+        assert!(NODE_PORT_RANGE.contains(&p));
+        assert_eq!(pending.taken.node_ports, vec![p]);
+        // The ClusterIP is kept, not re-reserved.
+        assert!(pending.taken.ips.is_empty());
+        assert_eq!(new["spec"]["clusterIP"], old["spec"]["clusterIP"]);
+        pending.commit();
+        assert!(taken_ports(&ipam).contains(&p));
+
+        // Back to ClusterIP (the strategy dropped the nodePort): released on commit.
+        let mut back = old.clone();
+        let pending = ipam.reallocate(&new, &mut back).unwrap();
+        assert_eq!(pending.freed.node_ports, vec![p]);
+        assert!(taken_ports(&ipam).contains(&p), "freed only on commit");
+        pending.commit();
+        assert!(!taken_ports(&ipam).contains(&p));
+    }
+
+    #[test]
+    fn added_port_gets_a_node_port_and_conflicts_name_the_field() {
+        let ipam = ipam();
+        let mut other =
+            json!({"spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 30100}]}});
+        ipam.allocate(&mut other).unwrap();
+        let mut old =
+            json!({"spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 30200}]}});
+        ipam.allocate(&mut old).unwrap();
+
+        let mut new = old.clone();
+        new["spec"]["ports"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"port": 81}));
+        let pending = ipam.reallocate(&old, &mut new).unwrap();
+        assert_eq!(new["spec"]["ports"][0]["nodePort"], json!(30200));
+        let added = new["spec"]["ports"][1]["nodePort"].as_u64().unwrap() as u16;
+        assert_eq!(pending.taken.node_ports, vec![added]);
+        // Dropped uncommitted (the store write failed): the new port is returned.
+        drop(pending);
+        assert!(!taken_ports(&ipam).contains(&added));
+
+        let mut clash = old.clone();
+        clash["spec"]["ports"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"port": 81, "nodePort": 30100}));
+        let errs = ipam.reallocate(&old, &mut clash).err().unwrap();
+        assert_eq!(errs[0].field, "spec.ports[1].nodePort");
+        assert!(
+            errs[0].message.contains("already allocated"),
+            "{}",
+            errs[0].message
+        );
     }
 }

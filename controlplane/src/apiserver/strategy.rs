@@ -7,7 +7,7 @@ use serde_json::{json, Map, Value};
 
 use super::registry::{self, Resource};
 use super::status::ApiError;
-use super::{convert, defaults, protobuf, validation};
+use super::{convert, defaults, protobuf, service_strategy, validation};
 
 /// Which part of an object a write may change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +61,9 @@ pub fn decode_body(content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
             if e.is_unsupported() {
                 ApiError::new(415, "UnsupportedMediaType", e.to_string())
             } else {
-                ApiError::bad_request(format!("the body of the request could not be decoded as protobuf: {e}"))
+                ApiError::bad_request(format!(
+                    "the body of the request could not be decoded as protobuf: {e}"
+                ))
             }
         })?
     } else {
@@ -341,7 +343,8 @@ pub fn prepare_update(
     let storage = registry::storage_resource(resource.storage).unwrap_or(resource);
     let (mut new, warnings) = canonicalize(storage, new, fv)?;
     if storage.kind == "Service" {
-        keep_service_allocations(old, &mut new);
+        service_strategy::keep_allocations(old, &mut new);
+        service_strategy::drop_type_dependent_fields(old, &mut new);
     }
     defaults::apply(storage, &mut new);
     let has_status = storage.has(registry::Subresource::Status);
@@ -419,45 +422,6 @@ pub fn prepare_update(
         return Err(ApiError::invalid(resource, &name, &errors));
     }
     Ok((new, warnings))
-}
-
-/// As upstream's Service update: a replacement that leaves out the allocated
-/// ClusterIP(s), NodePorts or healthCheckNodePort keeps the old ones (so
-/// `kubectl replace` of the original manifest works).
-fn keep_service_allocations(old: &Value, new: &mut Value) {
-    let (o, n) = (&old["spec"], &mut new["spec"]);
-    if !n.is_object() || o["type"] != n["type"] && !n["type"].is_null() {
-        return;
-    }
-    for key in [
-        "clusterIP",
-        "clusterIPs",
-        "ipFamilies",
-        "ipFamilyPolicy",
-        "healthCheckNodePort",
-    ] {
-        let missing = n[key].is_null() || n[key] == json!("");
-        if missing && !o[key].is_null() {
-            n[key] = o[key].clone();
-        }
-    }
-    let old_ports = o["ports"].as_array().cloned().unwrap_or_default();
-    if let Some(ports) = n["ports"].as_array_mut() {
-        for p in ports
-            .iter_mut()
-            .filter(|p| p["nodePort"].is_null() || p["nodePort"] == json!(0))
-        {
-            let proto = |v: &Value| v["protocol"].as_str().unwrap_or("TCP").to_string();
-            if let Some(prev) = old_ports
-                .iter()
-                .find(|q| q["port"] == p["port"] && proto(q) == proto(p))
-            {
-                if !prev["nodePort"].is_null() {
-                    p["nodePort"] = prev["nodePort"].clone();
-                }
-            }
-        }
-    }
 }
 
 /// As upstream's Job strategy: unless `spec.manualSelector` is true, the

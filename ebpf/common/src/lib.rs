@@ -7,9 +7,9 @@
 #[cfg(any(test, feature = "user"))]
 extern crate std;
 
-pub mod maps;
 #[cfg(any(test, feature = "user"))]
 pub mod maglev;
+pub mod maps;
 pub mod select;
 
 pub use maps::*;

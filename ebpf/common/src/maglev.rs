@@ -49,7 +49,7 @@ pub fn is_prime(n: usize) -> bool {
     }
     let mut d = 2;
     while d * d <= n {
-        if n % d == 0 {
+        if n.is_multiple_of(d) {
             return false;
         }
         d += 1;
@@ -126,7 +126,9 @@ mod tests {
     use std::string::String;
 
     fn names(n: usize) -> Vec<String> {
-        (0..n).map(|i| format!("10.244.{}.{}:8080", i / 250, i % 250 + 2)).collect()
+        (0..n)
+            .map(|i| format!("10.244.{}.{}:8080", i / 250, i % 250 + 2))
+            .collect()
     }
 
     fn build_named(names: &[String], skip: Option<usize>, size: usize) -> Vec<u32> {
@@ -157,11 +159,17 @@ mod tests {
     #[test]
     fn same_set_in_another_order_gives_the_same_table() {
         let n = names(7);
-        let forward: Vec<(u32, &[u8])> =
-            n.iter().enumerate().map(|(i, s)| (i as u32, s.as_bytes())).collect();
+        let forward: Vec<(u32, &[u8])> = n
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i as u32, s.as_bytes()))
+            .collect();
         let mut reversed = forward.clone();
         reversed.reverse();
-        assert_eq!(build(&forward, 1021).unwrap(), build(&reversed, 1021).unwrap());
+        assert_eq!(
+            build(&forward, 1021).unwrap(),
+            build(&reversed, 1021).unwrap()
+        );
     }
 
     /// Removing one of N backends must move its own entries and only a small
@@ -199,7 +207,10 @@ mod tests {
         let set: Vec<(u32, &[u8])> = n.iter().map(|s| (0, s.as_bytes())).collect();
         assert_eq!(
             build(&set, 3),
-            Err(MaglevError::TooManyBackends { backends: 5, size: 3 })
+            Err(MaglevError::TooManyBackends {
+                backends: 5,
+                size: 3
+            })
         );
         assert!(build(&[], 251).unwrap().is_empty());
         assert!(is_prime(16381) && is_prime(251) && !is_prime(16383));

@@ -15,6 +15,10 @@ pub const FAMILY_V6: u8 = 6;
 /// are configured per frontend through [`Frontend::maglev_size`].
 pub const MAGLEV_MAX: usize = 16381;
 
+/// Entries of a [`MaglevTable`]: the power of two above [`MAGLEV_MAX`], so the
+/// programs bound an index with a mask the verifier understands.
+pub const MAGLEV_TABLE_LEN: usize = 16384;
+
 /// Frontend is served by the socket load balancer (ClusterIP, externalIPs and
 /// LoadBalancer IPs reached from this node's pods and processes).
 pub const FLAG_SOCKET: u16 = 1;
@@ -124,7 +128,7 @@ pub struct Backend {
 #[derive(Clone, Copy)]
 pub struct MaglevTable {
     /// Backend ids.
-    pub entries: [u32; MAGLEV_MAX],
+    pub entries: [u32; MAGLEV_TABLE_LEN],
 }
 
 /// Socket reverse NAT: which service address a socket's backend stands for,
@@ -421,7 +425,8 @@ mod tests {
         assert_eq!(size_of::<CtValue>(), 16 + 16 + 2 + 2 + 4 + 4 + 1 + 1 + 2);
         assert_eq!(size_of::<SourceRangeKey>(), 20);
         assert_eq!(size_of::<NodeAddrKey>(), 20);
-        assert_eq!(size_of::<MaglevTable>(), 4 * MAGLEV_MAX);
+        assert_eq!(size_of::<MaglevTable>(), 4 * MAGLEV_TABLE_LEN);
+        assert!(MAGLEV_TABLE_LEN.is_power_of_two() && MAGLEV_TABLE_LEN > MAGLEV_MAX);
     }
 
     /// Keys must hold the bytes the kernel shows the programs: `user_ip4`

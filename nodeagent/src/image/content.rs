@@ -40,6 +40,7 @@ impl ContentStore {
             let p = root.join(dir);
             fs::create_dir_all(&p).map_err(io_err(&p))?;
         }
+        remove_stale_temps(&root.join("tmp"));
         Ok(ContentStore {
             root: root.to_path_buf(),
             refs_lock: Mutex::new(()),
@@ -168,6 +169,29 @@ impl ContentStore {
         let tmp = self.temp_path("refs");
         write_synced(&tmp, &bytes)?;
         rename_into_place(&tmp, &self.root.join("refs.json"))
+    }
+}
+
+/// Temp files older than this are left over from a crash (another process using
+/// the same store, e.g. `skiff image import` next to the agent, may still be writing
+/// younger ones).
+const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(3600);
+
+fn remove_stale_temps(tmp: &Path) {
+    let Ok(entries) = fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > STALE_TEMP);
+        if stale {
+            let p = entry.path();
+            let _ = fs::remove_dir_all(&p).or_else(|_| fs::remove_file(&p));
+        }
     }
 }
 

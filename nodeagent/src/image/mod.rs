@@ -12,8 +12,9 @@ mod registry;
 mod rootfs;
 mod unpack;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 pub use archive::{write as write_archive, ArchiveFormat, ArchiveImage};
 pub use reference::ImageRef;
@@ -26,6 +27,9 @@ use registry::Registry;
 pub struct ImageStore {
     content: Arc<ContentStore>,
     registry: Registry,
+    // One pull at a time per reference: 110 pods of a fresh image make one pull,
+    // not 110. The std mutex guards only the map and is never held across an await.
+    pulls: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// `imagePullPolicy` of a container.
@@ -130,6 +134,7 @@ impl ImageStore {
         Ok(ImageStore {
             content: Arc::new(ContentStore::open(&root)?),
             registry: Registry::new(&insecure_registries),
+            pulls: Mutex::new(HashMap::new()),
         })
     }
 
@@ -147,9 +152,21 @@ impl ImageStore {
                 .ok_or_else(|| ImageError::NeverPull(image_ref.full()))?,
             PullPolicy::IfNotPresent => match self.lookup(&image_ref)? {
                 Some(image) => image,
-                None => self.pull(&image_ref, creds).await?,
+                None => {
+                    let lock = self.pull_lock(&image_ref);
+                    let _pulling = lock.lock().await;
+                    // Whoever held the lock before us may have pulled it.
+                    match self.lookup(&image_ref)? {
+                        Some(image) => image,
+                        None => self.pull(&image_ref, creds).await?,
+                    }
+                }
             },
-            PullPolicy::Always => self.pull(&image_ref, creds).await?,
+            PullPolicy::Always => {
+                let lock = self.pull_lock(&image_ref);
+                let _pulling = lock.lock().await;
+                self.pull(&image_ref, creds).await?
+            }
         };
         let content = Arc::clone(&self.content);
         let top = top_digest(&image).to_string();
@@ -221,6 +238,11 @@ impl ImageStore {
     /// directories. Idempotent.
     pub fn unmount_rootfs(container_dir: &Path) -> Result<(), ImageError> {
         rootfs::unmount_overlay(container_dir)
+    }
+
+    fn pull_lock(&self, image_ref: &ImageRef) -> Arc<tokio::sync::Mutex<()>> {
+        let mut pulls = self.pulls.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(pulls.entry(image_ref.full()).or_default())
     }
 
     fn lookup(&self, image_ref: &ImageRef) -> Result<Option<Image>, ImageError> {

@@ -193,7 +193,6 @@ pub fn spec(plan: &ContainerPlan) -> Result<Spec, BundleError> {
             "capabilities": {
                 "bounding": caps, "effective": caps, "permitted": caps,
             },
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1_048_576, "soft": 1_048_576}],
             "noNewPrivileges": !plan.privileged,
         },
         "root": {"path": plan.rootfs, "readonly": plan.readonly_rootfs},

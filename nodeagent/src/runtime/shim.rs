@@ -121,6 +121,9 @@ pub fn run(
     for c in copiers {
         let _ = c.join();
     }
+    // Tells `logs -f` readers that nothing more will be written.
+    let done = log.with_extension("log.done");
+    File::create(&done).map_err(io(&done))?;
     Ok(0)
 }
 

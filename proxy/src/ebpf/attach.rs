@@ -39,9 +39,9 @@ pub enum AttachError {
     Load {
         /// Pin directory.
         dir: PathBuf,
-        /// The error.
+        /// The error (boxed: aya's error is large).
         #[source]
-        source: EbpfError,
+        source: Box<EbpfError>,
     },
     /// A program is missing from the object (a build mismatch).
     #[error("eBPF program {0} missing from the embedded object")]
@@ -97,7 +97,7 @@ pub fn load(pin_dir: &Path) -> Result<Ebpf, AttachError> {
         .load(OBJECT)
         .map_err(|source| AttachError::Load {
             dir: pin_dir.to_path_buf(),
-            source,
+            source: Box::new(source),
         })?;
     for name in SOCK_PROGRAMS {
         let p: &mut CgroupSockAddr = ebpf
@@ -152,18 +152,16 @@ pub fn attach_cgroup(
             .ok_or(AttachError::Missing(name))?
             .try_into()
             .map_err(perr(name))?;
-        let id = p
-            .attach(cg, CgroupAttachMode::AllowMultiple)
-            .map_err(perr(name))?;
-        let link: FdLink = p
-            .take_link(id)
-            .map_err(perr(name))?
-            .try_into()
-            .map_err(|e: aya::programs::links::LinkError| AttachError::Io {
+        // bpf_link attachments (kernel ≥ 5.7) coexist with other programs
+        // on the cgroup by design; the kernel wants no mode flags for them.
+        let id = p.attach(cg, CgroupAttachMode::Single).map_err(perr(name))?;
+        let link: FdLink = p.take_link(id).map_err(perr(name))?.try_into().map_err(
+            |e: aya::programs::links::LinkError| AttachError::Io {
                 what: "taking link of",
                 path: pin.clone(),
                 source: std::io::Error::other(e.to_string()),
-            })?;
+            },
+        )?;
         link.pin(&pin).map_err(pin_err("pinning link", &pin))?;
     }
     Ok(pins)
@@ -171,7 +169,11 @@ pub fn attach_cgroup(
 
 /// Attaches the tc programs to `iface` (in the calling thread's network
 /// namespace) in both directions, unless already pinned.
-pub fn attach_tc(ebpf: &mut Ebpf, iface: &str, pin_dir: &Path) -> Result<Vec<PathBuf>, AttachError> {
+pub fn attach_tc(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    pin_dir: &Path,
+) -> Result<Vec<PathBuf>, AttachError> {
     let dir = links_dir(pin_dir);
     let mut pins = Vec::new();
     for (name, kind, tag) in [
@@ -189,15 +191,13 @@ pub fn attach_tc(ebpf: &mut Ebpf, iface: &str, pin_dir: &Path) -> Result<Vec<Pat
             .try_into()
             .map_err(perr(name))?;
         let id = p.attach(iface, kind).map_err(perr(name))?;
-        let link: FdLink = p
-            .take_link(id)
-            .map_err(perr(name))?
-            .try_into()
-            .map_err(|e: aya::programs::links::LinkError| AttachError::Io {
+        let link: FdLink = p.take_link(id).map_err(perr(name))?.try_into().map_err(
+            |e: aya::programs::links::LinkError| AttachError::Io {
                 what: "taking tc link of",
                 path: pin.clone(),
                 source: std::io::Error::other(e.to_string()),
-            })?;
+            },
+        )?;
         link.pin(&pin).map_err(pin_err("pinning link", &pin))?;
     }
     Ok(pins)

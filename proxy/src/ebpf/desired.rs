@@ -6,8 +6,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use ipnetwork::IpNetwork;
 use skiff_common::{
-    FrontendKey, FAMILY_V4, FAMILY_V6, FLAG_AFFINITY, FLAG_EXTERNAL, FLAG_LOCAL,
-    FLAG_SOCKET, FLAG_SOURCE_RANGES,
+    FrontendKey, FAMILY_V4, FAMILY_V6, FLAG_AFFINITY, FLAG_EXTERNAL, FLAG_LOCAL, FLAG_SOCKET,
+    FLAG_SOURCE_RANGES,
 };
 
 use crate::model::{Endpoint, ServicePort, TrafficPolicy};
@@ -87,7 +87,11 @@ pub fn frontends(port: &ServicePort) -> Vec<DesiredFrontend> {
             key,
             flags: flags
                 | affinity_flag
-                | if ranges.is_empty() { 0 } else { FLAG_SOURCE_RANGES },
+                | if ranges.is_empty() {
+                    0
+                } else {
+                    FLAG_SOURCE_RANGES
+                },
             affinity_timeout,
             backends: backends(eps, ip.is_ipv4()),
             source_ranges: ranges,
@@ -97,7 +101,12 @@ pub fn frontends(port: &ServicePort) -> Vec<DesiredFrontend> {
         add(*ip, FLAG_SOCKET, &port.cluster_endpoints, &[]);
     }
     for ip in &port.external_ips {
-        add(*ip, FLAG_SOCKET | FLAG_EXTERNAL | local, &port.external_endpoints, &[]);
+        add(
+            *ip,
+            FLAG_SOCKET | FLAG_EXTERNAL | local,
+            &port.external_endpoints,
+            &[],
+        );
     }
     for ip in &port.load_balancer_ips {
         add(
@@ -204,12 +213,20 @@ mod tests {
     fn load_balancer_ip_carries_source_ranges_of_its_family() {
         let mut p = port();
         p.load_balancer_ips = vec!["192.0.2.10".parse().unwrap()];
-        p.load_balancer_source_ranges =
-            vec!["198.51.100.0/24".parse().unwrap(), "2001:db8::/32".parse().unwrap()];
+        p.load_balancer_source_ranges = vec![
+            "198.51.100.0/24".parse().unwrap(),
+            "2001:db8::/32".parse().unwrap(),
+        ];
         let f = frontends(&p);
-        let lb = f.iter().find(|f| f.key.addr[0].to_ne_bytes() == [192, 0, 2, 10]).unwrap();
+        let lb = f
+            .iter()
+            .find(|f| f.key.addr[0].to_ne_bytes() == [192, 0, 2, 10])
+            .unwrap();
         assert_eq!(lb.flags, FLAG_SOCKET | FLAG_EXTERNAL | FLAG_SOURCE_RANGES);
-        assert_eq!(lb.source_ranges, vec!["198.51.100.0/24".parse::<IpNetwork>().unwrap()]);
+        assert_eq!(
+            lb.source_ranges,
+            vec!["198.51.100.0/24".parse::<IpNetwork>().unwrap()]
+        );
     }
 
     #[test]

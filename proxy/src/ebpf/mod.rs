@@ -38,6 +38,8 @@ pub struct EbpfConfig {
     pub cgroup: PathBuf,
     /// Node interfaces that get the tc programs (NodePort, external IPs).
     pub interfaces: Vec<String>,
+    /// Network namespace the interfaces live in (`None`: our own).
+    pub netns: Option<PathBuf>,
     /// Maglev table size, a prime ≤ 16381.
     pub maglev_size: usize,
 }
@@ -50,6 +52,7 @@ impl EbpfConfig {
             pin_dir: Path::new("/sys/fs/bpf/skiff").join(node),
             cgroup: cgroup2_mount()?.join("skiff").join(node),
             interfaces: Vec::new(),
+            netns: None,
             maglev_size: maglev::DEFAULT_SIZE,
         })
     }
@@ -73,9 +76,42 @@ pub enum EbpfError {
     /// A map has another type than expected (a build mismatch).
     #[error("eBPF map {0}: {1}")]
     MapType(&'static str, aya::maps::MapError),
+    /// Entering the node's network namespace failed.
+    #[error("network namespace for the tc programs: {0}")]
+    Netns(skiff_cni::netns::NetnsError),
+    /// The kernel lacks what the data plane needs.
+    #[error("the kernel cannot run the eBPF data plane: {0}")]
+    Unsupported(String),
     /// The Maglev table size is not usable.
     #[error("maglev table size: {0}")]
     Maglev(#[from] maglev::MaglevError),
+}
+
+/// Whether this kernel and host can run the eBPF data plane: a cgroup v2
+/// mount, and the program and map types the data plane loads. The error says
+/// what is missing (for the one log line of the iptables fallback).
+pub fn supported() -> Result<(), EbpfError> {
+    use aya::maps::MapType;
+    use aya::programs::ProgramType;
+    use aya::sys::{is_map_supported, is_program_supported};
+    cgroup2_mount()?;
+    for (what, ty) in [
+        ("cgroup sock_addr programs", ProgramType::CgroupSockAddr),
+        ("tc classifier programs", ProgramType::SchedClassifier),
+    ] {
+        if !is_program_supported(ty).map_err(|e| EbpfError::Unsupported(format!("{what}: {e}")))? {
+            return Err(EbpfError::Unsupported(format!("no {what}")));
+        }
+    }
+    for (what, ty) in [
+        ("LRU hash maps", MapType::LruHash),
+        ("LPM trie maps", MapType::LpmTrie),
+    ] {
+        if !is_map_supported(ty).map_err(|e| EbpfError::Unsupported(format!("{what}: {e}")))? {
+            return Err(EbpfError::Unsupported(format!("no {what}")));
+        }
+    }
+    Ok(())
 }
 
 /// The eBPF backend of the proxy.
@@ -103,8 +139,19 @@ impl EbpfDataplane {
         cgroup::ensure_bpffs_dir(&cfg.pin_dir)?;
         let mut ebpf = attach::load(&cfg.pin_dir)?;
         attach::attach_cgroup(&mut ebpf, &cgroup, &cfg.pin_dir)?;
-        for iface in &cfg.interfaces {
-            attach::attach_tc(&mut ebpf, iface, &cfg.pin_dir)?;
+        if !cfg.interfaces.is_empty() {
+            let netns = match &cfg.netns {
+                Some(p) => skiff_cni::Netns::open(p).map_err(EbpfError::Netns)?,
+                None => skiff_cni::Netns::current(),
+            };
+            let ebpf = &mut ebpf;
+            netns
+                .run(|| {
+                    cfg.interfaces
+                        .iter()
+                        .try_for_each(|i| attach::attach_tc(ebpf, i, &cfg.pin_dir).map(drop))
+                })
+                .map_err(EbpfError::Netns)??;
         }
         let maps = Maps {
             frontends: take::<BpfHash<_, _, _>>(&mut ebpf, names::FRONTENDS)?,
@@ -172,8 +219,12 @@ impl EbpfDataplane {
             }
             // Anything else pinned (removed while no proxy ran) goes.
             let live: HashSet<FrontendKey> = self.by_port.values().flatten().copied().collect();
-            let stale: Vec<FrontendKey> =
-                self.tables.keys().filter(|k| !live.contains(k)).copied().collect();
+            let stale: Vec<FrontendKey> = self
+                .tables
+                .keys()
+                .filter(|k| !live.contains(k))
+                .copied()
+                .collect();
             for k in &stale {
                 self.tables.remove(k)?;
             }
@@ -232,7 +283,11 @@ impl fmt::Display for Status {
         writeln!(f, "frontends: {}", self.frontends.len())?;
         for (k, c) in &self.frontends {
             let ip = words_ip(k.addr, k.family);
-            let proto = if k.proto == skiff_common::PROTO_UDP { "udp" } else { "tcp" };
+            let proto = if k.proto == skiff_common::PROTO_UDP {
+                "udp"
+            } else {
+                "tcp"
+            };
             writeln!(
                 f,
                 "  {ip}:{}/{proto} connections={} packets={} dropped={}",

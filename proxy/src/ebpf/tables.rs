@@ -16,8 +16,8 @@ use aya::maps::{
 };
 use ipnetwork::IpNetwork;
 use skiff_common::{
-    ip_words, maglev, Backend, Counters, Frontend, FrontendKey, MaglevTable, NodeAddrKey,
-    SlotKey, SourceRangeKey, MAGLEV_MAX,
+    ip_words, maglev, Backend, Counters, Frontend, FrontendKey, MaglevTable, NodeAddrKey, SlotKey,
+    SourceRangeKey, MAGLEV_TABLE_LEN,
 };
 
 use super::desired::{BackendAddr, DesiredFrontend};
@@ -188,10 +188,13 @@ impl Tables {
         Ok(t)
     }
 
-
     /// Map entries installed now (frontends, slots, backends).
     pub fn entry_count(&self) -> u64 {
-        let slots: u64 = self.installed.values().map(|i| u64::from(i.value.count)).sum();
+        let slots: u64 = self
+            .installed
+            .values()
+            .map(|i| u64::from(i.value.count))
+            .sum();
         self.installed.len() as u64 + slots + self.backend_refs.len() as u64
     }
 
@@ -283,7 +286,10 @@ impl Tables {
                     aya::util::nr_cpus().unwrap_or(1)
                 ])
                 .map_err(TablesError::Cpus)?;
-                self.maps.counters.set(id, zero, 0).map_err(werr("counters"))?;
+                self.maps
+                    .counters
+                    .set(id, zero, 0)
+                    .map_err(werr("counters"))?;
                 id
             }
         };
@@ -298,7 +304,10 @@ impl Tables {
                 gen,
                 slot: slot as u32,
             };
-            self.maps.slots.insert(key, *bid, 0).map_err(werr("slots"))?;
+            self.maps
+                .slots
+                .insert(key, *bid, 0)
+                .map_err(werr("slots"))?;
             self.written += 1;
         }
         let maglev_size = if d.external() && !ids.is_empty() {
@@ -336,7 +345,10 @@ impl Tables {
                 gone_ok(self.maps.maglev.remove(&id), "maglev")?;
             }
             for net in prev_ranges.iter().filter(|n| !d.source_ranges.contains(n)) {
-                gone_ok(self.maps.ranges.remove(&range_key(id, net)), "source ranges")?;
+                gone_ok(
+                    self.maps.ranges.remove(&range_key(id, net)),
+                    "source ranges",
+                )?;
             }
             let old = p.backends.clone();
             self.backend_unref(&old);
@@ -367,12 +379,12 @@ impl Tables {
             .collect();
         let built = maglev::build(&set, self.maglev_size)?;
         let mut table = Box::new(MaglevTable {
-            entries: [0; MAGLEV_MAX],
+            entries: [0; MAGLEV_TABLE_LEN],
         });
         table.entries[..built.len()].copy_from_slice(&built);
         self.maps
             .maglev
-            .insert(id, &*table, 0)
+            .insert(id, table.as_ref(), 0)
             .map_err(werr("maglev"))?;
         self.written += 1;
         Ok(())
@@ -403,7 +415,10 @@ impl Tables {
             gone_ok(self.maps.maglev.remove(&p.value.id), "maglev")?;
         }
         for net in &p.ranges {
-            gone_ok(self.maps.ranges.remove(&range_key(p.value.id, net)), "source ranges")?;
+            gone_ok(
+                self.maps.ranges.remove(&range_key(p.value.id, net)),
+                "source ranges",
+            )?;
         }
         self.backend_unref(&p.backends);
         self.free_ids.push(p.value.id);

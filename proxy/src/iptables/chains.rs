@@ -29,7 +29,13 @@ pub const MASQ_MARK: &str = "0x4000";
 pub const DROP_MARK: &str = "0x8000";
 
 /// Prefixes of the per-port and per-endpoint chains this proxy owns.
-pub const OWNED_PREFIXES: [&str; 5] = ["KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KUBE-SEP-"];
+pub const OWNED_PREFIXES: [&str; 5] = [
+    "KUBE-SVC-",
+    "KUBE-SVL-",
+    "KUBE-EXT-",
+    "KUBE-FW-",
+    "KUBE-SEP-",
+];
 
 /// 64-bit FNV-1a: stable across runs and versions (unlike `DefaultHasher`).
 fn fnv64(parts: &[&[u8]]) -> u64 {

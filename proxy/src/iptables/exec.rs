@@ -63,7 +63,11 @@ impl Tools<'_> {
         let out = self.netns.run(|| {
             let mut child = Command::new(&program)
                 .args(args)
-                .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+                .stdin(if stdin.is_some() {
+                    Stdio::piped()
+                } else {
+                    Stdio::null()
+                })
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()?;
@@ -78,7 +82,12 @@ impl Tools<'_> {
         })
     }
 
-    fn checked(&self, base: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<Output, ExecError> {
+    fn checked(
+        &self,
+        base: &str,
+        args: &[&str],
+        stdin: Option<&[u8]>,
+    ) -> Result<Output, ExecError> {
         let out = self.run(base, args, stdin)?;
         if out.status.success() {
             Ok(out)
@@ -94,8 +103,12 @@ impl Tools<'_> {
 
     /// Applies a transaction with `iptables-restore --noflush`.
     pub fn restore(&self, input: &str) -> Result<(), ExecError> {
-        self.checked("iptables-restore", &["-w", "5", "--noflush"], Some(input.as_bytes()))
-            .map(drop)
+        self.checked(
+            "iptables-restore",
+            &["-w", "5", "--noflush"],
+            Some(input.as_bytes()),
+        )
+        .map(drop)
     }
 
     /// `iptables-save -t <table>`.

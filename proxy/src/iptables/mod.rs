@@ -33,13 +33,90 @@ pub enum IptablesError {
 
 /// Jumps from the built-in chains into ours: (table, chain, rule).
 const JUMPS: [(&str, &str, &[&str]); 10] = [
-    ("nat", "PREROUTING", &["-m", "comment", "--comment", "kubernetes service portals", "-j", chains::SERVICES]),
-    ("nat", "OUTPUT", &["-m", "comment", "--comment", "kubernetes service portals", "-j", chains::SERVICES]),
-    ("nat", "POSTROUTING", &["-m", "comment", "--comment", "kubernetes postrouting rules", "-j", chains::POSTROUTING]),
-    ("filter", "INPUT", &["-m", "conntrack", "--ctstate", "NEW", "-j", chains::EXTERNAL_SERVICES]),
-    ("filter", "FORWARD", &["-m", "conntrack", "--ctstate", "NEW", "-j", chains::EXTERNAL_SERVICES]),
-    ("filter", "FORWARD", &["-m", "conntrack", "--ctstate", "NEW", "-j", chains::SERVICES]),
-    ("filter", "OUTPUT", &["-m", "conntrack", "--ctstate", "NEW", "-j", chains::SERVICES]),
+    (
+        "nat",
+        "PREROUTING",
+        &[
+            "-m",
+            "comment",
+            "--comment",
+            "kubernetes service portals",
+            "-j",
+            chains::SERVICES,
+        ],
+    ),
+    (
+        "nat",
+        "OUTPUT",
+        &[
+            "-m",
+            "comment",
+            "--comment",
+            "kubernetes service portals",
+            "-j",
+            chains::SERVICES,
+        ],
+    ),
+    (
+        "nat",
+        "POSTROUTING",
+        &[
+            "-m",
+            "comment",
+            "--comment",
+            "kubernetes postrouting rules",
+            "-j",
+            chains::POSTROUTING,
+        ],
+    ),
+    (
+        "filter",
+        "INPUT",
+        &[
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "NEW",
+            "-j",
+            chains::EXTERNAL_SERVICES,
+        ],
+    ),
+    (
+        "filter",
+        "FORWARD",
+        &[
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "NEW",
+            "-j",
+            chains::EXTERNAL_SERVICES,
+        ],
+    ),
+    (
+        "filter",
+        "FORWARD",
+        &[
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "NEW",
+            "-j",
+            chains::SERVICES,
+        ],
+    ),
+    (
+        "filter",
+        "OUTPUT",
+        &[
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "NEW",
+            "-j",
+            chains::SERVICES,
+        ],
+    ),
     ("filter", "FORWARD", &["-j", chains::FORWARD]),
     ("filter", "INPUT", &["-j", chains::FIREWALL]),
     ("filter", "FORWARD", &["-j", chains::FIREWALL]),
@@ -82,10 +159,21 @@ impl Iptables {
         }
     }
 
-    fn sync_family(&mut self, family: Family, map: &ServiceMap, changes: &Changes) -> Result<SyncStats, IptablesError> {
-        let tools = Tools { netns: &self.netns, family };
+    fn sync_family(
+        &mut self,
+        family: Family,
+        map: &ServiceMap,
+        changes: &Changes,
+    ) -> Result<SyncStats, IptablesError> {
+        let tools = Tools {
+            netns: &self.netns,
+            family,
+        };
         let full = changes.full || !self.installed.contains_key(&family_key(family));
-        let old = self.installed.remove(&family_key(family)).unwrap_or_default();
+        let old = self
+            .installed
+            .remove(&family_key(family))
+            .unwrap_or_default();
         let mut tx = Transaction::new();
         let mut now = Installed::default();
         for (name, port) in &map.ports {
@@ -96,8 +184,14 @@ impl Iptables {
                 now.rules.insert(name.clone(), rules);
                 now.chains.insert(name.clone(), owned);
             } else {
-                now.chains.insert(name.clone(), old.chains.get(name).cloned().unwrap_or_default());
-                now.rules.insert(name.clone(), old.rules.get(name).copied().unwrap_or_default());
+                now.chains.insert(
+                    name.clone(),
+                    old.chains.get(name).cloned().unwrap_or_default(),
+                );
+                now.rules.insert(
+                    name.clone(),
+                    old.rules.get(name).copied().unwrap_or_default(),
+                );
             }
         }
         tx.finish();
@@ -135,7 +229,11 @@ impl Iptables {
 
     /// Deletes UDP conntrack entries that would keep clients on a backend that
     /// no longer receives the port's traffic, or on a port that used to reject.
-    fn clean_conntrack(&mut self, map: &ServiceMap, changes: &Changes) -> Result<usize, IptablesError> {
+    fn clean_conntrack(
+        &mut self,
+        map: &ServiceMap,
+        changes: &Changes,
+    ) -> Result<usize, IptablesError> {
         let port_of = |n: &ServicePortName| -> Option<ServicePort> {
             map.ports.get(n).or_else(|| changes.removed.get(n)).cloned()
         };
@@ -165,7 +263,9 @@ impl Iptables {
             stale_backends
                 .iter()
                 .any(|(p, ip)| f.reply.src == *ip && to_service(p, f))
-                || newly.iter().any(|p| to_service(p, f) && f.reply.src == f.orig.dst)
+                || newly
+                    .iter()
+                    .any(|p| to_service(p, f) && f.reply.src == f.orig.dst)
         };
         if self.conntrack.is_none() {
             self.conntrack = Some(Conntrack::open(&self.netns)?);
@@ -183,7 +283,10 @@ impl Iptables {
 
     fn remove_all(&mut self) -> Result<(), IptablesError> {
         for family in self.families.clone() {
-            let tools = Tools { netns: &self.netns, family };
+            let tools = Tools {
+                netns: &self.netns,
+                family,
+            };
             for (table, chain, rule) in JUMPS {
                 tools.remove_jump(table, chain, rule)?;
             }
@@ -191,10 +294,21 @@ impl Iptables {
             for c in existing_chains(&tools.save("nat")?) {
                 tx.delete_nat_chain(c);
             }
-            for c in [chains::SERVICES, chains::NODEPORTS, chains::POSTROUTING, chains::MARK_MASQ, chains::MARK_DROP] {
+            for c in [
+                chains::SERVICES,
+                chains::NODEPORTS,
+                chains::POSTROUTING,
+                chains::MARK_MASQ,
+                chains::MARK_DROP,
+            ] {
                 tx.delete_nat_chain(c.to_string());
             }
-            for c in [chains::SERVICES, chains::EXTERNAL_SERVICES, chains::FORWARD, chains::FIREWALL] {
+            for c in [
+                chains::SERVICES,
+                chains::EXTERNAL_SERVICES,
+                chains::FORWARD,
+                chains::FIREWALL,
+            ] {
                 tx.delete_filter_chain(c.to_string());
             }
             tools.restore(&tx.text())?;
@@ -238,6 +352,10 @@ impl Dataplane for Iptables {
     }
 
     fn cleanup(&mut self) -> Result<(), DataplaneError> {
-        self.remove_all().map_err(|e| DataplaneError::new("iptables", e))
+        self.remove_all()
+            .map_err(|e| DataplaneError::new("iptables", e))
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -35,7 +35,10 @@ pub enum Family {
 impl Family {
     /// Whether `ip` belongs to this family.
     pub fn has(self, ip: IpAddr) -> bool {
-        matches!((self, ip), (Family::V4, IpAddr::V4(_)) | (Family::V6, IpAddr::V6(_)))
+        matches!(
+            (self, ip),
+            (Family::V4, IpAddr::V4(_)) | (Family::V6, IpAddr::V6(_))
+        )
     }
 
     fn reject(self) -> &'static str {
@@ -104,9 +107,24 @@ impl Transaction {
                 .filter(|r| chains.iter().any(|c| r.starts_with(&format!("-A {c} "))))
                 .count()
         };
-        (base(&self.nat, &[chains::SERVICES, chains::NODEPORTS, chains::POSTROUTING, chains::MARK_MASQ, chains::MARK_DROP])
-            + base(&self.filter, &[chains::SERVICES, chains::EXTERNAL_SERVICES, chains::FORWARD, chains::FIREWALL]))
-            as u64
+        (base(
+            &self.nat,
+            &[
+                chains::SERVICES,
+                chains::NODEPORTS,
+                chains::POSTROUTING,
+                chains::MARK_MASQ,
+                chains::MARK_DROP,
+            ],
+        ) + base(
+            &self.filter,
+            &[
+                chains::SERVICES,
+                chains::EXTERNAL_SERVICES,
+                chains::FORWARD,
+                chains::FIREWALL,
+            ],
+        )) as u64
     }
 
     /// Deletes `chain` of the nat table.
@@ -135,10 +153,21 @@ impl Transaction {
     /// Starts a transaction that rewrites the base chains.
     pub fn new() -> Transaction {
         let mut t = Transaction::default();
-        for c in [chains::SERVICES, chains::NODEPORTS, chains::POSTROUTING, chains::MARK_MASQ, chains::MARK_DROP] {
+        for c in [
+            chains::SERVICES,
+            chains::NODEPORTS,
+            chains::POSTROUTING,
+            chains::MARK_MASQ,
+            chains::MARK_DROP,
+        ] {
             t.nat.declared.push(c.to_string());
         }
-        for c in [chains::SERVICES, chains::EXTERNAL_SERVICES, chains::FORWARD, chains::FIREWALL] {
+        for c in [
+            chains::SERVICES,
+            chains::EXTERNAL_SERVICES,
+            chains::FORWARD,
+            chains::FIREWALL,
+        ] {
             t.filter.declared.push(c.to_string());
         }
         let m = chains::MASQ_MARK;
@@ -157,7 +186,10 @@ impl Transaction {
         t.filter.rules.extend([
             format!("-A {} -m mark --mark {d}/{d} -j DROP", chains::FIREWALL),
             format!("-A {} -m mark --mark {m}/{m} -j ACCEPT", chains::FORWARD),
-            format!("-A {} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", chains::FORWARD),
+            format!(
+                "-A {} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+                chains::FORWARD
+            ),
         ]);
         t
     }
@@ -182,7 +214,12 @@ impl Transaction {
         write_chains: bool,
     ) -> BTreeSet<String> {
         let mut owned = BTreeSet::new();
-        let vips: Vec<IpAddr> = p.cluster_ips.iter().copied().filter(|ip| family.has(*ip)).collect();
+        let vips: Vec<IpAddr> = p
+            .cluster_ips
+            .iter()
+            .copied()
+            .filter(|ip| family.has(*ip))
+            .collect();
         // Each family's proxier handles the services that have a ClusterIP of its family.
         if vips.is_empty() {
             return owned;
@@ -190,24 +227,53 @@ impl Transaction {
         let name = &p.name;
         let proto = p.name.protocol.as_str();
         let comment = format!("-m comment --comment \"{name}\"");
-        let matching = |dst: &str, port: u16| format!("{comment} -d {dst} -p {proto} -m {proto} --dport {port}");
-        let cluster_eps: Vec<&Endpoint> = p.cluster_endpoints.iter().filter(|e| family.has(e.ip)).collect();
-        let external_eps: Vec<&Endpoint> = p.external_endpoints.iter().filter(|e| family.has(e.ip)).collect();
+        let matching = |dst: &str, port: u16| {
+            format!("{comment} -d {dst} -p {proto} -m {proto} --dport {port}")
+        };
+        let cluster_eps: Vec<&Endpoint> = p
+            .cluster_endpoints
+            .iter()
+            .filter(|e| family.has(e.ip))
+            .collect();
+        let external_eps: Vec<&Endpoint> = p
+            .external_endpoints
+            .iter()
+            .filter(|e| family.has(e.ip))
+            .collect();
 
         let svc = chains::svc(name);
         if !cluster_eps.is_empty() {
             owned.insert(svc.clone());
             for vip in &vips {
-                self.nat.rules.push(format!("-A {} {} -j {svc}", chains::SERVICES, matching(&host(*vip), p.port)));
+                self.nat.rules.push(format!(
+                    "-A {} {} -j {svc}",
+                    chains::SERVICES,
+                    matching(&host(*vip), p.port)
+                ));
             }
         } else {
             for vip in &vips {
-                self.filter.rules.push(format!("-A {} {} {}", chains::SERVICES, matching(&host(*vip), p.port), family.reject()));
+                self.filter.rules.push(format!(
+                    "-A {} {} {}",
+                    chains::SERVICES,
+                    matching(&host(*vip), p.port),
+                    family.reject()
+                ));
             }
         }
 
-        let ext_ips: Vec<IpAddr> = p.external_ips.iter().copied().filter(|ip| family.has(*ip)).collect();
-        let lb_ips: Vec<IpAddr> = p.load_balancer_ips.iter().copied().filter(|ip| family.has(*ip)).collect();
+        let ext_ips: Vec<IpAddr> = p
+            .external_ips
+            .iter()
+            .copied()
+            .filter(|ip| family.has(*ip))
+            .collect();
+        let lb_ips: Vec<IpAddr> = p
+            .load_balancer_ips
+            .iter()
+            .copied()
+            .filter(|ip| family.has(*ip))
+            .collect();
         let ranges: Vec<&IpNetwork> = p
             .load_balancer_source_ranges
             .iter()
@@ -227,14 +293,22 @@ impl Transaction {
             owned.insert(dispatch.clone());
             owned.insert(ext.clone());
             for ip in &ext_ips {
-                self.nat.rules.push(format!("-A {} {} -j {ext}", chains::SERVICES, matching(&host(*ip), p.port)));
+                self.nat.rules.push(format!(
+                    "-A {} {} -j {ext}",
+                    chains::SERVICES,
+                    matching(&host(*ip), p.port)
+                ));
             }
             let lb_target = if ranges.is_empty() { &ext } else { &fw };
             if !ranges.is_empty() && !lb_ips.is_empty() {
                 owned.insert(fw.clone());
             }
             for ip in &lb_ips {
-                self.nat.rules.push(format!("-A {} {} -j {lb_target}", chains::SERVICES, matching(&host(*ip), p.port)));
+                self.nat.rules.push(format!(
+                    "-A {} {} -j {lb_target}",
+                    chains::SERVICES,
+                    matching(&host(*ip), p.port)
+                ));
             }
             if let Some(np) = p.node_port {
                 self.nat.rules.push(format!(
@@ -274,10 +348,20 @@ impl Transaction {
             if dispatch != &svc {
                 self.dispatch(dispatch, p, &external_eps, &mut owned);
             }
-            self.external_entry(&ext, dispatch, &svc, !cluster_eps.is_empty(), p, family, opts);
+            self.external_entry(
+                &ext,
+                dispatch,
+                &svc,
+                !cluster_eps.is_empty(),
+                p,
+                family,
+                opts,
+            );
             if owned.contains(&fw) {
                 for r in &ranges {
-                    self.nat.rules.push(format!("-A {fw} {comment} -s {r} -j {ext}"));
+                    self.nat
+                        .rules
+                        .push(format!("-A {fw} {comment} -s {r} -j {ext}"));
                 }
                 self.nat.rules.push(format!(
                     "-A {fw} -m comment --comment \"{name} loadbalancer IP: other sources\" -j {}",
@@ -288,16 +372,27 @@ impl Transaction {
         owned
     }
 
-    fn masquerade_cluster_traffic(&mut self, svc: &str, vips: &[IpAddr], p: &ServicePort, family: Family, opts: &RuleOptions) {
+    fn masquerade_cluster_traffic(
+        &mut self,
+        svc: &str,
+        vips: &[IpAddr],
+        p: &ServicePort,
+        family: Family,
+        opts: &RuleOptions,
+    ) {
         let proto = p.name.protocol.as_str();
         for vip in vips {
             let m = format!("-d {} -p {proto} -m {proto} --dport {}", host(*vip), p.port);
             if opts.masquerade_all {
-                self.nat.rules.push(format!("-A {svc} {m} -j {}", chains::MARK_MASQ));
+                self.nat
+                    .rules
+                    .push(format!("-A {svc} {m} -j {}", chains::MARK_MASQ));
                 continue;
             }
             for cidr in opts.cluster_cidrs.iter().filter(|c| family.has(c.ip())) {
-                self.nat.rules.push(format!("-A {svc} ! -s {cidr} {m} -j {}", chains::MARK_MASQ));
+                self.nat
+                    .rules
+                    .push(format!("-A {svc} ! -s {cidr} {m} -j {}", chains::MARK_MASQ));
             }
         }
     }
@@ -318,7 +413,9 @@ impl Transaction {
     ) {
         match p.external_policy {
             TrafficPolicy::Cluster => {
-                self.nat.rules.push(format!("-A {ext} -j {}", chains::MARK_MASQ));
+                self.nat
+                    .rules
+                    .push(format!("-A {ext} -j {}", chains::MARK_MASQ));
                 self.nat.rules.push(format!("-A {ext} -j {dispatch}"));
             }
             TrafficPolicy::Local => {
@@ -329,8 +426,13 @@ impl Transaction {
                             p.name
                         ));
                     }
-                    self.nat.rules.push(format!("-A {ext} -m addrtype --src-type LOCAL -j {}", chains::MARK_MASQ));
-                    self.nat.rules.push(format!("-A {ext} -m addrtype --src-type LOCAL -j {svc}"));
+                    self.nat.rules.push(format!(
+                        "-A {ext} -m addrtype --src-type LOCAL -j {}",
+                        chains::MARK_MASQ
+                    ));
+                    self.nat
+                        .rules
+                        .push(format!("-A {ext} -m addrtype --src-type LOCAL -j {svc}"));
                 }
                 self.nat.rules.push(format!("-A {ext} -j {dispatch}"));
             }
@@ -339,7 +441,13 @@ impl Transaction {
 
     /// A dispatch chain: affinity checks first, then random spreading where
     /// rule i of n matches with probability 1/(n-i), so each endpoint gets 1/n.
-    fn dispatch(&mut self, chain: &str, p: &ServicePort, eps: &[&Endpoint], owned: &mut BTreeSet<String>) {
+    fn dispatch(
+        &mut self,
+        chain: &str,
+        p: &ServicePort,
+        eps: &[&Endpoint],
+        owned: &mut BTreeSet<String>,
+    ) {
         let seps: Vec<String> = eps.iter().map(|e| chains::sep(&p.name, e)).collect();
         if let Some(timeout) = p.affinity_timeout_secs {
             for sep in &seps {
@@ -372,9 +480,16 @@ impl Transaction {
         let proto = p.name.protocol.as_str();
         // Hairpin: a backend reaching itself through the service must see the
         // node as the source, or its reply would bypass the reverse NAT.
-        self.nat.rules.push(format!("-A {sep} -s {} -j {}", host(ep.ip), chains::MARK_MASQ));
+        self.nat.rules.push(format!(
+            "-A {sep} -s {} -j {}",
+            host(ep.ip),
+            chains::MARK_MASQ
+        ));
         let recent = if p.affinity_timeout_secs.is_some() {
-            format!(" -m recent --name {sep} --mask {} --rsource --set", full_mask(eps))
+            format!(
+                " -m recent --name {sep} --mask {} --rsource --set",
+                full_mask(eps)
+            )
         } else {
             String::new()
         };

@@ -171,7 +171,8 @@ fn service_ports(svc: &Service, slices: &[&EndpointSlice], node: &NodeInfo) -> V
     let name = svc.metadata.name.clone().unwrap_or_default();
     let mut out = Vec::new();
     for p in spec.ports.iter().flatten() {
-        let (Some(protocol), Ok(port)) = (parse_protocol(p.protocol.as_deref()), u16::try_from(p.port))
+        let (Some(protocol), Ok(port)) =
+            (parse_protocol(p.protocol.as_deref()), u16::try_from(p.port))
         else {
             continue;
         };

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
-use ipnetwork::IpNetwork;
+pub use ipnetwork::IpNetwork;
 
 pub use build::{build, node_info, BuildInput, SERVICE_NAME_LABEL, ZONE_LABEL};
 pub use diff::{diff, Changes};

@@ -117,7 +117,11 @@ fn clusterip_service_gets_ports_ips_and_ready_endpoints() {
     assert_eq!(http.affinity_timeout_secs, None);
     assert!(!http.externally_accessible());
     // The UDP port has no slice port of its name: no endpoints.
-    let dns = m.ports.values().find(|p| p.name.protocol == Protocol::Udp).unwrap();
+    let dns = m
+        .ports
+        .values()
+        .find(|p| p.name.protocol == Protocol::Udp)
+        .unwrap();
     assert!(dns.endpoints.is_empty() && !dns.has_endpoints());
 }
 
@@ -128,12 +132,17 @@ fn headless_and_external_name_services_are_not_proxied() {
         "e",
         json!({"type": "ExternalName", "externalName": "example.org", "ports": [{"port": 80}]}),
     );
-    assert!(map(&[headless, ext], &[], &node("n1", None)).ports.is_empty());
+    assert!(map(&[headless, ext], &[], &node("n1", None))
+        .ports
+        .is_empty());
 }
 
 #[test]
 fn terminating_endpoints_are_used_only_when_nothing_is_ready() {
-    let svc = service("web", json!({"clusterIP": "10.96.0.10", "ports": [{"port": 80}]}));
+    let svc = service(
+        "web",
+        json!({"clusterIP": "10.96.0.10", "ports": [{"port": 80}]}),
+    );
     let serving_terminating = (false, true, true);
     let not_serving_terminating = (false, false, true);
     let with_ready = slice(
@@ -234,16 +243,27 @@ fn prefer_close_uses_zone_hints_only_when_complete() {
         )
     };
     let zone_a = node("n1", Some("a"));
-    let m = map(std::slice::from_ref(&svc), &[hinted(&["a"], &["b"])], &zone_a);
+    let m = map(
+        std::slice::from_ref(&svc),
+        &[hinted(&["a"], &["b"])],
+        &zone_a,
+    );
     assert_eq!(ips(&only(&m).cluster_endpoints), ["10.244.0.2"]);
     // One endpoint without hints: topology is ignored.
     let m = map(std::slice::from_ref(&svc), &[hinted(&["a"], &[])], &zone_a);
     assert_eq!(only(&m).cluster_endpoints.len(), 2);
     // No endpoint hinted for our zone: do not black-hole it.
-    let m = map(std::slice::from_ref(&svc), &[hinted(&["b"], &["b"])], &zone_a);
+    let m = map(
+        std::slice::from_ref(&svc),
+        &[hinted(&["b"], &["b"])],
+        &zone_a,
+    );
     assert_eq!(only(&m).cluster_endpoints.len(), 2);
     // Without PreferClose hints are ignored.
-    let plain = service("web", json!({"clusterIP": "10.96.0.10", "ports": [{"port": 80}]}));
+    let plain = service(
+        "web",
+        json!({"clusterIP": "10.96.0.10", "ports": [{"port": 80}]}),
+    );
     let m = map(&[plain], &[hinted(&["a"], &["b"])], &zone_a);
     assert_eq!(only(&m).cluster_endpoints.len(), 2);
 }
@@ -265,24 +285,35 @@ fn affinity_external_addresses_and_source_ranges_are_read() {
     let m = map(&[svc.clone()], &[], &node("n1", None));
     let p = only(&m);
     assert_eq!(p.affinity_timeout_secs, Some(DEFAULT_AFFINITY_TIMEOUT_SECS));
-    assert_eq!(p.load_balancer_ips, ["203.0.113.7".parse::<IpAddr>().unwrap()]);
+    assert_eq!(
+        p.load_balancer_ips,
+        ["203.0.113.7".parse::<IpAddr>().unwrap()]
+    );
     assert_eq!(p.external_ips, ["192.0.2.10".parse::<IpAddr>().unwrap()]);
     assert_eq!(p.load_balancer_source_ranges.len(), 2);
     assert_eq!(p.service_ips().count(), 3);
     assert!(p.externally_accessible());
 
     let spec = svc.spec.as_mut().unwrap();
-    spec.session_affinity_config = Some(
-        serde_json::from_value(json!({"clientIP": {"timeoutSeconds": 60}})).unwrap(),
-    );
+    spec.session_affinity_config =
+        Some(serde_json::from_value(json!({"clientIP": {"timeoutSeconds": 60}})).unwrap());
     let m = map(&[svc], &[], &node("n1", None));
     assert_eq!(only(&m).affinity_timeout_secs, Some(60));
 }
 
 #[test]
 fn duplicate_addresses_across_slices_keep_the_ready_copy() {
-    let svc = service("web", json!({"clusterIP": "10.96.0.10", "ports": [{"port": 80}]}));
-    let a = slice("web", "IPv4", "", 80, &[ep("10.244.0.2", "n1", (false, false, true))]);
+    let svc = service(
+        "web",
+        json!({"clusterIP": "10.96.0.10", "ports": [{"port": 80}]}),
+    );
+    let a = slice(
+        "web",
+        "IPv4",
+        "",
+        80,
+        &[ep("10.244.0.2", "n1", (false, false, true))],
+    );
     let mut b = slice("web", "IPv4", "", 80, &[ep("10.244.0.2", "n1", READY)]);
     b.metadata.name = Some("web-2".into());
     let m = map(&[svc], &[a, b], &node("n1", None));
@@ -292,7 +323,12 @@ fn duplicate_addresses_across_slices_keep_the_ready_copy() {
 
 #[test]
 fn diff_reports_only_changed_ports_and_stale_endpoints() {
-    let svc = |n: &str| service(n, json!({"clusterIP": "10.96.0.10", "ports": [{"port": 53, "protocol": "UDP", "name": "dns"}]}));
+    let svc = |n: &str| {
+        service(
+            n,
+            json!({"clusterIP": "10.96.0.10", "ports": [{"port": 53, "protocol": "UDP", "name": "dns"}]}),
+        )
+    };
     let udp_slice = |n: &str, eps: &[Ep<'_>]| {
         let mut s = slice(n, "IPv4", "dns", 5353, eps);
         s.ports.as_mut().unwrap()[0].protocol = Some("UDP".into());
@@ -302,7 +338,10 @@ fn diff_reports_only_changed_ports_and_stale_endpoints() {
     let old = map(
         &[svc("a"), svc("b"), svc("c")],
         &[
-            udp_slice("a", &[ep("10.244.0.2", "n1", READY), ep("10.244.0.3", "n1", READY)]),
+            udp_slice(
+                "a",
+                &[ep("10.244.0.2", "n1", READY), ep("10.244.0.3", "n1", READY)],
+            ),
             udp_slice("b", &[ep("10.244.0.4", "n1", READY)]),
         ],
         &n1,
@@ -318,12 +357,22 @@ fn diff_reports_only_changed_ports_and_stale_endpoints() {
     );
     let ch = diff(&old, &new);
     assert!(!ch.full);
-    let names = |s: &BTreeSet<ServicePortName>| s.iter().map(|n| n.name.clone()).collect::<Vec<_>>();
+    let names =
+        |s: &BTreeSet<ServicePortName>| s.iter().map(|n| n.name.clone()).collect::<Vec<_>>();
     use std::collections::BTreeSet;
     assert_eq!(names(&ch.updated), ["a", "d"]);
-    assert_eq!(ch.removed.keys().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["c"]);
+    assert_eq!(
+        ch.removed
+            .keys()
+            .map(|n| n.name.as_str())
+            .collect::<Vec<_>>(),
+        ["c"]
+    );
     assert_eq!(ch.stale_endpoints.len(), 1);
-    assert_eq!(ips(ch.stale_endpoints.values().next().unwrap()), ["10.244.0.3"]);
+    assert_eq!(
+        ips(ch.stale_endpoints.values().next().unwrap()),
+        ["10.244.0.3"]
+    );
     assert_eq!(names(&ch.newly_served), ["d"]);
     assert!(diff(&new, &new).is_empty());
     // The same objects seen from another node: a full rewrite.

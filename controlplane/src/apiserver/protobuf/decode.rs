@@ -80,7 +80,8 @@ impl Decoder<'_> {
                 };
                 let packed = wire == WireType::Len && matches!(field.ty, Type::Int32 | Type::Int64);
                 if packed {
-                    let mut inner = Reader::new(reader.len_delimited().map_err(ProtobufError::wire)?);
+                    let mut inner =
+                        Reader::new(reader.len_delimited().map_err(ProtobufError::wire)?);
                     while !inner.is_empty() {
                         items.push(self.value(field.ty, WireType::Varint, &mut inner, depth)?);
                     }
@@ -212,7 +213,12 @@ fn is_zero_scalar(ty: Type, value: &Value) -> bool {
 /// The JSON form of a special message from its decoded fields.
 fn special_form(special: Special, obj: Map<String, Value>) -> Result<Value, ProtobufError> {
     let int = |key: &str| obj.get(key).and_then(Value::as_i64).unwrap_or(0);
-    let string = |key: &str| obj.get(key).and_then(Value::as_str).unwrap_or("").to_string();
+    let string = |key: &str| {
+        obj.get(key)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
     Ok(match special {
         // An empty Time is Go's zero time, which JSON writes as null.
         Special::Time | Special::MicroTime if obj.is_empty() => Value::Null,

@@ -141,7 +141,9 @@ pub fn decode_object(body: &[u8]) -> Result<Value, ProtobufError> {
         decode::message(schema, index, env.raw)?
     };
     let Value::Object(map) = &mut obj else {
-        return Err(ProtobufError::Invalid("the raw object is not an object".into()));
+        return Err(ProtobufError::Invalid(
+            "the raw object is not an object".into(),
+        ));
     };
     for (key, value) in [("apiVersion", env.api_version), ("kind", env.kind)] {
         if !value.is_empty() {

@@ -214,9 +214,7 @@ fn special(name: &str) -> Option<Special> {
         }
         (META_V1, "Verbs") | (_, "ExtraValue") => Some(Special::StringList),
         ("apimachinery.pkg.util.intstr", "IntOrString") => Some(Special::IntOrString),
-        ("apimachinery.pkg.api.resource", "Quantity" | "QuantityValue") => {
-            Some(Special::Quantity)
-        }
+        ("apimachinery.pkg.api.resource", "Quantity" | "QuantityValue") => Some(Special::Quantity),
         (p, "JSON") if p.starts_with("apiextensions_apiserver.") => Some(Special::RawJson),
         _ => None,
     }

@@ -74,7 +74,9 @@ fn embedded_schema_loads() {
     let schema = Schema::get();
     let pod = schema.kind("v1", "Pod").expect("v1 Pod");
     assert_eq!(schema.messages[pod].name, "api.core.v1.Pod");
-    let deploy = schema.kind("apps/v1", "Deployment").expect("apps/v1 Deployment");
+    let deploy = schema
+        .kind("apps/v1", "Deployment")
+        .expect("apps/v1 Deployment");
     assert_eq!(schema.messages[deploy].name, "api.apps.v1.Deployment");
     // Kinds without a Resource impl: by package, then meta/v1.
     let scale = schema.kind("autoscaling/v1", "Scale").expect("Scale");
@@ -119,7 +121,10 @@ fn secret_bytes_are_base64() {
         s(3, "Opaque"),
     ]);
     let obj = decode_object(&envelope("v1", "Secret", &raw)).unwrap();
-    assert_eq!(obj["data"], json!({"password": "aHVudGVyMg==", "bin": "AP8B"}));
+    assert_eq!(
+        obj["data"],
+        json!({"password": "aHVudGVyMg==", "bin": "AP8B"})
+    );
     assert_eq!(obj["type"], "Opaque");
     // The Go bool `immutable` is a pointer: absent stays absent...
     assert!(obj.get("immutable").is_none());
@@ -197,7 +202,10 @@ fn deployment_nested_repeated_messages_and_pointer_zero() {
     // value field) at 0 is Go's "unset" and disappears.
     assert_eq!(obj["spec"]["replicas"], json!(0));
     assert!(obj["spec"].get("minReadySeconds").is_none());
-    assert_eq!(obj["spec"]["selector"], json!({"matchLabels": {"app": "api"}}));
+    assert_eq!(
+        obj["spec"]["selector"],
+        json!({"matchLabels": {"app": "api"}})
+    );
     assert_eq!(obj["spec"]["strategy"], json!({}));
     assert_eq!(
         obj["spec"]["template"],
@@ -218,7 +226,10 @@ fn times_and_negative_ints() {
     // deletionTimestamp 2024-01-02T03:04:05Z, deletionGracePeriodSeconds -1.
     let meta = object_meta(
         "gone",
-        &[len(9, &cat(&[int(1, 1_704_164_645), int(2, 0)])), int(10, -1)],
+        &[
+            len(9, &cat(&[int(1, 1_704_164_645), int(2, 0)])),
+            int(10, -1),
+        ],
     );
     let obj = decode_object(&envelope("v1", "Pod", &len(1, &meta))).unwrap();
     assert_eq!(obj["metadata"]["deletionTimestamp"], "2024-01-02T03:04:05Z");
@@ -301,7 +312,10 @@ fn malformed_input_is_an_error_not_a_panic() {
         Err(ProtobufError::NoMagic)
     ));
     let truncated = decode_object(&good[..good.len() - 1]).unwrap_err();
-    assert!(matches!(truncated, ProtobufError::Wire { .. }), "{truncated}");
+    assert!(
+        matches!(truncated, ProtobufError::Wire { .. }),
+        "{truncated}"
+    );
     // A string field sent as a varint names the field.
     let raw = len(1, &int(1, 5));
     let err = decode_object(&envelope("v1", "ConfigMap", &raw)).unwrap_err();
@@ -327,7 +341,10 @@ fn hostile_nesting_is_bounded() {
     let validation = len(1, &props);
     let version = cat(&[s(1, "v1"), len(4, &validation)]);
     let spec = cat(&[s(1, "example.com"), len(7, &version)]);
-    let raw = cat(&[len(1, &object_meta("widgets.example.com", &[])), len(2, &spec)]);
+    let raw = cat(&[
+        len(1, &object_meta("widgets.example.com", &[])),
+        len(2, &spec),
+    ]);
     let err = decode_object(&envelope(
         "apiextensions.k8s.io/v1",
         "CustomResourceDefinition",

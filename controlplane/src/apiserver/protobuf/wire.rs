@@ -107,10 +107,7 @@ impl<'a> Reader<'a> {
 
     /// Eight little-endian bytes.
     pub fn fixed64(&mut self) -> Result<u64, WireError> {
-        let bytes: [u8; 8] = self
-            .take(8)?
-            .try_into()
-            .map_err(|_| WireError::Truncated)?;
+        let bytes: [u8; 8] = self.take(8)?.try_into().map_err(|_| WireError::Truncated)?;
         Ok(u64::from_le_bytes(bytes))
     }
 

@@ -1,0 +1,190 @@
+//! `skiff proxy` against a lab node, and the API objects the proxy tests
+//! create (Services without selectors plus hand-written EndpointSlices: no
+//! node agent runs, so nothing else makes endpoints).
+//!
+//! Test files using this module also declare `mod common;` (the TestServer).
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::sockets::{eventually, http_get};
+use super::{Node, CLUSTER_CIDR};
+use crate::common::TestServer;
+
+/// Where the proxy serves /healthz and /metrics inside the node namespace.
+pub const HEALTHZ: &str = "127.0.0.1:10256";
+
+/// A running `skiff proxy`, killed by its PID on drop (its log printed on panic).
+pub struct ProxyProcess {
+    child: Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl ProxyProcess {
+    /// Starts `skiff proxy --mode <mode>` for `node` and waits for its first sync.
+    pub fn start(server: &TestServer, node: &Node, mode: &str) -> ProxyProcess {
+        let dir = tempfile::Builder::new()
+            .prefix("skiff-proxy-")
+            .tempdir()
+            .expect("temp dir");
+        let log = dir.path().join("proxy.log");
+        let out = File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .args(["proxy", "--kubeconfig"])
+            .arg(server.kubeconfig())
+            .args(["--mode", mode, "--node-name", &node.name, "--netns"])
+            .arg(node.ns.path())
+            .args(["--healthz-listen", HEALTHZ, "--metrics-listen", HEALTHZ])
+            .args(["--cluster-cidr", CLUSTER_CIDR, "--sync-period-secs", "10"])
+            .env("SKIFF_LOG", "info,skiff_proxy=debug")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("start skiff proxy");
+        let proxy = ProxyProcess {
+            child,
+            log,
+            _dir: dir,
+        };
+        let addr: SocketAddr = HEALTHZ.parse().expect("address");
+        eventually(
+            Duration::from_secs(30),
+            "the proxy's first sync (/healthz 200)",
+            || {
+                http_get(&node.ns, addr, "/healthz")
+                    .ok()
+                    .filter(|(status, _)| *status == 200)
+            },
+        );
+        proxy
+    }
+
+    /// What the proxy logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `/metrics` as seen inside the node.
+    pub fn metrics(node: &Node) -> String {
+        http_get(&node.ns, HEALTHZ.parse().expect("address"), "/metrics")
+            .expect("GET /metrics")
+            .1
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- skiff proxy log\n{}", self.log());
+        }
+    }
+}
+
+/// Creates or updates objects with `kubectl apply`.
+pub fn apply(server: &TestServer, object: &Value) {
+    server.kubectl_stdin_ok(&["apply", "-f", "-"], &object.to_string());
+}
+
+/// One endpoint of a hand-written EndpointSlice.
+#[derive(Debug, Clone)]
+pub struct Ep {
+    /// Pod address.
+    pub ip: String,
+    /// Node name.
+    pub node: String,
+    /// conditions.ready.
+    pub ready: bool,
+    /// conditions.serving.
+    pub serving: bool,
+    /// conditions.terminating.
+    pub terminating: bool,
+}
+
+impl Ep {
+    /// A ready endpoint.
+    pub fn ready(ip: impl ToString, node: &str) -> Ep {
+        Ep {
+            ip: ip.to_string(),
+            node: node.to_string(),
+            ready: true,
+            serving: true,
+            terminating: false,
+        }
+    }
+
+    /// A terminating endpoint that still serves (or not).
+    pub fn terminating(ip: impl ToString, node: &str, serving: bool) -> Ep {
+        Ep {
+            ip: ip.to_string(),
+            node: node.to_string(),
+            ready: false,
+            serving,
+            terminating: true,
+        }
+    }
+}
+
+/// A Service without a selector in `default`. `ports`: (name, protocol, port,
+/// nodePort); `extra` is merged into the spec.
+pub fn service(
+    name: &str,
+    cluster_ip: &str,
+    ports: &[(&str, &str, u16, Option<u16>)],
+    extra: Value,
+) -> Value {
+    let ports: Vec<Value> = ports
+        .iter()
+        .map(|(pname, proto, port, node_port)| {
+            let mut p = json!({"name": pname, "protocol": proto, "port": port});
+            if let Some(np) = node_port {
+                p["nodePort"] = json!(np);
+            }
+            p
+        })
+        .collect();
+    let mut spec = json!({"clusterIP": cluster_ip, "clusterIPs": [cluster_ip], "ports": ports});
+    if let (Some(spec), Value::Object(extra)) = (spec.as_object_mut(), extra) {
+        spec.extend(extra);
+    }
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": spec,
+    })
+}
+
+/// An IPv4 EndpointSlice for `service`. `ports`: (name, protocol, target port).
+pub fn endpoint_slice(service: &str, ports: &[(&str, &str, u16)], eps: &[Ep]) -> Value {
+    let ports: Vec<Value> = ports
+        .iter()
+        .map(|(n, proto, port)| json!({"name": n, "protocol": proto, "port": port}))
+        .collect();
+    let endpoints: Vec<Value> = eps
+        .iter()
+        .map(|e| {
+            json!({
+                "addresses": [e.ip],
+                "nodeName": e.node,
+                "conditions": {"ready": e.ready, "serving": e.serving, "terminating": e.terminating},
+            })
+        })
+        .collect();
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": format!("{service}-manual"), "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "ports": ports,
+        "endpoints": endpoints,
+    })
+}
