@@ -108,6 +108,59 @@ async fn pulls_from_local_registry_and_serves_if_not_present_from_cache() {
 }
 
 #[tokio::test]
+async fn always_policy_follows_a_moved_tag_if_not_present_keeps_the_cache() {
+    let dir = tmp("always");
+    let registry = Registry::start();
+    let reference = push_busybox(dir.path(), &registry, &[]);
+    let store =
+        ImageStore::open(dir.path().join("images"), vec![registry.host()]).expect("open store");
+    let first = store
+        .ensure(&reference, PullPolicy::Always, &[])
+        .await
+        .expect("pull");
+
+    // Move the tag to another image.
+    let files = dir.path().join("v2");
+    write_file(&files.join("version"), "2");
+    let layer = tar_dir(&files, dir.path());
+    let v2 = dir.path().join("v2.tar");
+    write_image(
+        dir.path(),
+        "localhost/v2:latest",
+        &["cat", "/version"],
+        &[layer],
+        ArchiveFormat::Oci,
+        &v2,
+    );
+    skiff_image_ok(&["push", v2.to_str().unwrap(), &reference, "--insecure"]);
+
+    let cached = store
+        .ensure(&reference, PullPolicy::IfNotPresent, &[])
+        .await
+        .expect("cached");
+    assert_eq!(
+        cached.id, first.id,
+        "IfNotPresent must not re-resolve the tag"
+    );
+    let moved = store
+        .ensure(&reference, PullPolicy::Always, &[])
+        .await
+        .expect("re-pull");
+    assert_ne!(moved.id, first.id, "Always must follow the tag");
+    assert_eq!(
+        moved.config.cmd,
+        vec!["cat".to_string(), "/version".to_string()]
+    );
+    assert_ne!(moved.repo_digest, first.repo_digest);
+    // The old image stays reachable by its digest.
+    let old = store
+        .ensure(&first.repo_digest, PullPolicy::Never, &[])
+        .await
+        .expect("old image by digest");
+    assert_eq!(old.id, first.id);
+}
+
+#[tokio::test]
 async fn never_policy_without_the_image_is_err_image_never_pull() {
     let dir = tmp("never");
     let store = ImageStore::open(dir.path().join("images"), vec![]).expect("open store");
@@ -308,22 +361,8 @@ async fn whiteouts_of_an_upper_layer_hide_lower_files_in_the_rootfs() {
     let layers: Vec<Vec<u8>> = [&l1, &l2].iter().map(|d| tar_dir(d, dir.path())).collect();
     for format in [ArchiveFormat::Oci, ArchiveFormat::Docker] {
         let name = format!("localhost/whiteout:{format:?}").to_lowercase();
-        let config = serde_json::json!({
-            "architecture": "amd64", "os": "linux",
-            "config": { "Cmd": ["sh"] },
-            "rootfs": { "type": "layers", "diff_ids": layers.iter().map(|l| sha256(l, dir.path())).collect::<Vec<_>>() },
-        });
         let archive = dir.path().join(format!("whiteout-{format:?}.tar"));
-        write_archive(
-            &ArchiveImage {
-                name: name.clone(),
-                config: serde_json::to_vec(&config).unwrap(),
-                layers: layers.clone(),
-            },
-            format,
-            &archive,
-        )
-        .expect("write archive");
+        write_image(dir.path(), &name, &["sh"], &layers, format, &archive);
         let store = ImageStore::open(dir.path().join("images"), vec![]).expect("open store");
         store.import(&archive, None).expect("import");
         let image = store
@@ -421,6 +460,33 @@ async fn overlay_rootfs_runs_busybox_and_writes_stay_in_the_container() {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(root1.to_str().unwrap()), "still mounted");
     assert!(mounts.contains(root2.to_str().unwrap()), "c2 unaffected");
+}
+
+/// Writes an image of `layers` (uncompressed tars) with `Cmd` `cmd` as an archive.
+fn write_image(
+    scratch: &Path,
+    name: &str,
+    cmd: &[&str],
+    layers: &[Vec<u8>],
+    format: ArchiveFormat,
+    out: &Path,
+) {
+    let diff_ids: Vec<String> = layers.iter().map(|l| sha256(l, scratch)).collect();
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": { "Cmd": cmd },
+        "rootfs": { "type": "layers", "diff_ids": diff_ids },
+    });
+    write_archive(
+        &ArchiveImage {
+            name: name.to_string(),
+            config: serde_json::to_vec(&config).unwrap(),
+            layers: layers.to_vec(),
+        },
+        format,
+        out,
+    )
+    .expect("write archive");
 }
 
 fn chroot(root: &Path, argv: &[&str]) -> String {

@@ -25,7 +25,6 @@ use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
 use skiff_bench::https::ApiClient;
 use skiff_bench::process::{free_port, memory, ChildGuard};
-use tempfile::TempDir;
 use tokio::task::JoinSet;
 
 /// CoreDNS's published figure: ≈ 33.7k qps on 2 vCPUs.

@@ -389,6 +389,26 @@ fn measure(
     Ok(f)
 }
 
+fn report(name: &str, f: &Figures, args: &Args) {
+    println!(
+        "{name:>8}: ClusterIP with 1 service p50 {} ms; requests/s ClusterIP {:.0} vs pod IP {:.0} (ratio {:.3})",
+        ms(f.one_p50),
+        f.rps_vip,
+        f.rps_direct,
+        f.rps_vip / f.rps_direct
+    );
+    for (count, (full, change, lat)) in &f.sizes {
+        println!(
+            "{name:>8}: {count} services x {}: full sync {} ms, one endpoint change p50 {} ms, ClusterIP p50 {} ms (x{:.2} of 1 service)",
+            args.endpoints,
+            ms(*full),
+            ms(*change),
+            ms(*lat),
+            ratio(*lat, f.one_p50)
+        );
+    }
+}
+
 fn ratio(a: Duration, b: Duration) -> f64 {
     a.as_secs_f64() / b.as_secs_f64()
 }
@@ -406,27 +426,9 @@ fn main() -> Result<()> {
     let ebpf = measure(&lab, &args, || Ok(Box::new(lab.ebpf()?)), usize::MAX);
     lab.enter_cgroup(false)?;
     let ebpf = ebpf?;
+    report("ebpf", &ebpf, &args);
     let ipt = measure(&lab, &args, || lab.iptables(), args.iptables_max)?;
-
-    for (name, f) in [("ebpf", &ebpf), ("iptables", &ipt)] {
-        println!(
-            "{name:>8}: ClusterIP with 1 service p50 {} ms; requests/s ClusterIP {:.0} vs pod IP {:.0} (ratio {:.3})",
-            ms(f.one_p50),
-            f.rps_vip,
-            f.rps_direct,
-            f.rps_vip / f.rps_direct
-        );
-        for (count, (full, change, lat)) in &f.sizes {
-            println!(
-                "{name:>8}: {count} services x {}: full sync {} ms, one endpoint change p50 {} ms, ClusterIP p50 {} ms (x{:.2} of 1 service)",
-                args.endpoints,
-                ms(*full),
-                ms(*change),
-                ms(*lat),
-                ratio(*lat, f.one_p50)
-            );
-        }
-    }
+    report("iptables", &ipt, &args);
     for (count, (efull, echange, elat)) in &ebpf.sizes {
         if let Some((ifull, ichange, ilat)) = ipt.sizes.get(count) {
             println!(

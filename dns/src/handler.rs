@@ -17,7 +17,7 @@ use hickory_server::zone_handler::MessageResponseBuilder;
 
 use crate::cache::{Answer, Cache};
 use crate::index::{Index, Resolution};
-use crate::metrics::{Metrics, QueryLabels};
+use crate::metrics::{Metrics, QType, QueryLabels, Rcode};
 use crate::upstream::Upstreams;
 
 /// Largest UDP payload we answer with, whatever the client advertises
@@ -222,16 +222,12 @@ impl RequestHandler for Handler {
                 })
             }
         };
-        let qtype = request
-            .queries
-            .queries()
-            .first()
-            .map_or_else(|| "none".to_string(), |q| q.query_type().to_string());
+        let qtype = request.queries.queries().first().map(|q| q.query_type());
         self.metrics
             .queries
             .get_or_create(&QueryLabels {
-                qtype,
-                rcode: format!("{:?}", info.response_code),
+                qtype: QType(qtype),
+                rcode: Rcode(info.response_code),
             })
             .inc();
         self.metrics.latency.observe(start.elapsed().as_secs_f64());

@@ -7,7 +7,11 @@ use std::sync::Arc;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use prometheus_client::encoding::EncodeLabelSet;
+use std::fmt::Write as _;
+
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
@@ -24,13 +28,37 @@ pub enum MetricsError {
     },
 }
 
-/// Labels of the query counter.
+/// Labels of the query counter. Kept as the DNS types themselves (no
+/// strings) so counting a query allocates nothing.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueryLabels {
     /// Question type (`A`, `SRV`, …).
-    pub qtype: String,
+    pub qtype: QType,
     /// Response code (`NoError`, `NXDomain`, …).
-    pub rcode: String,
+    pub rcode: Rcode,
+}
+
+/// A question type as a label value (`A`, `SRV`, `none` without a question).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub struct QType(pub Option<RecordType>);
+
+/// A response code as a label value (`NoError`, `NXDomain`, …).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub struct Rcode(pub ResponseCode);
+
+impl EncodeLabelValue for QType {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        match self.0 {
+            Some(t) => write!(encoder, "{t}"),
+            None => encoder.write_str("none"),
+        }
+    }
+}
+
+impl EncodeLabelValue for Rcode {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        write!(encoder, "{:?}", self.0)
+    }
 }
 
 /// Every metric the server updates.

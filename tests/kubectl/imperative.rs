@@ -191,4 +191,40 @@ pub fn imperative_create_commands(store: StoreKind) {
         run(&["get", "sa", "robot", "-o", "jsonpath={.metadata.name}"]),
         "robot"
     );
+
+    // Protobuf bodies that cannot be read are Status errors, never a crash:
+    // garbage after the magic is a 400, a kind without a schema a 415.
+    const PROTOBUF: &str = "application/vnd.kubernetes.protobuf";
+    let path = "/api/v1/namespaces/team-a/configmaps";
+    let garbage = [b"k8s\0".as_slice(), &[0x0a, 0xff, 0xff, 0x01]].concat();
+    let status = server
+        .request("POST", path, Some(PROTOBUF), Some(&garbage))
+        .expect_status(400, "BadRequest");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("protobuf"),
+        "{status}"
+    );
+    // runtime.Unknown{typeMeta{apiVersion "example.com/v1", kind "Widget"}}.
+    let type_meta = [b"\x0a\x0eexample.com/v1".as_slice(), b"\x12\x06Widget"].concat();
+    let unknown = [
+        b"k8s\0".as_slice(),
+        &[0x0a, type_meta.len() as u8],
+        &type_meta,
+    ]
+    .concat();
+    let status = server
+        .request("POST", path, Some(PROTOBUF), Some(&unknown))
+        .expect_status(415, "UnsupportedMediaType");
+    assert!(
+        status["message"].as_str().unwrap_or("").contains("Widget"),
+        "{status}"
+    );
+    // The server is still there.
+    assert_eq!(
+        run(&["get", "cm", "settings", "-o", "name"]),
+        "configmap/settings"
+    );
 }

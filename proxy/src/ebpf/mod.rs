@@ -46,11 +46,12 @@ pub struct EbpfConfig {
 
 impl EbpfConfig {
     /// The default layout for `node`: pins under /sys/fs/bpf/skiff/<node>,
-    /// programs on the cgroup `skiff/<node>` below the cgroup v2 root.
+    /// programs on the cgroup `skiff/<node>` below the cgroup v2 root
+    /// (created here; the agent moves the node's pods into it).
     pub fn for_node(node: &str) -> Result<EbpfConfig, EbpfError> {
         Ok(EbpfConfig {
             pin_dir: Path::new("/sys/fs/bpf/skiff").join(node),
-            cgroup: cgroup2_mount()?.join("skiff").join(node),
+            cgroup: ensure_subtree(&Path::new("skiff").join(node))?,
             interfaces: Vec::new(),
             netns: None,
             maglev_size: maglev::DEFAULT_SIZE,

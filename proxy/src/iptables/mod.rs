@@ -178,9 +178,10 @@ impl Iptables {
         let mut now = Installed::default();
         for (name, port) in &map.ports {
             let write = full || changes.updated.contains(name) || !old.chains.contains_key(name);
+            let mark = tx.mark();
             let owned = tx.add_port(port, family, &self.options, write);
             if write {
-                let rules = tx.rules_in(&owned);
+                let rules = tx.rules_in(mark, &owned);
                 now.rules.insert(name.clone(), rules);
                 now.chains.insert(name.clone(), owned);
             } else {

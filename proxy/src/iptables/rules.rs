@@ -104,7 +104,7 @@ impl Transaction {
         let base = |t: &Table, chains: &[&str]| {
             t.rules
                 .iter()
-                .filter(|r| chains.iter().any(|c| r.starts_with(&format!("-A {c} "))))
+                .filter(|r| chain_of(r).is_some_and(|c| chains.contains(&c)))
                 .count()
         };
         (base(
@@ -137,16 +137,16 @@ impl Transaction {
         self.filter.deleted.push(chain);
     }
 
-    /// Rules this transaction writes into `owned` chains (all in nat).
-    pub fn rules_in(&self, owned: &BTreeSet<String>) -> u64 {
-        self.nat
-            .rules
+    /// Position in the nat rules, for [`Transaction::rules_in`].
+    pub fn mark(&self) -> usize {
+        self.nat.rules.len()
+    }
+
+    /// Rules written since `mark` into `owned` chains (per-port chains are all in nat).
+    pub fn rules_in(&self, mark: usize, owned: &BTreeSet<String>) -> u64 {
+        self.nat.rules[mark.min(self.nat.rules.len())..]
             .iter()
-            .filter(|r| {
-                r.strip_prefix("-A ")
-                    .and_then(|r| r.split(' ').next())
-                    .is_some_and(|c| owned.contains(c))
-            })
+            .filter(|r| chain_of(r).is_some_and(|c| owned.contains(c)))
             .count() as u64
     }
 
@@ -498,6 +498,11 @@ impl Transaction {
             socket(ep.ip, ep.port)
         ));
     }
+}
+
+/// The chain an `-A CHAIN ...` rule appends to.
+fn chain_of(rule: &str) -> Option<&str> {
+    rule.strip_prefix("-A ")?.split(' ').next()
 }
 
 /// The `recent` mask: the whole client address.
