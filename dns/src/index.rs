@@ -9,6 +9,7 @@
 //! rather than NXDOMAIN, as the specification requires.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{NS, SOA, TXT};
@@ -49,7 +50,8 @@ pub enum Resolution {
 
 #[derive(Default, Debug)]
 struct Node {
-    records: Vec<Record>,
+    /// Shared with `Index::sources`, so each record is stored once.
+    records: Vec<Arc<Record>>,
     /// Names below this one that exist (so this one is at least an empty non-terminal).
     descendants: u32,
 }
@@ -62,7 +64,7 @@ pub struct Index {
     in_addr: Name,
     ip6: Name,
     names: HashMap<Name, Node>,
-    sources: HashMap<Source, Vec<Record>>,
+    sources: HashMap<Source, Vec<Arc<Record>>>,
 }
 
 impl Index {
@@ -91,7 +93,7 @@ impl Index {
         index.names.insert(
             origin.clone(),
             Node {
-                records: vec![soa, ns],
+                records: vec![Arc::new(soa), Arc::new(ns)],
                 descendants: 0,
             },
         );
@@ -99,7 +101,7 @@ impl Index {
         {
             let txt = TXT::new(vec![SCHEMA_VERSION.to_string()]);
             let record = Record::from_rdata(version, index.zone.ttl, RData::TXT(txt));
-            index.add(record);
+            index.add(Arc::new(record));
         }
         index
     }
@@ -116,20 +118,24 @@ impl Index {
 
     /// Replaces the records `source` contributes (an empty set removes it).
     pub fn set(&mut self, source: Source, records: Vec<Record>) {
-        let old = if records.is_empty() {
+        let unchanged = self.sources.get(&source).is_some_and(|old| {
+            old.len() == records.len() && old.iter().zip(&records).all(|(a, b)| **a == *b)
+        });
+        if unchanged {
+            return;
+        }
+        let shared: Vec<Arc<Record>> = records.into_iter().map(Arc::new).collect();
+        let old = if shared.is_empty() {
             self.sources.remove(&source).unwrap_or_default()
         } else {
-            let old = self.sources.get(&source).cloned().unwrap_or_default();
-            if old == records {
-                return;
-            }
-            self.sources.insert(source, records.clone());
-            old
+            self.sources
+                .insert(source, shared.clone())
+                .unwrap_or_default()
         };
         for record in old {
             self.remove(&record);
         }
-        for record in records {
+        for record in shared {
             self.add(record);
         }
     }
@@ -157,7 +163,7 @@ impl Index {
         self.zone.origin.zone_of(name)
     }
 
-    fn add(&mut self, record: Record) {
+    fn add(&mut self, record: Arc<Record>) {
         let name = record.name.clone();
         let created = !self.names.contains_key(&name);
         self.names
@@ -177,12 +183,12 @@ impl Index {
         }
     }
 
-    fn remove(&mut self, record: &Record) {
+    fn remove(&mut self, record: &Arc<Record>) {
         let name = record.name.clone();
         let Some(node) = self.names.get_mut(&name) else {
             return;
         };
-        if let Some(pos) = node.records.iter().position(|r| r == record) {
+        if let Some(pos) = node.records.iter().position(|r| Arc::ptr_eq(r, record)) {
             node.records.swap_remove(pos);
         }
         if !node.records.is_empty() || node.descendants > 0 {
@@ -227,7 +233,7 @@ impl Index {
             .records
             .iter()
             .filter(|r| qtype == RecordType::ANY || r.record_type() == qtype)
-            .cloned()
+            .map(|r| Record::clone(r))
             .collect();
         if !answers.is_empty() {
             return Resolution::Authoritative {
@@ -241,7 +247,7 @@ impl Index {
             .iter()
             .find(|r| r.record_type() == RecordType::CNAME)
         {
-            return self.follow(cname.clone(), qtype);
+            return self.follow(Record::clone(cname), qtype);
         }
         self.negative(ResponseCode::NoError)
     }
@@ -268,7 +274,7 @@ impl Index {
                 .records
                 .iter()
                 .filter(|r| r.record_type() == qtype)
-                .cloned()
+                .map(|r| Record::clone(r))
                 .collect();
             if !direct.is_empty() {
                 answers.extend(direct);
@@ -279,7 +285,7 @@ impl Index {
                 .iter()
                 .find(|r| r.record_type() == RecordType::CNAME)
             {
-                Some(next) if !answers.contains(next) => answers.push(next.clone()),
+                Some(next) if !answers.contains(next) => answers.push(Record::clone(next)),
                 _ => break,
             }
         }

@@ -10,8 +10,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use futures::{stream, StreamExt};
-use k8s_openapi::api::core::v1::{Pod, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::{Pod, Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, ResourceExt};
@@ -42,6 +43,70 @@ fn key_of<K: ResourceExt>(obj: &K) -> Key {
     (obj.namespace().unwrap_or_default(), obj.name_any())
 }
 
+/// The parts of a Service its records depend on: with 10k Services, keeping
+/// managedFields, annotations and status would dominate our memory.
+fn slim_service(svc: Service) -> Service {
+    let spec = svc.spec.map(|spec| ServiceSpec {
+        type_: spec.type_,
+        cluster_ip: spec.cluster_ip,
+        cluster_ips: spec.cluster_ips,
+        external_name: spec.external_name,
+        publish_not_ready_addresses: spec.publish_not_ready_addresses,
+        ports: spec.ports.map(|ports| {
+            ports
+                .into_iter()
+                .map(|p| ServicePort {
+                    name: p.name,
+                    port: p.port,
+                    protocol: p.protocol,
+                    ..ServicePort::default()
+                })
+                .collect()
+        }),
+        ..ServiceSpec::default()
+    });
+    Service {
+        metadata: ObjectMeta {
+            name: svc.metadata.name,
+            namespace: svc.metadata.namespace,
+            ..ObjectMeta::default()
+        },
+        spec,
+        status: None,
+    }
+}
+
+/// The parts of an EndpointSlice the records depend on.
+fn slim_slice(slice: EndpointSlice) -> EndpointSlice {
+    let endpoints = slice.endpoints.map(|eps| {
+        eps.into_iter()
+            .map(|e| Endpoint {
+                addresses: e.addresses,
+                conditions: e.conditions.map(|c| EndpointConditions {
+                    ready: c.ready,
+                    ..EndpointConditions::default()
+                }),
+                hostname: e.hostname,
+                ..Endpoint::default()
+            })
+            .collect()
+    });
+    EndpointSlice {
+        metadata: ObjectMeta {
+            name: slice.metadata.name,
+            namespace: slice.metadata.namespace,
+            labels: slice.metadata.labels.map(|mut labels| {
+                labels.retain(|k, _| k == SERVICE_NAME_LABEL);
+                labels
+            }),
+            ..ObjectMeta::default()
+        },
+        address_type: slice.address_type,
+        endpoints,
+        ports: slice.ports,
+    }
+}
+
 /// The watch-side state: the objects the records are computed from.
 struct Tracker {
     index: Arc<RwLock<Index>>,
@@ -52,7 +117,7 @@ struct Tracker {
     slice_owner: HashMap<Key, String>,
     service_buf: Option<Vec<Service>>,
     slice_buf: Option<Vec<EndpointSlice>>,
-    pod_buf: Option<Vec<Pod>>,
+    pod_buf: Option<HashSet<Key>>,
     synced: [bool; 3],
 }
 
@@ -121,7 +186,7 @@ impl Tracker {
             self.slices
                 .entry(key.clone())
                 .or_default()
-                .insert(name, slice);
+                .insert(name, slim_slice(slice));
             touched.push(key);
         }
         touched
@@ -154,7 +219,7 @@ impl Tracker {
         match event {
             Event::Apply(svc) => {
                 let key = key_of(&svc);
-                self.services.insert(key.clone(), svc);
+                self.services.insert(key.clone(), slim_service(svc));
                 self.refresh_service(&key);
             }
             Event::Delete(svc) => {
@@ -163,7 +228,10 @@ impl Tracker {
                 self.refresh_service(&key);
             }
             Event::Init => self.service_buf = Some(Vec::new()),
-            Event::InitApply(svc) => self.service_buf.get_or_insert_default().push(svc),
+            Event::InitApply(svc) => self
+                .service_buf
+                .get_or_insert_default()
+                .push(slim_service(svc)),
             Event::InitDone => {
                 let listed = self.service_buf.take().unwrap_or_default();
                 self.services = listed.into_iter().map(|s| (key_of(&s), s)).collect();
@@ -186,7 +254,10 @@ impl Tracker {
                 }
             }
             Event::Init => self.slice_buf = Some(Vec::new()),
-            Event::InitApply(slice) => self.slice_buf.get_or_insert_default().push(slice),
+            Event::InitApply(slice) => self
+                .slice_buf
+                .get_or_insert_default()
+                .push(slim_slice(slice)),
             Event::InitDone => {
                 self.slices.clear();
                 self.slice_owner.clear();
@@ -207,14 +278,15 @@ impl Tracker {
                 self.write()
                     .set(Source::Pod { namespace, name }, Vec::new());
             }
-            Event::Init => self.pod_buf = Some(Vec::new()),
-            Event::InitApply(pod) => self.pod_buf.get_or_insert_default().push(pod),
+            Event::Init => self.pod_buf = Some(HashSet::new()),
+            // Pods are indexed as they are listed (their records depend on
+            // nothing else); only their keys are kept to drop the vanished.
+            Event::InitApply(pod) => {
+                self.set_pod(&pod);
+                self.pod_buf.get_or_insert_default().insert(key_of(&pod));
+            }
             Event::InitDone => {
-                let listed = self.pod_buf.take().unwrap_or_default();
-                let keys: HashSet<Key> = listed.iter().map(key_of).collect();
-                for pod in &listed {
-                    self.set_pod(pod);
-                }
+                let keys = self.pod_buf.take().unwrap_or_default();
                 self.write().retain_sources(|s| match s {
                     Source::Pod { namespace, name } => {
                         keys.contains(&(namespace.clone(), name.clone()))

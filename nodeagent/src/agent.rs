@@ -90,19 +90,32 @@ async fn detect_node_ip(netns: Option<&Path>) -> Option<IpAddr> {
 
 /// The pod network config: the first `*.conf`/`*.conflist` of `dir`, or a
 /// bridge over `pod_cidrs` with its IPAM store under `data_dir`.
-pub fn network_config(dir: Option<&Path>, pod_cidrs: &[String], data_dir: &Path) -> Result<NetConf, AgentError> {
+pub fn network_config(
+    dir: Option<&Path>,
+    pod_cidrs: &[String],
+    data_dir: &Path,
+) -> Result<NetConf, AgentError> {
     if let Some(dir) = dir {
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(|e| AgentError::NetConf(format!("{}: {e}", dir.display())))?
             .flatten()
             .map(|e| e.path())
-            .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("conf" | "conflist" | "json")))
+            .filter(|p| {
+                matches!(
+                    p.extension().and_then(|e| e.to_str()),
+                    Some("conf" | "conflist" | "json")
+                )
+            })
             .collect();
         files.sort();
         let Some(file) = files.first() else {
-            return Err(AgentError::NetConf(format!("no *.conf or *.conflist in {}", dir.display())));
+            return Err(AgentError::NetConf(format!(
+                "no *.conf or *.conflist in {}",
+                dir.display()
+            )));
         };
-        let text = std::fs::read(file).map_err(|e| AgentError::NetConf(format!("{}: {e}", file.display())))?;
+        let text = std::fs::read(file)
+            .map_err(|e| AgentError::NetConf(format!("{}: {e}", file.display())))?;
         let mut v: serde_json::Value = serde_json::from_slice(&text)
             .map_err(|e| AgentError::NetConf(format!("{}: {e}", file.display())))?;
         if let Some(plugins) = v.get("plugins").and_then(|p| p.as_array()).cloned() {
@@ -145,9 +158,10 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         message,
     };
     let kubeconfig = Kubeconfig::read_from(&cfg.kubeconfig).map_err(|e| kc_err(e.to_string()))?;
-    let kube_config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .map_err(|e| kc_err(e.to_string()))?;
+    let kube_config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .map_err(|e| kc_err(e.to_string()))?;
     let client = kube::Client::try_from(kube_config.clone()).map_err(|e| kc_err(e.to_string()))?;
 
     let internal_ip = match cfg.node_ip {
@@ -158,7 +172,10 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     };
     let (log_server, listener, acceptor) =
         crate::server::LogServer::bind(cfg.listen, cfg.data_dir.join("logs"), kube_config).await?;
-    let port = listener.local_addr().map(|a| a.port()).unwrap_or(cfg.listen.port());
+    let port = listener
+        .local_addr()
+        .map(|a| a.port())
+        .unwrap_or(cfg.listen.port());
     tokio::spawn(log_server.serve(listener, acceptor));
     let serving_ip = cfg.listen.ip();
     let agent_address = match serving_ip {
@@ -184,7 +201,11 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     };
     let netconf = network_config(cfg.cni_conf_dir.as_deref(), &pod_cidrs, &cfg.data_dir)?;
     if let Some(netns) = cfg.netns.clone() {
-        tokio::spawn(node::sync_routes(client.clone(), cfg.node_name.clone(), netns));
+        tokio::spawn(node::sync_routes(
+            client.clone(),
+            cfg.node_name.clone(),
+            netns,
+        ));
     }
     let ctx = Arc::new(Ctx {
         client,

@@ -78,7 +78,8 @@ impl Record {
 
     /// Loads a record from a container directory (adoption after a restart).
     pub fn load(dir: &Path) -> Option<Record> {
-        let meta: Meta = serde_json::from_slice(&std::fs::read(dir.join("meta.json")).ok()?).ok()?;
+        let meta: Meta =
+            serde_json::from_slice(&std::fs::read(dir.join("meta.json")).ok()?).ok()?;
         let mut rec = Record {
             meta,
             dir: dir.to_path_buf(),
@@ -101,7 +102,10 @@ pub async fn pull_credentials(pod: &Pod, lookup: &Lookup) -> Vec<RegistryCredent
         let Ok(Some(data)) = lookup.secret(&r.name).await else {
             continue;
         };
-        let Some(raw) = data.get(".dockerconfigjson").or_else(|| data.get(".dockercfg")) else {
+        let Some(raw) = data
+            .get(".dockerconfigjson")
+            .or_else(|| data.get(".dockercfg"))
+        else {
             continue;
         };
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(raw) else {
@@ -160,7 +164,8 @@ fn image_user(user: &str, rootfs: &Path) -> (u32, u32) {
     let lookup_user = |name: &str| {
         passwd.lines().find_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
-            (f.len() > 3 && f[0] == name).then(|| (f[2].parse().unwrap_or(0), f[3].parse().unwrap_or(0)))
+            (f.len() > 3 && f[0] == name)
+                .then(|| (f[2].parse().unwrap_or(0), f[3].parse().unwrap_or(0)))
         })
     };
     let (uid, mut gid) = match u.parse::<u32>() {
@@ -212,7 +217,10 @@ pub async fn start(
         .await
         .map_err(|e| StartError::new(e.reason(), &e))?;
     let id = runc_id(p.uid, &container.name, attempt);
-    let dir = p.pod_dir.join("containers").join(format!("{}-{attempt}", container.name));
+    let dir = p
+        .pod_dir
+        .join("containers")
+        .join(format!("{}-{attempt}", container.name));
     // A leftover from a start that crashed half-way is cleared first.
     let _ = ctx.runc.delete(&id).await;
     let _ = ImageStore::unmount_rootfs(&dir);
@@ -227,9 +235,14 @@ pub async fn start(
         .map_err(|e| StartError::new("CreateContainerConfigError", e))?;
     let vars: BTreeMap<String, String> = env
         .iter()
-        .filter_map(|e| e.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .filter_map(|e| {
+            e.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
         .collect();
-    let expand = |v: &Vec<String>| -> Vec<String> { v.iter().map(|s| crate::env::expand(s, &vars)).collect() };
+    let expand = |v: &Vec<String>| -> Vec<String> {
+        v.iter().map(|s| crate::env::expand(s, &vars)).collect()
+    };
     let args = match (&container.command, &container.args) {
         (Some(cmd), args) => [expand(cmd), expand(&args.clone().unwrap_or_default())].concat(),
         (None, Some(args)) => [image.config.entrypoint.clone(), expand(args)].concat(),
@@ -250,8 +263,14 @@ pub async fn start(
         .as_deref()
         .filter(|u| !u.is_empty())
         .map_or((0, 0), |u| image_user(u, &rootfs));
-    let uid = sc.run_as_user.or(psc.run_as_user).map_or(img_uid, |u| u as u32);
-    let gid = sc.run_as_group.or(psc.run_as_group).map_or(img_gid, |g| g as u32);
+    let uid = sc
+        .run_as_user
+        .or(psc.run_as_user)
+        .map_or(img_uid, |u| u as u32);
+    let gid = sc
+        .run_as_group
+        .or(psc.run_as_group)
+        .map_or(img_gid, |g| g as u32);
     let mut additional_gids: Vec<u32> = psc
         .supplemental_groups
         .clone()
@@ -277,9 +296,9 @@ pub async fn start(
         }
     }
     let res = container.resources.clone().unwrap_or_default();
-    let q = |m: &Option<BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>, k: &str| {
-        m.as_ref().and_then(|m| m.get(k)).map(|q| q.0.clone())
-    };
+    let q =
+        |m: &Option<BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
+         k: &str| { m.as_ref().and_then(|m| m.get(k)).map(|q| q.0.clone()) };
     let caps = sc.capabilities.clone().unwrap_or_default();
     let log_dir = crate::logs::pod_dir(
         &ctx.log_root(),
@@ -292,7 +311,10 @@ pub async fn start(
     let log_path = log_dir.join(format!("{attempt}.log"));
     let mut annotations = BTreeMap::new();
     annotations.insert("io.kubernetes.pod.uid".to_string(), p.uid.to_string());
-    annotations.insert("io.kubernetes.container.name".to_string(), container.name.clone());
+    annotations.insert(
+        "io.kubernetes.container.name".to_string(),
+        container.name.clone(),
+    );
     let plan = ContainerPlan {
         id: id.clone(),
         rootfs,
@@ -316,8 +338,12 @@ pub async fn start(
         utsns: sb.utsns(),
         cgroups_path: ctx.cgroups.container_path(p.uid, &id),
         annotations,
-        memory_limit: q(&res.limits, "memory").as_deref().and_then(crate::quantity::bytes),
-        cpu_limit_millis: q(&res.limits, "cpu").as_deref().and_then(crate::quantity::cpu_millis),
+        memory_limit: q(&res.limits, "memory")
+            .as_deref()
+            .and_then(crate::quantity::bytes),
+        cpu_limit_millis: q(&res.limits, "cpu")
+            .as_deref()
+            .and_then(crate::quantity::cpu_millis),
         cpu_request_millis: q(&res.requests, "cpu")
             .or(q(&res.limits, "cpu"))
             .as_deref()
@@ -344,8 +370,15 @@ pub async fn start(
         attempt,
         runc_id: id,
         image: image_name,
-        image_id: if image.repo_digest.is_empty() { image.id.clone() } else { image.repo_digest.clone() },
-        started_at: jiff::Timestamp::now().round(jiff::Unit::Second).map(|t| t.to_string()).unwrap_or_default(),
+        image_id: if image.repo_digest.is_empty() {
+            image.id.clone()
+        } else {
+            image.repo_digest.clone()
+        },
+        started_at: jiff::Timestamp::now()
+            .round(jiff::Unit::Second)
+            .map(|t| t.to_string())
+            .unwrap_or_default(),
         log_path,
     };
     let meta_path = dir.join("meta.json");
@@ -391,7 +424,10 @@ async fn spawn_shim(
     pid_file: &Path,
 ) -> Result<(), StartError> {
     let Some((prog, prefix)) = ctx.shim_command.split_first() else {
-        return Err(StartError::new("CreateContainerError", "no shim command configured"));
+        return Err(StartError::new(
+            "CreateContainerError",
+            "no shim command configured",
+        ));
     };
     let mut cmd = tokio::process::Command::new(prog);
     cmd.args(prefix)
@@ -410,7 +446,10 @@ async fn spawn_shim(
         .spawn()
         .map_err(|e| StartError::new("CreateContainerError", format!("starting the shim: {e}")))?;
     let Some(out) = child.stdout.take() else {
-        return Err(StartError::new("CreateContainerError", "shim has no stdout"));
+        return Err(StartError::new(
+            "CreateContainerError",
+            "shim has no stdout",
+        ));
     };
     let mut line = String::new();
     let mut reader = tokio::io::BufReader::new(out);
@@ -419,11 +458,11 @@ async fn spawn_shim(
         return Ok(());
     }
     let log = std::fs::read_to_string(log_path).unwrap_or_default();
-    let detail: String = crate::logs::render(log.as_bytes(), false)
+    let rendered = crate::logs::render(log.as_bytes(), false);
+    let detail: String = rendered
         .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
+        .rfind(|l| !l.is_empty())
         .map(|l| String::from_utf8_lossy(l).into_owned())
-        .last()
         .unwrap_or_default();
     Err(StartError::new(
         "RunContainerError",
@@ -444,7 +483,13 @@ async fn wait_exit(rec: &mut Record, until: Instant) -> bool {
     rec.poll_exit().is_some()
 }
 
-async fn run_hook(ctx: &Ctx, rec: &Record, hook: &LifecycleHandler, sandbox: Option<&SandboxInfo>, deadline: Instant) {
+async fn run_hook(
+    ctx: &Ctx,
+    rec: &Record,
+    hook: &LifecycleHandler,
+    sandbox: Option<&SandboxInfo>,
+    deadline: Instant,
+) {
     let left = deadline.saturating_duration_since(Instant::now());
     if let Some(exec) = &hook.exec {
         let cmd = exec.command.clone().unwrap_or_default();

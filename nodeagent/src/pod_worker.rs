@@ -95,7 +95,11 @@ impl Worker {
         recs.sort_by_key(|r| r.meta.attempt);
         let spec = pod.spec.clone().unwrap_or_default();
         for mut rec in recs {
-            let slots = if rec.meta.init { &mut self.init_slots } else { &mut self.slots };
+            let slots = if rec.meta.init {
+                &mut self.init_slots
+            } else {
+                &mut self.slots
+            };
             let slot = slots.entry(rec.meta.name.clone()).or_default();
             slot.restart_count = rec.meta.attempt;
             if !rec.meta.init && rec.exit.is_none() {
@@ -132,7 +136,8 @@ impl Worker {
                 }
                 Some(pod) => {
                     let grace = pod.metadata.deletion_grace_period_seconds.unwrap_or(30);
-                    self.terminate(&pod, Duration::from_secs(grace.max(0) as u64)).await;
+                    self.terminate(&pod, Duration::from_secs(grace.max(0) as u64))
+                        .await;
                     let api = self.pod_api(&pod);
                     let dp = DeleteParams {
                         grace_period_seconds: Some(0),
@@ -171,7 +176,9 @@ impl Worker {
             self.ctx.client.clone(),
             pod.metadata.namespace.as_deref().unwrap_or("default"),
         );
-        let due = self.last_volume_sync.is_none_or(|t| t.elapsed() >= VOLUME_REFRESH);
+        let due = self
+            .last_volume_sync
+            .is_none_or(|t| t.elapsed() >= VOLUME_REFRESH);
         let mut blocked: Option<(String, String)> = None;
         if due {
             match crate::volume::sync(pod, &self.pod_dir, &lookup).await {
@@ -249,7 +256,10 @@ impl Worker {
 
     async fn sync_containers(&mut self, pod: &Pod, p: &PodRef<'_>) {
         let spec = pod.spec.clone().unwrap_or_default();
-        let policy = spec.restart_policy.clone().unwrap_or_else(|| "Always".into());
+        let policy = spec
+            .restart_policy
+            .clone()
+            .unwrap_or_else(|| "Always".into());
         for c in spec.init_containers.iter().flatten() {
             let slot = self.init_slots.entry(c.name.clone()).or_default();
             if let Some(r) = slot.current.as_mut() {
@@ -275,7 +285,9 @@ impl Worker {
                 if r.exit.is_none() && r.probes.failed.load(Ordering::SeqCst) {
                     let why = r.probes.failed_by.get().cloned().unwrap_or_default();
                     tracing::info!(pod = %p.uid, container = %c.name, "{why}, restarting");
-                    let grace = Duration::from_secs(spec.termination_grace_period_seconds.unwrap_or(30).max(0) as u64);
+                    let grace = Duration::from_secs(
+                        spec.termination_grace_period_seconds.unwrap_or(30).max(0) as u64,
+                    );
                     container::stop(&self.ctx, r, Some(c), Some(p.sandbox), grace, &why).await;
                 }
             }
@@ -311,7 +323,9 @@ impl Worker {
         if self.last_status.as_ref() == Some(&status) {
             return;
         }
-        let Some(name) = pod.metadata.name.as_deref() else { return };
+        let Some(name) = pod.metadata.name.as_deref() else {
+            return;
+        };
         let patch = json!({"status": status});
         match self
             .pod_api(pod)
@@ -344,7 +358,14 @@ impl Worker {
             .filter_map(|(name, slot)| {
                 let c: Option<&Container> = spec.containers.iter().find(|c| &c.name == name);
                 let rec = slot.current.as_mut()?;
-                Some(container::stop(&ctx, rec, c, sandbox.as_ref(), grace, "Killing"))
+                Some(container::stop(
+                    &ctx,
+                    rec,
+                    c,
+                    sandbox.as_ref(),
+                    grace,
+                    "Killing",
+                ))
             });
         futures::future::join_all(stops).await;
         self.cleanup().await;
@@ -390,7 +411,10 @@ impl Worker {
 fn remove_log_dir(root: &std::path::Path, uid: &str) {
     if let Ok(entries) = std::fs::read_dir(root) {
         for e in entries.flatten() {
-            if e.file_name().to_string_lossy().ends_with(&format!("_{uid}")) {
+            if e.file_name()
+                .to_string_lossy()
+                .ends_with(&format!("_{uid}"))
+            {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
@@ -448,7 +472,9 @@ async fn start_or_backoff(ctx: &Ctx, p: &PodRef<'_>, c: &Container, init: bool, 
         Err(e) => {
             tracing::warn!(pod = %p.uid, container = %c.name, "{e}");
             let reason = match (e.reason.as_str(), &slot.waiting) {
-                ("ErrImagePull", Some((r, _))) if r == "ErrImagePull" || r == "ImagePullBackOff" => {
+                ("ErrImagePull", Some((r, _)))
+                    if r == "ErrImagePull" || r == "ImagePullBackOff" =>
+                {
                     "ImagePullBackOff".to_string()
                 }
                 _ => e.reason.clone(),

@@ -45,7 +45,9 @@ impl Manager {
     }
 
     fn update(&mut self, pod: Pod) {
-        let Some(uid) = pod.metadata.uid.clone() else { return };
+        let Some(uid) = pod.metadata.uid.clone() else {
+            return;
+        };
         if let Some(e) = self.workers.get(&uid) {
             if !e.task.is_finished() {
                 e.tx.send_replace(Some(pod));
@@ -101,8 +103,8 @@ impl Manager {
     /// Watches the node's pods forever (relisting with back-off on errors).
     pub async fn run(mut self) {
         let api: Api<Pod> = Api::all(self.ctx.client.clone());
-        let config = watcher::Config::default()
-            .fields(&format!("spec.nodeName={}", self.ctx.node_name));
+        let config =
+            watcher::Config::default().fields(&format!("spec.nodeName={}", self.ctx.node_name));
         let stream = watcher::watcher(api, config).default_backoff();
         futures::pin_mut!(stream);
         let mut listing: Option<HashSet<String>> = None;

@@ -70,12 +70,15 @@ fn port_of(port: &IntOrString, ports: &[ContainerPort]) -> Option<u16> {
     }
 }
 
+/// Host header, path and extra headers of an HTTP probe.
+type HttpGet = (String, String, Vec<(String, String)>);
+
 /// Connects from the node namespace and optionally sends an HTTP GET.
 fn connect_probe(
     netns: Option<PathBuf>,
     addr: SocketAddr,
     timeout: Duration,
-    http: Option<(String, String, Vec<(String, String)>)>,
+    http: Option<HttpGet>,
 ) -> bool {
     let attempt = move || -> bool {
         let Ok(mut stream) = TcpStream::connect_timeout(&addr, timeout) else {

@@ -80,7 +80,8 @@ impl LogServer {
             .await
             .map_err(|source| ServerError::Listen { addr, source })?;
         let names = vec![addr.ip().to_string(), "localhost".to_string()];
-        let ck = rcgen::generate_simple_self_signed(names).map_err(|e| ServerError::Tls(e.to_string()))?;
+        let ck = rcgen::generate_simple_self_signed(names)
+            .map_err(|e| ServerError::Tls(e.to_string()))?;
         let cert = ck.cert.der().clone();
         let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -147,7 +148,9 @@ impl LogServer {
             let acceptor = acceptor.clone();
             let service = TowerToHyperService::new(app.clone());
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
                 let builder = auto::Builder::new(TokioExecutor::new());
                 if let Err(e) = builder.serve_connection(TokioIo::new(tls), service).await {
                     tracing::debug!("agent connection from {peer} ended: {e}");
@@ -166,7 +169,10 @@ fn log_files(root: &Path, ns: &str, pod: &str, container: &str) -> Vec<PathBuf> 
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
         .map(|e| {
-            let t = e.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH);
+            let t = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or(std::time::UNIX_EPOCH);
             (t, e.path().join(container))
         })
         .collect();
@@ -240,7 +246,10 @@ async fn container_logs(
     let state = (path, complete as u64, done, Some(first));
     let stream = futures::stream::unfold(state, move |(path, offset, done, first)| async move {
         if let Some(first) = first {
-            return Some((Ok::<_, std::io::Error>(Bytes::from(first)), (path, offset, done, None)));
+            return Some((
+                Ok::<_, std::io::Error>(Bytes::from(first)),
+                (path, offset, done, None),
+            ));
         }
         let mut offset = offset;
         // Follow until the container's streams closed and everything was sent.

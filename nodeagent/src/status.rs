@@ -58,7 +58,12 @@ fn terminated(rec: &Record) -> Option<Value> {
 }
 
 /// The status entry of one container.
-pub fn container_status(c: &Container, slot: Option<&Slot>, init: bool, pod_initializing: bool) -> Value {
+pub fn container_status(
+    c: &Container,
+    slot: Option<&Slot>,
+    init: bool,
+    pod_initializing: bool,
+) -> Value {
     let empty = Slot::default();
     let slot = slot.unwrap_or(&empty);
     let mut ready = false;
@@ -74,7 +79,11 @@ pub fn container_status(c: &Container, slot: Option<&Slot>, init: bool, pod_init
             }
         },
         (None, None) => {
-            let reason = if pod_initializing && !init { "PodInitializing" } else { "ContainerCreating" };
+            let reason = if pod_initializing && !init {
+                "PodInitializing"
+            } else {
+                "ContainerCreating"
+            };
             json!({"waiting": {"reason": reason}})
         }
     };
@@ -124,14 +133,22 @@ pub fn phase(v: &View<'_>) -> &'static str {
     if v.sandbox.is_none() || !v.initialized {
         return "Pending";
     }
-    let slots: Vec<Option<&Slot>> = spec.containers.iter().map(|c| v.slots.get(&c.name)).collect();
+    let slots: Vec<Option<&Slot>> = spec
+        .containers
+        .iter()
+        .map(|c| v.slots.get(&c.name))
+        .collect();
     if slots.iter().any(|s| s.is_none_or(|s| s.current.is_none())) {
         return "Pending";
     }
     if slots.iter().flatten().any(|s| s.running()) {
         return "Running";
     }
-    let codes: Vec<i32> = slots.iter().flatten().filter_map(|s| s.exit_code()).collect();
+    let codes: Vec<i32> = slots
+        .iter()
+        .flatten()
+        .filter_map(|s| s.exit_code())
+        .collect();
     match policy {
         "Always" => "Running",
         "OnFailure" if codes.iter().all(|c| *c == 0) => "Succeeded",
@@ -159,9 +176,14 @@ pub fn pod_status(v: &View<'_>, times: &mut BTreeMap<String, (bool, String)>) ->
         .collect();
     let terminal = matches!(phase, "Succeeded" | "Failed");
     let all_ready = !terminal && statuses.iter().all(|s| s["ready"] == true);
-    let now = jiff::Timestamp::now().round(jiff::Unit::Second).map(|t| t.to_string()).unwrap_or_default();
+    let now = jiff::Timestamp::now()
+        .round(jiff::Unit::Second)
+        .map(|t| t.to_string())
+        .unwrap_or_default();
     let mut cond = |t: &str, ok: bool, reason: Option<&str>| {
-        let entry = times.entry(t.to_string()).or_insert_with(|| (ok, now.clone()));
+        let entry = times
+            .entry(t.to_string())
+            .or_insert_with(|| (ok, now.clone()));
         if entry.0 != ok {
             *entry = (ok, now.clone());
         }
@@ -174,14 +196,39 @@ pub fn pod_status(v: &View<'_>, times: &mut BTreeMap<String, (bool, String)>) ->
     };
     let conditions = vec![
         cond("PodReadyToStartContainers", v.sandbox.is_some(), None),
-        cond("Initialized", v.initialized, Some("ContainersNotInitialized")),
-        cond("Ready", all_ready, Some(if terminal { "PodCompleted" } else { "ContainersNotReady" })),
-        cond("ContainersReady", all_ready, Some(if terminal { "PodCompleted" } else { "ContainersNotReady" })),
+        cond(
+            "Initialized",
+            v.initialized,
+            Some("ContainersNotInitialized"),
+        ),
+        cond(
+            "Ready",
+            all_ready,
+            Some(if terminal {
+                "PodCompleted"
+            } else {
+                "ContainersNotReady"
+            }),
+        ),
+        cond(
+            "ContainersReady",
+            all_ready,
+            Some(if terminal {
+                "PodCompleted"
+            } else {
+                "ContainersNotReady"
+            }),
+        ),
         cond("PodScheduled", true, None),
     ];
     let ips: Vec<Value> = v
         .sandbox
-        .map(|s| s.ips.iter().map(|ip| json!({"ip": ip.to_string()})).collect())
+        .map(|s| {
+            s.ips
+                .iter()
+                .map(|ip| json!({"ip": ip.to_string()}))
+                .collect()
+        })
         .unwrap_or_default();
     let mut status = json!({
         "phase": phase,

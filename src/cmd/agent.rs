@@ -57,7 +57,9 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> Result<()> {
-    if let (Some(log), Some(exit), Some(pid)) = (&args.shim_log, &args.shim_exit, &args.shim_pid_file) {
+    if let (Some(log), Some(exit), Some(pid)) =
+        (&args.shim_log, &args.shim_exit, &args.shim_pid_file)
+    {
         let code = skiff_nodeagent::runtime::shim::run(log, exit, pid, &args.shim_command)?;
         std::process::exit(code);
     }

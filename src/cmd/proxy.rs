@@ -48,8 +48,7 @@ fn hostname() -> String {
 
 pub async fn run(args: Args) -> Result<()> {
     let client = skiff_proxy::runner::client_from_kubeconfig(&args.kubeconfig).await?;
-    let mut config =
-        skiff_proxy::Config::new(args.node_name.unwrap_or_else(hostname), args.mode);
+    let mut config = skiff_proxy::Config::new(args.node_name.unwrap_or_else(hostname), args.mode);
     config.netns = args.netns;
     config.healthz_listen = args.healthz_listen;
     config.metrics_listen = args.metrics_listen;

@@ -66,11 +66,18 @@ impl AgentNode {
 
     fn import_busybox(&self) {
         let archive = self.dir.path().join("busybox.tar");
-        builder::build_busybox(Path::new("/bin/busybox"), BUSYBOX, ArchiveFormat::Oci, &archive)
-            .expect("build the busybox image");
+        builder::build_busybox(
+            Path::new("/bin/busybox"),
+            BUSYBOX,
+            ArchiveFormat::Oci,
+            &archive,
+        )
+        .expect("build the busybox image");
         let store = ImageStore::open(self.data_dir().join("images"), Vec::new())
             .expect("open the node's image store");
-        store.import(&archive, None).expect("import the busybox image");
+        store
+            .import(&archive, None)
+            .expect("import the busybox image");
     }
 
     /// The agent's log over all starts.
@@ -124,7 +131,12 @@ impl AgentNode {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "node {} not Ready in 60 s; agent log:\n{}", self.name, self.log());
+            assert!(
+                Instant::now() < deadline,
+                "node {} not Ready in 60 s; agent log:\n{}",
+                self.name,
+                self.log()
+            );
             thread::sleep(Duration::from_millis(200));
         }
     }
@@ -182,7 +194,10 @@ impl AgentNode {
             .into_iter()
             .flat_map(|root| std::fs::read_dir(root).into_iter().flatten().flatten())
             .map(|e| e.path())
-            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("pod-")))
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("pod-"))
+            })
             .collect()
     }
 
@@ -234,7 +249,11 @@ impl Drop for AgentNode {
             let log = self.log();
             let lines: Vec<&str> = log.lines().collect();
             let tail = &lines[lines.len().saturating_sub(200)..];
-            eprintln!("----- skiff agent {} log -----\n{}\n----- end -----", self.name, tail.join("\n"));
+            eprintln!(
+                "----- skiff agent {} log -----\n{}\n----- end -----",
+                self.name,
+                tail.join("\n")
+            );
         }
         let root = self.data_dir().join("runc");
         for id in self.runc_containers() {
@@ -264,7 +283,10 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         thread::sleep(Duration::from_millis(300));
     }
 }
@@ -279,7 +301,12 @@ pub fn pod_json(server: &TestServer, name: &str) -> Option<Value> {
 
 /// Waits until the pod is Running with a podIP; returns its JSON.
 pub fn wait_running(server: &TestServer, name: &str) -> Value {
-    wait_for(&format!("pod {name} Running"), Duration::from_secs(90), || {
-        pod_json(server, name).filter(|p| p["status"]["phase"] == "Running" && p["status"]["podIP"].is_string())
-    })
+    wait_for(
+        &format!("pod {name} Running"),
+        Duration::from_secs(90),
+        || {
+            pod_json(server, name)
+                .filter(|p| p["status"]["phase"] == "Running" && p["status"]["podIP"].is_string())
+        },
+    )
 }

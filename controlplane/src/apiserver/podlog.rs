@@ -24,7 +24,14 @@ use super::status::ApiError;
 /// Annotation an agent sets when it serves somewhere other than its InternalIP.
 const AGENT_ADDRESS_ANNOTATION: &str = "node.skiff.dev/agent-address";
 /// Query parameters passed through to the agent.
-const PASSED: &[&str] = &["follow", "previous", "timestamps", "tailLines", "limitBytes", "sinceSeconds"];
+const PASSED: &[&str] = &[
+    "follow",
+    "previous",
+    "timestamps",
+    "tailLines",
+    "limitBytes",
+    "sinceSeconds",
+];
 
 /// Accepts the agent's self-signed certificate.
 #[derive(Debug)]
@@ -47,7 +54,12 @@ impl ServerCertVerifier for AnyAgentCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
     fn verify_tls13_signature(
         &self,
@@ -55,7 +67,12 @@ impl ServerCertVerifier for AnyAgentCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
@@ -88,7 +105,10 @@ fn agent_endpoint(node: &Value) -> Option<(String, u16)> {
 }
 
 /// Serves `GET pods/{name}/log`.
-pub async fn serve(server: &Arc<ApiServer>, req: &ResourceRequest<'_>) -> Result<Response, ApiError> {
+pub async fn serve(
+    server: &Arc<ApiServer>,
+    req: &ResourceRequest<'_>,
+) -> Result<Response, ApiError> {
     let (pod, _) = read(server, req).await?;
     let name = req.object_name();
     let ns = req.namespace.clone().unwrap_or_default();
@@ -96,7 +116,12 @@ pub async fn serve(server: &Arc<ApiServer>, req: &ResourceRequest<'_>) -> Result
         .as_array()
         .into_iter()
         .flatten()
-        .chain(pod["spec"]["initContainers"].as_array().into_iter().flatten())
+        .chain(
+            pod["spec"]["initContainers"]
+                .as_array()
+                .into_iter()
+                .flatten(),
+        )
         .filter_map(|c| c["name"].as_str())
         .collect();
     let container = match req.param("container") {
@@ -116,9 +141,12 @@ pub async fn serve(server: &Arc<ApiServer>, req: &ResourceRequest<'_>) -> Result
     };
     let node_name = pod["spec"]["nodeName"].as_str().unwrap_or("");
     if node_name.is_empty() {
-        return Err(bad_request(format!("pod {name} does not have a host assigned")));
+        return Err(bad_request(format!(
+            "pod {name} does not have a host assigned"
+        )));
     }
-    let nodes = registry::find("", "v1", "nodes").ok_or_else(|| ApiError::internal("no nodes resource"))?;
+    let nodes =
+        registry::find("", "v1", "nodes").ok_or_else(|| ApiError::internal("no nodes resource"))?;
     let kv = server
         .store
         .get(&nodes.key(None, node_name))
@@ -145,7 +173,9 @@ pub async fn serve(server: &Arc<ApiServer>, req: &ResourceRequest<'_>) -> Result
 
 async fn fetch(addr: &str, port: u16, path: &str, auth: &str) -> Result<Response, ApiError> {
     let target = format!("{addr}:{port}");
-    let fail = |what: &str, e: &dyn std::fmt::Display| unavailable(format!("{what} the node agent at {target}: {e}"));
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        unavailable(format!("{what} the node agent at {target}: {e}"))
+    };
     let tcp = tokio::net::TcpStream::connect(&target)
         .await
         .map_err(|e| fail("connecting to", &e))?;
@@ -169,9 +199,15 @@ async fn fetch(addr: &str, port: u16, path: &str, auth: &str) -> Result<Response
     let mut head = Vec::new();
     let mut buf = [0u8; 8192];
     let body_start = loop {
-        let n = tls.read(&mut buf).await.map_err(|e| fail("reading from", &e))?;
+        let n = tls
+            .read(&mut buf)
+            .await
+            .map_err(|e| fail("reading from", &e))?;
         if n == 0 {
-            return Err(fail("reading from", &"connection closed before the response"));
+            return Err(fail(
+                "reading from",
+                &"connection closed before the response",
+            ));
         }
         head.extend_from_slice(&buf[..n]);
         if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
