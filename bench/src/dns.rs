@@ -47,6 +47,9 @@ struct Args {
     /// Seconds of dnsperf load per server and case.
     #[arg(long, default_value_t = 10)]
     duration: u64,
+    /// Fixed rate (queries/s) of the latency run that measures p99.
+    #[arg(long, default_value_t = 10_000)]
+    latency_qps: u32,
     /// dnsperf outstanding queries (-q).
     #[arg(long, default_value_t = 200)]
     outstanding: usize,
@@ -66,6 +69,7 @@ struct Load {
     qps: f64,
     p99_ms: f64,
     lost: usize,
+    /// Answers whose latency the p99 is taken over.
     completed: usize,
 }
 
@@ -75,10 +79,23 @@ fn pinned(cpu: usize, program: &str) -> Command {
     cmd
 }
 
-/// Runs dnsperf against 127.0.0.1:`port` with `queries` for the configured time.
+/// Runs dnsperf against 127.0.0.1:`port` with `queries` for the configured
+/// time: once flat out for the throughput, once at `--latency-qps` with every
+/// answer's latency printed (-v) for the p99. Latency measured at saturation
+/// would only measure dnsperf's own queue.
 fn dnsperf(args: &Args, port: u16, queries: &Path) -> Result<Load> {
-    let out = pinned(args.client_cpu, "dnsperf")
-        .args(["-s", "127.0.0.1", "-p", &port.to_string(), "-d"])
+    let throughput = dnsperf_run(args, port, queries, None)?;
+    let latency = dnsperf_run(args, port, queries, Some(args.latency_qps))?;
+    Ok(Load {
+        qps: throughput.qps,
+        lost: throughput.lost,
+        ..latency
+    })
+}
+
+fn dnsperf_run(args: &Args, port: u16, queries: &Path, rate: Option<u32>) -> Result<Load> {
+    let mut cmd = pinned(args.client_cpu, "dnsperf");
+    cmd.args(["-s", "127.0.0.1", "-p", &port.to_string(), "-d"])
         .arg(queries)
         .args([
             "-l",
@@ -89,8 +106,11 @@ fn dnsperf(args: &Args, port: u16, queries: &Path) -> Result<Load> {
             "4",
             "-t",
             "2",
-            "-v",
-        ])
+        ]);
+    if let Some(rate) = rate {
+        cmd.args(["-v", "-Q", &rate.to_string()]);
+    }
+    let out = cmd
         .stdin(Stdio::null())
         .output()
         .context("running dnsperf (apt-get install dnsperf)")?;
@@ -408,7 +428,7 @@ async fn run(args: &Args, skiff: &Path, dir: &Path) -> Result<()> {
                 format!("{:.2}x", skiff_qps / load.qps)
             };
             println!(
-                "    {:<10} {:>12.0} {:>10.3} {:>10} {:>14}   ({} answers timed)",
+                "    {:<10} {:>12.0} {:>10.3} {:>10} {:>14}   (p99 over {} answers at a fixed rate)",
                 server, load.qps, load.p99_ms, load.lost, ratio, load.completed
             );
         }

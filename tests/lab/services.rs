@@ -375,7 +375,7 @@ pub fn udp_flow_moves_after_endpoint_removed(mode: &str) {
     let a = lab.node("n1").add_pod("a", 2);
     let b = lab.node("n1").add_pod("b", 3);
     let client = lab.node("n1").add_pod("client", 9);
-    let mut servers = vec![
+    let mut servers = [
         Some(udp_server(&a.ns, 5353, "a")),
         Some(udp_server(&b.ns, 5353, "b")),
     ];

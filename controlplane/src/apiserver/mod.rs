@@ -5,6 +5,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod convert;
 pub mod defaults;
+pub mod delete;
 pub mod discovery;
 pub mod handlers;
 pub mod ipam;
