@@ -41,5 +41,8 @@ step cargo clippy --workspace --exclude skiff-ebpf --all-targets -- -D warnings
 step cargo build --workspace --exclude skiff-ebpf --all-targets
 # --no-fail-fast: report every failing test binary, not just the first.
 step cargo test --workspace --exclude skiff-ebpf --no-fail-fast
+# The DNS packet handler under libFuzzer for a bounded time (dns/fuzz is its
+# own workspace, built with nightly by cargo-fuzz from scripts/setup.sh).
+step bash -c 'cd dns && cargo +nightly fuzz run packet -- -max_total_time=60'
 step cargo +nightly clippy "${BPF_FLAGS[@]}" -- -D warnings
 step cargo +nightly build "${BPF_FLAGS[@]}"

@@ -115,26 +115,38 @@ pub async fn client_from_kubeconfig(path: &std::path::Path) -> Result<Client, Ru
     Client::try_from(config).map_err(|e| err(e.to_string()))
 }
 
-/// The data plane `config.mode` asks for.
+/// The data plane `config.mode` asks for. `ebpf` falls back to iptables, with
+/// one log line saying why, when the kernel lacks what the programs need.
 pub fn dataplane_for(config: &Config) -> Result<Box<dyn Dataplane>, RunError> {
     match config.mode {
-        Mode::Iptables => {
-            let options = RuleOptions {
-                cluster_cidrs: config.cluster_cidrs.clone(),
-                masquerade_all: config.masquerade_all,
-            };
-            let netns = open_netns(&config.netns)?;
-            Ok(Box::new(Iptables::new(
-                netns,
-                options,
-                vec![Family::V4, Family::V6],
-            )))
+        Mode::Iptables => iptables_dataplane(config),
+        Mode::Ebpf => {
+            if let Err(e) = crate::ebpf::supported() {
+                tracing::warn!("eBPF data plane unavailable ({e}); falling back to iptables");
+                return iptables_dataplane(config);
+            }
+            let ebpf = |e: crate::ebpf::EbpfError| RunError::Unavailable("ebpf", e.to_string());
+            let mut cfg = crate::ebpf::EbpfConfig::for_node(&config.node_name).map_err(ebpf)?;
+            // Socket-level ClusterIP balancing only: the tc programs for
+            // NodePort/external IPs are tested with BPF_PROG_TEST_RUN but not
+            // yet attached to live node interfaces by the runner.
+            cfg.netns = config.netns.clone();
+            Ok(Box::new(crate::ebpf::EbpfDataplane::new(cfg).map_err(ebpf)?))
         }
-        Mode::Ebpf => Err(RunError::Unavailable(
-            "ebpf",
-            "the eBPF backend is not wired into the runner yet; use --mode iptables".into(),
-        )),
     }
+}
+
+fn iptables_dataplane(config: &Config) -> Result<Box<dyn Dataplane>, RunError> {
+    let options = RuleOptions {
+        cluster_cidrs: config.cluster_cidrs.clone(),
+        masquerade_all: config.masquerade_all,
+    };
+    let netns = open_netns(&config.netns)?;
+    Ok(Box::new(Iptables::new(
+        netns,
+        options,
+        vec![Family::V4, Family::V6],
+    )))
 }
 
 /// Runs the proxy with the data plane of `config.mode` until `shutdown` resolves.

@@ -14,7 +14,8 @@ pub struct Args {
     /// kubeconfig of the API server to watch.
     #[arg(long, env = "KUBECONFIG")]
     kubeconfig: PathBuf,
-    /// Data plane: iptables or ebpf.
+    /// Data plane: iptables or ebpf (socket-level ClusterIP balancing; falls back to
+    /// iptables with a log line when the kernel lacks what it needs).
     #[arg(long, default_value = "iptables")]
     mode: Mode,
     /// This node's name (endpoints with this nodeName are local). Default: the hostname.

@@ -60,7 +60,11 @@ fuzz_target!(|data: &[u8]| {
         .block_on(skiff_dns::packet::answer_udp(&f.handler, data, src));
     if let Some(bytes) = answer {
         let reply = Message::from_vec(&bytes).expect("the server sent an unparseable answer");
-        assert_eq!(&bytes[..2], &data[..2], "answer id differs from the query id");
+        assert_eq!(
+            &bytes[..2],
+            &data[..2],
+            "answer id differs from the query id"
+        );
         assert!(bytes.len() <= 65535);
         let _ = reply;
     }
