@@ -43,7 +43,7 @@ fn cluster_ip_services_answer_a_srv_ptr_cname_txt_and_negative_with_soa() {
     assert!(a.flag("aa"), "cluster answers are authoritative: {}", a.raw);
     assert_eq!(a.answer[0].ttl, 5, "default TTL is 5 s");
     let upper = dns.dig(&[&fqdn.to_uppercase(), "A"]);
-    assert_eq!(upper.values(), [ip.clone()]);
+    assert_eq!(upper.values(), vec![ip.clone()]);
 
     // SRV for the named port.
     let srv = dns.dig(&[&format!("_http._tcp.{fqdn}"), "SRV"]);
@@ -88,7 +88,7 @@ fn cluster_ip_services_answer_a_srv_ptr_cname_txt_and_negative_with_soa() {
     }
 
     // TCP answers the same.
-    assert_eq!(dns.dig(&["+tcp", &fqdn, "A"]).values(), [ip.clone()]);
+    assert_eq!(dns.dig(&["+tcp", &fqdn, "A"]).values(), vec![ip.clone()]);
 
     // Deleting the Service removes its name.
     delete(&server, &format!("/api/v1/namespaces/{ns}/services/web"));
