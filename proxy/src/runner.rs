@@ -131,7 +131,9 @@ pub fn dataplane_for(config: &Config) -> Result<Box<dyn Dataplane>, RunError> {
             // NodePort/external IPs are tested with BPF_PROG_TEST_RUN but not
             // yet attached to live node interfaces by the runner.
             cfg.netns = config.netns.clone();
-            Ok(Box::new(crate::ebpf::EbpfDataplane::new(cfg).map_err(ebpf)?))
+            Ok(Box::new(
+                crate::ebpf::EbpfDataplane::new(cfg).map_err(ebpf)?,
+            ))
         }
     }
 }
