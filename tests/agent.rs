@@ -406,3 +406,77 @@ spec:
     assert!(node.runc_containers().is_empty());
     assert_eq!(node.allocated_ips(), 0);
 }
+
+#[test]
+fn embedded_proxy_serves_a_cluster_ip_from_the_node() {
+    let server = TestServer::start(StoreKind::Redb);
+    let node = AgentNode::start_with(
+        &server,
+        &node_name("proxy"),
+        &[
+            "--proxy-mode",
+            "iptables",
+            "--cluster-cidr",
+            "10.244.0.0/16",
+        ],
+    );
+    let manifest = format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: backend, labels: {{app: proxied}}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: httpd
+    image: {BUSYBOX}
+    imagePullPolicy: Never
+    command: ["sh", "-c", "mkdir -p /www && echo via-cluster-ip from $(hostname) > /www/index.html && exec httpd -f -p 8080 -h /www"]
+    readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: proxied}}
+spec:
+  selector: {{app: proxied}}
+  ports: [{{port: 80, targetPort: 8080}}]
+"#
+    );
+    server.kubectl_stdin_ok(&["apply", "-f", "-"], &manifest);
+    wait_running(&server, "backend");
+    let cluster_ip = server
+        .kubectl_ok(&[
+            "get",
+            "service",
+            "proxied",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ])
+        .trim()
+        .to_string();
+    assert!(
+        cluster_ip.parse::<std::net::Ipv4Addr>().is_ok(),
+        "clusterIP {cluster_ip:?}"
+    );
+    // The lab node has no default route; a real node reaches ClusterIPs
+    // through one. Route the service range onto the node bridge so the
+    // kernel has a route before the proxy's OUTPUT DNAT rewrites the packet.
+    node.netns
+        .exec(&["ip", "route", "replace", "10.96.0.0/12", "dev", "skiff0"]);
+    let body = wait_for(
+        "the ClusterIP answering through the agent's proxy",
+        Duration::from_secs(60),
+        || node.http_get(&format!("http://{cluster_ip}:80/")),
+    );
+    assert_eq!(body.trim(), "via-cluster-ip from backend");
+    let nat = node.netns.nat_rules();
+    assert!(
+        nat.contains(&cluster_ip) && nat.contains("KUBE-SERVICES"),
+        "no service rules in the node namespace:\n{nat}"
+    );
+    assert!(
+        node.log().contains("starting the service proxy"),
+        "{}",
+        node.log()
+    );
+}

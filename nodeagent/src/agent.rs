@@ -1,7 +1,8 @@
 //! Starting the agent: API client from the kubeconfig, the HTTPS endpoint,
 //! node registration and heartbeat, the pod network config (from
 //! `--cni-conf-dir` or a default bridge config over the node's podCIDR), the
-//! runtime pieces, routes to other nodes, and the pod manager.
+//! runtime pieces, routes to other nodes, the service proxy ([`crate::proxy`])
+//! and the pod manager.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -35,6 +36,8 @@ pub struct AgentConfig {
     pub max_pods: u32,
     /// argv prefix that runs the shim (`[/path/to/skiff, agent]`).
     pub shim_command: Vec<String>,
+    /// The embedded service proxy (`--proxy-mode`, `--cluster-cidr`).
+    pub proxy: crate::proxy::ProxySettings,
 }
 
 /// Errors starting the agent.
@@ -193,6 +196,12 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let node = node::register(&client, &id).await?;
     tracing::info!(node = %cfg.node_name, %internal_ip, port, "node registered");
     tokio::spawn(node::heartbeat(client.clone(), id, node));
+    crate::proxy::spawn(
+        client.clone(),
+        &cfg.node_name,
+        cfg.netns.clone(),
+        &cfg.proxy,
+    );
 
     let pod_cidrs = if cfg.cni_conf_dir.is_some() {
         Vec::new()

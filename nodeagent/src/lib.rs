@@ -14,6 +14,7 @@ pub mod node;
 pub mod pod_worker;
 pub mod pods;
 pub mod probe;
+pub mod proxy;
 pub mod quantity;
 pub mod runtime;
 pub mod sandbox;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use skiff_nodeagent::agent::{self, AgentConfig};
+use skiff_nodeagent::proxy::ProxySettings;
 
 /// Arguments of `skiff agent`.
 #[derive(clap::Args)]
@@ -45,6 +46,14 @@ pub struct Args {
     /// Pods this node accepts.
     #[arg(long, default_value_t = skiff_nodeagent::DEFAULT_MAX_PODS)]
     max_pods: u32,
+    /// Service proxy data plane run inside the agent: iptables, ebpf (falls
+    /// back to iptables when the kernel lacks what it needs) or none.
+    #[arg(long, default_value = "iptables", value_parser = parse_proxy_mode)]
+    proxy_mode: ProxyMode,
+    /// Pod network CIDR(s), comma-separated, for the proxy: ClusterIP traffic
+    /// from elsewhere is masqueraded. Same default as `skiff server`.
+    #[arg(long, value_delimiter = ',', default_value = "10.244.0.0/16")]
+    cluster_cidr: Vec<skiff_proxy::model::IpNetwork>,
     #[arg(long, hide = true)]
     shim_log: Option<PathBuf>,
     #[arg(long, hide = true)]
@@ -54,6 +63,20 @@ pub struct Args {
     /// The runtime command the shim runs.
     #[arg(last = true, hide = true)]
     shim_command: Vec<String>,
+}
+
+/// `--proxy-mode`: a data plane, or none.
+#[derive(Debug, Clone, Copy)]
+struct ProxyMode(Option<skiff_proxy::Mode>);
+
+fn parse_proxy_mode(s: &str) -> std::result::Result<ProxyMode, String> {
+    match s {
+        "none" => Ok(ProxyMode(None)),
+        other => other
+            .parse()
+            .map(|m| ProxyMode(Some(m)))
+            .map_err(|e| format!("{e} (or none)")),
+    }
 }
 
 pub async fn run(args: Args) -> Result<()> {
@@ -80,6 +103,10 @@ pub async fn run(args: Args) -> Result<()> {
         cluster_domain: args.cluster_domain,
         max_pods: args.max_pods,
         shim_command: vec![exe.display().to_string(), "agent".into()],
+        proxy: ProxySettings {
+            mode: args.proxy_mode.0,
+            cluster_cidrs: args.cluster_cidr,
+        },
     };
     tokio::select! {
         r = agent::run(config) => r.map_err(Into::into),

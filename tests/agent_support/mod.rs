@@ -33,6 +33,8 @@ pub struct AgentNode {
     kubeconfig: PathBuf,
     child: Option<Child>,
     starts: u32,
+    /// More `skiff agent` flags (e.g. `--proxy-mode iptables`).
+    extra_args: Vec<String>,
     // Removed last (after the agent is killed and mounts are gone).
     dir: TempDir,
 }
@@ -40,6 +42,11 @@ pub struct AgentNode {
 impl AgentNode {
     /// Creates namespace `name`, imports the busybox image and starts the agent.
     pub fn start(server: &TestServer, name: &str) -> AgentNode {
+        AgentNode::start_with(server, name, &[])
+    }
+
+    /// As [`AgentNode::start`], with more `skiff agent` flags.
+    pub fn start_with(server: &TestServer, name: &str, extra_args: &[&str]) -> AgentNode {
         let netns = NetnsGuard::new(name);
         let dir = tempfile::Builder::new()
             .prefix("skiff-agent-")
@@ -51,6 +58,7 @@ impl AgentNode {
             kubeconfig: server.kubeconfig(),
             child: None,
             starts: 0,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             dir,
         };
         node.import_busybox();
@@ -102,6 +110,7 @@ impl AgentNode {
             .arg("--data-dir")
             .arg(self.data_dir())
             .args(["--listen", "127.0.0.1:0"])
+            .args(&self.extra_args)
             .env("SKIFF_LOG", "info,skiff_nodeagent=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log"))
