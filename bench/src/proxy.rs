@@ -27,7 +27,6 @@ use skiff_bench::stats::{ms, percentile};
 use skiff_cni::Netns;
 use skiff_proxy::model::{
     self, Changes, Endpoint, NodeInfo, Protocol, ServiceMap, ServicePort, ServicePortName,
-    TrafficPolicy,
 };
 use skiff_proxy::{Config, Dataplane, Mode};
 
@@ -154,24 +153,7 @@ fn port_name(i: usize) -> ServicePortName {
 }
 
 fn service_port(name: ServicePortName, vip: Ipv4Addr, endpoints: Vec<Endpoint>) -> ServicePort {
-    ServicePort {
-        name,
-        cluster_ips: vec![IpAddr::V4(vip)],
-        port: 80,
-        node_port: None,
-        external_ips: Vec::new(),
-        load_balancer_ips: Vec::new(),
-        load_balancer_source_ranges: Vec::new(),
-        affinity_timeout_secs: None,
-        external_policy: TrafficPolicy::Cluster,
-        internal_policy: TrafficPolicy::Cluster,
-        prefer_close: false,
-        health_check_node_port: None,
-        cluster_endpoints: endpoints.clone(),
-        external_endpoints: endpoints.clone(),
-        local_ready_endpoints: endpoints.len(),
-        endpoints,
-    }
+    ServicePort::cluster_ip(name, vec![IpAddr::V4(vip)], 80, endpoints)
 }
 
 fn endpoint(ip: Ipv4Addr) -> Endpoint {

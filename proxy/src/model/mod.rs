@@ -163,6 +163,35 @@ pub struct ServicePort {
 }
 
 impl ServicePort {
+    /// A plain ClusterIP port with Cluster traffic policies, no affinity and no
+    /// external addresses, whose every endpoint serves both ClusterIP and
+    /// external traffic (benchmarks and tests build maps from these).
+    pub fn cluster_ip(
+        name: ServicePortName,
+        cluster_ips: Vec<IpAddr>,
+        port: u16,
+        endpoints: Vec<Endpoint>,
+    ) -> ServicePort {
+        ServicePort {
+            name,
+            cluster_ips,
+            port,
+            node_port: None,
+            external_ips: Vec::new(),
+            load_balancer_ips: Vec::new(),
+            load_balancer_source_ranges: Vec::new(),
+            affinity_timeout_secs: None,
+            external_policy: TrafficPolicy::Cluster,
+            internal_policy: TrafficPolicy::Cluster,
+            prefer_close: false,
+            health_check_node_port: None,
+            local_ready_endpoints: endpoints.iter().filter(|e| e.is_local && e.ready).count(),
+            cluster_endpoints: endpoints.clone(),
+            external_endpoints: endpoints.clone(),
+            endpoints,
+        }
+    }
+
     /// Whether traffic from outside the cluster can reach the port.
     pub fn externally_accessible(&self) -> bool {
         self.node_port.is_some()
