@@ -44,7 +44,7 @@ impl NodeCgroups {
             }
         }
         let cg = NodeCgroups {
-            parent: format!("skiff-{node}"),
+            parent: skiff_proxy::ebpf::node_cgroup(node),
             v2,
             v1,
         };

@@ -44,14 +44,21 @@ pub struct EbpfConfig {
     pub maglev_size: usize,
 }
 
+/// The node's cgroup, relative to each hierarchy's root: the socket programs
+/// attach to it in cgroup v2, and the node agent creates its pod cgroups below
+/// it, so one name serves both.
+pub fn node_cgroup(node: &str) -> String {
+    format!("skiff-{node}")
+}
+
 impl EbpfConfig {
     /// The default layout for `node`: pins under /sys/fs/bpf/skiff/<node>,
-    /// programs on the cgroup `skiff/<node>` below the cgroup v2 root
-    /// (created here; the agent moves the node's pods into it).
+    /// programs on the cgroup [`node_cgroup`] below the cgroup v2 root
+    /// (created here; the agent puts the node's pods below it).
     pub fn for_node(node: &str) -> Result<EbpfConfig, EbpfError> {
         Ok(EbpfConfig {
             pin_dir: Path::new("/sys/fs/bpf/skiff").join(node),
-            cgroup: ensure_subtree(&Path::new("skiff").join(node))?,
+            cgroup: ensure_subtree(Path::new(&node_cgroup(node)))?,
             interfaces: Vec::new(),
             netns: None,
             maglev_size: maglev::DEFAULT_SIZE,
