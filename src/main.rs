@@ -31,6 +31,8 @@ enum Command {
     Agent(cmd::agent::Args),
     /// Start a whole cluster on this machine (control plane and node namespaces).
     Up(cmd::up::Args),
+    /// Remove the cluster `skiff up` started (also after a crash).
+    Down(cmd::down::Args),
     /// Run the service proxy standalone.
     Proxy(cmd::proxy::Args),
     /// Run the cluster DNS server standalone.
@@ -163,6 +165,7 @@ async fn main() -> Result<()> {
         }
         Command::Agent(args) => cmd::agent::run(args).await,
         Command::Up(args) => cmd::up::run(args).await,
+        Command::Down(args) => cmd::down::run(args).await,
         Command::Proxy(args) => cmd::proxy::run(args).await,
         Command::Dns(args) => cmd::dns::run(args).await,
         Command::Image(args) => cmd::image::run(args).await,

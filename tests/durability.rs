@@ -69,7 +69,7 @@ fn configmap(name: &str) -> Value {
 
 fn restart_keeps_every_object(store: StoreKind) {
     let mut server = TestServer::start(store);
-    server.kubectl_ok(&["apply", "-f", "examples/"]);
+    server.kubectl_ok(&["apply", "-f", "tests/kubectl/manifests/"]);
     server.kubectl_stdin_ok(
         &["apply", "-f", "-"],
         "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: team-a\n---\n\

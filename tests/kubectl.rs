@@ -42,7 +42,7 @@ on_both_stores!(
     imperative_create_commands,
 );
 
-/// The objects in examples/, as `kubectl apply` names them.
+/// The objects in tests/kubectl/manifests/ (the API scenarios' own manifests), as `kubectl apply` names them.
 const EXAMPLE_OBJECTS: &[&str] = &[
     "deployment.apps/my-app",
     "horizontalpodautoscaler.autoscaling/my-app",
@@ -54,11 +54,11 @@ const EXAMPLE_OBJECTS: &[&str] = &[
 
 fn start_with_examples(store: StoreKind) -> TestServer {
     let server = TestServer::start(store);
-    let out = server.kubectl_ok(&["apply", "-f", "examples/"]);
+    let out = server.kubectl_ok(&["apply", "-f", "tests/kubectl/manifests/"]);
     for object in EXAMPLE_OBJECTS {
         assert!(
             out.lines().any(|l| l.trim() == format!("{object} created")),
-            "`kubectl apply -f examples/` should print '{object} created':\n{out}"
+            "`kubectl apply -f tests/kubectl/manifests/` should print '{object} created':\n{out}"
         );
     }
     server
@@ -293,11 +293,11 @@ fn selectors(store: StoreKind) {
     server.kubectl_ok(&[
         "apply",
         "-f",
-        "examples/pod-web.yaml",
+        "tests/kubectl/manifests/pod-web.yaml",
         "-f",
-        "examples/pod-busybox.yaml",
+        "tests/kubectl/manifests/pod-busybox.yaml",
         "-f",
-        "examples/pod-shared-volume.yaml",
+        "tests/kubectl/manifests/pod-shared-volume.yaml",
     ]);
     let pods_where = |args: &[&str]| {
         let mut all = vec!["get", "pods", "-o", "name"];

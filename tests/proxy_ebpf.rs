@@ -213,8 +213,8 @@ fn a_service_without_endpoints_refuses_at_once() {
     );
     assert_eq!(
         text(&out).trim(),
-        "refused 1",
-        "EPERM at connect(), no timeout"
+        "refused 111",
+        "ECONNREFUSED at connect(), no timeout"
     );
 }
 

@@ -260,3 +260,121 @@ fn maglev_gives_every_node_the_same_backend_per_flow() {
         "{moved} of 60 flows of surviving backends moved"
     );
 }
+
+#[test]
+fn external_ip_flows_to_remote_backends_leave_from_the_node_address() {
+    let mut plane = Plane::new("tcext");
+    let mut lb = service(
+        "lb",
+        "10.96.0.31",
+        443,
+        Protocol::Tcp,
+        vec![endpoint("10.244.2.8", 8443, false)],
+    );
+    lb.load_balancer_ips = vec!["192.0.2.11".parse().unwrap()];
+    let map = map_of(&[NODE], vec![lb]);
+    plane.dp().sync(&map, &Changes::full(&map)).expect("sync");
+
+    // SNAT to the node, not to the LoadBalancer IP the node does not own:
+    // the other node's backend must route its reply back here.
+    let syn = packet(6, CLIENT, 40300, "192.0.2.11", 443);
+    let (verdict, out) = plane.dp().run_tc(true, &syn).expect("test run");
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(addrs(&out), (NODE.into(), 40300, "10.244.2.8".into(), 8443));
+    let reply = packet(6, "10.244.2.8", 8443, NODE, 40300);
+    let (_, out) = plane.dp().run_tc(true, &reply).expect("test run");
+    assert_eq!(
+        addrs(&out),
+        ("192.0.2.11".into(), 443, CLIENT.into(), 40300)
+    );
+}
+
+/// tc links on live interfaces: found in the node's namespace, kept (not
+/// stacked) across a restart, added for a new interface at the next sync
+/// (whose address then answers NodePorts) and unpinned when it goes.
+#[test]
+fn tc_programs_follow_the_node_interfaces_across_restarts() {
+    use proxy_ebpf_support::{unique, veth, Bpffs, Cgroup, Netns};
+    use skiff_proxy::ebpf::{EbpfConfig, EbpfDataplane};
+
+    let node = Netns::new(&unique("tcifn"));
+    let peer = Netns::new(&unique("tcifp"));
+    veth(&node, NODE, &peer, "192.168.50.9");
+    let bpffs = Bpffs::new();
+    let name = unique("tcif");
+    let cgroup = Cgroup::new(&name);
+    let cfg = EbpfConfig {
+        pin_dir: bpffs.pin_dir(&name),
+        cgroup: cgroup.path().to_path_buf(),
+        interfaces: Vec::new(),
+        discover_interfaces: true,
+        netns: Some(std::path::Path::new("/var/run/netns").join(node.name())),
+        maglev_size: 251,
+    };
+    let tc_progs = |dp: &EbpfDataplane, dev: &str| {
+        let (ingress, egress) = dp.tc_programs(dev).expect("tcx query");
+        // The kernel keeps 15 characters of a program's name.
+        (
+            ingress.iter().filter(|n| *n == "skiff_tc_ingres").count(),
+            egress.iter().filter(|n| *n == "skiff_tc_egress").count(),
+        )
+    };
+    let mut web = service(
+        "web",
+        "10.96.0.50",
+        80,
+        Protocol::Tcp,
+        vec![endpoint("10.244.1.5", 8080, true)],
+    );
+    web.node_port = Some(30085);
+    // No node addresses from the API: the interfaces' own addresses count.
+    let map = map_of(&[], vec![web]);
+
+    let mut dp = EbpfDataplane::new(cfg.clone()).expect("load");
+    assert_eq!(dp.interfaces(), vec!["eth0".to_string()]);
+    assert_eq!(tc_progs(&dp, "eth0"), (1, 1));
+    drop(dp);
+    dp = EbpfDataplane::new(cfg.clone()).expect("restart");
+    assert_eq!(
+        tc_progs(&dp, "eth0"),
+        (1, 1),
+        "a restart must not stack programs"
+    );
+
+    node.exec(&[
+        "ip",
+        "link",
+        "add",
+        "up1",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth1",
+        "netns",
+        peer.name(),
+    ]);
+    node.exec(&["ip", "addr", "add", "192.168.60.1/24", "dev", "up1"]);
+    node.exec(&["ip", "link", "set", "up1", "up"]);
+    dp.sync(&map, &Changes::full(&map)).expect("sync");
+    assert_eq!(tc_progs(&dp, "up1"), (1, 1));
+    for dst in [NODE, "192.168.60.1"] {
+        let (_, out) = dp
+            .run_tc(true, &packet(6, CLIENT, 40400, dst, 30085))
+            .expect("test run");
+        assert_eq!(addrs(&out).2, "10.244.1.5", "NodePort on {dst}");
+    }
+
+    node.exec(&["ip", "link", "del", "up1"]);
+    dp.sync(&map, &Changes::full(&map)).expect("sync");
+    assert_eq!(dp.interfaces(), vec!["eth0".to_string()]);
+    let links = dp.status().expect("status").to_string();
+    assert!(!links.contains("tc-up1"), "{links}");
+    assert!(links.contains("tc-eth0-ingress"), "{links}");
+    dp.cleanup().expect("cleanup");
+    assert_eq!(
+        tc_progs(&dp, "eth0"),
+        (0, 0),
+        "cleanup detaches the tc programs"
+    );
+}

@@ -79,7 +79,8 @@ fn resync_repairs_drift() {
         tcp_request(&client.ns, vip).ok()
     });
     let node = &lab.node("n1").ns;
-    node.exec(&["iptables", "-t", "nat", "-F", "KUBE-SERVICES"]);
+    let iptables = implementation_in_use(node);
+    node.exec(&[iptables, "-t", "nat", "-F", "KUBE-SERVICES"]);
     assert!(
         tcp_request(&client.ns, vip).is_err(),
         "the flushed rules still answered"
@@ -90,6 +91,155 @@ fn resync_repairs_drift() {
         || tcp_request(&client.ns, vip).ok(),
     );
     assert_eq!(reply.backend, "a");
-    let rules = node.exec(&["iptables-save", "-t", "nat"]);
+    let save = format!("{iptables}-save");
+    let rules = node.exec(&[&save, "-t", "nat"]);
     assert!(rules.contains("-j KUBE-SVC-"), "{rules}");
+    // Resyncs add the jumps from the built-in chains once, not once per resync.
+    std::thread::sleep(Duration::from_secs(11));
+    let rules = node.exec(&[&save, "-t", "nat"]);
+    let jumps = rules
+        .lines()
+        .filter(|l| l.starts_with("-A PREROUTING") && l.ends_with("-j KUBE-SERVICES"))
+        .count();
+    assert_eq!(jumps, 1, "{rules}");
+}
+
+/// `iptables-legacy` or `iptables-nft`: whichever holds the proxy's KUBE-SERVICES.
+fn implementation_in_use(node: &lab::Ns) -> &'static str {
+    let has = |tool: &str| {
+        let out = node.try_exec(&[tool, "-t", "nat", "-S", "KUBE-SERVICES"]);
+        out.status.success()
+    };
+    match (has("iptables-legacy"), has("iptables-nft")) {
+        (true, false) => "iptables-legacy",
+        (false, true) => "iptables-nft",
+        other => panic!("KUBE-SERVICES in (legacy, nft): {other:?}; expected exactly one"),
+    }
+}
+
+/// `--iptables-backend auto`: a node whose kubelet made its hint chain in
+/// nftables gets nft rules; a node without Kubernetes chains gets the
+/// (faster) legacy ones. Services work on both.
+#[test]
+fn auto_backend_follows_the_kubelet_then_prefers_legacy() {
+    use lab::proxy::{apply, endpoint_slice, service, Ep, ProxyProcess};
+    use lab::sockets::{eventually, tcp_request, tcp_server};
+    use std::time::Duration;
+
+    let server = common::TestServer::start(common::StoreKind::Redb);
+    let mut lab = lab::Lab::new("auto");
+    lab.add_node("n1", 1);
+    lab.add_node("n2", 2);
+    // What the kubelet does on an nftables node (upstream's iptables-wrapper reads it).
+    lab.node("n2")
+        .ns
+        .exec(&["iptables-nft", "-t", "mangle", "-N", "KUBE-IPTABLES-HINT"]);
+    let a = lab.node("n1").add_pod("a", 2);
+    let _srv = tcp_server(&a.ns, 8080, "a");
+    apply(
+        &server,
+        &service(
+            "web",
+            "10.96.10.21",
+            &[("http", "TCP", 80, None)],
+            serde_json::json!({}),
+        ),
+    );
+    apply(
+        &server,
+        &endpoint_slice("web", &[("http", "TCP", 8080)], &[Ep::ready(a.ip, "n1")]),
+    );
+    let _p1 = ProxyProcess::start(&server, lab.node("n1"), MODE);
+    let _p2 = ProxyProcess::start(&server, lab.node("n2"), MODE);
+    let vip = "10.96.10.21:80".parse().expect("address");
+    for (node, expected) in [("n1", "iptables-legacy"), ("n2", "iptables-nft")] {
+        let ns = &lab.node(node).ns;
+        let reply = eventually(Duration::from_secs(20), "the service from the node", || {
+            tcp_request(ns, vip).ok()
+        });
+        assert_eq!(reply.backend, "a");
+        assert_eq!(implementation_in_use(ns), expected, "on {node}");
+    }
+}
+
+/// IPv6 ClusterIPs with ip6tables, with `implementation` (`auto` resolves
+/// to legacy on these machines): TCP spread over both backends with the pod's
+/// source kept, UDP, from the node too, REJECT for a port without
+/// endpoints, and a removed endpoint stops receiving after a partial sync.
+fn ipv6_services(implementation: &str) {
+    use lab::sockets::eventually;
+    use lab::v6::{
+        service6, service_map, slice6, tcp6_request, tcp6_server, udp6_request, udp6_server,
+        Node6, Proxy6,
+    };
+    use std::collections::BTreeSet;
+    use std::io::ErrorKind;
+    use std::time::{Duration, Instant};
+
+    let node = Node6::new(&format!("v6{implementation}"));
+    let a = node.add_pod("a", 2);
+    let b = node.add_pod("b", 3);
+    let client = node.add_pod("client", 9);
+    let _servers = [
+        tcp6_server(&a.ns, 8080, "a"),
+        tcp6_server(&b.ns, 8080, "b"),
+        udp6_server(&a.ns, 5353, "a"),
+        udp6_server(&b.ns, 5353, "b"),
+    ];
+    let ports = [("http", "TCP", 8080), ("dns", "UDP", 5353)];
+    let services = [
+        service6("web", "fd00:10:96::10", &[("http", "TCP", 80), ("dns", "UDP", 53)]),
+        service6("empty", "fd00:10:96::11", &[("http", "TCP", 80)]),
+    ];
+    let mut proxy = Proxy6::new(&node, implementation.parse().expect("backend"));
+    proxy.sync(service_map(
+        &node.name,
+        &services,
+        &[slice6("web", &ports, &[a.ip, b.ip], &node.name)],
+    ));
+    let save = format!("ip6tables-{}-save", proxy.backend().as_str());
+    let rules = node.ns.exec(&[&save, "-t", "nat"]);
+    assert!(rules.contains("-d fd00:10:96::10/128"), "{rules}");
+
+    let vip: std::net::SocketAddr = "[fd00:10:96::10]:80".parse().expect("address");
+    let mut seen = BTreeSet::new();
+    eventually(Duration::from_secs(10), "both IPv6 backends", || {
+        if let Ok(reply) = tcp6_request(&client.ns, vip) {
+            let (backend, peer) = reply.split_once(' ').expect("reply");
+            assert_eq!(peer, client.ip.to_string(), "pod source kept");
+            seen.insert(backend.to_string());
+        }
+        (seen.len() == 2).then_some(())
+    });
+    let udp = udp6_request(&client.ns, "[fd00:10:96::10]:53".parse().expect("address"))
+        .expect("UDP through the IPv6 ClusterIP");
+    assert!(udp.starts_with('a') || udp.starts_with('b'), "{udp}");
+    let from_node = tcp6_request(&node.ns, vip).expect("TCP from the node itself");
+    assert!(from_node.starts_with('a') || from_node.starts_with('b'));
+
+    let started = Instant::now();
+    let err = tcp6_request(&client.ns, "[fd00:10:96::11]:80".parse().expect("address"))
+        .expect_err("the empty service must not answer");
+    assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+
+    proxy.sync(service_map(
+        &node.name,
+        &services,
+        &[slice6("web", &ports, &[a.ip], &node.name)],
+    ));
+    for _ in 0..10 {
+        let reply = tcp6_request(&client.ns, vip).expect("request after the change");
+        assert!(reply.starts_with("a "), "{reply}");
+    }
+}
+
+#[test]
+fn ipv6_services_auto() {
+    ipv6_services("auto");
+}
+
+#[test]
+fn ipv6_services_nft() {
+    ipv6_services("nft");
 }

@@ -135,6 +135,7 @@ impl Lab {
             pin_dir: self.bpffs.path().join("bench"),
             cgroup: self.cgroup.clone(),
             interfaces: Vec::new(),
+            discover_interfaces: false,
             netns: None,
             maglev_size: 16381,
         })?)

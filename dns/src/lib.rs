@@ -28,6 +28,7 @@ pub mod index;
 pub mod metrics;
 pub mod packet;
 pub mod records;
+pub mod sockets;
 pub mod upstream;
 pub mod watch;
 
@@ -36,12 +37,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+pub use handler::Handler;
 use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::Server;
-use tokio::net::{TcpListener, UdpSocket};
-
-pub use handler::Handler;
+pub use sockets::{HostSockets, Sockets};
 
 /// The default cluster zone.
 pub const DEFAULT_ZONE: &str = "cluster.local";
@@ -64,14 +64,18 @@ pub struct Config {
     pub zone: String,
     /// TTL of cluster records, seconds.
     pub ttl: u32,
-    /// Upstream resolvers; empty means the nameservers of `/etc/resolv.conf`.
-    pub upstreams: Vec<SocketAddr>,
+    /// Upstream resolvers; `None` means the nameservers of `/etc/resolv.conf`,
+    /// an empty list means nothing is forwarded (other names get SERVFAIL).
+    pub upstreams: Option<Vec<SocketAddr>>,
     /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
     pub metrics_listen: Option<SocketAddr>,
     /// Most upstream answers cached at once.
     pub cache_entries: usize,
     /// Most upstream queries in flight at once.
     pub max_upstream_inflight: usize,
+    /// Makes the listening and forwarding sockets (the node agent opens them
+    /// in the node's network namespace).
+    pub sockets: Arc<dyn Sockets>,
 }
 
 impl Default for Config {
@@ -80,10 +84,11 @@ impl Default for Config {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 53))],
             zone: DEFAULT_ZONE.to_string(),
             ttl: DEFAULT_TTL,
-            upstreams: Vec::new(),
+            upstreams: None,
             metrics_listen: None,
             cache_entries: 10_000,
             max_upstream_inflight: 1_024,
+            sockets: Arc::new(HostSockets),
         }
     }
 }
@@ -156,12 +161,11 @@ impl RequestHandler for Shared {
 
 /// The upstreams `config` asks for, or resolv.conf's, minus ourselves.
 fn upstream_servers(config: &Config) -> Vec<SocketAddr> {
-    let servers = if config.upstreams.is_empty() {
-        std::fs::read_to_string("/etc/resolv.conf")
+    let servers = match &config.upstreams {
+        Some(servers) => servers.clone(),
+        None => std::fs::read_to_string("/etc/resolv.conf")
             .map(|text| upstream::from_resolv_conf(&text))
-            .unwrap_or_default()
-    } else {
-        config.upstreams.clone()
+            .unwrap_or_default(),
     };
     let kept = upstream::without_self(servers.clone(), &config.listen);
     if kept.len() != servers.len() {
@@ -200,8 +204,8 @@ pub async fn run(
             addr: *addr,
             source,
         };
-        let udp = UdpSocket::bind(addr).await.map_err(bind)?;
-        let tcp = TcpListener::bind(addr).await.map_err(bind)?;
+        let udp = sockets::tokio_udp(config.sockets.as_ref(), *addr).map_err(bind)?;
+        let tcp = sockets::tokio_listener(config.sockets.as_ref(), *addr).map_err(bind)?;
         sockets.push((udp, tcp));
     }
 
@@ -219,10 +223,11 @@ pub async fn run(
         _ = synced_rx.wait_for(|s| *s) => {}
     }
 
-    let upstreams = upstream::Upstreams::new(
+    let upstreams = upstream::Upstreams::with_sockets(
         upstream_servers(&config),
         UPSTREAM_TIMEOUT,
         config.max_upstream_inflight,
+        config.sockets.clone(),
     );
     let handler = Arc::new(Handler::new(
         index.clone(),

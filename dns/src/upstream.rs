@@ -7,15 +7,16 @@
 //! addresses is dropped when the server list is built.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_proto::op::{Edns, Message, Query};
 use hickory_proto::rr::{Name, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 
 use crate::cache::Answer;
+use crate::sockets::{HostSockets, Sockets};
 
 /// Errors talking to upstream resolvers.
 #[derive(Debug, thiserror::Error)]
@@ -74,16 +75,28 @@ pub struct Upstreams {
     timeout: Duration,
     inflight: Semaphore,
     limit: usize,
+    sockets: Arc<dyn Sockets>,
 }
 
 impl Upstreams {
     /// Upstreams tried in order, each for `timeout`, at most `limit` queries at once.
     pub fn new(servers: Vec<SocketAddr>, timeout: Duration, limit: usize) -> Upstreams {
+        Upstreams::with_sockets(servers, timeout, limit, Arc::new(HostSockets))
+    }
+
+    /// As [`Upstreams::new`], with query sockets made by `sockets`.
+    pub fn with_sockets(
+        servers: Vec<SocketAddr>,
+        timeout: Duration,
+        limit: usize,
+        sockets: Arc<dyn Sockets>,
+    ) -> Upstreams {
         Upstreams {
             servers,
             timeout,
             inflight: Semaphore::new(limit),
             limit,
+            sockets,
         }
     }
 
@@ -129,10 +142,11 @@ impl Upstreams {
         let timeout = self.timeout;
         let io = |source| UpstreamError::Io { server, source };
         let reply = tokio::time::timeout(timeout, async {
-            let reply = udp_exchange(server, &wire, id).await.map_err(io)?;
+            let sockets = self.sockets.as_ref();
+            let reply = udp_exchange(sockets, server, &wire, id).await.map_err(io)?;
             let parsed = parse(server, &reply)?;
             if parsed.metadata.truncation {
-                let reply = tcp_exchange(server, &wire).await.map_err(io)?;
+                let reply = tcp_exchange(sockets, server, &wire).await.map_err(io)?;
                 return parse(server, &reply);
             }
             Ok(parsed)
@@ -160,12 +174,17 @@ fn parse(server: SocketAddr, bytes: &[u8]) -> Result<Message, UpstreamError> {
     })
 }
 
-async fn udp_exchange(server: SocketAddr, wire: &[u8], id: u16) -> std::io::Result<Vec<u8>> {
+async fn udp_exchange(
+    sockets: &dyn Sockets,
+    server: SocketAddr,
+    wire: &[u8],
+    id: u16,
+) -> std::io::Result<Vec<u8>> {
     let local: SocketAddr = match server {
         SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
     };
-    let socket = UdpSocket::bind(local).await?;
+    let socket = crate::sockets::tokio_udp(sockets, local)?;
     socket.connect(server).await?;
     socket.send(wire).await?;
     let mut buf = vec![0u8; 65535];
@@ -180,8 +199,12 @@ async fn udp_exchange(server: SocketAddr, wire: &[u8], id: u16) -> std::io::Resu
     }
 }
 
-async fn tcp_exchange(server: SocketAddr, wire: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut stream = TcpStream::connect(server).await?;
+async fn tcp_exchange(
+    sockets: &dyn Sockets,
+    server: SocketAddr,
+    wire: &[u8],
+) -> std::io::Result<Vec<u8>> {
+    let mut stream = sockets.tcp(server)?.connect(server).await?;
     let len = u16::try_from(wire.len())
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "query too long"))?;
     let mut framed = Vec::with_capacity(wire.len() + 2);

@@ -4,7 +4,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use skiff_common::{
     AffinityKey, AffinityValue, Backend, Counters, CtKey, CtValue, Frontend, FrontendKey,
@@ -48,6 +48,10 @@ pub static SKIFF_NODE_ADDRS: HashMap<NodeAddrKey, u8> = HashMap::pinned(256, 0);
 
 #[map]
 pub static SKIFF_COUNTERS: PerCpuArray<Counters> = PerCpuArray::pinned(MAX_FRONTENDS, 0);
+
+/// SNAT source addresses by family (`SNAT_V4`, `SNAT_V6`); all-zero: unset.
+#[map]
+pub static SKIFF_SNAT: Array<[u32; 4]> = Array::pinned(2, 0);
 
 /// A copy of the frontend at `key`, if any.
 #[inline(always)]

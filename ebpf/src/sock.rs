@@ -6,22 +6,74 @@
 
 use aya_ebpf::{
     bindings::bpf_sock_addr,
-    helpers::{bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns,
+        bpf_set_retval,
+    },
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
     EbpfContext,
 };
 use skiff_common::{
     select::{affinity_fresh, pick_slot},
-    AffinityKey, AffinityValue, Backend, FrontendKey, RevNatKey, RevNatValue, FAMILY_V4, FAMILY_V6,
-    FLAG_AFFINITY, FLAG_SOCKET,
+    AffinityKey, AffinityValue, Backend, Frontend, FrontendKey, NodeAddrKey, RevNatKey,
+    RevNatValue, AFFINITY_CLIENT, AFFINITY_SOCKET, FAMILY_V4, FAMILY_V6, FLAG_AFFINITY,
+    FLAG_SOCKET,
 };
 
-use crate::maps::{self, SKIFF_AFFINITY, SKIFF_REVNAT};
+use crate::maps::{self, SKIFF_AFFINITY, SKIFF_NODE_ADDRS, SKIFF_REVNAT};
 
 /// cgroup sock_addr verdicts.
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
+/// errno of a refused connection (kube-proxy REJECTs with port-unreachable,
+/// which applications see as ECONNREFUSED).
+const ECONNREFUSED: i32 = 111;
+
+/// Rejects the socket call with ECONNREFUSED instead of the default EPERM.
+#[inline(always)]
+fn refuse(fe: &Frontend) -> i32 {
+    maps::count(fe.id, 0, 0, 1);
+    // SAFETY: helper valid for connect/sendmsg programs; the negative errno
+    // becomes the syscall's result when the program denies.
+    unsafe { bpf_set_retval(-ECONNREFUSED) };
+    DENY
+}
+
+/// The frontend a socket call addresses: a service address, else a NodePort
+/// on one of this node's addresses (so pods and node processes reach
+/// NodePorts without the tc path, hairpin included).
+#[inline(always)]
+fn lookup(key: &FrontendKey) -> Option<Frontend> {
+    if let Some(fe) = maps::frontend(key) {
+        return (fe.flags & FLAG_SOCKET != 0).then_some(fe);
+    }
+    let node = NodeAddrKey {
+        addr: key.addr,
+        family: key.family,
+        pad: [0; 3],
+    };
+    SKIFF_NODE_ADDRS.get_ptr(node)?;
+    let np = FrontendKey {
+        addr: [0; 4],
+        ..*key
+    };
+    maps::frontend(&np)
+}
+
+/// The backend an unconnected UDP socket already sends this frontend's
+/// datagrams to, if it still exists.
+#[inline(always)]
+fn pinned(cookie: u64, fe: &Frontend) -> Option<(u32, Backend)> {
+    let key = AffinityKey {
+        client: cookie,
+        frontend: fe.id,
+        kind: AFFINITY_SOCKET,
+    };
+    // SAFETY: LRU value copied out at once.
+    let id = unsafe { (*SKIFF_AFFINITY.get_ptr(key)?).backend };
+    Some((id, maps::backend(id)?))
+}
 
 /// The address the socket call names, as a frontend key.
 ///
@@ -75,7 +127,7 @@ fn choose(ctx: &SockAddrContext, fe: &skiff_common::Frontend) -> Option<(u32, Ba
         // SAFETY: helper valid for sock_addr programs.
         client: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
         frontend: fe.id,
-        pad: 0,
+        kind: AFFINITY_CLIENT,
     };
     if fe.flags & FLAG_AFFINITY != 0 {
         if let Some(a) = SKIFF_AFFINITY.get_ptr(akey) {
@@ -114,32 +166,47 @@ fn choose(ctx: &SockAddrContext, fe: &skiff_common::Frontend) -> Option<(u32, Ba
     Some((id, b))
 }
 
-/// connect()/sendmsg(): translate a service address to a backend.
+/// connect()/sendmsg(): translate a service address to a backend. An
+/// unconnected UDP socket (`datagram`) keeps one backend per frontend while
+/// that backend exists, so its datagrams behave as one flow.
 #[inline(always)]
-fn translate(ctx: &SockAddrContext, family: u8) -> i32 {
+fn translate(ctx: &SockAddrContext, family: u8, datagram: bool) -> i32 {
     let sa = ctx.sock_addr;
     // SAFETY: `sa` is the kernel's context.
     let key = unsafe { dialled(sa, family) };
-    let Some(fe) = maps::frontend(&key) else {
+    let Some(fe) = lookup(&key) else {
         return ALLOW;
     };
-    if fe.flags & FLAG_SOCKET == 0 {
-        return ALLOW;
-    }
     if fe.count == 0 {
         // A service without endpoints refuses at once, like kube-proxy's REJECT.
-        maps::count(fe.id, 0, 0, 1);
-        return DENY;
+        return refuse(&fe);
     }
-    let Some((_, b)) = choose(ctx, &fe) else {
-        maps::count(fe.id, 0, 0, 1);
-        return DENY;
+    // SAFETY: helper valid for sock_addr programs.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let chosen = match datagram.then(|| pinned(cookie, &fe)).flatten() {
+        Some(c) => Some(c),
+        None => choose(ctx, &fe),
     };
+    let Some((id, b)) = chosen else {
+        return refuse(&fe);
+    };
+    if datagram {
+        let pin = AffinityKey {
+            client: cookie,
+            frontend: fe.id,
+            kind: AFFINITY_SOCKET,
+        };
+        let v = AffinityValue {
+            backend: id,
+            pad: 0,
+            last_used: 0,
+        };
+        let _ = SKIFF_AFFINITY.insert(pin, v, 0);
+    }
     // SAFETY: as above.
     unsafe { rewrite(sa, family, &b.addr, b.port) };
     let rkey = RevNatKey {
-        // SAFETY: helper valid for sock_addr programs.
-        cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+        cookie,
         addr: b.addr,
         port: b.port,
         family,
@@ -185,25 +252,25 @@ fn reverse(ctx: &SockAddrContext, family: u8) -> i32 {
 /// ClusterIP connect() over IPv4.
 #[cgroup_sock_addr(connect4)]
 pub fn skiff_connect4(ctx: SockAddrContext) -> i32 {
-    translate(&ctx, FAMILY_V4)
+    translate(&ctx, FAMILY_V4, false)
 }
 
 /// ClusterIP connect() over IPv6.
 #[cgroup_sock_addr(connect6)]
 pub fn skiff_connect6(ctx: SockAddrContext) -> i32 {
-    translate(&ctx, FAMILY_V6)
+    translate(&ctx, FAMILY_V6, false)
 }
 
 /// Unconnected UDP sendmsg() to a ClusterIP over IPv4.
 #[cgroup_sock_addr(sendmsg4)]
 pub fn skiff_sendmsg4(ctx: SockAddrContext) -> i32 {
-    translate(&ctx, FAMILY_V4)
+    translate(&ctx, FAMILY_V4, true)
 }
 
 /// Unconnected UDP sendmsg() to a ClusterIP over IPv6.
 #[cgroup_sock_addr(sendmsg6)]
 pub fn skiff_sendmsg6(ctx: SockAddrContext) -> i32 {
-    translate(&ctx, FAMILY_V6)
+    translate(&ctx, FAMILY_V6, true)
 }
 
 /// UDP recvmsg() source address back to the ClusterIP (IPv4).

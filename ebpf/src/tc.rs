@@ -16,12 +16,12 @@ use aya_ebpf::{
 use skiff_common::{
     select::{affinity_fresh, flow_hash, fold_addr, maglev_index, pick_slot},
     AffinityKey, AffinityValue, Backend, CtKey, CtValue, Frontend, FrontendKey, NodeAddrKey,
-    SourceRangeKey, BACKEND_LOCAL, CT_FORWARD, CT_REPLY, FAMILY_V4, FLAG_AFFINITY, FLAG_EXTERNAL,
-    FLAG_LOCAL, FLAG_SOURCE_RANGES, MAGLEV_TABLE_LEN, PROTO_TCP, PROTO_UDP,
+    SourceRangeKey, AFFINITY_CLIENT, BACKEND_LOCAL, CT_FORWARD, CT_REPLY, FAMILY_V4, FLAG_AFFINITY,
+    FLAG_EXTERNAL, FLAG_LOCAL, FLAG_SOURCE_RANGES, MAGLEV_TABLE_LEN, PROTO_TCP, PROTO_UDP, SNAT_V4,
 };
 
 use crate::maps::{
-    self, SKIFF_AFFINITY, SKIFF_CT, SKIFF_MAGLEV, SKIFF_NODE_ADDRS, SKIFF_SRC_RANGES,
+    self, SKIFF_AFFINITY, SKIFF_CT, SKIFF_MAGLEV, SKIFF_NODE_ADDRS, SKIFF_SNAT, SKIFF_SRC_RANGES,
 };
 
 const ETH_HLEN: usize = 14;
@@ -111,10 +111,13 @@ fn set_port(ctx: &TcContext, p: &Packet, off: usize, old: u16, new: u16) -> Opti
         .ok()
 }
 
-/// The frontend a new flow is addressed to: its destination address
-/// (externalIP / LoadBalancer IP), else a NodePort on a node address.
+/// The frontend a new flow is addressed to — its destination address
+/// (externalIP / LoadBalancer IP), else a NodePort on a node address — and
+/// the node address SNATed flows leave from: the NodePort's own address, or
+/// the configured SNAT source for external addresses (which the node does
+/// not own, so replies from other nodes would not find their way back).
 #[inline(always)]
-fn lookup_frontend(p: &Packet) -> Option<Frontend> {
+fn lookup_frontend(p: &Packet) -> Option<(Frontend, u32)> {
     let mut key = FrontendKey {
         addr: [p.daddr, 0, 0, 0],
         port: p.dport,
@@ -123,7 +126,11 @@ fn lookup_frontend(p: &Packet) -> Option<Frontend> {
     };
     if let Some(fe) = maps::frontend(&key) {
         if fe.flags & FLAG_EXTERNAL != 0 {
-            return Some(fe);
+            let snat = match SKIFF_SNAT.get(SNAT_V4) {
+                Some(a) if a[0] != 0 => a[0],
+                _ => p.daddr,
+            };
+            return Some((fe, snat));
         }
     }
     let node = NodeAddrKey {
@@ -134,7 +141,7 @@ fn lookup_frontend(p: &Packet) -> Option<Frontend> {
     SKIFF_NODE_ADDRS.get_ptr(node)?;
     key.addr = [0; 4];
     let fe = maps::frontend(&key)?;
-    (fe.flags & FLAG_EXTERNAL != 0).then_some(fe)
+    (fe.flags & FLAG_EXTERNAL != 0).then_some((fe, p.daddr))
 }
 
 /// Whether the flow's source is inside the frontend's source ranges.
@@ -161,7 +168,7 @@ fn choose(fe: &Frontend, p: &Packet) -> Option<(u32, Backend)> {
     let akey = AffinityKey {
         client: fold_addr(&client),
         frontend: fe.id,
-        pad: 0,
+        kind: AFFINITY_CLIENT,
     };
     if fe.flags & FLAG_AFFINITY != 0 {
         if let Some(a) = SKIFF_AFFINITY.get_ptr(akey) {
@@ -226,7 +233,7 @@ fn apply(ctx: &TcContext, p: &Packet, v: &CtValue) -> Option<()> {
 /// Records both directions of a new flow and DNATs its first packet.
 #[inline(always)]
 fn new_flow(ctx: &TcContext, p: &Packet, key: &CtKey) -> i32 {
-    let Some(fe) = lookup_frontend(p) else {
+    let Some((fe, snat_addr)) = lookup_frontend(p) else {
         return TC_ACT_OK;
     };
     if !source_allowed(&fe, p.saddr) || fe.count == 0 {
@@ -240,7 +247,7 @@ fn new_flow(ctx: &TcContext, p: &Packet, key: &CtKey) -> i32 {
     let snat = fe.flags & FLAG_LOCAL == 0 && b.flags & BACKEND_LOCAL == 0;
     let fwd = CtValue {
         addr: b.addr,
-        nat_addr: [p.daddr, 0, 0, 0],
+        nat_addr: [snat_addr, 0, 0, 0],
         port: b.port,
         // The client's port is kept: the node address plus the client port
         // names the flow well enough for the reply lookup.
@@ -254,7 +261,7 @@ fn new_flow(ctx: &TcContext, p: &Packet, key: &CtKey) -> i32 {
     let reply_key = CtKey {
         saddr: b.addr,
         daddr: if snat {
-            [p.daddr, 0, 0, 0]
+            [snat_addr, 0, 0, 0]
         } else {
             [p.saddr, 0, 0, 0]
         },

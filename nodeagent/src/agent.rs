@@ -1,7 +1,8 @@
 //! Starting the agent: API client from the kubeconfig, the HTTPS endpoint,
 //! node registration and heartbeat, the pod network config (from
 //! `--cni-conf-dir` or a default bridge config over the node's podCIDR), the
-//! runtime pieces, routes to other nodes, the service proxy ([`crate::proxy`])
+//! runtime pieces, routes to other nodes, the service proxy ([`crate::proxy`]),
+//! node-local DNS ([`crate::dns`])
 //! and the pod manager.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -38,6 +39,8 @@ pub struct AgentConfig {
     pub shim_command: Vec<String>,
     /// The embedded service proxy (`--proxy-mode`, `--cluster-cidr`).
     pub proxy: crate::proxy::ProxySettings,
+    /// The embedded node-local DNS server (`--node-local-dns`).
+    pub dns: crate::dns::NodeDnsSettings,
 }
 
 /// Errors starting the agent.
@@ -202,6 +205,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         cfg.netns.clone(),
         &cfg.proxy,
     );
+    crate::dns::spawn(client.clone(), cfg.netns.clone(), &cfg.dns);
 
     let pod_cidrs = if cfg.cni_conf_dir.is_some() {
         Vec::new()

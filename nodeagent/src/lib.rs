@@ -7,7 +7,9 @@
 pub mod agent;
 pub mod container;
 pub mod context;
+pub mod dns;
 pub mod env;
+pub mod exec;
 pub mod image;
 pub mod logs;
 pub mod node;

@@ -331,9 +331,10 @@ pub async fn sync_routes(client: Client, me: String, netns: PathBuf) {
     use kube::runtime::{reflector, watcher, WatchStreamExt};
     let nodes: Api<Node> = Api::all(client);
     let (reader, writer) = reflector::store();
-    let stream = reflector(writer, watcher(nodes, watcher::Config::default()))
-        .default_backoff()
-        .touched_objects();
+    // Every event, InitDone included: the reflector fills its store from the
+    // initial list only at InitDone, so syncing on the list's objects alone
+    // saw an empty store, and nodes listed at start never got routes.
+    let stream = reflector(writer, watcher(nodes, watcher::Config::default())).default_backoff();
     futures::pin_mut!(stream);
     while stream.next().await.is_some() {
         let list: Vec<Node> = reader.state().iter().map(|n| (**n).clone()).collect();

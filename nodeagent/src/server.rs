@@ -1,7 +1,8 @@
 //! The agent's HTTPS endpoint (the kubelet's port): `GET /containerLogs/
 //! {namespace}/{pod}/{container}` with `follow`, `tailLines`, `previous`,
 //! `timestamps` and `limitBytes`, which the API server proxies for
-//! `kubectl logs`. Callers authenticate with a bearer token that the API
+//! `kubectl logs`, and `/exec/{namespace}/{pod}/{container}` for
+//! `kubectl exec` ([`crate::exec`]). Callers authenticate with a bearer token that the API
 //! server accepts (checked once against it, then cached), and `/healthz`.
 //! The certificate is self-signed per start.
 
@@ -12,10 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path as UrlPath, Query, State};
+use axum::extract::{Path as UrlPath, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -28,6 +29,7 @@ use tokio::sync::Mutex;
 use tokio_rustls::TlsAcceptor;
 
 use crate::logs;
+use crate::runtime::runc::Runc;
 
 /// Errors starting the endpoint.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +49,8 @@ pub enum ServerError {
 /// State of the endpoint.
 pub struct LogServer {
     log_root: PathBuf,
+    /// The agent's runc (`<data-dir>/runc` next to `<data-dir>/logs`), for exec.
+    runc: Runc,
     kube_config: kube::Config,
     valid_tokens: Mutex<HashSet<String>>,
 }
@@ -92,7 +96,11 @@ impl LogServer {
             .with_single_cert(vec![cert], key)
             .map_err(|e| ServerError::Tls(e.to_string()))?;
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let runc_root = log_root
+            .parent()
+            .map_or_else(|| PathBuf::from("runc"), |d| d.join("runc"));
         let state = Arc::new(LogServer {
+            runc: Runc::new(runc_root),
             log_root,
             kube_config,
             valid_tokens: Mutex::new(HashSet::new()),
@@ -139,6 +147,7 @@ impl LogServer {
         let app = Router::new()
             .route("/healthz", get(|| async { "ok" }))
             .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
+            .route("/exec/{ns}/{pod}/{container}", any(exec))
             .with_state(self);
         loop {
             let Ok((tcp, peer)) = listener.accept().await else {
@@ -152,7 +161,10 @@ impl LogServer {
                     return;
                 };
                 let builder = auto::Builder::new(TokioExecutor::new());
-                if let Err(e) = builder.serve_connection(TokioIo::new(tls), service).await {
+                if let Err(e) = builder
+                    .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                    .await
+                {
                     tracing::debug!("agent connection from {peer} ended: {e}");
                 }
             });
@@ -192,6 +204,19 @@ fn log_files(root: &Path, ns: &str, pod: &str, container: &str) -> Vec<PathBuf> 
         .collect();
     files.sort();
     files.into_iter().map(|(_, p)| p).collect()
+}
+
+async fn exec(
+    State(server): State<Arc<LogServer>>,
+    UrlPath(target): UrlPath<(String, String, String)>,
+    req: Request,
+) -> Response {
+    if !server.authenticate(req.headers()).await {
+        return text(StatusCode::UNAUTHORIZED, "Unauthorized".into());
+    }
+    crate::exec::serve(server.runc.clone(), server.log_root.clone(), target, req)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 fn text(code: StatusCode, msg: String) -> Response {

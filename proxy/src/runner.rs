@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 
 use crate::dataplane::Dataplane;
 use crate::health::{HealthError, HealthState, HttpServers};
-use crate::iptables::{Family, Iptables, RuleOptions};
+use crate::iptables::{BackendChoice, Family, Iptables, RuleOptions};
 use crate::model::{self, Changes, ServiceMap};
 use crate::watch::Stores;
 use crate::Mode;
@@ -45,6 +45,15 @@ pub struct Config {
     pub cluster_cidrs: Vec<IpNetwork>,
     /// Masquerade all ClusterIP traffic.
     pub masquerade_all: bool,
+    /// iptables implementation (legacy, nft, or detected: see [`crate::iptables::backend`]).
+    pub iptables_backend: BackendChoice,
+    /// eBPF: cgroup (relative to the cgroup v2 root) the socket programs
+    /// attach to, instead of `skiff-<node>` (several proxies for one node
+    /// name on one host, as in tests).
+    pub ebpf_cgroup: Option<PathBuf>,
+    /// eBPF: bpffs directory for maps and links, instead of
+    /// `/sys/fs/bpf/skiff/<node>`.
+    pub ebpf_pin_dir: Option<PathBuf>,
 }
 
 impl Config {
@@ -60,6 +69,9 @@ impl Config {
             min_sync_interval: Duration::from_millis(100),
             cluster_cidrs: Vec::new(),
             masquerade_all: false,
+            iptables_backend: BackendChoice::Auto,
+            ebpf_cgroup: None,
+            ebpf_pin_dir: None,
         }
     }
 }
@@ -125,17 +137,38 @@ pub fn dataplane_for(config: &Config) -> Result<Box<dyn Dataplane>, RunError> {
                 tracing::warn!("eBPF data plane unavailable ({e}); falling back to iptables");
                 return iptables_dataplane(config);
             }
-            let ebpf = |e: crate::ebpf::EbpfError| RunError::Unavailable("ebpf", e.to_string());
-            let mut cfg = crate::ebpf::EbpfConfig::for_node(&config.node_name).map_err(ebpf)?;
-            // Socket-level ClusterIP balancing only: the tc programs for
-            // NodePort/external IPs are tested with BPF_PROG_TEST_RUN but not
-            // yet attached to live node interfaces by the runner.
-            cfg.netns = config.netns.clone();
-            Ok(Box::new(
-                crate::ebpf::EbpfDataplane::new(cfg).map_err(ebpf)?,
-            ))
+            Ok(Box::new(ebpf_dataplane(config)?))
         }
     }
+}
+
+/// The eBPF data plane for `config`: socket programs on the node's cgroup,
+/// tc programs on every node interface in the node's namespace.
+pub fn ebpf_dataplane(config: &Config) -> Result<crate::ebpf::EbpfDataplane, RunError> {
+    use crate::ebpf::{ensure_subtree, node_cgroup, EbpfConfig, EbpfError};
+    let ebpf = |e: EbpfError| RunError::Unavailable("ebpf", e.to_string());
+    let node = &config.node_name;
+    let cgroup = config
+        .ebpf_cgroup
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(node_cgroup(node)));
+    let cfg = EbpfConfig {
+        pin_dir: config
+            .ebpf_pin_dir
+            .clone()
+            .unwrap_or_else(|| EbpfConfig::default_pin_dir(node)),
+        cgroup: ensure_subtree(&cgroup).map_err(|e| ebpf(e.into()))?,
+        interfaces: Vec::new(),
+        discover_interfaces: true,
+        netns: config.netns.clone(),
+        maglev_size: skiff_common::maglev::DEFAULT_SIZE,
+    };
+    let dp = crate::ebpf::EbpfDataplane::new(cfg).map_err(ebpf)?;
+    tracing::info!(
+        interfaces = ?dp.interfaces(),
+        "eBPF data plane: socket load balancing on the node cgroup, tc on node interfaces"
+    );
+    Ok(dp)
 }
 
 fn iptables_dataplane(config: &Config) -> Result<Box<dyn Dataplane>, RunError> {
@@ -144,10 +177,16 @@ fn iptables_dataplane(config: &Config) -> Result<Box<dyn Dataplane>, RunError> {
         masquerade_all: config.masquerade_all,
     };
     let netns = open_netns(&config.netns)?;
+    let (backend, why) = config
+        .iptables_backend
+        .resolve(&netns)
+        .map_err(|e| RunError::Unavailable("iptables", e.to_string()))?;
+    tracing::info!(backend = backend.as_str(), "iptables implementation: {why}");
     Ok(Box::new(Iptables::new(
         netns,
         options,
         vec![Family::V4, Family::V6],
+        backend,
     )))
 }
 

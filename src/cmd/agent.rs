@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use skiff_nodeagent::agent::{self, AgentConfig};
+use skiff_nodeagent::dns::NodeDnsSettings;
 use skiff_nodeagent::proxy::ProxySettings;
 
 /// Arguments of `skiff agent`.
@@ -37,9 +38,14 @@ pub struct Args {
     /// Address of the agent's HTTPS endpoint (logs); port 0 picks a free port.
     #[arg(long, default_value = "0.0.0.0:10250")]
     listen: SocketAddr,
-    /// Nameserver written into ClusterFirst pods' resolv.conf (node-local DNS).
-    #[arg(long, default_value = "169.254.20.10")]
-    cluster_dns: String,
+    /// Address of the DNS server the agent runs in the node namespace (UDP
+    /// and TCP port 53, on a `skiff-dns` dummy link), or none.
+    #[arg(long, default_value = skiff_dns::NODE_LOCAL_ADDRESS, value_parser = parse_node_local_dns)]
+    node_local_dns: NodeLocalDns,
+    /// Nameserver written into ClusterFirst pods' resolv.conf. Default: the
+    /// --node-local-dns address, or the kube-dns ClusterIP without one.
+    #[arg(long)]
+    cluster_dns: Option<String>,
     /// The cluster's DNS domain.
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
@@ -79,6 +85,23 @@ fn parse_proxy_mode(s: &str) -> std::result::Result<ProxyMode, String> {
     }
 }
 
+/// `--node-local-dns`: an address, or none.
+#[derive(Debug, Clone, Copy)]
+struct NodeLocalDns(Option<IpAddr>);
+
+fn parse_node_local_dns(s: &str) -> std::result::Result<NodeLocalDns, String> {
+    match s {
+        "none" => Ok(NodeLocalDns(None)),
+        other => other
+            .parse()
+            .map(|ip| NodeLocalDns(Some(ip)))
+            .map_err(|e| format!("{e}: expected an IP address or none")),
+    }
+}
+
+/// The kube-dns Service's ClusterIP (the 10th address of the default service CIDR).
+const KUBE_DNS_IP: &str = "10.96.0.10";
+
 pub async fn run(args: Args) -> Result<()> {
     if let (Some(log), Some(exit), Some(pid)) =
         (&args.shim_log, &args.shim_exit, &args.shim_pid_file)
@@ -99,13 +122,21 @@ pub async fn run(args: Args) -> Result<()> {
         insecure_registries: args.insecure_registry,
         node_ip: args.node_ip,
         listen: args.listen,
-        cluster_dns: args.cluster_dns,
-        cluster_domain: args.cluster_domain,
+        cluster_dns: args.cluster_dns.unwrap_or_else(|| {
+            args.node_local_dns
+                .0
+                .map_or_else(|| KUBE_DNS_IP.to_string(), |ip| ip.to_string())
+        }),
+        cluster_domain: args.cluster_domain.clone(),
         max_pods: args.max_pods,
         shim_command: vec![exe.display().to_string(), "agent".into()],
         proxy: ProxySettings {
             mode: args.proxy_mode.0,
             cluster_cidrs: args.cluster_cidr,
+        },
+        dns: NodeDnsSettings {
+            addresses: args.node_local_dns.0.into_iter().collect(),
+            zone: args.cluster_domain,
         },
     };
     tokio::select! {

@@ -38,7 +38,7 @@ pub async fn run(args: Args) -> Result<()> {
         listen: args.listen,
         zone: args.zone,
         ttl: args.ttl,
-        upstreams: args.upstream,
+        upstreams: (!args.upstream.is_empty()).then_some(args.upstream),
         metrics_listen: args.metrics_listen,
         cache_entries: args.cache_entries,
         ..skiff_dns::Config::default()

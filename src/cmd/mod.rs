@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod dns;
+pub mod down;
 pub mod image;
 pub mod proxy;
 pub mod up;

@@ -10,13 +10,17 @@ use skiff_proxy::Mode;
 
 /// Arguments of `skiff proxy`.
 #[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Args {
-    /// kubeconfig of the API server to watch.
+    #[command(subcommand)]
+    command: Option<ProxyCommand>,
+    /// kubeconfig of the API server to watch (required to run the proxy).
     #[arg(long, env = "KUBECONFIG")]
-    kubeconfig: PathBuf,
-    /// Data plane: iptables or ebpf (socket-level ClusterIP balancing; falls back to
-    /// iptables with a log line when the kernel lacks what it needs).
-    #[arg(long, default_value = "iptables")]
+    kubeconfig: Option<PathBuf>,
+    /// Data plane: ebpf (socket-level ClusterIP balancing on the node cgroup, tc
+    /// programs for NodePorts/external IPs on the node's interfaces; falls back to
+    /// iptables with one log line naming what the kernel lacks) or iptables.
+    #[arg(long, default_value = "ebpf")]
     mode: Mode,
     /// This node's name (endpoints with this nodeName are local). Default: the hostname.
     #[arg(long)]
@@ -36,9 +40,36 @@ pub struct Args {
     /// Masquerade all ClusterIP traffic.
     #[arg(long)]
     masquerade_all: bool,
+    /// iptables implementation for --mode iptables: auto (the one holding the
+    /// node's KUBE- chains, else legacy when installed, else nft), legacy or nft.
+    #[arg(long, default_value = "auto")]
+    iptables_backend: skiff_proxy::iptables::BackendChoice,
+    /// --mode ebpf: cgroup (relative to the cgroup v2 root) whose processes
+    /// get socket-level load balancing. Default: skiff-<node name>.
+    #[arg(long)]
+    ebpf_cgroup: Option<PathBuf>,
+    /// --mode ebpf: bpffs directory for pinned maps and links.
+    /// Default: /sys/fs/bpf/skiff/<node name>.
+    #[arg(long)]
+    ebpf_pin_dir: Option<PathBuf>,
     /// Full resync period in seconds (repairs drift).
     #[arg(long, default_value_t = 30)]
     sync_period_secs: u64,
+}
+
+/// `skiff proxy <command>`.
+#[derive(clap::Subcommand)]
+enum ProxyCommand {
+    /// Show a node's eBPF data plane from its pins: attached programs, map
+    /// fill levels and per-frontend connection/packet counters.
+    Status {
+        /// The node. Default: the hostname.
+        #[arg(long)]
+        node_name: Option<String>,
+        /// bpffs directory of the node's pins. Default: /sys/fs/bpf/skiff/<node name>.
+        #[arg(long)]
+        ebpf_pin_dir: Option<PathBuf>,
+    },
 }
 
 fn hostname() -> String {
@@ -48,13 +79,32 @@ fn hostname() -> String {
 }
 
 pub async fn run(args: Args) -> Result<()> {
-    let client = skiff_proxy::runner::client_from_kubeconfig(&args.kubeconfig).await?;
+    if let Some(ProxyCommand::Status {
+        node_name,
+        ebpf_pin_dir,
+    }) = args.command
+    {
+        let node = node_name.unwrap_or_else(hostname);
+        let dir =
+            ebpf_pin_dir.unwrap_or_else(|| skiff_proxy::ebpf::EbpfConfig::default_pin_dir(&node));
+        let status = skiff_proxy::ebpf::read_status(&dir)
+            .with_context(|| format!("eBPF status of node {node}"))?;
+        print!("{status}");
+        return Ok(());
+    }
+    let kubeconfig = args
+        .kubeconfig
+        .context("--kubeconfig (or KUBECONFIG) is required to run the proxy")?;
+    let client = skiff_proxy::runner::client_from_kubeconfig(&kubeconfig).await?;
     let mut config = skiff_proxy::Config::new(args.node_name.unwrap_or_else(hostname), args.mode);
     config.netns = args.netns;
     config.healthz_listen = args.healthz_listen;
     config.metrics_listen = args.metrics_listen;
     config.cluster_cidrs = args.cluster_cidr;
     config.masquerade_all = args.masquerade_all;
+    config.iptables_backend = args.iptables_backend;
+    config.ebpf_cgroup = args.ebpf_cgroup;
+    config.ebpf_pin_dir = args.ebpf_pin_dir;
     config.sync_period = Duration::from_secs(args.sync_period_secs.max(1));
     skiff_proxy::run(client, config, crate::shutdown_signal())
         .await

@@ -141,7 +141,7 @@ pub fn apply_twice_then_delete(store: StoreKind) {
     let server = start_with_examples(store);
 
     // A second apply of the same files is a no-op (or at most a patch).
-    let out = server.kubectl_ok(&["apply", "-f", "examples/"]);
+    let out = server.kubectl_ok(&["apply", "-f", "tests/kubectl/manifests/"]);
     for object in EXAMPLE_OBJECTS {
         assert!(
             out.lines()
@@ -156,9 +156,11 @@ pub fn apply_twice_then_delete(store: StoreKind) {
     );
 
     // Applying an edited manifest patches the live object.
-    let edited = std::fs::read_to_string(common::repo_root().join("examples/deployment.yaml"))
-        .expect("read examples/deployment.yaml")
-        .replace("replicas: 3", "replicas: 4");
+    let edited = std::fs::read_to_string(
+        common::repo_root().join("tests/kubectl/manifests/deployment.yaml"),
+    )
+    .expect("read tests/kubectl/manifests/deployment.yaml")
+    .replace("replicas: 3", "replicas: 4");
     let out = server.kubectl_stdin_ok(&["apply", "-f", "-"], &edited);
     assert_eq!(out.trim(), "deployment.apps/my-app configured");
     assert_eq!(jsonpath(&server, "deploy/my-app", "{.spec.replicas}"), "4");
@@ -172,7 +174,12 @@ pub fn apply_twice_then_delete(store: StoreKind) {
         "{err}"
     );
 
-    let out = server.kubectl_ok(&["delete", "-f", "examples/", "--ignore-not-found"]);
+    let out = server.kubectl_ok(&[
+        "delete",
+        "-f",
+        "tests/kubectl/manifests/",
+        "--ignore-not-found",
+    ]);
     for object in [
         "deployment.apps",
         "service",
@@ -183,7 +190,7 @@ pub fn apply_twice_then_delete(store: StoreKind) {
             "{out}"
         );
     }
-    let err = server.kubectl_fails(&["get", "-f", "examples/"]);
+    let err = server.kubectl_fails(&["get", "-f", "tests/kubectl/manifests/"]);
     for what in [
         r#"deployments.apps "my-app" not found"#,
         r#"services "my-app" not found"#,

@@ -18,9 +18,11 @@
 
 #![allow(dead_code)]
 
+pub mod ebpf;
 pub mod proxy;
 pub mod services;
 pub mod sockets;
+pub mod v6;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;

@@ -24,6 +24,8 @@ pub struct ProxyProcess {
     child: Child,
     log: PathBuf,
     _dir: tempfile::TempDir,
+    /// ebpf mode: the node's cgroup and pins, removed after the proxy stops.
+    ebpf: Option<super::ebpf::EbpfNode>,
 }
 
 impl ProxyProcess {
@@ -36,6 +38,8 @@ impl ProxyProcess {
         let log = dir.path().join("proxy.log");
         let out = File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
+        let ebpf = (mode == "ebpf").then(|| super::ebpf::EbpfNode::new(node));
+        let ebpf_args = ebpf.as_ref().map(|e| e.proxy_args()).unwrap_or_default();
         let child = Command::new(env!("CARGO_BIN_EXE_skiff"))
             .args(["proxy", "--kubeconfig"])
             .arg(server.kubeconfig())
@@ -43,6 +47,7 @@ impl ProxyProcess {
             .arg(node.ns.path())
             .args(["--healthz-listen", HEALTHZ, "--metrics-listen", HEALTHZ])
             .args(["--cluster-cidr", CLUSTER_CIDR, "--sync-period-secs", "10"])
+            .args(&ebpf_args)
             .env("SKIFF_LOG", "info,skiff_proxy=debug")
             .stdin(Stdio::null())
             .stdout(out)
@@ -53,6 +58,7 @@ impl ProxyProcess {
             child,
             log,
             _dir: dir,
+            ebpf,
         };
         let addr: SocketAddr = HEALTHZ.parse().expect("address");
         eventually(
@@ -64,6 +70,9 @@ impl ProxyProcess {
                     .filter(|(status, _)| *status == 200)
             },
         );
+        if let Some(e) = &proxy.ebpf {
+            e.assert_attached();
+        }
         proxy
     }
 

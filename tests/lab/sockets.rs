@@ -29,7 +29,8 @@ pub struct Reply {
 }
 
 impl Reply {
-    fn parse(text: &str) -> Option<Reply> {
+    /// Parses a server's reply line.
+    pub fn parse(text: &str) -> Option<Reply> {
         let mut it = text.split_whitespace();
         Some(Reply {
             backend: it.next()?.to_string(),
@@ -103,8 +104,12 @@ pub fn udp_server(ns: &Ns, port: u16, name: &str) -> Server {
     }
 }
 
-/// One TCP request from `ns` to `addr`.
+/// One TCP request from `ns` to `addr` (from the node's cgroup when the
+/// node runs the eBPF data plane, see `lab::ebpf`).
 pub fn tcp_request(ns: &Ns, addr: SocketAddr) -> io::Result<Reply> {
+    if let Some(cgroup) = super::ebpf::cgroup_for(ns.name()) {
+        return super::ebpf::tcp_request(ns, &cgroup, addr);
+    }
     let mut conn = ns.run(|| TcpStream::connect_timeout(&addr, CLIENT_TIMEOUT))?;
     conn.set_read_timeout(Some(CLIENT_TIMEOUT))?;
     let mut text = String::new();
@@ -115,6 +120,8 @@ pub fn tcp_request(ns: &Ns, addr: SocketAddr) -> io::Result<Reply> {
 /// A UDP socket in `ns` on a fixed local port, so successive requests are one flow.
 pub struct UdpClient {
     socket: UdpSocket,
+    /// In the node's cgroup when the node runs the eBPF data plane.
+    helper: Option<std::sync::Mutex<super::ebpf::UdpHelper>>,
 }
 
 impl UdpClient {
@@ -126,11 +133,16 @@ impl UdpClient {
         socket
             .set_read_timeout(Some(Duration::from_millis(500)))
             .expect("timeout");
-        UdpClient { socket }
+        let helper = super::ebpf::cgroup_for(ns.name())
+            .map(|cg| std::sync::Mutex::new(super::ebpf::UdpHelper::new(ns, &cg)));
+        UdpClient { socket, helper }
     }
 
     /// Sends one datagram to `addr` and waits briefly for the reply.
     pub fn request(&self, addr: SocketAddr) -> io::Result<Reply> {
+        if let Some(helper) = &self.helper {
+            return helper.lock().expect("UDP helper").request(addr);
+        }
         self.socket.send_to(b"ping", addr)?;
         let mut buf = [0u8; 512];
         let (n, _) = self.socket.recv_from(&mut buf)?;

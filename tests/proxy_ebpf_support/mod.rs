@@ -276,6 +276,7 @@ impl Plane {
             pin_dir: bpffs.pin_dir(&name),
             cgroup: cgroup.path().to_path_buf(),
             interfaces: Vec::new(),
+            discover_interfaces: false,
             netns: None,
             maglev_size: 251,
         };

@@ -1,7 +1,8 @@
 //! Objects every cluster has from the start: the namespaces `default`,
 //! `kube-system`, `kube-public` and `kube-node-lease`, a `default`
-//! ServiceAccount per namespace, and the `kubernetes` Service with the
-//! endpoints of this API server.
+//! ServiceAccount per namespace, the `kubernetes` Service with the
+//! endpoints of this API server, and the `kube-system/kube-dns` Service that
+//! every node's agent answers itself (node-local DNS).
 
 use serde_json::{json, Value};
 
@@ -97,7 +98,35 @@ pub async fn ensure_defaults(server: &ApiServer) -> Result<(), ApiError> {
         "endpoints": [{"addresses": [host], "conditions": {"ready": true}}],
         "ports": [{"name": "https", "port": port, "protocol": "TCP"}]
     });
-    ensure(server, "discovery.k8s.io", "v1", "endpointslices", slice).await
+    ensure(server, "discovery.k8s.io", "v1", "endpointslices", slice).await?;
+    ensure_kube_dns(server).await;
+    Ok(())
+}
+
+/// The `kube-dns` Service clients expect, on the tenth address of the service
+/// range. It has no selector: each agent holds its ClusterIP on the node and
+/// answers there, and the label keeps the service proxy off it. A cluster
+/// whose address is already taken by another Service goes on without it.
+async fn ensure_kube_dns(server: &ApiServer) {
+    let Some(ip) = ServiceIpam::dns_ip(&server.config.service_cidr) else {
+        return;
+    };
+    let svc = json!({
+        "metadata": {"name": "kube-dns", "namespace": "kube-system",
+                     "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "KubeDNS",
+                                "kubernetes.io/cluster-service": "true",
+                                // skiff_proxy::model::NODE_LOCAL_LABEL
+                                "skiff.dev/node-local-dns": "true"}},
+        "spec": {"clusterIP": ip.to_string(), "type": "ClusterIP",
+                 "ports": [{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                           {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}]}
+    });
+    if let Err(e) = ensure(server, "", "v1", "services", svc).await {
+        tracing::warn!(
+            "cannot create the kube-system/kube-dns Service on {ip}: {}",
+            e.message
+        );
+    }
 }
 
 /// Gives a new namespace its `default` ServiceAccount.

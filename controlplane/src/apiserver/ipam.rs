@@ -76,6 +76,11 @@ impl ServiceIpam {
         nth(cidr, 1)
     }
 
+    /// The address of the `kube-dns` Service: the tenth in the range.
+    pub fn dns_ip(cidr: &IpNetwork) -> Option<IpAddr> {
+        nth(cidr, 10)
+    }
+
     /// Builds the allocator from every stored Service.
     pub async fn load(cidr: IpNetwork, store: &dyn Store) -> Result<Self, StoreError> {
         let mut state = State::default();

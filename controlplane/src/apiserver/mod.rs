@@ -13,6 +13,7 @@ pub mod list;
 pub mod openapi;
 pub mod patch;
 pub mod pki;
+pub mod podexec;
 pub mod podlog;
 pub mod protobuf;
 pub mod registry;

@@ -35,7 +35,7 @@ const PASSED: &[&str] = &[
 
 /// Accepts the agent's self-signed certificate.
 #[derive(Debug)]
-struct AnyAgentCert(Arc<rustls::crypto::CryptoProvider>);
+pub(super) struct AnyAgentCert(pub(super) Arc<rustls::crypto::CryptoProvider>);
 
 impl ServerCertVerifier for AnyAgentCert {
     fn verify_server_cert(
@@ -88,7 +88,7 @@ fn unavailable(msg: String) -> ApiError {
 }
 
 /// Where the agent of `node` serves.
-fn agent_endpoint(node: &Value) -> Option<(String, u16)> {
+pub(super) fn agent_endpoint(node: &Value) -> Option<(String, u16)> {
     let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"].as_u64()?;
     let addr = node["metadata"]["annotations"][AGENT_ADDRESS_ANNOTATION]
         .as_str()

@@ -284,6 +284,9 @@ async fn dispatch(State(server): State<Arc<ApiServer>>, req: Request<Body>) -> R
             .into_response()
         }
     };
+    if super::podexec::target(&path).is_some() {
+        return super::podexec::serve(&server, parts).await;
+    }
     let query = query_map(parts.uri.query());
     match route(&server, &parts.method, &path, query, &parts.headers, body).await {
         Ok(resp) => resp,

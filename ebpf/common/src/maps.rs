@@ -57,7 +57,15 @@ pub mod names {
     pub const NODE_ADDRS: &str = "SKIFF_NODE_ADDRS";
     /// Per-frontend counters (per CPU): frontend id → [`super::Counters`].
     pub const COUNTERS: &str = "SKIFF_COUNTERS";
+    /// SNAT source per family (array: [`super::SNAT_V4`], [`super::SNAT_V6`]
+    /// → address words) for flows to external/LoadBalancer IPs.
+    pub const SNAT: &str = "SKIFF_SNAT";
 }
+
+/// Index of the IPv4 SNAT source in the SNAT array.
+pub const SNAT_V4: u32 = 0;
+/// Index of the IPv6 SNAT source in the SNAT array.
+pub const SNAT_V6: u32 = 1;
 
 /// A service frontend: address, port and protocol a client dials.
 /// NodePort frontends use the all-zero address.
@@ -160,17 +168,24 @@ pub struct RevNatValue {
     pub pad: u16,
 }
 
-/// ClientIP affinity key: the client (netns cookie on the socket path, the
-/// source address on the tc path) and the frontend.
+/// [`AffinityKey::kind`] of a ClientIP affinity entry.
+pub const AFFINITY_CLIENT: u32 = 0;
+/// [`AffinityKey::kind`] of the backend an unconnected UDP socket is pinned
+/// to for one frontend (so its datagrams form one flow, like a connection).
+pub const AFFINITY_SOCKET: u32 = 1;
+
+/// Affinity key: the client (netns cookie on the socket path, the source
+/// address on the tc path, or a socket cookie for [`AFFINITY_SOCKET`]) and
+/// the frontend.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct AffinityKey {
-    /// Client identity: netns cookie, or the address words folded.
+    /// Client identity: netns cookie, address words folded, or socket cookie.
     pub client: u64,
     /// Frontend id.
     pub frontend: u32,
-    /// Padding, zero.
-    pub pad: u32,
+    /// [`AFFINITY_CLIENT`] or [`AFFINITY_SOCKET`].
+    pub kind: u32,
 }
 
 /// The backend a client is pinned to and when it was last used.

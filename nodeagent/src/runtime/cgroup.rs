@@ -84,6 +84,12 @@ impl NodeCgroups {
 
     /// The pod's v1 cgroup directory in `controller` (e.g. `memory`, `cpuacct`).
     pub fn pod_v1(&self, pod_uid: &str, controller: &str) -> Option<PathBuf> {
+        self.node_v1(controller)
+            .map(|node| node.join(format!("pod-{pod_uid}")))
+    }
+
+    /// The node's v1 cgroup directory (`skiff-<node>`) in `controller`.
+    pub fn node_v1(&self, controller: &str) -> Option<PathBuf> {
         self.v1
             .iter()
             .find(|m| {
@@ -91,7 +97,7 @@ impl NodeCgroups {
                     .and_then(|n| n.to_str())
                     .is_some_and(|n| n.split(',').any(|c| c == controller))
             })
-            .map(|m| m.join(&self.parent).join(format!("pod-{pod_uid}")))
+            .map(|m| m.join(&self.parent))
     }
 
     /// Removes the pod's cgroup directories (children first). Directories that

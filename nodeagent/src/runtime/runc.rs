@@ -174,6 +174,68 @@ impl Runc {
         })
     }
 
+    /// The `runc exec` command of an interactive exec (`kubectl exec`) in
+    /// container `id`, running `process` (an OCI process, see
+    /// [`Runc::exec_process`]); the caller wires up stdio. runc writes the
+    /// process's host PID to `pid_file`. With a terminal (`process.terminal`)
+    /// runc copies between it and its own stdio, which should then be a
+    /// terminal too (runc takes its window size on SIGWINCH).
+    pub fn exec_command(&self, id: &str, process: &Path, pid_file: &Path) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--root")
+            .arg(&self.root)
+            .arg("exec")
+            .arg("--process")
+            .arg(process)
+            .arg("--pid-file")
+            .arg(pid_file)
+            .arg(id)
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// The OCI process for running `command` in container `id`: the
+    /// container's own process (user, env, cwd, capabilities) with `command`
+    /// as args and, with `terminal`, a terminal of `size` (columns, rows) so
+    /// the process sees the right size from its first instruction.
+    pub async fn exec_process(
+        &self,
+        id: &str,
+        command: &[String],
+        terminal: bool,
+        size: Option<(u16, u16)>,
+    ) -> Result<serde_json::Value, RuncError> {
+        let label = format!("exec {id}");
+        let state = self.state(id).await?.ok_or_else(|| RuncError::Failed {
+            args: label.clone(),
+            stderr: format!("container {id} does not exist"),
+        })?;
+        let config =
+            std::fs::read(state.bundle.join("config.json")).map_err(|e| RuncError::Failed {
+                args: label.clone(),
+                stderr: format!("reading {}/config.json: {e}", state.bundle.display()),
+            })?;
+        let config: serde_json::Value =
+            serde_json::from_slice(&config).map_err(|source| RuncError::Parse {
+                args: label,
+                source,
+            })?;
+        let mut process = config["process"].clone();
+        process["args"] = serde_json::json!(command);
+        process["terminal"] = serde_json::json!(terminal);
+        match size.filter(|_| terminal) {
+            Some((width, height)) => {
+                process["consoleSize"] = serde_json::json!({"width": width, "height": height})
+            }
+            None => {
+                if let Some(p) = process.as_object_mut() {
+                    p.remove("consoleSize");
+                }
+            }
+        }
+        Ok(process)
+    }
+
     /// `runc exec id cmd…` with a deadline; returns exit code and combined output.
     pub async fn exec(
         &self,

@@ -203,6 +203,34 @@ pub fn attach_tc(
     Ok(pins)
 }
 
+/// Names of the tcx programs the kernel runs on `iface` (in the calling
+/// thread's namespace): (ingress, egress), in run order.
+pub fn query_tc(iface: &str) -> Result<(Vec<String>, Vec<String>), AttachError> {
+    let names = |kind| -> Result<Vec<String>, AttachError> {
+        let (_, progs) = SchedClassifier::query_tcx(iface, kind).map_err(perr("tcx query"))?;
+        Ok(progs
+            .iter()
+            .map(|p| p.name_as_str().unwrap_or("?").to_string())
+            .collect())
+    };
+    Ok((names(TcAttachType::Ingress)?, names(TcAttachType::Egress)?))
+}
+
+/// Detaches the tc programs of `iface` (if pinned) and removes their pins.
+pub fn unpin_tc(pin_dir: &Path, iface: &str) -> Result<(), AttachError> {
+    for tag in ["ingress", "egress"] {
+        let pin = links_dir(pin_dir).join(format!("tc-{iface}-{tag}"));
+        if let Ok(link) = PinnedLink::from_pin(&pin) {
+            let _detached: FdLink = link.unpin().map_err(|source| AttachError::Io {
+                what: "unpinning",
+                path: pin.clone(),
+                source,
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// Pinned links under `pin_dir` (the attached programs).
 pub fn pinned_links(pin_dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = fs::read_dir(links_dir(pin_dir))

@@ -10,19 +10,23 @@
 mod attach;
 mod cgroup;
 mod desired;
+mod iface;
+mod status;
 mod tables;
 
-use std::collections::{BTreeMap, HashSet};
-use std::fmt;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap as BpfHash, LpmTrie, PerCpuArray};
+use aya::maps::{Array, HashMap as BpfHash, LpmTrie, PerCpuArray};
 use aya::Ebpf;
-use skiff_common::{maglev, names, words_ip, Counters, FrontendKey};
+use skiff_common::{maglev, names, FrontendKey};
 
 pub use attach::{detach_and_unpin, AttachError, SOCK_PROGRAMS, TC_EGRESS, TC_INGRESS};
 pub use cgroup::{cgroup2_mount, check_subtree, ensure_subtree, CgroupError};
 pub use desired::{frontends, BackendAddr, DesiredFrontend};
+pub use iface::{node_interfaces, IfaceError, NodeInterface};
+pub use status::{read as read_status, MapFill, Status, StatusError};
 pub use tables::TablesError;
 
 use crate::dataplane::{Dataplane, DataplaneError, SyncStats};
@@ -38,6 +42,10 @@ pub struct EbpfConfig {
     pub cgroup: PathBuf,
     /// Node interfaces that get the tc programs (NodePort, external IPs).
     pub interfaces: Vec<String>,
+    /// Also attach the tc programs to every up, non-loopback interface with
+    /// an address ([`node_interfaces`]), found at start and at each sync;
+    /// their addresses answer NodePorts.
+    pub discover_interfaces: bool,
     /// Network namespace the interfaces live in (`None`: our own).
     pub netns: Option<PathBuf>,
     /// Maglev table size, a prime ≤ 16381.
@@ -52,14 +60,20 @@ pub fn node_cgroup(node: &str) -> String {
 }
 
 impl EbpfConfig {
+    /// `/sys/fs/bpf/skiff/<node>`.
+    pub fn default_pin_dir(node: &str) -> PathBuf {
+        Path::new("/sys/fs/bpf/skiff").join(node)
+    }
+
     /// The default layout for `node`: pins under /sys/fs/bpf/skiff/<node>,
     /// programs on the cgroup [`node_cgroup`] below the cgroup v2 root
     /// (created here; the agent puts the node's pods below it).
     pub fn for_node(node: &str) -> Result<EbpfConfig, EbpfError> {
         Ok(EbpfConfig {
-            pin_dir: Path::new("/sys/fs/bpf/skiff").join(node),
+            pin_dir: EbpfConfig::default_pin_dir(node),
             cgroup: ensure_subtree(Path::new(&node_cgroup(node)))?,
             interfaces: Vec::new(),
+            discover_interfaces: true,
             netns: None,
             maglev_size: maglev::DEFAULT_SIZE,
         })
@@ -87,6 +101,12 @@ pub enum EbpfError {
     /// Entering the node's network namespace failed.
     #[error("network namespace for the tc programs: {0}")]
     Netns(skiff_cni::netns::NetnsError),
+    /// Reading the pinned state.
+    #[error(transparent)]
+    Status(#[from] StatusError),
+    /// Reading or preparing the node's interfaces.
+    #[error(transparent)]
+    Iface(#[from] IfaceError),
     /// The kernel lacks what the data plane needs.
     #[error("the kernel cannot run the eBPF data plane: {0}")]
     Unsupported(String),
@@ -127,6 +147,9 @@ pub struct EbpfDataplane {
     ebpf: Ebpf,
     tables: Tables,
     cfg: EbpfConfig,
+    netns: skiff_cni::Netns,
+    /// Interfaces the tc programs are attached to, and their addresses.
+    attached: BTreeMap<String, Vec<IpAddr>>,
     by_port: BTreeMap<ServicePortName, Vec<FrontendKey>>,
 }
 
@@ -147,20 +170,10 @@ impl EbpfDataplane {
         cgroup::ensure_bpffs_dir(&cfg.pin_dir)?;
         let mut ebpf = attach::load(&cfg.pin_dir)?;
         attach::attach_cgroup(&mut ebpf, &cgroup, &cfg.pin_dir)?;
-        if !cfg.interfaces.is_empty() {
-            let netns = match &cfg.netns {
-                Some(p) => skiff_cni::Netns::open(p).map_err(EbpfError::Netns)?,
-                None => skiff_cni::Netns::current(),
-            };
-            let ebpf = &mut ebpf;
-            netns
-                .run(|| {
-                    cfg.interfaces
-                        .iter()
-                        .try_for_each(|i| attach::attach_tc(ebpf, i, &cfg.pin_dir).map(drop))
-                })
-                .map_err(EbpfError::Netns)??;
-        }
+        let netns = match &cfg.netns {
+            Some(p) => skiff_cni::Netns::open(p).map_err(EbpfError::Netns)?,
+            None => skiff_cni::Netns::current(),
+        };
         let maps = Maps {
             frontends: take::<BpfHash<_, _, _>>(&mut ebpf, names::FRONTENDS)?,
             slots: take::<BpfHash<_, _, _>>(&mut ebpf, names::SLOTS)?,
@@ -169,14 +182,86 @@ impl EbpfDataplane {
             ranges: take::<LpmTrie<_, _, _>>(&mut ebpf, names::SOURCE_RANGES)?,
             node_addrs: take::<BpfHash<_, _, _>>(&mut ebpf, names::NODE_ADDRS)?,
             counters: take::<PerCpuArray<_, _>>(&mut ebpf, names::COUNTERS)?,
+            snat: take::<Array<_, _>>(&mut ebpf, names::SNAT)?,
         };
         let tables = Tables::resume(maps, cfg.maglev_size)?;
-        Ok(EbpfDataplane {
+        let mut dp = EbpfDataplane {
             ebpf,
             tables,
             cfg,
+            netns,
+            attached: BTreeMap::new(),
             by_port: BTreeMap::new(),
-        })
+        };
+        dp.attach_interfaces()?;
+        Ok(dp)
+    }
+
+    /// Attaches the tc programs to the configured interfaces and (with
+    /// `discover_interfaces`) to every node interface not yet attached; a
+    /// restarted proxy finds its pinned links and adds none.
+    fn attach_interfaces(&mut self) -> Result<(), EbpfError> {
+        let (cfg, ebpf, attached) = (&self.cfg, &mut self.ebpf, &mut self.attached);
+        if cfg.interfaces.is_empty() && !cfg.discover_interfaces {
+            return Ok(());
+        }
+        self.netns
+            .run(|| -> Result<(), EbpfError> {
+                let found = if cfg.discover_interfaces {
+                    node_interfaces()?
+                } else {
+                    Vec::new()
+                };
+                let mut want: BTreeMap<String, Vec<IpAddr>> = cfg
+                    .interfaces
+                    .iter()
+                    .map(|i| (i.clone(), Vec::new()))
+                    .collect();
+                for i in found {
+                    want.insert(i.name, i.addrs);
+                }
+                for gone in attached.keys().filter(|n| !want.contains_key(*n)) {
+                    // Its links died with it; unpinned, a new interface of
+                    // the same name gets the programs again.
+                    attach::unpin_tc(&cfg.pin_dir, gone)?;
+                    tracing::info!(interface = %gone, "interface gone; tc links unpinned");
+                }
+                for name in want.keys().filter(|n| !attached.contains_key(*n)) {
+                    iface::accept_local(name)?;
+                    attach::attach_tc(ebpf, name, &cfg.pin_dir)?;
+                    tracing::info!(interface = %name, "tc programs attached");
+                }
+                *attached = want;
+                Ok(())
+            })
+            .map_err(EbpfError::Netns)?
+    }
+
+    /// The tcx programs the kernel runs on `iface` of the node's namespace,
+    /// (ingress, egress) by name (names are cut to 15 characters).
+    pub fn tc_programs(&self, iface: &str) -> Result<(Vec<String>, Vec<String>), EbpfError> {
+        Ok(self
+            .netns
+            .run(|| attach::query_tc(iface))
+            .map_err(EbpfError::Netns)??)
+    }
+
+    /// Interfaces carrying the tc programs.
+    pub fn interfaces(&self) -> Vec<String> {
+        self.attached.keys().cloned().collect()
+    }
+
+    /// The node addresses NodePorts answer on: the Node object's, then those
+    /// of the attached interfaces. The first IPv4 one is the SNAT source for
+    /// flows to external and LoadBalancer IPs.
+    fn node_addrs(&self, model: &[IpAddr]) -> Vec<IpAddr> {
+        let mut seen = BTreeSet::new();
+        model
+            .iter()
+            .chain(self.attached.values().flatten())
+            .filter(|ip| seen.insert(**ip))
+            .copied()
+            .collect()
     }
 
     /// Runs a tc program once on `packet` (BPF_PROG_TEST_RUN), for tests and
@@ -187,18 +272,7 @@ impl EbpfDataplane {
 
     /// Attached programs, map fill and per-frontend counters.
     pub fn status(&self) -> Result<Status, EbpfError> {
-        let mut frontends = Vec::new();
-        for key in self.tables.keys() {
-            if let Some(id) = self.tables.frontend_id(key) {
-                frontends.push((*key, self.tables.counters(id)?));
-            }
-        }
-        frontends.sort_by_key(|(k, _)| (k.family, k.addr.map(u32::from_be), k.port, k.proto));
-        Ok(Status {
-            links: attach::pinned_links(&self.cfg.pin_dir),
-            entries: self.tables.entry_count(),
-            frontends,
-        })
+        Ok(status::read(&self.cfg.pin_dir)?)
     }
 
     fn apply_port(&mut self, name: &ServicePortName, map: &ServiceMap) -> Result<(), EbpfError> {
@@ -219,8 +293,11 @@ impl EbpfDataplane {
     }
 
     fn sync_inner(&mut self, map: &ServiceMap, changes: &Changes) -> Result<(), EbpfError> {
+        // Interfaces come and go (the pod bridge appears with the first pod).
+        self.attach_interfaces()?;
+        let addrs = self.node_addrs(&map.node.addresses);
+        self.tables.set_node_addrs(&addrs)?;
         if changes.full {
-            self.tables.set_node_addrs(&map.node.addresses)?;
             let names: Vec<ServicePortName> = map.ports.keys().cloned().collect();
             for name in &names {
                 self.apply_port(name, map)?;
@@ -267,44 +344,5 @@ impl Dataplane for EbpfDataplane {
 
     fn cleanup(&mut self) -> Result<(), DataplaneError> {
         detach_and_unpin(&self.cfg.pin_dir).map_err(|e| DataplaneError::new("ebpf", e))
-    }
-}
-
-/// What `skiff proxy status` shows for the eBPF data plane.
-#[derive(Debug, Clone)]
-pub struct Status {
-    /// Pinned links (attached programs).
-    pub links: Vec<PathBuf>,
-    /// Map entries installed (frontends, slots, backends).
-    pub entries: u64,
-    /// Every frontend with its counters.
-    pub frontends: Vec<(FrontendKey, Counters)>,
-}
-
-impl fmt::Display for Status {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "attached programs:")?;
-        for l in &self.links {
-            writeln!(f, "  {}", l.display())?;
-        }
-        writeln!(f, "map entries: {}", self.entries)?;
-        writeln!(f, "frontends: {}", self.frontends.len())?;
-        for (k, c) in &self.frontends {
-            let ip = words_ip(k.addr, k.family);
-            let proto = if k.proto == skiff_common::PROTO_UDP {
-                "udp"
-            } else {
-                "tcp"
-            };
-            writeln!(
-                f,
-                "  {ip}:{}/{proto} connections={} packets={} dropped={}",
-                u16::from_be(k.port),
-                c.connections,
-                c.packets,
-                c.dropped
-            )?;
-        }
-        Ok(())
     }
 }

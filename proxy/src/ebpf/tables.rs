@@ -11,13 +11,13 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use aya::maps::{
-    lpm_trie::Key as LpmKey, HashMap as BpfHash, LpmTrie, MapData, MapError, PerCpuArray,
+    lpm_trie::Key as LpmKey, Array, HashMap as BpfHash, LpmTrie, MapData, MapError, PerCpuArray,
     PerCpuValues,
 };
 use ipnetwork::IpNetwork;
 use skiff_common::{
     ip_words, maglev, Backend, Counters, Frontend, FrontendKey, MaglevTable, NodeAddrKey, SlotKey,
-    SourceRangeKey, MAGLEV_TABLE_LEN,
+    SourceRangeKey, FAMILY_V4, MAGLEV_TABLE_LEN, SNAT_V4, SNAT_V6,
 };
 
 use super::desired::{BackendAddr, DesiredFrontend};
@@ -78,6 +78,8 @@ pub struct Maps {
     pub node_addrs: BpfHash<MapData, NodeAddrKey, u8>,
     /// Counters.
     pub counters: PerCpuArray<MapData, Counters>,
+    /// SNAT source per family.
+    pub snat: Array<MapData, [u32; 4]>,
 }
 
 #[derive(Debug, Clone)]
@@ -201,21 +203,6 @@ impl Tables {
     /// Keys of every installed frontend.
     pub fn keys(&self) -> impl Iterator<Item = &FrontendKey> {
         self.installed.keys()
-    }
-
-    /// Id of an installed frontend (for counters).
-    pub fn frontend_id(&self, key: &FrontendKey) -> Option<u32> {
-        self.installed.get(key).map(|i| i.value.id)
-    }
-
-    /// Sums a frontend's per-CPU counters.
-    pub fn counters(&self, id: u32) -> Result<Counters, TablesError> {
-        let per_cpu = self.maps.counters.get(&id, 0).map_err(werr("counters"))?;
-        Ok(per_cpu.iter().fold(Counters::default(), |a, c| Counters {
-            connections: a.connections + c.connections,
-            packets: a.packets + c.packets,
-            dropped: a.dropped + c.dropped,
-        }))
     }
 
     fn alloc_id(&mut self) -> Result<u32, TablesError> {
@@ -425,7 +412,8 @@ impl Tables {
         Ok(())
     }
 
-    /// Makes the node-address map hold exactly `addrs` (NodePorts answer on them).
+    /// Makes the node-address map hold exactly `addrs` (NodePorts answer on
+    /// them); the first address of each family becomes its SNAT source.
     pub fn set_node_addrs(&mut self, addrs: &[std::net::IpAddr]) -> Result<(), TablesError> {
         let want: Vec<NodeAddrKey> = addrs
             .iter()
@@ -438,6 +426,9 @@ impl Tables {
                 }
             })
             .collect();
+        if !self.node_addrs.is_empty() && want == self.node_addrs {
+            return Ok(());
+        }
         let stale: Vec<NodeAddrKey> = self
             .maps
             .node_addrs
@@ -456,6 +447,13 @@ impl Tables {
                     .map_err(werr("node addresses"))?;
                 self.written += 1;
             }
+        }
+        for (index, family) in [(SNAT_V4, FAMILY_V4), (SNAT_V6, skiff_common::FAMILY_V6)] {
+            let addr = want
+                .iter()
+                .find(|k| k.family == family)
+                .map_or([0; 4], |k| k.addr);
+            self.maps.snat.set(index, addr, 0).map_err(werr("snat"))?;
         }
         self.node_addrs = want;
         Ok(())

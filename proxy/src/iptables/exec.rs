@@ -8,6 +8,7 @@ use std::process::{Command, Output, Stdio};
 
 use skiff_cni::Netns;
 
+use super::backend::Backend;
 use super::rules::Family;
 
 /// How many copies of one jump rule cleanup removes at most.
@@ -42,20 +43,29 @@ pub enum ExecError {
     },
 }
 
-/// The iptables tools of one family, run in one namespace.
+/// How long the tools wait for the xtables lock (it is shared by
+/// every namespace, and a large legacy restore holds it for seconds).
+const LOCK_WAIT_SECS: &str = "30";
+
+/// The iptables tools of one family and implementation, run in one namespace.
 pub struct Tools<'a> {
     /// Where to run.
     pub netns: &'a Netns,
     /// Which family.
     pub family: Family,
+    /// Which implementation (`iptables-legacy*` or `iptables-nft*`).
+    pub backend: Backend,
 }
 
 impl Tools<'_> {
+    /// `base` is `iptables`, `iptables-save` or `iptables-restore`.
     fn program(&self, base: &str) -> String {
-        match self.family {
-            Family::V4 => base.to_string(),
-            Family::V6 => base.replacen("iptables", "ip6tables", 1),
-        }
+        let family = match self.family {
+            Family::V4 => "iptables",
+            Family::V6 => "ip6tables",
+        };
+        let suffix = base.strip_prefix("iptables").unwrap_or(base);
+        format!("{family}-{}{suffix}", self.backend.as_str())
     }
 
     fn run(&self, base: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<Output, ExecError> {
@@ -72,7 +82,13 @@ impl Tools<'_> {
                 .stderr(Stdio::piped())
                 .spawn()?;
             if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
-                pipe.write_all(data)?;
+                // A tool that stops reading has failed; its exit status and
+                // stderr below say why, not the broken pipe.
+                if let Err(e) = pipe.write_all(data) {
+                    if e.kind() != std::io::ErrorKind::BrokenPipe {
+                        return Err(e);
+                    }
+                }
             }
             child.wait_with_output()
         })?;
@@ -105,7 +121,7 @@ impl Tools<'_> {
     pub fn restore(&self, input: &str) -> Result<(), ExecError> {
         self.checked(
             "iptables-restore",
-            &["-w", "5", "--noflush"],
+            &["-w", LOCK_WAIT_SECS, "--noflush"],
             Some(input.as_bytes()),
         )
         .map(drop)
@@ -117,21 +133,9 @@ impl Tools<'_> {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Makes sure `rule` is in `chain` of `table` (inserted first when missing).
-    pub fn ensure_jump(&self, table: &str, chain: &str, rule: &[&str]) -> Result<(), ExecError> {
-        let mut check = vec!["-w", "5", "-t", table, "-C", chain];
-        check.extend_from_slice(rule);
-        if self.run("iptables", &check, None)?.status.success() {
-            return Ok(());
-        }
-        let mut insert = vec!["-w", "5", "-t", table, "-I", chain];
-        insert.extend_from_slice(rule);
-        self.checked("iptables", &insert, None).map(drop)
-    }
-
     /// Deletes `rule` from `chain` of `table` if it is there.
     pub fn remove_jump(&self, table: &str, chain: &str, rule: &[&str]) -> Result<(), ExecError> {
-        let mut delete = vec!["-w", "5", "-t", table, "-D", chain];
+        let mut delete = vec!["-w", LOCK_WAIT_SECS, "-t", table, "-D", chain];
         delete.extend_from_slice(rule);
         // A rule inserted more than once (by hand, or a crashed older run) goes too.
         for _ in 0..MAX_DUPLICATES {

@@ -3,17 +3,21 @@
 //! syncs that rewrite only changed ports' chains, and stale UDP conntrack
 //! entries deleted after each sync ([`crate::conntrack`]).
 
+pub mod backend;
 pub mod chains;
 mod exec;
 pub mod rules;
+pub mod transaction;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use skiff_cni::Netns;
 
+pub use backend::{Backend, BackendChoice};
 pub use exec::ExecError;
-pub use rules::{Family, RuleOptions, Transaction};
+pub use rules::{render_port, Family, PortRules, RuleOptions};
+pub use transaction::{Entry, Table, Transaction};
 
 use crate::conntrack::{Conntrack, ConntrackError, Flow};
 use crate::dataplane::{Dataplane, DataplaneError, SyncStats};
@@ -122,13 +126,27 @@ const JUMPS: [(&str, &str, &[&str]); 10] = [
     ("filter", "FORWARD", &["-j", chains::FIREWALL]),
 ];
 
-/// Per-family record of what is installed.
+/// Per-family record of what is installed: every port's rules as rendered,
+/// so a partial sync can delete exactly the entries that changed.
 #[derive(Default)]
 struct Installed {
-    /// Each port's own chains.
-    chains: BTreeMap<ServicePortName, BTreeSet<String>>,
-    /// Rules in each port's own chains.
-    rules: BTreeMap<ServicePortName, u64>,
+    ports: BTreeMap<ServicePortName, PortRules>,
+    /// Base-chain rules that belong to no port.
+    base_rules: u64,
+}
+
+impl Installed {
+    fn rule_count(&self) -> u64 {
+        self.base_rules + self.ports.values().map(PortRules::rule_count).sum::<u64>()
+    }
+}
+
+/// What one family's sync sent.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sent {
+    rules: u64,
+    written: u64,
+    bytes: u64,
 }
 
 /// kube-proxy-compatible iptables rules in one network namespace.
@@ -136,8 +154,10 @@ pub struct Iptables {
     netns: Netns,
     options: RuleOptions,
     families: Vec<Family>,
+    backend: Backend,
     installed: BTreeMap<u8, Installed>,
     conntrack: Option<Conntrack>,
+    last_input_bytes: u64,
 }
 
 fn family_key(f: Family) -> u8 {
@@ -147,15 +167,73 @@ fn family_key(f: Family) -> u8 {
     }
 }
 
+/// A rule's arguments as `iptables-save` prints them (quoted when spaced).
+fn spec(rule: &[&str]) -> String {
+    rule.iter()
+        .map(|a| {
+            if a.contains(' ') {
+                format!("\"{a}\"")
+            } else {
+                (*a).to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Adds the jumps from the built-in chains that `save` (both tables'
+/// `iptables-save` output) lacks, at the top, in [`JUMPS`] order.
+fn add_missing_jumps(tx: &mut Transaction, save: &str) {
+    let present: BTreeSet<&str> = save.lines().collect();
+    // Inserted at the top in reverse, so they end up in JUMPS order.
+    for (table, chain, rule) in JUMPS.iter().rev() {
+        let spec = spec(rule);
+        if !present.contains(format!("-A {chain} {spec}").as_str()) {
+            let table = if *table == "nat" {
+                Table::Nat
+            } else {
+                Table::Filter
+            };
+            tx.insert_first(table, chain, &spec);
+        }
+    }
+}
+
 impl Iptables {
-    /// A backend for `netns` (the proxy's own namespace: [`Netns::current`]).
-    pub fn new(netns: Netns, options: RuleOptions, families: Vec<Family>) -> Iptables {
+    /// A backend for `netns` (the proxy's own namespace: [`Netns::current`])
+    /// programmed with the `backend` implementation.
+    pub fn new(
+        netns: Netns,
+        options: RuleOptions,
+        families: Vec<Family>,
+        backend: Backend,
+    ) -> Iptables {
         Iptables {
             netns,
             options,
             families,
+            backend,
             installed: BTreeMap::new(),
             conntrack: None,
+            last_input_bytes: 0,
+        }
+    }
+
+    /// The implementation in use.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Bytes of `iptables-restore` input the last sync sent (all families).
+    pub fn last_input_bytes(&self) -> u64 {
+        self.last_input_bytes
+    }
+
+    fn tools(&self, family: Family) -> Tools<'_> {
+        Tools {
+            netns: &self.netns,
+            family,
+            backend: self.backend,
         }
     }
 
@@ -164,68 +242,105 @@ impl Iptables {
         family: Family,
         map: &ServiceMap,
         changes: &Changes,
-    ) -> Result<SyncStats, IptablesError> {
-        let tools = Tools {
-            netns: &self.netns,
-            family,
+    ) -> Result<Sent, IptablesError> {
+        let key = family_key(family);
+        let (installed, tx) = match self.installed.remove(&key) {
+            Some(old) if !changes.full => self.partial(family, map, changes, old),
+            _ => {
+                let tools = self.tools(family);
+                // What exists now: chains left by an earlier run (or another
+                // proxy) go, and jumps someone removed come back.
+                let nat = tools.save("nat")?;
+                let filter = tools.save("filter")?;
+                let (installed, mut tx) = self.full(family, map, &nat);
+                add_missing_jumps(&mut tx, &(nat + &filter));
+                (installed, tx)
+            }
         };
-        let full = changes.full || !self.installed.contains_key(&family_key(family));
-        let old = self
-            .installed
-            .remove(&family_key(family))
-            .unwrap_or_default();
-        let mut tx = Transaction::new();
+        let text = tx.text();
+        if !tx.is_empty() {
+            self.tools(family).restore(&text)?;
+        }
+        let sent = Sent {
+            rules: installed.rule_count(),
+            written: tx.rule_count(),
+            bytes: text.len() as u64,
+        };
+        self.installed.insert(key, installed);
+        Ok(sent)
+    }
+
+    /// Everything: base chains, every port, and the deletion of chains we
+    /// own that nothing wants any more (`existing`: `iptables-save -t nat`).
+    fn full(&self, family: Family, map: &ServiceMap, existing: &str) -> (Installed, Transaction) {
+        let mut tx = Transaction::with_base_chains();
         let mut now = Installed::default();
         for (name, port) in &map.ports {
-            let write = full || changes.updated.contains(name) || !old.chains.contains_key(name);
-            let mark = tx.mark();
-            let owned = tx.add_port(port, family, &self.options, write);
-            if write {
-                let rules = tx.rules_in(mark, &owned);
-                now.rules.insert(name.clone(), rules);
-                now.chains.insert(name.clone(), owned);
-            } else {
-                now.chains.insert(
-                    name.clone(),
-                    old.chains.get(name).cloned().unwrap_or_default(),
-                );
-                now.rules.insert(
-                    name.clone(),
-                    old.rules.get(name).copied().unwrap_or_default(),
-                );
+            let r = render_port(port, family, &self.options);
+            if r == PortRules::default() {
+                continue;
             }
+            tx.write_port(&r);
+            tx.append_entries(&r.entries);
+            now.ports.insert(name.clone(), r);
         }
-        tx.finish();
-        let wanted: BTreeSet<&String> = now.chains.values().flatten().collect();
-        let candidates: BTreeSet<String> = if full {
-            existing_chains(&tools.save("nat")?)
-        } else {
-            changes
-                .updated
-                .iter()
-                .chain(changes.removed.keys())
-                .filter_map(|n| old.chains.get(n))
-                .flatten()
-                .cloned()
-                .collect()
-        };
-        for c in candidates {
+        tx.finish_base();
+        now.base_rules = tx.base_rule_count();
+        let wanted: BTreeSet<&String> = now.ports.values().flat_map(|r| &r.chains).collect();
+        for c in existing_chains(existing) {
             if !wanted.contains(&c) {
                 tx.delete_nat_chain(c);
             }
         }
-        let written = tx.rule_count();
-        let base = tx.base_rule_count();
-        tools.restore(&tx.text())?;
-        if full {
-            // Inserted at the top in reverse, so they end up in JUMPS order.
-            for (table, chain, rule) in JUMPS.iter().rev() {
-                tools.ensure_jump(table, chain, rule)?;
+        (now, tx)
+    }
+
+    /// Only the changed ports: their own chains rewritten, their base-chain
+    /// entries edited one by one; nothing else is sent.
+    fn partial(
+        &self,
+        family: Family,
+        map: &ServiceMap,
+        changes: &Changes,
+        mut now: Installed,
+    ) -> (Installed, Transaction) {
+        let mut tx = Transaction::new();
+        let mut adds = Vec::new();
+        let touched = changes.updated.iter().chain(changes.removed.keys());
+        for name in touched {
+            let new = map
+                .ports
+                .get(name)
+                .map(|p| render_port(p, family, &self.options))
+                .unwrap_or_default();
+            let old = now.ports.remove(name).unwrap_or_default();
+            if new == old {
+                if new != PortRules::default() {
+                    now.ports.insert(name.clone(), new);
+                }
+                continue;
+            }
+            let kept: BTreeSet<&Entry> = new.entries.iter().collect();
+            let before: BTreeSet<&Entry> = old.entries.iter().collect();
+            // Deletions first, so a replaced entry is never there twice.
+            for e in old.entries.iter().filter(|e| !kept.contains(e)) {
+                tx.delete_entry(e);
+            }
+            adds.extend(new.entries.iter().filter(|e| !before.contains(e)).cloned());
+            if new.body != old.body || new.chains != old.chains {
+                tx.write_port(&new);
+            }
+            for c in old.chains.difference(&new.chains) {
+                tx.delete_nat_chain(c.clone());
+            }
+            if new != PortRules::default() {
+                now.ports.insert(name.clone(), new);
             }
         }
-        let rules = base + now.rules.values().sum::<u64>();
-        self.installed.insert(family_key(family), now);
-        Ok(SyncStats { rules, written })
+        for e in &adds {
+            tx.add_entry(e);
+        }
+        (now, tx)
     }
 
     /// Deletes UDP conntrack entries that would keep clients on a backend that
@@ -284,14 +399,11 @@ impl Iptables {
 
     fn remove_all(&mut self) -> Result<(), IptablesError> {
         for family in self.families.clone() {
-            let tools = Tools {
-                netns: &self.netns,
-                family,
-            };
+            let tools = self.tools(family);
             for (table, chain, rule) in JUMPS {
                 tools.remove_jump(table, chain, rule)?;
             }
-            let mut tx = Transaction::default();
+            let mut tx = Transaction::new();
             for c in existing_chains(&tools.save("nat")?) {
                 tx.delete_nat_chain(c);
             }
@@ -336,13 +448,24 @@ impl Dataplane for Iptables {
 
     fn sync(&mut self, map: &ServiceMap, changes: &Changes) -> Result<SyncStats, DataplaneError> {
         let mut total = SyncStats::default();
+        let mut bytes = 0;
         for family in self.families.clone() {
             let s = self
                 .sync_family(family, map, changes)
                 .map_err(|e| DataplaneError::new("iptables", e))?;
             total.rules += s.rules;
             total.written += s.written;
+            bytes += s.bytes;
         }
+        self.last_input_bytes = bytes;
+        tracing::debug!(
+            backend = self.backend.as_str(),
+            full = changes.full,
+            rules = total.rules,
+            written = total.written,
+            bytes,
+            "iptables-restore input sent"
+        );
         let cleaned = self
             .clean_conntrack(map, changes)
             .map_err(|e| DataplaneError::new("iptables", e))?;

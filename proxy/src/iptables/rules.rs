@@ -10,17 +10,17 @@
 //! filter KUBE-SERVICES / KUBE-EXTERNAL-SERVICES: REJECT ports without endpoints
 //! ```
 //!
-//! The base chains are rewritten on every sync (they list every port); a
-//! port's own chains only when it changed (or on a full sync). Chains that
-//! are no longer wanted are flushed and deleted in the same transaction.
+//! [`render_port`] gives one port's own chains with their rules and its
+//! entries in the shared base chains; [`super::transaction`] turns them into
+//! a full or a partial restore input.
 
 use std::collections::BTreeSet;
-use std::fmt::Write;
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
 use super::chains::{self, host, socket};
+use super::transaction::{Entry, Table};
 use crate::model::{Endpoint, ServicePort, TrafficPolicy};
 
 /// IPv4 (`iptables-restore`) or IPv6 (`ip6tables-restore`).
@@ -59,170 +59,67 @@ pub struct RuleOptions {
     pub masquerade_all: bool,
 }
 
-/// One table's part of a restore transaction.
-#[derive(Default)]
-struct Table {
-    declared: Vec<String>,
-    rules: Vec<String>,
-    deleted: Vec<String>,
+/// What one port contributes to one family's rules.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortRules {
+    /// The port's own nat chains (KUBE-SVC/SVL/EXT/FW/SEP-*).
+    pub chains: BTreeSet<String>,
+    /// The rules of those chains (`-A <own chain> ...`).
+    pub body: Vec<String>,
+    /// Its rules in the shared base chains.
+    pub entries: Vec<Entry>,
 }
 
-/// A restore transaction for one family.
-#[derive(Default)]
-pub struct Transaction {
-    nat: Table,
-    filter: Table,
-}
-
-impl Transaction {
-    /// The `iptables-restore` input.
-    pub fn text(&self) -> String {
-        let mut out = String::new();
-        for (name, t) in [("nat", &self.nat), ("filter", &self.filter)] {
-            let _ = writeln!(out, "*{name}");
-            for c in t.declared.iter().chain(&t.deleted) {
-                let _ = writeln!(out, ":{c} - [0:0]");
-            }
-            for r in &t.rules {
-                let _ = writeln!(out, "{r}");
-            }
-            for c in &t.deleted {
-                let _ = writeln!(out, "-X {c}");
-            }
-            let _ = writeln!(out, "COMMIT");
-        }
-        out
-    }
-
-    /// Rules written by this transaction.
+impl PortRules {
+    /// Rules this port has installed (own chains and entries).
     pub fn rule_count(&self) -> u64 {
-        (self.nat.rules.len() + self.filter.rules.len()) as u64
+        (self.body.len() + self.entries.len()) as u64
+    }
+}
+
+/// Renders one port for `family`: nothing when it has no ClusterIP of that
+/// family (each family's proxier handles the services of its family).
+pub fn render_port(p: &ServicePort, family: Family, opts: &RuleOptions) -> PortRules {
+    let mut w = PortWriter::default();
+    w.port(p, family, opts);
+    w.out
+}
+
+#[derive(Default)]
+struct PortWriter {
+    out: PortRules,
+}
+
+impl PortWriter {
+    fn nat_entry(&mut self, chain: &'static str, spec: String) {
+        self.out.entries.push(Entry {
+            table: Table::Nat,
+            chain,
+            spec,
+        });
     }
 
-    /// Rules in the base chains (rewritten every time) — the rest are per-port.
-    pub fn base_rule_count(&self) -> u64 {
-        let base = |t: &Table, chains: &[&str]| {
-            t.rules
-                .iter()
-                .filter(|r| chain_of(r).is_some_and(|c| chains.contains(&c)))
-                .count()
-        };
-        (base(
-            &self.nat,
-            &[
-                chains::SERVICES,
-                chains::NODEPORTS,
-                chains::POSTROUTING,
-                chains::MARK_MASQ,
-                chains::MARK_DROP,
-            ],
-        ) + base(
-            &self.filter,
-            &[
-                chains::SERVICES,
-                chains::EXTERNAL_SERVICES,
-                chains::FORWARD,
-                chains::FIREWALL,
-            ],
-        )) as u64
+    fn filter_entry(&mut self, chain: &'static str, spec: String) {
+        self.out.entries.push(Entry {
+            table: Table::Filter,
+            chain,
+            spec,
+        });
     }
 
-    /// Deletes `chain` of the nat table.
-    pub fn delete_nat_chain(&mut self, chain: String) {
-        self.nat.deleted.push(chain);
+    fn rule(&mut self, line: String) {
+        self.out.body.push(line);
     }
 
-    /// Deletes `chain` of the filter table.
-    pub fn delete_filter_chain(&mut self, chain: String) {
-        self.filter.deleted.push(chain);
-    }
-
-    /// Position in the nat rules, for [`Transaction::rules_in`].
-    pub fn mark(&self) -> usize {
-        self.nat.rules.len()
-    }
-
-    /// Rules written since `mark` into `owned` chains (per-port chains are all in nat).
-    pub fn rules_in(&self, mark: usize, owned: &BTreeSet<String>) -> u64 {
-        self.nat.rules[mark.min(self.nat.rules.len())..]
-            .iter()
-            .filter(|r| chain_of(r).is_some_and(|c| owned.contains(c)))
-            .count() as u64
-    }
-
-    /// Starts a transaction that rewrites the base chains.
-    pub fn new() -> Transaction {
-        let mut t = Transaction::default();
-        for c in [
-            chains::SERVICES,
-            chains::NODEPORTS,
-            chains::POSTROUTING,
-            chains::MARK_MASQ,
-            chains::MARK_DROP,
-        ] {
-            t.nat.declared.push(c.to_string());
-        }
-        for c in [
-            chains::SERVICES,
-            chains::EXTERNAL_SERVICES,
-            chains::FORWARD,
-            chains::FIREWALL,
-        ] {
-            t.filter.declared.push(c.to_string());
-        }
-        let m = chains::MASQ_MARK;
-        let d = chains::DROP_MARK;
-        t.nat.rules.extend([
-            format!("-A {} -m mark ! --mark {m}/{m} -j RETURN", chains::POSTROUTING),
-            // Clear the mark so a re-traversing packet is not masqueraded twice.
-            format!("-A {} -j MARK --xor-mark {m}", chains::POSTROUTING),
-            format!(
-                "-A {} -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully",
-                chains::POSTROUTING
-            ),
-            format!("-A {} -j MARK --or-mark {m}", chains::MARK_MASQ),
-            format!("-A {} -j MARK --or-mark {d}", chains::MARK_DROP),
-        ]);
-        t.filter.rules.extend([
-            format!("-A {} -m mark --mark {d}/{d} -j DROP", chains::FIREWALL),
-            format!("-A {} -m mark --mark {m}/{m} -j ACCEPT", chains::FORWARD),
-            format!(
-                "-A {} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-                chains::FORWARD
-            ),
-        ]);
-        t
-    }
-
-    /// Closes KUBE-SERVICES: packets to node-local addresses go to the NodePorts
-    /// (last, so ClusterIP / external IP rules win).
-    pub fn finish(&mut self) {
-        self.nat.rules.push(format!(
-            "-A {} -m comment --comment \"kubernetes service nodeports\" -m addrtype --dst-type LOCAL -j {}",
-            chains::SERVICES,
-            chains::NODEPORTS
-        ));
-    }
-
-    /// Adds a port: its entries in the base chains always, its own chains when
-    /// `write_chains`. Returns the names of the port's own chains.
-    pub fn add_port(
-        &mut self,
-        p: &ServicePort,
-        family: Family,
-        opts: &RuleOptions,
-        write_chains: bool,
-    ) -> BTreeSet<String> {
-        let mut owned = BTreeSet::new();
+    fn port(&mut self, p: &ServicePort, family: Family, opts: &RuleOptions) {
         let vips: Vec<IpAddr> = p
             .cluster_ips
             .iter()
             .copied()
             .filter(|ip| family.has(*ip))
             .collect();
-        // Each family's proxier handles the services that have a ClusterIP of its family.
         if vips.is_empty() {
-            return owned;
+            return;
         }
         let name = &p.name;
         let proto = p.name.protocol.as_str();
@@ -243,22 +140,19 @@ impl Transaction {
 
         let svc = chains::svc(name);
         if !cluster_eps.is_empty() {
-            owned.insert(svc.clone());
+            self.out.chains.insert(svc.clone());
             for vip in &vips {
-                self.nat.rules.push(format!(
-                    "-A {} {} -j {svc}",
+                self.nat_entry(
                     chains::SERVICES,
-                    matching(&host(*vip), p.port)
-                ));
+                    format!("{} -j {svc}", matching(&host(*vip), p.port)),
+                );
             }
         } else {
             for vip in &vips {
-                self.filter.rules.push(format!(
-                    "-A {} {} {}",
+                self.filter_entry(
                     chains::SERVICES,
-                    matching(&host(*vip), p.port),
-                    family.reject()
-                ));
+                    format!("{} {}", matching(&host(*vip), p.port), family.reject()),
+                );
             }
         }
 
@@ -281,8 +175,9 @@ impl Transaction {
             .collect();
         let ext = chains::ext(name);
         let fw = chains::fw(name);
-        // The external dispatch: the cluster chain when the sets agree, else its own.
-        let ext_dispatch = if external_eps.is_empty() {
+        // The external dispatch (none for ClusterIP-only ports, as kube-proxy):
+        // the cluster chain when the sets agree, else its own.
+        let ext_dispatch = if external_eps.is_empty() || !p.externally_accessible() {
             None
         } else if p.external_endpoints == p.cluster_endpoints {
             Some(svc.clone())
@@ -290,63 +185,55 @@ impl Transaction {
             Some(chains::svl(name))
         };
         if let Some(dispatch) = &ext_dispatch {
-            owned.insert(dispatch.clone());
-            owned.insert(ext.clone());
+            self.out.chains.insert(dispatch.clone());
+            self.out.chains.insert(ext.clone());
             for ip in &ext_ips {
-                self.nat.rules.push(format!(
-                    "-A {} {} -j {ext}",
+                self.nat_entry(
                     chains::SERVICES,
-                    matching(&host(*ip), p.port)
-                ));
+                    format!("{} -j {ext}", matching(&host(*ip), p.port)),
+                );
             }
             let lb_target = if ranges.is_empty() { &ext } else { &fw };
             if !ranges.is_empty() && !lb_ips.is_empty() {
-                owned.insert(fw.clone());
+                self.out.chains.insert(fw.clone());
             }
             for ip in &lb_ips {
-                self.nat.rules.push(format!(
-                    "-A {} {} -j {lb_target}",
+                self.nat_entry(
                     chains::SERVICES,
-                    matching(&host(*ip), p.port)
-                ));
+                    format!("{} -j {lb_target}", matching(&host(*ip), p.port)),
+                );
             }
             if let Some(np) = p.node_port {
-                self.nat.rules.push(format!(
-                    "-A {} {comment} -p {proto} -m {proto} --dport {np} -j {ext}",
-                    chains::NODEPORTS
-                ));
+                self.nat_entry(
+                    chains::NODEPORTS,
+                    format!("{comment} -p {proto} -m {proto} --dport {np} -j {ext}"),
+                );
             }
         } else {
             for ip in ext_ips.iter().chain(&lb_ips) {
-                self.filter.rules.push(format!(
-                    "-A {} {} {}",
+                self.filter_entry(
                     chains::EXTERNAL_SERVICES,
-                    matching(&host(*ip), p.port),
-                    family.reject()
-                ));
+                    format!("{} {}", matching(&host(*ip), p.port), family.reject()),
+                );
             }
             if let Some(np) = p.node_port {
-                self.filter.rules.push(format!(
-                    "-A {} {comment} -m addrtype --dst-type LOCAL -p {proto} -m {proto} --dport {np} {}",
+                self.filter_entry(
                     chains::EXTERNAL_SERVICES,
-                    family.reject()
-                ));
+                    format!(
+                        "{comment} -m addrtype --dst-type LOCAL -p {proto} -m {proto} --dport {np} {}",
+                        family.reject()
+                    ),
+                );
             }
         }
 
-        if !write_chains {
-            return owned;
-        }
-        for c in &owned {
-            self.nat.declared.push(c.clone());
-        }
         if !cluster_eps.is_empty() {
             self.masquerade_cluster_traffic(&svc, &vips, p, family, opts);
-            self.dispatch(&svc, p, &cluster_eps, &mut owned);
+            self.dispatch(&svc, p, &cluster_eps);
         }
         if let Some(dispatch) = &ext_dispatch {
             if dispatch != &svc {
-                self.dispatch(dispatch, p, &external_eps, &mut owned);
+                self.dispatch(dispatch, p, &external_eps);
             }
             self.external_entry(
                 &ext,
@@ -357,19 +244,16 @@ impl Transaction {
                 family,
                 opts,
             );
-            if owned.contains(&fw) {
+            if self.out.chains.contains(&fw) {
                 for r in &ranges {
-                    self.nat
-                        .rules
-                        .push(format!("-A {fw} {comment} -s {r} -j {ext}"));
+                    self.rule(format!("-A {fw} {comment} -s {r} -j {ext}"));
                 }
-                self.nat.rules.push(format!(
+                self.rule(format!(
                     "-A {fw} -m comment --comment \"{name} loadbalancer IP: other sources\" -j {}",
                     chains::MARK_DROP
                 ));
             }
         }
-        owned
     }
 
     fn masquerade_cluster_traffic(
@@ -384,15 +268,11 @@ impl Transaction {
         for vip in vips {
             let m = format!("-d {} -p {proto} -m {proto} --dport {}", host(*vip), p.port);
             if opts.masquerade_all {
-                self.nat
-                    .rules
-                    .push(format!("-A {svc} {m} -j {}", chains::MARK_MASQ));
+                self.rule(format!("-A {svc} {m} -j {}", chains::MARK_MASQ));
                 continue;
             }
             for cidr in opts.cluster_cidrs.iter().filter(|c| family.has(c.ip())) {
-                self.nat
-                    .rules
-                    .push(format!("-A {svc} ! -s {cidr} {m} -j {}", chains::MARK_MASQ));
+                self.rule(format!("-A {svc} ! -s {cidr} {m} -j {}", chains::MARK_MASQ));
             }
         }
     }
@@ -413,45 +293,35 @@ impl Transaction {
     ) {
         match p.external_policy {
             TrafficPolicy::Cluster => {
-                self.nat
-                    .rules
-                    .push(format!("-A {ext} -j {}", chains::MARK_MASQ));
-                self.nat.rules.push(format!("-A {ext} -j {dispatch}"));
+                self.rule(format!("-A {ext} -j {}", chains::MARK_MASQ));
+                self.rule(format!("-A {ext} -j {dispatch}"));
             }
             TrafficPolicy::Local => {
                 if has_cluster {
                     for cidr in opts.cluster_cidrs.iter().filter(|c| family.has(c.ip())) {
-                        self.nat.rules.push(format!(
+                        self.rule(format!(
                             "-A {ext} -m comment --comment \"pod traffic for {} external destinations\" -s {cidr} -j {svc}",
                             p.name
                         ));
                     }
-                    self.nat.rules.push(format!(
+                    self.rule(format!(
                         "-A {ext} -m addrtype --src-type LOCAL -j {}",
                         chains::MARK_MASQ
                     ));
-                    self.nat
-                        .rules
-                        .push(format!("-A {ext} -m addrtype --src-type LOCAL -j {svc}"));
+                    self.rule(format!("-A {ext} -m addrtype --src-type LOCAL -j {svc}"));
                 }
-                self.nat.rules.push(format!("-A {ext} -j {dispatch}"));
+                self.rule(format!("-A {ext} -j {dispatch}"));
             }
         }
     }
 
     /// A dispatch chain: affinity checks first, then random spreading where
     /// rule i of n matches with probability 1/(n-i), so each endpoint gets 1/n.
-    fn dispatch(
-        &mut self,
-        chain: &str,
-        p: &ServicePort,
-        eps: &[&Endpoint],
-        owned: &mut BTreeSet<String>,
-    ) {
+    fn dispatch(&mut self, chain: &str, p: &ServicePort, eps: &[&Endpoint]) {
         let seps: Vec<String> = eps.iter().map(|e| chains::sep(&p.name, e)).collect();
         if let Some(timeout) = p.affinity_timeout_secs {
             for sep in &seps {
-                self.nat.rules.push(format!(
+                self.rule(format!(
                     "-A {chain} -m recent --name {sep} --mask {} --rsource --rcheck --seconds {timeout} --reap -j {sep}",
                     full_mask(eps)
                 ));
@@ -461,16 +331,15 @@ impl Transaction {
         for (i, sep) in seps.iter().enumerate() {
             if i + 1 < n {
                 let prob = 1.0 / (n - i) as f64;
-                self.nat.rules.push(format!(
+                self.rule(format!(
                     "-A {chain} -m statistic --mode random --probability {prob:.10} -j {sep}"
                 ));
             } else {
-                self.nat.rules.push(format!("-A {chain} -j {sep}"));
+                self.rule(format!("-A {chain} -j {sep}"));
             }
         }
         for (ep, sep) in eps.iter().zip(seps) {
-            if owned.insert(sep.clone()) {
-                self.nat.declared.push(sep.clone());
+            if self.out.chains.insert(sep.clone()) {
                 self.endpoint_chain(&sep, p, ep, eps);
             }
         }
@@ -480,7 +349,7 @@ impl Transaction {
         let proto = p.name.protocol.as_str();
         // Hairpin: a backend reaching itself through the service must see the
         // node as the source, or its reply would bypass the reverse NAT.
-        self.nat.rules.push(format!(
+        self.rule(format!(
             "-A {sep} -s {} -j {}",
             host(ep.ip),
             chains::MARK_MASQ
@@ -493,16 +362,11 @@ impl Transaction {
         } else {
             String::new()
         };
-        self.nat.rules.push(format!(
+        self.rule(format!(
             "-A {sep} -p {proto}{recent} -m {proto} -j DNAT --to-destination {}",
             socket(ep.ip, ep.port)
         ));
     }
-}
-
-/// The chain an `-A CHAIN ...` rule appends to.
-fn chain_of(rule: &str) -> Option<&str> {
-    rule.strip_prefix("-A ")?.split(' ').next()
 }
 
 /// The `recent` mask: the whole client address.

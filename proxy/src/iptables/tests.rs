@@ -7,8 +7,12 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::{json, Value};
 
+use skiff_cni::Netns;
+
 use super::chains;
-use super::rules::{Family, RuleOptions, Transaction};
+use super::rules::{render_port, Family, RuleOptions};
+use super::transaction::Transaction;
+use super::{Backend, Installed, Iptables};
 use crate::model::{self, BuildInput, NodeInfo, ServiceMap};
 
 fn map(services: &[Value], slices: &[Value]) -> ServiceMap {
@@ -50,17 +54,30 @@ fn slice(name: &str, ips: &[(&str, &str)]) -> Value {
            "ports": [{"name": "p", "port": 8080, "protocol": "TCP"}], "endpoints": eps})
 }
 
-fn render(m: &ServiceMap, family: Family, write: impl Fn(&str) -> bool) -> String {
-    let mut tx = Transaction::new();
-    let opts = RuleOptions {
+fn options() -> RuleOptions {
+    RuleOptions {
         cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
         masquerade_all: false,
-    };
-    for (name, p) in &m.ports {
-        tx.add_port(p, family, &opts, write(&name.name));
     }
-    tx.finish();
+}
+
+/// A full transaction for `m`.
+fn render(m: &ServiceMap, family: Family) -> String {
+    let mut tx = Transaction::with_base_chains();
+    for p in m.ports.values() {
+        let r = render_port(p, family, &options());
+        tx.write_port(&r);
+        tx.append_entries(&r.entries);
+    }
+    tx.finish_base();
     tx.text()
+}
+
+/// An IPv4 proxy that has installed `m` (nothing is executed).
+fn installed(m: &ServiceMap) -> (Iptables, Installed) {
+    let ipt = Iptables::new(Netns::current(), options(), vec![Family::V4], Backend::Nft);
+    let (now, _) = ipt.full(Family::V4, m, "");
+    (ipt, now)
 }
 
 fn lines_with<'a>(text: &'a str, needle: &str) -> Vec<&'a str> {
@@ -80,7 +97,7 @@ fn endpoints_are_spread_evenly_with_statistic() {
             ],
         )],
     );
-    let text = render(&m, Family::V4, |_| true);
+    let text = render(&m, Family::V4);
     let name = m.ports.keys().next().unwrap();
     let svc_chain = chains::svc(name);
     let jumps = lines_with(&text, &format!("-A {svc_chain} "));
@@ -122,7 +139,7 @@ fn endpoints_are_spread_evenly_with_statistic() {
 #[test]
 fn ports_without_endpoints_are_rejected_in_filter() {
     let m = map(&[svc("empty", "10.96.0.11", json!({}))], &[]);
-    let text = render(&m, Family::V4, |_| true);
+    let text = render(&m, Family::V4);
     let filter = text.split("*filter").nth(1).unwrap();
     assert!(filter.contains("-A KUBE-SERVICES -m comment --comment \"default/empty:p/tcp\" -d 10.96.0.11/32 -p tcp -m tcp --dport 80 -j REJECT"), "{filter}");
     assert!(filter.contains("-A KUBE-EXTERNAL-SERVICES -m comment --comment \"default/empty:p/tcp\" -m addrtype --dst-type LOCAL -p tcp -m tcp --dport 30080 -j REJECT"), "{filter}");
@@ -143,7 +160,7 @@ fn affinity_uses_recent_and_source_ranges_get_a_firewall_chain() {
         &[lb],
         &[slice("lb", &[("10.244.0.2", "n1"), ("10.244.0.3", "n1")])],
     );
-    let text = render(&m, Family::V4, |_| true);
+    let text = render(&m, Family::V4);
     let name = m.ports.keys().next().unwrap();
     assert_eq!(
         lines_with(&text, "--rcheck --seconds 60 --reap").len(),
@@ -166,34 +183,123 @@ fn affinity_uses_recent_and_source_ranges_get_a_firewall_chain() {
 }
 
 #[test]
-fn partial_transaction_rewrites_only_the_changed_port() {
-    let m = map(
-        &[
-            svc("a", "10.96.0.20", json!({})),
-            svc("b", "10.96.0.21", json!({})),
-        ],
+fn partial_sync_sends_only_the_changed_port() {
+    let services = [
+        svc("a", "10.96.0.20", json!({})),
+        svc("b", "10.96.0.21", json!({})),
+    ];
+    let before = map(
+        &services,
         &[
             slice("a", &[("10.244.0.2", "n1")]),
             slice("b", &[("10.244.0.3", "n1")]),
         ],
     );
-    let text = render(&m, Family::V4, |n| n == "b");
+    let after = map(
+        &services,
+        &[
+            slice("a", &[("10.244.0.2", "n1")]),
+            slice("b", &[("10.244.0.4", "n1")]),
+        ],
+    );
+    let (ipt, now) = installed(&before);
+    let changes = model::diff(&before, &after);
+    let (now, tx) = ipt.partial(Family::V4, &after, &changes, now);
+    let text = tx.text();
     let declared: BTreeSet<&str> = text
         .lines()
         .filter_map(|l| l.strip_prefix(':'))
         .filter_map(|l| l.split(' ').next())
         .collect();
-    let a = m.ports.keys().find(|n| n.name == "a").unwrap();
-    let b = m.ports.keys().find(|n| n.name == "b").unwrap();
-    assert!(!declared.contains(chains::svc(a).as_str()), "{text}");
+    let a = after.ports.keys().find(|n| n.name == "a").unwrap();
+    let b = after.ports.keys().find(|n| n.name == "b").unwrap();
+    // Only b's chains: the base chains are neither declared (flushed) nor listed.
     assert!(declared.contains(chains::svc(b).as_str()), "{text}");
-    // The base chain still lists both ports.
-    assert!(text.contains(&format!("-j {}", chains::svc(a))));
-    assert!(
-        !text.contains("--to-destination 10.244.0.2"),
-        "a's endpoint chain must not be rewritten"
+    assert!(!declared.contains(chains::svc(a).as_str()), "{text}");
+    assert!(!declared.contains(chains::SERVICES), "{text}");
+    assert!(!text.contains("-A KUBE-SERVICES"), "{text}");
+    assert!(!text.contains("*filter"), "untouched table sent: {text}");
+    assert!(text.contains("--to-destination 10.244.0.4:8080"), "{text}");
+    assert!(!text.contains("10.244.0.2"), "{text}");
+    // b's old endpoint chain goes; its KUBE-SERVICES entry is unchanged, so not sent.
+    let old_sep = chains::sep(b, &before.ports[b].endpoints[0]);
+    assert!(text.contains(&format!("-X {old_sep}")), "{text}");
+    assert_eq!(now.rule_count(), installed(&after).1.rule_count());
+}
+
+#[test]
+fn partial_sync_edits_base_chain_entries_in_place() {
+    let before = map(
+        &[
+            svc("a", "10.96.0.20", json!({})),
+            svc("gone", "10.96.0.22", json!({})),
+        ],
+        &[
+            slice("a", &[("10.244.0.2", "n1")]),
+            slice("gone", &[("10.244.0.5", "n1")]),
+        ],
     );
-    assert!(text.contains("--to-destination 10.244.0.3:8080"));
+    // a loses its endpoints (REJECT instead of dispatch), "gone" is deleted,
+    // "new" appears.
+    let after = map(
+        &[
+            svc("a", "10.96.0.20", json!({})),
+            svc("new", "10.96.0.23", json!({})),
+        ],
+        &[slice("new", &[("10.244.0.6", "n1")])],
+    );
+    let (ipt, now) = installed(&before);
+    let changes = model::diff(&before, &after);
+    let (now, tx) = ipt.partial(Family::V4, &after, &changes, now);
+    let text = tx.text();
+    let a = after.ports.keys().find(|n| n.name == "a").unwrap();
+    let gone = before.ports.keys().find(|n| n.name == "gone").unwrap();
+    let new = after.ports.keys().find(|n| n.name == "new").unwrap();
+    assert!(text.contains(&format!(
+        "-D KUBE-SERVICES -m comment --comment \"{a}\" -d 10.96.0.20/32 -p tcp -m tcp --dport 80 -j {}",
+        chains::svc(a)
+    )), "{text}");
+    assert!(text.contains(&format!("-X {}", chains::svc(a))), "{text}");
+    assert!(
+        text.contains(&format!("-X {}", chains::svc(gone))),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "-D KUBE-NODEPORTS -m comment --comment \"{gone}\""
+        )),
+        "{text}"
+    );
+    // New ClusterIP entries go in front of the closing NodePort jump.
+    assert!(
+        text.contains(&format!(
+            "-I KUBE-SERVICES 1 -m comment --comment \"{new}\" -d 10.96.0.23/32"
+        )),
+        "{text}"
+    );
+    let filter = text.split("*filter").nth(1).expect("filter part");
+    assert!(filter.contains("-A KUBE-SERVICES -m comment --comment \"default/a:p/tcp\" -d 10.96.0.20/32 -p tcp -m tcp --dport 80 -j REJECT"), "{filter}");
+    assert!(filter.contains("-A KUBE-EXTERNAL-SERVICES"), "{filter}");
+    // Deletions come before additions in each table.
+    let first_add = text.find("-I KUBE-SERVICES").unwrap();
+    assert!(text.find("-D KUBE-SERVICES").unwrap() < first_add, "{text}");
+    assert_eq!(now.rule_count(), installed(&after).1.rule_count());
+}
+
+#[test]
+fn unchanged_map_sends_nothing() {
+    let m = map(
+        &[svc("a", "10.96.0.20", json!({}))],
+        &[slice("a", &[("10.244.0.2", "n1")])],
+    );
+    let (ipt, now) = installed(&m);
+    let mut changes = model::diff(&m, &m);
+    // A port reported as updated whose rules render the same is skipped too.
+    changes
+        .updated
+        .insert(m.ports.keys().next().unwrap().clone());
+    let (_, tx) = ipt.partial(Family::V4, &m, &changes, now);
+    assert!(tx.is_empty(), "{}", tx.text());
 }
 
 #[test]
@@ -202,12 +308,12 @@ fn ipv6_rules_use_v6_addresses_only() {
         "spec": {"clusterIP": "10.96.0.30", "clusterIPs": ["10.96.0.30", "fd00::30"],
                  "ports": [{"name": "p", "port": 80, "protocol": "TCP"}]}});
     let m = map(&[dual], &[slice("d", &[("fd10::2", "n1")])]);
-    let v6 = render(&m, Family::V6, |_| true);
+    let v6 = render(&m, Family::V6);
     assert!(v6.contains("-d fd00::30/128"), "{v6}");
     assert!(v6.contains("--to-destination [fd10::2]:8080"), "{v6}");
     assert!(!v6.contains("10.96.0.30"));
     // No IPv4 endpoints: the IPv4 ClusterIP rejects.
-    let v4 = render(&m, Family::V4, |_| true);
+    let v4 = render(&m, Family::V4);
     assert!(v4.contains("-d 10.96.0.30/32 -p tcp -m tcp --dport 80 -j REJECT --reject-with icmp-port-unreachable"), "{v4}");
 }
 

@@ -1,5 +1,6 @@
 //! From API objects to a [`ServiceMap`]: Services (skipping headless and
-//! ExternalName ones, as kube-proxy does), their EndpointSlices (joined by the
+//! ExternalName ones, as kube-proxy does, and those labelled
+//! [`NODE_LOCAL_LABEL`], which every node answers itself), their EndpointSlices (joined by the
 //! `kubernetes.io/service-name` label and the port name), and the local Node.
 
 use std::collections::{BTreeMap, HashMap};
@@ -18,6 +19,9 @@ use super::{
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Node label with the node's zone.
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+/// Label of a Service every node answers locally (the `kube-dns` ClusterIP,
+/// held by the agent's node-local DNS): `"true"` means nothing to proxy.
+pub const NODE_LOCAL_LABEL: &str = "skiff.dev/node-local-dns";
 /// Pre-trafficDistribution way to ask for topology-aware routing.
 const TOPOLOGY_MODE_ANNOTATION: &str = "service.kubernetes.io/topology-mode";
 
@@ -116,6 +120,14 @@ fn service_ports(svc: &Service, slices: &[&EndpointSlice], node: &NodeInfo) -> V
         return Vec::new();
     };
     if spec.type_.as_deref() == Some("ExternalName") {
+        return Vec::new();
+    }
+    let labels = svc.metadata.labels.as_ref();
+    if labels
+        .and_then(|l| l.get(NODE_LOCAL_LABEL))
+        .map(String::as_str)
+        == Some("true")
+    {
         return Vec::new();
     }
     let mut cluster_ips = parse_ips(spec.cluster_ips.iter().flatten());

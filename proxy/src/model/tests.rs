@@ -126,6 +126,16 @@ fn clusterip_service_gets_ports_ips_and_ready_endpoints() {
 }
 
 #[test]
+fn node_local_services_are_not_proxied() {
+    let spec = json!({"clusterIP": "10.96.0.10", "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]});
+    let mut local = service("kube-dns", spec.clone());
+    local.metadata.labels = Some([(NODE_LOCAL_LABEL.to_string(), "true".to_string())].into());
+    assert!(map(&[local], &[], &node("n1", None)).ports.is_empty());
+    let proxied = service("kube-dns", spec);
+    assert_eq!(map(&[proxied], &[], &node("n1", None)).ports.len(), 1);
+}
+
+#[test]
 fn headless_and_external_name_services_are_not_proxied() {
     let headless = service("h", json!({"clusterIP": "None", "ports": [{"port": 80}]}));
     let ext = service(

@@ -1,0 +1,153 @@
+//! The benchmark's lab: a node namespace with a pod bridge, a backend pod
+//! answering one line per TCP connection, and a client pod; everything is
+//! deleted when [`Namespaces`] drops (also when the run fails midway).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use skiff_bench::stats::percentile;
+use skiff_cni::Netns;
+
+/// Network namespaces deleted on drop (also when the run fails midway).
+pub struct Namespaces(pub Vec<String>);
+
+impl Namespaces {
+    pub fn add(&mut self, name: &str) -> Result<()> {
+        let _ = Command::new("ip").args(["netns", "del", name]).output();
+        run(&["ip", "netns", "add", name])?;
+        self.0.push(name.to_string());
+        exec(name, &["ip", "link", "set", "lo", "up"])
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for n in self.0.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", n]).output();
+        }
+    }
+}
+
+fn run(args: &[&str]) -> Result<()> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .with_context(|| format!("running {args:?}"))?;
+    ensure!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+fn exec(ns: &str, args: &[&str]) -> Result<()> {
+    let mut full = vec!["ip", "netns", "exec", ns];
+    full.extend_from_slice(args);
+    run(&full)
+}
+
+pub fn netns_path(name: &str) -> String {
+    format!("/var/run/netns/{name}")
+}
+
+/// A node namespace with a pod bridge, one backend pod and one client pod.
+pub fn build_lab(ns: &mut Namespaces, prefix: &str) -> Result<(String, String, String)> {
+    let node = format!("{prefix}-node");
+    let backend = format!("{prefix}-backend");
+    let client = format!("{prefix}-client");
+    for n in [&node, &backend, &client] {
+        ns.add(n)?;
+    }
+    exec(&node, &["ip", "link", "add", "cbr0", "type", "bridge"])?;
+    exec(
+        &node,
+        &["ip", "addr", "add", "10.244.1.1/24", "dev", "cbr0"],
+    )?;
+    exec(&node, &["ip", "link", "set", "cbr0", "up"])?;
+    // Routes for service addresses must exist; the default points at the bridge.
+    exec(&node, &["ip", "route", "add", "default", "dev", "cbr0"])?;
+    exec(&node, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+    exec(
+        &node,
+        &["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"],
+    )?;
+    for (pod, host, port) in [(&backend, 2, "p2"), (&client, 9, "p9")] {
+        exec(
+            &node,
+            &[
+                "ip", "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", pod,
+            ],
+        )?;
+        exec(&node, &["ip", "link", "set", port, "master", "cbr0"])?;
+        exec(&node, &["ip", "link", "set", port, "up"])?;
+        exec(
+            pod,
+            &[
+                "ip",
+                "addr",
+                "add",
+                &format!("10.244.1.{host}/24"),
+                "dev",
+                "eth0",
+            ],
+        )?;
+        exec(pod, &["ip", "link", "set", "eth0", "up"])?;
+        exec(pod, &["ip", "route", "add", "default", "via", "10.244.1.1"])?;
+    }
+    Ok((node, backend, client))
+}
+
+/// A backend answering one line per connection, on a thread, until dropped.
+pub struct Backend(Arc<AtomicBool>);
+
+impl Backend {
+    pub fn start(pod: &str) -> Result<Backend> {
+        let listener =
+            Netns::open(netns_path(pod))?.run(|| TcpListener::bind("0.0.0.0:8080"))??;
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut c, _)) => {
+                        let _ = c.write_all(b"ok\n");
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_micros(200)),
+                }
+            }
+        });
+        Ok(Backend(stop))
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// p50 and p99 of connect + read-one-reply from `client` to `addr`.
+pub fn latency(client: &str, addr: SocketAddr, n: usize) -> Result<(Duration, Duration)> {
+    let netns = Netns::open(netns_path(client))?;
+    let samples = netns.run(|| -> std::io::Result<Vec<Duration>> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let start = Instant::now();
+            let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+            let mut buf = [0u8; 8];
+            let _ = c.read(&mut buf)?;
+            out.push(start.elapsed());
+        }
+        Ok(out)
+    })??;
+    let mut sorted = samples;
+    sorted.sort_unstable();
+    Ok((percentile(&sorted, 0.5), percentile(&sorted, 0.99)))
+}

@@ -1,0 +1,530 @@
+//! End to end: `skiff up` builds a 3-node cluster in network namespaces, the
+//! example app (`kubectl apply -f examples/`) runs across the nodes, and
+//! what a user checks with kubectl, wget from pods and curl from outside the
+//! nodes holds through scaling, crashes, rolling updates, agent restarts and
+//! the loss of a node. Each test pays for a whole cluster, so each groups
+//! several checks; the guard asserts that `skiff down` leaves nothing behind.
+
+mod common;
+mod e2e_support;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use e2e_support::workload::{
+    cluster_ip, exec, fetch_from_pod, page_of, pod_pids, ready_pods, start_probes, wait_for,
+    wait_service_follows, ReadyPod,
+};
+use e2e_support::Cluster;
+
+/// The example app's pods.
+const WEB: &str = "app=web";
+/// The NodePort examples/web.yaml fixes.
+const NODE_PORT: u16 = 30080;
+
+fn apply_examples(cluster: &Cluster) {
+    let out = cluster.kubectl_ok(&["apply", "-f", "examples/"]);
+    for object in [
+        "deployment.apps/client created",
+        "deployment.apps/web created",
+        "service/web created",
+    ] {
+        assert!(
+            out.lines().any(|l| l.trim() == object),
+            "`kubectl apply -f examples/` should print {object:?}:\n{out}"
+        );
+    }
+    for deploy in ["web", "client"] {
+        cluster.kubectl_ok(&[
+            "rollout",
+            "status",
+            &format!("deployment/{deploy}"),
+            "--timeout=180s",
+        ]);
+    }
+}
+
+/// A headless Service over the example app's pods.
+const HEADLESS: &str = "apiVersion: v1
+kind: Service
+metadata: {name: web-headless}
+spec:
+  clusterIP: None
+  selector: {app: web}
+  ports: [{port: 8080}]
+";
+
+fn nodeport_url(cluster: &Cluster, node: usize) -> String {
+    format!("http://{}:{NODE_PORT}/", cluster.node_address(node))
+}
+
+/// The examples apply and answer: pod → ClusterIP → pods on other nodes,
+/// DNS names (svc, svc.ns, FQDN, headless), pod → pod across nodes, NodePort
+/// from the underlay; then scale 3 → 10 → 2,
+/// a deleted pod is replaced and a killed container is restarted, with the
+/// Service following every change.
+#[test]
+fn example_app_across_nodes_scales_and_heals() {
+    let cluster = Cluster::up(3, &[]);
+    assert!(
+        cluster.up_output().contains("export KUBECONFIG="),
+        "skiff up should say how to use the cluster:\n{}",
+        cluster.up_output()
+    );
+    apply_examples(&cluster);
+    let web = wait_service_follows(&cluster, WEB, "web", 3);
+    let probes = start_probes(&cluster);
+    let vip = cluster_ip(&cluster, "web");
+
+    // Pod → ClusterIP: every answer is a web pod's page, and every probe
+    // reaches pods on other nodes than its own.
+    let pages: BTreeSet<String> = web.iter().map(page_of).collect();
+    for (probe, node) in &probes {
+        let lines = fetch_from_pod(&cluster, probe, &format!("http://{vip}/"), 15);
+        assert_eq!(lines.len(), 15, "{probe}: {lines:?}");
+        for l in &lines {
+            assert!(pages.contains(l), "{probe} got {l:?}, not one of {pages:?}");
+        }
+        assert!(
+            lines.iter().any(|l| !l.ends_with(&format!(" on {node}"))),
+            "{probe} on {node} only reached pods on its own node: {lines:?}"
+        );
+    }
+
+    // Cluster DNS from a pod: the Service's short name, name.namespace and
+    // FQDN reach the ClusterIP; a headless Service's name is its pods' IPs.
+    cluster.kubectl_stdin_ok(&["apply", "-f", "-"], HEADLESS);
+    let (probe, _) = &probes[0];
+    for name in ["web", "web.default", "web.default.svc.cluster.local"] {
+        let lines = fetch_from_pod(&cluster, probe, &format!("http://{name}/"), 3);
+        for l in &lines {
+            assert!(pages.contains(l), "http://{name}/ from {probe}: {l:?}");
+        }
+    }
+    let pod_ips: BTreeSet<String> = web.iter().map(|p| p.ip.clone()).collect();
+    wait_for(
+        "the headless Service's name to resolve to the pod IPs",
+        Duration::from_secs(60),
+        || {
+            let out = exec(
+                &cluster,
+                probe,
+                "nslookup web-headless.default.svc.cluster.local",
+            );
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let ips: BTreeSet<String> = text
+                .lines()
+                .skip_while(|l| !l.starts_with("Name:"))
+                .filter_map(|l| l.strip_prefix("Address:"))
+                .map(|a| a.trim().to_string())
+                .collect();
+            (ips == pod_ips).then_some(())
+        },
+    );
+    let lines = fetch_from_pod(&cluster, probe, "http://web-headless:8080/", 3);
+    for l in &lines {
+        assert!(pages.contains(l), "http://web-headless:8080/: {l:?}");
+    }
+
+    // Pod → pod across nodes, by pod IP.
+    for pod in &web {
+        let (probe, _) = probes
+            .iter()
+            .find(|(_, n)| *n != pod.node)
+            .expect("a probe on another node");
+        let lines = fetch_from_pod(&cluster, probe, &format!("http://{}:8080/", pod.ip), 1);
+        assert_eq!(lines, vec![page_of(pod)], "{probe} → {}", pod.name);
+    }
+
+    // NodePort from outside the nodes, through every node.
+    for i in 1..=cluster.nodes {
+        let page = cluster
+            .get_from_underlay(&nodeport_url(&cluster, i))
+            .unwrap_or_else(|| panic!("NodePort {NODE_PORT} on node {i} did not answer"));
+        assert!(pages.contains(&page), "node {i} answered {page:?}");
+    }
+
+    // Scale 3 → 10 → 2: the endpoints are exactly the ready pods each time,
+    // and the NodePort only ever answers with the remaining pods.
+    cluster.kubectl_ok(&["scale", "deployment/web", "--replicas=10"]);
+    let ten = wait_service_follows(&cluster, WEB, "web", 10);
+    let nodes: BTreeSet<&str> = ten.iter().map(|p| p.node.as_str()).collect();
+    assert_eq!(
+        nodes.len(),
+        3,
+        "10 replicas should use all 3 nodes: {ten:?}"
+    );
+    cluster.kubectl_ok(&["scale", "deployment/web", "--replicas=2"]);
+    let two = wait_service_follows(&cluster, WEB, "web", 2);
+    let pages: BTreeSet<String> = two.iter().map(page_of).collect();
+    for _ in 0..10 {
+        let page = cluster
+            .get_from_underlay(&nodeport_url(&cluster, 1))
+            .expect("NodePort answers after scaling down");
+        assert!(pages.contains(&page), "{page:?} is not one of {pages:?}");
+    }
+
+    // A deleted pod is replaced by a new one, and the Service follows.
+    let victim = two[0].clone();
+    cluster.kubectl_ok(&["delete", "pod", &victim.name, "--wait=false"]);
+    let replaced = wait_for(
+        "the deleted pod's replacement",
+        Duration::from_secs(120),
+        || {
+            let pods = wait_service_follows(&cluster, WEB, "web", 2);
+            pods.iter().all(|p| p.name != victim.name).then_some(pods)
+        },
+    );
+    assert!(
+        replaced.iter().any(|p| p.name == two[1].name),
+        "{replaced:?}"
+    );
+
+    // A container whose process dies is restarted in the same pod.
+    let target = replaced[0].clone();
+    kill_pod_processes(&target);
+    wait_for(
+        &format!("{} restarted and Ready", target.name),
+        Duration::from_secs(120),
+        || {
+            let pod = cluster.kubectl_json(&["get", "pod", &target.name]);
+            let restarts = pod["status"]["containerStatuses"][0]["restartCount"]
+                .as_u64()
+                .unwrap_or(0);
+            let ready = ready_pods(&cluster, WEB)
+                .iter()
+                .any(|p| p.name == target.name);
+            (restarts >= 1 && ready).then_some(())
+        },
+    );
+    let (probe, _) = &probes[0];
+    let lines = fetch_from_pod(&cluster, probe, &format!("http://{}:8080/", target.ip), 1);
+    assert_eq!(lines, vec![page_of(&target)], "restarted {}", target.name);
+}
+
+/// SIGKILL to every process of `pod`'s containers, from the host.
+fn kill_pod_processes(pod: &ReadyPod) {
+    let pids = pod_pids(&pod.node, &pod.uid);
+    assert!(!pids.is_empty(), "no processes found for {pod:?}");
+    for pid in pids {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+}
+
+/// Requests through the NodePort from the underlay, one every 100 ms,
+/// alternating nodes, until `stop` is set (bounded: at most 1500 requests).
+/// Returns `(answered, failures)`.
+fn request_loop(
+    cluster: &Cluster,
+    stop: Arc<AtomicBool>,
+) -> thread::JoinHandle<(u32, Vec<String>)> {
+    let underlay = cluster.underlay();
+    let urls: Vec<String> = (1..=cluster.nodes)
+        .map(|i| nodeport_url(cluster, i))
+        .collect();
+    thread::spawn(move || {
+        let mut answered = 0;
+        let mut failures = Vec::new();
+        for i in 0..1500usize {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let url = &urls[i % urls.len()];
+            let out = Command::new("ip")
+                .args(["netns", "exec", &underlay, "curl", "-sf", "-m", "3", url])
+                .output();
+            match out {
+                Ok(o) if o.status.success() && o.stdout.starts_with(b"hello from web-") => {
+                    answered += 1
+                }
+                Ok(o) => failures.push(format!(
+                    "{url}: {} {}",
+                    o.status,
+                    String::from_utf8_lossy(&o.stdout)
+                )),
+                Err(e) => failures.push(format!("{url}: {e}")),
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        (answered, failures)
+    })
+}
+
+/// A TCP client in node namespace `node`, talking line by line to `addr`.
+struct LineClient {
+    child: std::process::Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl LineClient {
+    /// Connects from `node`'s namespace (python3 sockets, 10 s timeouts).
+    fn connect(node: &str, ip: &str, port: u16) -> LineClient {
+        const SCRIPT: &str = "import socket, sys\n\
+            s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)\n\
+            print('connected', flush=True)\n\
+            for line in sys.stdin:\n\
+            \x20   s.sendall(line.encode())\n\
+            \x20   data = b''\n\
+            \x20   while not data.endswith(b'\\n'):\n\
+            \x20       chunk = s.recv(100)\n\
+            \x20       if not chunk:\n\
+            \x20           print('closed', flush=True)\n\
+            \x20           sys.exit(1)\n\
+            \x20       data += chunk\n\
+            \x20   print(data.decode().strip(), flush=True)\n";
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", node, "python3", "-c", SCRIPT, ip])
+            .arg(port.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the python client");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut client = LineClient { child, lines };
+        assert_eq!(client.next_line(), "connected");
+        client
+    }
+
+    fn next_line(&mut self) -> String {
+        self.lines
+            .recv_timeout(Duration::from_secs(15))
+            .unwrap_or_else(|_| "<no answer>".into())
+    }
+
+    /// Sends `text` and returns the echoed line.
+    fn round_trip(&mut self, text: &str) -> String {
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        stdin
+            .write_all(format!("{text}\n").as_bytes())
+            .and_then(|()| stdin.flush())
+            .expect("write to the python client");
+        self.next_line()
+    }
+}
+
+impl Drop for LineClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An echo server (busybox nc) behind a ClusterIP Service `echo:9000`.
+const ECHO: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: echo}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: echo}}
+  template:
+    metadata: {labels: {app: echo}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+        - name: echo
+          image: localhost/busybox:latest
+          imagePullPolicy: IfNotPresent
+          command: [nc, -ll, -p, '9000', -e, cat]
+          ports: [{containerPort: 9000}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo}
+spec:
+  selector: {app: echo}
+  ports: [{port: 9000, targetPort: 9000}]
+";
+
+/// Waits until `node`'s agent has a PID other than `old` and the node is Ready.
+fn wait_agent_back(cluster: &Cluster, node: &str, old: u32) {
+    wait_for(
+        &format!("{node}'s agent restarted and Ready"),
+        Duration::from_secs(90),
+        || {
+            (cluster.agent_pid(node) != old && cluster.ready_nodes().iter().any(|n| n == node))
+                .then_some(())
+        },
+    );
+}
+
+/// With short node timeouts: a rolling update under a constant request loop
+/// loses no request; an established connection through a ClusterIP survives
+/// a restart of the agents on both ends; a node whose agent stops goes
+/// NotReady and its pods come back on the other nodes.
+#[test]
+fn rolling_update_agent_restart_and_node_loss() {
+    let cluster = Cluster::up(
+        3,
+        &[
+            "--server-arg=--node-monitor-grace-period=10s",
+            "--server-arg=--default-toleration-seconds=5",
+        ],
+    );
+    apply_examples(&cluster);
+    let before = wait_service_follows(&cluster, WEB, "web", 3);
+
+    // Rolling update under load: zero failed requests.
+    let stop = Arc::new(AtomicBool::new(false));
+    let requests = request_loop(&cluster, stop.clone());
+    thread::sleep(Duration::from_secs(2));
+    cluster.kubectl_ok(&["rollout", "restart", "deployment/web"]);
+    cluster.kubectl_ok(&["rollout", "status", "deployment/web", "--timeout=180s"]);
+    let after = wait_service_follows(&cluster, WEB, "web", 3);
+    thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    let (answered, failures) = requests.join().expect("request loop");
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed during the rollout: {failures:#?}",
+        failures.len(),
+        answered as usize + failures.len()
+    );
+    assert!(
+        answered >= 20,
+        "only {answered} requests during the rollout"
+    );
+    let old: BTreeSet<&str> = before.iter().map(|p| p.name.as_str()).collect();
+    assert!(
+        after.iter().all(|p| !old.contains(p.name.as_str())),
+        "every pod is new after the rollout: {before:?} → {after:?}"
+    );
+
+    // An established connection through a ClusterIP survives agent restarts,
+    // both on the client's node (whose proxy rules translated it) and on
+    // the server's.
+    cluster.kubectl_stdin_ok(&["apply", "-f", "-"], ECHO);
+    cluster.kubectl_ok(&["rollout", "status", "deployment/echo", "--timeout=120s"]);
+    let echo = wait_service_follows(&cluster, "app=echo", "echo", 1);
+    let server_node = echo[0].node.clone();
+    let client_node = cluster
+        .node_names()
+        .into_iter()
+        .find(|n| *n != server_node)
+        .expect("another node");
+    let mut conn = LineClient::connect(&client_node, &cluster_ip(&cluster, "echo"), 9000);
+    assert_eq!(conn.round_trip("before"), "before");
+    for node in [&client_node, &server_node] {
+        let pid = cluster.agent_pid(node);
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        wait_agent_back(&cluster, node, pid);
+        // Give the restarted agent's proxy time for its first full sync.
+        thread::sleep(Duration::from_secs(3));
+        assert_eq!(
+            conn.round_trip(&format!("after restarting {node}")),
+            format!("after restarting {node}")
+        );
+    }
+    drop(conn);
+
+    // Node loss: stop the agent of a node running web pods (SIGSTOP, so
+    // skiff up does not restart it); the node goes NotReady and its pods
+    // are replaced on the other nodes.
+    let web = wait_service_follows(&cluster, WEB, "web", 3);
+    let lost = web[0].node.clone();
+    let pid = cluster.agent_pid(&lost);
+    let _ = Command::new("kill")
+        .args(["-STOP", &pid.to_string()])
+        .status();
+    let started = Instant::now();
+    wait_for(&format!("{lost} NotReady"), Duration::from_secs(90), || {
+        (!cluster.ready_nodes().contains(&lost)).then_some(())
+    });
+    let moved = wait_for(
+        "3 ready web pods on the remaining nodes",
+        Duration::from_secs(180),
+        || {
+            let pods = wait_service_follows(&cluster, WEB, "web", 3);
+            pods.iter().all(|p| p.node != lost).then_some(pods)
+        },
+    );
+    let survivor = (1..=cluster.nodes)
+        .find(|i| format!("{}-node{i}", cluster.prefix) != lost)
+        .expect("a surviving node");
+    let pages: BTreeSet<String> = moved.iter().map(page_of).collect();
+    for _ in 0..6 {
+        let page = cluster
+            .get_from_underlay(&nodeport_url(&cluster, survivor))
+            .expect("NodePort answers after the node loss");
+        assert!(pages.contains(&page), "{page:?} is not one of {pages:?}");
+    }
+    eprintln!("pods moved off {lost} after {:?}", started.elapsed());
+    let _ = Command::new("kill")
+        .args(["-CONT", &pid.to_string()])
+        .status();
+    wait_for(
+        &format!("{lost} Ready again"),
+        Duration::from_secs(90),
+        || cluster.ready_nodes().contains(&lost).then_some(()),
+    );
+}
+
+/// `skiff up` refuses bad flags and a second cluster on the same directory;
+/// after `skiff up` is killed with SIGKILL, `skiff down` still removes
+/// everything (the guard checks).
+#[test]
+fn up_refuses_conflicts_and_down_cleans_up_after_a_crash() {
+    let skiff = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .args(args)
+            .output()
+            .expect("run skiff");
+        assert!(!out.status.success(), "skiff {args:?} should fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = skiff(&["up", "--nodes", "0"]);
+    assert!(err.contains("--nodes must be between 1 and 20"), "{err}");
+    let err = skiff(&["up", "--nodes", "21"]);
+    assert!(err.contains("--nodes must be between 1 and 20"), "{err}");
+    let err = skiff(&["up", "--prefix", "Bad_Name"]);
+    assert!(err.contains("--prefix"), "{err}");
+
+    let mut cluster = Cluster::up(1, &[]);
+    let dir = cluster.data_dir();
+    let dir_arg = dir.display().to_string();
+    let err = skiff(&[
+        "up",
+        "--nodes",
+        "1",
+        "--data-dir",
+        &dir_arg,
+        "--listen",
+        "127.0.0.1:1",
+    ]);
+    assert!(
+        err.contains("already up") && err.contains("skiff down"),
+        "{err}"
+    );
+
+    // A crash of skiff up leaves its processes and namespaces; a new
+    // skiff up points at skiff down, which removes them.
+    let mut up = cluster.take_up_child().expect("skiff up child");
+    up.kill().expect("kill -9 skiff up");
+    up.wait().expect("reap skiff up");
+    let err = skiff(&["up", "--nodes", "1", "--data-dir", &dir_arg]);
+    assert!(
+        err.contains("is gone") && err.contains("skiff down"),
+        "{err}"
+    );
+    let out = cluster.down();
+    assert!(
+        out.status.success(),
+        "skiff down after a crash: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The guard's drop runs skiff down again (a no-op now) and checks that
+    // nothing is left.
+}
