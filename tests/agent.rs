@@ -136,7 +136,11 @@ spec:
     );
     let mut links = node.netns.links();
     links.sort();
-    assert_eq!(links, ["lo", "skiff0"], "only the node bridge may stay");
+    assert_eq!(
+        links,
+        ["lo", "skiff-dns", "skiff0"],
+        "only the node bridge and the node-local DNS link may stay"
+    );
 }
 
 /// Runs `manifest` and waits for it to be Running.

@@ -80,7 +80,8 @@ spec:
 
 /// A pod that, every half second, prints one line per name: `Q <name>:
 /// <nslookup output on one line>`, and per host `GET <host>: <body>` of
-/// `http://<host>/` (wget: the libc resolver, with ndots and the search path).
+/// `http://<host>/` (wget: the libc resolver, with ndots and the search path),
+/// and `K: <nslookup output>` asking the kube-dns ClusterIP for `kubernetes`.
 fn client_manifest(names: &[&str], hosts: &[&str]) -> String {
     let names = names.join(" ");
     let hosts = hosts.join(" ");
@@ -102,6 +103,7 @@ spec:
       i=0
       while [ $i -lt 600 ]; do
         for n in {names}; do echo "Q $n: $(nslookup $n 2>&1 | tr '\n\t' '  ')"; done
+        echo "K: $(nslookup kubernetes.default.svc.cluster.local 10.96.0.10 2>&1 | tr '\n\t' '  ')"
         for h in {hosts}; do echo "GET $h: $(wget -qO- http://$h/ 2>&1 | tr '\n' ' ')"; done
         i=$((i+1))
         sleep 0.5
@@ -179,6 +181,24 @@ fn pods_resolve_services_by_short_name_namespace_fqdn_and_headless() {
         );
         assert_eq!(get.trim(), format!("{prefix} hello from web0"), "{get}");
     }
+    // The kube-dns Service: no selector, its ClusterIP held by the node.
+    let kube_dns = jsonpath(
+        &server,
+        &["service", "kube-dns", "-n", "kube-system"],
+        "{.spec.clusterIP}",
+    );
+    assert_eq!(kube_dns, "10.96.0.10");
+    let kubernetes_ip = jsonpath(&server, &["service", "kubernetes"], "{.spec.clusterIP}");
+    let line = log_line(&server, "client", "an answer from 10.96.0.10", |l| {
+        l.starts_with("K:") && !answers(l).is_empty()
+    });
+    assert!(line.contains("Address: 10.96.0.10:53"), "{line}");
+    assert_eq!(answers(&line), vec![kubernetes_ip], "{line}");
+    let filter = node.netns.try_exec(&["iptables-save"]);
+    assert!(
+        !String::from_utf8_lossy(&filter.stdout).contains("10.96.0.10"),
+        "the proxy must leave the node-local kube-dns address alone"
+    );
     // The same server over TCP, from the node itself.
     let tcp = node.netns.try_exec(&[
         "dig",

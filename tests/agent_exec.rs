@@ -110,6 +110,13 @@ fn exec_streams_output_exit_code_stdin_and_picks_containers() {
     let hostname = server.kubectl_ok(&["exec", "duo", "--", "hostname"]);
     assert_eq!(hostname.trim(), "duo");
 
+    // The official Python client (its own websocket code) gets the same.
+    let py = common::expect_success(
+        "exec_scenario.py",
+        server.python("exec_scenario.py", &["duo", "second"]),
+    );
+    assert!(py.contains("exec_scenario ok"), "{py}");
+
     // Output larger than one websocket message arrives complete.
     let big = server.kubectl_ok(&["exec", "duo", "--", "sh", "-c", "seq 1 20000"]);
     assert_eq!(big.lines().count(), 20000);

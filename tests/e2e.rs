@@ -264,8 +264,19 @@ struct LineClient {
 impl LineClient {
     /// Connects from `node`'s namespace (python3 sockets, 10 s timeouts).
     fn connect(node: &str, ip: &str, port: u16) -> LineClient {
-        const SCRIPT: &str = "import socket, sys\n\
-            s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)\n\
+        // Retries the connect for a while: the proxies program a new
+        // Service shortly after its endpoints appear.
+        const SCRIPT: &str = "import socket, sys, time\n\
+            for attempt in range(60):\n\
+            \x20   try:\n\
+            \x20       s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)\n\
+            \x20       break\n\
+            \x20   except OSError as e:\n\
+            \x20       error = e\n\
+            \x20       time.sleep(0.5)\n\
+            else:\n\
+            \x20   print('connect failed:', error, flush=True)\n\
+            \x20   sys.exit(1)\n\
             print('connected', flush=True)\n\
             for line in sys.stdin:\n\
             \x20   s.sendall(line.encode())\n\
@@ -294,13 +305,13 @@ impl LineClient {
             }
         });
         let mut client = LineClient { child, lines };
-        assert_eq!(client.next_line(), "connected");
+        assert_eq!(client.next_line(Duration::from_secs(60)), "connected");
         client
     }
 
-    fn next_line(&mut self) -> String {
+    fn next_line(&mut self, timeout: Duration) -> String {
         self.lines
-            .recv_timeout(Duration::from_secs(15))
+            .recv_timeout(timeout)
             .unwrap_or_else(|_| "<no answer>".into())
     }
 
@@ -311,7 +322,7 @@ impl LineClient {
             .write_all(format!("{text}\n").as_bytes())
             .and_then(|()| stdin.flush())
             .expect("write to the python client");
-        self.next_line()
+        self.next_line(Duration::from_secs(15))
     }
 }
 
@@ -375,6 +386,14 @@ fn rolling_update_agent_restart_and_node_loss() {
     );
     apply_examples(&cluster);
     let before = wait_service_follows(&cluster, WEB, "web", 3);
+    // The proxies program the NodePort shortly after the endpoints exist.
+    for i in 1..=cluster.nodes {
+        wait_for(
+            &format!("NodePort {NODE_PORT} on node {i}"),
+            Duration::from_secs(60),
+            || cluster.get_from_underlay(&nodeport_url(&cluster, i)),
+        );
+    }
 
     // Rolling update under load: zero failed requests.
     let stop = Arc::new(AtomicBool::new(false));

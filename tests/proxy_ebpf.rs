@@ -292,3 +292,84 @@ fn cleanup_detaches_the_programs_and_removes_the_pins() {
     assert!(!plane.cfg.pin_dir.exists(), "pins left behind");
     assert!(!get(&plane, &lab, "http://10.96.0.10/").status.success());
 }
+
+/// Sockets connected through a ClusterIP to a backend that goes away are
+/// destroyed: a long-lived TCP connection and a connected UDP socket see
+/// ECONNABORTED at once instead of hanging, and reconnect to the live backend.
+#[test]
+fn sockets_of_a_removed_backend_are_destroyed() {
+    use std::io::{BufRead, BufReader, Write};
+
+    let (mut plane, lab, _servers, _dirs) = two_backends("sdes");
+    let _udp = [
+        udp_server(&lab.backend, 5353, "udp-a"),
+        udp_server(&lab.backend, 5354, "udp-b"),
+    ];
+    let only = |port: u16| {
+        let web = service(
+            "web",
+            "10.96.0.80",
+            80,
+            Protocol::Tcp,
+            vec![endpoint(BACKEND_IP, port, false)],
+        );
+        let dns = service(
+            "dns",
+            "10.96.0.53",
+            53,
+            Protocol::Udp,
+            vec![endpoint(BACKEND_IP, port - 8080 + 5353, false)],
+        );
+        map_of(&[], vec![web, dns])
+    };
+    sync(&mut plane, &only(8080));
+    // TCP: connect and wait for data that never comes (httpd waits for the
+    // request). UDP: one exchange on a connected socket, then a receive after
+    // the test says "go" (the abort's error surfaces there), then a new
+    // socket as a resolver would open after the error. (The
+    // first exchange retries while the UDP server starts.)
+    let script = "import socket, sys\n\
+        t = socket.create_connection(('10.96.0.80', 80), timeout=5)\n\
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(2)\n\
+        u.connect(('10.96.0.53', 53))\n\
+        for i in range(50):\n\
+        \x20try:\n  u.send(b'q'); print('udp', u.recv(100).decode(), flush=True); break\n\
+        \x20except OSError:\n  import time; time.sleep(0.1)\n\
+        t.settimeout(20)\n\
+        try:\n d = t.recv(100); print('tcp eof' if not d else 'tcp data', flush=True)\n\
+        except OSError as e:\n print('tcp err', e.errno, flush=True)\n\
+        sys.stdin.readline()\n\
+        try:\n print('udp', u.recv(100).decode(), flush=True)\n\
+        except OSError as e:\n print('udp err', e.errno, flush=True)\n\
+        \x20u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(2)\n\
+        \x20u.connect(('10.96.0.53', 53)); u.send(b'q'); print('udp', u.recv(100).decode(), flush=True)\n";
+    let mut child = lab
+        .client
+        .command_in_cgroup(
+            Some(&plane.cgroup),
+            &format!("exec python3 -c \"{script}\""),
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("client");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let client = proxy_ebpf_support::Proc(child);
+    let mut next = || lines.next().expect("a line").expect("read");
+    assert_eq!(next(), "udp udp-a");
+
+    let started = std::time::Instant::now();
+    sync(&mut plane, &only(8081));
+    // ECONNABORTED (103) long before the client's 20 s timeout.
+    assert_eq!(next(), "tcp err 103");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    writeln!(stdin, "go").expect("go");
+    assert_eq!(next(), "udp err 103");
+    assert_eq!(
+        next(),
+        "udp udp-b",
+        "the reconnected socket reaches the live backend"
+    );
+    drop(client);
+}

@@ -136,3 +136,83 @@ fn nodeport_to_a_remote_backend_is_snated() {
         .unwrap_or_else(|| panic!("no NodePort line: {status}"));
     assert!(connections >= 7, "{status}");
 }
+
+/// Restarting the proxy under bounded request loops — a NodePort from
+/// outside (tc path) and a ClusterIP from a pod (socket path) — fails no
+/// request: programs, links and maps stay pinned while no proxy runs, and the
+/// new process takes them over.
+#[test]
+fn proxy_restarts_under_load_fail_nothing() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let server = common::TestServer::start(common::StoreKind::Redb);
+    let mut lab = lab::Lab::new("rst");
+    lab.add_node("n1", 1);
+    lab.add_node("n2", 2);
+    let a = lab.node("n1").add_pod("a", 2);
+    let b = lab.node("n2").add_pod("b", 2);
+    let client = lab.node("n1").add_pod("client", 9);
+    let outside = lab.add_client("out", 201);
+    let _servers = [tcp_server(&a.ns, 8080, "a"), tcp_server(&b.ns, 8080, "b")];
+    apply(
+        &server,
+        &service(
+            "web",
+            "10.96.10.22",
+            &[("http", "TCP", 80, Some(30082))],
+            json!({"type": "NodePort"}),
+        ),
+    );
+    apply(
+        &server,
+        &endpoint_slice(
+            "web",
+            &[("http", "TCP", 8080)],
+            &[Ep::ready(a.ip, "n1"), Ep::ready(b.ip, "n2")],
+        ),
+    );
+    let mut proxy = ProxyProcess::start(&server, lab.node("n1"), MODE);
+    let node_port = addr(&lab.node("n1").ip().to_string(), 30082);
+    let vip = addr("10.96.10.22", 80);
+    eventually(Duration::from_secs(20), "the NodePort", || {
+        tcp_request(&outside.ns, node_port).ok()
+    });
+    eventually(Duration::from_secs(20), "the ClusterIP", || {
+        tcp_request(&client.ns, vip).ok()
+    });
+    let done = AtomicBool::new(false);
+    let run = |ns: &lab::Ns, to: std::net::SocketAddr| {
+        let (mut ok, mut failed) = (0, Vec::new());
+        // At least 20 requests (pod clients are slow helper processes),
+        // then until the restarts are over; never more than 400.
+        for i in 0..400 {
+            if i >= 20 && done.load(Ordering::Relaxed) {
+                break;
+            }
+            match tcp_request(ns, to) {
+                Ok(_) => ok += 1,
+                Err(e) => failed.push(e.to_string()),
+            }
+        }
+        (ok, failed)
+    };
+    let (outside_run, pod_run) = std::thread::scope(|s| {
+        let o = s.spawn(|| run(&outside.ns, node_port));
+        let p = s.spawn(|| run(&client.ns, vip));
+        for _ in 0..3 {
+            std::thread::sleep(Duration::from_millis(300));
+            proxy.restart(&server, lab.node("n1"));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        done.store(true, Ordering::Relaxed);
+        (o.join().expect("outside loop"), p.join().expect("pod loop"))
+    });
+    for (what, (ok, failed)) in [("NodePort", outside_run), ("ClusterIP", pod_run)] {
+        assert!(
+            failed.is_empty(),
+            "{what}: {} failed: {failed:?}",
+            failed.len()
+        );
+        assert!(ok >= 20, "{what}: only {ok} requests ran");
+    }
+}

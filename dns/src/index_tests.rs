@@ -160,3 +160,42 @@ fn cnames_are_followed_inside_the_zone_and_chased_outside() {
         Resolution::Authoritative { answers, .. } if answers.len() == 1
     ));
 }
+
+#[test]
+fn srv_and_ptr_records_come_back_whole_and_leave_nothing_when_removed() {
+    use hickory_proto::rr::rdata::{PTR, SRV};
+    let mut idx = index();
+    let base = idx.len();
+    let target = name("web.a.svc.cluster.local.");
+    let srv = Record::from_rdata(
+        name("_http._tcp.web.a.svc.cluster.local."),
+        5,
+        RData::SRV(SRV::new(0, 100, 80, target.clone())),
+    );
+    let ptr = Record::from_rdata(
+        name("1.0.96.10.in-addr.arpa."),
+        5,
+        RData::PTR(PTR(target.clone())),
+    );
+    // A TTL other than the zone's is kept as given.
+    let slow = Record::from_rdata(target.clone(), 60, RData::A(A(Ipv4Addr::new(10, 96, 0, 1))));
+    idx.set(
+        svc("a", "web"),
+        vec![srv.clone(), ptr.clone(), slow.clone()],
+    );
+    for (record, qtype) in [
+        (srv, RecordType::SRV),
+        (ptr, RecordType::PTR),
+        (slow, RecordType::A),
+    ] {
+        match idx.resolve(&record.name, qtype) {
+            Resolution::Authoritative { answers, .. } => assert_eq!(answers, vec![record]),
+            other => panic!("{other:?}"),
+        }
+    }
+    // `_tcp.web` exists as an empty non-terminal.
+    let ent = idx.resolve(&name("_TCP.web.a.svc.cluster.local."), RecordType::A);
+    assert_eq!(rcode(&ent), Some(ResponseCode::NoError));
+    idx.set(svc("a", "web"), Vec::new());
+    assert_eq!(idx.len(), base);
+}

@@ -43,36 +43,88 @@ fn key_of<K: ResourceExt>(obj: &K) -> Key {
     (obj.namespace().unwrap_or_default(), obj.name_any())
 }
 
-/// The parts of a Service its records depend on: with 10k Services, keeping
-/// managedFields, annotations and status would dominate our memory.
-fn slim_service(svc: Service) -> Service {
-    let spec = svc.spec.map(|spec| ServiceSpec {
-        type_: spec.type_,
-        cluster_ip: spec.cluster_ip,
-        cluster_ips: spec.cluster_ips,
-        external_name: spec.external_name,
-        publish_not_ready_addresses: spec.publish_not_ready_addresses,
-        ports: spec.ports.map(|ports| {
-            ports
+/// One port of a [`ServiceFacts`].
+struct PortFacts {
+    name: Option<Box<str>>,
+    port: i32,
+    protocol: Option<Box<str>>,
+}
+
+/// The parts of a Service its records depend on, compactly: a k8s-openapi
+/// Service is 824 bytes of mostly empty fields before any string, and with
+/// 10k Services those shells (and the hash table holding them) were the
+/// largest part of our memory. Rebuilt into a Service only to compute records.
+struct ServiceFacts {
+    type_: Option<Box<str>>,
+    cluster_ip: Option<Box<str>>,
+    cluster_ips: Box<[Box<str>]>,
+    external_name: Option<Box<str>>,
+    publish_not_ready: bool,
+    ports: Box<[PortFacts]>,
+}
+
+fn boxed(s: Option<String>) -> Option<Box<str>> {
+    s.map(String::into_boxed_str)
+}
+
+impl ServiceFacts {
+    fn of(svc: Service) -> ServiceFacts {
+        let spec = svc.spec.unwrap_or_default();
+        ServiceFacts {
+            type_: boxed(spec.type_),
+            cluster_ip: boxed(spec.cluster_ip),
+            cluster_ips: spec
+                .cluster_ips
                 .into_iter()
-                .map(|p| ServicePort {
-                    name: p.name,
+                .flatten()
+                .map(String::into_boxed_str)
+                .collect(),
+            external_name: boxed(spec.external_name),
+            publish_not_ready: spec.publish_not_ready_addresses.unwrap_or(false),
+            ports: spec
+                .ports
+                .into_iter()
+                .flatten()
+                .map(|p| PortFacts {
+                    name: boxed(p.name),
                     port: p.port,
-                    protocol: p.protocol,
-                    ..ServicePort::default()
+                    protocol: boxed(p.protocol),
                 })
-                .collect()
-        }),
-        ..ServiceSpec::default()
-    });
-    Service {
-        metadata: ObjectMeta {
-            name: svc.metadata.name,
-            namespace: svc.metadata.namespace,
-            ..ObjectMeta::default()
-        },
-        spec,
-        status: None,
+                .collect(),
+        }
+    }
+
+    /// The Service `records` computes from: `key`'s name and these facts.
+    fn service(&self, key: &Key) -> Service {
+        let text = |s: &Option<Box<str>>| s.as_deref().map(str::to_string);
+        Service {
+            metadata: ObjectMeta {
+                namespace: Some(key.0.clone()),
+                name: Some(key.1.clone()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(ServiceSpec {
+                type_: text(&self.type_),
+                cluster_ip: text(&self.cluster_ip),
+                cluster_ips: (!self.cluster_ips.is_empty())
+                    .then(|| self.cluster_ips.iter().map(|ip| ip.to_string()).collect()),
+                external_name: text(&self.external_name),
+                publish_not_ready_addresses: Some(self.publish_not_ready),
+                ports: Some(
+                    self.ports
+                        .iter()
+                        .map(|p| ServicePort {
+                            name: text(&p.name),
+                            port: p.port,
+                            protocol: text(&p.protocol),
+                            ..ServicePort::default()
+                        })
+                        .collect(),
+                ),
+                ..ServiceSpec::default()
+            }),
+            status: None,
+        }
     }
 }
 
@@ -110,12 +162,12 @@ fn slim_slice(slice: EndpointSlice) -> EndpointSlice {
 /// The watch-side state: the objects the records are computed from.
 struct Tracker {
     index: Arc<RwLock<Index>>,
-    services: HashMap<Key, Service>,
+    services: HashMap<Key, ServiceFacts>,
     /// (namespace, service) → slice name → slice.
     slices: HashMap<Key, HashMap<String, EndpointSlice>>,
     /// (namespace, slice name) → the service it was filed under.
     slice_owner: HashMap<Key, String>,
-    service_buf: Option<Vec<Service>>,
+    service_buf: Option<Vec<(Key, ServiceFacts)>>,
     slice_buf: Option<Vec<EndpointSlice>>,
     pod_buf: Option<HashSet<Key>>,
     synced: [bool; 3],
@@ -129,9 +181,9 @@ impl Tracker {
     fn refresh_service(&self, key: &Key) {
         let mut index = self.write();
         let records = match self.services.get(key) {
-            Some(svc) => {
+            Some(facts) => {
                 let slices = self.slices.get(key).into_iter().flat_map(|m| m.values());
-                service_records(index.zone(), svc, slices)
+                service_records(index.zone(), &facts.service(key), slices)
             }
             None => Vec::new(),
         };
@@ -219,7 +271,7 @@ impl Tracker {
         match event {
             Event::Apply(svc) => {
                 let key = key_of(&svc);
-                self.services.insert(key.clone(), slim_service(svc));
+                self.services.insert(key.clone(), ServiceFacts::of(svc));
                 self.refresh_service(&key);
             }
             Event::Delete(svc) => {
@@ -231,10 +283,10 @@ impl Tracker {
             Event::InitApply(svc) => self
                 .service_buf
                 .get_or_insert_default()
-                .push(slim_service(svc)),
+                .push((key_of(&svc), ServiceFacts::of(svc))),
             Event::InitDone => {
                 let listed = self.service_buf.take().unwrap_or_default();
-                self.services = listed.into_iter().map(|s| (key_of(&s), s)).collect();
+                self.services = listed.into_iter().collect();
                 self.refresh_all_services();
                 self.synced[0] = true;
             }
@@ -306,7 +358,7 @@ pub async fn run(
     index: Arc<RwLock<Index>>,
     synced: signal::Sender<bool>,
 ) -> Result<(), WatchError> {
-    let config = watcher::Config::default();
+    let config = watcher::Config::default().page_size(100);
     let services = watcher::watcher(Api::<Service>::all(client.clone()), config.clone())
         .default_backoff()
         .map(|e| e.map(|s| Change::Service(Box::new(s))));

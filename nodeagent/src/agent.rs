@@ -176,8 +176,13 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             .await
             .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
     };
-    let (log_server, listener, acceptor) =
-        crate::server::LogServer::bind(cfg.listen, cfg.data_dir.join("logs"), kube_config).await?;
+    let (log_server, listener, acceptor) = crate::server::LogServer::bind(
+        cfg.listen,
+        cfg.data_dir.join("logs"),
+        kube_config,
+        &cfg.node_name,
+    )
+    .await?;
     let port = listener
         .local_addr()
         .map(|a| a.port())

@@ -2,8 +2,10 @@
 //! --node-local-dns`): [`skiff_dns`] answering on UDP and TCP port 53 of
 //! addresses held by a dummy interface (`skiff-dns`; a bridge without ports on
 //! kernels built without the dummy driver) in the node's network namespace,
-//! as NodeLocal DNSCache does. Pods reach it through their default
-//! route to the node bridge: the node delivers the address locally.
+//! as NodeLocal DNSCache does. The same link holds the `kube-dns` Service's
+//! ClusterIP when the API marks that Service node-local, so clients that ask
+//! 10.96.0.10 are answered on the node too. Pods reach both through their
+//! default route to the node bridge: the node delivers them locally.
 //!
 //! Every socket — the listeners and those forwarding to upstream resolvers —
 //! is opened in the node namespace, so the upstreams are whatever the node

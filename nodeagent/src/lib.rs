@@ -12,6 +12,7 @@ pub mod env;
 pub mod exec;
 pub mod image;
 pub mod logs;
+pub mod metrics;
 pub mod node;
 pub mod pod_worker;
 pub mod pods;

@@ -2,7 +2,8 @@
 //! {namespace}/{pod}/{container}` with `follow`, `tailLines`, `previous`,
 //! `timestamps` and `limitBytes`, which the API server proxies for
 //! `kubectl logs`, and `/exec/{namespace}/{pod}/{container}` for
-//! `kubectl exec` ([`crate::exec`]). Callers authenticate with a bearer token that the API
+//! `kubectl exec` ([`crate::exec`]), and `/stats/summary`, the pods' resource
+//! usage ([`crate::metrics`]) behind `kubectl top`. Callers authenticate with a bearer token that the API
 //! server accepts (checked once against it, then cached), and `/healthz`.
 //! The certificate is self-signed per start.
 
@@ -29,6 +30,8 @@ use tokio::sync::Mutex;
 use tokio_rustls::TlsAcceptor;
 
 use crate::logs;
+use crate::metrics::Metrics;
+use crate::runtime::cgroup::{CgroupError, NodeCgroups};
 use crate::runtime::runc::Runc;
 
 /// Errors starting the endpoint.
@@ -44,6 +47,9 @@ pub enum ServerError {
     /// Certificate generation or TLS setup failed.
     #[error("TLS setup of the agent's HTTPS endpoint: {0}")]
     Tls(String),
+    /// The node's cgroups (for metrics) could not be found.
+    #[error("the node's cgroups for metrics: {0}")]
+    Cgroups(#[from] CgroupError),
 }
 
 /// State of the endpoint.
@@ -51,6 +57,7 @@ pub struct LogServer {
     log_root: PathBuf,
     /// The agent's runc (`<data-dir>/runc` next to `<data-dir>/logs`), for exec.
     runc: Runc,
+    metrics: Arc<Metrics>,
     kube_config: kube::Config,
     valid_tokens: Mutex<HashSet<String>>,
 }
@@ -74,11 +81,12 @@ fn flag(v: &Option<String>) -> bool {
 }
 
 impl LogServer {
-    /// Binds `addr`; returns the state, the listener and its port.
+    /// Binds `addr` for node `node`; returns the state, the listener and its port.
     pub async fn bind(
         addr: SocketAddr,
         log_root: PathBuf,
         kube_config: kube::Config,
+        node: &str,
     ) -> Result<(Arc<LogServer>, TcpListener, TlsAcceptor), ServerError> {
         let listener = TcpListener::bind(addr)
             .await
@@ -99,8 +107,10 @@ impl LogServer {
         let runc_root = log_root
             .parent()
             .map_or_else(|| PathBuf::from("runc"), |d| d.join("runc"));
+        let metrics = Metrics::new(node, NodeCgroups::detect(node)?, log_root.clone());
         let state = Arc::new(LogServer {
             runc: Runc::new(runc_root),
+            metrics: Arc::new(metrics),
             log_root,
             kube_config,
             valid_tokens: Mutex::new(HashSet::new()),
@@ -144,10 +154,12 @@ impl LogServer {
 
     /// Serves connections forever.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, acceptor: TlsAcceptor) {
+        tokio::spawn(self.metrics.clone().run());
         let app = Router::new()
             .route("/healthz", get(|| async { "ok" }))
             .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
             .route("/exec/{ns}/{pod}/{container}", any(exec))
+            .route("/stats/summary", get(stats_summary))
             .with_state(self);
         loop {
             let Ok((tcp, peer)) = listener.accept().await else {
@@ -217,6 +229,14 @@ async fn exec(
     crate::exec::serve(server.runc.clone(), server.log_root.clone(), target, req)
         .await
         .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn stats_summary(State(server): State<Arc<LogServer>>, headers: HeaderMap) -> Response {
+    if !server.authenticate(&headers).await {
+        return text(StatusCode::UNAUTHORIZED, "Unauthorized".into());
+    }
+    let body = server.metrics.summary().await.to_string();
+    (StatusCode::OK, [("content-type", "application/json")], body).into_response()
 }
 
 fn text(code: StatusCode, msg: String) -> Response {

@@ -185,9 +185,14 @@ impl NetnsGuard {
             .collect()
     }
 
-    /// `iptables-save -t nat` inside the namespace.
+    /// The nat table inside the namespace (`iptables-save -t nat`, nft and legacy).
     pub fn nat_rules(&self) -> String {
-        self.exec(&["iptables-save", "-t", "nat"])
+        // Both implementations: the CNI plugins write through `iptables`
+        // (nft on Debian), the service proxy may pick legacy
+        // (`--iptables-backend auto`).
+        let mut rules = self.exec(&["iptables-nft-save", "-t", "nat"]);
+        rules.push_str(&self.exec(&["iptables-legacy-save", "-t", "nat"]));
+        rules
     }
 }
 

@@ -20,6 +20,7 @@
 
 pub mod ebpf;
 pub mod proxy;
+pub mod sctp;
 pub mod services;
 pub mod sockets;
 pub mod v6;

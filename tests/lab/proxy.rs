@@ -23,6 +23,7 @@ pub const HEALTHZ: &str = "127.0.0.1:10256";
 pub struct ProxyProcess {
     child: Child,
     log: PathBuf,
+    mode: String,
     _dir: tempfile::TempDir,
     /// ebpf mode: the node's cgroup and pins, removed after the proxy stops.
     ebpf: Option<super::ebpf::EbpfNode>,
@@ -36,30 +37,29 @@ impl ProxyProcess {
             .tempdir()
             .expect("temp dir");
         let log = dir.path().join("proxy.log");
-        let out = File::create(&log).expect("log file");
-        let err = out.try_clone().expect("log file");
         let ebpf = (mode == "ebpf").then(|| super::ebpf::EbpfNode::new(node));
-        let ebpf_args = ebpf.as_ref().map(|e| e.proxy_args()).unwrap_or_default();
-        let child = Command::new(env!("CARGO_BIN_EXE_skiff"))
-            .args(["proxy", "--kubeconfig"])
-            .arg(server.kubeconfig())
-            .args(["--mode", mode, "--node-name", &node.name, "--netns"])
-            .arg(node.ns.path())
-            .args(["--healthz-listen", HEALTHZ, "--metrics-listen", HEALTHZ])
-            .args(["--cluster-cidr", CLUSTER_CIDR, "--sync-period-secs", "10"])
-            .args(&ebpf_args)
-            .env("SKIFF_LOG", "info,skiff_proxy=debug")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("start skiff proxy");
+        let child = spawn(server, node, mode, ebpf.as_ref(), &log);
         let proxy = ProxyProcess {
             child,
             log,
+            mode: mode.to_string(),
             _dir: dir,
             ebpf,
         };
+        proxy.wait_synced(node);
+        proxy
+    }
+
+    /// Kills the proxy (its data plane state stays: pinned maps and links, or
+    /// iptables rules) and starts it again; waits for the new first sync.
+    pub fn restart(&mut self, server: &TestServer, node: &Node) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn(server, node, &self.mode, self.ebpf.as_ref(), &self.log);
+        self.wait_synced(node);
+    }
+
+    fn wait_synced(&self, node: &Node) {
         let addr: SocketAddr = HEALTHZ.parse().expect("address");
         eventually(
             Duration::from_secs(30),
@@ -70,10 +70,9 @@ impl ProxyProcess {
                     .filter(|(status, _)| *status == 200)
             },
         );
-        if let Some(e) = &proxy.ebpf {
+        if let Some(e) = &self.ebpf {
             e.assert_attached();
         }
-        proxy
     }
 
     /// What the proxy logged so far.
@@ -97,6 +96,36 @@ impl Drop for ProxyProcess {
             eprintln!("--- skiff proxy log\n{}", self.log());
         }
     }
+}
+
+/// Starts `skiff proxy` for `node`, appending to `log`.
+fn spawn(
+    server: &TestServer,
+    node: &Node,
+    mode: &str,
+    ebpf: Option<&super::ebpf::EbpfNode>,
+    log: &std::path::Path,
+) -> Child {
+    let out = File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    let err = out.try_clone().expect("log file");
+    Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(["proxy", "--kubeconfig"])
+        .arg(server.kubeconfig())
+        .args(["--mode", mode, "--node-name", &node.name, "--netns"])
+        .arg(node.ns.path())
+        .args(["--healthz-listen", HEALTHZ, "--metrics-listen", HEALTHZ])
+        .args(["--cluster-cidr", CLUSTER_CIDR, "--sync-period-secs", "10"])
+        .args(ebpf.map(|e| e.proxy_args()).unwrap_or_default())
+        .env("SKIFF_LOG", "info,skiff_proxy=debug")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .expect("start skiff proxy")
 }
 
 /// Creates or updates objects with `kubectl apply`.

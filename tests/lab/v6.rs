@@ -4,7 +4,8 @@
 //! (the test API server hands out IPv4 ClusterIPs only).
 //!
 //! ```text
-//!  <p>-n1   bridge cbr0 fd00:10:244:1::1/64, IPv6 forwarding, bridge-nf-call-ip6tables
+//!  <p>-n1   bridge cbr0 fd00:10:244:1::1/64, IPv6 forwarding, bridge-nf-call-ip6tables,
+//!           default route to a veth up0 (the "uplink"; its peer up1 stays in the node)
 //!   └─ <p>-n1-<pod>  eth0 fd00:10:244:1::<h>, default via fd00:10:244:1::1
 //! ```
 
@@ -65,7 +66,15 @@ impl Node6 {
             "nodad",
         ]);
         // Service addresses need a route out of the node to be DNATed at all.
-        ns.exec(&["ip", "-6", "route", "add", "default", "dev", "cbr0"]);
+        // Not back out of cbr0: a packet leaving by the interface it came in
+        // on makes IPv6 forwarding send the pod a redirect (before the
+        // FORWARD hook), and the pod would then look the ClusterIP up on-link.
+        ns.exec(&[
+            "ip", "link", "add", "up0", "type", "veth", "peer", "name", "up1",
+        ]);
+        ns.exec(&["ip", "link", "set", "up0", "up"]);
+        ns.exec(&["ip", "link", "set", "up1", "up"]);
+        ns.exec(&["ip", "-6", "route", "add", "default", "dev", "up0"]);
         ns.sysctl("net.ipv6.conf.all.forwarding", "1");
         // Pod-to-service replies on one bridge must pass ip6tables for the reverse NAT.
         ns.sysctl("net.bridge.bridge-nf-call-ip6tables", "1");
@@ -184,9 +193,8 @@ pub fn udp6_request(ns: &Ns, addr: SocketAddr) -> io::Result<String> {
 
 /// One TCP request from `ns`: the reply's text.
 pub fn tcp6_request(ns: &Ns, addr: SocketAddr) -> io::Result<String> {
-    let mut conn = ns.run(|| {
-        std::net::TcpStream::connect_timeout(&addr, super::sockets::CLIENT_TIMEOUT)
-    })?;
+    let mut conn =
+        ns.run(|| std::net::TcpStream::connect_timeout(&addr, super::sockets::CLIENT_TIMEOUT))?;
     conn.set_read_timeout(Some(super::sockets::CLIENT_TIMEOUT))?;
     let mut text = String::new();
     conn.read_to_string(&mut text)?;
@@ -207,12 +215,7 @@ pub fn service6(name: &str, cluster_ip: &str, ports: &[(&str, &str, u16)]) -> Va
 }
 
 /// An IPv6 EndpointSlice for `service` with ready endpoints on `node`.
-pub fn slice6(
-    service: &str,
-    ports: &[(&str, &str, u16)],
-    ips: &[Ipv6Addr],
-    node: &str,
-) -> Value {
+pub fn slice6(service: &str, ports: &[(&str, &str, u16)], ips: &[Ipv6Addr], node: &str) -> Value {
     let ports: Vec<Value> = ports
         .iter()
         .map(|(n, proto, port)| json!({"name": n, "protocol": proto, "port": port}))

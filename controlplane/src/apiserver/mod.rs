@@ -10,6 +10,7 @@ pub mod discovery;
 pub mod handlers;
 pub mod ipam;
 pub mod list;
+pub mod metrics_api;
 pub mod openapi;
 pub mod patch;
 pub mod pki;

@@ -171,7 +171,12 @@ pub async fn serve(
     fetch(&addr, port, &path, auth).await
 }
 
-async fn fetch(addr: &str, port: u16, path: &str, auth: &str) -> Result<Response, ApiError> {
+pub(super) async fn fetch(
+    addr: &str,
+    port: u16,
+    path: &str,
+    auth: &str,
+) -> Result<Response, ApiError> {
     let target = format!("{addr}:{port}");
     let fail = |what: &str, e: &dyn std::fmt::Display| {
         unavailable(format!("{what} the node agent at {target}: {e}"))

@@ -25,7 +25,7 @@ use super::handlers::{self, ResourceRequest};
 use super::ipam::ServiceIpam;
 use super::registry;
 use super::status::ApiError;
-use super::{bootstrap, discovery, openapi, pki};
+use super::{bootstrap, discovery, metrics_api, openapi, pki};
 use crate::store::{EtcdStore, RedbStore, Store};
 
 /// Largest request body accepted, as upstream (3 MiB); larger bodies get 413.
@@ -320,7 +320,10 @@ async fn route(
         }
         ["version"] => return get_only(Some(discovery::version_info())),
         ["api"] => return get_only(Some(discovery::api_versions(&server.server_address))),
-        ["apis"] => return get_only(Some(discovery::api_group_list())),
+        ["apis"] => return get_only(Some(metrics_api::add_group(discovery::api_group_list()))),
+        ["apis", metrics_api::GROUP, rest @ ..] => {
+            return metrics_api::serve(server, method, rest, &query, headers).await
+        }
         ["api", "v1"] => return get_only(discovery::resource_list("", "v1")),
         ["apis", group] => return get_only(discovery::api_group(group)),
         ["apis", group, version] => return get_only(discovery::resource_list(group, version)),

@@ -8,6 +8,7 @@ pub mod deployment;
 pub mod endpointslice;
 pub mod events;
 pub mod garbagecollector;
+pub mod hpa;
 pub mod job;
 pub mod namespace;
 pub mod nodeipam;
@@ -33,6 +34,7 @@ pub const ALL: &[&str] = &[
     "daemonset",
     "statefulset",
     "job",
+    "horizontalpodautoscaling",
 ];
 
 /// Settings shared by the controllers.
@@ -124,6 +126,7 @@ pub fn spawn_all(ctx: Arc<Context>) {
             "daemonset" => tokio::spawn(daemonset::run(ctx)),
             "statefulset" => tokio::spawn(statefulset::run(ctx)),
             "job" => tokio::spawn(job::run(ctx)),
+            "horizontalpodautoscaling" => tokio::spawn(hpa::run(ctx)),
             _ => continue,
         };
     }

@@ -132,7 +132,8 @@ pub async fn run<S>(ws: WebSocketStream<S>, runc: &Runc, id: &str, opts: ExecOpt
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sink, mut incoming) = ws.split();
+    let (mut sink, incoming) = ws.split();
+    let mut incoming = incoming.map(|m| m.map(as_binary));
     let (out_tx, mut out_rx) = mpsc::channel::<Message>(16);
     let (in_tx, in_rx) = mpsc::channel::<Bytes>(64);
     let mut stdin_tx = opts.stdin.then_some(in_tx);
@@ -220,6 +221,15 @@ where
             })
             .await;
         }
+    }
+}
+
+/// Text frames carry the same channel bytes (the Python client sends its
+/// input as text).
+fn as_binary(m: Message) -> Message {
+    match m {
+        Message::Text(t) => Message::Binary(Bytes::copy_from_slice(t.as_bytes())),
+        other => other,
     }
 }
 

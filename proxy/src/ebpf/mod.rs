@@ -11,6 +11,7 @@ mod attach;
 mod cgroup;
 mod desired;
 mod iface;
+mod sockdestroy;
 mod status;
 mod tables;
 
@@ -150,6 +151,7 @@ pub struct EbpfDataplane {
     netns: skiff_cni::Netns,
     /// Interfaces the tc programs are attached to, and their addresses.
     attached: BTreeMap<String, Vec<IpAddr>>,
+    destroyer: sockdestroy::Destroyer,
     by_port: BTreeMap<ServicePortName, Vec<FrontendKey>>,
 }
 
@@ -191,6 +193,7 @@ impl EbpfDataplane {
             cfg,
             netns,
             attached: BTreeMap::new(),
+            destroyer: sockdestroy::Destroyer::start(cgroup),
             by_port: BTreeMap::new(),
         };
         dp.attach_interfaces()?;
@@ -322,7 +325,10 @@ impl EbpfDataplane {
                 self.apply_port(name, map)?;
             }
         }
-        self.tables.collect_backends()?;
+        // Connections to a removed backend would hang until they time out:
+        // destroy them so clients reconnect.
+        let gone = self.tables.collect_backends()?;
+        self.destroyer.submit(gone);
         Ok(())
     }
 }

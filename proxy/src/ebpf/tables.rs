@@ -246,8 +246,9 @@ impl Tables {
         }
     }
 
-    /// Deletes backends no frontend refers to any more.
-    pub fn collect_backends(&mut self) -> Result<(), TablesError> {
+    /// Deletes backends no frontend refers to any more; returns their addresses.
+    pub fn collect_backends(&mut self) -> Result<Vec<SocketAddr>, TablesError> {
+        let mut gone = Vec::new();
         for id in std::mem::take(&mut self.unreferenced) {
             // Re-referenced since it dropped to zero: keep it.
             let Some((addr, 0)) = self.backend_refs.get(&id).copied() else {
@@ -257,8 +258,9 @@ impl Tables {
             self.backend_ids.remove(&addr);
             self.backend_refs.remove(&id);
             self.written += 1;
+            gone.push(addr);
         }
-        Ok(())
+        Ok(gone)
     }
 
     /// Installs or replaces one frontend (atomically, see the module docs).

@@ -1,7 +1,10 @@
 //! The iptables data plane: kube-proxy's chain layout ([`rules`]) applied with
-//! `iptables-restore --noflush` in the proxy's namespace ([`exec`]), partial
-//! syncs that rewrite only changed ports' chains, and stale UDP conntrack
-//! entries deleted after each sync ([`crate::conntrack`]).
+//! `iptables-restore --noflush` in the proxy's namespace ([`exec`]) by the
+//! implementation [`backend`] picks (legacy or nft). A full sync rewrites the
+//! base chains and every port; a partial sync sends only the changed ports'
+//! own chains and `-D`/`-I` edits of their entries in the base chains
+//! ([`transaction`]), so its input does not grow with the cluster. Stale UDP
+//! conntrack entries are deleted after each sync ([`crate::conntrack`]).
 
 pub mod backend;
 pub mod chains;

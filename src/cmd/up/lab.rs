@@ -1,7 +1,8 @@
 //! The lab of DESIGN §6 that `skiff up` builds: an underlay namespace whose
 //! bridge plays the L2 network between nodes, and one namespace per node,
 //! joined to that bridge by a veth (`eth0` in the node) with an underlay
-//! address from 192.168.77.0/24 (`.1` on the bridge, `.10+i` on node i).
+//! address from 192.168.77.0/24 (`.1` on the bridge, `.10+i` on node i) and
+//! a default route to the bridge's address.
 //!
 //! Everything is made inside namespaces created here, named like `ip netns`
 //! names them (`/var/run/netns/<name>`), so `ip netns exec` reaches them. The
@@ -16,7 +17,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 use skiff_cni::ipnetwork::{IpNetwork, Ipv4Network};
-use skiff_cni::{bridge, netlink, veth, Netns};
+use skiff_cni::{bridge, netlink, routes, veth, Netns};
 
 /// Where named network namespaces are bind-mounted (as `ip netns` does).
 pub const NETNS_DIR: &str = "/var/run/netns";
@@ -154,5 +155,17 @@ pub async fn create_node(underlay: &str, name: &str, index: usize) -> Result<IpA
     let eth0 = set_up(&nh, NODE_IFNAME, name).await?;
     let addr = node_address(index);
     netlink::add_address(&nh, eth0, v4(addr)?, name).await?;
+    // Like a machine's default gateway. The kernel needs a route for a
+    // ClusterIP before the proxy's OUTPUT rules rewrite it; anything not for
+    // the cluster ends in the underlay namespace, which routes nowhere else.
+    let default = IpNetwork::V4(Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0)?);
+    routes::add_pod_route(
+        &nh,
+        eth0,
+        default,
+        Some(IpAddr::V4(underlay_gateway())),
+        name,
+    )
+    .await?;
     Ok(IpAddr::V4(addr))
 }
