@@ -98,7 +98,8 @@ fi
 node_ip=$(kubectl get nodes -o jsonpath='{.items[0].status.addresses[?(@.type=="InternalIP")].address}')
 log "from outside the nodes (the underlay namespace), through NodePort $NODE_PORT of $node_ip:"
 for _ in 1 2 3; do
-  ip netns exec "$PREFIX-underlay" curl -s -m 5 "http://$node_ip:$NODE_PORT/"
+  ip netns exec "$PREFIX-underlay" curl -s -m 5 --retry 10 --retry-connrefused --retry-delay 1 \
+    "http://$node_ip:$NODE_PORT/"
 done
 
 cat <<EOF

@@ -13,7 +13,7 @@ fn node_name(test: &str) -> String {
     format!("sm{}-{test}", std::process::id() % 10_000)
 }
 
-/// A pod whose one container runs `script` once.
+/// A pod whose one container runs `script` once, on at most 0.3 cores.
 fn pod(name: &str, script: &str) -> String {
     format!(
         r#"
@@ -28,6 +28,7 @@ spec:
     image: {BUSYBOX}
     imagePullPolicy: IfNotPresent
     command: ["sh", "-c", "{script}"]
+    resources: {{limits: {{cpu: 300m}}}}
 "#
     )
 }
@@ -116,4 +117,75 @@ fn kubectl_top_shows_a_busy_pods_cpu_and_the_node() {
         .is_some_and(|q| q.ends_with("Ki")));
     let missing = server.get("/apis/metrics.k8s.io/v1beta1/namespaces/default/pods/nosuch");
     assert_eq!(missing.status, 404, "{}", missing.body);
+}
+
+#[test]
+fn hpa_scales_a_deployment_on_cpu() {
+    let server = TestServer::start(StoreKind::Redb);
+    let _node = AgentNode::start(&server, &node_name("hpa"));
+    // Each replica burns its 200m limit (twice its request) for 150 s, then idles.
+    let manifest = format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: burner}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: burner}}}}
+  template:
+    metadata: {{labels: {{app: burner}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: burn
+        image: {BUSYBOX}
+        imagePullPolicy: IfNotPresent
+        command: ["sh", "-c", "timeout 150 sh -c 'while :; do :; done'; sleep 3600"]
+        resources:
+          requests: {{cpu: 100m}}
+          limits: {{cpu: 200m}}
+---
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {{name: burner}}
+spec:
+  scaleTargetRef: {{apiVersion: apps/v1, kind: Deployment, name: burner}}
+  minReplicas: 1
+  maxReplicas: 3
+  metrics:
+  - type: Resource
+    resource:
+      name: cpu
+      target: {{type: Utilization, averageUtilization: 50}}
+"#
+    );
+    server.kubectl_stdin_ok(&["apply", "-f", "-"], &manifest);
+
+    let hpa = wait_for(
+        "the HPA to scale burner to its maximum",
+        Duration::from_secs(120),
+        || {
+            let out = server.kubectl(&["get", "hpa", "burner", "-o", "json"]);
+            let hpa: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            (hpa["status"]["desiredReplicas"] == 3).then_some(hpa)
+        },
+    );
+    let utilization = hpa["status"]["currentMetrics"][0]["resource"]["current"]
+        ["averageUtilization"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{hpa}"));
+    assert!(utilization > 50, "{hpa}");
+    assert!(hpa["status"]["lastScaleTime"].is_string(), "{hpa}");
+    let replicas = server.kubectl_ok(&[
+        "get",
+        "deployment",
+        "burner",
+        "-o",
+        "jsonpath={.spec.replicas}",
+    ]);
+    assert_eq!(replicas.trim(), "3");
+    wait_for("three burner pods running", Duration::from_secs(90), || {
+        let out = server.kubectl_ok(&["get", "pods", "-l", "app=burner", "--no-headers"]);
+        (out.lines().filter(|l| l.contains("Running")).count() == 3).then_some(())
+    });
 }

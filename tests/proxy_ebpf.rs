@@ -326,28 +326,30 @@ fn sockets_of_a_removed_backend_are_destroyed() {
     // TCP: connect and wait for data that never comes (httpd waits for the
     // request). UDP: one exchange on a connected socket, then a receive after
     // the test says "go" (the abort's error surfaces there), then a new
-    // socket as a resolver would open after the error. (The
-    // first exchange retries while the UDP server starts.)
-    let script = "import socket, sys\n\
+    // socket as a resolver would open after the error. (Exchanges retry
+    // while the UDP servers start.)
+    let script = "import socket, sys, time\n\
+        def udp():\n\
+        \x20u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(2)\n\
+        \x20u.connect(('10.96.0.53', 53))\n\
+        \x20for i in range(50):\n\
+        \x20 try:\n   u.send(b'q'); print('udp', u.recv(100).decode(), flush=True); return u\n\
+        \x20 except OSError:\n   time.sleep(0.1)\n\
         t = socket.create_connection(('10.96.0.80', 80), timeout=5)\n\
-        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(2)\n\
-        u.connect(('10.96.0.53', 53))\n\
-        for i in range(50):\n\
-        \x20try:\n  u.send(b'q'); print('udp', u.recv(100).decode(), flush=True); break\n\
-        \x20except OSError:\n  import time; time.sleep(0.1)\n\
+        u = udp()\n\
         t.settimeout(20)\n\
         try:\n d = t.recv(100); print('tcp eof' if not d else 'tcp data', flush=True)\n\
         except OSError as e:\n print('tcp err', e.errno, flush=True)\n\
         sys.stdin.readline()\n\
         try:\n print('udp', u.recv(100).decode(), flush=True)\n\
         except OSError as e:\n print('udp err', e.errno, flush=True)\n\
-        \x20u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(2)\n\
-        \x20u.connect(('10.96.0.53', 53)); u.send(b'q'); print('udp', u.recv(100).decode(), flush=True)\n";
+        udp()\n";
     let mut child = lab
         .client
         .command_in_cgroup(
             Some(&plane.cgroup),
-            &format!("exec python3 -c \"{script}\""),
+            // Errors as lines, so a failed assertion shows the traceback.
+            &format!("exec python3 -c \"{script}\" 2>&1"),
         )
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -361,7 +363,8 @@ fn sockets_of_a_removed_backend_are_destroyed() {
 
     let started = std::time::Instant::now();
     sync(&mut plane, &only(8081));
-    // ECONNABORTED (103) long before the client's 20 s timeout.
+    // ECONNABORTED (103) after the 1 s grace, long before the client's 20 s
+    // timeout; the UDP socket was aborted at once.
     assert_eq!(next(), "tcp err 103");
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
     writeln!(stdin, "go").expect("go");

@@ -310,6 +310,7 @@ fn tc_programs_follow_the_node_interfaces_across_restarts() {
         discover_interfaces: true,
         netns: Some(std::path::Path::new("/var/run/netns").join(node.name())),
         maglev_size: 251,
+        tcp_destroy_grace: std::time::Duration::from_secs(1),
     };
     let tc_progs = |dp: &EbpfDataplane, dev: &str| {
         let (ingress, egress) = dp.tc_programs(dev).expect("tcx query");
@@ -377,4 +378,48 @@ fn tc_programs_follow_the_node_interfaces_across_restarts() {
         (0, 0),
         "cleanup detaches the tc programs"
     );
+}
+
+/// Two clients using the same source port through one node to one remote
+/// backend: SNAT makes both flows come from the node, so the second gets
+/// another source port, and each reply finds its own client.
+#[test]
+fn snat_gives_colliding_client_ports_distinct_node_ports() {
+    let mut plane = Plane::new("tcport");
+    let mut web = service(
+        "web",
+        "10.96.0.60",
+        80,
+        Protocol::Tcp,
+        vec![endpoint("10.244.2.7", 8080, false)],
+    );
+    web.node_port = Some(30086);
+    let map = map_of(&[NODE], vec![web]);
+    plane.dp().sync(&map, &Changes::full(&map)).expect("sync");
+
+    let other = "203.0.113.9";
+    let mut sent = Vec::new();
+    for client in [CLIENT, other] {
+        let (verdict, out) = plane
+            .dp()
+            .run_tc(true, &packet(6, client, 45000, NODE, 30086))
+            .expect("test run");
+        assert_eq!(verdict, TC_ACT_OK);
+        let (src, sport, dst, _) = addrs(&out);
+        assert_eq!((src.as_str(), dst.as_str()), (NODE, "10.244.2.7"));
+        sent.push(sport);
+    }
+    assert_eq!(sent[0], 45000, "a free client port is kept");
+    assert_ne!(sent[1], sent[0], "the second flow needs another node port");
+    for (client, port) in [(CLIENT, sent[0]), (other, sent[1])] {
+        let reply = packet(6, "10.244.2.7", 8080, NODE, port);
+        let (_, out) = plane.dp().run_tc(true, &reply).expect("test run");
+        assert_eq!(addrs(&out), (NODE.into(), 30086, client.into(), 45000));
+    }
+    // The flows keep their ports for their next packets.
+    let (_, out) = plane
+        .dp()
+        .run_tc(true, &packet(6, other, 45000, NODE, 30086))
+        .expect("test run");
+    assert_eq!(addrs(&out).1, sent[1]);
 }

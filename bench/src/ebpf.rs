@@ -138,6 +138,7 @@ impl Lab {
             discover_interfaces: false,
             netns: None,
             maglev_size: 16381,
+            tcp_destroy_grace: skiff_proxy::ebpf::TCP_DESTROY_GRACE,
         })?)
     }
 

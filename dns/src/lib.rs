@@ -18,7 +18,9 @@
 //! Modules: [`records`] (Kubernetes objects → records, the spec),
 //! [`index`] (names, NXDOMAIN vs NODATA), [`watch`] (kube watchers → index),
 //! [`handler`] (one request → reply), [`upstream`] + [`cache`] (forwarding),
-//! [`metrics`], [`packet`] (bytes → bytes, for tests and fuzzing).
+//! [`sockets`] (where sockets are opened: the agent's are in the node's
+//! network namespace), [`metrics`], [`packet`] (bytes → bytes, for tests and
+//! fuzzing).
 
 #![forbid(unsafe_code)]
 
@@ -37,10 +39,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-pub use handler::Handler;
 use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::Server;
+
+pub use handler::Handler;
 pub use sockets::{HostSockets, Sockets};
 
 /// The default cluster zone.

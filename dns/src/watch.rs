@@ -2,9 +2,10 @@
 //! EndpointSlices (discovery.k8s.io/v1) and Pods with kube-rs watchers and
 //! rewrites the records of exactly the Service or Pod an event touched.
 //!
-//! It owns the last seen Services and slices (records of a Service depend on
-//! both); it never answers queries and holds the index lock only to swap one
-//! object's records.
+//! It owns the last seen slices and the headless Services (only their records
+//! depend on slices; other Services' records are computed from the event and
+//! not kept); it never answers queries and holds the index lock only to swap
+//! one object's records.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -94,6 +95,13 @@ impl ServiceFacts {
         }
     }
 
+    /// Whether the records depend on EndpointSlices (headless Services).
+    fn uses_slices(&self) -> bool {
+        self.cluster_ip
+            .as_deref()
+            .is_some_and(|ip| ip.eq_ignore_ascii_case("none"))
+    }
+
     /// The Service `records` computes from: `key`'s name and these facts.
     fn service(&self, key: &Key) -> Service {
         let text = |s: &Option<Box<str>>| s.as_deref().map(str::to_string);
@@ -162,25 +170,42 @@ fn slim_slice(slice: EndpointSlice) -> EndpointSlice {
 /// The watch-side state: the objects the records are computed from.
 struct Tracker {
     index: Arc<RwLock<Index>>,
+    /// Headless Services only: with 10k ClusterIP Services, keeping them all
+    /// cost 5 MB for nothing a slice change can alter.
     services: HashMap<Key, ServiceFacts>,
     /// (namespace, service) → slice name → slice.
     slices: HashMap<Key, HashMap<String, EndpointSlice>>,
     /// (namespace, slice name) → the service it was filed under.
     slice_owner: HashMap<Key, String>,
-    service_buf: Option<Vec<(Key, ServiceFacts)>>,
+    /// Services seen in the current (re)list; the others are dropped at its end.
+    service_buf: Option<HashSet<Key>>,
     slice_buf: Option<Vec<EndpointSlice>>,
     pod_buf: Option<HashSet<Key>>,
     synced: [bool; 3],
 }
 
 impl Tracker {
+    fn new(index: Arc<RwLock<Index>>) -> Tracker {
+        Tracker {
+            index,
+            services: HashMap::new(),
+            slices: HashMap::new(),
+            slice_owner: HashMap::new(),
+            service_buf: None,
+            slice_buf: None,
+            pod_buf: None,
+            synced: [false; 3],
+        }
+    }
+
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
         self.index.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn refresh_service(&self, key: &Key) {
+    /// Sets the records of Service `key` from `facts` (`None`: deleted).
+    fn set_service(&self, key: &Key, facts: Option<&ServiceFacts>) {
         let mut index = self.write();
-        let records = match self.services.get(key) {
+        let records = match facts {
             Some(facts) => {
                 let slices = self.slices.get(key).into_iter().flat_map(|m| m.values());
                 service_records(index.zone(), &facts.service(key), slices)
@@ -196,17 +221,20 @@ impl Tracker {
         );
     }
 
-    fn refresh_all_services(&self) {
-        let keys: HashSet<&Key> = self.services.keys().collect();
-        for key in &keys {
-            self.refresh_service(key);
+    /// A slice of Service `key` changed: recompute it if its records use slices.
+    fn slices_changed(&self, key: &Key) {
+        if let Some(facts) = self.services.get(key) {
+            self.set_service(key, Some(facts));
         }
-        self.write().retain_sources(|s| match s {
-            Source::Service { namespace, name } => {
-                keys.contains(&(namespace.clone(), name.clone()))
-            }
-            Source::Pod { .. } => true,
-        });
+    }
+
+    /// Keeps `facts` if the records of `key` depend on slices.
+    fn keep(&mut self, key: Key, facts: ServiceFacts) {
+        if facts.uses_slices() {
+            self.services.insert(key, facts);
+        } else {
+            self.services.remove(&key);
+        }
     }
 
     fn set_pod(&self, pod: &Pod) {
@@ -271,23 +299,34 @@ impl Tracker {
         match event {
             Event::Apply(svc) => {
                 let key = key_of(&svc);
-                self.services.insert(key.clone(), ServiceFacts::of(svc));
-                self.refresh_service(&key);
+                let facts = ServiceFacts::of(svc);
+                self.set_service(&key, Some(&facts));
+                self.keep(key, facts);
             }
             Event::Delete(svc) => {
                 let key = key_of(&svc);
                 self.services.remove(&key);
-                self.refresh_service(&key);
+                self.set_service(&key, None);
             }
-            Event::Init => self.service_buf = Some(Vec::new()),
-            Event::InitApply(svc) => self
-                .service_buf
-                .get_or_insert_default()
-                .push((key_of(&svc), ServiceFacts::of(svc))),
+            Event::Init => self.service_buf = Some(HashSet::new()),
+            // Indexed as they are listed, like Pods: buffering whole lists
+            // made the list the peak of our memory.
+            Event::InitApply(svc) => {
+                let key = key_of(&svc);
+                let facts = ServiceFacts::of(svc);
+                self.set_service(&key, Some(&facts));
+                self.keep(key.clone(), facts);
+                self.service_buf.get_or_insert_default().insert(key);
+            }
             Event::InitDone => {
-                let listed = self.service_buf.take().unwrap_or_default();
-                self.services = listed.into_iter().collect();
-                self.refresh_all_services();
+                let keys = self.service_buf.take().unwrap_or_default();
+                self.services.retain(|key, _| keys.contains(key));
+                self.write().retain_sources(|s| match s {
+                    Source::Service { namespace, name } => {
+                        keys.contains(&(namespace.clone(), name.clone()))
+                    }
+                    Source::Pod { .. } => true,
+                });
                 self.synced[0] = true;
             }
         }
@@ -297,12 +336,12 @@ impl Tracker {
         match event {
             Event::Apply(slice) => {
                 for key in self.file_slice(slice) {
-                    self.refresh_service(&key);
+                    self.slices_changed(&key);
                 }
             }
             Event::Delete(slice) => {
                 for key in self.unfile_slice(&slice) {
-                    self.refresh_service(&key);
+                    self.slices_changed(&key);
                 }
             }
             Event::Init => self.slice_buf = Some(Vec::new()),
@@ -316,7 +355,9 @@ impl Tracker {
                 for slice in self.slice_buf.take().unwrap_or_default() {
                     self.file_slice(slice);
                 }
-                self.refresh_all_services();
+                for (key, facts) in &self.services {
+                    self.set_service(key, Some(facts));
+                }
                 self.synced[1] = true;
             }
         }
@@ -358,7 +399,7 @@ pub async fn run(
     index: Arc<RwLock<Index>>,
     synced: signal::Sender<bool>,
 ) -> Result<(), WatchError> {
-    let config = watcher::Config::default().page_size(100);
+    let config = watcher::Config::default();
     let services = watcher::watcher(Api::<Service>::all(client.clone()), config.clone())
         .default_backoff()
         .map(|e| e.map(|s| Change::Service(Box::new(s))));
@@ -372,16 +413,7 @@ pub async fn run(
         .default_backoff()
         .map(|e| e.map(|p| Change::Pod(Box::new(p))));
     let mut changes = stream::select_all([services.boxed(), slices.boxed(), pods.boxed()]);
-    let mut tracker = Tracker {
-        index,
-        services: HashMap::new(),
-        slices: HashMap::new(),
-        slice_owner: HashMap::new(),
-        service_buf: None,
-        slice_buf: None,
-        pod_buf: None,
-        synced: [false; 3],
-    };
+    let mut tracker = Tracker::new(index);
     while let Some(change) = changes.next().await {
         match change {
             Ok(change) => tracker.apply(change),
@@ -393,4 +425,62 @@ pub async fn run(
         }
     }
     Err(WatchError::Ended)
+}
+
+#[cfg(test)]
+mod tests {
+    use hickory_proto::rr::{Name, RecordType};
+    use serde_json::json;
+
+    use super::*;
+    use crate::index::Resolution;
+    use crate::records::Zone;
+
+    fn tracker() -> Tracker {
+        let zone = Zone::new("cluster.local", 5).unwrap();
+        Tracker::new(Arc::new(RwLock::new(Index::new(zone))))
+    }
+
+    fn service(cluster_ip: &str) -> Box<Event<Service>> {
+        let svc = json!({"metadata": {"name": "db", "namespace": "a"},
+                         "spec": {"clusterIP": cluster_ip, "ports": [{"port": 80}]}});
+        Box::new(Event::Apply(serde_json::from_value(svc).unwrap()))
+    }
+
+    fn slice(ip: &str) -> Box<Event<EndpointSlice>> {
+        let slice = json!({"metadata": {"name": "db-1", "namespace": "a",
+                                        "labels": {SERVICE_NAME_LABEL: "db"}},
+                           "addressType": "IPv4",
+                           "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}]});
+        Box::new(Event::Apply(serde_json::from_value(slice).unwrap()))
+    }
+
+    fn addresses(t: &Tracker) -> Vec<String> {
+        let name = Name::from_ascii("db.a.svc.cluster.local.").unwrap();
+        match t.index.read().unwrap().resolve(&name, RecordType::A) {
+            Resolution::Authoritative { answers, .. } => {
+                answers.iter().map(|r| r.data.to_string()).collect()
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn headless_services_follow_slices_and_cluster_ips_ignore_them() {
+        let mut t = tracker();
+        // The slice comes first; the headless Service uses it when it arrives.
+        t.apply(Change::Slice(slice("10.244.0.5")));
+        t.apply(Change::Service(service("None")));
+        assert_eq!(addresses(&t), ["10.244.0.5"]);
+        t.apply(Change::Slice(slice("10.244.0.6")));
+        assert_eq!(addresses(&t), ["10.244.0.6"]);
+        // Now a ClusterIP Service: not kept, and slice changes leave it be.
+        t.apply(Change::Service(service("10.96.0.20")));
+        assert!(t.services.is_empty());
+        t.apply(Change::Slice(slice("10.244.0.7")));
+        assert_eq!(addresses(&t), ["10.96.0.20"]);
+        // Back to headless: the slices kept meanwhile are used.
+        t.apply(Change::Service(service("None")));
+        assert_eq!(addresses(&t), ["10.244.0.7"]);
+    }
 }

@@ -7,7 +7,7 @@
 //! get the frontend address back.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     macros::classifier,
     maps::lpm_trie::Key,
@@ -230,6 +230,39 @@ fn apply(ctx: &TcContext, p: &Packet, v: &CtValue) -> Option<()> {
     Some(())
 }
 
+/// SNAT source ports tried when the client's own port is already taken
+/// towards the backend (another client used the same port): above the usual
+/// ephemeral range (32768–60999), so they miss the node's own connections.
+const NAT_PORT_BASE: u32 = 61000;
+/// Size of the SNAT port range.
+const NAT_PORT_SPAN: u32 = 4536;
+/// Ports tried in that range before the flow is dropped.
+const NAT_PORT_TRIES: u32 = 8;
+
+/// Records the reply direction of a new flow under `key` and returns the
+/// source port the flow leaves with. Without SNAT the key is the client's
+/// own tuple (an older entry is stale and replaced); with SNAT the node
+/// address is shared by every client, so the client's port is kept only if
+/// no other flow to this backend holds it, else a free one is searched.
+#[inline(always)]
+fn insert_reply(key: &mut CtKey, reply: &CtValue, snat: bool, salt: u32) -> Option<u16> {
+    if !snat {
+        SKIFF_CT.insert(&*key, reply, 0).ok()?;
+        return Some(key.dport);
+    }
+    if SKIFF_CT.insert(&*key, reply, BPF_NOEXIST as u64).is_ok() {
+        return Some(key.dport);
+    }
+    for i in 0..NAT_PORT_TRIES {
+        let port = NAT_PORT_BASE + salt.wrapping_add(i.wrapping_mul(0x9e37_79b1)) % NAT_PORT_SPAN;
+        key.dport = (port as u16).to_be();
+        if SKIFF_CT.insert(&*key, reply, BPF_NOEXIST as u64).is_ok() {
+            return Some(key.dport);
+        }
+    }
+    None
+}
+
 /// Records both directions of a new flow and DNATs its first packet.
 #[inline(always)]
 fn new_flow(ctx: &TcContext, p: &Packet, key: &CtKey) -> i32 {
@@ -245,20 +278,7 @@ fn new_flow(ctx: &TcContext, p: &Packet, key: &CtKey) -> i32 {
         return TC_ACT_SHOT;
     };
     let snat = fe.flags & FLAG_LOCAL == 0 && b.flags & BACKEND_LOCAL == 0;
-    let fwd = CtValue {
-        addr: b.addr,
-        nat_addr: [snat_addr, 0, 0, 0],
-        port: b.port,
-        // The client's port is kept: the node address plus the client port
-        // names the flow well enough for the reply lookup.
-        nat_port: p.sport,
-        backend: id,
-        frontend: fe.id,
-        dir: CT_FORWARD,
-        snat: snat as u8,
-        pad: 0,
-    };
-    let reply_key = CtKey {
+    let mut reply_key = CtKey {
         saddr: b.addr,
         daddr: if snat {
             [snat_addr, 0, 0, 0]
@@ -282,7 +302,23 @@ fn new_flow(ctx: &TcContext, p: &Packet, key: &CtKey) -> i32 {
         snat: snat as u8,
         pad: 0,
     };
-    if SKIFF_CT.insert(key, fwd, 0).is_err() || SKIFF_CT.insert(reply_key, reply, 0).is_err() {
+    let salt = flow_hash(&[p.saddr, 0, 0, 0], p.sport, &b.addr, b.port, p.proto);
+    let Some(nat_port) = insert_reply(&mut reply_key, &reply, snat, salt) else {
+        maps::count(fe.id, 0, 0, 1);
+        return TC_ACT_SHOT;
+    };
+    let fwd = CtValue {
+        addr: b.addr,
+        nat_addr: [snat_addr, 0, 0, 0],
+        port: b.port,
+        nat_port,
+        backend: id,
+        frontend: fe.id,
+        dir: CT_FORWARD,
+        snat: snat as u8,
+        pad: 0,
+    };
+    if SKIFF_CT.insert(key, fwd, 0).is_err() {
         maps::count(fe.id, 0, 0, 1);
         return TC_ACT_SHOT;
     }

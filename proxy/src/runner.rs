@@ -162,6 +162,7 @@ pub fn ebpf_dataplane(config: &Config) -> Result<crate::ebpf::EbpfDataplane, Run
         discover_interfaces: true,
         netns: config.netns.clone(),
         maglev_size: skiff_common::maglev::DEFAULT_SIZE,
+        tcp_destroy_grace: crate::ebpf::TCP_DESTROY_GRACE,
     };
     let dp = crate::ebpf::EbpfDataplane::new(cfg).map_err(ebpf)?;
     tracing::info!(

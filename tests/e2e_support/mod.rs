@@ -9,6 +9,7 @@
 
 #![allow(dead_code)]
 
+pub mod clients;
 pub mod leftovers;
 pub mod workload;
 

@@ -279,6 +279,7 @@ impl Plane {
             discover_interfaces: false,
             netns: None,
             maglev_size: 251,
+            tcp_destroy_grace: Duration::from_secs(1),
         };
         let dp = EbpfDataplane::new(cfg.clone()).expect("loading the eBPF data plane");
         Plane {

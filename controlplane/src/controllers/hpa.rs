@@ -249,6 +249,13 @@ async fn sync(
             "resource": {"name": "cpu", "current": {"averageUtilization": utilization}},
         }],
     });
+    let old = serde_json::to_value(&hpa.status).unwrap_or_default();
+    let unchanged = ["currentReplicas", "desiredReplicas", "currentMetrics"]
+        .iter()
+        .all(|k| old[k] == status[k]);
+    if desired == current && unchanged {
+        return Ok(());
+    }
     if desired != current {
         tracing::info!(
             "hpa {ns}/{name}: {target} {current} -> {desired} replicas (cpu {utilization}% of requests, target {target_pct}%)"

@@ -51,7 +51,13 @@ pub struct EbpfConfig {
     pub netns: Option<PathBuf>,
     /// Maglev table size, a prime ≤ 16381.
     pub maglev_size: usize,
+    /// How long TCP connections to a removed backend may finish before they
+    /// are destroyed (connected UDP sockets are destroyed at once).
+    pub tcp_destroy_grace: std::time::Duration,
 }
+
+/// Default [`EbpfConfig::tcp_destroy_grace`].
+pub const TCP_DESTROY_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The node's cgroup, relative to each hierarchy's root: the socket programs
 /// attach to it in cgroup v2, and the node agent creates its pod cgroups below
@@ -77,6 +83,7 @@ impl EbpfConfig {
             discover_interfaces: true,
             netns: None,
             maglev_size: maglev::DEFAULT_SIZE,
+            tcp_destroy_grace: TCP_DESTROY_GRACE,
         })
     }
 }
@@ -187,13 +194,14 @@ impl EbpfDataplane {
             snat: take::<Array<_, _>>(&mut ebpf, names::SNAT)?,
         };
         let tables = Tables::resume(maps, cfg.maglev_size)?;
+        let destroyer = sockdestroy::Destroyer::start(cgroup, cfg.tcp_destroy_grace);
         let mut dp = EbpfDataplane {
             ebpf,
             tables,
             cfg,
             netns,
             attached: BTreeMap::new(),
-            destroyer: sockdestroy::Destroyer::start(cgroup),
+            destroyer,
             by_port: BTreeMap::new(),
         };
         dp.attach_interfaces()?;
@@ -328,6 +336,8 @@ impl EbpfDataplane {
         // Connections to a removed backend would hang until they time out:
         // destroy them so clients reconnect.
         let gone = self.tables.collect_backends()?;
+        let tables = &self.tables;
+        self.destroyer.keep_alive(|a| tables.has_backend(a));
         self.destroyer.submit(gone);
         Ok(())
     }

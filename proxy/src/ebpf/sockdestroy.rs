@@ -11,14 +11,16 @@
 //!
 //! This runs on a [`Destroyer`] thread after the sync that removed the
 //! backends, so a sync's time is the time to update the maps; new
-//! connections already avoid the removed backends by then.
+//! connections already avoid the removed backends by then. UDP sockets go at
+//! once, TCP connections after a grace period (see [`Destroyer`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr as NlAddr};
 use skiff_cni::Netns;
@@ -237,9 +239,13 @@ fn destroy_here(
     Ok(destroyed)
 }
 
-/// Destroys the TCP and UDP sockets of processes under `cgroup` that are
+/// Destroys the `protos` sockets of processes under `cgroup` that are
 /// connected to one of `gone`; returns how many were destroyed.
-pub fn destroy_connected(cgroup: &Path, gone: &[SocketAddr]) -> Result<usize, SockDestroyError> {
+pub fn destroy_connected(
+    cgroup: &Path,
+    gone: &[SocketAddr],
+    protos: &[u8],
+) -> Result<usize, SockDestroyError> {
     if gone.is_empty() {
         return Ok(0);
     }
@@ -255,36 +261,71 @@ pub fn destroy_connected(cgroup: &Path, gone: &[SocketAddr]) -> Result<usize, So
             socket.bind_auto()?;
             socket.connect(&NlAddr::new(0, 0))?;
             let mut seq = 0;
-            Ok(destroy_here(&mut socket, &mut seq, PROTO_TCP, &gone)?
-                + destroy_here(&mut socket, &mut seq, PROTO_UDP, &gone)?)
+            let mut n = 0;
+            for proto in protos {
+                n += destroy_here(&mut socket, &mut seq, *proto, &gone)?;
+            }
+            Ok(n)
         })??;
     }
     Ok(destroyed)
 }
 
-/// A thread destroying the sockets of removed backends, in order, as syncs
-/// hand them over; it ends when the destroyer is dropped.
+/// How often the destroyer looks for TCP sockets whose grace is over.
+const POLL: Duration = Duration::from_millis(200);
+
+/// Backends whose TCP connections are destroyed once their grace is over.
+type Pending = Arc<Mutex<HashMap<SocketAddr, Instant>>>;
+
+/// A thread destroying the sockets of removed backends as syncs hand them
+/// over: connected UDP sockets at once (a datagram flow has no end to wait
+/// for), TCP connections after a grace period, so requests in flight to a
+/// backend that is draining can finish while long-lived connections do not
+/// hang on it forever; a backend that comes back within its grace keeps its
+/// connections. The thread ends when the destroyer is dropped.
 pub struct Destroyer {
     tx: Option<mpsc::Sender<Vec<SocketAddr>>>,
+    pending: Pending,
+    grace: Duration,
     thread: Option<JoinHandle<()>>,
+}
+
+fn log(result: Result<usize, SockDestroyError>, what: &str) {
+    match result {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(sockets = n, "destroyed {what} sockets of removed backends"),
+        Err(e) => tracing::warn!("destroying {what} sockets of removed backends: {e}"),
+    }
 }
 
 impl Destroyer {
     /// Starts the thread for the processes under `cgroup`.
-    pub fn start(cgroup: PathBuf) -> Destroyer {
+    pub fn start(cgroup: PathBuf, grace: Duration) -> Destroyer {
         let (tx, rx) = mpsc::channel::<Vec<SocketAddr>>();
+        let pending: Pending = Arc::default();
+        let due = pending.clone();
         let thread = std::thread::Builder::new()
             .name("skiff-sockdestroy".into())
-            .spawn(move || {
-                for gone in rx {
-                    match destroy_connected(&cgroup, &gone) {
-                        Ok(0) => {}
-                        Ok(n) => {
-                            tracing::info!(sockets = n, "destroyed sockets of removed backends")
-                        }
-                        Err(e) => tracing::warn!("destroying sockets of removed backends: {e}"),
-                    }
+            .spawn(move || loop {
+                match rx.recv_timeout(POLL) {
+                    Ok(gone) => log(destroy_connected(&cgroup, &gone, &[PROTO_UDP]), "UDP"),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 }
+                let now = Instant::now();
+                let ready: Vec<SocketAddr> = match due.lock() {
+                    Ok(mut p) => {
+                        let ready = p
+                            .iter()
+                            .filter(|(_, at)| **at <= now)
+                            .map(|(a, _)| *a)
+                            .collect();
+                        p.retain(|_, at| *at > now);
+                        ready
+                    }
+                    Err(_) => break,
+                };
+                log(destroy_connected(&cgroup, &ready, &[PROTO_TCP]), "TCP");
             })
             .ok();
         if thread.is_none() {
@@ -292,14 +333,29 @@ impl Destroyer {
         }
         Destroyer {
             tx: thread.is_some().then_some(tx),
+            pending,
+            grace,
             thread,
         }
     }
 
     /// Queues the sockets connected to `gone` for destruction.
     pub fn submit(&self, gone: Vec<SocketAddr>) {
-        if let (Some(tx), false) = (&self.tx, gone.is_empty()) {
-            let _ = tx.send(gone);
+        let Some(tx) = &self.tx else { return };
+        if gone.is_empty() {
+            return;
+        }
+        if let Ok(mut p) = self.pending.lock() {
+            let at = Instant::now() + self.grace;
+            p.extend(gone.iter().map(|a| (*a, at)));
+        }
+        let _ = tx.send(gone);
+    }
+
+    /// Cancels the TCP destruction of backends that are back (`alive`).
+    pub fn keep_alive(&self, alive: impl Fn(&SocketAddr) -> bool) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.retain(|a, _| !alive(a));
         }
     }
 }

@@ -235,6 +235,11 @@ impl Tables {
         Ok(id)
     }
 
+    /// Whether a backend at `addr` is installed.
+    pub fn has_backend(&self, addr: &SocketAddr) -> bool {
+        self.backend_ids.contains_key(addr)
+    }
+
     fn backend_unref(&mut self, ids: &[u32]) {
         for id in ids {
             if let Some(e) = self.backend_refs.get_mut(id) {

@@ -129,6 +129,11 @@ const JUMPS: [(&str, &str, &[&str]); 10] = [
     ("filter", "FORWARD", &["-j", chains::FIREWALL]),
 ];
 
+/// nft: rules per restore transaction in a full sync. iptables-nft-restore
+/// (1.8.9) takes time growing with the square of one transaction's size with
+/// `--noflush`: 129k lines took 23 s at once and 5 s as ten transactions.
+const NFT_CHUNK_RULES: u64 = 5000;
+
 /// Per-family record of what is installed: every port's rules as rendered,
 /// so a partial sync can delete exactly the entries that changed.
 #[derive(Default)]
@@ -247,55 +252,97 @@ impl Iptables {
         changes: &Changes,
     ) -> Result<Sent, IptablesError> {
         let key = family_key(family);
-        let (installed, tx) = match self.installed.remove(&key) {
-            Some(old) if !changes.full => self.partial(family, map, changes, old),
+        let (installed, txs) = match self.installed.remove(&key) {
+            Some(old) if !changes.full => {
+                let (installed, tx) = self.partial(family, map, changes, old);
+                (installed, vec![tx])
+            }
             _ => {
                 let tools = self.tools(family);
                 // What exists now: chains left by an earlier run (or another
                 // proxy) go, and jumps someone removed come back.
                 let nat = tools.save("nat")?;
                 let filter = tools.save("filter")?;
-                let (installed, mut tx) = self.full(family, map, &nat);
-                add_missing_jumps(&mut tx, &(nat + &filter));
-                (installed, tx)
+                let (installed, mut txs) = self.full(family, map, &nat);
+                if let Some(last) = txs.last_mut() {
+                    add_missing_jumps(last, &(nat + &filter));
+                }
+                (installed, txs)
             }
         };
-        let text = tx.text();
-        if !tx.is_empty() {
-            self.tools(family).restore(&text)?;
-        }
-        let sent = Sent {
+        let mut sent = Sent {
             rules: installed.rule_count(),
-            written: tx.rule_count(),
-            bytes: text.len() as u64,
+            ..Sent::default()
         };
+        for tx in txs.iter().filter(|t| !t.is_empty()) {
+            let text = tx.text();
+            self.tools(family).restore(&text)?;
+            sent.written += tx.rule_count();
+            sent.bytes += text.len() as u64;
+        }
         self.installed.insert(key, installed);
         Ok(sent)
     }
 
     /// Everything: base chains, every port, and the deletion of chains we
     /// own that nothing wants any more (`existing`: `iptables-save -t nat`).
-    fn full(&self, family: Family, map: &ServiceMap, existing: &str) -> (Installed, Transaction) {
-        let mut tx = Transaction::with_base_chains();
+    ///
+    /// Legacy gets one transaction. nft gets the ports' own chains in chunks
+    /// of about [`NFT_CHUNK_RULES`] rules (each port's chains within one
+    /// chunk, so every port switches atomically), then one transaction that
+    /// rewrites the base chains, which only then point at new chains, and
+    /// deletes the stale ones.
+    fn full(
+        &self,
+        family: Family,
+        map: &ServiceMap,
+        existing: &str,
+    ) -> (Installed, Vec<Transaction>) {
+        let chunked = self.backend == Backend::Nft;
+        let mut txs = Vec::new();
+        let has = |chain: &str| {
+            existing
+                .lines()
+                .any(|l| l.starts_with(&format!(":{chain} ")))
+        };
+        if chunked && !(has(chains::MARK_MASQ) && has(chains::MARK_DROP)) {
+            // The chunks jump to the mark chains: make them first.
+            let mut base = Transaction::with_base_chains();
+            base.finish_base();
+            txs.push(base);
+        }
+        let mut last = Transaction::with_base_chains();
+        let mut chunk = Transaction::new();
         let mut now = Installed::default();
         for (name, port) in &map.ports {
             let r = render_port(port, family, &self.options);
             if r == PortRules::default() {
                 continue;
             }
-            tx.write_port(&r);
-            tx.append_entries(&r.entries);
+            if chunked {
+                chunk.write_port(&r);
+                if chunk.rule_count() >= NFT_CHUNK_RULES {
+                    txs.push(std::mem::take(&mut chunk));
+                }
+            } else {
+                last.write_port(&r);
+            }
+            last.append_entries(&r.entries);
             now.ports.insert(name.clone(), r);
         }
-        tx.finish_base();
-        now.base_rules = tx.base_rule_count();
+        if !chunk.is_empty() {
+            txs.push(chunk);
+        }
+        last.finish_base();
+        now.base_rules = last.base_rule_count();
         let wanted: BTreeSet<&String> = now.ports.values().flat_map(|r| &r.chains).collect();
         for c in existing_chains(existing) {
             if !wanted.contains(&c) {
-                tx.delete_nat_chain(c);
+                last.delete_nat_chain(c);
             }
         }
-        (now, tx)
+        txs.push(last);
+        (now, txs)
     }
 
     /// Only the changed ports: their own chains rewritten, their base-chain

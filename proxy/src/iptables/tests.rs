@@ -331,3 +331,64 @@ fn chain_names_are_stable_and_fit_iptables() {
     other.name = "web2".into();
     assert_ne!(chains::svc(name), chains::svc(&other));
 }
+
+#[test]
+fn nft_full_sync_is_chunked_with_each_port_whole_and_the_base_chains_last() {
+    let services: Vec<Value> = (0..400)
+        .map(|i| {
+            svc(
+                &format!("s{i}"),
+                &format!("10.96.1.{}", i % 250 + 1),
+                json!({}),
+            )
+        })
+        .collect();
+    let slices: Vec<Value> = (0..400)
+        .map(|i| {
+            let ips: Vec<String> = (0..10)
+                .map(|e| format!("10.244.{}.{}", i % 200, e + 2))
+                .collect();
+            let pairs: Vec<(&str, &str)> = ips.iter().map(|ip| (ip.as_str(), "n1")).collect();
+            slice(&format!("s{i}"), &pairs)
+        })
+        .collect();
+    let m = map(&services, &slices);
+    let (ipt, _) = installed(&m);
+    let (now, txs) = ipt.full(Family::V4, &m, "");
+    let texts: Vec<String> = txs.iter().map(Transaction::text).collect();
+    // A fresh namespace: the mark chains come first, then >1 chunk, then the base.
+    assert!(texts.len() >= 4, "{} transactions", texts.len());
+    assert!(texts[0].contains(":KUBE-MARK-MASQ - [0:0]"));
+    let last = texts.last().unwrap();
+    assert!(last.contains(":KUBE-SERVICES - [0:0]"));
+    assert!(
+        !last.contains(":KUBE-SVC-"),
+        "port chains belong in the chunks"
+    );
+    let declared: Vec<BTreeSet<&str>> = texts
+        .iter()
+        .map(|t| {
+            t.lines()
+                .filter_map(|l| l.strip_prefix(':'))
+                .filter_map(|l| l.split(' ').next())
+                .collect()
+        })
+        .collect();
+    for (name, r) in &now.ports {
+        let holding: Vec<usize> = declared
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| r.chains.iter().any(|c| d.contains(c.as_str())))
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(holding.len(), 1, "{name}'s chains are split: {holding:?}");
+    }
+    // Legacy: one transaction.
+    let legacy = Iptables::new(
+        Netns::current(),
+        options(),
+        vec![Family::V4],
+        Backend::Legacy,
+    );
+    assert_eq!(legacy.full(Family::V4, &m, "").1.len(), 1);
+}
