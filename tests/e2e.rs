@@ -70,7 +70,18 @@ fn nodeport_url(cluster: &Cluster, node: usize) -> String {
 /// Service following every change.
 #[test]
 fn example_app_across_nodes_scales_and_heals() {
-    let cluster = Cluster::up(3, &[]);
+    example_app(&[]);
+}
+
+/// The same with the eBPF data plane in every agent: socket load balancing
+/// for ClusterIPs, tc programs on the node interfaces for the NodePort.
+#[test]
+fn example_app_across_nodes_scales_and_heals_ebpf() {
+    example_app(&["--proxy-mode", "ebpf"]);
+}
+
+fn example_app(up_flags: &[&str]) {
+    let cluster = Cluster::up(3, up_flags);
     assert!(
         cluster.up_output().contains("export KUBECONFIG="),
         "skiff up should say how to use the cluster:\n{}",
@@ -254,40 +265,30 @@ fn wait_agent_back(cluster: &Cluster, node: &str, old: u32) {
     );
 }
 
-/// With short node timeouts: a rolling update under a constant request loop
-/// loses no request; an established connection through a ClusterIP survives
-/// a restart of the agents on both ends; a node whose agent stops goes
-/// NotReady and its pods come back on the other nodes.
-#[test]
-fn rolling_update_agent_restart_and_node_loss() {
-    let cluster = Cluster::up(
-        3,
-        &[
-            "--server-arg=--node-monitor-grace-period=10s",
-            "--server-arg=--default-toleration-seconds=5",
-        ],
-    );
-    apply_examples(&cluster);
-    let before = wait_service_follows(&cluster, WEB, "web", 3);
+/// A rolling update of `web` under a constant request loop through the
+/// NodePort of every node, from the underlay: no request fails, and every
+/// pod is new afterwards.
+fn rolling_update_loses_no_request(cluster: &Cluster) {
+    let before = wait_service_follows(cluster, WEB, "web", 3);
     // The proxies program the NodePort shortly after the endpoints exist.
     for i in 1..=cluster.nodes {
         wait_for(
             &format!("NodePort {NODE_PORT} on node {i}"),
             Duration::from_secs(60),
-            || cluster.get_from_underlay(&nodeport_url(&cluster, i)),
+            || cluster.get_from_underlay(&nodeport_url(cluster, i)),
         );
     }
 
     // Rolling update under load: zero failed requests.
     let stop = Arc::new(AtomicBool::new(false));
     let urls = (1..=cluster.nodes)
-        .map(|i| nodeport_url(&cluster, i))
+        .map(|i| nodeport_url(cluster, i))
         .collect();
     let requests = request_loop(cluster.underlay(), urls, "hello from web-", stop.clone());
     thread::sleep(Duration::from_secs(2));
     cluster.kubectl_ok(&["rollout", "restart", "deployment/web"]);
     cluster.kubectl_ok(&["rollout", "status", "deployment/web", "--timeout=180s"]);
-    let after = wait_service_follows(&cluster, WEB, "web", 3);
+    let after = wait_service_follows(cluster, WEB, "web", 3);
     thread::sleep(Duration::from_secs(2));
     stop.store(true, Ordering::Relaxed);
     let (answered, failures) = requests.join().expect("request loop");
@@ -306,6 +307,23 @@ fn rolling_update_agent_restart_and_node_loss() {
         after.iter().all(|p| !old.contains(p.name.as_str())),
         "every pod is new after the rollout: {before:?} → {after:?}"
     );
+}
+
+/// With short node timeouts: a rolling update under a constant request loop
+/// loses no request; an established connection through a ClusterIP survives
+/// a restart of the agents on both ends; a node whose agent stops goes
+/// NotReady and its pods come back on the other nodes.
+#[test]
+fn rolling_update_agent_restart_and_node_loss() {
+    let cluster = Cluster::up(
+        3,
+        &[
+            "--server-arg=--node-monitor-grace-period=10s",
+            "--server-arg=--default-toleration-seconds=5",
+        ],
+    );
+    apply_examples(&cluster);
+    rolling_update_loses_no_request(&cluster);
 
     // An established connection through a ClusterIP survives agent restarts,
     // both on the client's node (whose proxy rules translated it) and on
@@ -374,6 +392,15 @@ fn rolling_update_agent_restart_and_node_loss() {
         Duration::from_secs(90),
         || cluster.ready_nodes().contains(&lost).then_some(()),
     );
+}
+
+/// A rolling update with the eBPF data plane: the NodePort's tc programs
+/// and their connection table follow the endpoints without a failed request.
+#[test]
+fn rolling_update_ebpf() {
+    let cluster = Cluster::up(3, &["--proxy-mode", "ebpf"]);
+    apply_examples(&cluster);
+    rolling_update_loses_no_request(&cluster);
 }
 
 /// `skiff up` refuses bad flags and a second cluster on the same directory;

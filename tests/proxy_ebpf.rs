@@ -376,3 +376,81 @@ fn sockets_of_a_removed_backend_are_destroyed() {
     );
     drop(client);
 }
+
+/// IPv6 ClusterIPs through the connect6/sendmsg6/recvmsg6/getpeername6
+/// programs: TCP and unconnected UDP reach the backend, and the application
+/// sees the ClusterIP as its peer both times.
+#[test]
+fn ipv6_cluster_ip_tcp_and_udp() {
+    let mut plane = Plane::new("v6");
+    let client = Netns::new(&unique("v6c"));
+    let backend = Netns::new(&unique("v6b"));
+    client.exec(&[
+        "ip",
+        "link",
+        "add",
+        "eth0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        backend.name(),
+    ]);
+    for (ns, ip) in [(&client, "fd00:77::1"), (&backend, "fd00:77::2")] {
+        // nodad: usable at once instead of after duplicate address detection.
+        ns.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{ip}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        ns.exec(&["ip", "link", "set", "eth0", "up"]);
+    }
+    let tcp = "import socket\ns=socket.socket(socket.AF_INET6,socket.SOCK_STREAM)\n\
+        s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('::',8080))\ns.listen(16)\n\
+        while True:\n c,a=s.accept(); c.sendall(('tcp6 '+a[0]).encode()); c.close()\n";
+    let udp = "import socket\ns=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM)\n\
+        s.bind(('::',5353))\nwhile True:\n d,a=s.recvfrom(100); s.sendto(b'udp6',a)\n";
+    let _servers = [
+        backend.spawn(&["python3", "-c", tcp]),
+        backend.spawn(&["python3", "-c", udp]),
+    ];
+    let web = service(
+        "web",
+        "fd00:10:96::10",
+        80,
+        Protocol::Tcp,
+        vec![endpoint("fd00:77::2", 8080, false)],
+    );
+    let dns = service(
+        "dns",
+        "fd00:10:96::53",
+        53,
+        Protocol::Udp,
+        vec![endpoint("fd00:77::2", 5353, false)],
+    );
+    sync(&mut plane, &map_of(&[], vec![web, dns]));
+    // Both retry while the servers start.
+    let script = "import socket, time\n\
+        for i in range(50):\n\
+        \x20try:\n  s=socket.create_connection(('fd00:10:96::10',80),timeout=2); print(s.recv(100).decode(), s.getpeername()[:2]); break\n\
+        \x20except OSError:\n  time.sleep(0.1)\n\
+        u=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM); u.settimeout(0.5)\n\
+        for i in range(50):\n\
+        \x20try:\n  u.sendto(b'q',('fd00:10:96::53',53)); d,a=u.recvfrom(100); print(d.decode(), a[:2]); break\n\
+        \x20except OSError:\n  time.sleep(0.1)\n";
+    let out = client.run_in_cgroup(
+        Some(&plane.cgroup),
+        &format!("exec python3 -c \"{script}\" 2>&1"),
+    );
+    assert_eq!(
+        text(&out).trim(),
+        "tcp6 fd00:77::1 ('fd00:10:96::10', 80)\nudp6 ('fd00:10:96::53', 53)",
+        "the backend sees the client, the client sees the ClusterIP"
+    );
+}

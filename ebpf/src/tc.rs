@@ -247,16 +247,16 @@ const NAT_PORT_TRIES: u32 = 8;
 #[inline(always)]
 fn insert_reply(key: &mut CtKey, reply: &CtValue, snat: bool, salt: u32) -> Option<u16> {
     if !snat {
-        SKIFF_CT.insert(&*key, reply, 0).ok()?;
+        SKIFF_CT.insert(*key, reply, 0).ok()?;
         return Some(key.dport);
     }
-    if SKIFF_CT.insert(&*key, reply, BPF_NOEXIST as u64).is_ok() {
+    if SKIFF_CT.insert(*key, reply, BPF_NOEXIST as u64).is_ok() {
         return Some(key.dport);
     }
     for i in 0..NAT_PORT_TRIES {
         let port = NAT_PORT_BASE + salt.wrapping_add(i.wrapping_mul(0x9e37_79b1)) % NAT_PORT_SPAN;
         key.dport = (port as u16).to_be();
-        if SKIFF_CT.insert(&*key, reply, BPF_NOEXIST as u64).is_ok() {
+        if SKIFF_CT.insert(*key, reply, BPF_NOEXIST as u64).is_ok() {
             return Some(key.dport);
         }
     }

@@ -226,6 +226,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         ));
     }
     let ctx = Arc::new(Ctx {
+        events: crate::events::Recorder::start(client.clone(), &cfg.node_name),
         client,
         node_name: cfg.node_name.clone(),
         runc: Runc::new(cfg.data_dir.join("runc")),

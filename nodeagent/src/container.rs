@@ -15,9 +15,11 @@ use tokio::io::AsyncBufReadExt;
 
 use crate::context::Ctx;
 use crate::env::Lookup;
+use crate::events;
 use crate::image::{ImageStore, PullPolicy, RegistryCredential};
 use crate::probe::{self, ProbeStatus, ProbeTasks};
 use crate::runtime::bundle::{self, BindMount, ContainerPlan};
+use crate::runtime::cgroup::oom_kills;
 use crate::runtime::shim::{ExitRecord, CREATED};
 use crate::sandbox::{SandboxInfo, SandboxPaths};
 
@@ -50,6 +52,9 @@ pub struct Meta {
     pub image_id: String,
     pub started_at: String,
     pub log_path: PathBuf,
+    /// The cgroup file counting OOM kills of this container.
+    #[serde(default)]
+    pub oom_counter: Option<PathBuf>,
 }
 
 /// A started container as the pod worker tracks it.
@@ -71,6 +76,11 @@ impl Record {
             self.exit = ExitRecord::read(&self.dir.join("exit"));
             if self.exit.is_some() {
                 self.probe_tasks = None;
+                // The cgroup is still there: `runc delete` comes after this.
+                let oom = self.meta.oom_counter.as_deref().and_then(oom_kills);
+                if self.kill_reason.is_none() && oom.is_some_and(|n| n > 0) {
+                    self.kill_reason = Some("OOMKilled".into());
+                }
             }
         }
         self.exit.as_ref()
@@ -211,11 +221,7 @@ pub async fn start(
     attempt: u32,
 ) -> Result<Record, StartError> {
     let image_name = container.image.clone().unwrap_or_default();
-    let image = ctx
-        .images
-        .ensure(&image_name, pull_policy(container), p.creds)
-        .await
-        .map_err(|e| StartError::new(e.reason(), &e))?;
+    let image = pull_image(ctx, p.pod, container, init, p.creds).await?;
     let id = runc_id(p.uid, &container.name, attempt);
     let dir = p
         .pod_dir
@@ -351,7 +357,19 @@ pub async fn start(
     };
     bundle::write(&dir, &plan).map_err(|e| StartError::new("CreateContainerError", e))?;
     let pid_file = dir.join("init.pid");
-    spawn_shim(ctx, &id, &dir, &log_path, &pid_file).await?;
+    let event = |type_: &str, reason: &str, message: String| {
+        ctx.events
+            .container(p.pod, &container.name, init, type_, reason, message)
+    };
+    if let Err(e) = spawn_shim(ctx, &id, &dir, &log_path, &pid_file).await {
+        event(events::WARNING, "Failed", format!("Error: {}", e.message));
+        return Err(e);
+    }
+    event(
+        events::NORMAL,
+        "Created",
+        format!("Created container: {}", container.name),
+    );
     let pid: i32 = std::fs::read_to_string(&pid_file)
         .ok()
         .and_then(|s| s.trim().parse().ok())
@@ -362,13 +380,19 @@ pub async fn start(
     }
     if let Err(e) = ctx.runc.start(&id).await {
         let _ = ctx.runc.delete(&id).await;
+        event(events::WARNING, "Failed", format!("Error: {e}"));
         return Err(StartError::new("RunContainerError", e));
     }
+    event(
+        events::NORMAL,
+        "Started",
+        format!("Started container {}", container.name),
+    );
     let meta = Meta {
         name: container.name.clone(),
         init,
         attempt,
-        runc_id: id,
+        runc_id: id.clone(),
         image: image_name,
         image_id: if image.repo_digest.is_empty() {
             image.id.clone()
@@ -380,6 +404,7 @@ pub async fn start(
             .map(|t| t.to_string())
             .unwrap_or_default(),
         log_path,
+        oom_counter: ctx.cgroups.oom_counter(p.uid, &id),
     };
     let meta_path = dir.join("meta.json");
     std::fs::write(&meta_path, serde_json::to_vec(&meta).unwrap_or_default())
@@ -396,6 +421,70 @@ pub async fn start(
         start_probes(ctx, &mut rec, container, p.sandbox);
     }
     Ok(rec)
+}
+
+/// Makes the container's image present per its pull policy, with the
+/// Pulling / Pulled / Failed events upstream's kubelet writes.
+async fn pull_image(
+    ctx: &Ctx,
+    pod: &Pod,
+    container: &Container,
+    init: bool,
+    creds: &[RegistryCredential],
+) -> Result<crate::image::Image, StartError> {
+    let image_name = container.image.clone().unwrap_or_default();
+    let policy = pull_policy(container);
+    let event = |type_: &str, reason: &str, message: String| {
+        ctx.events
+            .container(pod, &container.name, init, type_, reason, message)
+    };
+    let present = matches!(ctx.images.get(&image_name), Ok(Some(_)));
+    let pulls = match policy {
+        PullPolicy::Always => true,
+        PullPolicy::IfNotPresent => !present,
+        PullPolicy::Never => false,
+    };
+    if pulls {
+        event(
+            events::NORMAL,
+            "Pulling",
+            format!("Pulling image \"{image_name}\""),
+        );
+    }
+    let started = Instant::now();
+    match ctx.images.ensure(&image_name, policy, creds).await {
+        Ok(image) => {
+            let message = if pulls {
+                format!(
+                    "Successfully pulled image \"{image_name}\" in {:.3}s",
+                    started.elapsed().as_secs_f64()
+                )
+            } else {
+                format!("Container image \"{image_name}\" already present on machine")
+            };
+            event(events::NORMAL, "Pulled", message);
+            Ok(image)
+        }
+        Err(e) => {
+            if e.reason() == "ErrImageNeverPull" {
+                event(
+                    events::WARNING,
+                    e.reason(),
+                    format!(
+                        "Container image \"{image_name}\" is not present with pull policy of Never"
+                    ),
+                );
+            } else {
+                event(
+                    events::WARNING,
+                    "Failed",
+                    format!("Failed to pull image \"{image_name}\": {e}"),
+                );
+            }
+            event(events::WARNING, "Failed", format!("Error: {}", e.reason()));
+            Err(StartError::new(e.reason(), &e))
+        }
+    }
 }
 
 /// Starts the probes of a running (or adopted) container.

@@ -25,6 +25,8 @@ pub struct Ctx {
     pub netconf: NetConf,
     pub dns: DnsSettings,
     pub host_ip: IpAddr,
+    /// Where pod and container events go.
+    pub events: crate::events::Recorder,
     /// argv prefix that runs the shim (`skiff agent`); shim flags are appended.
     pub shim_command: Vec<String>,
 }

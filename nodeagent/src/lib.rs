@@ -9,6 +9,7 @@ pub mod container;
 pub mod context;
 pub mod dns;
 pub mod env;
+pub mod events;
 pub mod exec;
 pub mod image;
 pub mod logs;

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use crate::container::{self, PodRef, Record};
 use crate::context::Ctx;
 use crate::env::Lookup;
+use crate::events;
 use crate::sandbox::{self, SandboxInfo, SandboxPaths};
 use crate::status::{self, Slot, View};
 
@@ -47,6 +48,8 @@ pub struct Worker {
     cond_times: BTreeMap<String, (bool, String)>,
     last_status: Option<Value>,
     last_volume_sync: Option<Instant>,
+    /// When the last FailedMount event was written (one per refresh period).
+    last_mount_event: Option<Instant>,
 }
 
 fn now() -> String {
@@ -78,6 +81,7 @@ impl Worker {
             cond_times: BTreeMap::new(),
             last_status: None,
             last_volume_sync: None,
+            last_mount_event: None,
         };
         w.adopt(pod);
         w
@@ -183,7 +187,21 @@ impl Worker {
         if due {
             match crate::volume::sync(pod, &self.pod_dir, &lookup).await {
                 Ok(()) => self.last_volume_sync = Some(Instant::now()),
-                Err(e) => blocked = Some(("CreateContainerConfigError".into(), e.to_string())),
+                Err(e) => {
+                    if self
+                        .last_mount_event
+                        .is_none_or(|t| t.elapsed() >= VOLUME_REFRESH)
+                    {
+                        self.last_mount_event = Some(Instant::now());
+                        self.ctx.events.pod(
+                            pod,
+                            events::WARNING,
+                            "FailedMount",
+                            format!("MountVolume.SetUp failed: {e}"),
+                        );
+                    }
+                    blocked = Some(("CreateContainerConfigError".into(), e.to_string()))
+                }
             }
         }
         let terminal = matches!(
@@ -192,6 +210,14 @@ impl Worker {
         );
         if self.sandbox.is_none() && blocked.is_none() && !terminal {
             let node = self.ctx.node_netns();
+            let host = sandbox::HostNet {
+                netns: self
+                    .ctx
+                    .node_netns
+                    .clone()
+                    .unwrap_or_else(|| "/proc/self/ns/net".into()),
+                ip: self.ctx.host_ip,
+            };
             let created = match node {
                 Ok(node) => sandbox::create(
                     &SandboxPaths::new(&self.pod_dir),
@@ -199,6 +225,7 @@ impl Worker {
                     &self.ctx.netconf,
                     &node,
                     &self.ctx.dns,
+                    &host,
                 )
                 .await
                 .map_err(|e| e.to_string()),
@@ -285,6 +312,31 @@ impl Worker {
                 if r.exit.is_none() && r.probes.failed.load(Ordering::SeqCst) {
                     let why = r.probes.failed_by.get().cloned().unwrap_or_default();
                     tracing::info!(pod = %p.uid, container = %c.name, "{why}, restarting");
+                    let probe = if why.starts_with("Startup") {
+                        "startup"
+                    } else {
+                        "liveness"
+                    };
+                    let ev = &self.ctx.events;
+                    ev.container(
+                        pod,
+                        &c.name,
+                        false,
+                        events::WARNING,
+                        "Unhealthy",
+                        why.clone(),
+                    );
+                    ev.container(
+                        pod,
+                        &c.name,
+                        false,
+                        events::NORMAL,
+                        "Killing",
+                        format!(
+                            "Container {} failed {probe} probe, will be restarted",
+                            c.name
+                        ),
+                    );
                     let grace = Duration::from_secs(
                         spec.termination_grace_period_seconds.unwrap_or(30).max(0) as u64,
                     );
@@ -358,6 +410,16 @@ impl Worker {
             .filter_map(|(name, slot)| {
                 let c: Option<&Container> = spec.containers.iter().find(|c| &c.name == name);
                 let rec = slot.current.as_mut()?;
+                if rec.poll_exit().is_none() {
+                    ctx.events.container(
+                        pod,
+                        name,
+                        rec.meta.init,
+                        events::NORMAL,
+                        "Killing",
+                        format!("Stopping container {name}"),
+                    );
+                }
                 Some(container::stop(
                     &ctx,
                     rec,
@@ -438,17 +500,30 @@ async fn start_or_backoff(ctx: &Ctx, p: &PodRef<'_>, c: &Container, init: bool, 
         // The first restart is immediate; then 10 s doubling up to 5 min.
         slot.next_start = Some(now + slot.backoff);
         if !slot.backoff.is_zero() {
+            let (pod_name, ns) = (
+                p.pod.metadata.name.as_deref().unwrap_or(""),
+                p.pod.metadata.namespace.as_deref().unwrap_or(""),
+            );
             slot.waiting = Some((
                 "CrashLoopBackOff".into(),
                 format!(
-                    "back-off {}s restarting failed container={} pod={}_{}({})",
+                    "back-off {}s restarting failed container={} pod={pod_name}_{ns}({})",
                     slot.backoff.as_secs(),
                     c.name,
-                    p.pod.metadata.name.as_deref().unwrap_or(""),
-                    p.pod.metadata.namespace.as_deref().unwrap_or(""),
                     p.uid
                 ),
             ));
+            ctx.events.container(
+                p.pod,
+                &c.name,
+                init,
+                events::WARNING,
+                "BackOff",
+                format!(
+                    "Back-off restarting failed container {} in pod {pod_name}_{ns}({})",
+                    c.name, p.uid
+                ),
+            );
         }
         slot.backoff = (slot.backoff * 2).clamp(BACKOFF_START, BACKOFF_MAX);
     }
@@ -479,6 +554,19 @@ async fn start_or_backoff(ctx: &Ctx, p: &PodRef<'_>, c: &Container, init: bool, 
                 }
                 _ => e.reason.clone(),
             };
+            if reason == "ImagePullBackOff" {
+                let image = c.image.as_deref().unwrap_or("");
+                let event = |type_: &str, reason: &str, message: String| {
+                    ctx.events
+                        .container(p.pod, &c.name, init, type_, reason, message)
+                };
+                event(
+                    events::NORMAL,
+                    "BackOff",
+                    format!("Back-off pulling image \"{image}\""),
+                );
+                event(events::WARNING, "Failed", "Error: ImagePullBackOff".into());
+            }
             slot.waiting = Some((reason, e.message));
             slot.backoff = (slot.backoff * 2).clamp(BACKOFF_START, BACKOFF_MAX);
             slot.next_start = Some(now + slot.backoff);

@@ -62,8 +62,25 @@ pub struct DnsSettings {
 /// What a created sandbox has, persisted as `sandbox.json` for adoption after a restart.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SandboxInfo {
-    /// Pod addresses from CNI ADD, IPv4 first.
+    /// Pod addresses from CNI ADD, IPv4 first (the node's IP for hostNetwork).
     pub ips: Vec<IpAddr>,
+    /// The pod runs in the node's network and UTS namespaces (no CNI).
+    #[serde(default)]
+    pub host_network: bool,
+}
+
+/// The node's network, which hostNetwork pods join instead of getting their own.
+#[derive(Debug, Clone)]
+pub struct HostNet {
+    /// The node's network namespace file (`/proc/self/ns/net` without `--netns`).
+    pub netns: PathBuf,
+    /// The node's InternalIP, the pod's IP.
+    pub ip: IpAddr,
+}
+
+/// Whether the pod asks for the node's network namespace.
+pub fn is_host_network(pod: &Pod) -> bool {
+    pod.spec.as_ref().and_then(|s| s.host_network) == Some(true)
 }
 
 /// The sandbox paths of one pod.
@@ -116,8 +133,14 @@ pub fn pod_hostname(pod: &Pod) -> String {
     trimmed.trim_end_matches(['-', '.']).to_string()
 }
 
-/// Creates the pod's namespaces with `hostname` set in its UTS namespace.
-fn create_namespaces(paths: &SandboxPaths, hostname: &str) -> Result<(), SandboxError> {
+/// Creates the pod's namespaces with `hostname` set in its UTS namespace; with
+/// `host_netns` (hostNetwork) the node's network namespace and the agent's UTS
+/// namespace are bind-mounted instead and only IPC is new.
+fn create_namespaces(
+    paths: &SandboxPaths,
+    hostname: Option<&str>,
+    host_netns: Option<&Path>,
+) -> Result<(), SandboxError> {
     let ns_dir = paths.dir.join("ns");
     std::fs::create_dir_all(&ns_dir).map_err(io(&ns_dir))?;
     let targets = [
@@ -128,18 +151,31 @@ fn create_namespaces(paths: &SandboxPaths, hostname: &str) -> Result<(), Sandbox
     for (_, t) in &targets {
         File::create(t).map_err(io(t))?;
     }
-    let hostname = hostname.to_string();
+    let hostname = hostname.map(str::to_string);
+    let host_netns = host_netns.map(Path::to_path_buf);
     let ns = |step: &str| {
         let step = step.to_string();
         move |source| SandboxError::Namespace { step, source }
     };
     std::thread::spawn(move || -> Result<(), SandboxError> {
         // This thread alone moves into the new namespaces and ends right after.
-        unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS)
-            .map_err(ns("unshare"))?;
-        nix::unistd::sethostname(&hostname).map_err(ns("sethostname"))?;
+        // The UTS namespace is joined from the agent's own (before unshare) for hostNetwork.
+        let host_uts = PathBuf::from("/proc/self/ns/uts");
+        let flags = if host_netns.is_some() {
+            CloneFlags::CLONE_NEWIPC
+        } else {
+            CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS
+        };
+        unshare(flags).map_err(ns("unshare"))?;
+        if let Some(h) = &hostname {
+            nix::unistd::sethostname(h).map_err(ns("sethostname"))?;
+        }
         for (kind, target) in &targets {
-            let source = PathBuf::from(format!("/proc/thread-self/ns/{kind}"));
+            let source = match (*kind, &host_netns) {
+                ("net", Some(node)) => node.clone(),
+                ("uts", Some(_)) => host_uts.clone(),
+                _ => PathBuf::from(format!("/proc/thread-self/ns/{kind}")),
+            };
             mount(
                 Some(&source),
                 target,
@@ -194,9 +230,13 @@ pub async fn create(
     conf: &NetConf,
     node: &Netns,
     dns: &DnsSettings,
+    host: &HostNet,
 ) -> Result<SandboxInfo, SandboxError> {
     if let Some(info) = paths.load() {
         return Ok(info);
+    }
+    if is_host_network(pod) {
+        return create_host_network(paths, pod, dns, host);
     }
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let pod_name = format!(
@@ -207,7 +247,7 @@ pub async fn create(
     let hostname = pod_hostname(pod);
     // A half-made sandbox from a crash is removed and made again.
     teardown_namespaces(paths);
-    create_namespaces(paths, &hostname)?;
+    create_namespaces(paths, Some(&hostname), None)?;
     let pod_ns = Netns::open(paths.netns()).map_err(|e| SandboxError::Cni {
         op: "ADD",
         pod: pod_name.clone(),
@@ -229,7 +269,33 @@ pub async fn create(
         })?;
     let mut ips: Vec<IpAddr> = result.ips.iter().map(|c| c.address.ip()).collect();
     ips.sort_by_key(|ip| ip.is_ipv6());
-    let info = SandboxInfo { ips };
+    let info = SandboxInfo {
+        ips,
+        host_network: false,
+    };
+    write_etc_files(paths, pod, &hostname, &info, dns)?;
+    let text = serde_json::to_vec(&info).unwrap_or_default();
+    std::fs::write(paths.info(), text).map_err(io(&paths.info()))?;
+    Ok(info)
+}
+
+/// A hostNetwork sandbox: the node's network and UTS namespaces bind-mounted
+/// in place of new ones (only IPC is the pod's own), the node's IP, no CNI.
+fn create_host_network(
+    paths: &SandboxPaths,
+    pod: &Pod,
+    dns: &DnsSettings,
+    host: &HostNet,
+) -> Result<SandboxInfo, SandboxError> {
+    teardown_namespaces(paths);
+    create_namespaces(paths, None, Some(&host.netns))?;
+    let hostname = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| pod_hostname(pod));
+    let info = SandboxInfo {
+        ips: vec![host.ip],
+        host_network: true,
+    };
     write_etc_files(paths, pod, &hostname, &info, dns)?;
     let text = serde_json::to_vec(&info).unwrap_or_default();
     std::fs::write(paths.info(), text).map_err(io(&paths.info()))?;
@@ -278,7 +344,12 @@ fn write_etc_files(
 pub fn resolv_conf(pod: &Pod, dns: &DnsSettings) -> String {
     let spec = pod.spec.clone().unwrap_or_default();
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
-    let policy = spec.dns_policy.as_deref().unwrap_or("ClusterFirst");
+    let policy = match spec.dns_policy.as_deref().unwrap_or("ClusterFirst") {
+        // Upstream: a hostNetwork pod resolves like its node unless it asks
+        // for ClusterFirstWithHostNet.
+        "ClusterFirst" if spec.host_network == Some(true) => "Default",
+        p => p,
+    };
     let (mut servers, mut search, mut options): (Vec<String>, Vec<String>, Vec<String>) =
         match policy {
             "None" => (vec![], vec![], vec![]),
@@ -350,13 +421,16 @@ pub async fn remove(
 ) -> Result<(), SandboxError> {
     let netns = paths.netns();
     let ns_arg = netns.exists().then(|| netns.clone());
-    skiff_cni::del(conf, &attachment(uid, ns_arg), node)
-        .await
-        .map_err(|e| SandboxError::Cni {
-            op: "DEL",
-            pod: uid.to_string(),
-            message: e.to_string(),
-        })?;
+    // A hostNetwork pod has no CNI attachment; its ns/net is the node's.
+    if !paths.load().is_some_and(|i| i.host_network) {
+        skiff_cni::del(conf, &attachment(uid, ns_arg), node)
+            .await
+            .map_err(|e| SandboxError::Cni {
+                op: "DEL",
+                pod: uid.to_string(),
+                message: e.to_string(),
+            })?;
+    }
     teardown_namespaces(paths);
     let _ = std::fs::remove_file(paths.info());
     Ok(())

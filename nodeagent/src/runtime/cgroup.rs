@@ -82,6 +82,19 @@ impl NodeCgroups {
         })
     }
 
+    /// The file counting a container's OOM kills (`oom_kill N`): the v1
+    /// `memory.oom_control` where runc enforces the memory limit on hybrid
+    /// hosts, else the v2 `memory.events`.
+    pub fn oom_counter(&self, pod_uid: &str, container_id: &str) -> Option<PathBuf> {
+        let rel = format!("pod-{pod_uid}/{container_id}");
+        match self.node_v1("memory") {
+            Some(node) => Some(node.join(rel).join("memory.oom_control")),
+            None => self
+                .node_v2()
+                .map(|node| node.join(rel).join("memory.events")),
+        }
+    }
+
     /// The pod's v1 cgroup directory in `controller` (e.g. `memory`, `cpuacct`).
     pub fn pod_v1(&self, pod_uid: &str, controller: &str) -> Option<PathBuf> {
         self.node_v1(controller)
@@ -125,6 +138,15 @@ impl NodeCgroups {
             .chain(self.node_v2())
             .any(|root| root.join(&pod).exists())
     }
+}
+
+/// The `oom_kill` count in a `memory.oom_control` / `memory.events` file.
+pub fn oom_kills(counter: &Path) -> Option<u64> {
+    std::fs::read_to_string(counter)
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
 }
 
 fn mkdir(dir: &Path) -> Result<(), CgroupError> {
