@@ -181,7 +181,7 @@ spec:
 }
 
 #[test]
-fn adopted_container_is_not_started_again_and_deletion_records_killing() {
+fn readiness_failures_adoption_and_deletion_are_recorded() {
     let server = TestServer::start(StoreKind::Redb);
     let mut node = AgentNode::start(&server, &format!("ev{}-rs", std::process::id() % 10_000));
     let manifest = format!(
@@ -195,6 +195,9 @@ spec:
     image: {BUSYBOX}
     imagePullPolicy: Never
     command: ["sleep", "3600"]
+    readinessProbe:
+      exec: {{command: ["false"]}}
+      periodSeconds: 2
 "#
     );
     server.kubectl_stdin_ok(&["apply", "-f", "-"], &manifest);
@@ -220,6 +223,19 @@ spec:
     .expect("Started event");
     assert_eq!(again["count"], started["count"], "{again}");
     assert_eq!(again["metadata"]["name"], started["metadata"]["name"]);
+
+    // Every failed readiness probe is an Unhealthy event, aggregated into one.
+    let unhealthy = wait_for("Unhealthy counted twice", Duration::from_secs(60), || {
+        find(
+            &events_of(&server, "calm"),
+            "Unhealthy",
+            "spec.containers{main}",
+        )
+        .filter(|e| e["count"].as_i64() >= Some(2))
+        .cloned()
+    });
+    assert_eq!(unhealthy["message"], "Readiness probe failed");
+    assert_eq!(unhealthy["type"], "Warning");
 
     // Deleting the pod stops its running container with a Killing event.
     server.kubectl_ok(&["delete", "pod", "calm", "--wait=false"]);

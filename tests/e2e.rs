@@ -63,6 +63,33 @@ fn nodeport_url(cluster: &Cluster, node: usize) -> String {
     format!("http://{}:{NODE_PORT}/", cluster.node_address(node))
 }
 
+/// Waits until the NodePort of node 1 answers only with `pods`' pages: the
+/// proxies follow the endpoints within moments, and from then on 10
+/// requests in a row reach no other pod.
+fn nodeport_serves_only(cluster: &Cluster, pods: &[ReadyPod]) {
+    nodeport_serves_only_via(cluster, 1, pods);
+}
+
+fn nodeport_serves_only_via(cluster: &Cluster, node: usize, pods: &[ReadyPod]) {
+    let pages: BTreeSet<String> = pods.iter().map(page_of).collect();
+    let url = nodeport_url(cluster, node);
+    let mut last = Vec::new();
+    let converged = (0..30).any(|_| {
+        last = (0..10)
+            .map(|_| cluster.get_from_underlay(&url).unwrap_or_default())
+            .filter(|p| !pages.contains(p))
+            .collect();
+        if !last.is_empty() {
+            thread::sleep(Duration::from_secs(1));
+        }
+        last.is_empty()
+    });
+    assert!(
+        converged,
+        "{url} still answers {last:?}, not only from {pages:?}"
+    );
+}
+
 /// The examples apply and answer: pod → ClusterIP → pods on other nodes,
 /// DNS names (svc, svc.ns, FQDN, headless), pod → pod across nodes, NodePort
 /// from the underlay; then scale 3 → 10 → 2,
@@ -172,13 +199,7 @@ fn example_app(up_flags: &[&str]) {
     );
     cluster.kubectl_ok(&["scale", "deployment/web", "--replicas=2"]);
     let two = wait_service_follows(&cluster, WEB, "web", 2);
-    let pages: BTreeSet<String> = two.iter().map(page_of).collect();
-    for _ in 0..10 {
-        let page = cluster
-            .get_from_underlay(&nodeport_url(&cluster, 1))
-            .expect("NodePort answers after scaling down");
-        assert!(pages.contains(&page), "{page:?} is not one of {pages:?}");
-    }
+    nodeport_serves_only(&cluster, &two);
 
     // A deleted pod is replaced by a new one, and the Service follows.
     let victim = two[0].clone();
@@ -376,13 +397,7 @@ fn rolling_update_agent_restart_and_node_loss() {
     let survivor = (1..=cluster.nodes)
         .find(|i| format!("{}-node{i}", cluster.prefix) != lost)
         .expect("a surviving node");
-    let pages: BTreeSet<String> = moved.iter().map(page_of).collect();
-    for _ in 0..6 {
-        let page = cluster
-            .get_from_underlay(&nodeport_url(&cluster, survivor))
-            .expect("NodePort answers after the node loss");
-        assert!(pages.contains(&page), "{page:?} is not one of {pages:?}");
-    }
+    nodeport_serves_only_via(&cluster, survivor, &moved);
     eprintln!("pods moved off {lost} after {:?}", started.elapsed());
     let _ = Command::new("kill")
         .args(["-CONT", &pid.to_string()])

@@ -67,6 +67,8 @@ pub struct Record {
     pub probe_tasks: Option<ProbeTasks>,
     /// Set when the agent killed it (liveness failure, pod deletion).
     pub kill_reason: Option<String>,
+    /// Readiness failures already written as Unhealthy events.
+    pub readiness_failures_reported: u32,
 }
 
 impl Record {
@@ -97,6 +99,7 @@ impl Record {
             probes: Arc::new(ProbeStatus::default()),
             probe_tasks: None,
             kill_reason: None,
+            readiness_failures_reported: 0,
         };
         rec.poll_exit();
         Some(rec)
@@ -416,6 +419,7 @@ pub async fn start(
         probes: Arc::new(ProbeStatus::default()),
         probe_tasks: None,
         kill_reason: None,
+        readiness_failures_reported: 0,
     };
     if !init {
         start_probes(ctx, &mut rec, container, p.sandbox);

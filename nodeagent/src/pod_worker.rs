@@ -309,6 +309,18 @@ impl Worker {
             let slot = self.slots.entry(c.name.clone()).or_default();
             if let Some(r) = slot.current.as_mut() {
                 r.poll_exit();
+                let failures = r.probes.readiness_failures.load(Ordering::SeqCst);
+                if r.exit.is_none() && failures > r.readiness_failures_reported {
+                    r.readiness_failures_reported = failures;
+                    self.ctx.events.container(
+                        pod,
+                        &c.name,
+                        false,
+                        events::WARNING,
+                        "Unhealthy",
+                        "Readiness probe failed",
+                    );
+                }
                 if r.exit.is_none() && r.probes.failed.load(Ordering::SeqCst) {
                     let why = r.probes.failed_by.get().cloned().unwrap_or_default();
                     tracing::info!(pod = %p.uid, container = %c.name, "{why}, restarting");

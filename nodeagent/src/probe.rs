@@ -7,7 +7,7 @@
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +36,8 @@ pub struct ProbeStatus {
     pub failed: AtomicBool,
     /// Which probe failed, for the event and status message.
     pub failed_by: std::sync::OnceLock<String>,
+    /// Failed readiness probe attempts so far (each is an Unhealthy event).
+    pub readiness_failures: AtomicU32,
 }
 
 /// Where probes go.
@@ -208,6 +210,9 @@ async fn probe_loop(kind: Kind, probe: Probe, target: Target, status: Arc<ProbeS
         } else {
             fail_run += 1;
             ok_run = 0;
+            if kind == Kind::Readiness {
+                status.readiness_failures.fetch_add(1, Ordering::SeqCst);
+            }
         }
         match kind {
             Kind::Startup if ok_run >= 1 => {

@@ -13,11 +13,14 @@
 //!    other implementation, and it never splits from the kubelet.
 //! 2. None anywhere → legacy when `iptables-legacy-restore` and
 //!    `ip6tables-legacy-restore` are installed and the kernel has legacy
-//!    tables (`iptables-legacy-save` works): its restore is an order of
-//!    magnitude faster for large rule sets (see `proxy-bench`). Other programs'
-//!    nftables rules (a host firewall, a CNI's masquerade) do not prevent it:
-//!    they keep being evaluated, and the proxy's rules only DNAT service
-//!    addresses and masquerade packets it marked.
+//!    tables (`iptables-legacy-save` works): its full syncs are several times
+//!    faster (`proxy-bench`), which counts because the runner resyncs fully
+//!    every sync period; nft's partial syncs are faster at scale, as legacy
+//!    replaces the whole table on every commit. Other programs' nftables
+//!    rules (a host firewall, a CNI's masquerade) do not prevent legacy: both
+//!    sets of hooks run (each NAT hook only binds a connection its own rules
+//!    translate), and the proxy's rules only DNAT service addresses and
+//!    masquerade packets it marked.
 //! 3. Otherwise nft.
 
 use std::path::PathBuf;

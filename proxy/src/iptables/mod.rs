@@ -21,6 +21,7 @@ pub use backend::{Backend, BackendChoice};
 pub use exec::ExecError;
 pub use rules::{render_port, Family, PortRules, RuleOptions};
 pub use transaction::{Entry, Table, Transaction};
+use transaction::{FILTER_BASE, NAT_BASE};
 
 use crate::conntrack::{Conntrack, ConntrackError, Flow};
 use crate::dataplane::{Dataplane, DataplaneError, SyncStats};
@@ -336,13 +337,48 @@ impl Iptables {
         last.finish_base();
         now.base_rules = last.base_rule_count();
         let wanted: BTreeSet<&String> = now.ports.values().flat_map(|r| &r.chains).collect();
-        for c in existing_chains(existing) {
-            if !wanted.contains(&c) {
+        let stale: Vec<String> = existing_chains(existing)
+            .into_iter()
+            .filter(|c| !wanted.contains(c))
+            .collect();
+        if chunked {
+            // Unreferenced once the base chains are rewritten.
+            txs.push(last);
+            txs.extend(self.nat_chain_removal(stale));
+        } else {
+            for c in stale {
                 last.delete_nat_chain(c);
             }
+            txs.push(last);
         }
-        txs.push(last);
         (now, txs)
+    }
+
+    /// Transactions that flush and delete `doomed` nat chains, which nothing
+    /// outside them references: one for legacy; for nft, chunks that flush
+    /// them all (so none references another any more), then chunks that
+    /// delete them.
+    fn nat_chain_removal(&self, doomed: Vec<String>) -> Vec<Transaction> {
+        if self.backend != Backend::Nft {
+            let mut tx = Transaction::new();
+            for c in doomed {
+                tx.delete_nat_chain(c);
+            }
+            return vec![tx];
+        }
+        let chunk = usize::try_from(NFT_CHUNK_RULES).unwrap_or(usize::MAX);
+        let mut txs = Vec::new();
+        for part in doomed.chunks(chunk) {
+            let mut tx = Transaction::new();
+            part.iter().for_each(|c| tx.flush_nat_chain(c.clone()));
+            txs.push(tx);
+        }
+        for part in doomed.chunks(chunk) {
+            let mut tx = Transaction::new();
+            part.iter().for_each(|c| tx.delete_nat_chain(c.clone()));
+            txs.push(tx);
+        }
+        txs
     }
 
     /// Only the changed ports: their own chains rewritten, their base-chain
@@ -453,28 +489,26 @@ impl Iptables {
             for (table, chain, rule) in JUMPS {
                 tools.remove_jump(table, chain, rule)?;
             }
-            let mut tx = Transaction::new();
-            for c in existing_chains(&tools.save("nat")?) {
-                tx.delete_nat_chain(c);
+            // Base chains flushed first: then no rule outside the per-port
+            // chains points at them, and they can go (in chunks for nft).
+            let mut txs = vec![Transaction::new()];
+            for c in NAT_BASE {
+                txs[0].flush_nat_chain(c.to_string());
             }
-            for c in [
-                chains::SERVICES,
-                chains::NODEPORTS,
-                chains::POSTROUTING,
-                chains::MARK_MASQ,
-                chains::MARK_DROP,
-            ] {
-                tx.delete_nat_chain(c.to_string());
+            txs.extend(
+                self.nat_chain_removal(existing_chains(&tools.save("nat")?).into_iter().collect()),
+            );
+            let mut last = Transaction::new();
+            for c in NAT_BASE {
+                last.delete_nat_chain(c.to_string());
             }
-            for c in [
-                chains::SERVICES,
-                chains::EXTERNAL_SERVICES,
-                chains::FORWARD,
-                chains::FIREWALL,
-            ] {
-                tx.delete_filter_chain(c.to_string());
+            for c in FILTER_BASE {
+                last.delete_filter_chain(c.to_string());
             }
-            tools.restore(&tx.text())?;
+            txs.push(last);
+            for tx in txs.iter().filter(|t| !t.is_empty()) {
+                tools.restore(&tx.text())?;
+            }
         }
         self.installed.clear();
         Ok(())

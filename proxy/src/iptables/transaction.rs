@@ -35,7 +35,7 @@ pub struct Entry {
 }
 
 /// Base chains of the nat table (declared, so flushed, on a full sync).
-const NAT_BASE: [&str; 5] = [
+pub const NAT_BASE: [&str; 5] = [
     chains::SERVICES,
     chains::NODEPORTS,
     chains::POSTROUTING,
@@ -43,7 +43,7 @@ const NAT_BASE: [&str; 5] = [
     chains::MARK_DROP,
 ];
 /// Base chains of the filter table.
-const FILTER_BASE: [&str; 4] = [
+pub const FILTER_BASE: [&str; 4] = [
     chains::SERVICES,
     chains::EXTERNAL_SERVICES,
     chains::FORWARD,
@@ -167,6 +167,11 @@ impl Transaction {
     pub fn delete_entry(&mut self, e: &Entry) {
         let line = format!("-D {} {}", e.chain, e.spec);
         self.table(e.table).rules.push(line);
+    }
+
+    /// Flushes `chain` of the nat table (creating it when missing).
+    pub fn flush_nat_chain(&mut self, chain: String) {
+        self.nat.declared.push(chain);
     }
 
     /// Flushes and deletes `chain` of the nat table.
