@@ -264,3 +264,35 @@ fn a_new_service_is_answered_and_a_deleted_one_is_gone() {
             .then_some(())
     });
 }
+
+#[test]
+fn node_local_dns_none_adds_nothing_to_the_node_and_pods_ask_kube_dns() {
+    let server = TestServer::start(StoreKind::Redb);
+    let node = AgentNode::start_with(&server, &node_name("none"), &["--node-local-dns", "none"]);
+    let manifest = format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: conf}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: cat
+    image: {BUSYBOX}
+    imagePullPolicy: Never
+    command: ["sh", "-c", "cat /etc/resolv.conf; sleep 3600"]
+"#
+    );
+    server.kubectl_stdin_ok(&["apply", "-f", "-"], &manifest);
+    wait_running(&server, "conf");
+    let line = log_line(&server, "conf", "the nameserver line", |l| {
+        l.starts_with("nameserver")
+    });
+    assert_eq!(line.trim(), "nameserver 10.96.0.10");
+    assert!(
+        !node.netns.links().iter().any(|l| l == "skiff-dns"),
+        "{:?}",
+        node.netns.links()
+    );
+    assert!(!node.log().contains("starting node-local DNS"));
+}

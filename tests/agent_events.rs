@@ -224,15 +224,14 @@ spec:
     assert_eq!(again["count"], started["count"], "{again}");
     assert_eq!(again["metadata"]["name"], started["metadata"]["name"]);
 
-    // Every failed readiness probe is an Unhealthy event, aggregated into one.
+    // Every failed readiness probe is an Unhealthy event, aggregated into one
+    // (per agent process: the restarted agent starts a new Event, as upstream).
     let unhealthy = wait_for("Unhealthy counted twice", Duration::from_secs(60), || {
-        find(
-            &events_of(&server, "calm"),
-            "Unhealthy",
-            "spec.containers{main}",
-        )
-        .filter(|e| e["count"].as_i64() >= Some(2))
-        .cloned()
+        events_of(&server, "calm").into_iter().find(|e| {
+            e["reason"] == "Unhealthy"
+                && e["involvedObject"]["fieldPath"] == "spec.containers{main}"
+                && e["count"].as_i64() >= Some(2)
+        })
     });
     assert_eq!(unhealthy["message"], "Readiness probe failed");
     assert_eq!(unhealthy["type"], "Warning");

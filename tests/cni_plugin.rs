@@ -387,3 +387,175 @@ fn delegates_ipam_to_reference_host_local() {
     assert_eq!(r.code(), 104);
     assert!(r.stdout.contains("no-such-ipam"), "{r:?}");
 }
+
+#[test]
+fn static_ips_from_cni_args_and_runtime_config() {
+    let p = unique("st");
+    let node = NetnsGuard::new(&format!("{p}-node"));
+    let pods: Vec<NetnsGuard> = (0..3)
+        .map(|i| NetnsGuard::new(&format!("{p}-pod{i}")))
+        .collect();
+    let data = tempfile::tempdir().unwrap();
+    let conf = skiff_conf("1.1.0", "static", "skst0", &["10.83.1.0/24"], data.path());
+    let with_args = |cmd: &str, cid: &str, pod: &NetnsGuard, args: &str| {
+        let mut inv = Invocation::skiff(cmd, cid, Some(pod));
+        inv.extra_env.push((
+            "CNI_ARGS".into(),
+            format!("IgnoreUnknown=1;K8S_POD_NAME=x;{args}"),
+        ));
+        inv.run_in(&node, &conf.to_string())
+    };
+
+    // CNI_ARGS IP= (host-local's convention).
+    let r1 = with_args("ADD", "c1", &pods[0], "IP=10.83.1.50")
+        .ok()
+        .json();
+    assert_eq!(r1["ips"][0]["address"], "10.83.1.50/24", "{r1}");
+    assert!(pods[0]
+        .exec(&["ip", "-4", "addr", "show", "eth0"])
+        .contains("10.83.1.50/24"));
+    // The `ips` capability: runtimeConfig {"ips": [...]}.
+    let mut rc = conf.clone();
+    rc["runtimeConfig"] = json!({"ips": ["10.83.1.60/24"]});
+    let r2 = Invocation::skiff("ADD", "c2", Some(&pods[1]))
+        .run_in(&node, &rc.to_string())
+        .ok()
+        .json();
+    assert_eq!(r2["ips"][0]["address"], "10.83.1.60/24", "{r2}");
+    assert!(
+        pods[0].ping("10.83.1.60"),
+        "static pods cannot reach each other"
+    );
+
+    // Refused requests name the address and the reason, and leave nothing behind.
+    let taken = with_args("ADD", "c3", &pods[2], "IP=10.83.1.50");
+    assert_eq!(taken.code(), 107, "{taken:?}");
+    let msg = taken.json()["msg"].as_str().unwrap().to_string();
+    assert!(
+        msg.contains("10.83.1.50") && msg.contains("already allocated to container c1"),
+        "{msg}"
+    );
+    let gateway = with_args("ADD", "c3", &pods[2], "IP=10.83.1.1");
+    assert_eq!(gateway.code(), 107, "{gateway:?}");
+    assert!(gateway.stdout.contains("gateway"), "{gateway:?}");
+    let mut outside = conf.clone();
+    outside["runtimeConfig"] = json!({"ips": ["10.99.0.5/24"]});
+    let r = Invocation::skiff("ADD", "c3", Some(&pods[2])).run_in(&node, &outside.to_string());
+    assert_eq!(r.code(), 7, "{r:?}");
+    let msg = r.json()["msg"].as_str().unwrap().to_string();
+    assert!(
+        msg.contains("10.99.0.5") && msg.contains("outside") && msg.contains("10.83.1.0/24"),
+        "{msg}"
+    );
+    let bad = with_args("ADD", "c3", &pods[2], "IP=10.83.1.999");
+    assert_eq!(bad.code(), 4, "{bad:?}");
+    assert_eq!(allocations(data.path(), "static"), 2);
+    assert_eq!(pods[2].links(), vec!["lo"]);
+
+    // Once c1 is gone its address can be requested again.
+    Invocation::skiff("DEL", "c1", Some(&pods[0]))
+        .run_in(&node, &conf.to_string())
+        .ok();
+    let r3 = with_args("ADD", "c3", &pods[2], "IP=10.83.1.50")
+        .ok()
+        .json();
+    assert_eq!(r3["ips"][0]["address"], "10.83.1.50/24", "{r3}");
+    for (cid, pod) in [("c2", &pods[1]), ("c3", &pods[2])] {
+        Invocation::skiff("DEL", cid, Some(pod))
+            .run_in(&node, &conf.to_string())
+            .ok();
+    }
+    assert_eq!(allocations(data.path(), "static"), 0);
+}
+
+/// A CNI 1.1.0 IPAM plugin (a shell script) that logs how it was called and
+/// answers STATUS with code 50 once `full` exists next to it.
+fn fake_ipam(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let d = dir.display();
+    let script = format!(
+        r#"#!/bin/sh
+conf=$(cat)
+printf 'cmd=%s cid=%s ifname=%s netns=%s\n%s\n' "$CNI_COMMAND" "${{CNI_CONTAINERID-unset}}" "${{CNI_IFNAME-unset}}" "${{CNI_NETNS-unset}}" "$conf" >> {d}/log
+case "$CNI_COMMAND" in
+VERSION) echo '{{"cniVersion":"1.1.0","supportedVersions":["1.0.0","1.1.0"]}}' ;;
+ADD) echo '{{"cniVersion":"1.1.0","ips":[{{"address":"10.84.1.7/24","gateway":"10.84.1.1"}}]}}' ;;
+STATUS) if [ -e {d}/full ]; then echo '{{"cniVersion":"1.1.0","code":50,"msg":"pool p1 is full"}}'; exit 1; fi ;;
+esac
+"#
+    );
+    let path = dir.join("fake-ipam");
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+#[test]
+fn gc_and_status_pass_through_to_delegated_ipam() {
+    let p = unique("dg");
+    let node = NetnsGuard::new(&format!("{p}-node"));
+    let pod = NetnsGuard::new(&format!("{p}-pod"));
+    let dir = tempfile::tempdir().unwrap();
+    fake_ipam(dir.path());
+    let log = || std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
+    let conf = json!({
+        "cniVersion": "1.1.0", "name": "dgnet", "type": "skiff", "bridge": "skdg0",
+        "ipam": {"type": "fake-ipam", "pool": "p1"},
+    });
+    let inv = |cmd: &str, cid: &str, pod: Option<&NetnsGuard>| {
+        let mut i = Invocation::skiff(cmd, cid, pod);
+        i.cni_path = format!("{}:{}", i.cni_path, dir.path().display());
+        i
+    };
+    let r = inv("ADD", "c1", Some(&pod))
+        .run_in(&node, &conf.to_string())
+        .ok()
+        .json();
+    assert_eq!(r["ips"][0]["address"], "10.84.1.7/24", "{r}");
+    assert!(log().contains("cmd=ADD cid=c1 ifname=eth0"), "{}", log());
+
+    // STATUS: passed through with only CNI_COMMAND/CNI_PATH, and the
+    // delegate's "not available" comes back as code 50 with its message.
+    inv("STATUS", "", None)
+        .run_in(&node, &conf.to_string())
+        .ok();
+    assert!(
+        log().contains("cmd=STATUS cid=unset ifname=unset netns=unset"),
+        "{}",
+        log()
+    );
+    std::fs::write(dir.path().join("full"), "").unwrap();
+    let st = inv("STATUS", "", None).run_in(&node, &conf.to_string());
+    assert_eq!(st.code(), 50, "{st:?}");
+    assert!(st.stdout.contains("pool p1 is full"), "{st:?}");
+
+    // GC: the delegate gets the config with the valid list; skiff removes the
+    // stale veth itself.
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "other", "ifname": "eth0"}]);
+    inv("GC", "", None).run_in(&node, &gc.to_string()).ok();
+    let calls = log();
+    let at = calls
+        .find("cmd=GC cid=unset ifname=unset netns=unset\n")
+        .unwrap_or_else(|| panic!("no GC call: {calls}"));
+    let sent: Value = serde_json::from_str(calls[at..].lines().nth(1).expect("GC stdin")).unwrap();
+    assert_eq!(
+        sent["cni.dev/valid-attachments"][0]["containerID"], "other",
+        "{sent}"
+    );
+    assert_eq!(sent["ipam"]["pool"], "p1");
+    assert_eq!(pod.links(), vec!["lo"]);
+
+    // A delegate that predates 1.1.0 (Debian's host-local 1.1.1) is not sent
+    // a command it does not know; the error says what to upgrade.
+    let mut old = conf.clone();
+    old["ipam"] = json!({"type": "host-local", "ranges": [[{"subnet": "10.84.2.0/24"}]],
+                         "dataDir": dir.path()});
+    let st = inv("STATUS", "", None).run_in(&node, &old.to_string());
+    assert_eq!(st.code(), 104, "{st:?}");
+    let msg = st.json()["msg"].as_str().unwrap().to_string();
+    assert!(
+        msg.contains("host-local") && msg.contains("STATUS needs 1.1.0"),
+        "{msg}"
+    );
+}

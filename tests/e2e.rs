@@ -455,6 +455,34 @@ fn up_refuses_conflicts_and_down_cleans_up_after_a_crash() {
         "{err}"
     );
 
+    // Another directory with the same prefix: refused before it touches
+    // anything of the running cluster.
+    let other = tempfile::tempdir().expect("tempdir");
+    let other_arg = other.path().display().to_string();
+    let prefix = cluster.prefix.clone();
+    let err = skiff(&[
+        "up",
+        "--nodes",
+        "1",
+        "--data-dir",
+        &other_arg,
+        "--prefix",
+        &prefix,
+    ]);
+    assert!(
+        err.contains("already exists") && err.contains("--prefix"),
+        "{err}"
+    );
+    assert!(
+        !other.path().join("up.state").exists(),
+        "a refused skiff up leaves no state"
+    );
+    assert_eq!(
+        cluster.ready_nodes().len(),
+        1,
+        "the first cluster is intact"
+    );
+
     // A crash of skiff up leaves its processes and namespaces; a new
     // skiff up points at skiff down, which removes them.
     let mut up = cluster.take_up_child().expect("skiff up child");

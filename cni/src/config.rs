@@ -47,6 +47,9 @@ pub struct NetConf {
     pub prev_result: Option<CniResult>,
     /// GC: attachments that must survive.
     pub valid_attachments: Option<Vec<AttachmentId>>,
+    /// Static addresses requested by runtimeConfig `ips` (the `ips`
+    /// capability) or `args.cni.ips`.
+    pub requested_ips: Vec<IpAddr>,
     /// The config exactly as received, handed to a delegated IPAM plugin.
     pub raw: Vec<u8>,
 }
@@ -128,10 +131,8 @@ struct RawConf {
     ipam: Option<Value>,
     dns: Option<Dns>,
     // Keys a runtime adds for every plugin; skiff reads prevResult and the GC list.
-    #[serde(rename = "args")]
-    _args: Option<Value>,
-    #[serde(rename = "runtimeConfig")]
-    _runtime_config: Option<Value>,
+    args: Option<Value>,
+    runtime_config: Option<Value>,
     #[serde(rename = "capabilities")]
     _capabilities: Option<Value>,
     prev_result: Option<Value>,
@@ -246,6 +247,17 @@ impl NetConf {
             .map(|v| CniResult::from_json(&v))
             .transpose()
             .map_err(|e| invalid(format!("prevResult is not a CNI result: {e}")))?;
+        let mut requested_ips = requested_ips_of(
+            "runtimeConfig.ips",
+            raw.runtime_config.as_ref().and_then(|v| v.get("ips")),
+        )?;
+        requested_ips.extend(requested_ips_of(
+            "args.cni.ips",
+            raw.args
+                .as_ref()
+                .and_then(|v| v.get("cni"))
+                .and_then(|v| v.get("ips")),
+        )?);
         Ok(NetConf {
             cni_version,
             name,
@@ -260,6 +272,7 @@ impl NetConf {
             dns: raw.dns.unwrap_or_default(),
             prev_result,
             valid_attachments: raw.valid_attachments,
+            requested_ips,
             raw: stdin.to_vec(),
         })
     }
@@ -447,6 +460,30 @@ fn parse_subnet(field: &str, s: &str) -> Result<IpNetwork, CniError> {
         ))
     })?;
     IpNetwork::new(net.network(), net.prefix()).map_err(|e| invalid(format!("{field} {s:?}: {e}")))
+}
+
+/// Parses a list of static address requests (`"10.244.1.50/24"` or
+/// `"10.244.1.50"`; the prefix length comes from the range's subnet).
+fn requested_ips_of(field: &str, v: Option<&Value>) -> Result<Vec<IpAddr>, CniError> {
+    let Some(v) = v else { return Ok(Vec::new()) };
+    let list = v
+        .as_array()
+        .ok_or_else(|| invalid(format!("{field} must be a list of addresses")))?;
+    list.iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let at = format!("{field}[{i}]");
+            let s = item
+                .as_str()
+                .ok_or_else(|| invalid(format!("{at} must be a string such as \"10.244.1.50/24\"")))?;
+            match s.parse::<IpNetwork>() {
+                Ok(net) => Ok(net.ip()),
+                Err(_) => Err(invalid(format!(
+                    "{at} {s:?} is not an IP address (write e.g. \"10.244.1.50/24\" or \"10.244.1.50\")"
+                ))),
+            }
+        })
+        .collect()
 }
 
 fn parse_ip(field: &str, s: &str) -> Result<IpAddr, CniError> {

@@ -3,6 +3,7 @@
 //! `CNI_*` environment, the same network config on stdin, the result on
 //! stdout — from inside the node namespace.
 
+use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -45,6 +46,16 @@ pub enum DelegateError {
         /// Its message (and details).
         msg: String,
     },
+    /// The plugin does not speak the spec version a command needs.
+    #[error("IPAM plugin {plugin} supports CNI versions {versions} but {command} needs 1.1.0; upgrade it (containernetworking-plugins 1.5 or later implements GC and STATUS) or use \"ipam\": {{\"type\": \"skiff\"}}")]
+    TooOld {
+        /// The plugin name.
+        plugin: String,
+        /// The command.
+        command: String,
+        /// What its VERSION reported.
+        versions: String,
+    },
     /// The plugin printed something that is not JSON.
     #[error("IPAM plugin {plugin} printed output that is not JSON: {output:?}")]
     BadOutput {
@@ -79,8 +90,54 @@ pub fn exec(
     att: &Attachment,
     stdin: &[u8],
 ) -> Result<Option<Value>, DelegateError> {
-    let bin = find(plugin, &att.cni_path)?;
-    let out = node.run(|| run(&bin, command, att, stdin))?;
+    let netns = att.netns.clone().unwrap_or_default().into_os_string();
+    let env = vec![
+        ("CNI_CONTAINERID", att.container_id.clone().into()),
+        ("CNI_NETNS", netns),
+        ("CNI_IFNAME", att.ifname.clone().into()),
+        ("CNI_ARGS", att.args.clone().into()),
+    ];
+    exec_with(node, plugin, command, &att.cni_path, env, stdin)
+}
+
+/// Runs a network-level command (GC, STATUS) of `plugin`: per the spec only
+/// `CNI_COMMAND` and `CNI_PATH` are set, and the config goes on stdin. A
+/// plugin whose VERSION does not list 1.1.0 is refused with a clear error
+/// instead of being sent a command it does not know.
+pub fn exec_network(
+    node: &Netns,
+    plugin: &str,
+    command: &str,
+    cni_path: &[PathBuf],
+    stdin: &[u8],
+) -> Result<Option<Value>, DelegateError> {
+    let asked = br#"{"cniVersion":"1.1.0"}"#;
+    let versions = exec_with(node, plugin, "VERSION", cni_path, Vec::new(), asked)?
+        .and_then(|v| v.get("supportedVersions").cloned())
+        .unwrap_or(Value::Null);
+    let speaks_1_1 = versions
+        .as_array()
+        .is_some_and(|l| l.iter().any(|v| v == "1.1.0"));
+    if !speaks_1_1 {
+        return Err(DelegateError::TooOld {
+            plugin: plugin.to_string(),
+            command: command.to_string(),
+            versions: versions.to_string(),
+        });
+    }
+    exec_with(node, plugin, command, cni_path, Vec::new(), stdin)
+}
+
+fn exec_with(
+    node: &Netns,
+    plugin: &str,
+    command: &str,
+    cni_path: &[PathBuf],
+    env: Vec<(&str, OsString)>,
+    stdin: &[u8],
+) -> Result<Option<Value>, DelegateError> {
+    let bin = find(plugin, cni_path)?;
+    let out = node.run(|| run(&bin, command, cni_path, &env, stdin))?;
     let out = out.map_err(|source| DelegateError::Spawn {
         path: bin.clone(),
         source,
@@ -121,21 +178,25 @@ pub fn exec(
 fn run(
     bin: &Path,
     command: &str,
-    att: &Attachment,
+    cni_path: &[PathBuf],
+    env: &[(&str, OsString)],
     stdin: &[u8],
 ) -> std::io::Result<std::process::Output> {
-    let path = std::env::join_paths(&att.cni_path).unwrap_or_default();
-    let mut child = Command::new(bin)
+    let path = std::env::join_paths(cni_path).unwrap_or_default();
+    let mut cmd = Command::new(bin);
+    cmd.env_remove("CNI_CONTAINERID")
+        .env_remove("CNI_NETNS")
+        .env_remove("CNI_IFNAME")
+        .env_remove("CNI_ARGS")
         .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", &att.container_id)
-        .env("CNI_NETNS", att.netns.as_deref().unwrap_or(Path::new("")))
-        .env("CNI_IFNAME", &att.ifname)
-        .env("CNI_ARGS", &att.args)
         .env("CNI_PATH", path)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn()?;
     if let Some(mut pipe) = child.stdin.take() {
         pipe.write_all(stdin)?;
     }

@@ -44,6 +44,8 @@ pub enum Code {
     CheckFailed = 105,
     /// 106: a sysctl could not be read or written.
     Sysctl = 106,
+    /// 107: a requested static address is in use or is a gateway.
+    AddressUnavailable = 107,
 }
 
 /// A CNI error: code, short message and optional details.

@@ -5,12 +5,16 @@
 //! (found by their `skiff/<network>/…` alias, and by name for allocations a
 //! crashed ADD left before the alias was set) and masquerade rules. STATUS
 //! says whether ADD can succeed: 50 when a range set is full, 51 when pods are
-//! attached but the bridge is gone.
+//! attached but the bridge is gone. With a delegated IPAM plugin both are
+//! passed through to it (only `CNI_COMMAND` and `CNI_PATH` set, per the spec),
+//! and its 50/51 STATUS codes are returned as they are.
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 
 use crate::bridge;
 use crate::config::{AttachmentId, Ipam, NetConf};
+use crate::delegate::{self, DelegateError};
 use crate::errors::{from_err, CniError, Code};
 use crate::ipam::Store;
 use crate::masq;
@@ -45,7 +49,8 @@ fn needs_1_1(conf: &NetConf, what: &str) -> Result<(), CniError> {
 }
 
 /// Removes every attachment of `conf`'s network that is not in its valid list.
-pub async fn gc(conf: &NetConf, node: &Netns) -> Result<GcReport, CniError> {
+/// A delegated IPAM plugin (found in `cni_path`) gets the same GC first.
+pub async fn gc(conf: &NetConf, node: &Netns, cni_path: &[PathBuf]) -> Result<GcReport, CniError> {
     needs_1_1(conf, "GC")?;
     let valid: HashSet<AttachmentId> = conf
         .valid_attachments
@@ -60,13 +65,19 @@ pub async fn gc(conf: &NetConf, node: &Netns) -> Result<GcReport, CniError> {
         .collect();
     let mut report = GcReport::default();
     let mut doomed: Vec<AttachmentId> = Vec::new();
-    if let Ipam::Builtin(b) = &conf.ipam {
-        let gone = Store::new(b, &conf.name).gc(&valid).map_err(ipam_err)?;
-        report.addresses = gone.len();
-        doomed.extend(gone.into_iter().map(|a| AttachmentId {
-            container_id: a.container_id,
-            ifname: a.ifname,
-        }));
+    match &conf.ipam {
+        Ipam::Builtin(b) => {
+            let gone = Store::new(b, &conf.name).gc(&valid).map_err(ipam_err)?;
+            report.addresses = gone.len();
+            doomed.extend(gone.into_iter().map(|a| AttachmentId {
+                container_id: a.container_id,
+                ifname: a.ifname,
+            }));
+        }
+        Ipam::Delegate { plugin } => {
+            delegate::exec_network(node, plugin, "GC", cni_path, &conf.raw)
+                .map_err(|e| delegate_err(&e))?;
+        }
     }
 
     let h = node.netlink().map_err(|e| from_err(Code::Netlink, &e))?;
@@ -116,11 +127,27 @@ pub async fn gc(conf: &NetConf, node: &Netns) -> Result<GcReport, CniError> {
     Ok(report)
 }
 
-/// Reports whether ADD can succeed (`Ok`) or why not (codes 50/51).
-pub async fn status(conf: &NetConf, node: &Netns) -> Result<(), CniError> {
+/// Maps a delegate's failure to a CNI error, keeping its 50/51 STATUS codes.
+fn delegate_err(e: &DelegateError) -> CniError {
+    let code = match e {
+        DelegateError::Failed { code: 50, .. } => Code::NotAvailable,
+        DelegateError::Failed { code: 51, .. } => Code::NotAvailableLimitedConnectivity,
+        _ => Code::Delegate,
+    };
+    from_err(code, e)
+}
+
+/// Reports whether ADD can succeed (`Ok`) or why not (codes 50/51). With a
+/// delegated IPAM plugin, its STATUS answer is passed through.
+pub async fn status(conf: &NetConf, node: &Netns, cni_path: &[PathBuf]) -> Result<(), CniError> {
     needs_1_1(conf, "STATUS")?;
-    let Ipam::Builtin(b) = &conf.ipam else {
-        return Ok(());
+    let b = match &conf.ipam {
+        Ipam::Builtin(b) => b,
+        Ipam::Delegate { plugin } => {
+            return delegate::exec_network(node, plugin, "STATUS", cni_path, &conf.raw)
+                .map(|_| ())
+                .map_err(|e| delegate_err(&e));
+        }
     };
     let store = Store::new(b, &conf.name);
     if let Some(full) = store

@@ -24,8 +24,9 @@ pub struct Outcome {
 }
 
 /// `CNI_ARGS` keys skiff understands; others need `IgnoreUnknown=1`.
-const KNOWN_ARGS: [&str; 5] = [
+const KNOWN_ARGS: [&str; 6] = [
     "IgnoreUnknown",
+    "IP",
     "K8S_POD_NAMESPACE",
     "K8S_POD_NAME",
     "K8S_POD_INFRA_CONTAINER_ID",
@@ -73,8 +74,12 @@ async fn run(
     }
     let conf = NetConf::parse(stdin)?;
     match command.as_str() {
-        "STATUS" => gc::status(&conf, node).await.map(|()| String::new()),
-        "GC" => gc::gc(&conf, node).await.map(|_| String::new()),
+        "STATUS" => gc::status(&conf, node, &cni_path(env))
+            .await
+            .map(|()| String::new()),
+        "GC" => gc::gc(&conf, node, &cni_path(env))
+            .await
+            .map(|_| String::new()),
         _ => {
             let att = attachment(env, &command)?;
             match command.as_str() {
@@ -114,6 +119,16 @@ fn required(
     })
 }
 
+fn cni_path(env: &dyn Fn(&str) -> Option<String>) -> Vec<PathBuf> {
+    env("CNI_PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .filter(|d| !d.as_os_str().is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn attachment(env: &dyn Fn(&str) -> Option<String>, command: &str) -> Result<Attachment, CniError> {
     let container_id = required(env, "CNI_CONTAINERID", command)?;
     let ifname = required(env, "CNI_IFNAME", command)?;
@@ -124,13 +139,7 @@ fn attachment(env: &dyn Fn(&str) -> Option<String>, command: &str) -> Result<Att
     };
     let args = env("CNI_ARGS").unwrap_or_default();
     check_args(&args)?;
-    let cni_path = env("CNI_PATH")
-        .map(|p| {
-            std::env::split_paths(&p)
-                .filter(|d| !d.as_os_str().is_empty())
-                .collect()
-        })
-        .unwrap_or_default();
+    let cni_path = cni_path(env);
     let att = Attachment {
         container_id,
         ifname,

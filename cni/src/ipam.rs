@@ -72,6 +72,26 @@ pub enum IpamError {
         /// How many addresses the set has.
         size: u128,
     },
+    /// A requested static address is in no range of the network.
+    #[error("requested IP {ip} is outside every range of network {network} ({ranges}); request an address inside a range")]
+    NotInRange {
+        /// The requested address.
+        ip: IpAddr,
+        /// The network name.
+        network: String,
+        /// The network's ranges, printed.
+        ranges: String,
+    },
+    /// A requested static address cannot be handed out.
+    #[error("requested IP {ip} of network {network} is not available: {why}")]
+    Unavailable {
+        /// The requested address.
+        ip: IpAddr,
+        /// The network name.
+        network: String,
+        /// Why (its owner, or that it is the gateway).
+        why: String,
+    },
 }
 
 /// One allocated address.
@@ -166,6 +186,19 @@ impl Store {
         conf: &BuiltinIpam,
         id: &AttachmentId,
     ) -> Result<(Vec<Allocated>, bool), IpamError> {
+        self.allocate_requested(conf, id, &[])
+    }
+
+    /// Like [`Store::allocate`], but range sets holding one of `requested`
+    /// (static addresses: `CNI_ARGS` `IP=`, runtimeConfig `ips`) get exactly
+    /// that address; an address in no range, in use, the gateway, or two in
+    /// one range set are refused and nothing is recorded.
+    pub fn allocate_requested(
+        &self,
+        conf: &BuiltinIpam,
+        id: &AttachmentId,
+        requested: &[IpAddr],
+    ) -> Result<(Vec<Allocated>, bool), IpamError> {
         let mut locked = self.lock()?;
         let owned: Vec<IpAddr> = locked
             .state
@@ -179,8 +212,51 @@ impl Store {
         }
         let taken: HashSet<IpAddr> = locked.state.allocations.iter().map(|a| a.ip).collect();
         locked.state.last.resize(conf.range_sets.len(), None);
+        let mut fixed: Vec<Option<IpAddr>> = vec![None; conf.range_sets.len()];
+        for &ip in requested {
+            let unavailable = |why: String| IpamError::Unavailable {
+                ip,
+                network: self.network.clone(),
+                why,
+            };
+            let Some(i) = conf
+                .range_sets
+                .iter()
+                .position(|s| s.0.iter().any(|r| r.contains(ip)))
+            else {
+                return Err(IpamError::NotInRange {
+                    ip,
+                    network: self.network.clone(),
+                    ranges: conf
+                        .range_sets
+                        .iter()
+                        .map(set_label)
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                });
+            };
+            if let Some(other) = fixed[i] {
+                return Err(unavailable(format!(
+                    "{other} was also requested from the same range set; request one address per family"
+                )));
+            }
+            if conf.range_sets[i].0.iter().any(|r| r.gateway == ip) {
+                return Err(unavailable("it is the gateway of its range".into()));
+            }
+            if let Some(a) = locked.state.allocations.iter().find(|a| a.ip == ip) {
+                return Err(unavailable(format!(
+                    "it is already allocated to container {} interface {}",
+                    a.container_id, a.ifname
+                )));
+            }
+            fixed[i] = Some(ip);
+        }
         let mut ips = Vec::new();
         for (i, set) in conf.range_sets.iter().enumerate() {
+            if let Some(ip) = fixed[i] {
+                ips.push(ip);
+                continue;
+            }
             let ip =
                 pick(set, &taken, locked.state.last[i]).ok_or_else(|| IpamError::Exhausted {
                     network: self.network.clone(),
@@ -193,7 +269,9 @@ impl Store {
         let owner = format!("{}/{}", id.container_id, id.ifname);
         for (i, ip) in ips.iter().enumerate() {
             locked.link(&format!("{IP_PREFIX}{ip}"), &owner)?;
-            locked.replace(&format!("{LAST_PREFIX}{i}"), &ip.to_string())?;
+            if fixed[i].is_none() {
+                locked.replace(&format!("{LAST_PREFIX}{i}"), &ip.to_string())?;
+            }
         }
         Ok((describe(conf, &ips), false))
     }

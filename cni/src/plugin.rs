@@ -54,6 +54,29 @@ impl Attachment {
         }
     }
 
+    /// Static addresses asked for with `CNI_ARGS` `IP=a[,b]` (host-local's
+    /// convention); a value that is not an address is code 4.
+    pub fn requested_ips(&self) -> Result<Vec<IpAddr>, CniError> {
+        let mut out = Vec::new();
+        for part in self.args.split(';') {
+            let Some(list) = part.strip_prefix("IP=") else {
+                continue;
+            };
+            for s in list.split(',').filter(|s| !s.is_empty()) {
+                let ip = s.parse::<IpNetwork>().map(|n| n.ip()).map_err(|_| {
+                    CniError::new(
+                        Code::InvalidEnvironment,
+                        format!(
+                            "CNI_ARGS IP={s:?} is not an IP address; write e.g. IP=10.244.1.50"
+                        ),
+                    )
+                })?;
+                out.push(ip);
+            }
+        }
+        Ok(out)
+    }
+
     /// Checks the identifiers (code 4) and, if `need_netns`, that a netns is given.
     pub fn validate(&self, need_netns: bool) -> Result<(), CniError> {
         if !crate::config::valid_name(&self.container_id) {
@@ -353,8 +376,10 @@ pub(crate) fn allocate(
 ) -> Result<Addressing, CniError> {
     match &conf.ipam {
         Ipam::Builtin(b) => {
+            let mut requested = conf.requested_ips.clone();
+            requested.extend(att.requested_ips()?);
             let (ips, existed) = Store::new(b, &conf.name)
-                .allocate(b, &att.id())
+                .allocate_requested(b, &att.id(), &requested)
                 .map_err(ipam_err)?;
             let gw_of = |v4: bool| {
                 ips.iter()
@@ -449,6 +474,8 @@ pub(crate) fn ipam_err(e: ipam::IpamError) -> CniError {
         ipam::IpamError::Exhausted { .. } => Code::RangeExhausted,
         ipam::IpamError::LockTimeout { .. } => Code::TryAgainLater,
         ipam::IpamError::Io { .. } | ipam::IpamError::Corrupt { .. } => Code::Io,
+        ipam::IpamError::NotInRange { .. } => Code::InvalidConfig,
+        ipam::IpamError::Unavailable { .. } => Code::AddressUnavailable,
     };
     from_err(code, &e)
 }

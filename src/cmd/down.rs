@@ -23,10 +23,17 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> Result<()> {
-    let dir = args
-        .data_dir
-        .canonicalize()
-        .with_context(|| format!("no cluster data in {}", args.data_dir.display()))?;
+    let dir = match args.data_dir.canonicalize() {
+        Ok(dir) => dir,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            println!(
+                "skiff down: {} does not exist; nothing to do",
+                args.data_dir.display()
+            );
+            return Ok(());
+        }
+        Err(e) => return Err(e).with_context(|| format!("{}", args.data_dir.display())),
+    };
     let Some(state) = up::State::load(&dir)? else {
         println!(
             "skiff down: no cluster recorded in {} (no up.state); nothing to do",

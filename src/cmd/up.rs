@@ -169,11 +169,25 @@ async fn start(args: &Args, state: &mut UpState, children: &mut Vec<Supervised>)
     let dir = state.data_dir.clone();
     let logs = dir.join("logs");
     let underlay = format!("{}-underlay", args.prefix);
+    let node_names: Vec<String> = (1..=args.nodes)
+        .map(|i| format!("{}-node{i}", args.prefix))
+        .collect();
+    // Names in use belong to another cluster: fail before recording them,
+    // so that this one's teardown never touches them.
+    for name in std::iter::once(&underlay).chain(&node_names) {
+        if lab::netns_path(name).exists() {
+            bail!(
+                "network namespace {name} already exists: another cluster uses --prefix {} \
+                 (choose another prefix), or one was left behind (`skiff down --data-dir \
+                 DIR` of that cluster removes it)",
+                args.prefix
+            );
+        }
+    }
     state.underlay_netns = Some(underlay.clone());
     state.save()?;
     lab::create_underlay(&underlay).await?;
-    for i in 1..=args.nodes {
-        let name = format!("{}-node{i}", args.prefix);
+    for (name, i) in node_names.into_iter().zip(1..) {
         state.nodes.push(NodeState {
             name: name.clone(),
             address: None,
