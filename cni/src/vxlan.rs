@@ -3,9 +3,10 @@
 //! pod CIDR; per remote node, for each of its pod CIDRs, an on-link route
 //! `cidr via <cidr network address> dev <vxlan>`, a permanent neighbour entry
 //! mapping that address to the remote device's MAC, and an FDB entry sending
-//! that MAC to the remote node's underlay IP.
+//! that MAC to the remote node's underlay IP. The underlay may be IPv4 or
+//! IPv6 (the family of `VxlanConfig::local_ip`).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 use netlink_packet_route::neighbour::{
@@ -28,8 +29,10 @@ pub struct VxlanConfig {
     pub vni: u32,
     /// UDP port (8472 as flannel and the Linux default, 4789 per IANA).
     pub port: u16,
-    /// This node's underlay address, the tunnel source.
-    pub local_ip: Ipv4Addr,
+    /// This node's underlay address, the tunnel source; its family (IPv4 or
+    /// IPv6) is the underlay's, and remote nodes are reached at their node
+    /// address of the same family.
+    pub local_ip: IpAddr,
     /// The underlay interface; the kernel picks by route when absent.
     pub underlay: Option<String>,
     /// This node's pod CIDRs; their network addresses go on the device.
@@ -38,7 +41,7 @@ pub struct VxlanConfig {
 
 impl VxlanConfig {
     /// Defaults (`skiff.vxlan`, VNI 1, port 8472) for a node at `local_ip`.
-    pub fn new(local_ip: Ipv4Addr, local_pod_cidrs: Vec<IpNetwork>) -> VxlanConfig {
+    pub fn new(local_ip: IpAddr, local_pod_cidrs: Vec<IpNetwork>) -> VxlanConfig {
         VxlanConfig {
             name: "skiff.vxlan".into(),
             vni: 1,
@@ -65,9 +68,14 @@ pub enum VxlanError {
     /// A remote node has no VTEP MAC.
     #[error("node {0} has no VXLAN MAC address; publish its device MAC before adding it")]
     NoMac(String),
-    /// A remote node has no IPv4 underlay address (this device tunnels over IPv4).
-    #[error("node {0} has no IPv4 node address; the VXLAN device tunnels over IPv4")]
-    Ipv6Underlay(String),
+    /// A remote node has no node address of the underlay's family.
+    #[error("node {node} has no {family} node address; this node's VXLAN device tunnels over {family}, so give every node an address of that family")]
+    NoUnderlayAddress {
+        /// The remote node.
+        node: String,
+        /// `IPv4` or `IPv6`.
+        family: &'static str,
+    },
 }
 
 /// The node's VXLAN device.
@@ -77,6 +85,8 @@ pub struct Vxlan {
     index: u32,
     mac: [u8; 6],
     name: String,
+    /// Whether the tunnel runs over IPv4 (else IPv6).
+    underlay_v4: bool,
 }
 
 impl Vxlan {
@@ -94,12 +104,14 @@ impl Vxlan {
             .map_err(nl(format!("looking up {}", cfg.name)))?
             .is_none()
         {
-            let mut b = LinkVxlan::new(&cfg.name, cfg.vni)
-                .port(cfg.port)
-                .local(cfg.local_ip)
-                .learning(false)
-                .address(mac.to_vec())
-                .up();
+            let b = LinkVxlan::new(&cfg.name, cfg.vni).port(cfg.port);
+            let mut b = match cfg.local_ip {
+                IpAddr::V4(v4) => b.local(v4),
+                IpAddr::V6(v6) => b.local6(v6),
+            }
+            .learning(false)
+            .address(mac.to_vec())
+            .up();
             if let Some(u) = &cfg.underlay {
                 let link = netlink::link_by_name(&h, u)
                     .await
@@ -138,6 +150,7 @@ impl Vxlan {
             index,
             mac,
             name: cfg.name.clone(),
+            underlay_v4: cfg.local_ip.is_ipv4(),
         })
     }
 
@@ -151,8 +164,11 @@ impl Vxlan {
         let mac = remote
             .vtep_mac
             .ok_or_else(|| VxlanError::NoMac(remote.name.clone()))?;
-        let Some(node_ip) = remote.node_ips.iter().copied().find(IpAddr::is_ipv4) else {
-            return Err(VxlanError::Ipv6Underlay(remote.name.clone()));
+        let Some(node_ip) = self.underlay_ip(remote) else {
+            return Err(VxlanError::NoUnderlayAddress {
+                node: remote.name.clone(),
+                family: if self.underlay_v4 { "IPv4" } else { "IPv6" },
+            });
         };
         let err = |op: String| {
             let ns = self.ns.clone();
@@ -242,14 +258,28 @@ impl Vxlan {
             n.header.flags = NeighbourFlags::Own;
             n.attributes
                 .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
-            if let Some(IpAddr::V4(v)) = remote.node_ips.iter().copied().find(IpAddr::is_ipv4) {
-                n.attributes
-                    .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(v)));
+            match self.underlay_ip(remote) {
+                Some(IpAddr::V4(v)) => n
+                    .attributes
+                    .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(v))),
+                Some(IpAddr::V6(v)) => n
+                    .attributes
+                    .push(NeighbourAttribute::Destination(NeighbourAddress::Inet6(v))),
+                None => {}
             }
             self.del_neigh(n, format!("deleting FDB entry of node {}", remote.name))
                 .await?;
         }
         Ok(())
+    }
+
+    /// `remote`'s node address of the underlay's family.
+    fn underlay_ip(&self, remote: &RemoteNode) -> Option<IpAddr> {
+        remote
+            .node_ips
+            .iter()
+            .copied()
+            .find(|ip| ip.is_ipv4() == self.underlay_v4)
     }
 
     async fn del_neigh(&self, n: NeighbourMessage, op: String) -> Result<(), NetlinkError> {

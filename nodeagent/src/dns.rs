@@ -28,7 +28,7 @@ use skiff_cni::Netns;
 use skiff_proxy::model::NODE_LOCAL_LABEL;
 
 /// The dummy interface holding the DNS addresses in the node namespace.
-pub const LINK: &str = "skiff-dns";
+pub const LINK: &str = skiff_proxy::model::NODE_LOCAL_DNS_LINK;
 
 /// errno of a link kind the kernel was built without.
 const EOPNOTSUPP: i32 = 95;

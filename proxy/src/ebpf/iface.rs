@@ -1,6 +1,7 @@
 //! The node's interfaces as the tc programs see them: every interface that is
 //! up, is not loopback and carries an address (the uplink(s) and the pod
-//! bridge). Their addresses are node addresses for NodePorts, whatever the
+//! bridge), except the node-local DNS link (its addresses are services, not
+//! the node's). Their addresses are node addresses for NodePorts, whatever the
 //! Node object says, like kube-proxy's default `--nodeport-addresses`.
 //!
 //! Read from the calling thread's network namespace; never changes anything
@@ -51,6 +52,7 @@ pub fn node_interfaces() -> Result<Vec<NodeInterface>, IfaceError> {
     {
         if ifa.flags.contains(InterfaceFlags::IFF_LOOPBACK)
             || !ifa.flags.contains(InterfaceFlags::IFF_UP)
+            || ifa.interface_name == crate::model::NODE_LOCAL_DNS_LINK
         {
             continue;
         }

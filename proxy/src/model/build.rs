@@ -22,6 +22,9 @@ pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 /// Label of a Service every node answers locally (the `kube-dns` ClusterIP,
 /// held by the agent's node-local DNS): `"true"` means nothing to proxy.
 pub const NODE_LOCAL_LABEL: &str = "skiff.dev/node-local-dns";
+/// The node link holding the node-local DNS addresses (169.254.20.10 and the
+/// kube-dns ClusterIP): not a node interface for NodePorts or tc programs.
+pub const NODE_LOCAL_DNS_LINK: &str = "skiff-dns";
 /// Pre-trafficDistribution way to ask for topology-aware routing.
 const TOPOLOGY_MODE_ANNOTATION: &str = "service.kubernetes.io/topology-mode";
 

@@ -18,7 +18,10 @@ use std::net::IpAddr;
 
 pub use ipnetwork::IpNetwork;
 
-pub use build::{build, node_info, BuildInput, NODE_LOCAL_LABEL, SERVICE_NAME_LABEL, ZONE_LABEL};
+pub use build::{
+    build, node_info, BuildInput, NODE_LOCAL_DNS_LINK, NODE_LOCAL_LABEL, SERVICE_NAME_LABEL,
+    ZONE_LABEL,
+};
 pub use diff::{diff, Changes};
 
 /// Default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours), as upstream.
