@@ -235,3 +235,144 @@ fn pods_on_two_nodes_talk_over_host_gw_and_vxlan() {
     assert_eq!(pod1.links(), vec!["lo"]);
     assert!(!nodes[0].ns.nat_rules().contains("skiff/"));
 }
+
+/// Joins `node` to the underlay bridge with only an IPv6 address, `fd00:91::<n>`.
+fn wire_v6_only(under: &NetnsGuard, node: &NetnsGuard, n: u8) {
+    let port = format!("n{n}");
+    under.exec(&[
+        "ip",
+        "link",
+        "add",
+        &port,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "ul0",
+        "netns",
+        node.name(),
+    ]);
+    under.exec(&["ip", "link", "set", &port, "master", "ul", "up"]);
+    node.exec(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("fd00:91::{n}/64"),
+        "dev",
+        "ul0",
+        "nodad",
+    ]);
+    node.exec(&["ip", "link", "set", "ul0", "up"]);
+}
+
+#[test]
+fn pods_talk_over_vxlan_with_an_ipv6_underlay() {
+    let p = unique("vx6");
+    let under = NetnsGuard::new(&format!("{p}-under"));
+    under.exec(&["ip", "link", "add", "ul", "type", "bridge"]);
+    under.exec(&["ip", "link", "set", "ul", "up"]);
+    let data = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::new();
+    for n in 1..=2u8 {
+        let node = Node {
+            ns: NetnsGuard::new(&format!("{p}-node{n}")),
+            pod: NetnsGuard::new(&format!("{p}-pod{n}")),
+            ips: vec![format!("fd00:91::{n}").parse().unwrap()],
+            cidrs: vec![
+                format!("10.87.{n}.0/24").parse().unwrap(),
+                format!("fd00:87:{n}::/64").parse().unwrap(),
+            ],
+        };
+        wire_v6_only(&under, &node.ns, n);
+        nodes.push(node);
+    }
+    let conf = |n: usize| {
+        let cidrs = [nodes[n].cidrs[0].to_string(), nodes[n].cidrs[1].to_string()];
+        skiff_conf(
+            "1.1.0",
+            "vx6",
+            "skiff0",
+            &[&cidrs[0], &cidrs[1]],
+            &data.path().join(format!("node{n}")),
+        )
+        .to_string()
+    };
+    let mut results = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let r = Invocation::skiff("ADD", &format!("pod{i}"), Some(&n.pod))
+            .run_in(&n.ns, &conf(i))
+            .ok()
+            .json();
+        results.push(r);
+    }
+    let (to_v4, to_v6) = (result_ip(&results[1], true), result_ip(&results[1], false));
+    let pod1 = &nodes[0].pod;
+    assert!(pod1.unreachable(&to_v4), "nodes are not connected yet");
+
+    let rt = rt();
+    let devs: Vec<Vxlan> = rt.block_on(async {
+        let mut devs = Vec::new();
+        for n in &nodes {
+            let mut cfg = VxlanConfig::new(n.ips[0], n.cidrs.clone());
+            cfg.underlay = Some("ul0".into());
+            devs.push(Vxlan::ensure(&n.ns.netns(), &cfg).await.unwrap());
+        }
+        for (i, j) in [(0, 1), (1, 0)] {
+            let peer = remote(&nodes[j], &format!("node{}", j + 1), Some(devs[j].mac()));
+            devs[i].add_node(&peer).await.unwrap();
+        }
+        devs
+    });
+    let link = nodes[0]
+        .ns
+        .exec(&["ip", "-d", "link", "show", "skiff.vxlan"]);
+    assert!(link.contains("local fd00:91::1"), "{link}");
+    let fdb = nodes[0]
+        .ns
+        .exec(&["bridge", "fdb", "show", "dev", "skiff.vxlan"]);
+    assert!(fdb.contains("dst fd00:91::2"), "{fdb}");
+    // The underlay has no IPv4 at all, so these packets crossed it in IPv6.
+    assert!(
+        pod1.ping(&to_v4),
+        "vxlan/IPv6: pod1 cannot reach pod2 over IPv4"
+    );
+    assert!(
+        pod1.ping(&to_v6),
+        "vxlan/IPv6: pod1 cannot reach pod2 over IPv6"
+    );
+
+    rt.block_on(async {
+        // A node with only an IPv4 address cannot be reached over this underlay.
+        let v4_only = RemoteNode {
+            name: "node9".into(),
+            node_ips: vec!["192.168.91.9".parse().unwrap()],
+            pod_cidrs: vec!["10.87.9.0/24".parse().unwrap()],
+            vtep_mac: Some([0x0a, 0, 0, 0, 0, 9]),
+        };
+        let err = devs[0].add_node(&v4_only).await.unwrap_err().to_string();
+        assert!(err.contains("node9 has no IPv6 node address"), "{err}");
+
+        let peer = remote(&nodes[1], "node2", Some(devs[1].mac()));
+        devs[0].remove_node(&peer).await.unwrap();
+    });
+    let fdb = nodes[0]
+        .ns
+        .exec(&["bridge", "fdb", "show", "dev", "skiff.vxlan"]);
+    assert!(!fdb.contains("fd00:91::2"), "{fdb}");
+    assert!(
+        pod1.unreachable(&to_v4),
+        "vxlan entries removed, traffic must stop"
+    );
+    rt.block_on(async {
+        for d in devs {
+            d.delete().await.unwrap();
+        }
+    });
+    for (i, n) in nodes.iter().enumerate() {
+        Invocation::skiff("DEL", &format!("pod{i}"), Some(&n.pod))
+            .run_in(&n.ns, &conf(i))
+            .ok();
+        assert_eq!(n.pod.links(), vec!["lo"]);
+        assert!(!n.ns.links().contains(&"skiff.vxlan".to_string()));
+    }
+}
