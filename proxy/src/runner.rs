@@ -201,6 +201,23 @@ pub async fn run(
     run_with(client, config, dataplane, shutdown).await
 }
 
+/// Endpoints above which the proxy is in "large cluster mode", as kube-proxy's
+/// `largeClusterEndpointsThreshold`.
+const LARGE_CLUSTER_ENDPOINTS: usize = 1000;
+/// Full resync period in large cluster mode: a full iptables rewrite of 10k
+/// services takes seconds of CPU, so (like kube-proxy, which forces a full
+/// sync hourly) only changes are synced in between.
+const LARGE_CLUSTER_FULL_RESYNC: Duration = Duration::from_secs(3600);
+
+/// How long a full resync (drift repair) may wait, given what is installed.
+fn full_resync_period(config: &Config, applied: &ServiceMap) -> Duration {
+    if applied.endpoint_count() > LARGE_CLUSTER_ENDPOINTS {
+        config.sync_period.max(LARGE_CLUSTER_FULL_RESYNC)
+    } else {
+        config.sync_period
+    }
+}
+
 /// Runs the proxy with a given data plane until `shutdown` resolves.
 pub async fn run_with(
     client: Client,
@@ -236,7 +253,7 @@ pub async fn run_with(
                 () = &mut shutdown => return Ok(()),
             }
         }
-        if last_full.elapsed() >= config.sync_period {
+        if last_full.elapsed() >= full_resync_period(&config, &applied) {
             need_full = true;
         }
         let map = stores.build(&config.node_name);
@@ -291,7 +308,11 @@ pub async fn run_with(
             health.alive();
         }
         last_sync = Some(Instant::now());
-        let until_resync = config.sync_period.saturating_sub(last_full.elapsed());
+        // Wake at least every sync period: /healthz wants a recent sign of life
+        // even while a large cluster's full resync is an hour away.
+        let until_resync = full_resync_period(&config, &applied)
+            .saturating_sub(last_full.elapsed())
+            .min(config.sync_period);
         tokio::select! {
             () = notify.notified() => {}
             () = tokio::time::sleep(until_resync) => {}

@@ -52,7 +52,9 @@ pub struct Args {
     /// Default: /sys/fs/bpf/skiff/<node name>.
     #[arg(long)]
     ebpf_pin_dir: Option<PathBuf>,
-    /// Full resync period in seconds (repairs drift).
+    /// Full resync period in seconds (repairs drift). Above 1000 endpoints
+    /// (kube-proxy's large cluster mode) full resyncs run hourly; changes are
+    /// always synced as they come.
     #[arg(long, default_value_t = 30)]
     sync_period_secs: u64,
 }

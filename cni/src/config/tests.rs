@@ -114,3 +114,25 @@ fn masq_exclude_defaults_to_the_subnet() {
     .unwrap();
     assert_eq!(c.masq_exclude(&a).to_string(), "10.244.0.0/16");
 }
+
+#[test]
+fn static_ip_requests_from_runtime_config_and_args() {
+    let conf = |extra: &str| {
+        format!(
+            r#"{{"cniVersion":"1.1.0","name":"n","type":"skiff",{extra}"ipam":{{"type":"skiff","ranges":[[{{"subnet":"10.0.0.0/24"}}]]}}}}"#
+        )
+    };
+    let c = parse(&conf(
+        r#""runtimeConfig":{"ips":["10.0.0.9/24"],"portMappings":[]},"args":{"cni":{"ips":["10.0.0.10"]}},"#,
+    ))
+    .unwrap();
+    let want: Vec<std::net::IpAddr> =
+        vec!["10.0.0.9".parse().unwrap(), "10.0.0.10".parse().unwrap()];
+    assert_eq!(c.requested_ips, want);
+    assert!(parse(&conf("")).unwrap().requested_ips.is_empty());
+    let e = parse(&conf(r#""runtimeConfig":{"ips":["10.0.0.300"]},"#)).unwrap_err();
+    assert_eq!(e.code, Code::InvalidConfig);
+    assert!(e.msg.contains("runtimeConfig.ips[0]"), "{}", e.msg);
+    let e = parse(&conf(r#""runtimeConfig":{"ips":"10.0.0.9"},"#)).unwrap_err();
+    assert!(e.msg.contains("must be a list"), "{}", e.msg);
+}
