@@ -12,6 +12,8 @@ use skiff_cni::invoke::{invoke, Outcome};
 use skiff_cni::Netns;
 
 fn main() -> ExitCode {
+    // One thread, one current-thread runtime: namespace work can stay on it.
+    skiff_cni::netns::enter_on_calling_thread();
     let mut stdin = Vec::new();
     let outcome = match std::io::stdin().read_to_end(&mut stdin) {
         Err(e) => Outcome {

@@ -1,7 +1,9 @@
 //! Network namespaces: a handle to "the node" or "the pod" namespace, and the
 //! one way code gets inside one — a short-lived dedicated thread that calls
 //! `setns` and exits, so no other thread (a tokio worker, the caller) ever
-//! changes namespace.
+//! changes namespace. The single-threaded plugin binary opts instead into
+//! entering on its own thread and switching back right after the synchronous
+//! step ([`enter_on_calling_thread`]), which saves a thread per operation.
 //!
 //! Netlink sockets are created on that thread and then used from anywhere: a
 //! socket stays bound to the namespace it was created in. Commands (iptables,
@@ -12,6 +14,7 @@
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::sched::{setns, CloneFlags};
 
@@ -99,12 +102,26 @@ impl Netns {
     }
 
     /// Runs `f` inside this namespace: on the calling thread for the current
-    /// namespace, else on a dedicated thread that enters it and then exits.
+    /// namespace, else on a dedicated thread that enters it and then exits
+    /// (or, after [`enter_on_calling_thread`], on the calling thread, which
+    /// switches back before returning).
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T, NetnsError> {
         let Some((path, file)) = &self.target else {
             return Ok(f());
         };
         let fd = file.as_fd();
+        if SAME_THREAD.load(Ordering::Relaxed) {
+            let back = File::open(CURRENT_NETNS).map_err(|source| NetnsError::Open {
+                path: PathBuf::from(CURRENT_NETNS),
+                source,
+            })?;
+            setns(fd, CloneFlags::CLONE_NEWNET).map_err(|source| NetnsError::Enter {
+                path: path.clone(),
+                source,
+            })?;
+            let _restore = Restore(back);
+            return Ok(f());
+        }
         std::thread::scope(|s| {
             let worker = std::thread::Builder::new()
                 .name("skiff-netns".into())
@@ -155,6 +172,35 @@ impl Netns {
             }
             std::fs::write(&path, value.as_bytes())
         })
+    }
+}
+
+/// The calling thread's own namespace.
+const CURRENT_NETNS: &str = "/proc/thread-self/ns/net";
+
+static SAME_THREAD: AtomicBool = AtomicBool::new(false);
+
+/// Makes [`Netns::run`] enter namespaces on the calling thread and switch
+/// back right after `f`, saving a thread start and join per namespace
+/// operation. Only for the plugin binary: `f` is synchronous, so on its
+/// single-threaded runtime no other task can run while the thread is inside,
+/// and `setns` never affects other threads. A thread that cannot switch back
+/// aborts the process rather than go on in the wrong namespace.
+pub fn enter_on_calling_thread() {
+    SAME_THREAD.store(true, Ordering::Relaxed);
+}
+
+/// Switches the thread back to its namespace when dropped (also on panic).
+struct Restore(File);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        if let Err(e) = setns(self.0.as_fd(), CloneFlags::CLONE_NEWNET) {
+            eprintln!(
+                "skiff-cni: returning to the original network namespace failed ({e}); aborting"
+            );
+            std::process::abort();
+        }
     }
 }
 

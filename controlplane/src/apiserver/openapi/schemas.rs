@@ -83,6 +83,80 @@ const KINDS: &[Kind] = &[
         "HorizontalPodAutoscaler",
         api::autoscaling::v1::HorizontalPodAutoscaler
     ),
+    kind!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "Role",
+        api::rbac::v1::Role
+    ),
+    kind!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "ClusterRole",
+        api::rbac::v1::ClusterRole
+    ),
+    kind!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "RoleBinding",
+        api::rbac::v1::RoleBinding
+    ),
+    kind!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "ClusterRoleBinding",
+        api::rbac::v1::ClusterRoleBinding
+    ),
+    kind!(
+        "networking.k8s.io",
+        "v1",
+        "Ingress",
+        api::networking::v1::Ingress
+    ),
+    kind!(
+        "networking.k8s.io",
+        "v1",
+        "IngressClass",
+        api::networking::v1::IngressClass
+    ),
+    kind!(
+        "networking.k8s.io",
+        "v1",
+        "NetworkPolicy",
+        api::networking::v1::NetworkPolicy
+    ),
+    kind!(
+        "policy",
+        "v1",
+        "PodDisruptionBudget",
+        api::policy::v1::PodDisruptionBudget
+    ),
+    kind!(
+        "scheduling.k8s.io",
+        "v1",
+        "PriorityClass",
+        api::scheduling::v1::PriorityClass
+    ),
+    kind!("", "v1", "ResourceQuota", api::core::v1::ResourceQuota),
+    kind!("", "v1", "LimitRange", api::core::v1::LimitRange),
+    kind!(
+        "",
+        "v1",
+        "PersistentVolumeClaim",
+        api::core::v1::PersistentVolumeClaim
+    ),
+    kind!(
+        "",
+        "v1",
+        "PersistentVolume",
+        api::core::v1::PersistentVolume
+    ),
+    kind!(
+        "storage.k8s.io",
+        "v1",
+        "StorageClass",
+        api::storage::v1::StorageClass
+    ),
     kind!("autoscaling", "v1", "Scale", api::autoscaling::v1::Scale),
     kind!("meta.k8s.io", "v1", "DeleteOptions", meta::DeleteOptions),
     kind!("meta.k8s.io", "v1", "Status", meta::Status),
