@@ -313,3 +313,76 @@ fn other_names_are_forwarded_upstream_cached_and_never_looped() {
     assert!(looped.log().contains("forwarding loop"), "{}", looped.log());
     assert!(looped.metric("skiff_dns_upstream_errors_total") >= 1.0);
 }
+
+/// A Service created after its name was asked (and denied) is answered as
+/// soon as the watch delivers it: not after the record TTL, nor after the
+/// negative TTL of the NXDOMAIN (both 300 s here), and the same for a new
+/// endpoint of a headless Service.
+#[test]
+fn new_services_and_endpoints_are_answered_without_waiting_for_a_ttl() {
+    const BOUND: Duration = Duration::from_secs(5);
+    let server = TestServer::start(StoreKind::Redb);
+    let dns = DnsServer::start(&server, &["--ttl", "300"]);
+    let ns = namespace(&server, "dnsfresh");
+    let fqdn = format!("fresh.{ns}.svc.cluster.local");
+
+    let before = dns.dig(&[&fqdn, "A"]);
+    assert_eq!(before.status, "NXDOMAIN", "{}", before.raw);
+    let soa_ttl = before.authority.first().map_or(0, |r| r.ttl);
+    assert!(
+        soa_ttl >= 60,
+        "negative answers are cacheable: {}",
+        before.raw
+    );
+
+    let created = std::time::Instant::now();
+    let web = service(&server, &ns, json!({"ports": [{"port": 80}]}), "fresh");
+    let ip = web["spec"]["clusterIP"]
+        .as_str()
+        .expect("clusterIP")
+        .to_string();
+    let a = dns.dig_until(&[&fqdn, "A"], "the new ClusterIP", |d| {
+        d.values() == [ip.clone()]
+    });
+    let waited = created.elapsed();
+    assert!(
+        waited < BOUND,
+        "answered {waited:?} after creation: {}",
+        a.raw
+    );
+    assert_eq!(a.answer[0].ttl, 300, "{}", a.raw);
+
+    // Headless: a second ready endpoint shows up without waiting for the TTL.
+    service(
+        &server,
+        &ns,
+        json!({"clusterIP": "None", "ports": [{"port": 80}]}),
+        "db",
+    );
+    let db = format!("db.{ns}.svc.cluster.local");
+    let ep = |ip: &str| json!({"addresses": [ip], "conditions": {"ready": true}});
+    let slice = create(
+        &server,
+        &slices_path(&ns),
+        slice_body(
+            &ns,
+            "db-1",
+            "db",
+            json!([ep("10.9.0.1")]),
+            json!([{"port": 80}]),
+        ),
+    );
+    dns.dig_until(&[&db, "A"], "one endpoint", |d| d.values() == ["10.9.0.1"]);
+    let mut scaled = slice.clone();
+    scaled["endpoints"] = json!([ep("10.9.0.1"), ep("10.9.0.2")]);
+    let changed = std::time::Instant::now();
+    replace(&server, &format!("{}/db-1", slices_path(&ns)), scaled);
+    dns.dig_until(&[&db, "A"], "two endpoints", |d| {
+        d.values() == ["10.9.0.1", "10.9.0.2"]
+    });
+    let waited = changed.elapsed();
+    assert!(
+        waited < BOUND,
+        "endpoint answered {waited:?} after the change"
+    );
+}

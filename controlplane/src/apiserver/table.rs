@@ -10,6 +10,7 @@
 //! caller's job.
 
 mod columns;
+mod policy;
 mod workloads;
 
 use std::str::FromStr;
@@ -186,6 +187,27 @@ fn printer_for(resource: &Resource) -> Printer {
             cells(workloads::HPA, workloads::hpa_v1)
         }
         ("autoscaling", "HorizontalPodAutoscaler") => cells(workloads::HPA, workloads::hpa_v2),
+        ("rbac.authorization.k8s.io", "Role" | "ClusterRole") | ("", "LimitRange") => {
+            cells(policy::CREATED, policy::created)
+        }
+        ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => {
+            cells(policy::BINDING, policy::binding)
+        }
+        ("networking.k8s.io", "Ingress") => cells(policy::INGRESS, policy::ingress),
+        ("networking.k8s.io", "IngressClass") => {
+            cells(policy::INGRESS_CLASS, policy::ingress_class)
+        }
+        ("networking.k8s.io", "NetworkPolicy") => {
+            cells(policy::NETWORK_POLICY, policy::network_policy)
+        }
+        ("policy", "PodDisruptionBudget") => cells(policy::PDB, policy::pdb),
+        ("scheduling.k8s.io", "PriorityClass") => {
+            cells(policy::PRIORITY_CLASS, policy::priority_class)
+        }
+        ("", "ResourceQuota") => cells(policy::RESOURCE_QUOTA, policy::resource_quota),
+        ("", "PersistentVolumeClaim") => cells(policy::PVC, policy::pvc),
+        ("", "PersistentVolume") => cells(policy::PV, policy::pv),
+        ("storage.k8s.io", "StorageClass") => cells(policy::STORAGE_CLASS, policy::storage_class),
         _ => cells(columns::DEFAULT, columns::default),
     }
 }

@@ -11,6 +11,7 @@ mod data;
 mod meta;
 mod names;
 mod pod;
+mod policy;
 mod service;
 #[cfg(test)]
 mod tests;
@@ -126,6 +127,17 @@ pub fn validate(resource: &Resource, obj: &Value, old: Option<&Value>) -> Vec<Fi
             workloads::workload(resource.kind, spec, &mut errs)
         }
         "HorizontalPodAutoscaler" => workloads::hpa(spec, &mut errs),
+        "Role" | "ClusterRole" => policy::role(obj, resource.namespaced, &mut errs),
+        "RoleBinding" | "ClusterRoleBinding" => {
+            policy::binding(obj, resource.namespaced, &mut errs)
+        }
+        "Ingress" => policy::ingress(spec, &mut errs),
+        "IngressClass" => policy::ingress_class(spec, &mut errs),
+        "NetworkPolicy" => policy::network_policy(spec, &mut errs),
+        "PodDisruptionBudget" => policy::pdb(spec, &mut errs),
+        "PriorityClass" => policy::priority_class(obj, &mut errs),
+        "PersistentVolumeClaim" => policy::pvc(spec, &mut errs),
+        "StorageClass" => policy::storage_class(obj, &mut errs),
         _ => {}
     }
     if let Some(old) = old {
@@ -139,6 +151,7 @@ pub fn validate(resource: &Resource, obj: &Value, old: Option<&Value>) -> Vec<Fi
             "Deployment" | "ReplicaSet" | "DaemonSet" | "StatefulSet" | "Job" => {
                 workloads::workload_update(resource.kind, spec, old_spec, &mut errs)
             }
+            "RoleBinding" | "ClusterRoleBinding" => policy::binding_update(obj, old, &mut errs),
             _ => {}
         }
     }

@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use super::{age, at, count, format_labels, int, list, name, since, text, Cells, Column};
 
-const fn col(name: &'static str, ty: &'static str, description: &'static str) -> Column {
+pub(super) const fn col(name: &'static str, ty: &'static str, description: &'static str) -> Column {
     Column {
         name,
         ty,
@@ -16,7 +16,11 @@ const fn col(name: &'static str, ty: &'static str, description: &'static str) ->
     }
 }
 
-const fn wide(name: &'static str, ty: &'static str, description: &'static str) -> Column {
+pub(super) const fn wide(
+    name: &'static str,
+    ty: &'static str,
+    description: &'static str,
+) -> Column {
     Column {
         name,
         ty,
