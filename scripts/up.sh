@@ -6,14 +6,14 @@
 #
 # Idempotent: when the cluster of $SKIFF_DATA is already up it is reused.
 # Settings: SKIFF_DATA (default /var/lib/skiff), SKIFF_NODES (2),
-# SKIFF_LISTEN (127.0.0.1:6443), SKIFF_PROXY_MODE (iptables), SKIFF_PREFIX (skiff).
+# SKIFF_LISTEN (127.0.0.1:6443), SKIFF_PROXY_MODE (ebpf), SKIFF_PREFIX (skiff).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DATA=${SKIFF_DATA:-/var/lib/skiff}
 NODES=${SKIFF_NODES:-2}
 LISTEN=${SKIFF_LISTEN:-127.0.0.1:6443}
-PROXY_MODE=${SKIFF_PROXY_MODE:-iptables}
+PROXY_MODE=${SKIFF_PROXY_MODE:-ebpf}
 PREFIX=${SKIFF_PREFIX:-skiff}
 PIDFILE="$DATA/up.pid"
 LOG="$DATA/up.log"

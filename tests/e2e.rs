@@ -97,14 +97,15 @@ fn nodeport_serves_only_via(cluster: &Cluster, node: usize, pods: &[ReadyPod]) {
 /// Service following every change.
 #[test]
 fn example_app_across_nodes_scales_and_heals() {
-    example_app(&[]);
+    example_app(&["--proxy-mode", "iptables"]);
 }
 
-/// The same with the eBPF data plane in every agent: socket load balancing
-/// for ClusterIPs, tc programs on the node interfaces for the NodePort.
+/// The same with the eBPF data plane in every agent (`skiff up`'s default):
+/// socket load balancing for ClusterIPs, tc programs on the node interfaces
+/// for the NodePort.
 #[test]
 fn example_app_across_nodes_scales_and_heals_ebpf() {
-    example_app(&["--proxy-mode", "ebpf"]);
+    example_app(&[]);
 }
 
 fn example_app(up_flags: &[&str]) {
@@ -339,6 +340,10 @@ fn rolling_update_agent_restart_and_node_loss() {
     let cluster = Cluster::up(
         3,
         &[
+            // The held connection's client runs with `ip netns exec`, outside
+            // the node's cgroup, which only the iptables data plane serves.
+            "--proxy-mode",
+            "iptables",
             "--server-arg=--node-monitor-grace-period=10s",
             "--server-arg=--default-toleration-seconds=5",
         ],
@@ -413,7 +418,7 @@ fn rolling_update_agent_restart_and_node_loss() {
 /// and their connection table follow the endpoints without a failed request.
 #[test]
 fn rolling_update_ebpf() {
-    let cluster = Cluster::up(3, &["--proxy-mode", "ebpf"]);
+    let cluster = Cluster::up(3, &[]);
     apply_examples(&cluster);
     rolling_update_loses_no_request(&cluster);
 }

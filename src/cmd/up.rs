@@ -46,8 +46,10 @@ pub struct Args {
     /// HTTPS address of the API server (loopback).
     #[arg(long, default_value = "127.0.0.1:6443")]
     listen: SocketAddr,
-    /// Service proxy data plane in every agent.
-    #[arg(long, default_value = "iptables", value_parser = ["iptables", "ebpf"])]
+    /// Service proxy data plane in every agent: ebpf (socket load balancing
+    /// and tc NodePorts; an agent whose kernel lacks what it needs falls back
+    /// to iptables and logs why) or iptables.
+    #[arg(long, default_value = "ebpf", value_parser = ["iptables", "ebpf"])]
     proxy_mode: String,
     /// Prefix of namespace, node and cgroup names (node names are <prefix>-node<i>).
     #[arg(long, default_value = "skiff")]
