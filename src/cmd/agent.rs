@@ -52,9 +52,11 @@ pub struct Args {
     /// Pods this node accepts.
     #[arg(long, default_value_t = skiff_nodeagent::DEFAULT_MAX_PODS)]
     max_pods: u32,
-    /// Service proxy data plane run inside the agent: iptables, ebpf (falls
-    /// back to iptables when the kernel lacks what it needs) or none.
-    #[arg(long, default_value = "iptables", value_parser = parse_proxy_mode)]
+    /// Service proxy data plane run inside the agent: ebpf (the default;
+    /// falls back to iptables, saying what was missing, when the kernel lacks
+    /// what it needs), iptables or none. eBPF socket load balancing serves the
+    /// processes in the node's cgroup `skiff-<node>` (the pods).
+    #[arg(long, default_value = "ebpf", value_parser = parse_proxy_mode)]
     proxy_mode: ProxyMode,
     /// Pod network CIDR(s), comma-separated, for the proxy: ClusterIP traffic
     /// from elsewhere is masqueraded. Same default as `skiff server`.

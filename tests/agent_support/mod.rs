@@ -110,6 +110,7 @@ impl AgentNode {
             .arg("--data-dir")
             .arg(self.data_dir())
             .args(["--listen", "127.0.0.1:0"])
+            .args(self.proxy_mode_default())
             .args(&self.extra_args)
             .env("SKIFF_LOG", "info,skiff_nodeagent=debug")
             .stdin(Stdio::null())
@@ -118,6 +119,21 @@ impl AgentNode {
             .spawn()
             .expect("start skiff agent");
         self.child = Some(child);
+    }
+
+    /// The tests reach services from the node with `ip netns exec`, outside
+    /// the node's cgroup that eBPF socket load balancing serves: unless a
+    /// test asks for a mode, its agent runs the iptables data plane.
+    fn proxy_mode_default(&self) -> &'static [&'static str] {
+        if self
+            .extra_args
+            .iter()
+            .any(|a| a.starts_with("--proxy-mode"))
+        {
+            &[]
+        } else {
+            &["--proxy-mode", "iptables"]
+        }
     }
 
     fn wait_ready(&mut self, server: &TestServer) {
@@ -282,6 +298,10 @@ impl Drop for AgentNode {
         for root in cgroup_roots(&self.name) {
             rmdir_tree(&root);
         }
+        // eBPF mode pins maps and links so a restarted agent resumes.
+        let _ = skiff_proxy::ebpf::detach_and_unpin(
+            &skiff_proxy::ebpf::EbpfConfig::default_pin_dir(&self.name),
+        );
     }
 }
 
