@@ -35,7 +35,7 @@ KUBECTL=${SKIFF_KUBECTL:-"$(python3 -c 'import sysconfig; print(sysconfig.get_pa
 kubectl() { "$KUBECTL" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
 
 log "building skiff (release)"
-cargo build --release --bin skiff
+cargo build --release --bin skiff --bin skiff-shim
 SKIFF=$PWD/target/release/skiff
 mkdir -p "$DATA"
 

@@ -76,6 +76,12 @@ struct ServerArgs {
     /// Prefix length of each node's podCIDR.
     #[arg(long, default_value_t = 24)]
     node_cidr_mask_size: u8,
+    /// Terminated pods kept before the pod garbage collector deletes the oldest (0: never).
+    #[arg(long, default_value_t = 12500)]
+    terminated_pod_gc_threshold: usize,
+    /// Time a pod's node must be missing before the pod garbage collector deletes the pod.
+    #[arg(long, default_value = "40s", value_parser = parse_duration)]
+    pod_gc_orphan_quarantine: std::time::Duration,
 }
 
 /// Parses `50s`, `2m`, `1h` or plain seconds.
@@ -121,6 +127,8 @@ fn server_config(args: ServerArgs) -> Result<Config> {
     controllers.node_monitor_grace_period = args.node_monitor_grace_period;
     controllers.default_toleration_seconds = args.default_toleration_seconds;
     controllers.node_cidr_mask_size = args.node_cidr_mask_size;
+    controllers.terminated_pod_gc_threshold = args.terminated_pod_gc_threshold;
+    controllers.pod_gc_orphan_quarantine = args.pod_gc_orphan_quarantine;
     Ok(Config {
         data_dir: args.data_dir,
         listen: args.listen,

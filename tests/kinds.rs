@@ -258,8 +258,10 @@ fn apply_get_and_delete_every_policy_kind() {
         ]
     );
 
-    let deleted = server.kubectl_stdin_ok(&["delete", "-f", "-"], MANIFEST);
-    for object in APPLIED {
+    // Everything but the namespace (whose deletion would take its contents).
+    let objects = MANIFEST.split_once("---").map_or("", |(_, rest)| rest);
+    let deleted = server.kubectl_stdin_ok(&["delete", "-f", "-"], objects);
+    for object in &APPLIED[1..] {
         assert!(
             deleted
                 .lines()
@@ -269,6 +271,15 @@ fn apply_get_and_delete_every_policy_kind() {
     }
     let gone = server.kubectl_fails(&["get", "clusterrole", "node-reader"]);
     assert!(gone.contains("not found"), "{gone}");
+    let left = server.kubectl_ok(&[
+        "-n",
+        "team",
+        "get",
+        "role,rolebinding,ing,netpol,pdb,quota,limits,pvc,pv,sc,pc,ingressclass",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(left.trim(), "", "{left}");
 }
 
 #[test]

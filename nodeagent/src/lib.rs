@@ -19,6 +19,7 @@ pub mod pod_worker;
 pub mod pods;
 pub mod probe;
 pub mod proxy;
+pub mod pull;
 pub mod quantity;
 pub mod runtime;
 pub mod sandbox;

@@ -240,7 +240,7 @@ impl Worker {
             }
         }
         if let (Some(sb), None, false) = (self.sandbox.clone(), &blocked, terminal) {
-            let creds = container::pull_credentials(pod, &lookup).await;
+            let creds = crate::pull::pull_credentials(pod, &lookup).await;
             let (uid, pod_dir) = (self.uid.clone(), self.pod_dir.clone());
             let p = PodRef {
                 pod,

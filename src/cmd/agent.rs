@@ -131,7 +131,7 @@ pub async fn run(args: Args) -> Result<()> {
         }),
         cluster_domain: args.cluster_domain.clone(),
         max_pods: args.max_pods,
-        shim_command: vec![exe.display().to_string(), "agent".into()],
+        shim_command: shim_command(&exe),
         proxy: ProxySettings {
             mode: args.proxy_mode.0,
             cluster_cidrs: args.cluster_cidr,
@@ -144,5 +144,16 @@ pub async fn run(args: Args) -> Result<()> {
     tokio::select! {
         r = agent::run(config) => r.map_err(Into::into),
         _ = crate::shutdown_signal() => Ok(()),
+    }
+}
+
+/// The shim command: the small `skiff-shim` installed next to `skiff`, or
+/// `skiff agent` with the hidden shim flags when it is not there.
+fn shim_command(exe: &std::path::Path) -> Vec<String> {
+    let shim = exe.with_file_name("skiff-shim");
+    if shim.is_file() {
+        vec![shim.display().to_string()]
+    } else {
+        vec![exe.display().to_string(), "agent".into()]
     }
 }

@@ -13,6 +13,7 @@ pub mod job;
 pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
+pub mod podgc;
 pub mod replicaset;
 pub mod statefulset;
 pub mod workload;
@@ -35,6 +36,7 @@ pub const ALL: &[&str] = &[
     "statefulset",
     "job",
     "horizontalpodautoscaling",
+    "podgc",
 ];
 
 /// Settings shared by the controllers.
@@ -50,6 +52,10 @@ pub struct Settings {
     pub cluster_cidr: ipnetwork::IpNetwork,
     /// Prefix length of each node's podCIDR.
     pub node_cidr_mask_size: u8,
+    /// Terminated pods kept before the oldest are deleted (0: never).
+    pub terminated_pod_gc_threshold: usize,
+    /// How long a pod's node must be missing before the pod is collected.
+    pub pod_gc_orphan_quarantine: Duration,
 }
 
 impl Settings {
@@ -61,6 +67,8 @@ impl Settings {
             default_toleration_seconds: 300,
             cluster_cidr,
             node_cidr_mask_size: 24,
+            terminated_pod_gc_threshold: 12500,
+            pod_gc_orphan_quarantine: Duration::from_secs(40),
         }
     }
 
@@ -127,6 +135,7 @@ pub fn spawn_all(ctx: Arc<Context>) {
             "statefulset" => tokio::spawn(statefulset::run(ctx)),
             "job" => tokio::spawn(job::run(ctx)),
             "horizontalpodautoscaling" => tokio::spawn(hpa::run(ctx)),
+            "podgc" => tokio::spawn(podgc::run(ctx)),
             _ => continue,
         };
     }

@@ -19,6 +19,17 @@ use super::ProtobufError;
 const MAX_DEPTH: usize = 64;
 
 /// Decodes `bytes` as message `index` of `schema`.
+/// Protobuf fields holding a Go struct embedded with `json:",inline"`
+/// (Volume.volumeSource, Probe.handler, ...): their message's fields are
+/// written into the enclosing JSON object.
+const INLINE: &[&str] = &[
+    "volumeSource",
+    "persistentVolumeSource",
+    "ingressRuleValue",
+    "handler",
+    "ephemeralContainerCommon",
+];
+
 pub fn message(schema: &Schema, index: usize, bytes: &[u8]) -> Result<Value, ProtobufError> {
     Decoder { schema }.message(index, bytes, 0)
 }
@@ -67,6 +78,11 @@ impl Decoder<'_> {
                 let value = self.value(field.ty, wire, reader, depth)?;
                 if value.is_null() || (!keep_zero && is_zero_scalar(field.ty, &value)) {
                     obj.remove(field.json);
+                } else if let (true, Value::Object(inner)) = (INLINE.contains(&field.json), &value)
+                {
+                    // A Go struct embedded with `json:",inline"`: its fields
+                    // belong to the enclosing object in JSON.
+                    obj.extend(inner.iter().map(|(k, v)| (k.clone(), v.clone())));
                 } else {
                     obj.insert(field.json.to_string(), value);
                 }

@@ -1,0 +1,367 @@
+//! The pod garbage collector, as upstream's `podgc` controller:
+//! - terminated pods (phase Succeeded or Failed) beyond
+//!   `--terminated-pod-gc-threshold` are deleted, oldest first (0 disables);
+//! - pods bound to a node that no longer exists (for longer than the
+//!   orphan quarantine, upstream's 40 s) are marked Failed with a
+//!   `DisruptionTarget` condition (reason `DeletionByPodGC`) and deleted;
+//! - terminating pods that were never scheduled are deleted at once.
+//!
+//! A pass runs when pods or nodes change (coalesced) and every
+//! `GC_CHECK_PERIOD` as upstream does.
+
+use std::cmp::Ordering;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Node, Pod, PodCondition};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher;
+use tokio::sync::Notify;
+
+use super::endpointslice::informer;
+use super::Context;
+
+/// Upstream's period between passes.
+const GC_CHECK_PERIOD: Duration = Duration::from_secs(20);
+/// Fewest time between two passes, so bursts of watch events coalesce.
+const MIN_PASS_INTERVAL: Duration = Duration::from_millis(200);
+/// The condition upstream adds to pods it deletes.
+const DISRUPTION_TARGET: &str = "DisruptionTarget";
+/// Its reason.
+const REASON: &str = "DeletionByPodGC";
+/// Its message for orphaned pods.
+const ORPHAN_MESSAGE: &str = "PodGC: node no longer exists";
+
+/// Errors writing pods (each is retried on the next pass).
+#[derive(Debug, thiserror::Error)]
+pub enum PodGcError {
+    /// Writing or deleting a pod failed.
+    #[error("cannot {action} pod {pod} (retried on the next pass): {source}")]
+    Pod {
+        /// What was attempted.
+        action: &'static str,
+        /// `namespace/name`.
+        pod: String,
+        /// The API error.
+        source: kube::Error,
+    },
+}
+
+/// Runs the controller until the process ends.
+pub async fn run(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
+    let (pods, pods_w) = reflector::store::<Pod>();
+    let (nodes, nodes_w) = reflector::store::<Node>();
+    let wake = Arc::new(Notify::new());
+    let w = wake.clone();
+    tokio::spawn(informer::run(
+        Api::<Pod>::all(client.clone()),
+        watcher::Config::default(),
+        pods_w,
+        move |_| w.notify_one(),
+    ));
+    let w = wake.clone();
+    tokio::spawn(informer::run(
+        Api::<Node>::all(client.clone()),
+        watcher::Config::default(),
+        nodes_w,
+        move |_| w.notify_one(),
+    ));
+    for ready in [
+        pods.wait_until_ready().await,
+        nodes.wait_until_ready().await,
+    ] {
+        if ready.is_err() {
+            tracing::error!("pod garbage collector stopped: a watch cache was dropped");
+            return;
+        }
+    }
+    let threshold = ctx.settings.terminated_pod_gc_threshold;
+    let quarantine = ctx.settings.pod_gc_orphan_quarantine;
+    tracing::info!(
+        "pod garbage collector running: terminated-pod threshold {threshold}, orphan quarantine {quarantine:?}"
+    );
+    let mut gc = PodGc {
+        client,
+        pods,
+        nodes,
+        threshold,
+        quarantine,
+        orphans_seen: HashMap::new(),
+    };
+    loop {
+        gc.pass().await;
+        let sleep = if gc.orphans_seen.is_empty() {
+            GC_CHECK_PERIOD
+        } else {
+            GC_CHECK_PERIOD.min(quarantine).max(MIN_PASS_INTERVAL)
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(sleep) => {}
+            _ = wake.notified() => tokio::time::sleep(MIN_PASS_INTERVAL).await,
+        }
+    }
+}
+
+struct PodGc {
+    client: kube::Client,
+    pods: Store<Pod>,
+    nodes: Store<Node>,
+    threshold: usize,
+    /// How long a pod's node must be missing before the pod is collected.
+    quarantine: Duration,
+    /// Pods (by uid) first seen on a missing node, and when.
+    orphans_seen: HashMap<String, Instant>,
+}
+
+fn pod_name(pod: &Pod) -> String {
+    format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or_default(),
+        pod.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+fn phase(pod: &Pod) -> Option<&str> {
+    pod.status.as_ref()?.phase.as_deref()
+}
+
+fn is_terminated(pod: &Pod) -> bool {
+    matches!(phase(pod), Some("Succeeded" | "Failed"))
+}
+
+fn node_name(pod: &Pod) -> Option<&str> {
+    pod.spec
+        .as_ref()?
+        .node_name
+        .as_deref()
+        .filter(|n| !n.is_empty())
+}
+
+/// Oldest first: by creationTimestamp, then name (timestamps have seconds).
+fn older(a: &Pod, b: &Pod) -> Ordering {
+    let created = |p: &Pod| p.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    created(a)
+        .cmp(&created(b))
+        .then_with(|| pod_name(a).cmp(&pod_name(b)))
+}
+
+/// The terminated pods beyond `threshold`, oldest first (none when 0).
+fn terminated_excess(pods: &[Arc<Pod>], threshold: usize) -> Vec<Arc<Pod>> {
+    if threshold == 0 {
+        return Vec::new();
+    }
+    let mut terminated: Vec<Arc<Pod>> = pods
+        .iter()
+        .filter(|p| is_terminated(p) && p.metadata.deletion_timestamp.is_none())
+        .cloned()
+        .collect();
+    let excess = terminated.len().saturating_sub(threshold);
+    terminated.sort_by(|a, b| older(a, b));
+    terminated.truncate(excess);
+    terminated
+}
+
+/// The status that marks an orphaned pod Failed with upstream's condition.
+fn failed_status(pod: &Pod, now: Time) -> serde_json::Value {
+    let mut conditions: Vec<PodCondition> = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default();
+    conditions.retain(|c| c.type_ != DISRUPTION_TARGET);
+    conditions.push(PodCondition {
+        type_: DISRUPTION_TARGET.to_string(),
+        status: "True".to_string(),
+        reason: Some(REASON.to_string()),
+        message: Some(ORPHAN_MESSAGE.to_string()),
+        last_transition_time: Some(now),
+        ..Default::default()
+    });
+    let mut status = serde_json::json!({"conditions": conditions});
+    if !is_terminated(pod) {
+        status["phase"] = serde_json::json!("Failed");
+    }
+    serde_json::json!({ "status": status })
+}
+
+impl PodGc {
+    async fn pass(&mut self) {
+        let pods = self.pods.state();
+        for pod in terminated_excess(&pods, self.threshold) {
+            tracing::info!("deleting terminated pod {}", pod_name(&pod));
+            self.log(self.delete(&pod, "delete terminated").await);
+        }
+        let nodes: HashSet<String> = self
+            .nodes
+            .state()
+            .iter()
+            .filter_map(|n| n.metadata.name.clone())
+            .collect();
+        let now = Instant::now();
+        let mut orphans = HashMap::new();
+        for pod in &pods {
+            match node_name(pod) {
+                Some(node) if !nodes.contains(node) => {
+                    let uid = pod.metadata.uid.clone().unwrap_or_default();
+                    let seen = self.orphans_seen.get(&uid).copied().unwrap_or(now);
+                    orphans.insert(uid, seen);
+                    if now.duration_since(seen) >= self.quarantine {
+                        let result = self.collect_orphan(pod, node).await;
+                        self.log(result);
+                    }
+                }
+                None if pod.metadata.deletion_timestamp.is_some() => {
+                    tracing::info!("deleting unscheduled terminating pod {}", pod_name(pod));
+                    self.log(self.delete(pod, "delete unscheduled terminating").await);
+                }
+                _ => {}
+            }
+        }
+        self.orphans_seen = orphans;
+    }
+
+    fn log(&self, result: Result<(), PodGcError>) {
+        if let Err(e) = result {
+            tracing::warn!("{e}");
+        }
+    }
+
+    fn api(&self, pod: &Pod) -> Api<Pod> {
+        Api::namespaced(
+            self.client.clone(),
+            pod.metadata.namespace.as_deref().unwrap_or("default"),
+        )
+    }
+
+    /// Marks a pod on a vanished node Failed and deletes it; the node is
+    /// looked up on the server first, as the cache may lag behind.
+    async fn collect_orphan(&self, pod: &Pod, node: &str) -> Result<(), PodGcError> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        match nodes.get_opt(node).await {
+            Ok(None) => {}
+            Ok(Some(_)) => return Ok(()),
+            Err(e) => {
+                tracing::debug!("cannot look up node {node} of pod {}: {e}", pod_name(pod));
+                return Ok(());
+            }
+        }
+        let name = pod.metadata.name.as_deref().unwrap_or_default();
+        let already_marked = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| {
+                c.iter()
+                    .any(|c| c.type_ == DISRUPTION_TARGET && c.reason.as_deref() == Some(REASON))
+            });
+        if !already_marked {
+            tracing::info!(
+                "found orphaned pod {} assigned to node {node}, which no longer exists; deleting",
+                pod_name(pod)
+            );
+            let patch = failed_status(pod, Time(jiff::Timestamp::now()));
+            if let Err(source) = self
+                .api(pod)
+                .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                if matches!(&source, kube::Error::Api(s) if s.code == 404) {
+                    return Ok(());
+                }
+                return Err(PodGcError::Pod {
+                    action: "mark failed",
+                    pod: pod_name(pod),
+                    source,
+                });
+            }
+        }
+        if pod.metadata.deletion_timestamp.is_some() && already_marked {
+            return Ok(());
+        }
+        self.delete(pod, "delete orphaned").await
+    }
+
+    /// Deletes a pod at once (grace period 0); a pod already gone is fine.
+    async fn delete(&self, pod: &Pod, action: &'static str) -> Result<(), PodGcError> {
+        let name = pod.metadata.name.as_deref().unwrap_or_default();
+        let mut params = DeleteParams::default().grace_period(0);
+        if let Some(uid) = &pod.metadata.uid {
+            params = params.preconditions(kube::api::Preconditions {
+                uid: Some(uid.clone()),
+                resource_version: None,
+            });
+        }
+        match self.api(pod).delete(name, &params).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+            Err(source) => Err(PodGcError::Pod {
+                action,
+                pod: pod_name(pod),
+                source,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::PodStatus;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn pod(name: &str, created_s: i64, phase: &str) -> Arc<Pod> {
+        Arc::new(Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("default".into()),
+                creation_timestamp: Some(Time(
+                    jiff::Timestamp::from_second(1_700_000_000 + created_s).unwrap(),
+                )),
+                ..Default::default()
+            },
+            status: Some(PodStatus {
+                phase: Some(phase.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    fn names(pods: &[Arc<Pod>]) -> Vec<String> {
+        pods.iter()
+            .filter_map(|p| p.metadata.name.clone())
+            .collect()
+    }
+
+    #[test]
+    fn oldest_terminated_pods_beyond_threshold_go() {
+        let pods = vec![
+            pod("c", 3, "Succeeded"),
+            pod("a", 1, "Failed"),
+            pod("run", 0, "Running"),
+            pod("b", 2, "Succeeded"),
+            pod("d", 4, "Failed"),
+        ];
+        assert_eq!(names(&terminated_excess(&pods, 2)), ["a", "b"]);
+        assert!(terminated_excess(&pods, 4).is_empty());
+        assert!(terminated_excess(&pods, 0).is_empty());
+    }
+
+    #[test]
+    fn orphan_is_marked_failed_with_disruption_condition() {
+        let p = pod("x", 0, "Running");
+        let patch = failed_status(&p, Time(jiff::Timestamp::now()));
+        assert_eq!(patch["status"]["phase"], "Failed");
+        let cond = &patch["status"]["conditions"][0];
+        assert_eq!(cond["type"], DISRUPTION_TARGET);
+        assert_eq!(cond["reason"], REASON);
+        let done = pod("y", 0, "Succeeded");
+        assert!(failed_status(&done, Time(jiff::Timestamp::now()))["status"]
+            .get("phase")
+            .is_none());
+    }
+}
