@@ -1,7 +1,8 @@
 //! The agent pulls pod images from a registry: Debian's `docker-registry` on
 //! loopback (plain HTTP, listed with `--insecure-registry`) holding the
 //! project's busybox image, anonymous with imagePullPolicy Always, and behind
-//! htpasswd basic auth where only an imagePullSecret lets the pod start.
+//! htpasswd basic auth where only an imagePullSecret lets the pod start;
+//! the Pulling / Pulled / Failed / BackOff events tell the story.
 
 mod agent_support;
 mod common;
@@ -94,6 +95,16 @@ fn pod_image_is_pulled_from_the_local_registry_with_pull_policy_always() {
         },
     );
     assert_eq!(logs.trim(), "pulled-and-running");
+    let reasons = event_messages(&server, "from-registry");
+    assert!(
+        reasons.contains(&("Pulling".to_string(), format!("Pulling image \"{image}\""))),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|(r, m)| r == "Pulled"
+            && m.starts_with(&format!("Successfully pulled image \"{image}\" in "))),
+        "{reasons:?}"
+    );
 
     // A tag the registry does not have: ErrImagePull, then ImagePullBackOff.
     let missing = format!("{}/busybox:nosuch", registry.host());
@@ -109,6 +120,44 @@ fn pod_image_is_pulled_from_the_local_registry_with_pull_policy_always() {
                 .then_some(())
         },
     );
+    // Events are written asynchronously to the status: wait for them.
+    let wanted_backoff = (
+        "BackOff".to_string(),
+        format!("Back-off pulling image \"{missing}\""),
+    );
+    let failed_prefix = format!("Failed to pull image \"{missing}\": ");
+    wait_for("Failed and BackOff events", Duration::from_secs(20), || {
+        let reasons = event_messages(&server, "missing-tag");
+        (reasons.contains(&wanted_backoff)
+            && reasons
+                .iter()
+                .any(|(r, m)| r == "Failed" && m.starts_with(&failed_prefix)))
+        .then_some(())
+    });
+}
+
+/// (reason, message) of the events about pod `name`.
+fn event_messages(server: &TestServer, name: &str) -> Vec<(String, String)> {
+    let out = server.kubectl_ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        &format!("involvedObject.name={name}"),
+        "-o",
+        "json",
+    ]);
+    let list: serde_json::Value = serde_json::from_str(&out).expect("event list JSON");
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            (
+                e["reason"].as_str().unwrap_or_default().to_string(),
+                e["message"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
 }
 
 #[test]

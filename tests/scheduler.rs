@@ -547,3 +547,47 @@ async fn pods_bound_elsewhere_count_and_their_deletion_frees_room() {
         .is_empty());
     assert!(events(&client, "not-ours", "Scheduled").await.is_empty());
 }
+
+#[tokio::test]
+async fn retried_unschedulable_pod_keeps_one_event_with_a_count() {
+    let (_server, client) = Server::start().await;
+    FakeNode::new("only", "2").create(&client).await;
+    create_pod(&client, "too-big", "4", json!({})).await;
+    let message = failed_scheduling(&client, "too-big").await;
+    assert_eq!(message, "0/1 nodes are available: 1 Insufficient cpu.");
+
+    // Pods bound by someone else come and go: each departure is a cluster
+    // change that makes the scheduler try the pending pod again.
+    let mut churn = 0;
+    let event = eventually("FailedScheduling counted three times", || {
+        churn += 1;
+        let client = client.clone();
+        async move {
+            let name = format!("churn-{churn}");
+            create_pod(&client, &name, "10m", json!({"nodeName": "only"})).await;
+            pods(&client)
+                .delete(&name, &DeleteParams::default().grace_period(0))
+                .await
+                .expect("delete a churn pod");
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            let events = events(&client, "too-big", "FailedScheduling").await;
+            let event = events.first()?.clone();
+            assert_eq!(events.len(), 1, "repeats become one Event: {events:?}");
+            (event.count? >= 3).then_some(event)
+        }
+    })
+    .await;
+    assert_eq!(
+        event.message.as_deref(),
+        Some("0/1 nodes are available: 1 Insufficient cpu.")
+    );
+    let (first, last) = (
+        event.first_timestamp.expect("first"),
+        event.last_timestamp.expect("last"),
+    );
+    assert!(
+        last.0 > first.0,
+        "lastTimestamp {last:?} follows firstTimestamp {first:?}"
+    );
+    assert_eq!(node_of(&client, "too-big").await, None, "stays Pending");
+}

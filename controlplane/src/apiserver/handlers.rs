@@ -11,7 +11,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use super::delete::{delete, delete_collection};
 use super::list::list;
@@ -269,7 +269,17 @@ async fn check_namespace(server: &ApiServer, req: &ResourceRequest<'_>) -> Resul
 }
 
 async fn create(server: &Arc<ApiServer>, req: &ResourceRequest<'_>) -> Result<Response, ApiError> {
-    let body = req.decode()?;
+    create_object(server, req, req.decode()?, None).await
+}
+
+/// Creates `body`; with `applied` (server-side apply of a missing object) the
+/// field manager's managedFields entry is recorded on the new object.
+async fn create_object(
+    server: &Arc<ApiServer>,
+    req: &ResourceRequest<'_>,
+    body: Value,
+    applied: Option<(&Map<String, Value>, &str)>,
+) -> Result<Response, ApiError> {
     check_namespace(server, req).await?;
     let (mut obj, warnings) = strategy::prepare_create(
         req.resource,
@@ -277,6 +287,9 @@ async fn create(server: &Arc<ApiServer>, req: &ResourceRequest<'_>) -> Result<Re
         body,
         req.field_validation()?,
     )?;
+    if let Some((config, manager)) = applied {
+        patch::record_manager(&mut obj, config, manager, &strategy::now_rfc3339());
+    }
     if req.resource.kind == "Pod" {
         strategy::add_default_tolerations(
             &mut obj,
@@ -439,7 +452,7 @@ async fn patch(
         ApiError::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {ct})"))
     })?;
     if patch_type == PatchType::Apply {
-        return Err(ApiError::new(415, "UnsupportedMediaType", "server-side apply (application/apply-patch+yaml) is not supported yet; use client-side kubectl apply"));
+        return server_side_apply(server, req, scope).await;
     }
     let kind = req.resource.kind;
     let (obj, warnings) = guaranteed_update(server, req, scope, |current| {
@@ -454,10 +467,58 @@ async fn patch(
     Ok(respond_object(req, StatusCode::OK, obj, &warnings))
 }
 
+/// Server-side apply: creates the object when missing, otherwise merges the
+/// applied configuration into it; either way records the field manager.
+async fn server_side_apply(
+    server: &Arc<ApiServer>,
+    req: &ResourceRequest<'_>,
+    scope: Scope,
+) -> Result<Response, ApiError> {
+    let manager = req
+        .param("fieldManager")
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| {
+            ApiError::new(
+                400,
+                "BadRequest",
+                "fieldManager is required for apply requests",
+            )
+        })?;
+    let applied = patch::parse_apply(&req.body).map_err(|e| patch_error(&e))?;
+    let force = req.flag("force");
+    let kind = req.resource.kind;
+    let result = guaranteed_update(server, req, scope, |current| {
+        let mut current = current.clone();
+        if let Some(m) = current["metadata"].as_object_mut() {
+            m.remove("resourceVersion");
+        }
+        let now = strategy::now_rfc3339();
+        patch::server_side_apply(kind, &current, &applied, manager, force, &now)
+            .map_err(|e| patch_error(&e))
+    })
+    .await;
+    match result {
+        Ok((obj, warnings)) => Ok(respond_object(req, StatusCode::OK, obj, &warnings)),
+        Err(e) if e.code == 404 && scope == Scope::Main => {
+            let mut body = applied.clone();
+            let meta = body
+                .entry("metadata")
+                .or_insert_with(|| Value::Object(Map::new()));
+            if let Some(m) = meta.as_object_mut() {
+                m.entry("name")
+                    .or_insert_with(|| Value::String(req.object_name().to_string()));
+            }
+            create_object(server, req, Value::Object(body), Some((&applied, manager))).await
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// A patch failure as a Status with upstream's code (400, 415 or 422).
 pub fn patch_error(e: &patch::PatchError) -> ApiError {
     let code = e.http_status();
     let reason = match code {
+        409 => "Conflict",
         415 => "UnsupportedMediaType",
         422 => "Invalid",
         500 => "InternalError",

@@ -11,7 +11,10 @@
 //! key comes from the `patchStrategy`/`patchMergeKey` struct tags of the upstream
 //! API types, tabulated in [`list_strategy`].
 
+mod managed;
 mod strategic;
+
+pub use managed::{conflicts_message, parse_apply, record_manager, server_side_apply, Conflict};
 
 use std::fmt;
 
@@ -26,7 +29,7 @@ pub enum PatchType {
     Merge,
     /// Kubernetes strategic merge patch (what `kubectl apply` and `kubectl patch` send).
     StrategicMerge,
-    /// Server-side apply (`application/apply-patch+yaml`); not implemented yet.
+    /// Server-side apply (`application/apply-patch+yaml`), see [`server_side_apply`].
     Apply,
 }
 
@@ -129,7 +132,13 @@ pub enum PatchError {
         /// Why.
         message: String,
     },
-    /// The patch type is recognised but not implemented (server-side apply).
+    /// Server-side apply would overwrite fields other managers own.
+    #[error("{}", conflicts_message(.0))]
+    ApplyConflicts(Vec<Conflict>),
+    /// A server-side apply body that is not a YAML/JSON object.
+    #[error("error decoding YAML: {0}")]
+    BadApplyBody(String),
+    /// The patch type is not handled by [`apply`] (server-side apply has its own entry point).
     #[error("{0} is not supported by this server yet; use a strategic merge patch (kubectl apply without --server-side)")]
     Unsupported(PatchType),
 }
@@ -141,6 +150,7 @@ impl PatchError {
     pub fn http_status(&self) -> u16 {
         match self {
             PatchError::Unsupported(_) => 415,
+            PatchError::ApplyConflicts(_) => 409,
             PatchError::JsonPatchFailed { .. }
             | PatchError::MissingMergeKey { .. }
             | PatchError::Unmergeable { .. } => 422,
@@ -148,7 +158,8 @@ impl PatchError {
             PatchError::InvalidJson { .. }
             | PatchError::InvalidJsonPatch(_)
             | PatchError::NotAnObject { .. }
-            | PatchError::BadDirective { .. } => 400,
+            | PatchError::BadDirective { .. }
+            | PatchError::BadApplyBody(_) => 400,
         }
     }
 }
