@@ -139,7 +139,7 @@ pub enum PatchError {
     #[error("error decoding YAML: {0}")]
     BadApplyBody(String),
     /// The patch type is not handled by [`apply`] (server-side apply has its own entry point).
-    #[error("{0} is not supported by this server yet; use a strategic merge patch (kubectl apply without --server-side)")]
+    #[error("{0} is not a patch: the server applies it with its field manager")]
     Unsupported(PatchType),
 }
 
