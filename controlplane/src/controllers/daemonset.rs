@@ -8,9 +8,9 @@
 //! node is deleted is force-deleted: no kubelet is left to confirm it, and
 //! skiff has no pod garbage collector to do it later.
 //!
-//! Revisions: upstream records templates in ControllerRevision objects and
-//! labels pods with their name. skiff serves no ControllerRevisions, so the
-//! `controller-revision-hash` label carries a hash of the template itself.
+//! Revisions: each template is recorded in a ControllerRevision
+//! `<ds>-<hash>` ([`workload::history`]), which `kubectl rollout history` and
+//! `rollout undo` read; pods carry the hash in `controller-revision-hash`.
 
 mod eligibility;
 mod rollout;
@@ -32,6 +32,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::events::{reference, EventType, Recorder};
+use super::workload::history::{self, HistoryError};
 use super::workload::{self, SelectorError};
 use super::Context;
 use rollout::{DaemonPod, NodeState};
@@ -79,6 +80,14 @@ pub enum DaemonSetError {
         failed: usize,
         /// The first failure.
         first: String,
+    },
+    /// Recording the template's ControllerRevision failed.
+    #[error("daemonset {name}: {source}")]
+    History {
+        /// namespace/name.
+        name: String,
+        /// What failed.
+        source: HistoryError,
     },
     /// Writing the status failed.
     #[error("cannot update the status of daemonset {name}: {source}")]
@@ -210,6 +219,21 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<DsContext>) -> Result<Action, Da
         .collect();
 
     let hash = workload::template_hash(&ds.spec.template);
+    let in_use: Vec<String> = pods
+        .iter()
+        .map(|p| format!("{}-{}", ds.name_any(), workload::revision(p)))
+        .collect();
+    let owner = history::Owner {
+        object: &ds,
+        template: &ds.spec.template,
+        limit: ds.spec.revision_history_limit,
+    };
+    history::sync(&ctx.client, owner, &in_use)
+        .await
+        .map_err(|source| DaemonSetError::History {
+            name: key.clone(),
+            source,
+        })?;
     let mut spec = ds.spec.template.spec.clone().unwrap_or_default();
     eligibility::add_daemon_tolerations(&mut spec);
     let min_ready = ds.spec.min_ready_seconds.unwrap_or(0);

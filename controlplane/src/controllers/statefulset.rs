@@ -4,11 +4,10 @@
 //! under OrderedReady or all at once under Parallel, and replaced from the
 //! highest ordinal down to the partition on a RollingUpdate ([`plan`]).
 //!
-//! Revisions: upstream stores templates in ControllerRevisions named
-//! `<set>-<hash>`; skiff serves none, so the revision name is derived from a
-//! hash of the template and only the current template can be instantiated.
-//! A pod below the partition that has to be recreated therefore gets the
-//! update revision. PersistentVolumeClaims from `volumeClaimTemplates` are
+//! Revisions: each template is recorded in a ControllerRevision
+//! `<set>-<hash>` ([`workload::history`]), which `kubectl rollout history`
+//! and `rollout undo` read. Only the current template is instantiated: a pod
+//! below the partition that has to be recreated gets the update revision. PersistentVolumeClaims from `volumeClaimTemplates` are
 //! not created (the API server does not serve them yet).
 
 mod plan;
@@ -26,6 +25,7 @@ use kube::ResourceExt;
 use serde_json::json;
 
 use super::events::{reference, EventType, Recorder};
+use super::workload::history::{self, HistoryError};
 use super::workload::{self, SelectorError};
 use super::Context;
 use plan::{Replica, SetSpec, Step};
@@ -120,15 +120,6 @@ fn error_policy(set: Arc<StatefulSet>, error: &StatefulSetError, _ctx: Arc<StsCo
     Action::requeue(RETRY)
 }
 
-/// `<set>-<hash of the template>`, as upstream names revisions.
-fn revision_name(set: &StatefulSet) -> String {
-    format!(
-        "{}-{}",
-        set.name_any(),
-        workload::template_hash(&set.spec.template)
-    )
-}
-
 async fn reconcile(
     set: Arc<StatefulSet>,
     ctx: Arc<StsContext>,
@@ -186,7 +177,18 @@ async fn reconcile(
         })
         .collect();
 
-    let update_revision = revision_name(&set);
+    let in_use: Vec<String> = replicas.iter().map(|r| r.revision.clone()).collect();
+    let owner = history::Owner {
+        object: &set,
+        template: &set.spec.template,
+        limit: set.spec.revision_history_limit,
+    };
+    let (update_revision, _) = history::sync(&ctx.client, owner, &in_use)
+        .await
+        .map_err(|source| StatefulSetError::History {
+            name: key.clone(),
+            source,
+        })?;
     let strategy = set.spec.update_strategy.as_ref();
     let rolling = strategy
         .and_then(|s| s.type_.as_deref())

@@ -3,7 +3,10 @@
 //! readiness and availability as upstream's `podutil` judges them, the
 //! controller ownerReference, and label selectors as list queries.
 //!
-//! Nothing here talks to the API server; the controllers own all I/O.
+//! Apart from [`history`] (their ControllerRevisions) nothing here talks to
+//! the API server; the controllers own all other I/O.
+
+pub mod history;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -15,9 +18,8 @@ use kube::Resource;
 
 /// Label carrying the template revision a pod was created from.
 ///
-/// Upstream names a ControllerRevision object here; skiff does not serve
-/// ControllerRevisions, so the value is derived from a hash of the pod
-/// template alone (see [`template_hash`]).
+/// Its value is the hash of the template ([`template_hash`]) that also names
+/// the template's ControllerRevision ([`history`]).
 pub const REVISION_LABEL: &str = "controller-revision-hash";
 
 /// Characters upstream's `rand.SafeEncodeString` maps hash digits to: no

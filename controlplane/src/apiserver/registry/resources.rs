@@ -181,6 +181,19 @@ pub static RESOURCES: &[Resource] = &[
         api::apps::v1::StatefulSet
     ),
     res!(
+        "apps",
+        "v1",
+        "ControllerRevision",
+        "controllerrevisions",
+        "controllerrevision",
+        true,
+        &[],
+        &[],
+        &[],
+        "controllerrevisions",
+        api::apps::v1::ControllerRevision
+    ),
+    res!(
         "discovery.k8s.io",
         "v1",
         "EndpointSlice",
