@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod packet;
 pub mod records;
 pub mod sockets;
+pub mod udp;
 pub mod upstream;
 pub mod watch;
 
@@ -238,9 +239,12 @@ pub async fn run(
         upstreams,
         metrics.clone(),
     ));
+    // UDP, where nearly all queries come, is served by our own loop (no task
+    // or channel per query); TCP by hickory-server.
     let mut server = Server::new(Shared(handler.clone()));
+    let mut udp_tasks = tokio::task::JoinSet::new();
     for (udp, tcp) in sockets {
-        server.register_socket(udp);
+        udp_tasks.spawn(udp::serve(udp, handler.clone()));
         server.register_listener(tcp, TCP_IDLE_TIMEOUT, 64 * 1024);
     }
     let metrics_task = metrics_listener.map(|l| tokio::spawn(metrics::serve(l, metrics)));
@@ -251,12 +255,17 @@ pub async fn run(
     let result = tokio::select! {
         _ = &mut shutdown => Ok(()),
         ended = &mut watch_task => Err(flatten(ended)),
+        Some(ended) = udp_tasks.join_next() => Err(DnsError::Server(match ended {
+            Ok(error) => format!("UDP socket failed: {error}"),
+            Err(error) => format!("the UDP task failed: {error}"),
+        })),
         done = server.block_until_done() => Err(DnsError::Server(match done {
             Ok(()) => "all listeners closed".to_string(),
             Err(e) => e.to_string(),
         })),
     };
     probe.abort();
+    udp_tasks.abort_all();
     watch_task.abort();
     if let Some(task) = metrics_task {
         task.abort();

@@ -76,6 +76,14 @@ pub enum StatefulSetError {
         /// What failed.
         message: String,
     },
+    /// Recording the template's ControllerRevision failed.
+    #[error("statefulset {name}: {source}")]
+    History {
+        /// namespace/name.
+        name: String,
+        /// What failed.
+        source: HistoryError,
+    },
     /// Writing the status failed.
     #[error("cannot update the status of statefulset {name}: {source}")]
     Status {
@@ -177,18 +185,24 @@ async fn reconcile(
         })
         .collect();
 
-    let in_use: Vec<String> = replicas.iter().map(|r| r.revision.clone()).collect();
-    let owner = history::Owner {
-        object: &set,
-        template: &set.spec.template,
-        limit: set.spec.revision_history_limit,
+    let update_revision = if set.metadata.deletion_timestamp.is_some() {
+        history::revision_name(&name, &set.spec.template)
+    } else {
+        let mut in_use: Vec<String> = replicas.iter().map(|r| r.revision.clone()).collect();
+        in_use.extend(set.status.as_ref().and_then(|s| s.current_revision.clone()));
+        let owner = history::Owner {
+            object: &set,
+            template: &set.spec.template,
+            limit: set.spec.revision_history_limit,
+        };
+        history::sync(&ctx.client, owner, &in_use)
+            .await
+            .map_err(|source| StatefulSetError::History {
+                name: key.clone(),
+                source,
+            })?
+            .0
     };
-    let (update_revision, _) = history::sync(&ctx.client, owner, &in_use)
-        .await
-        .map_err(|source| StatefulSetError::History {
-            name: key.clone(),
-            source,
-        })?;
     let strategy = set.spec.update_strategy.as_ref();
     let rolling = strategy
         .and_then(|s| s.type_.as_deref())

@@ -59,6 +59,12 @@ const KINDS: &[Kind] = &[
     kind!("apps", "v1", "DaemonSet", api::apps::v1::DaemonSet),
     kind!("apps", "v1", "StatefulSet", api::apps::v1::StatefulSet),
     kind!(
+        "apps",
+        "v1",
+        "ControllerRevision",
+        api::apps::v1::ControllerRevision
+    ),
+    kind!(
         "discovery.k8s.io",
         "v1",
         "EndpointSlice",

@@ -89,7 +89,9 @@ where
     let object = owner.object;
     let namespace = object.namespace().unwrap_or_default();
     let key = format!("{namespace}/{}", object.name_any());
-    let uid = object.uid().ok_or_else(|| HistoryError::NoUid(key.clone()))?;
+    let uid = object
+        .uid()
+        .ok_or_else(|| HistoryError::NoUid(key.clone()))?;
     let api: Api<ControllerRevision> = Api::namespaced(client.clone(), &namespace);
     let err = |action: &'static str| {
         let owner = key.clone();
@@ -107,12 +109,12 @@ where
         .into_iter()
         .filter(|r| controlled_by(r, &uid))
         .collect();
-    owned.sort_by_key(|r| r.revision);
-    let newest = owned.last().map_or(0, |r| r.revision);
+    owned.sort_by_key(|r| r.revision.unwrap_or(0));
+    let newest = owned.last().and_then(|r| r.revision).unwrap_or(0);
     let name = revision_name(&object.name_any(), owner.template);
 
     let number = match owned.iter().find(|r| r.name_any() == name) {
-        Some(existing) if existing.revision == newest => newest,
+        Some(existing) if existing.revision == Some(newest) => newest,
         Some(_) => {
             let patch = json!({"revision": newest + 1});
             api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -143,8 +145,8 @@ where
                     owner_references: Some(vec![reference]),
                     ..ObjectMeta::default()
                 },
-                data: Some(RawExtension(revision_data(owner.template))),
-                revision: newest + 1,
+                data: RawExtension(revision_data(owner.template)),
+                revision: Some(newest + 1),
             };
             match api.create(&PostParams::default(), &revision).await {
                 Ok(_) => {}

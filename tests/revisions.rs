@@ -1,0 +1,224 @@
+//! ControllerRevisions of DaemonSets and StatefulSets, driven by the real
+//! kubectl: every template change is recorded, `kubectl rollout history`
+//! lists the revisions, `rollout undo --to-revision` brings an old template
+//! back, and `revisionHistoryLimit` trims old revisions. No nodes are needed:
+//! the controllers record revisions whether or not pods can run.
+
+#[path = "workloads/cluster.rs"]
+mod cluster;
+mod common;
+
+use cluster::{wait_for, Cluster, TIMEOUT};
+use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, StatefulSet};
+use kube::api::{Api, ListParams};
+use kube::ResourceExt;
+use serde_json::{json, Value};
+
+const DISABLED: &[&str] = &["scheduler", "nodelifecycle"];
+const NS: &str = "default";
+
+fn template(app: &str, image: &str) -> Value {
+    json!({
+        "metadata": {"labels": {"app": app}},
+        "spec": {"containers": [{"name": "main", "image": image}]},
+    })
+}
+
+fn daemon_set(name: &str, image: &str, limit: Option<i32>) -> Value {
+    let mut spec = json!({
+        "selector": {"matchLabels": {"app": name}},
+        "template": template(name, image),
+    });
+    if let Some(limit) = limit {
+        spec["revisionHistoryLimit"] = json!(limit);
+    }
+    json!({
+        "apiVersion": "apps/v1", "kind": "DaemonSet",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": spec,
+    })
+}
+
+/// The revisions of owner `owner_uid`: (revision number, image in data), sorted.
+async fn revisions(c: &Cluster, owner_uid: &str) -> Vec<(i64, String, ControllerRevision)> {
+    let api: Api<ControllerRevision> = Api::namespaced(c.client.clone(), NS);
+    let mut out: Vec<_> = api
+        .list(&ListParams::default())
+        .await
+        .expect("list controllerrevisions")
+        .items
+        .into_iter()
+        .filter(|r| {
+            r.owner_references()
+                .iter()
+                .any(|o| o.uid == owner_uid && o.controller == Some(true))
+        })
+        .map(|r| {
+            let image = r.data.0["spec"]["template"]["spec"]["containers"][0]["image"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            (r.revision.unwrap_or(0), image, r)
+        })
+        .collect();
+    out.sort_by_key(|(n, _, _)| *n);
+    out
+}
+
+/// Waits until the owner's revisions are exactly `want` (number, image).
+async fn wait_revisions(c: &Cluster, uid: &str, want: &[(i64, &str)]) -> Vec<ControllerRevision> {
+    wait_for(&format!("revisions {want:?}"), TIMEOUT, || async {
+        let have = revisions(c, uid).await;
+        let pairs: Vec<(i64, &str)> = have.iter().map(|(n, i, _)| (*n, i.as_str())).collect();
+        (pairs == want).then(|| have.into_iter().map(|(_, _, r)| r).collect())
+    })
+    .await
+}
+
+/// The REVISION column of `kubectl rollout history`.
+async fn history_column(c: &Cluster, target: &str) -> Vec<i64> {
+    let out = c
+        .kubectl_ok(&["rollout", "history", target, "-n", NS])
+        .await;
+    out.lines()
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+fn image_of(template: &k8s_openapi::api::core::v1::PodTemplateSpec) -> String {
+    template
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn daemon_set_history_and_undo_through_kubectl() {
+    let c = Cluster::start(DISABLED).await;
+    c.apply(&[daemon_set("agent", "busybox:1", None)]).await;
+    let api: Api<DaemonSet> = Api::namespaced(c.client.clone(), NS);
+    let ds = api.get("agent").await.expect("get the daemonset");
+    let uid = ds.uid().expect("uid");
+    let first = wait_revisions(&c, &uid, &[(1, "busybox:1")]).await;
+    let first = &first[0];
+    let labels = first.labels();
+    assert_eq!(labels.get("app").map(String::as_str), Some("agent"));
+    let hash = labels
+        .get("controller-revision-hash")
+        .expect("hash label")
+        .clone();
+    assert_eq!(first.name_any(), format!("agent-{hash}"));
+    assert_eq!(
+        first.data.0["spec"]["template"]["$patch"], "replace",
+        "data is a replacing template patch"
+    );
+
+    c.kubectl_ok(&["set", "image", "ds/agent", "main=busybox:2", "-n", NS])
+        .await;
+    wait_revisions(&c, &uid, &[(1, "busybox:1"), (2, "busybox:2")]).await;
+    c.kubectl_ok(&["set", "image", "ds/agent", "main=busybox:3", "-n", NS])
+        .await;
+    wait_revisions(
+        &c,
+        &uid,
+        &[(1, "busybox:1"), (2, "busybox:2"), (3, "busybox:3")],
+    )
+    .await;
+    assert_eq!(history_column(&c, "ds/agent").await, vec![1, 2, 3]);
+    let detail = c
+        .kubectl_ok(&["rollout", "history", "ds/agent", "--revision=2", "-n", NS])
+        .await;
+    assert!(detail.contains("busybox:2"), "revision 2 detail: {detail}");
+
+    c.kubectl_ok(&["rollout", "undo", "ds/agent", "--to-revision=1", "-n", NS])
+        .await;
+    let ds = api.get("agent").await.expect("get the daemonset");
+    assert_eq!(image_of(&ds.spec.template), "busybox:1");
+    // The first template is the newest revision again, under its old name.
+    let after = wait_revisions(
+        &c,
+        &uid,
+        &[(2, "busybox:2"), (3, "busybox:3"), (4, "busybox:1")],
+    )
+    .await;
+    assert_eq!(after[2].name_any(), format!("agent-{hash}"));
+    assert_eq!(history_column(&c, "ds/agent").await, vec![2, 3, 4]);
+
+    // Plain undo goes back to the previous revision.
+    c.kubectl_ok(&["rollout", "undo", "ds/agent", "-n", NS])
+        .await;
+    let ds = api.get("agent").await.expect("get the daemonset");
+    assert_eq!(image_of(&ds.spec.template), "busybox:3");
+
+    // revisionHistoryLimit keeps that many old revisions besides the current one.
+    c.apply(&[daemon_set("limited", "busybox:1", Some(1))])
+        .await;
+    let uid = api.get("limited").await.expect("get").uid().expect("uid");
+    wait_revisions(&c, &uid, &[(1, "busybox:1")]).await;
+    for image in ["busybox:2", "busybox:3"] {
+        c.kubectl_ok(&[
+            "set",
+            "image",
+            "ds/limited",
+            &format!("main={image}"),
+            "-n",
+            NS,
+        ])
+        .await;
+    }
+    wait_revisions(&c, &uid, &[(2, "busybox:2"), (3, "busybox:3")]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stateful_set_history_and_undo_through_kubectl() {
+    let c = Cluster::start(DISABLED).await;
+    c.apply(&[json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "db", "namespace": NS},
+        "spec": {
+            "replicas": 0,
+            "serviceName": "db",
+            "selector": {"matchLabels": {"app": "db"}},
+            "template": template("db", "busybox:1"),
+        },
+    })])
+    .await;
+    let api: Api<StatefulSet> = Api::namespaced(c.client.clone(), NS);
+    let uid = api.get("db").await.expect("get").uid().expect("uid");
+    wait_revisions(&c, &uid, &[(1, "busybox:1")]).await;
+    for image in ["busybox:2", "busybox:3"] {
+        c.kubectl_ok(&["set", "image", "sts/db", &format!("main={image}"), "-n", NS])
+            .await;
+    }
+    let all = wait_revisions(
+        &c,
+        &uid,
+        &[(1, "busybox:1"), (2, "busybox:2"), (3, "busybox:3")],
+    )
+    .await;
+    let newest = all[2].name_any();
+    wait_for(
+        "updateRevision names the newest revision",
+        TIMEOUT,
+        || async {
+            let s = api.get("db").await.expect("get").status?;
+            (s.update_revision.as_deref() == Some(newest.as_str())).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(history_column(&c, "sts/db").await, vec![1, 2, 3]);
+
+    c.kubectl_ok(&["rollout", "undo", "sts/db", "--to-revision=1", "-n", NS])
+        .await;
+    let set = api.get("db").await.expect("get");
+    assert_eq!(image_of(&set.spec.template), "busybox:1");
+    wait_revisions(
+        &c,
+        &uid,
+        &[(2, "busybox:2"), (3, "busybox:3"), (4, "busybox:1")],
+    )
+    .await;
+    assert_eq!(history_column(&c, "sts/db").await, vec![2, 3, 4]);
+}
