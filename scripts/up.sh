@@ -89,10 +89,18 @@ kubectl rollout status deployment/client --timeout=180s
 kubectl get pods,services -o wide
 
 log "from a pod, by the Service's name: kubectl exec deploy/client -- wget -q -O - http://web/"
-if ! kubectl exec deploy/client -- sh -c 'timeout 10 wget -q -O - http://web/'; then
-  vip=$(kubectl get service web -o jsonpath='{.spec.clusterIP}')
-  log "the name did not resolve (no cluster DNS on the node yet); by ClusterIP $vip instead"
-  kubectl exec deploy/client -- sh -c "timeout 10 wget -q -O - http://$vip/"
+# A few tries: the Service's endpoints may trail the rollout by a moment.
+fetched=
+for _ in 1 2 3 4 5; do
+  if kubectl exec deploy/client -- sh -c 'timeout 10 wget -q -O - http://web/'; then
+    fetched=1
+    break
+  fi
+  sleep 2
+done
+if [[ -z $fetched ]]; then
+  kubectl get pods,services,endpointslices -o wide >&2 || true
+  die "the client pod could not fetch http://web/ (agent logs: $DATA/logs/)"
 fi
 
 node_ip=$(kubectl get nodes -o jsonpath='{.items[0].status.addresses[?(@.type=="InternalIP")].address}')

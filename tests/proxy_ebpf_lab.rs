@@ -14,45 +14,7 @@ use serde_json::json;
 
 const MODE: &str = "ebpf";
 
-#[test]
-fn clusterip_tcp_and_udp() {
-    lab::services::clusterip_tcp_and_udp(MODE);
-}
-
-#[test]
-fn nodeport_from_underlay() {
-    lab::services::nodeport_from_underlay(MODE);
-}
-
-#[test]
-fn no_endpoints_rejects() {
-    lab::services::no_endpoints_rejects(MODE);
-}
-
-#[test]
-fn client_ip_affinity() {
-    lab::services::client_ip_affinity(MODE);
-}
-
-#[test]
-fn external_traffic_policy_local() {
-    lab::services::external_traffic_policy_local(MODE);
-}
-
-#[test]
-fn terminating_fallback() {
-    lab::services::terminating_fallback(MODE);
-}
-
-#[test]
-fn udp_flow_moves_after_endpoint_removed() {
-    lab::services::udp_flow_moves_after_endpoint_removed(MODE);
-}
-
-#[test]
-fn load_balancer_source_ranges() {
-    lab::services::load_balancer_source_ranges(MODE);
-}
+lab::services::behaviour_suite!("ebpf");
 
 fn addr(ip: &str, port: u16) -> std::net::SocketAddr {
     format!("{ip}:{port}").parse().expect("socket address")

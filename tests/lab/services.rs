@@ -1,8 +1,35 @@
 //! The service-proxy behaviour suite, one function per behaviour, each taking
 //! the proxy mode (`iptables`, `ebpf`) so every data plane runs the same
-//! checks: `tests/proxy_iptables.rs` calls them with "iptables".
+//! checks: `behaviour_suite!("iptables")` in tests/proxy_iptables.rs and
+//! `behaviour_suite!("ebpf")` in tests/proxy_ebpf_lab.rs make one `#[test]`
+//! per behaviour.
 //!
 //! Each function builds its own lab and API server, so they run in parallel.
+
+/// One `#[test]` per behaviour of this suite, run with the proxy `mode`.
+macro_rules! behaviour_suite {
+    ($mode:literal) => {
+        $crate::lab::services::behaviour_suite!(@tests $mode;
+            clusterip_tcp_and_udp,
+            nodeport_from_underlay,
+            no_endpoints_rejects,
+            client_ip_affinity,
+            external_traffic_policy_local,
+            terminating_fallback,
+            udp_flow_moves_after_endpoint_removed,
+            load_balancer_source_ranges,
+        );
+    };
+    (@tests $mode:literal; $($name:ident,)*) => {
+        $(
+            #[test]
+            fn $name() {
+                $crate::lab::services::$name($mode);
+            }
+        )*
+    };
+}
+pub(crate) use behaviour_suite;
 
 use std::collections::BTreeSet;
 use std::io::ErrorKind;

@@ -166,13 +166,20 @@ mod tests {
     fn recognises_a_process_by_its_marker_and_stops_it() {
         let dir = tempfile::tempdir().unwrap();
         let marker = dir.path().join("marker");
-        // A shell carries the marker as $0's first argument and sleeps.
+        // A shell carries the marker as its first argument and sleeps (a loop,
+        // not a lone `sleep`: dash would exec that and drop the marker).
         let mut child = Command::new("sh")
-            .args(["-c", "sleep 30", "sh"])
+            .args(["-c", "for i in $(seq 30); do sleep 1; done", "sh"])
             .arg(&marker)
             .spawn()
             .unwrap();
         let pid = child.id();
+        // spawn() returns while the child's exec is still setting up its
+        // arguments (/proc/<pid>/cmdline reads empty for a moment).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !is_ours(pid, &marker) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         assert!(is_ours(pid, &marker));
         assert!(!is_ours(pid, &dir.path().join("other")));
         let started = start_time(pid).unwrap();
@@ -180,7 +187,8 @@ mod tests {
         let reaper = std::thread::spawn(move || child.wait());
         stop(pid, &marker, Duration::from_secs(5));
         assert!(!is_ours(pid, &marker));
-        assert_eq!(start_time(pid), None);
+        // Gone for good once reaped (a zombie still has /proc/<pid>/stat).
         reaper.join().unwrap().unwrap();
+        assert_eq!(start_time(pid), None);
     }
 }
