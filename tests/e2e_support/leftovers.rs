@@ -36,7 +36,7 @@ pub fn find(prefix: &str, dir: &Path) -> Vec<String> {
             }
         }
     }
-    for e in std::fs::read_dir("/sys/fs/bpf/skiff")
+    for e in std::fs::read_dir(skiff_proxy::ebpf::PIN_ROOT)
         .into_iter()
         .flatten()
         .flatten()

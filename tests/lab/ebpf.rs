@@ -38,7 +38,7 @@ pub fn cgroup_for(ns: &str) -> Option<PathBuf> {
 
 /// The pin directory of the proxy of `node` in ebpf mode.
 pub fn pin_dir(node: &Node) -> PathBuf {
-    PathBuf::from("/sys/fs/bpf/skiff").join(node.ns.name())
+    skiff_proxy::ebpf::EbpfConfig::default_pin_dir(node.ns.name())
 }
 
 /// The eBPF resources of one lab node's proxy; removed on drop.

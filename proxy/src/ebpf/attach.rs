@@ -259,7 +259,13 @@ pub fn detach_and_unpin(pin_dir: &Path) -> Result<(), AttachError> {
         }
     }
     match fs::remove_dir(pin_dir) {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            // The shared root goes with its last node (fails while others remain).
+            if pin_dir.parent() == Some(Path::new(super::PIN_ROOT)) {
+                let _ = fs::remove_dir(super::PIN_ROOT);
+            }
+            Ok(())
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(source) => Err(AttachError::Io {
             what: "removing",

@@ -114,7 +114,11 @@ pub fn ensure_bpffs_dir(dir: &Path) -> Result<(), CgroupError> {
             });
         }
     }
-    fs::create_dir_all(dir).map_err(io("creating pin directory", dir))
+    // Another node's cleanup removes the shared root once it is empty; should
+    // that fall between create_dir_all's steps, one more try settles it.
+    fs::create_dir_all(dir)
+        .or_else(|_| fs::create_dir_all(dir))
+        .map_err(io("creating pin directory", dir))
 }
 
 #[cfg(test)]

@@ -59,6 +59,9 @@ pub struct EbpfConfig {
 /// Default [`EbpfConfig::tcp_destroy_grace`].
 pub const TCP_DESTROY_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The bpffs directory holding one pin directory per node.
+pub const PIN_ROOT: &str = "/sys/fs/bpf/skiff";
+
 /// The node's cgroup, relative to each hierarchy's root: the socket programs
 /// attach to it in cgroup v2, and the node agent creates its pod cgroups below
 /// it, so one name serves both.
@@ -67,9 +70,9 @@ pub fn node_cgroup(node: &str) -> String {
 }
 
 impl EbpfConfig {
-    /// `/sys/fs/bpf/skiff/<node>`.
+    /// `/sys/fs/bpf/skiff/<node>` ([`PIN_ROOT`]`/<node>`).
     pub fn default_pin_dir(node: &str) -> PathBuf {
-        Path::new("/sys/fs/bpf/skiff").join(node)
+        Path::new(PIN_ROOT).join(node)
     }
 
     /// The default layout for `node`: pins under /sys/fs/bpf/skiff/<node>,

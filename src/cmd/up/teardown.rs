@@ -42,11 +42,9 @@ pub fn teardown(state: &UpState) -> Vec<String> {
     let names: Vec<&str> = state.nodes.iter().map(|n| n.name.as_str()).collect();
     remove_cgroups(&names, &mut problems);
     for name in &names {
-        let pins = Path::new("/sys/fs/bpf/skiff").join(name);
-        if pins.exists() {
-            if let Err(e) = std::fs::remove_dir_all(&pins) {
-                problems.push(format!("bpffs pins {}: {e}", pins.display()));
-            }
+        let pins = skiff_proxy::ebpf::EbpfConfig::default_pin_dir(name);
+        if let Err(e) = skiff_proxy::ebpf::detach_and_unpin(&pins) {
+            problems.push(format!("bpffs pins {}: {e}", pins.display()));
         }
     }
     if let Some(pid) = state.server_pid {
