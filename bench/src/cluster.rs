@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 use serde_json::Value;
-use skiff_bench::process::memory;
+use skiff_bench::process::{memory, pss};
 
 /// The NodePort examples/web.yaml fixes.
 const NODE_PORT: u16 = 30080;
@@ -211,21 +211,6 @@ fn role(args: &[&[u8]]) -> &'static str {
     } else {
         "skiff up"
     }
-}
-
-/// `Pss:` of `pid` in bytes: its private memory plus its share of pages it
-/// shares (the many shims share one binary's text), so sums are honest.
-fn pss(pid: u32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    let line = text.lines().find(|l| l.starts_with("Pss:"))?;
-    let kib: u64 = line
-        .trim_start_matches("Pss:")
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib * 1024)
 }
 
 /// Memory of every live process with an argument under `dir`, by role:

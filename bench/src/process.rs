@@ -145,3 +145,19 @@ pub fn memory(pid: u32) -> Result<Memory> {
         peak: field("VmHWM:")?,
     })
 }
+
+/// `Pss:` of `pid` in bytes (`/proc/<pid>/smaps_rollup`): its private memory
+/// plus its share of pages it shares (the many shims share one binary's
+/// text), so sums over processes are honest.
+pub fn pss(pid: u32) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let line = text.lines().find(|l| l.starts_with("Pss:"))?;
+    let kib: u64 = line
+        .trim_start_matches("Pss:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
