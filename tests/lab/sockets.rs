@@ -6,7 +6,7 @@
 //! answered and which source address it saw.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -56,8 +56,13 @@ impl Drop for Server {
 
 /// Serves TCP on `0.0.0.0:port` in `ns`: every connection gets one reply line.
 pub fn tcp_server(ns: &Ns, port: u16, name: &str) -> Server {
+    tcp_server_on(ns, IpAddr::V4(Ipv4Addr::UNSPECIFIED), port, name)
+}
+
+/// Serves TCP on `ip:port` in `ns` (`[::]` for IPv6), as [`tcp_server`].
+pub fn tcp_server_on(ns: &Ns, ip: IpAddr, port: u16, name: &str) -> Server {
     let listener = ns
-        .run(|| TcpListener::bind(("0.0.0.0", port)))
+        .run(|| TcpListener::bind((ip, port)))
         .unwrap_or_else(|e| panic!("bind tcp {port} in {}: {e}", ns.name()));
     listener.set_nonblocking(true).expect("nonblocking");
     let stop = Arc::new(AtomicBool::new(false));
@@ -83,8 +88,13 @@ pub fn tcp_server(ns: &Ns, port: u16, name: &str) -> Server {
 
 /// Serves UDP on `0.0.0.0:port` in `ns`: every datagram gets one reply.
 pub fn udp_server(ns: &Ns, port: u16, name: &str) -> Server {
+    udp_server_on(ns, IpAddr::V4(Ipv4Addr::UNSPECIFIED), port, name)
+}
+
+/// Serves UDP on `ip:port` in `ns` (`[::]` for IPv6), as [`udp_server`].
+pub fn udp_server_on(ns: &Ns, ip: IpAddr, port: u16, name: &str) -> Server {
     let socket = ns
-        .run(|| UdpSocket::bind(("0.0.0.0", port)))
+        .run(|| UdpSocket::bind((ip, port)))
         .unwrap_or_else(|e| panic!("bind udp {port} in {}: {e}", ns.name()));
     socket.set_read_timeout(Some(POLL)).expect("timeout");
     let stop = Arc::new(AtomicBool::new(false));

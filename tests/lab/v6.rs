@@ -9,11 +9,8 @@
 //!   └─ <p>-n1-<pod>  eth0 fd00:10:244:1::<h>, default via fd00:10:244:1::1
 //! ```
 
-use std::io::{self, Read, Write};
-use std::net::{Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::{self, JoinHandle};
+use std::io::{self, Read};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Service;
@@ -23,6 +20,7 @@ use skiff_proxy::iptables::{Backend, BackendChoice, Family, Iptables, RuleOption
 use skiff_proxy::model::{self, BuildInput, NodeInfo, ServiceMap};
 use skiff_proxy::Dataplane;
 
+use super::sockets::{tcp_server_on, udp_server_on, Server};
 use super::{unique, Ns};
 
 /// The pod network of the IPv6 lab.
@@ -115,70 +113,14 @@ impl Node6 {
     }
 }
 
-/// A TCP or UDP server on `[::]:port` answering `<name> <peer>`; stopped on drop.
-pub struct Server6 {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Drop for Server6 {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-const POLL: Duration = Duration::from_millis(20);
-
 /// Serves TCP on `[::]:port` in `ns`: one reply line per connection.
-pub fn tcp6_server(ns: &Ns, port: u16, name: &str) -> Server6 {
-    let listener = ns
-        .run(|| TcpListener::bind(("::", port)))
-        .unwrap_or_else(|e| panic!("bind tcp6 {port} in {}: {e}", ns.name()));
-    listener.set_nonblocking(true).expect("nonblocking");
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let name = name.to_string();
-    let thread = thread::spawn(move || {
-        while !flag.load(Ordering::Relaxed) {
-            match listener.accept() {
-                Ok((mut conn, peer)) => {
-                    let _ = conn.set_nonblocking(false);
-                    let _ = writeln!(conn, "{name} {}", peer.ip());
-                }
-                Err(_) => thread::sleep(POLL),
-            }
-        }
-    });
-    Server6 {
-        stop,
-        thread: Some(thread),
-    }
+pub fn tcp6_server(ns: &Ns, port: u16, name: &str) -> Server {
+    tcp_server_on(ns, IpAddr::V6(Ipv6Addr::UNSPECIFIED), port, name)
 }
 
 /// Serves UDP on `[::]:port` in `ns`: one reply per datagram.
-pub fn udp6_server(ns: &Ns, port: u16, name: &str) -> Server6 {
-    let socket = ns
-        .run(|| UdpSocket::bind(("::", port)))
-        .unwrap_or_else(|e| panic!("bind udp6 {port} in {}: {e}", ns.name()));
-    socket.set_read_timeout(Some(POLL)).expect("timeout");
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let name = name.to_string();
-    let thread = thread::spawn(move || {
-        let mut buf = [0u8; 512];
-        while !flag.load(Ordering::Relaxed) {
-            if let Ok((_, peer)) = socket.recv_from(&mut buf) {
-                let _ = socket.send_to(format!("{name} {}\n", peer.ip()).as_bytes(), peer);
-            }
-        }
-    });
-    Server6 {
-        stop,
-        thread: Some(thread),
-    }
+pub fn udp6_server(ns: &Ns, port: u16, name: &str) -> Server {
+    udp_server_on(ns, IpAddr::V6(Ipv6Addr::UNSPECIFIED), port, name)
 }
 
 /// One UDP request from a fresh socket in `ns`: the reply's text.
