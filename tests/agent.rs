@@ -112,35 +112,7 @@ spec:
     wait_for("pod object removed", Duration::from_secs(60), || {
         pod_json(&server, "gone").is_none().then_some(())
     });
-    assert!(
-        node.runc_containers().is_empty(),
-        "runc state left: {:?}",
-        node.runc_containers()
-    );
-    assert!(node.mounts().is_empty(), "mounts left: {:?}", node.mounts());
-    assert_eq!(node.allocated_ips(), 0, "the pod IP was not freed");
-    assert!(
-        node.entries("pods").is_empty(),
-        "pod dirs left: {:?}",
-        node.entries("pods")
-    );
-    assert!(
-        node.entries("logs").is_empty(),
-        "log dirs left: {:?}",
-        node.entries("logs")
-    );
-    assert!(
-        node.pod_cgroups().is_empty(),
-        "cgroups left: {:?}",
-        node.pod_cgroups()
-    );
-    let mut links = node.netns.links();
-    links.sort();
-    assert_eq!(
-        links,
-        ["lo", "skiff-dns", "skiff0"],
-        "only the node bridge and the node-local DNS link may stay"
-    );
+    node.assert_no_pod_leftovers();
 }
 
 /// Runs `manifest` and waits for it to be Running.

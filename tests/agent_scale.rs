@@ -85,24 +85,5 @@ fn max_pods_start_and_stop_leaving_nothing_behind() {
     wait_for("runc state removed", Duration::from_secs(30), || {
         node.runc_containers().is_empty().then_some(())
     });
-    assert!(node.mounts().is_empty(), "mounts left: {:?}", node.mounts());
-    assert_eq!(node.allocated_ips(), 0, "pod IPs still allocated");
-    assert!(
-        node.entries("pods").is_empty(),
-        "pod dirs left: {:?}",
-        node.entries("pods")
-    );
-    assert!(
-        node.entries("logs").is_empty(),
-        "log dirs left: {:?}",
-        node.entries("logs")
-    );
-    assert!(
-        node.pod_cgroups().is_empty(),
-        "cgroups left: {:?}",
-        node.pod_cgroups()
-    );
-    let mut links = node.netns.links();
-    links.sort();
-    assert_eq!(links, ["lo", "skiff-dns", "skiff0"], "veths left behind");
+    node.assert_no_pod_leftovers();
 }

@@ -339,3 +339,29 @@ pub fn wait_running(server: &TestServer, name: &str) -> Value {
         },
     )
 }
+
+impl AgentNode {
+    /// Asserts the node holds nothing of any pod: runc state, mounts, IP
+    /// allocations, pod and log directories, pod cgroups, veths (only the
+    /// node bridge and the node-local DNS link stay).
+    pub fn assert_no_pod_leftovers(&self) {
+        let runc = self.runc_containers();
+        assert!(runc.is_empty(), "runc state left: {runc:?}");
+        let mounts = self.mounts();
+        assert!(mounts.is_empty(), "mounts left: {mounts:?}");
+        assert_eq!(self.allocated_ips(), 0, "pod IPs still allocated");
+        for sub in ["pods", "logs"] {
+            let left = self.entries(sub);
+            assert!(left.is_empty(), "{sub} dirs left: {left:?}");
+        }
+        let cgroups = self.pod_cgroups();
+        assert!(cgroups.is_empty(), "cgroups left: {cgroups:?}");
+        let mut links = self.netns.links();
+        links.sort();
+        assert_eq!(
+            links,
+            ["lo", "skiff-dns", "skiff0"],
+            "only the node bridge and the node-local DNS link may stay"
+        );
+    }
+}
