@@ -11,9 +11,10 @@ use std::time::Instant;
 
 use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::{DNSClass, Name, Record, RecordType};
+use hickory_proto::serialize::binary::BinDecoder;
 use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponseBuilder;
+use hickory_server::zone_handler::{MessageResponseBuilder, Queries};
 
 use crate::cache::{Answer, Cache};
 use crate::index::{Index, Resolution};
@@ -176,6 +177,9 @@ impl Handler {
         let [query] = request.queries.queries() else {
             return Reply::error(ResponseCode::FormErr);
         };
+        if !echoable(&request.queries) {
+            return Reply::error(ResponseCode::FormErr);
+        }
         let name = Name::from(query.name().clone());
         self.reply(&name, query.query_type(), query.query_class())
             .await
@@ -200,7 +204,15 @@ impl RequestHandler for Handler {
             ours.set_max_payload(theirs.max_payload().clamp(512, MAX_UDP_PAYLOAD));
             ours
         });
-        let mut builder = MessageResponseBuilder::from_message_request(request);
+        // The question section goes back byte for byte as the client sent
+        // it; one that cannot (see `echoable`) is left out of the FORMERR.
+        let no_questions = empty_questions();
+        let questions = if echoable(&request.queries) {
+            &request.queries
+        } else {
+            &no_questions
+        };
+        let mut builder = MessageResponseBuilder::new(questions, None);
         if let Some(edns) = &edns {
             builder.edns(edns);
         }
@@ -233,4 +245,30 @@ impl RequestHandler for Handler {
         self.metrics.latency.observe(start.elapsed().as_secs_f64());
         info
     }
+}
+
+/// Whether the question section can be copied into the answer verbatim:
+/// exactly one question whose name has no compression pointer. A pointer in a
+/// question can only point backwards, into the header, whose bytes differ in
+/// the answer (flags, counts): copied, it would make the answer unparseable.
+/// Real resolvers never compress a lone question; such requests get FORMERR.
+fn echoable(queries: &Queries) -> bool {
+    if queries.len() != 1 {
+        return false;
+    }
+    let bytes = queries.as_bytes();
+    let mut at = 0;
+    // Bounded: every step moves `at` forward by at least one byte.
+    while let Some(&len) = bytes.get(at) {
+        match len {
+            0 => return true,
+            l if l & 0xC0 != 0 => return false,
+            l => at += 1 + usize::from(l),
+        }
+    }
+    false
+}
+
+fn empty_questions() -> Queries {
+    Queries::read(&mut BinDecoder::new(&[]), 0).expect("reading zero questions cannot fail")
 }

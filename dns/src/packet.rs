@@ -191,4 +191,40 @@ mod tests {
         assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
         assert!(m.metadata.recursion_available);
     }
+    /// Found by the fuzzer in CI: four questions, some with compression
+    /// pointers into the header. Whatever the server answers must parse.
+    #[tokio::test]
+    async fn fuzz_crash_multi_question_pointers_gets_a_parseable_answer() {
+        let h = handler(1);
+        let input: [u8; 62] = [
+            10, 218, 4, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 192, 70, 63, 192, 2, 0, 0,
+            0, 0, 0, 0, 23, 0, 0, 0, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 192, 70, 63, 192, 2, 0, 0, 0,
+            0, 0, 0, 23, 0, 0, 0, 12, 0, 0,
+        ];
+        let reply = answer_udp(&h, &input, src()).await.expect("FORMERR");
+        let m = Message::from_vec(&reply).expect("the answer parses");
+        assert_eq!(m.metadata.id, 0x0ada);
+        assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+        assert!(m.queries.is_empty(), "the broken questions are not echoed");
+    }
+
+    /// One question whose name is a compression pointer into the header
+    /// (offset 2: flags 0x04 0x00 read as a 4-byte label, then a 0 count
+    /// byte ends it): decodable in the request, but the header changes in
+    /// the answer, so echoing it would corrupt the answer.
+    #[tokio::test]
+    async fn a_question_pointing_into_the_header_gets_formerr_without_question() {
+        let h = handler(1);
+        let mut input = vec![0x12, 0x34, 0x04, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0];
+        input.extend_from_slice(&[0xc0, 0x02, 0x00, 0x01, 0x00, 0x01]);
+        assert!(
+            Message::from_vec(&input).is_ok(),
+            "the request itself decodes"
+        );
+        let reply = answer_udp(&h, &input, src()).await.expect("FORMERR");
+        let m = Message::from_vec(&reply).expect("the answer parses");
+        assert_eq!(m.metadata.id, 0x1234);
+        assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+        assert!(m.queries.is_empty());
+    }
 }
