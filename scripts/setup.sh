@@ -12,7 +12,7 @@ export DEBIAN_FRONTEND=noninteractive
 # build script; curl for the test harness and scripts/up.sh.
 APT_PACKAGES=(
   llvm-22-dev libpolly-22-dev clang-22
-  runc iptables iproute2 iputils-ping conntrack bpftool
+  runc iptables nftables iproute2 iputils-ping conntrack bpftool
   etcd-server
   dnsutils dnsperf dnsmasq-base unbound
   docker-registry busybox-static containernetworking-plugins

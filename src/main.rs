@@ -55,8 +55,13 @@ struct ServerArgs {
     /// etcd client URLs (with --store etcd), comma-separated.
     #[arg(long, value_delimiter = ',')]
     etcd_endpoints: Vec<String>,
-    /// ClusterIP range of Services.
-    #[arg(long, default_value = "10.96.0.0/12")]
+    /// ClusterIP range of Services; two ranges of different families,
+    /// comma-separated (the primary first), make the cluster dual-stack.
+    #[arg(
+        long,
+        alias = "service-cluster-ip-range",
+        default_value = "10.96.0.0/12"
+    )]
     service_cidr: String,
     /// Pod network range.
     #[arg(long, default_value = "10.244.0.0/16")]
@@ -102,6 +107,25 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_secs_f64(secs))
 }
 
+/// `--service-cidr`: one range, or two of different families (dual-stack).
+fn service_cidrs(
+    text: &str,
+) -> Result<(
+    skiff_proxy::model::IpNetwork,
+    Option<skiff_proxy::model::IpNetwork>,
+)> {
+    let cidrs = text
+        .split(',')
+        .map(|c| c.trim().parse::<skiff_proxy::model::IpNetwork>())
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("--service-cidr {text:?}"))?;
+    match cidrs.as_slice() {
+        [one] => Ok((*one, None)),
+        [a, b] if a.is_ipv4() != b.is_ipv4() => Ok((*a, Some(*b))),
+        _ => bail!("--service-cidr {text:?}: expected one range, or an IPv4 and an IPv6 range"),
+    }
+}
+
 fn server_config(args: ServerArgs) -> Result<Config> {
     let store = match args.store.as_str() {
         "etcd" if args.etcd_endpoints.is_empty() => {
@@ -129,14 +153,13 @@ fn server_config(args: ServerArgs) -> Result<Config> {
     controllers.node_cidr_mask_size = args.node_cidr_mask_size;
     controllers.terminated_pod_gc_threshold = args.terminated_pod_gc_threshold;
     controllers.pod_gc_orphan_quarantine = args.pod_gc_orphan_quarantine;
+    let (service_cidr, secondary_service_cidr) = service_cidrs(&args.service_cidr)?;
     Ok(Config {
         data_dir: args.data_dir,
         listen: args.listen,
         store,
-        service_cidr: args
-            .service_cidr
-            .parse()
-            .with_context(|| format!("--service-cidr {:?}", args.service_cidr))?,
+        service_cidr,
+        secondary_service_cidr,
         cluster_cidr,
         advertise_address: args.advertise_address,
         controllers,

@@ -91,8 +91,9 @@ fn cluster_ip_tcp_reaches_the_backend_only_from_the_cgroup() {
     assert_eq!(text(&out).trim(), "('10.96.0.10', 80)");
 
     let status = plane.dp().status().expect("status").to_string();
+    // Listed under the service's name, with the socket path's counters.
     assert!(
-        status.contains("10.96.0.10:80/tcp connections=2"),
+        status.contains("  default/web\n    10.96.0.10:80/tcp ClusterIP connections=2 packets=0"),
         "{status}"
     );
     assert_eq!(

@@ -93,7 +93,10 @@ fn nodeport_to_a_remote_backend_is_snated() {
     assert!(ct_entries >= 12, "two entries per flow: {status}");
     let connections: u64 = status
         .lines()
-        .find_map(|l| l.trim().strip_prefix("0.0.0.0:30081/tcp connections="))
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("0.0.0.0:30081/tcp NodePort connections=")
+        })
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or_else(|| panic!("no NodePort line: {status}"));
     assert!(connections >= 7, "{status}");
@@ -177,4 +180,126 @@ fn proxy_restarts_under_load_fail_nothing() {
         );
         assert!(ok >= 20, "{what}: only {ok} requests ran");
     }
+}
+
+/// The value of the series `name{labels}` in a Prometheus text exposition.
+fn series(metrics: &str, name: &str, labels: &str) -> Option<u64> {
+    let prefix = format!("{name}{{{labels}}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str())?.trim().parse().ok())
+}
+
+/// Per-service counters: connections through a ClusterIP (socket path) and
+/// flows, packets and bytes through a NodePort (tc path) raise that service's
+/// series on the proxy's /metrics, labelled with its namespace, name and
+/// port; `skiff proxy status` lists the frontends under the service's name.
+#[test]
+fn per_service_counters_on_metrics_and_status() {
+    let server = common::TestServer::start(common::StoreKind::Redb);
+    let mut lab = lab::Lab::new("ctr");
+    lab.add_node("n1", 1);
+    let a = lab.node("n1").add_pod("a", 2);
+    let client = lab.node("n1").add_pod("client", 9);
+    let outside = lab.add_client("out", 201);
+    let _srv = tcp_server(&a.ns, 8080, "a");
+    for (name, ip, node_port) in [
+        ("web", "10.96.10.31", 30091),
+        ("other", "10.96.10.32", 30092),
+    ] {
+        apply(
+            &server,
+            &service(
+                name,
+                ip,
+                &[("http", "TCP", 80, Some(node_port))],
+                json!({"type": "NodePort"}),
+            ),
+        );
+        apply(
+            &server,
+            &endpoint_slice(name, &[("http", "TCP", 8080)], &[Ep::ready(a.ip, "n1")]),
+        );
+    }
+    let _proxy = ProxyProcess::start(&server, lab.node("n1"), MODE);
+    let n1 = lab.node("n1").ip().to_string();
+    eventually(Duration::from_secs(20), "the ClusterIP from a pod", || {
+        tcp_request(&client.ns, addr("10.96.10.31", 80)).ok()
+    });
+    eventually(Duration::from_secs(20), "the NodePort from outside", || {
+        tcp_request(&outside.ns, addr(&n1, 30091)).ok()
+    });
+    for _ in 0..3 {
+        tcp_request(&client.ns, addr("10.96.10.31", 80)).expect("ClusterIP");
+        tcp_request(&outside.ns, addr(&n1, 30091)).expect("NodePort");
+    }
+
+    let metrics = ProxyProcess::metrics(lab.node("n1"));
+    let web = |metric: &str, kind: &str| {
+        series(
+            &metrics,
+            metric,
+            &format!(
+                "namespace=\"default\",name=\"web\",port=\"http\",protocol=\"TCP\",type=\"{kind}\""
+            ),
+        )
+        .unwrap_or_else(|| panic!("no {metric} series for web's {kind}: {metrics}"))
+    };
+    assert!(
+        web("skiff_proxy_service_connections_total", "ClusterIP") >= 4,
+        "{metrics}"
+    );
+    assert!(
+        web("skiff_proxy_service_connections_total", "NodePort") >= 4,
+        "{metrics}"
+    );
+    // A TCP request is at least a handshake, a request and a close each way.
+    let packets = web("skiff_proxy_service_packets_total", "NodePort");
+    assert!(packets >= 4 * 6, "{metrics}");
+    assert!(
+        web("skiff_proxy_service_bytes_total", "NodePort") >= packets * 54,
+        "{metrics}"
+    );
+    // The socket path rewrites no packets; the untouched service counts nothing.
+    assert_eq!(web("skiff_proxy_service_packets_total", "ClusterIP"), 0);
+    let other = series(
+        &metrics,
+        "skiff_proxy_service_connections_total",
+        "namespace=\"default\",name=\"other\",port=\"http\",protocol=\"TCP\",type=\"NodePort\"",
+    );
+    assert_eq!(other, Some(0), "{metrics}");
+    let frontends = series(
+        &metrics,
+        "skiff_proxy_ebpf_map_entries",
+        "map=\"SKIFF_FRONTENDS\"",
+    );
+    assert!(
+        frontends >= Some(4),
+        "two ClusterIPs and two NodePorts at least: {metrics}"
+    );
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(["proxy", "status", "--ebpf-pin-dir"])
+        .arg(lab::ebpf::pin_dir(lab.node("n1")))
+        .output()
+        .expect("skiff proxy status");
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{status}");
+    let (_, web_section) = status
+        .split_once("  default/web:http\n")
+        .unwrap_or_else(|| panic!("web not listed by name: {status}"));
+    let web_lines: Vec<&str> = web_section
+        .lines()
+        .take_while(|l| l.starts_with("    "))
+        .collect();
+    assert_eq!(web_lines.len(), 2, "{status}");
+    assert!(
+        web_lines[0].starts_with("    10.96.10.31:80/tcp ClusterIP connections="),
+        "{status}"
+    );
+    assert!(
+        web_lines[1].starts_with("    0.0.0.0:30091/tcp NodePort connections="),
+        "{status}"
+    );
+    assert!(status.contains("  default/other:http\n"), "{status}");
 }

@@ -1,8 +1,10 @@
 //! ControllerRevisions of DaemonSets and StatefulSets, driven by the real
 //! kubectl: every template change is recorded, `kubectl rollout history`
 //! lists the revisions, `rollout undo --to-revision` brings an old template
-//! back, and `revisionHistoryLimit` trims old revisions. No nodes are needed:
-//! the controllers record revisions whether or not pods can run.
+//! back, and `revisionHistoryLimit` trims old revisions. The history tests
+//! need no nodes: the controllers record revisions whether or not pods can
+//! run. A StatefulSet rolling update with a partition keeps (and recreates)
+//! the pods below it at the old revision, read back from its revision.
 
 #[path = "workloads/cluster.rs"]
 mod cluster;
@@ -221,4 +223,148 @@ async fn stateful_set_history_and_undo_through_kubectl() {
     )
     .await;
     assert_eq!(history_column(&c, "sts/db").await, vec![2, 3, 4]);
+}
+
+/// Image and revision label of each pod of set `name`, by pod name, once
+/// every pod named in `want` exists, is not terminating and matches it.
+async fn wait_members(c: &Cluster, name: &str, want: &[(&str, &str, &str)]) {
+    wait_for(&format!("members {want:?}"), TIMEOUT, || async {
+        let list = c
+            .pods(NS)
+            .list(&ListParams::default().labels(&format!("app={name}")))
+            .await
+            .ok()?;
+        let mut have: Vec<(String, String, String)> = list
+            .items
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .map(|p| {
+                let image = p
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.containers.first())
+                    .and_then(|c| c.image.clone())
+                    .unwrap_or_default();
+                let revision = p
+                    .labels()
+                    .get("controller-revision-hash")
+                    .cloned()
+                    .unwrap_or_default();
+                (p.name_any(), image, revision)
+            })
+            .collect();
+        have.sort();
+        let want: Vec<(String, String, String)> = want
+            .iter()
+            .map(|(n, i, r)| (n.to_string(), i.to_string(), r.to_string()))
+            .collect();
+        (have == want).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stateful_set_partition_keeps_and_recreates_old_revision_pods() {
+    let c = Cluster::start(DISABLED).await;
+    c.add_node("n1", json!([])).await;
+    let _kubelet = c.kubelet(NS, "n1");
+    c.apply(&[json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "part", "namespace": NS},
+        "spec": {
+            "replicas": 3,
+            "serviceName": "part",
+            "selector": {"matchLabels": {"app": "part"}},
+            "template": template("part", "busybox:1"),
+            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"partition": 2}},
+        },
+    })])
+    .await;
+    let api: Api<StatefulSet> = Api::namespaced(c.client.clone(), NS);
+    let old = wait_for("three ready replicas", TIMEOUT, || async {
+        let s = api.get("part").await.ok()?.status?;
+        (s.ready_replicas == Some(3)).then_some(s.update_revision?)
+    })
+    .await;
+
+    c.kubectl_ok(&["set", "image", "sts/part", "main=busybox:2", "-n", NS])
+        .await;
+    let new = wait_for("a new update revision", TIMEOUT, || async {
+        let s = api.get("part").await.ok()?.status?;
+        s.update_revision.filter(|r| *r != old)
+    })
+    .await;
+    // Only ordinals at or above the partition move to the new revision.
+    wait_members(
+        &c,
+        "part",
+        &[
+            ("part-0", "busybox:1", &old),
+            ("part-1", "busybox:1", &old),
+            ("part-2", "busybox:2", &new),
+        ],
+    )
+    .await;
+    wait_for(
+        "status counts of a partitioned rollout",
+        TIMEOUT,
+        || async {
+            let s = api.get("part").await.ok()?.status?;
+            (s.current_revision.as_deref() == Some(old.as_str())
+                && s.updated_replicas == Some(1)
+                && s.current_replicas == Some(2)
+                && s.ready_replicas == Some(3))
+            .then_some(())
+        },
+    )
+    .await;
+
+    // A pod below the partition that goes is recreated from the old revision.
+    c.kubectl_ok(&["delete", "pod", "part-0", "-n", NS, "--wait=false"])
+        .await;
+    wait_for("part-0 to be replaced", TIMEOUT, || async {
+        let pod = c.pods(NS).get_opt("part-0").await.ok()??;
+        (pod.metadata.deletion_timestamp.is_none()
+            && pod.labels().get("controller-revision-hash") == Some(&old)
+            && pod.status.as_ref()?.phase.as_deref() == Some("Running"))
+        .then_some(())
+    })
+    .await;
+    wait_members(
+        &c,
+        "part",
+        &[
+            ("part-0", "busybox:1", &old),
+            ("part-1", "busybox:1", &old),
+            ("part-2", "busybox:2", &new),
+        ],
+    )
+    .await;
+
+    // Partition 0 finishes the rollout; the current revision follows.
+    c.kubectl_ok(&[
+        "patch",
+        "sts/part",
+        "-n",
+        NS,
+        "-p",
+        r#"{"spec":{"updateStrategy":{"rollingUpdate":{"partition":0}}}}"#,
+    ])
+    .await;
+    wait_members(
+        &c,
+        "part",
+        &[
+            ("part-0", "busybox:2", &new),
+            ("part-1", "busybox:2", &new),
+            ("part-2", "busybox:2", &new),
+        ],
+    )
+    .await;
+    let out = c
+        .kubectl_ok(&["rollout", "status", "sts/part", "-n", NS, "--timeout=40s"])
+        .await;
+    assert!(out.contains("complete"), "{out}");
+    let s = api.get("part").await.expect("get").status.expect("status");
+    assert_eq!(s.current_revision.as_deref(), Some(new.as_str()));
 }

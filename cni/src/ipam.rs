@@ -2,14 +2,15 @@
 //! by an exclusive `flock` on `dataDir/<network>/lock` so concurrent plugin
 //! processes never hand out the same address.
 //!
-//! Each allocation is a symlink `ip-<address>` whose target is its owner
-//! `<containerID>/<ifname>`; `last-<n>` symlinks point at the address range set
-//! `n` handed out last (for round-robin). Creating, reading or removing a
-//! symlink is a single atomic system call with no file data, so a process
-//! killed at any point leaves a consistent store, and no write waits for the
-//! disk (rewriting a regular file in place or by rename makes ext4 flush it).
-//! An allocation is recorded before any link exists; a crashed ADD therefore
-//! leaves an entry that DEL (by container) or GC (by
+//! Each allocation is one symlink whose name holds the address and its owner
+//! (format in [`entries`]). Creating or removing a symlink is a single atomic
+//! system call with no file data, so a process killed at any point leaves a
+//! consistent store, and no write waits for the disk (rewriting a regular
+//! file by rename or truncation makes ext4 flush it). The reference
+//! `host-local` does not fsync either: an allocation survives any crash of
+//! the plugin; after a crash of the machine the pods that held addresses are
+//! gone too. An allocation is recorded before any link exists; a crashed ADD
+//! therefore leaves an entry that DEL (by container) or GC (by
 //! `cni.dev/valid-attachments`) reclaims.
 
 use std::collections::HashSet;
@@ -28,9 +29,10 @@ use crate::config::{AttachmentId, BuiltinIpam, Range, RangeSet};
 /// Environment variable overriding how long to wait for the store lock (ms).
 pub const LOCK_TIMEOUT_ENV: &str = "SKIFF_CNI_LOCK_TIMEOUT_MS";
 const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
-const IP_PREFIX: &str = "ip-";
-const LAST_PREFIX: &str = "last-";
 const LOCK_FILE: &str = "lock";
+
+mod entries;
+use entries::State;
 
 /// Errors of the built-in IPAM.
 #[derive(Debug, thiserror::Error)]
@@ -105,13 +107,6 @@ pub struct Allocation {
     pub ifname: String,
 }
 
-#[derive(Default)]
-struct State {
-    /// Last address handed out per range set (round-robin start point).
-    last: Vec<Option<IpAddr>>,
-    allocations: Vec<Allocation>,
-}
-
 /// Free capacity of one range set, as STATUS reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SetUsage {
@@ -131,7 +126,7 @@ pub struct Store {
 
 /// The state, loaded while the store's lock is held.
 struct Locked {
-    _lock: Flock<File>,
+    lock: Flock<File>,
     state: State,
     dir: PathBuf,
 }
@@ -151,29 +146,39 @@ impl Store {
     }
 
     fn lock(&self) -> Result<Locked, IpamError> {
-        fs::create_dir_all(&self.dir).map_err(|source| IpamError::Io {
-            op: "creating the directory",
-            path: self.dir.clone(),
+        let lock_path = self.dir.join(LOCK_FILE);
+        let open = || {
+            OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true)
+                .open(&lock_path)
+        };
+        // The directory exists on every ADD but the first: try the file first.
+        let file = match open() {
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                fs::create_dir_all(&self.dir).map_err(|source| IpamError::Io {
+                    op: "creating the directory",
+                    path: self.dir.clone(),
+                    source,
+                })?;
+                open()
+            }
+            r => r,
+        }
+        .map_err(|source| IpamError::Io {
+            op: "opening the lock file",
+            path: lock_path.clone(),
             source,
         })?;
-        let lock_path = self.dir.join(LOCK_FILE);
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|source| IpamError::Io {
-                op: "opening the lock file",
-                path: lock_path.clone(),
-                source,
-            })?;
         let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(l) => l,
             Err((file, _)) => wait_for_lock(file, &lock_path)?,
         };
-        let state = read_state(&self.dir)?;
+        let state = entries::read(&self.dir, &lock)?;
         Ok(Locked {
-            _lock: lock,
+            lock,
             state,
             dir: self.dir.clone(),
         })
@@ -266,11 +271,11 @@ impl Store {
             locked.state.last[i] = Some(ip);
             ips.push(ip);
         }
-        let owner = format!("{}/{}", id.container_id, id.ifname);
         for (i, ip) in ips.iter().enumerate() {
-            locked.link(&format!("{IP_PREFIX}{ip}"), &owner)?;
+            entries::record(&locked.dir, *ip, &id.container_id, &id.ifname)?;
             if fixed[i].is_none() {
-                locked.replace(&format!("{LAST_PREFIX}{i}"), &ip.to_string())?;
+                let Locked { lock, state, dir } = &mut locked;
+                entries::write_pointer(dir, lock, state, i, *ip)?;
             }
         }
         Ok((describe(conf, &ips), false))
@@ -345,7 +350,10 @@ impl Store {
             .cloned()
             .collect();
         for a in &gone {
-            let path = locked.dir.join(format!("{IP_PREFIX}{}", a.ip));
+            let Some(file) = locked.state.file_of(a.ip) else {
+                continue;
+            };
+            let path = locked.dir.join(file);
             match fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
@@ -387,80 +395,6 @@ fn wait_for_lock(file: File, path: &Path) -> Result<Flock<File>, IpamError> {
             waited: timeout,
         }),
     }
-}
-
-impl Locked {
-    /// Creates symlink `name` → `target`; the lock guarantees it is new.
-    fn link(&self, name: &str, target: &str) -> Result<(), IpamError> {
-        let path = self.dir.join(name);
-        std::os::unix::fs::symlink(target, &path).map_err(|source| IpamError::Io {
-            op: "recording an allocation",
-            path,
-            source,
-        })
-    }
-
-    /// Points symlink `name` at `target`, replacing it atomically.
-    fn replace(&self, name: &str, target: &str) -> Result<(), IpamError> {
-        let tmp = self.dir.join(format!("{name}.tmp"));
-        let _ = fs::remove_file(&tmp);
-        std::os::unix::fs::symlink(target, &tmp).map_err(|source| IpamError::Io {
-            op: "writing the round-robin pointer",
-            path: tmp.clone(),
-            source,
-        })?;
-        let path = self.dir.join(name);
-        fs::rename(&tmp, &path).map_err(|source| IpamError::Io {
-            op: "replacing the round-robin pointer",
-            path,
-            source,
-        })
-    }
-}
-
-/// Loads every entry of the store in `dir`.
-fn read_state(dir: &Path) -> Result<State, IpamError> {
-    let io = |op: &'static str, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| IpamError::Io { op, path, source }
-    };
-    let corrupt = |path: &Path, reason: &str| IpamError::Corrupt {
-        path: path.to_path_buf(),
-        reason: reason.to_string(),
-    };
-    let mut state = State::default();
-    for entry in fs::read_dir(dir).map_err(io("listing the store", dir))? {
-        let entry = entry.map_err(io("listing the store", dir))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        let path = entry.path();
-        if let Some(ip) = name.strip_prefix(IP_PREFIX) {
-            let ip: IpAddr = ip.parse().map_err(|_| corrupt(&path, "not an address"))?;
-            let target = fs::read_link(&path).map_err(|_| corrupt(&path, "not a symlink"))?;
-            let owner = target.to_str().unwrap_or_default();
-            let (cid, ifname) = owner
-                .split_once('/')
-                .ok_or_else(|| corrupt(&path, "owner is not <containerID>/<ifname>"))?;
-            state.allocations.push(Allocation {
-                ip,
-                container_id: cid.to_string(),
-                ifname: ifname.to_string(),
-            });
-        } else if let Some(n) = name
-            .strip_prefix(LAST_PREFIX)
-            .and_then(|n| n.parse::<usize>().ok())
-        {
-            let last = fs::read_link(&path)
-                .ok()
-                .and_then(|t| t.to_str().and_then(|t| t.parse().ok()));
-            if state.last.len() <= n {
-                state.last.resize(n + 1, None);
-            }
-            state.last[n] = last;
-        }
-    }
-    state.allocations.sort_by_key(|a| a.ip);
-    Ok(state)
 }
 
 /// An allocated address with its subnet prefix and gateway.

@@ -27,6 +27,7 @@ pub mod netns;
 pub mod plugin;
 pub mod result;
 pub mod routes;
+pub mod unlink;
 pub mod version;
 pub mod veth;
 pub mod vxlan;

@@ -11,9 +11,17 @@ use skiff_cni::errors::{CniError, Code};
 use skiff_cni::invoke::{invoke, Outcome};
 use skiff_cni::Netns;
 
+/// This very binary, even if its file was replaced since it started.
+const SELF_EXE: &str = "/proc/self/exe";
+
 fn main() -> ExitCode {
+    if let Some(code) = skiff_cni::unlink::helper_main() {
+        return code;
+    }
     // One thread, one current-thread runtime: namespace work can stay on it.
     skiff_cni::netns::enter_on_calling_thread();
+    // DEL leaves the kernel's link teardown to a copy of this binary.
+    skiff_cni::unlink::use_helper_process(SELF_EXE.into());
     let mut stdin = Vec::new();
     let outcome = match std::io::stdin().read_to_end(&mut stdin) {
         Err(e) => Outcome {
@@ -25,8 +33,9 @@ fn main() -> ExitCode {
             .to_string(),
             success: false,
         },
+        // Netlink needs only the I/O driver; timers and signals cost start-up time.
         Ok(_) => match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
+            .enable_io()
             .build()
         {
             Ok(rt) => rt.block_on(invoke(

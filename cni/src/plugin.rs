@@ -24,6 +24,7 @@ use crate::netlink;
 use crate::netns::Netns;
 use crate::result::{CniResult, Interface, IpConfig, Route};
 use crate::routes;
+use crate::unlink;
 use crate::veth::{self, VethSpec};
 
 /// Test hook: `ipam` or `veth` makes ADD pause (30 s at most) after that step,
@@ -497,8 +498,7 @@ fn release(conf: &NetConf, att: &Attachment, node: &Netns) -> Result<(), CniErro
 pub async fn del(conf: &NetConf, att: &Attachment, node: &Netns) -> Result<(), CniError> {
     att.validate(false)?;
     let id = att.id();
-    let h = node.netlink().map_err(|e| from_err(Code::Netlink, &e))?;
-    veth::delete(&h, &veth::host_name(&conf.name, &id), &node.describe())
+    unlink::delete(node, &veth::host_name(&conf.name, &id))
         .await
         .map_err(|e| from_err(Code::Netlink, &e))?;
     if conf.ip_masq {

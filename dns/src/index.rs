@@ -8,7 +8,8 @@
 //! `_tcp.svc.ns.svc.zone`) are tracked by reference counts so they answer NODATA
 //! rather than NXDOMAIN, as the specification requires.
 
-use std::collections::HashMap;
+use std::borrow::Borrow;
+use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
@@ -49,27 +50,24 @@ pub enum Resolution {
     Chase { answers: Vec<Record>, target: Name },
 }
 
-/// A name as the index keys it: its labels in wire form, lowercased. A
-/// `Name` is 80 bytes inline; with 10k Services the table holds 40k names,
-/// and the keys alone were 5 MB of it.
+/// A name as the index keys it: its labels in wire form, lowercased, without
+/// the root label. One allocation per name, shared by the names table, the
+/// records filed under it and the records pointing at it (PTR, SRV, CNAME
+/// targets): with 10k Services the index holds 40k names, and a `Name` is
+/// 80 bytes inline.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct Key(Box<[u8]>);
+struct Key(Arc<[u8]>);
+
+impl Borrow<[u8]> for Key {
+    fn borrow(&self) -> &[u8] {
+        &self.0
+    }
+}
 
 impl Key {
-    fn of(name: &Name) -> Key {
-        let mut wire = Vec::with_capacity(name.len() + 1);
-        for label in name.iter() {
-            // Labels are at most 63 bytes: the length fits in one byte.
-            wire.push(label.len() as u8);
-            wire.extend(label.iter().map(u8::to_ascii_lowercase));
-        }
-        Key(wire.into_boxed_slice())
-    }
-
-    /// The name this key was made from, lowercased.
-    fn name(&self) -> Name {
+    /// The name these key bytes were made from, lowercased.
+    fn name_of(mut rest: &[u8]) -> Name {
         let mut labels = Vec::new();
-        let mut rest = &self.0[..];
         while let Some((&len, tail)) = rest.split_first() {
             let (label, tail) = tail.split_at(usize::from(len).min(tail.len()));
             labels.push(label);
@@ -78,6 +76,65 @@ impl Key {
         let mut name = Name::from_labels(labels).unwrap_or_default();
         name.set_fqdn(true);
         name
+    }
+
+    fn name(&self) -> Name {
+        Key::name_of(&self.0)
+    }
+}
+
+/// The key bytes of a name, built on the stack so a lookup allocates nothing.
+struct Wire {
+    buf: [u8; 256],
+    len: usize,
+}
+
+impl Wire {
+    fn of(name: &Name) -> Wire {
+        let mut wire = Wire {
+            buf: [0; 256],
+            len: 0,
+        };
+        for label in name.iter() {
+            // Names are at most 255 bytes on the wire; a longer one (never
+            // built by hickory) is cut rather than overflowing.
+            let Some(slot) = wire.buf.get_mut(wire.len..wire.len + 1 + label.len()) else {
+                break;
+            };
+            // Labels are at most 63 bytes: the length fits in one byte.
+            slot[0] = label.len() as u8;
+            for (to, from) in slot[1..].iter_mut().zip(label) {
+                *to = from.to_ascii_lowercase();
+            }
+            wire.len += 1 + label.len();
+        }
+        wire
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+/// The key of the parent name (`None` for the root).
+fn parent(key: &[u8]) -> Option<&[u8]> {
+    key.get(1 + usize::from(*key.first()?)..)
+}
+
+/// Whether `key` is `zone` or a name below it.
+fn is_under(mut key: &[u8], zone: &[u8]) -> bool {
+    // Bounded: every step drops one label.
+    loop {
+        if key == zone {
+            return true;
+        }
+        if key.len() <= zone.len() {
+            return false;
+        }
+        match parent(key) {
+            Some(up) => key = up,
+            None => return false,
+        }
     }
 }
 
@@ -89,13 +146,13 @@ impl Key {
 enum Data {
     A(Ipv4Addr),
     Aaaa(Ipv6Addr),
-    Ptr(Name),
-    Cname(Name),
+    Ptr(Key),
+    Cname(Key),
     Srv {
         priority: u16,
         weight: u16,
         port: u16,
-        target: Name,
+        target: Key,
     },
     /// Anything else (the apex SOA and NS, TXT) or a record whose TTL or
     /// class is not the zone's: kept whole.
@@ -103,20 +160,21 @@ enum Data {
 }
 
 impl Data {
-    fn of(record: Record, ttl: u32) -> Data {
+    /// `record`'s data, its target names made keys by `key`.
+    fn of(record: Record, ttl: u32, mut key: impl FnMut(&Name) -> Key) -> Data {
         if record.ttl != ttl || record.dns_class != DNSClass::IN {
             return Data::Whole(Box::new(record));
         }
         match record.data {
             RData::A(a) => Data::A(a.0),
             RData::AAAA(aaaa) => Data::Aaaa(aaaa.0),
-            RData::PTR(ptr) => Data::Ptr(ptr.0),
-            RData::CNAME(cname) => Data::Cname(cname.0),
+            RData::PTR(ptr) => Data::Ptr(key(&ptr.0)),
+            RData::CNAME(cname) => Data::Cname(key(&cname.0)),
             RData::SRV(srv) => Data::Srv {
                 priority: srv.priority,
                 weight: srv.weight,
                 port: srv.port,
-                target: srv.target,
+                target: key(&srv.target),
             },
             _ => Data::Whole(Box::new(record)),
         }
@@ -138,14 +196,14 @@ impl Data {
         let data = match self {
             Data::A(ip) => RData::A(A(*ip)),
             Data::Aaaa(ip) => RData::AAAA(AAAA(*ip)),
-            Data::Ptr(target) => RData::PTR(PTR(target.clone())),
-            Data::Cname(target) => RData::CNAME(CNAME(target.clone())),
+            Data::Ptr(target) => RData::PTR(PTR(target.name())),
+            Data::Cname(target) => RData::CNAME(CNAME(target.name())),
             Data::Srv {
                 priority,
                 weight,
                 port,
                 target,
-            } => RData::SRV(SRV::new(*priority, *weight, *port, target.clone())),
+            } => RData::SRV(SRV::new(*priority, *weight, *port, target.name())),
             Data::Whole(record) => return Record::clone(record),
         };
         Record::from_rdata(owner.clone(), ttl, data)
@@ -161,21 +219,56 @@ struct Entry {
 
 #[derive(Default, Debug)]
 struct Node {
-    /// Shared with `Index::sources`, so each record is stored once.
-    records: Vec<Arc<Entry>>,
+    /// Shared with `Index::sources`, so each record is stored once; a boxed
+    /// slice, not a `Vec`: most names hold one record and never grow.
+    records: Box<[Arc<Entry>]>,
     /// Names below this one that exist (so this one is at least an empty non-terminal).
     descendants: u32,
+}
+
+/// A [`Source`] as the index keys it: one allocation (`namespace/name`)
+/// instead of two `String`s.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct SourceKey {
+    pod: bool,
+    path: Box<str>,
+}
+
+impl SourceKey {
+    fn of(source: &Source) -> SourceKey {
+        let (pod, namespace, name) = match source {
+            Source::Service { namespace, name } => (false, namespace, name),
+            Source::Pod { namespace, name } => (true, namespace, name),
+        };
+        SourceKey {
+            pod,
+            path: format!("{namespace}/{name}").into_boxed_str(),
+        }
+    }
+
+    fn source(&self) -> Source {
+        // Namespaces cannot contain '/': the first one separates.
+        let (namespace, name) = self.path.split_once('/').unwrap_or(("", &self.path));
+        let (namespace, name) = (namespace.to_string(), name.to_string());
+        if self.pod {
+            Source::Pod { namespace, name }
+        } else {
+            Source::Service { namespace, name }
+        }
+    }
 }
 
 /// Every record of the cluster zone and its reverse names.
 #[derive(Debug)]
 pub struct Index {
     zone: Zone,
+    /// The zone apex's key.
+    apex: Key,
     soa: Record,
     in_addr: Name,
     ip6: Name,
     names: HashMap<Key, Node>,
-    sources: HashMap<Source, Vec<Arc<Entry>>>,
+    sources: HashMap<SourceKey, Box<[Arc<Entry>]>>,
 }
 
 impl Index {
@@ -192,26 +285,27 @@ impl Index {
             .unwrap_or_else(|| origin.clone());
         let soa = SOA::new(ns_name.clone(), hostmaster, 1, 7200, 1800, 86400, zone.ttl);
         let soa = Record::from_rdata(origin.clone(), zone.ttl, RData::SOA(soa));
+        let apex = Key(Wire::of(&origin).bytes().into());
         let mut index = Index {
             soa: soa.clone(),
             in_addr: Name::from_ascii("in-addr.arpa.").unwrap_or_default(),
             ip6: Name::from_ascii("ip6.arpa.").unwrap_or_default(),
             names: HashMap::new(),
             sources: HashMap::new(),
+            apex: apex.clone(),
             zone,
         };
         let ns = Record::from_rdata(origin.clone(), index.zone.ttl, RData::NS(NS(ns_name)));
-        let owner = Key::of(&origin);
-        let apex = [soa, ns].map(|record| {
+        let records = [soa, ns].map(|record| {
             Arc::new(Entry {
-                owner: owner.clone(),
+                owner: apex.clone(),
                 data: Data::Whole(Box::new(record)),
             })
         });
         index.names.insert(
-            owner,
+            apex,
             Node {
-                records: apex.into(),
+                records: records.into(),
                 descendants: 0,
             },
         );
@@ -219,8 +313,10 @@ impl Index {
         {
             let txt = TXT::new(vec![SCHEMA_VERSION.to_string()]);
             let record = Record::from_rdata(version, index.zone.ttl, RData::TXT(txt));
-            let entry = index.entry(record);
-            index.add(Arc::new(entry));
+            let entries = index.entries(vec![record]);
+            for entry in entries {
+                index.add(Arc::new(entry));
+            }
         }
         index
     }
@@ -235,23 +331,48 @@ impl Index {
         &self.soa
     }
 
-    fn entry(&self, record: Record) -> Entry {
-        Entry {
-            owner: Key::of(&record.name),
-            data: Data::of(record, self.zone.ttl),
-        }
+    /// `records` as entries, every name a key shared with the same name
+    /// already held (or made once for this set).
+    fn entries(&self, records: Vec<Record>) -> Vec<Entry> {
+        let mut made: HashSet<Key> = HashSet::new();
+        let mut key = |name: &Name| -> Key {
+            let wire = Wire::of(name);
+            if let Some((held, _)) = self.names.get_key_value(wire.bytes()) {
+                return held.clone();
+            }
+            if let Some(held) = made.get(wire.bytes()) {
+                return held.clone();
+            }
+            let new = Key(wire.bytes().into());
+            made.insert(new.clone());
+            new
+        };
+        records
+            .into_iter()
+            .map(|record| {
+                let owner = key(&record.name);
+                Entry {
+                    owner,
+                    data: Data::of(record, self.zone.ttl, &mut key),
+                }
+            })
+            .collect()
     }
 
     /// Replaces the records `source` contributes (an empty set removes it).
     pub fn set(&mut self, source: Source, records: Vec<Record>) {
-        let entries: Vec<Entry> = records.into_iter().map(|r| self.entry(r)).collect();
+        self.set_key(SourceKey::of(&source), records);
+    }
+
+    fn set_key(&mut self, source: SourceKey, records: Vec<Record>) {
+        let entries = self.entries(records);
         let unchanged = self.sources.get(&source).is_some_and(|old| {
             old.len() == entries.len() && old.iter().zip(&entries).all(|(a, b)| **a == *b)
         });
         if unchanged {
             return;
         }
-        let shared: Vec<Arc<Entry>> = entries.into_iter().map(Arc::new).collect();
+        let shared: Box<[Arc<Entry>]> = entries.into_iter().map(Arc::new).collect();
         let old = if shared.is_empty() {
             self.sources.remove(&source).unwrap_or_default()
         } else {
@@ -269,9 +390,14 @@ impl Index {
 
     /// Drops every source of one kind not in `keep` (after a re-list).
     pub fn retain_sources(&mut self, mut keep: impl FnMut(&Source) -> bool) {
-        let gone: Vec<Source> = self.sources.keys().filter(|s| !keep(s)).cloned().collect();
+        let gone: Vec<SourceKey> = self
+            .sources
+            .keys()
+            .filter(|s| !keep(&s.source()))
+            .cloned()
+            .collect();
         for source in gone {
-            self.set(source, Vec::new());
+            self.set_key(source, Vec::new());
         }
     }
 
@@ -291,23 +417,43 @@ impl Index {
     }
 
     fn add(&mut self, record: Arc<Entry>) {
-        let key = record.owner.clone();
-        let created = !self.names.contains_key(&key);
-        self.names
-            .entry(key)
-            .or_default()
-            .records
-            .push(record.clone());
-        let name = record.owner.name();
-        if created && self.in_zone(&name) {
-            let mut parent = name.base_name();
-            while self.zone.origin.zone_of(&parent) {
-                self.names.entry(Key::of(&parent)).or_default().descendants += 1;
-                if parent == self.zone.origin {
-                    break;
-                }
-                parent = parent.base_name();
+        let created = match self.names.get_mut(&record.owner) {
+            Some(node) => {
+                let mut records = std::mem::take(&mut node.records).into_vec();
+                records.push(record.clone());
+                node.records = records.into_boxed_slice();
+                false
             }
+            None => {
+                let node = Node {
+                    records: Box::new([record.clone()]),
+                    descendants: 0,
+                };
+                self.names.insert(record.owner.clone(), node);
+                true
+            }
+        };
+        let apex = self.apex.0.clone();
+        if !created || record.owner.0 == apex || !is_under(&record.owner.0, &apex) {
+            return;
+        }
+        let mut up = parent(&record.owner.0);
+        // Bounded: every step drops one label, and the apex ends it.
+        while let Some(key) = up {
+            match self.names.get_mut(key) {
+                Some(node) => node.descendants += 1,
+                None => {
+                    let node = Node {
+                        records: Box::default(),
+                        descendants: 1,
+                    };
+                    self.names.insert(Key(key.into()), node);
+                }
+            }
+            if key.len() <= apex.len() {
+                break;
+            }
+            up = parent(key);
         }
     }
 
@@ -317,30 +463,32 @@ impl Index {
             return;
         };
         if let Some(pos) = node.records.iter().position(|r| Arc::ptr_eq(r, record)) {
-            node.records.swap_remove(pos);
+            let mut records = std::mem::take(&mut node.records).into_vec();
+            records.swap_remove(pos);
+            node.records = records.into_boxed_slice();
         }
         if !node.records.is_empty() || node.descendants > 0 {
             return;
         }
         self.names.remove(key);
-        let name = key.name();
-        if !self.in_zone(&name) {
+        let apex = self.apex.0.clone();
+        if key.0 == apex || !is_under(&key.0, &apex) {
             return;
         }
-        let mut parent = name.base_name();
-        while self.zone.origin.zone_of(&parent) {
-            let parent_key = Key::of(&parent);
-            let Some(node) = self.names.get_mut(&parent_key) else {
+        let mut up = parent(&key.0);
+        // Bounded: every step drops one label, and the apex ends it.
+        while let Some(parent_key) = up {
+            let Some(node) = self.names.get_mut(parent_key) else {
                 break;
             };
             node.descendants = node.descendants.saturating_sub(1);
             if node.descendants == 0 && node.records.is_empty() {
-                self.names.remove(&parent_key);
+                self.names.remove(parent_key);
             }
-            if parent == self.zone.origin {
+            if parent_key.len() <= apex.len() {
                 break;
             }
-            parent = parent.base_name();
+            up = parent(parent_key);
         }
     }
 
@@ -348,7 +496,7 @@ impl Index {
     pub fn resolve(&self, name: &Name, qtype: RecordType) -> Resolution {
         let in_zone = self.in_zone(name);
         let reverse = self.in_addr.zone_of(name) || self.ip6.zone_of(name);
-        let Some(node) = self.names.get(&Key::of(name)) else {
+        let Some(node) = self.names.get(Wire::of(name).bytes()) else {
             if in_zone {
                 return self.negative(ResponseCode::NXDomain);
             }
@@ -394,7 +542,7 @@ impl Index {
             if !self.in_zone(&target) {
                 return Resolution::Chase { answers, target };
             }
-            let Some(node) = self.names.get(&Key::of(&target)) else {
+            let Some(node) = self.names.get(Wire::of(&target).bytes()) else {
                 return Resolution::Authoritative {
                     rcode: ResponseCode::NXDomain,
                     answers,

@@ -18,6 +18,7 @@
 //! Modules: [`records`] (Kubernetes objects → records, the spec),
 //! [`index`] (names, NXDOMAIN vs NODATA), [`watch`] (kube watchers → index),
 //! [`handler`] (one request → reply), [`upstream`] + [`cache`] (forwarding),
+//! [`slim`] (decoding only the fields DNS uses),
 //! [`sockets`] (where sockets are opened: the agent's are in the node's
 //! network namespace), [`metrics`], [`packet`] (bytes → bytes, for tests and
 //! fuzzing).
@@ -30,6 +31,7 @@ pub mod index;
 pub mod metrics;
 pub mod packet;
 pub mod records;
+pub mod slim;
 pub mod sockets;
 pub mod udp;
 pub mod upstream;

@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 
 use futures::{stream, StreamExt};
 use k8s_openapi::api::core::v1::{Pod, Service, ServicePort, ServiceSpec};
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointSlice};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
@@ -20,6 +20,7 @@ use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch as signal;
 
 use crate::index::{Index, Source};
+use crate::slim::Slim;
 use crate::records::{pod_records, service_records, slice_service, SERVICE_NAME_LABEL};
 
 /// Errors of the watch task.
@@ -136,37 +137,6 @@ impl ServiceFacts {
     }
 }
 
-/// The parts of an EndpointSlice the records depend on.
-fn slim_slice(slice: EndpointSlice) -> EndpointSlice {
-    let endpoints = slice.endpoints.map(|eps| {
-        eps.into_iter()
-            .map(|e| Endpoint {
-                addresses: e.addresses,
-                conditions: e.conditions.map(|c| EndpointConditions {
-                    ready: c.ready,
-                    ..EndpointConditions::default()
-                }),
-                hostname: e.hostname,
-                ..Endpoint::default()
-            })
-            .collect()
-    });
-    EndpointSlice {
-        metadata: ObjectMeta {
-            name: slice.metadata.name,
-            namespace: slice.metadata.namespace,
-            labels: slice.metadata.labels.map(|mut labels| {
-                labels.retain(|k, _| k == SERVICE_NAME_LABEL);
-                labels
-            }),
-            ..ObjectMeta::default()
-        },
-        address_type: slice.address_type,
-        endpoints,
-        ports: slice.ports,
-    }
-}
-
 /// The watch-side state: the objects the records are computed from.
 struct Tracker {
     index: Arc<RwLock<Index>>,
@@ -266,7 +236,7 @@ impl Tracker {
             self.slices
                 .entry(key.clone())
                 .or_default()
-                .insert(name, slim_slice(slice));
+                .insert(name, slice);
             touched.push(key);
         }
         touched
@@ -345,10 +315,7 @@ impl Tracker {
                 }
             }
             Event::Init => self.slice_buf = Some(Vec::new()),
-            Event::InitApply(slice) => self
-                .slice_buf
-                .get_or_insert_default()
-                .push(slim_slice(slice)),
+            Event::InitApply(slice) => self.slice_buf.get_or_insert_default().push(slice),
             Event::InitDone => {
                 self.slices.clear();
                 self.slice_owner.clear();
@@ -392,6 +359,21 @@ impl Tracker {
     }
 }
 
+/// Objects per page of the initial lists: the page is decoded at once, so
+/// it bounds the list's short-lived memory (kube's default is 500).
+const LIST_PAGE: u32 = 100;
+
+/// The event with its object taken out of [`Slim`].
+fn unslim<K>(event: Event<Slim<K>>) -> Event<K> {
+    match event {
+        Event::Apply(Slim(k)) => Event::Apply(k),
+        Event::Delete(Slim(k)) => Event::Delete(k),
+        Event::Init => Event::Init,
+        Event::InitApply(Slim(k)) => Event::InitApply(k),
+        Event::InitDone => Event::InitDone,
+    }
+}
+
 /// Watches the cluster and keeps `index` current until the streams end.
 /// `synced` turns true once the first full list of every kind is in the index.
 pub async fn run(
@@ -399,19 +381,19 @@ pub async fn run(
     index: Arc<RwLock<Index>>,
     synced: signal::Sender<bool>,
 ) -> Result<(), WatchError> {
-    let config = watcher::Config::default();
-    let services = watcher::watcher(Api::<Service>::all(client.clone()), config.clone())
+    let config = watcher::Config::default().page_size(LIST_PAGE);
+    let services = watcher::watcher(Api::<Slim<Service>>::all(client.clone()), config.clone())
         .default_backoff()
-        .map(|e| e.map(|s| Change::Service(Box::new(s))));
+        .map(|e| e.map(|s| Change::Service(Box::new(unslim(s)))));
     let slices = watcher::watcher(
-        Api::<EndpointSlice>::all(client.clone()),
+        Api::<Slim<EndpointSlice>>::all(client.clone()),
         config.clone().labels(SERVICE_NAME_LABEL),
     )
     .default_backoff()
-    .map(|e| e.map(|s| Change::Slice(Box::new(s))));
-    let pods = watcher::watcher(Api::<Pod>::all(client), config)
+    .map(|e| e.map(|s| Change::Slice(Box::new(unslim(s)))));
+    let pods = watcher::watcher(Api::<Slim<Pod>>::all(client), config)
         .default_backoff()
-        .map(|e| e.map(|p| Change::Pod(Box::new(p))));
+        .map(|e| e.map(|p| Change::Pod(Box::new(unslim(p)))));
     let mut changes = stream::select_all([services.boxed(), slices.boxed(), pods.boxed()]);
     let mut tracker = Tracker::new(index);
     while let Some(change) = changes.next().await {

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use skiff_common::{
     AffinityKey, AffinityValue, Backend, Counters, CtKey, CtValue, Frontend, FrontendKey,
-    MaglevTable, NodeAddrKey, RevNatKey, RevNatValue, SlotKey, SourceRangeKey,
+    MaglevTable, NodeAddrKey, RevNatKey, RevNatValue, ServiceName, SlotKey, SourceRangeKey,
 };
 
 /// Entries are freed after an RCU grace period instead of being recycled at
@@ -49,6 +49,12 @@ pub static SKIFF_NODE_ADDRS: HashMap<NodeAddrKey, u8> = HashMap::pinned(256, 0);
 #[map]
 pub static SKIFF_COUNTERS: PerCpuArray<Counters> = PerCpuArray::pinned(MAX_FRONTENDS, 0);
 
+/// Frontend id → the service port it belongs to. Only user space reads and
+/// writes it (status, metrics); it lives here so it is created and pinned
+/// with the others.
+#[map]
+pub static SKIFF_SVC_NAMES: HashMap<u32, ServiceName> = HashMap::pinned(MAX_FRONTENDS, NO_PREALLOC);
+
 /// SNAT source addresses by family (`SNAT_V4`, `SNAT_V6`); all-zero: unset.
 #[map]
 pub static SKIFF_SNAT: Array<[u32; 4]> = Array::pinned(2, 0);
@@ -80,14 +86,16 @@ pub fn slot(fe: &Frontend, slot: u32) -> Option<u32> {
     SKIFF_SLOTS.get_ptr(key).map(|p| unsafe { *p })
 }
 
-/// Adds to the frontend's per-CPU counters.
+/// Adds to the frontend's per-CPU counters: `packets` packets of `bytes`
+/// bytes in all (tc path), `connections` new connections or flows.
 #[inline(always)]
-pub fn count(id: u32, connections: u64, packets: u64, dropped: u64) {
+pub fn count(id: u32, connections: u64, packets: u64, bytes: u64, dropped: u64) {
     if let Some(c) = SKIFF_COUNTERS.get_ptr_mut(id) {
         // SAFETY: per-CPU value, only this CPU writes it.
         unsafe {
             (*c).connections += connections;
             (*c).packets += packets;
+            (*c).bytes += bytes;
             (*c).dropped += dropped;
         }
     }

@@ -33,7 +33,7 @@ const ECONNREFUSED: i32 = 111;
 /// Rejects the socket call with ECONNREFUSED instead of the default EPERM.
 #[inline(always)]
 fn refuse(fe: &Frontend) -> i32 {
-    maps::count(fe.id, 0, 0, 1);
+    maps::count(fe.id, 0, 0, 0, 1);
     // SAFETY: helper valid for connect/sendmsg programs; the negative errno
     // becomes the syscall's result when the program denies.
     unsafe { bpf_set_retval(-ECONNREFUSED) };
@@ -221,7 +221,7 @@ fn translate(ctx: &SockAddrContext, family: u8, datagram: bool) -> i32 {
         },
         0,
     );
-    maps::count(fe.id, 1, 0, 0);
+    maps::count(fe.id, 1, 0, 0, 0);
     ALLOW
 }
 

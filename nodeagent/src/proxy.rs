@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use ipnetwork::IpNetwork;
+pub use skiff_proxy::iptables::BackendChoice;
 pub use skiff_proxy::Mode;
 
 /// Settings of the embedded proxy.
@@ -14,6 +15,8 @@ pub struct ProxySettings {
     pub mode: Option<Mode>,
     /// Pod network(s): ClusterIP traffic from elsewhere is masqueraded.
     pub cluster_cidrs: Vec<IpNetwork>,
+    /// iptables implementation in iptables mode (`--iptables-backend`).
+    pub iptables_backend: BackendChoice,
 }
 
 impl Default for ProxySettings {
@@ -21,6 +24,7 @@ impl Default for ProxySettings {
         ProxySettings {
             mode: Some(Mode::Iptables),
             cluster_cidrs: Vec::new(),
+            iptables_backend: BackendChoice::Auto,
         }
     }
 }
@@ -30,11 +34,12 @@ pub fn config(
     node_name: &str,
     netns: Option<PathBuf>,
     mode: Mode,
-    cluster_cidrs: &[IpNetwork],
+    settings: &ProxySettings,
 ) -> skiff_proxy::Config {
     let mut config = skiff_proxy::Config::new(node_name, mode);
     config.netns = netns;
-    config.cluster_cidrs = cluster_cidrs.to_vec();
+    config.cluster_cidrs = settings.cluster_cidrs.clone();
+    config.iptables_backend = settings.iptables_backend;
     config
 }
 
@@ -48,7 +53,7 @@ pub fn spawn(
     settings: &ProxySettings,
 ) -> Option<tokio::task::JoinHandle<()>> {
     let mode = settings.mode?;
-    let config = config(node_name, netns, mode, &settings.cluster_cidrs);
+    let config = config(node_name, netns, mode, settings);
     Some(tokio::spawn(async move {
         tracing::info!(node = %config.node_name, ?mode, "starting the service proxy");
         match skiff_proxy::run(client, config, std::future::pending()).await {
@@ -63,13 +68,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn config_carries_node_netns_and_cluster_cidr() {
+    fn config_carries_node_netns_cluster_cidr_and_iptables_backend() {
         let cidr: IpNetwork = "10.244.0.0/16".parse().unwrap();
+        let settings = ProxySettings {
+            mode: Some(Mode::Iptables),
+            cluster_cidrs: vec![cidr],
+            iptables_backend: "nft".parse().unwrap(),
+        };
         let c = config(
             "n1",
             Some(PathBuf::from("/var/run/netns/n1")),
             Mode::Iptables,
-            &[cidr],
+            &settings,
         );
         assert_eq!(c.node_name, "n1");
         assert_eq!(c.mode, Mode::Iptables);
@@ -78,6 +88,10 @@ mod tests {
             Some(std::path::Path::new("/var/run/netns/n1"))
         );
         assert_eq!(c.cluster_cidrs, vec![cidr]);
+        assert_eq!(
+            c.iptables_backend,
+            BackendChoice::Fixed(skiff_proxy::iptables::Backend::Nft)
+        );
         assert!(!c.masquerade_all);
     }
 
@@ -85,7 +99,7 @@ mod tests {
     async fn no_mode_starts_nothing() {
         let settings = ProxySettings {
             mode: None,
-            cluster_cidrs: Vec::new(),
+            ..ProxySettings::default()
         };
         // A client that is never used: no proxy task is created.
         let config = kube::Config::new("http://127.0.0.1:1".parse().unwrap());

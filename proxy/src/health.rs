@@ -73,8 +73,9 @@ impl HealthState {
         &self.metrics
     }
 
-    /// Records a successful sync of `map` that took `took` and left `rules` installed.
-    pub fn synced(&self, map: &ServiceMap, took: Duration, rules: u64) {
+    /// Records a successful sync (`full` or partial) of `map` that took
+    /// `took` and left `rules` installed.
+    pub fn synced(&self, map: &ServiceMap, full: bool, took: Duration, rules: u64) {
         let now = SystemTime::now();
         if let Ok(mut last) = self.last_sync.write() {
             *last = Some(now);
@@ -83,7 +84,8 @@ impl HealthState {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs_f64();
-        self.metrics.synced(map, took.as_secs_f64(), rules, unix);
+        self.metrics
+            .synced(map, full, took.as_secs_f64(), rules, unix);
         let mut services: BTreeMap<u16, ServiceHealth> = BTreeMap::new();
         for port in map.ports.values() {
             let Some(hc) = port.health_check_node_port else {

@@ -153,10 +153,7 @@ pub fn ebpf_dataplane(config: &Config) -> Result<crate::ebpf::EbpfDataplane, Run
         .clone()
         .unwrap_or_else(|| PathBuf::from(node_cgroup(node)));
     let cfg = EbpfConfig {
-        pin_dir: config
-            .ebpf_pin_dir
-            .clone()
-            .unwrap_or_else(|| EbpfConfig::default_pin_dir(node)),
+        pin_dir: ebpf_pin_dir(config),
         cgroup: ensure_subtree(&cgroup).map_err(|e| ebpf(e.into()))?,
         interfaces: Vec::new(),
         discover_interfaces: true,
@@ -170,6 +167,14 @@ pub fn ebpf_dataplane(config: &Config) -> Result<crate::ebpf::EbpfDataplane, Run
         "eBPF data plane: socket load balancing on the node cgroup, tc on node interfaces"
     );
     Ok(dp)
+}
+
+/// The bpffs directory of the eBPF data plane of `config`.
+fn ebpf_pin_dir(config: &Config) -> PathBuf {
+    config
+        .ebpf_pin_dir
+        .clone()
+        .unwrap_or_else(|| crate::ebpf::EbpfConfig::default_pin_dir(&config.node_name))
 }
 
 fn iptables_dataplane(config: &Config) -> Result<Box<dyn Dataplane>, RunError> {
@@ -227,6 +232,13 @@ pub async fn run_with(
 ) -> Result<(), RunError> {
     let netns = Arc::new(open_netns(&config.netns)?);
     let health = HealthState::new(config.sync_period);
+    if dataplane.name() == "ebpf" {
+        health
+            .metrics()
+            .add_collector(Box::new(crate::ebpf::EbpfCollector::new(ebpf_pin_dir(
+                &config,
+            ))));
+    }
     let mut http = HttpServers::start(
         netns,
         health.clone(),
@@ -283,7 +295,7 @@ pub async fn run_with(
                         full = need_full,
                         "synced"
                     );
-                    health.synced(&map, took, stats.rules);
+                    health.synced(&map, need_full, took, stats.rules);
                     http.update_health_ports();
                     if need_full {
                         last_full = Instant::now();

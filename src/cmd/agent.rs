@@ -62,6 +62,11 @@ pub struct Args {
     /// from elsewhere is masqueraded. Same default as `skiff server`.
     #[arg(long, value_delimiter = ',', default_value = "10.244.0.0/16")]
     cluster_cidr: Vec<skiff_proxy::model::IpNetwork>,
+    /// iptables implementation of the proxy in iptables mode (also on the
+    /// eBPF fallback): auto (the one holding the node's KUBE- chains, else
+    /// legacy when installed, else nft), legacy or nft.
+    #[arg(long, default_value = "auto")]
+    iptables_backend: skiff_proxy::iptables::BackendChoice,
     #[arg(long, hide = true)]
     shim_log: Option<PathBuf>,
     #[arg(long, hide = true)]
@@ -135,6 +140,7 @@ pub async fn run(args: Args) -> Result<()> {
         proxy: ProxySettings {
             mode: args.proxy_mode.0,
             cluster_cidrs: args.cluster_cidr,
+            iptables_backend: args.iptables_backend,
         },
         dns: NodeDnsSettings {
             addresses: args.node_local_dns.0.into_iter().collect(),

@@ -71,11 +71,18 @@ pub struct TestServer {
     // Dropped after the server is killed (Drop runs before fields are dropped).
     root: TempDir,
     etcd: Option<etcd::EtcdServer>,
+    /// More `skiff server` flags (e.g. a dual-stack `--service-cidr`).
+    extra_args: Vec<String>,
 }
 
 impl TestServer {
     /// Starts a server on `store` and waits until `/readyz` answers `ok`.
     pub fn start(store: StoreKind) -> TestServer {
+        TestServer::start_with_args(store, &[])
+    }
+
+    /// As [`TestServer::start`], with more `skiff server` flags.
+    pub fn start_with_args(store: StoreKind, extra_args: &[&str]) -> TestServer {
         let etcd = match store {
             StoreKind::Etcd => Some(etcd::EtcdServer::start()),
             StoreKind::Redb => None,
@@ -93,6 +100,7 @@ impl TestServer {
             starts: 0,
             root,
             etcd,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
         };
         server.spawn();
         server.wait_ready();
@@ -164,6 +172,7 @@ impl TestServer {
         if let Some(etcd) = &self.etcd {
             cmd.arg("--etcd-endpoints").arg(etcd.client_url());
         }
+        cmd.args(&self.extra_args);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(log)

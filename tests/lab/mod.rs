@@ -187,6 +187,19 @@ impl Node {
         self.ns.veth(&port, &ns, "eth0");
         self.ns
             .exec(&["ip", "link", "set", &port, "master", "cbr0"]);
+        // As the CNI plugin's hairpinMode: a pod's connection to its own
+        // service is DNATed back to it while bridged, so leaves by the port
+        // it came in on.
+        self.ns.exec(&[
+            "ip",
+            "link",
+            "set",
+            &port,
+            "type",
+            "bridge_slave",
+            "hairpin",
+            "on",
+        ]);
         let ip = self.pod_ip(host);
         ns.exec(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
         ns.exec(&[

@@ -13,17 +13,26 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::sockets::{eventually, http_get};
-use super::{Node, CLUSTER_CIDR};
+use super::{Node, Ns, CLUSTER_CIDR};
 use crate::common::TestServer;
 
 /// Where the proxy serves /healthz and /metrics inside the node namespace.
 pub const HEALTHZ: &str = "127.0.0.1:10256";
+
+/// The node a proxy serves: its name, namespace and pod network.
+#[derive(Clone)]
+struct Target {
+    name: String,
+    netns: PathBuf,
+    cluster_cidr: String,
+}
 
 /// A running `skiff proxy`, killed by its PID on drop (its log printed on panic).
 pub struct ProxyProcess {
     child: Child,
     log: PathBuf,
     mode: String,
+    target: Target,
     _dir: tempfile::TempDir,
     /// ebpf mode: the node's cgroup and pins, removed after the proxy stops.
     ebpf: Option<super::ebpf::EbpfNode>,
@@ -32,21 +41,49 @@ pub struct ProxyProcess {
 impl ProxyProcess {
     /// Starts `skiff proxy --mode <mode>` for `node` and waits for its first sync.
     pub fn start(server: &TestServer, node: &Node, mode: &str) -> ProxyProcess {
+        let ebpf = (mode == "ebpf").then(|| super::ebpf::EbpfNode::new(node));
+        ProxyProcess::start_target(server, &node.ns, mode, ebpf, &node.name, CLUSTER_CIDR)
+    }
+
+    /// Starts `skiff proxy --mode iptables` for a node `name` living in `ns`
+    /// with the pod network `cluster_cidr` (e.g. the IPv6 lab's node).
+    pub fn start_iptables_in(
+        server: &TestServer,
+        name: &str,
+        ns: &Ns,
+        cluster_cidr: &str,
+    ) -> ProxyProcess {
+        ProxyProcess::start_target(server, ns, "iptables", None, name, cluster_cidr)
+    }
+
+    fn start_target(
+        server: &TestServer,
+        ns: &Ns,
+        mode: &str,
+        ebpf: Option<super::ebpf::EbpfNode>,
+        name: &str,
+        cluster_cidr: &str,
+    ) -> ProxyProcess {
         let dir = tempfile::Builder::new()
             .prefix("skiff-proxy-")
             .tempdir()
             .expect("temp dir");
         let log = dir.path().join("proxy.log");
-        let ebpf = (mode == "ebpf").then(|| super::ebpf::EbpfNode::new(node));
-        let child = spawn(server, node, mode, ebpf.as_ref(), &log);
+        let target = Target {
+            name: name.to_string(),
+            netns: ns.path(),
+            cluster_cidr: cluster_cidr.to_string(),
+        };
+        let child = spawn(server, &target, mode, ebpf.as_ref(), &log);
         let proxy = ProxyProcess {
             child,
             log,
             mode: mode.to_string(),
+            target,
             _dir: dir,
             ebpf,
         };
-        proxy.wait_synced(node);
+        proxy.wait_synced(ns);
         proxy
     }
 
@@ -55,17 +92,23 @@ impl ProxyProcess {
     pub fn restart(&mut self, server: &TestServer, node: &Node) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = spawn(server, node, &self.mode, self.ebpf.as_ref(), &self.log);
-        self.wait_synced(node);
+        self.child = spawn(
+            server,
+            &self.target,
+            &self.mode,
+            self.ebpf.as_ref(),
+            &self.log,
+        );
+        self.wait_synced(&node.ns);
     }
 
-    fn wait_synced(&self, node: &Node) {
+    fn wait_synced(&self, ns: &Ns) {
         let addr: SocketAddr = HEALTHZ.parse().expect("address");
         eventually(
             Duration::from_secs(30),
             "the proxy's first sync (/healthz 200)",
             || {
-                http_get(&node.ns, addr, "/healthz")
+                http_get(ns, addr, "/healthz")
                     .ok()
                     .filter(|(status, _)| *status == 200)
             },
@@ -82,7 +125,12 @@ impl ProxyProcess {
 
     /// `/metrics` as seen inside the node.
     pub fn metrics(node: &Node) -> String {
-        http_get(&node.ns, HEALTHZ.parse().expect("address"), "/metrics")
+        ProxyProcess::metrics_in(&node.ns)
+    }
+
+    /// `/metrics` of the proxy serving in `ns`.
+    pub fn metrics_in(ns: &Ns) -> String {
+        http_get(ns, HEALTHZ.parse().expect("address"), "/metrics")
             .expect("GET /metrics")
             .1
     }
@@ -98,10 +146,18 @@ impl Drop for ProxyProcess {
     }
 }
 
-/// Starts `skiff proxy` for `node`, appending to `log`.
+/// The value of the sample `series` (name and labels exactly as exposed,
+/// e.g. `skiff_proxy_syncs_total{kind="full"}`) in a `/metrics` text.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .find_map(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// Starts `skiff proxy` for `target`, appending to `log`.
 fn spawn(
     server: &TestServer,
-    node: &Node,
+    target: &Target,
     mode: &str,
     ebpf: Option<&super::ebpf::EbpfNode>,
     log: &std::path::Path,
@@ -115,10 +171,11 @@ fn spawn(
     Command::new(env!("CARGO_BIN_EXE_skiff"))
         .args(["proxy", "--kubeconfig"])
         .arg(server.kubeconfig())
-        .args(["--mode", mode, "--node-name", &node.name, "--netns"])
-        .arg(node.ns.path())
+        .args(["--mode", mode, "--node-name", &target.name, "--netns"])
+        .arg(&target.netns)
         .args(["--healthz-listen", HEALTHZ, "--metrics-listen", HEALTHZ])
-        .args(["--cluster-cidr", CLUSTER_CIDR, "--sync-period-secs", "10"])
+        .args(["--cluster-cidr", &target.cluster_cidr])
+        .args(["--sync-period-secs", "10"])
         .args(ebpf.map(|e| e.proxy_args()).unwrap_or_default())
         .env("SKIFF_LOG", "info,skiff_proxy=debug")
         .stdin(Stdio::null())

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::proxy::{apply, endpoint_slice, service, Ep, ProxyProcess};
+use super::proxy::{apply, endpoint_slice, metric, service, Ep, ProxyProcess};
 use super::sockets::{eventually, http_get, tcp_request, tcp_server, udp_server, UdpClient};
 use super::Lab;
 use crate::common::{StoreKind, TestServer};
@@ -319,6 +319,17 @@ pub fn external_traffic_policy_local(mode: &str) {
             .map(|(_, b)| b)
     });
     assert!(body.contains("\"localEndpoints\":0"), "{body}");
+    // kube-proxy's metric of Local services left without a local endpoint.
+    let no_local =
+        r#"kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy="external"}"#;
+    assert_eq!(
+        metric(&ProxyProcess::metrics(lab.node("n2")), no_local),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&ProxyProcess::metrics(lab.node("n1")), no_local),
+        Some(0.0)
+    );
     let n1 = lab.node("n1").ip().to_string();
     assert_eq!(
         http_get(&outside.ns, addr(&n1, 32100), "/")

@@ -55,6 +55,8 @@ const OTHER_CONTROLLERS: &[&str] = &[
     "daemonset",
     "statefulset",
     "job",
+    "horizontalpodautoscaling",
+    "podgc",
 ];
 
 #[derive(Parser)]

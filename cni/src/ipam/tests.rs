@@ -99,6 +99,41 @@ fn multi_range_sets_wrap_between_ranges() {
 }
 
 #[test]
+fn stores_of_older_versions_and_long_owners_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = conf(
+        dir.path(),
+        r#"[[{"subnet":"10.9.0.0/24","rangeStart":"10.9.0.10","rangeEnd":"10.9.0.20"}]]"#,
+    );
+    let s = Store::new(&c, "n");
+    fs::create_dir_all(s.dir()).unwrap();
+    // The older format: owner only in the symlink target, pointer as a symlink.
+    std::os::unix::fs::symlink("old/eth0", s.dir().join("ip-10.9.0.10")).unwrap();
+    std::os::unix::fs::symlink("10.9.0.10", s.dir().join("last-0")).unwrap();
+    assert_eq!(
+        s.lookup(&id("old")).unwrap(),
+        vec!["10.9.0.10".parse::<IpAddr>().unwrap()]
+    );
+    // Round robin continues after the old pointer; the old pointer file goes.
+    let long = "x".repeat(240);
+    let got = s.allocate(&c, &id(&long)).unwrap().0[0].address.ip();
+    assert_eq!(got.to_string(), "10.9.0.11");
+    assert!(!s.dir().join("last-0").exists());
+    assert_eq!(s.lookup(&id(&long)).unwrap(), vec![got]);
+    let next = s.allocate(&c, &id("new")).unwrap().0[0].address.ip();
+    assert_eq!(next.to_string(), "10.9.0.12");
+    // Every format is released by its owner.
+    for owner in ["old", long.as_str(), "new"] {
+        assert_eq!(s.release(&id(owner)).unwrap().len(), 1, "{owner}");
+    }
+    let left: Vec<_> = fs::read_dir(s.dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(left, vec!["lock"]);
+}
+
+#[test]
 fn corrupt_state_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let c = conf(dir.path(), r#"[[{"subnet":"10.9.0.0/24"}]]"#);

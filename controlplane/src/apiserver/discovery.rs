@@ -84,6 +84,9 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
             resources.push(subresource_entry(r, *sub));
         }
     }
+    if group.is_empty() && version == "v1" {
+        resources.extend(core_endpoints());
+    }
     if resources.is_empty() {
         return None;
     }
@@ -99,6 +102,18 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
         "groupVersion": group_version,
         "resources": resources,
     }))
+}
+
+/// Core endpoints served beside the registry's verbs, listed as upstream
+/// lists them: `pods/exec` (podexec.rs upgrades the request to a stream) and
+/// the older `namespaces/{ns}/bindings` a scheduler may post a Binding to.
+fn core_endpoints() -> [Value; 2] {
+    [
+        json!({"name": "pods/exec", "singularName": "", "namespaced": true,
+            "kind": "PodExecOptions", "verbs": ["create", "get"]}),
+        json!({"name": "bindings", "singularName": "binding", "namespaced": true,
+            "kind": "Binding", "verbs": ["create"]}),
+    ]
 }
 
 fn resource_entry(r: &Resource) -> Value {
@@ -233,6 +248,9 @@ mod tests {
         assert_eq!(find("pods/binding")["kind"], "Binding");
         assert_eq!(find("pods/binding")["verbs"], json!(["create"]));
         assert_eq!(find("pods/log")["kind"], "Pod");
+        assert_eq!(find("pods/exec")["kind"], "PodExecOptions");
+        assert_eq!(find("pods/exec")["verbs"], json!(["create", "get"]));
+        assert_eq!(find("bindings")["verbs"], json!(["create"]));
         assert_eq!(find("pods")["categories"], json!(["all"]));
         assert!(find("configmaps").get("categories").is_none());
     }

@@ -15,7 +15,7 @@ use serde_json::{json, Map, Value};
 
 use super::delete::{delete, delete_collection};
 use super::list::list;
-use super::patch::{self, PatchType};
+use super::patch::{self, PatchType, Section};
 use super::registry::{Resource, Subresource};
 use super::server::ApiServer;
 use super::status::{self, ApiError};
@@ -134,6 +134,49 @@ impl<'a> ResourceRequest<'a> {
     /// `fieldValidation`.
     pub fn field_validation(&self) -> Result<FieldValidation, ApiError> {
         FieldValidation::parse(self.param("fieldValidation"))
+    }
+
+    /// The field manager: `?fieldManager=`, else, as upstream, the
+    /// User-Agent up to its first `/` (`kubectl-edit/v1.37.0 (linux/amd64) ...`).
+    pub fn field_manager(&self) -> String {
+        let manager = self
+            .param("fieldManager")
+            .filter(|m| !m.is_empty())
+            .map(str::to_string)
+            .unwrap_or_else(|| {
+                self.headers
+                    .get("user-agent")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|ua| ua.split('/').next())
+                    .map(str::trim)
+                    .filter(|m| !m.is_empty())
+                    .unwrap_or("unknown")
+                    .to_string()
+            });
+        // Upstream caps managers at 128 characters.
+        manager.chars().take(128).collect()
+    }
+
+    /// The managedFields identity of a write through this request, now.
+    pub fn writer(&self) -> patch::Writer {
+        let subresource = match self.sub {
+            Some(Subresource::Status) => "status",
+            Some(Subresource::Scale) => "scale",
+            Some(Subresource::Finalize) => "finalize",
+            _ => "",
+        };
+        let section = match self.sub {
+            Some(Subresource::Status) => Section::StatusOnly,
+            _ if self.resource.has(Subresource::Status) => Section::NoStatus,
+            _ => Section::All,
+        };
+        patch::Writer {
+            manager: self.field_manager(),
+            api_version: self.resource.api_version(),
+            subresource,
+            section,
+            now: strategy::now_rfc3339(),
+        }
     }
 }
 
@@ -278,7 +321,7 @@ async fn create_object(
     server: &Arc<ApiServer>,
     req: &ResourceRequest<'_>,
     body: Value,
-    applied: Option<(&Map<String, Value>, &str)>,
+    applied: Option<&Map<String, Value>>,
 ) -> Result<Response, ApiError> {
     check_namespace(server, req).await?;
     let (mut obj, warnings) = strategy::prepare_create(
@@ -287,8 +330,10 @@ async fn create_object(
         body,
         req.field_validation()?,
     )?;
-    if let Some((config, manager)) = applied {
-        patch::record_manager(&mut obj, config, manager, &strategy::now_rfc3339());
+    let writer = req.writer();
+    match applied {
+        Some(config) => patch::record_apply_create(req.resource.kind, &mut obj, config, &writer),
+        None => patch::record_create(req.resource.kind, &mut obj, &writer),
     }
     if req.resource.kind == "Pod" {
         strategy::add_default_tolerations(
@@ -334,6 +379,8 @@ pub async fn guaranteed_update(
     mutate: impl Fn(&Value) -> Result<Value, ApiError>,
 ) -> Result<(Value, Vec<String>), ApiError> {
     let fv = req.field_validation()?;
+    // Only PATCH carries the apply media type.
+    let applying = PatchType::from_content_type(req.content_type()) == Some(PatchType::Apply);
     for _ in 0..MAX_RETRIES {
         let (current, revision) = read(server, req).await?;
         let desired = strategy::to_storage(
@@ -352,6 +399,10 @@ pub async fn guaranteed_update(
         let desired = strategy::from_storage(req.resource, desired);
         let (mut new, warnings) =
             strategy::prepare_update(req.resource, scope, &current, desired, fv)?;
+        // Server-side apply records its own entry; every other write is an Update.
+        if scope != Scope::Whole && !applying {
+            patch::record_update(req.resource.kind, &current, &mut new, &req.writer());
+        }
         let pending = reserve_service(server, req, scope, &current, &mut new)?;
         let mut unchanged = current.clone();
         if let Some(m) = unchanged["metadata"].as_object_mut() {
@@ -474,16 +525,13 @@ async fn server_side_apply(
     req: &ResourceRequest<'_>,
     scope: Scope,
 ) -> Result<Response, ApiError> {
-    let manager = req
-        .param("fieldManager")
-        .filter(|m| !m.is_empty())
-        .ok_or_else(|| {
-            ApiError::new(
-                400,
-                "BadRequest",
-                "fieldManager is required for apply requests",
-            )
-        })?;
+    if req.param("fieldManager").is_none_or(str::is_empty) {
+        return Err(ApiError::new(
+            400,
+            "BadRequest",
+            "fieldManager is required for apply requests",
+        ));
+    }
     let applied = patch::parse_apply(&req.body).map_err(|e| patch_error(&e))?;
     let force = req.flag("force");
     let kind = req.resource.kind;
@@ -492,8 +540,7 @@ async fn server_side_apply(
         if let Some(m) = current["metadata"].as_object_mut() {
             m.remove("resourceVersion");
         }
-        let now = strategy::now_rfc3339();
-        patch::server_side_apply(kind, &current, &applied, manager, force, &now)
+        patch::server_side_apply(kind, &current, &applied, &req.writer(), force)
             .map_err(|e| patch_error(&e))
     })
     .await;
@@ -508,14 +555,31 @@ async fn server_side_apply(
                 m.entry("name")
                     .or_insert_with(|| Value::String(req.object_name().to_string()));
             }
-            create_object(server, req, Value::Object(body), Some((&applied, manager))).await
+            create_object(server, req, Value::Object(body), Some(&applied)).await
         }
         Err(e) => Err(e),
     }
 }
 
-/// A patch failure as a Status with upstream's code (400, 415 or 422).
+/// A patch failure as a Status with upstream's code (400, 409, 415 or 422);
+/// apply conflicts list each field as a `FieldManagerConflict` cause.
 pub fn patch_error(e: &patch::PatchError) -> ApiError {
+    if let patch::PatchError::ApplyConflicts(conflicts) = e {
+        let causes: Vec<Value> = conflicts
+            .iter()
+            .map(|c| {
+                json!({
+                    "reason": "FieldManagerConflict",
+                    "message": format!("conflict with {}", c.manager),
+                    "field": c.field,
+                })
+            })
+            .collect();
+        return ApiError {
+            details: Some(json!({ "causes": causes })),
+            ..ApiError::new(409, "Conflict", e.to_string())
+        };
+    }
     let code = e.http_status();
     let reason = match code {
         409 => "Conflict",

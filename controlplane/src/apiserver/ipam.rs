@@ -1,7 +1,13 @@
 //! Service address allocation done by the API server on create and update, as upstream:
-//! ClusterIPs from the service CIDR and NodePorts from 30000-32767. The
+//! ClusterIPs from the service CIDR(s) and NodePorts from 30000-32767. The
 //! allocated sets are rebuilt from stored Services at start, so they survive
 //! restarts without a separate allocation table.
+//!
+//! A dual-stack cluster has one service CIDR per family (the first is the
+//! primary). As upstream, a Service gets one ClusterIP per family it asks for
+//! with `ipFamilies` / `ipFamilyPolicy`: SingleStack (the default) takes its
+//! requested address's family or the primary one, PreferDualStack adds every
+//! configured family, RequireDualStack needs two.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -52,8 +58,37 @@ impl Drop for Pending<'_> {
 
 /// Allocator of ClusterIPs and NodePorts.
 pub struct ServiceIpam {
-    cidr: IpNetwork,
+    /// One range per family, the primary first.
+    cidrs: Vec<IpNetwork>,
     state: Mutex<State>,
+}
+
+/// An IP family as `spec.ipFamilies` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IpFamily {
+    V4,
+    V6,
+}
+
+impl IpFamily {
+    fn of(ip: &IpAddr) -> IpFamily {
+        if ip.is_ipv4() {
+            IpFamily::V4
+        } else {
+            IpFamily::V6
+        }
+    }
+
+    fn of_net(net: &IpNetwork) -> IpFamily {
+        IpFamily::of(&net.ip())
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            IpFamily::V4 => "IPv4",
+            IpFamily::V6 => "IPv6",
+        }
+    }
 }
 
 #[derive(Default)]
@@ -81,8 +116,9 @@ impl ServiceIpam {
         nth(cidr, 10)
     }
 
-    /// Builds the allocator from every stored Service.
-    pub async fn load(cidr: IpNetwork, store: &dyn Store) -> Result<Self, StoreError> {
+    /// Builds the allocator for `cidrs` (the primary first, at most one per
+    /// family) from every stored Service.
+    pub async fn load(cidrs: Vec<IpNetwork>, store: &dyn Store) -> Result<Self, StoreError> {
         let mut state = State::default();
         let list = store.list("/registry/services/", None, 0).await?;
         for kv in list.items {
@@ -93,7 +129,7 @@ impl ServiceIpam {
             }
         }
         Ok(ServiceIpam {
-            cidr,
+            cidrs,
             state: Mutex::new(state),
         })
     }
@@ -203,7 +239,91 @@ impl ServiceIpam {
         }
     }
 
-    /// Keeps, reserves or picks the ClusterIP of a Service that needs one.
+    fn cidr_of(&self, family: IpFamily) -> Option<&IpNetwork> {
+        self.cidrs.iter().find(|c| IpFamily::of_net(c) == family)
+    }
+
+    /// The families a Service gets addresses of, in order: its `ipFamilies`
+    /// (else the families of its requested addresses, else the primary), plus
+    /// every other configured family unless it is SingleStack.
+    fn families(
+        &self,
+        spec: &serde_json::Map<String, Value>,
+        requested: &[IpAddr],
+        updating: bool,
+        errors: &mut Vec<FieldError>,
+    ) -> Vec<IpFamily> {
+        let policy = spec
+            .get("ipFamilyPolicy")
+            .and_then(Value::as_str)
+            .unwrap_or("SingleStack");
+        let mut families = Vec::new();
+        let given = spec.get("ipFamilies").and_then(Value::as_array);
+        for (i, f) in given.into_iter().flatten().enumerate() {
+            match f.as_str() {
+                Some("IPv4") => families.push(IpFamily::V4),
+                Some("IPv6") => families.push(IpFamily::V6),
+                _ => errors.push(field(
+                    "FieldValueNotSupported",
+                    &format!("spec.ipFamilies[{i}]"),
+                    format!("Unsupported value: {f}: supported values: \"IPv4\", \"IPv6\""),
+                )),
+            }
+        }
+        if families.is_empty() {
+            families = requested.iter().map(IpFamily::of).collect();
+        }
+        if families.is_empty() {
+            families.extend(self.cidrs.first().map(IpFamily::of_net));
+        }
+        let primary = families.first().copied();
+        if policy != "SingleStack" {
+            for c in &self.cidrs {
+                let f = IpFamily::of_net(c);
+                if !families.contains(&f) {
+                    families.push(f);
+                }
+            }
+        }
+        // PreferDualStack takes what the cluster has beyond its first family.
+        if policy == "PreferDualStack" {
+            families.retain(|f| Some(*f) == primary || self.cidr_of(*f).is_some());
+        }
+        if policy == "SingleStack" && families.len() > 1 {
+            // A downgrade keeps the primary address (upstream trims on update).
+            if updating {
+                families.truncate(1);
+            } else {
+                errors.push(field(
+                    "FieldValueInvalid",
+                    "spec.ipFamilyPolicy",
+                    "Invalid value: \"SingleStack\": must be RequireDualStack or PreferDualStack when multiple 'ipFamilies' are specified".into(),
+                ));
+            }
+        }
+        if policy == "RequireDualStack" && self.cidrs.len() < 2 {
+            errors.push(field(
+                "FieldValueInvalid",
+                "spec.ipFamilyPolicy",
+                "Invalid value: \"RequireDualStack\": this cluster is not configured for dual-stack services".into(),
+            ));
+        }
+        for (i, f) in families.iter().enumerate() {
+            if self.cidr_of(*f).is_none() {
+                errors.push(field(
+                    "FieldValueInvalid",
+                    &format!("spec.ipFamilies[{i}]"),
+                    format!(
+                        "Invalid value: \"{}\": not configured on this cluster",
+                        f.name()
+                    ),
+                ));
+            }
+        }
+        families
+    }
+
+    /// Keeps, reserves or picks the ClusterIP(s) of a Service that needs them.
     fn cluster_ip(
         &self,
         state: &State,
@@ -212,51 +332,98 @@ impl ServiceIpam {
         taken: &mut Allocation,
         errors: &mut Vec<FieldError>,
     ) {
-        let requested = spec
-            .get("clusterIP")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        match requested.as_str() {
-            "None" => {
-                spec.insert("clusterIPs".into(), serde_json::json!(["None"]));
-            }
-            "" => match self.random_free_ip(state) {
-                Some(ip) => taken.ips.push(ip),
-                None => errors.push(field(
-                    "FieldValueInvalid",
-                    "spec.clusterIPs",
-                    format!("failed to allocate IP: range {} is full", self.cidr),
-                )),
-            },
-            text => match text.parse::<IpAddr>() {
-                Ok(ip) if held.ips.contains(&ip) => {}
-                Ok(ip) if !self.cidr.contains(ip) => errors.push(field(
-                    "FieldValueInvalid",
-                    "spec.clusterIPs",
-                    format!("Invalid value: [\"{ip}\"]: failed to allocate IP {ip}: the provided IP ({ip}) is not in the valid range. The range of valid IPs is {}", self.cidr),
-                )),
-                Ok(ip) if state.ips.contains(&ip) => errors.push(field(
-                    "FieldValueInvalid",
-                    "spec.clusterIPs",
-                    format!("Invalid value: [\"{ip}\"]: failed to allocate IP {ip}: provided IP is already allocated"),
-                )),
-                Ok(ip) => taken.ips.push(ip),
+        let text = |v: &Value| v.as_str().unwrap_or("").to_string();
+        let mut wanted: Vec<String> = spec
+            .get("clusterIPs")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().map(text).collect())
+            .unwrap_or_default();
+        let single = spec.get("clusterIP").map(text).unwrap_or_default();
+        if wanted.is_empty() && !single.is_empty() {
+            wanted.push(single);
+        }
+        if wanted.first().map(String::as_str) == Some("None") {
+            spec.insert("clusterIPs".into(), serde_json::json!(["None"]));
+            return;
+        }
+        let before = errors.len();
+        let mut requested = Vec::new();
+        for t in &wanted {
+            match t.parse::<IpAddr>() {
+                Ok(ip) => requested.push(ip),
                 Err(_) => errors.push(field(
                     "FieldValueInvalid",
                     "spec.clusterIPs",
-                    format!("Invalid value: \"{text}\": must be a valid IP address or \"None\""),
+                    format!("Invalid value: \"{t}\": must be a valid IP address or \"None\""),
                 )),
-            },
+            }
         }
-        if let Some(ip) = taken.ips.first() {
-            spec.insert("clusterIP".into(), Value::String(ip.to_string()));
-            spec.insert("clusterIPs".into(), serde_json::json!([ip.to_string()]));
-            let family = if ip.is_ipv4() { "IPv4" } else { "IPv6" };
-            spec.insert("ipFamilies".into(), serde_json::json!([family]));
-            spec.entry("ipFamilyPolicy")
-                .or_insert_with(|| Value::String("SingleStack".into()));
+        let families = self.families(spec, &requested, !held.ips.is_empty(), errors);
+        if errors.len() > before {
+            return;
         }
+        let mut ips = Vec::new();
+        for (i, family) in families.iter().enumerate() {
+            let Some(cidr) = self.cidr_of(*family) else {
+                continue;
+            };
+            let ip = match requested.get(i) {
+                None => match self.random_free_ip(state, cidr) {
+                    Some(ip) => {
+                        taken.ips.push(ip);
+                        ip
+                    }
+                    None => {
+                        errors.push(field(
+                            "FieldValueInvalid",
+                            "spec.clusterIPs",
+                            format!("failed to allocate IP: range {cidr} is full"),
+                        ));
+                        continue;
+                    }
+                },
+                Some(ip) if held.ips.contains(ip) => *ip,
+                Some(ip) if !cidr.contains(*ip) => {
+                    let valid = if IpFamily::of(ip) == *family {
+                        cidr.to_string()
+                    } else {
+                        format!("{cidr} (ipFamilies[{i}] is {})", family.name())
+                    };
+                    errors.push(field(
+                        "FieldValueInvalid",
+                        "spec.clusterIPs",
+                        format!("Invalid value: [\"{ip}\"]: failed to allocate IP {ip}: the provided IP ({ip}) is not in the valid range. The range of valid IPs is {valid}"),
+                    ));
+                    continue;
+                }
+                Some(ip) if state.ips.contains(ip) => {
+                    errors.push(field(
+                        "FieldValueInvalid",
+                        "spec.clusterIPs",
+                        format!("Invalid value: [\"{ip}\"]: failed to allocate IP {ip}: provided IP is already allocated"),
+                    ));
+                    continue;
+                }
+                Some(ip) => {
+                    taken.ips.push(*ip);
+                    *ip
+                }
+            };
+            ips.push(ip);
+        }
+        if errors.len() > before {
+            return;
+        }
+        let Some(first) = ips.first() else {
+            return;
+        };
+        let names: Vec<String> = ips.iter().map(IpAddr::to_string).collect();
+        let families: Vec<&str> = ips.iter().map(|ip| IpFamily::of(ip).name()).collect();
+        spec.insert("clusterIP".into(), Value::String(first.to_string()));
+        spec.insert("clusterIPs".into(), serde_json::json!(names));
+        spec.insert("ipFamilies".into(), serde_json::json!(families));
+        spec.entry("ipFamilyPolicy")
+            .or_insert_with(|| Value::String("SingleStack".into()));
     }
 
     /// Returns addresses and ports to the pool.
@@ -270,8 +437,8 @@ impl ServiceIpam {
         }
     }
 
-    fn random_free_ip(&self, state: &State) -> Option<IpAddr> {
-        let size: u128 = match self.cidr {
+    fn random_free_ip(&self, state: &State, cidr: &IpNetwork) -> Option<IpAddr> {
+        let size: u128 = match cidr {
             IpNetwork::V4(n) => 1u128 << (32 - n.prefix()),
             IpNetwork::V6(n) => 1u128 << (128 - n.prefix()).min(64),
         };
@@ -284,7 +451,7 @@ impl ServiceIpam {
         (0..usable.min(1 << 20))
             .map(|i| 2 + (start + i) % usable)
             .filter(|&off| off != 10)
-            .filter_map(|off| nth(&self.cidr, off))
+            .filter_map(|off| nth(cidr, off))
             .find(|ip| !state.ips.contains(ip))
     }
 }
@@ -341,9 +508,116 @@ mod tests {
 
     fn ipam() -> ServiceIpam {
         ServiceIpam {
-            cidr: "10.96.0.0/28".parse().unwrap(),
+            cidrs: vec!["10.96.0.0/28".parse().unwrap()],
             state: Mutex::new(State::default()),
         }
+    }
+
+    fn dual_stack() -> ServiceIpam {
+        ServiceIpam {
+            cidrs: vec![
+                "10.96.0.0/28".parse().unwrap(),
+                "fd00:10:96::/112".parse().unwrap(),
+            ],
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn family_of(svc: &Value, i: usize) -> IpFamily {
+        IpFamily::of(
+            &svc["spec"]["clusterIPs"][i]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap(),
+        )
+    }
+
+    #[test]
+    fn dual_stack_follows_ip_families_and_policy() {
+        let ipam = dual_stack();
+        // SingleStack: the primary family, or the one asked for.
+        let mut v4 = json!({"spec": {"ipFamilyPolicy": "SingleStack", "ports": [{"port": 80}]}});
+        ipam.allocate(&mut v4).unwrap();
+        assert_eq!(v4["spec"]["ipFamilies"], json!(["IPv4"]));
+        assert_eq!(family_of(&v4, 0), IpFamily::V4);
+        let mut v6 = json!({"spec": {"ipFamilies": ["IPv6"], "ipFamilyPolicy": "SingleStack"}});
+        let a = ipam.allocate(&mut v6).unwrap();
+        assert_eq!(a.ips.len(), 1);
+        assert_eq!(v6["spec"]["clusterIPs"].as_array().unwrap().len(), 1);
+        assert_eq!(family_of(&v6, 0), IpFamily::V6);
+        assert_eq!(v6["spec"]["clusterIP"], v6["spec"]["clusterIPs"][0]);
+        // A requested IPv6 address picks its family.
+        let mut asked = json!({"spec": {"clusterIP": "fd00:10:96::50"}});
+        ipam.allocate(&mut asked).unwrap();
+        assert_eq!(asked["spec"]["ipFamilies"], json!(["IPv6"]));
+        // PreferDualStack: both, IPv6 first when asked so.
+        let mut both =
+            json!({"spec": {"ipFamilies": ["IPv6"], "ipFamilyPolicy": "PreferDualStack"}});
+        let a = ipam.allocate(&mut both).unwrap();
+        assert_eq!(a.ips.len(), 2);
+        assert_eq!(both["spec"]["ipFamilies"], json!(["IPv6", "IPv4"]));
+        assert_eq!(family_of(&both, 0), IpFamily::V6);
+        assert_eq!(family_of(&both, 1), IpFamily::V4);
+        // Two families with SingleStack is refused on create.
+        let mut bad =
+            json!({"spec": {"ipFamilies": ["IPv4", "IPv6"], "ipFamilyPolicy": "SingleStack"}});
+        assert_eq!(
+            ipam.allocate(&mut bad).unwrap_err()[0].field,
+            "spec.ipFamilyPolicy"
+        );
+        // A requested address of the wrong family for its position.
+        let mut wrong = json!({"spec": {"clusterIPs": ["10.96.0.7"], "ipFamilies": ["IPv6"]}});
+        let errs = ipam.allocate(&mut wrong).unwrap_err();
+        assert!(
+            errs[0].message.contains("not in the valid range"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn single_stack_cluster_refuses_what_it_does_not_have() {
+        let ipam = ipam();
+        let mut require = json!({"spec": {"ipFamilyPolicy": "RequireDualStack"}});
+        let errs = ipam.allocate(&mut require).unwrap_err();
+        assert!(
+            errs[0].message.contains("not configured for dual-stack"),
+            "{errs:?}"
+        );
+        let mut v6 = json!({"spec": {"ipFamilies": ["IPv6"]}});
+        assert_eq!(
+            ipam.allocate(&mut v6).unwrap_err()[0].field,
+            "spec.ipFamilies[0]"
+        );
+        // PreferDualStack quietly gets what there is.
+        let mut prefer = json!({"spec": {"ipFamilyPolicy": "PreferDualStack"}});
+        assert_eq!(ipam.allocate(&mut prefer).unwrap().ips.len(), 1);
+        assert_eq!(prefer["spec"]["ipFamilies"], json!(["IPv4"]));
+    }
+
+    #[test]
+    fn upgrade_to_dual_stack_adds_the_secondary_and_downgrade_frees_it() {
+        let ipam = dual_stack();
+        let mut old = json!({"spec": {"ipFamilyPolicy": "SingleStack"}});
+        ipam.allocate(&mut old).unwrap();
+        let mut new = old.clone();
+        new["spec"]["ipFamilyPolicy"] = json!("PreferDualStack");
+        let pending = ipam.reallocate(&old, &mut new).unwrap();
+        assert_eq!(pending.taken.ips.len(), 1, "only the IPv6 address is new");
+        assert_eq!(new["spec"]["clusterIPs"][0], old["spec"]["clusterIPs"][0]);
+        assert_eq!(family_of(&new, 1), IpFamily::V6);
+        pending.commit();
+        let v6: IpAddr = new["spec"]["clusterIPs"][1]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let mut down = new.clone();
+        down["spec"]["ipFamilyPolicy"] = json!("SingleStack");
+        let pending = ipam.reallocate(&new, &mut down).unwrap();
+        assert_eq!(down["spec"]["clusterIPs"], old["spec"]["clusterIPs"]);
+        assert_eq!(pending.freed.ips, vec![v6]);
+        pending.commit();
     }
 
     #[test]

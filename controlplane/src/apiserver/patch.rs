@@ -11,10 +11,15 @@
 //! key comes from the `patchStrategy`/`patchMergeKey` struct tags of the upstream
 //! API types, tabulated in [`list_strategy`].
 
+mod fieldset;
 mod managed;
 mod strategic;
 
-pub use managed::{conflicts_message, parse_apply, record_manager, server_side_apply, Conflict};
+pub use fieldset::Section;
+pub use managed::{
+    conflicts_message, parse_apply, record_apply_create, record_create, record_update,
+    server_side_apply, Conflict, Writer,
+};
 
 use std::fmt;
 

@@ -49,8 +49,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Storage backend.
     pub store: StoreConfig,
-    /// ClusterIP range.
+    /// ClusterIP range (the primary one on a dual-stack cluster).
     pub service_cidr: IpNetwork,
+    /// Dual-stack: the ClusterIP range of the other family.
+    pub secondary_service_cidr: Option<IpNetwork>,
     /// Pod network range (node podCIDRs are carved from it).
     pub cluster_cidr: IpNetwork,
     /// Address other machines reach the server at (added to the certificate).
@@ -122,7 +124,10 @@ pub async fn prepare(
     let pki = pki::ensure(&config.data_dir, &ips, &format!("https://{server_address}"))?;
     let tls = pki::tls_config(&pki, &config.data_dir)?;
     let store = open_store(&config).await?;
-    let ipam = ServiceIpam::load(config.service_cidr, store.as_ref()).await?;
+    let cidrs = std::iter::once(config.service_cidr)
+        .chain(config.secondary_service_cidr)
+        .collect();
+    let ipam = ServiceIpam::load(cidrs, store.as_ref()).await?;
     let listener =
         TcpListener::bind(config.listen)
             .await

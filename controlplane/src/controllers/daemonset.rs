@@ -218,7 +218,6 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<DsContext>) -> Result<Action, Da
         .filter(|p| workload::is_controlled_by(p, &uid))
         .collect();
 
-    let hash = workload::template_hash(&ds.spec.template);
     let in_use: Vec<String> = pods
         .iter()
         .map(|p| format!("{}-{}", ds.name_any(), workload::revision(p)))
@@ -227,13 +226,16 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<DsContext>) -> Result<Action, Da
         object: &ds,
         template: &ds.spec.template,
         limit: ds.spec.revision_history_limit,
+        collision_count: ds.status.as_ref().and_then(|s| s.collision_count),
     };
-    history::sync(&ctx.client, owner, &in_use)
+    let synced = history::sync(&ctx.client, owner, &in_use)
         .await
         .map_err(|source| DaemonSetError::History {
             name: key.clone(),
             source,
         })?;
+    // The current revision's hash, salted if its plain name was taken.
+    let hash = synced.hash;
     let mut spec = ds.spec.template.spec.clone().unwrap_or_default();
     eligibility::add_daemon_tolerations(&mut spec);
     let min_ready = ds.spec.min_ready_seconds.unwrap_or(0);
@@ -318,7 +320,7 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<DsContext>) -> Result<Action, Da
         }
     }
 
-    update_status(&api, &ds, &states, &hash)
+    update_status(&api, &ds, &states, &hash, synced.collision_count)
         .await
         .map_err(|source| DaemonSetError::Status {
             name: key.clone(),
@@ -439,10 +441,12 @@ async fn update_status(
     ds: &DaemonSet,
     states: &[NodeState],
     hash: &str,
+    collision_count: Option<i32>,
 ) -> Result<(), kube::Error> {
     let c = rollout::counts(states, hash);
     let old = ds.status.clone().unwrap_or_default();
     let status = DaemonSetStatus {
+        collision_count: collision_count.or(old.collision_count),
         desired_number_scheduled: c.desired,
         current_number_scheduled: c.current,
         number_misscheduled: c.misscheduled,

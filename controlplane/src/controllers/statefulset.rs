@@ -6,9 +6,12 @@
 //!
 //! Revisions: each template is recorded in a ControllerRevision
 //! `<set>-<hash>` ([`workload::history`]), which `kubectl rollout history`
-//! and `rollout undo` read. Only the current template is instantiated: a pod
-//! below the partition that has to be recreated gets the update revision. PersistentVolumeClaims from `volumeClaimTemplates` are
-//! not created (the API server does not serve them yet).
+//! and `rollout undo` read. As upstream's `newVersionedStatefulSetPod`, a
+//! pod below a RollingUpdate partition that has to be (re)created gets the
+//! current revision's template, read back from its ControllerRevision;
+//! every other pod gets the update revision. PersistentVolumeClaims from
+//! `volumeClaimTemplates` are not created (the API server does not serve
+//! them yet).
 
 mod plan;
 
@@ -17,7 +20,7 @@ use std::time::Duration;
 
 use futures::{stream, FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
@@ -185,24 +188,41 @@ async fn reconcile(
         })
         .collect();
 
-    let update_revision = if set.metadata.deletion_timestamp.is_some() {
-        history::revision_name(&name, &set.spec.template)
-    } else {
-        let mut in_use: Vec<String> = replicas.iter().map(|r| r.revision.clone()).collect();
-        in_use.extend(set.status.as_ref().and_then(|s| s.current_revision.clone()));
-        let owner = history::Owner {
-            object: &set,
-            template: &set.spec.template,
-            limit: set.spec.revision_history_limit,
+    let current = set
+        .status
+        .as_ref()
+        .and_then(|s| s.current_revision.as_deref())
+        .filter(|r| !r.is_empty());
+    let collision_count = set.status.as_ref().and_then(|s| s.collision_count);
+    let (update_revision, collision_count, old_template) =
+        if set.metadata.deletion_timestamp.is_some() {
+            let update = set.status.as_ref().and_then(|s| s.update_revision.clone());
+            let update =
+                update.unwrap_or_else(|| history::revision_name(&name, &set.spec.template));
+            (update, collision_count, None)
+        } else {
+            let mut in_use: Vec<String> = replicas.iter().map(|r| r.revision.clone()).collect();
+            in_use.extend(current.map(str::to_string));
+            let owner = history::Owner {
+                object: &set,
+                template: &set.spec.template,
+                limit: set.spec.revision_history_limit,
+                collision_count,
+            };
+            let synced = history::sync(&ctx.client, owner, &in_use)
+                .await
+                .map_err(|source| StatefulSetError::History {
+                    name: key.clone(),
+                    source,
+                })?;
+            // The template pods below the partition are (re)created from.
+            let old_template = current
+                .filter(|c| *c != synced.name)
+                .and_then(|c| synced.revisions.iter().find(|r| r.name_any() == c))
+                .and_then(history::template_of)
+                .map(|t| (current.unwrap_or_default().to_string(), t));
+            (synced.name, synced.collision_count, old_template)
         };
-        history::sync(&ctx.client, owner, &in_use)
-            .await
-            .map_err(|source| StatefulSetError::History {
-                name: key.clone(),
-                source,
-            })?
-            .0
-    };
     let strategy = set.spec.update_strategy.as_ref();
     let rolling = strategy
         .and_then(|s| s.type_.as_deref())
@@ -232,7 +252,17 @@ async fn reconcile(
     };
     let writes: Vec<_> = steps
         .iter()
-        .map(|step| apply(&ctx, &set, &pods_api, &update_revision, step).boxed())
+        .map(|step| {
+            let (revision, template) = match (step, &old_template, spec.partition) {
+                (Step::Create(ordinal), Some((revision, template)), Some(partition))
+                    if *ordinal < spec.start + partition =>
+                {
+                    (revision.as_str(), template)
+                }
+                _ => (update_revision.as_str(), &set.spec.template),
+            };
+            apply(&ctx, &set, &pods_api, (revision, template), step).boxed()
+        })
         .collect();
     let mut results = stream::iter(writes).buffer_unordered(PARALLEL_WRITES);
     let mut failures = Vec::new();
@@ -243,12 +273,8 @@ async fn reconcile(
     }
     drop(results);
 
-    let current = set
-        .status
-        .as_ref()
-        .and_then(|s| s.current_revision.as_deref());
     let c = plan::counts(&replicas, current, &update_revision, rolling);
-    update_status(&api, &set, &c)
+    update_status(&api, &set, &c, collision_count)
         .await
         .map_err(|source| StatefulSetError::Status {
             name: key.clone(),
@@ -271,13 +297,13 @@ async fn apply(
     ctx: &StsContext,
     set: &StatefulSet,
     api: &Api<Pod>,
-    revision: &str,
+    (revision, template): (&str, &PodTemplateSpec),
     step: &Step,
 ) -> Result<(), String> {
     let set_name = set.name_any();
     match step {
         Step::Create(ordinal) => {
-            let Some(pod) = new_pod(set, *ordinal, revision) else {
+            let Some(pod) = new_pod(set, template, *ordinal, revision) else {
                 return Err("the statefulset has no uid yet".to_string());
             };
             let pod_name = pod.name_any();
@@ -332,15 +358,17 @@ async fn apply(
     }
 }
 
-/// The pod for `ordinal`: the template with the member's identity.
-fn new_pod(set: &StatefulSet, ordinal: i32, revision: &str) -> Option<Pod> {
+/// The pod for `ordinal`: `template` (of `revision`) with the member's identity.
+fn new_pod(
+    set: &StatefulSet,
+    template: &PodTemplateSpec,
+    ordinal: i32,
+    revision: &str,
+) -> Option<Pod> {
     let owner = workload::controller_ref(set)?;
     let name = format!("{}-{ordinal}", set.name_any());
-    let mut pod = workload::pod_from_template(
-        &set.spec.template,
-        owner,
-        &set.namespace().unwrap_or_default(),
-    );
+    let mut pod =
+        workload::pod_from_template(template, owner, &set.namespace().unwrap_or_default());
     pod.metadata.name = Some(name.clone());
     workload::set_label(&mut pod, POD_NAME_LABEL, &name);
     workload::set_label(&mut pod, POD_INDEX_LABEL, &ordinal.to_string());
@@ -357,9 +385,11 @@ async fn update_status(
     api: &Api<StatefulSet>,
     set: &StatefulSet,
     c: &plan::Counts,
+    collision_count: Option<i32>,
 ) -> Result<(), kube::Error> {
     let old = set.status.clone().unwrap_or_default();
     let status = StatefulSetStatus {
+        collision_count,
         replicas: c.replicas,
         ready_replicas: Some(c.ready),
         available_replicas: Some(c.available),

@@ -43,9 +43,19 @@ pub enum SelectorError {
 /// `controller.ComputeHash`: FNV-1a (32 bit) over the template, its decimal
 /// digits mapped onto [`SAFE_ALPHABET`].
 pub fn template_hash(template: &PodTemplateSpec) -> String {
+    salted_template_hash(template, 0)
+}
+
+/// [`template_hash`] salted with a workload's `status.collisionCount`, as
+/// upstream's `HashControllerRevision` probe: a count of 0 leaves the hash
+/// unsalted, so revisions named before any collision keep their names.
+pub fn salted_template_hash(template: &PodTemplateSpec, collision_count: i32) -> String {
     // Serialization of k8s-openapi types is deterministic: struct fields in
     // declaration order, maps as BTreeMaps.
-    let bytes = serde_json::to_vec(template).unwrap_or_default();
+    let mut bytes = serde_json::to_vec(template).unwrap_or_default();
+    if collision_count != 0 {
+        bytes.extend_from_slice(collision_count.to_string().as_bytes());
+    }
     let mut hash: u32 = 0x811c_9dc5;
     for b in bytes {
         hash ^= u32::from(b);
@@ -232,6 +242,9 @@ mod tests {
         });
         assert_eq!(template_hash(&a), template_hash(&a.clone()));
         assert_ne!(template_hash(&a), template_hash(&b));
+        assert_eq!(template_hash(&a), salted_template_hash(&a, 0));
+        assert_ne!(template_hash(&a), salted_template_hash(&a, 1));
+        assert_ne!(salted_template_hash(&a, 1), salted_template_hash(&a, 2));
         assert!(template_hash(&a)
             .bytes()
             .all(|c| SAFE_ALPHABET.contains(&c)));

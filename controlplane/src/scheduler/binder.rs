@@ -5,8 +5,10 @@
 
 use k8s_openapi::api::core::v1::{Binding, ObjectReference, Pod, PodCondition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use std::sync::Arc;
+
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, Semaphore};
 
 use crate::controllers::events::{self, EventType, Recorder};
 
@@ -76,16 +78,19 @@ impl BindError {
     }
 }
 
-/// Event writes in flight at once. Events are best effort and must not hold
-/// up bindings, so they have their own, smaller pool; a burst of scheduled
-/// pods leaves a backlog of small pending reports (no pod objects) behind.
-const EVENTS_IN_FLIGHT: usize = 64;
+/// Event writes in flight at once. Events are best effort and come after
+/// bindings: upstream's broadcaster drops events when its queue is full;
+/// here a burst of scheduled pods leaves a backlog of small pending reports
+/// (no pod objects) that a few writers work off while the bindings, which
+/// get 256 slots, go first. Eight still fill the store's group commits when
+/// the scheduler is idle.
+const EVENTS_IN_FLIGHT: usize = 8;
 
 /// Writes bindings, events and conditions for the scheduler.
 pub struct Binder {
     client: kube::Client,
-    recorder: Recorder,
-    events: Semaphore,
+    recorder: Arc<Recorder>,
+    events: mpsc::UnboundedSender<PendingEvent>,
 }
 
 fn key(pod: &Pod) -> String {
@@ -97,12 +102,16 @@ fn key(pod: &Pod) -> String {
 }
 
 impl Binder {
-    /// A binder using `client`.
+    /// A binder using `client`; its event writers run on the current runtime
+    /// until the binder is dropped and the backlog is written.
     pub fn new(client: kube::Client) -> Binder {
+        let recorder = Arc::new(Recorder::new(client.clone(), SCHEDULER_NAME));
+        let (events, backlog) = mpsc::unbounded_channel();
+        tokio::spawn(write_events(recorder.clone(), backlog));
         Binder {
-            recorder: Recorder::new(client.clone(), SCHEDULER_NAME),
+            recorder,
             client,
-            events: Semaphore::new(EVENTS_IN_FLIGHT),
+            events,
         }
     }
 
@@ -173,14 +182,11 @@ impl Binder {
         }
     }
 
-    /// Records an event once one of the event slots is free.
-    pub async fn record(&self, event: PendingEvent) {
-        let Ok(_slot) = self.events.acquire().await else {
-            return;
-        };
-        self.recorder
-            .record(&event.about, event.kind, event.reason, &event.message)
-            .await;
+    /// Queues an event; it is written once one of the event slots is free.
+    pub fn record(&self, event: PendingEvent) {
+        if self.events.send(event).is_err() {
+            tracing::debug!("scheduler: event writer stopped, event not recorded");
+        }
     }
 
     /// Reports a pod that fits nowhere: a `FailedScheduling` event, and the
@@ -228,5 +234,23 @@ impl Binder {
         {
             tracing::debug!("cannot set PodScheduled=False on {}: {e}", key(pod));
         }
+    }
+}
+
+/// Writes queued events, at most [`EVENTS_IN_FLIGHT`] at once, in the order
+/// they were queued.
+async fn write_events(recorder: Arc<Recorder>, mut backlog: mpsc::UnboundedReceiver<PendingEvent>) {
+    let slots = Arc::new(Semaphore::new(EVENTS_IN_FLIGHT));
+    while let Some(event) = backlog.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let recorder = recorder.clone();
+        tokio::spawn(async move {
+            recorder
+                .record(&event.about, event.kind, event.reason, &event.message)
+                .await;
+            drop(slot);
+        });
     }
 }

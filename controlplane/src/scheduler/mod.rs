@@ -116,8 +116,10 @@ fn spawn_watch<K>(
     K: kube::Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     tokio::spawn(async move {
+        // Pending pods wait in the queue; their field ownership is never read.
         let mut events = watcher(api, watcher::Config::default())
             .default_backoff()
+            .modify(|obj| obj.meta_mut().managed_fields = None)
             .boxed();
         while let Some(event) = events.next().await {
             match event {
@@ -494,10 +496,10 @@ impl Scheduler {
                         }
                     };
                     drop(pod);
-                    let _ = tx.send(Message::BindDone { uid, outcome, took }).await;
                     if let Some(event) = event {
-                        binder.record(event).await;
+                        binder.record(event);
                     }
+                    let _ = tx.send(Message::BindDone { uid, outcome, took }).await;
                 });
             }
             Err(message) => {

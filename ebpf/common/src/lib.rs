@@ -11,5 +11,7 @@ extern crate std;
 pub mod maglev;
 pub mod maps;
 pub mod select;
+pub mod service;
 
 pub use maps::*;
+pub use service::*;

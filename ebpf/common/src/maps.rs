@@ -60,6 +60,9 @@ pub mod names {
     /// SNAT source per family (array: [`super::SNAT_V4`], [`super::SNAT_V6`]
     /// → address words) for flows to external/LoadBalancer IPs.
     pub const SNAT: &str = "SKIFF_SNAT";
+    /// Which service port each frontend belongs to, for status and metrics
+    /// (user space only): frontend id → [`super::ServiceName`].
+    pub const SERVICE_NAMES: &str = "SKIFF_SVC_NAMES";
 }
 
 /// Index of the IPv4 SNAT source in the SNAT array.
@@ -283,6 +286,8 @@ pub struct Counters {
     pub connections: u64,
     /// Packets rewritten by the tc path.
     pub packets: u64,
+    /// Bytes of those packets (as the kernel counts them: L2 header on).
+    pub bytes: u64,
     /// Connections refused: no backend, or source range mismatch.
     pub dropped: u64,
 }
@@ -417,6 +422,7 @@ mod pod {
     unsafe impl aya::Pod for SourceRangeKey {}
     unsafe impl aya::Pod for NodeAddrKey {}
     unsafe impl aya::Pod for Counters {}
+    unsafe impl aya::Pod for crate::ServiceName {}
 }
 
 #[cfg(test)]
@@ -440,6 +446,7 @@ mod tests {
         assert_eq!(size_of::<CtValue>(), 16 + 16 + 2 + 2 + 4 + 4 + 1 + 1 + 2);
         assert_eq!(size_of::<SourceRangeKey>(), 20);
         assert_eq!(size_of::<NodeAddrKey>(), 20);
+        assert_eq!(size_of::<Counters>(), 4 * 8);
         assert_eq!(size_of::<MaglevTable>(), 4 * MAGLEV_TABLE_LEN);
         assert!(MAGLEV_TABLE_LEN.is_power_of_two() && MAGLEV_TABLE_LEN > MAGLEV_MAX);
     }

@@ -6,8 +6,9 @@ use std::net::{IpAddr, SocketAddr};
 
 use ipnetwork::IpNetwork;
 use skiff_common::{
-    FrontendKey, FAMILY_V4, FAMILY_V6, FLAG_AFFINITY, FLAG_EXTERNAL, FLAG_LOCAL, FLAG_SOCKET,
-    FLAG_SOURCE_RANGES,
+    FrontendKey, ServiceName, FAMILY_V4, FAMILY_V6, FLAG_AFFINITY, FLAG_EXTERNAL, FLAG_LOCAL,
+    FLAG_SOCKET, FLAG_SOURCE_RANGES, KIND_CLUSTER_IP, KIND_EXTERNAL_IP, KIND_LOAD_BALANCER,
+    KIND_NODE_PORT,
 };
 
 use crate::model::{Endpoint, ServicePort, TrafficPolicy};
@@ -34,6 +35,8 @@ pub struct DesiredFrontend {
     pub backends: Vec<BackendAddr>,
     /// loadBalancerSourceRanges (only with `FLAG_SOURCE_RANGES`).
     pub source_ranges: Vec<IpNetwork>,
+    /// The service port and frontend kind, for status and metrics.
+    pub service: ServiceName,
 }
 
 impl DesiredFrontend {
@@ -75,8 +78,10 @@ pub fn frontends(port: &ServicePort) -> Vec<DesiredFrontend> {
     } else {
         0
     };
+    let name =
+        |kind| ServiceName::new(&port.name.namespace, &port.name.name, &port.name.port, kind);
     let mut out = Vec::new();
-    let mut add = |ip: IpAddr, flags: u16, eps: &[Endpoint], ranges: &[IpNetwork]| {
+    let mut add = |ip: IpAddr, kind: u8, flags: u16, eps: &[Endpoint], ranges: &[IpNetwork]| {
         let ranges: Vec<IpNetwork> = ranges
             .iter()
             .filter(|r| r.is_ipv4() == ip.is_ipv4())
@@ -95,14 +100,22 @@ pub fn frontends(port: &ServicePort) -> Vec<DesiredFrontend> {
             affinity_timeout,
             backends: backends(eps, ip.is_ipv4()),
             source_ranges: ranges,
+            service: name(kind),
         });
     };
     for ip in &port.cluster_ips {
-        add(*ip, FLAG_SOCKET, &port.cluster_endpoints, &[]);
+        add(
+            *ip,
+            KIND_CLUSTER_IP,
+            FLAG_SOCKET,
+            &port.cluster_endpoints,
+            &[],
+        );
     }
     for ip in &port.external_ips {
         add(
             *ip,
+            KIND_EXTERNAL_IP,
             FLAG_SOCKET | FLAG_EXTERNAL | local,
             &port.external_endpoints,
             &[],
@@ -111,6 +124,7 @@ pub fn frontends(port: &ServicePort) -> Vec<DesiredFrontend> {
     for ip in &port.load_balancer_ips {
         add(
             *ip,
+            KIND_LOAD_BALANCER,
             FLAG_SOCKET | FLAG_EXTERNAL | local,
             &port.external_endpoints,
             &port.load_balancer_source_ranges,
@@ -127,6 +141,7 @@ pub fn frontends(port: &ServicePort) -> Vec<DesiredFrontend> {
                 affinity_timeout,
                 backends: backends(&port.external_endpoints, v4),
                 source_ranges: Vec::new(),
+                service: name(KIND_NODE_PORT),
             });
         }
     }
@@ -187,6 +202,8 @@ mod tests {
         assert_eq!(f[0].flags, FLAG_SOCKET);
         assert_eq!(f[0].backends.len(), 2);
         assert!(!f[0].external());
+        assert_eq!(f[0].service.to_string(), "default/web:http");
+        assert_eq!(f[0].service.kind_str(), "ClusterIP");
     }
 
     #[test]
@@ -204,6 +221,7 @@ mod tests {
         assert_eq!(np.affinity_timeout, 60);
         assert_eq!(np.backends.len(), 1);
         assert!(np.backends[0].local);
+        assert_eq!(np.service.kind_str(), "NodePort");
         // The ClusterIP keeps every endpoint and the affinity.
         assert_eq!(f[0].backends.len(), 2);
         assert_eq!(f[0].flags, FLAG_SOCKET | FLAG_AFFINITY);
@@ -223,6 +241,7 @@ mod tests {
             .find(|f| f.key.addr[0].to_ne_bytes() == [192, 0, 2, 10])
             .unwrap();
         assert_eq!(lb.flags, FLAG_SOCKET | FLAG_EXTERNAL | FLAG_SOURCE_RANGES);
+        assert_eq!(lb.service.kind_str(), "LoadBalancer");
         assert_eq!(
             lb.source_ranges,
             vec!["198.51.100.0/24".parse::<IpNetwork>().unwrap()]

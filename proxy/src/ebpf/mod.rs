@@ -9,6 +9,7 @@
 
 mod attach;
 mod cgroup;
+mod collector;
 mod desired;
 mod iface;
 mod sockdestroy;
@@ -25,9 +26,10 @@ use skiff_common::{maglev, names, FrontendKey};
 
 pub use attach::{detach_and_unpin, AttachError, SOCK_PROGRAMS, TC_EGRESS, TC_INGRESS};
 pub use cgroup::{cgroup2_mount, check_subtree, ensure_subtree, CgroupError};
+pub use collector::EbpfCollector;
 pub use desired::{frontends, BackendAddr, DesiredFrontend};
 pub use iface::{node_interfaces, IfaceError, NodeInterface};
-pub use status::{read as read_status, MapFill, Status, StatusError};
+pub use status::{read as read_status, FrontendStatus, MapFill, Status, StatusError};
 pub use tables::TablesError;
 
 use crate::dataplane::{Dataplane, DataplaneError, SyncStats};
@@ -195,6 +197,7 @@ impl EbpfDataplane {
             node_addrs: take::<BpfHash<_, _, _>>(&mut ebpf, names::NODE_ADDRS)?,
             counters: take::<PerCpuArray<_, _>>(&mut ebpf, names::COUNTERS)?,
             snat: take::<Array<_, _>>(&mut ebpf, names::SNAT)?,
+            names: take::<BpfHash<_, _, _>>(&mut ebpf, names::SERVICE_NAMES)?,
         };
         let tables = Tables::resume(maps, cfg.maglev_size)?;
         let destroyer = sockdestroy::Destroyer::start(cgroup, cfg.tcp_destroy_grace);

@@ -1,6 +1,7 @@
 //! `skiff proxy status`: what the eBPF data plane of a node is doing, read
 //! from its pins alone (attached links, map fill levels, per-frontend
-//! counters), so it works while the proxy runs and changes nothing.
+//! counters with the service each frontend belongs to), so it works while
+//! the proxy runs and changes nothing.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -8,8 +9,8 @@ use std::path::{Path, PathBuf};
 use aya::maps::{HashMap as BpfHash, Map, MapData, MapError, PerCpuArray};
 use aya::Pod;
 use skiff_common::{
-    names, words_ip, AffinityKey, Counters, CtKey, Frontend, FrontendKey, RevNatKey, SlotKey,
-    PROTO_UDP,
+    names, words_ip, AffinityKey, Counters, CtKey, Frontend, FrontendKey, RevNatKey, ServiceName,
+    SlotKey, PROTO_UDP,
 };
 
 use super::attach::pinned_links;
@@ -39,6 +40,31 @@ pub struct MapFill {
     pub max: u32,
 }
 
+/// One frontend, the service port it serves and its counters.
+#[derive(Debug, Clone)]
+pub struct FrontendStatus {
+    /// The frontend.
+    pub key: FrontendKey,
+    /// Its service port (`None` if the proxy recorded no name).
+    pub service: Option<ServiceName>,
+    /// Counters summed over CPUs.
+    pub counters: Counters,
+}
+
+impl FrontendStatus {
+    /// `address:port/proto` (`0.0.0.0` / `::` for a NodePort).
+    pub fn address(&self) -> String {
+        let ip = words_ip(self.key.addr, self.key.family);
+        let proto = if self.key.proto == PROTO_UDP {
+            "udp"
+        } else {
+            "tcp"
+        };
+        let sa = std::net::SocketAddr::new(ip, u16::from_be(self.key.port));
+        format!("{sa}/{proto}")
+    }
+}
+
 /// What `skiff proxy status` shows for the eBPF data plane.
 #[derive(Debug, Clone)]
 pub struct Status {
@@ -46,8 +72,8 @@ pub struct Status {
     pub links: Vec<PathBuf>,
     /// Fill level of the maps that grow with services and flows.
     pub maps: Vec<MapFill>,
-    /// Every frontend with its counters (summed over CPUs).
-    pub frontends: Vec<(FrontendKey, Counters)>,
+    /// Every frontend, sorted by service then address.
+    pub frontends: Vec<FrontendStatus>,
 }
 
 fn open(pin_dir: &Path, name: &'static str) -> Result<(Map, u32), StatusError> {
@@ -91,6 +117,7 @@ pub fn read(pin_dir: &Path) -> Result<Status, StatusError> {
             path: pin_dir.join(names::COUNTERS),
             source,
         })?;
+    let (svc_names, _) = hash::<u32, ServiceName>(pin_dir, names::SERVICE_NAMES)?;
     let mut frontends = Vec::new();
     for (key, fe) in fronts.iter().filter_map(Result::ok) {
         let sum = counters
@@ -99,13 +126,22 @@ pub fn read(pin_dir: &Path) -> Result<Status, StatusError> {
                 per_cpu.iter().fold(Counters::default(), |a, c| Counters {
                     connections: a.connections + c.connections,
                     packets: a.packets + c.packets,
+                    bytes: a.bytes + c.bytes,
                     dropped: a.dropped + c.dropped,
                 })
             })
             .unwrap_or_default();
-        frontends.push((key, sum));
+        frontends.push(FrontendStatus {
+            key,
+            service: svc_names.get(&fe.id, 0).ok(),
+            counters: sum,
+        });
     }
-    frontends.sort_by_key(|(k, _)| (k.family, k.addr.map(u32::from_be), k.port, k.proto));
+    frontends.sort_by_key(|f| {
+        let name = f.service.map(|s| (s.namespace, s.name, s.port, s.kind));
+        let k = &f.key;
+        (name, k.family, k.addr.map(u32::from_be), k.port, k.proto)
+    });
     let maps = vec![
         MapFill {
             name: names::FRONTENDS,
@@ -136,15 +172,25 @@ impl fmt::Display for Status {
             writeln!(f, "  {} {}/{}", m.name, m.entries, m.max)?;
         }
         writeln!(f, "frontends: {}", self.frontends.len())?;
-        for (k, c) in &self.frontends {
-            let ip = words_ip(k.addr, k.family);
-            let proto = if k.proto == PROTO_UDP { "udp" } else { "tcp" };
+        let mut current: Option<String> = None;
+        for fs in &self.frontends {
+            let service = fs.service.map_or_else(
+                || "(no service name recorded)".to_string(),
+                |s| s.to_string(),
+            );
+            if current.as_ref() != Some(&service) {
+                writeln!(f, "  {service}")?;
+                current = Some(service);
+            }
+            let kind = fs.service.map_or("?", |s| s.kind_str());
+            let c = &fs.counters;
             writeln!(
                 f,
-                "  {ip}:{}/{proto} connections={} packets={} dropped={}",
-                u16::from_be(k.port),
+                "    {} {kind} connections={} packets={} bytes={} dropped={}",
+                fs.address(),
                 c.connections,
                 c.packets,
+                c.bytes,
                 c.dropped
             )?;
         }

@@ -16,8 +16,8 @@ use aya::maps::{
 };
 use ipnetwork::IpNetwork;
 use skiff_common::{
-    ip_words, maglev, Backend, Counters, Frontend, FrontendKey, MaglevTable, NodeAddrKey, SlotKey,
-    SourceRangeKey, FAMILY_V4, MAGLEV_TABLE_LEN, SNAT_V4, SNAT_V6,
+    ip_words, maglev, Backend, Counters, Frontend, FrontendKey, MaglevTable, NodeAddrKey,
+    ServiceName, SlotKey, SourceRangeKey, FAMILY_V4, MAGLEV_TABLE_LEN, SNAT_V4, SNAT_V6,
 };
 
 use super::desired::{BackendAddr, DesiredFrontend};
@@ -80,6 +80,8 @@ pub struct Maps {
     pub counters: PerCpuArray<MapData, Counters>,
     /// SNAT source per family.
     pub snat: Array<MapData, [u32; 4]>,
+    /// Frontend id → service port name.
+    pub names: BpfHash<MapData, u32, ServiceName>,
 }
 
 #[derive(Debug, Clone)]
@@ -88,6 +90,8 @@ struct Installed {
     backends: Vec<u32>,
     ranges: Vec<IpNetwork>,
     maglev: bool,
+    /// The name record written for this frontend (`None`: none found).
+    service: Option<ServiceName>,
 }
 
 /// What the maps hold, as user space last wrote (or found) it.
@@ -170,6 +174,7 @@ impl Tables {
             used.insert(value.id);
             t.next_id = t.next_id.max(value.id + 1);
             let maglev = t.maps.maglev.get(&value.id, 0).is_ok();
+            let service = t.maps.names.get(&value.id, 0).ok();
             t.installed.insert(
                 key,
                 Installed {
@@ -177,6 +182,7 @@ impl Tables {
                     backends,
                     ranges: Vec::new(),
                     maglev,
+                    service,
                 },
             );
         }
@@ -327,6 +333,13 @@ impl Tables {
             flags: d.flags,
             pad: 0,
         };
+        if prev.as_ref().and_then(|p| p.service) != Some(d.service) {
+            self.maps
+                .names
+                .insert(id, d.service, 0)
+                .map_err(werr("service names"))?;
+            self.written += 1;
+        }
         // The flip: from here on lookups see the new generation.
         self.maps
             .frontends
@@ -354,6 +367,7 @@ impl Tables {
                 backends: ids,
                 ranges: d.source_ranges.clone(),
                 maglev: maglev_size != 0,
+                service: Some(d.service),
             },
         );
         Ok(())
@@ -414,6 +428,7 @@ impl Tables {
                 "source ranges",
             )?;
         }
+        gone_ok(self.maps.names.remove(&p.value.id), "service names")?;
         self.backend_unref(&p.backends);
         self.free_ids.push(p.value.id);
         Ok(())

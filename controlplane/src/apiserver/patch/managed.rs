@@ -1,15 +1,150 @@
-//! Server-side apply, minimal: the applied configuration is merged into the
-//! live object like a strategic merge patch (fields the configuration no
-//! longer sets are not pruned), and the field manager's entry in
-//! `metadata.managedFields` records the fields it applied (FieldsV1).
-//! A field another manager applied with a different value is a conflict
-//! (409) unless the request forces, which takes the field over. Ordinary
-//! writes (create, update, patch) record no managedFields entries here, so
-//! only fields owned through apply can conflict.
+//! Field ownership (`metadata.managedFields`) and server-side apply, after
+//! upstream's structured-merge-diff `Updater`.
+//!
+//! Every write names a field manager. Ordinary writes (create, update, patch)
+//! are `Update` operations: the fields they add or change become the
+//! manager's and are taken from everyone else, fields they remove leave every
+//! set. An `Apply` merges the applied configuration into the live object,
+//! prunes the fields the manager applied last time and no longer applies
+//! (unless another manager owns them), fails with conflicts when it would
+//! change a field another manager owns (unless forced, which takes the field
+//! over), and makes the configuration's fields the manager's whole set.
+//! Field sets themselves live in `fieldset.rs`; this module never touches
+//! the store.
+
+use std::cmp::Ordering;
 
 use serde_json::{json, Map, Value};
 
+use super::fieldset::{display, remove_at, value_at, FieldSet, Path, Section};
 use super::{strategic, PatchError};
+
+/// Who writes and through which endpoint: what identifies a managedFields entry.
+#[derive(Debug, Clone)]
+pub struct Writer {
+    /// The field manager (`?fieldManager=`, else the User-Agent's product).
+    pub manager: String,
+    /// The group/version the request used, e.g. `apps/v1`.
+    pub api_version: String,
+    /// The subresource written through (`status`, `scale`), empty for the main resource.
+    pub subresource: &'static str,
+    /// The part of the object this endpoint writes.
+    pub section: Section,
+    /// The request time, RFC 3339.
+    pub now: String,
+}
+
+/// One `metadata.managedFields` entry.
+#[derive(Debug, Clone, PartialEq)]
+struct Entry {
+    manager: String,
+    operation: String,
+    api_version: String,
+    time: Option<String>,
+    subresource: String,
+    fields: FieldSet,
+}
+
+impl Entry {
+    fn new(writer: &Writer, operation: &str, fields: FieldSet) -> Entry {
+        Entry {
+            manager: writer.manager.clone(),
+            operation: operation.to_string(),
+            api_version: writer.api_version.clone(),
+            time: Some(writer.now.clone()),
+            subresource: writer.subresource.to_string(),
+            fields,
+        }
+    }
+
+    fn is(&self, writer: &Writer, operation: &str) -> bool {
+        self.manager == writer.manager
+            && self.operation == operation
+            && self.subresource == writer.subresource
+    }
+
+    fn parse(v: &Value) -> Entry {
+        let text = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+        Entry {
+            manager: text("manager"),
+            operation: text("operation"),
+            api_version: text("apiVersion"),
+            time: v["time"].as_str().map(str::to_string),
+            subresource: text("subresource"),
+            fields: FieldSet::from_fields_v1(&v["fieldsV1"]),
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        let mut out = Map::new();
+        out.insert("manager".into(), json!(self.manager));
+        out.insert("operation".into(), json!(self.operation));
+        out.insert("apiVersion".into(), json!(self.api_version));
+        if let Some(time) = &self.time {
+            out.insert("time".into(), json!(time));
+        }
+        out.insert("fieldsType".into(), json!("FieldsV1"));
+        out.insert("fieldsV1".into(), self.fields.to_fields_v1());
+        if !self.subresource.is_empty() {
+            out.insert("subresource".into(), json!(self.subresource));
+        }
+        Value::Object(out)
+    }
+
+    /// Upstream's `printManager`: `"kubectl"`, `"kubectl-edit" using v1 at <time>`.
+    fn describe(&self) -> String {
+        let mut out = format!("{:?}", self.manager);
+        if !self.subresource.is_empty() {
+            out.push_str(&format!(" with subresource {:?}", self.subresource));
+        }
+        if self.operation == "Update" {
+            out.push_str(&format!(" using {}", self.api_version));
+            if let Some(time) = &self.time {
+                out.push_str(&format!(" at {time}"));
+            }
+        }
+        out
+    }
+
+    /// Upstream's order: Apply before Update, then by time, manager, version, subresource.
+    fn order(&self, other: &Entry) -> Ordering {
+        (
+            &self.operation,
+            &self.time,
+            &self.manager,
+            &self.api_version,
+            &self.subresource,
+        )
+            .cmp(&(
+                &other.operation,
+                &other.time,
+                &other.manager,
+                &other.api_version,
+                &other.subresource,
+            ))
+    }
+}
+
+fn read_entries(obj: &Value) -> Vec<Entry> {
+    obj["metadata"]["managedFields"]
+        .as_array()
+        .map(|list| list.iter().map(Entry::parse).collect())
+        .unwrap_or_default()
+}
+
+fn write_entries(obj: &mut Value, mut entries: Vec<Entry>) {
+    entries.retain(|e| !e.fields.is_empty());
+    entries.sort_by(Entry::order);
+    let Some(meta) = obj["metadata"].as_object_mut() else {
+        return;
+    };
+    if entries.is_empty() {
+        meta.remove("managedFields");
+    } else {
+        let list = entries.iter().map(Entry::to_json).collect();
+        meta.insert("managedFields".into(), Value::Array(list));
+    }
+}
 
 /// Parses an `application/apply-patch+yaml` body (YAML or JSON) into an object.
 pub fn parse_apply(body: &[u8]) -> Result<Map<String, Value>, PatchError> {
@@ -28,292 +163,177 @@ pub fn parse_apply(body: &[u8]) -> Result<Map<String, Value>, PatchError> {
     }
 }
 
-/// Merges `applied` into `live` (an object of `kind`) and records `manager`
-/// as the owner of the applied fields.
+/// Applies `applied` to `live` (an object of `kind`) for `writer`: merge,
+/// prune what the manager stopped applying, check conflicts (taking the
+/// fields over when `force`), and record the manager's Apply entry.
 pub fn server_side_apply(
     kind: &str,
     live: &Value,
     applied: &Map<String, Value>,
-    manager: &str,
+    writer: &Writer,
     force: bool,
-    now: &str,
 ) -> Result<Value, PatchError> {
-    let Value::Object(mut doc) = live.clone() else {
+    let Value::Object(doc) = live.clone() else {
         return Err(PatchError::OriginalNotAnObject);
     };
+    let mut entries = read_entries(live);
     let config = Value::Object(applied.clone());
-    let mut mine = Vec::new();
-    leaves(&fields_v1(&config, true), &mut Vec::new(), &mut mine);
+    let new_set = FieldSet::of_object(kind, &config, writer.section);
+    let mine = entries.iter().position(|e| e.is(writer, "Apply"));
+    let last = mine.map(|i| entries.remove(i));
+
+    let mut merged = Value::Object(strategic::merge(kind, doc, applied.clone())?);
+    if let Some(last) = &last {
+        let mut others: Vec<&FieldSet> = entries.iter().map(|e| &e.fields).collect();
+        others.push(&new_set);
+        prune(&mut merged, &last.fields, &others);
+    }
+
+    let changes = FieldSet::diff(kind, live, &merged, writer.section);
     let mut conflicts = Vec::new();
-    if let Some(Value::Array(entries)) = doc
-        .get_mut("metadata")
-        .and_then(|m| m.get_mut("managedFields"))
-    {
-        for entry in entries.iter_mut().filter(|e| e["manager"] != manager) {
-            let other = entry["manager"].as_str().unwrap_or("").to_string();
-            for path in &mine {
-                if !has_path(&entry["fieldsV1"], path)
-                    || value_at(live, path) == value_at(&config, path)
-                {
-                    continue;
-                }
-                if force {
-                    remove_path(&mut entry["fieldsV1"], path);
-                } else {
-                    conflicts.push(Conflict {
-                        manager: other.clone(),
-                        field: display_path(path),
-                    });
-                }
-            }
+    for entry in &mut entries {
+        let taken = entry.fields.intersection(&changes.changed);
+        if !force {
+            conflicts.extend(taken.iter().map(|path| Conflict {
+                manager: entry.describe(),
+                field: display(path),
+            }));
         }
+        entry.fields.subtract(&taken);
+        entry.fields.subtract(&changes.removed);
     }
     if !conflicts.is_empty() {
+        conflicts.sort_by(|a, b| (&a.manager, &a.field).cmp(&(&b.manager, &b.field)));
         return Err(PatchError::ApplyConflicts(conflicts));
     }
-    let mut merged = Value::Object(strategic::merge(kind, doc, applied.clone())?);
-    record_manager(&mut merged, applied, manager, now);
+    let entry = match last {
+        Some(last) if changes.is_empty() && last.fields == new_set => last,
+        _ => Entry::new(writer, "Apply", new_set),
+    };
+    entries.push(entry);
+    write_entries(&mut merged, entries);
     Ok(merged)
 }
 
-/// A field another manager owns with a different value.
+/// Removes from `obj` the members of `last` (a manager's previous Apply set)
+/// that no set in `kept` owns (itself or below), then maps and lists that
+/// the removal emptied and nobody owns.
+fn prune(obj: &mut Value, last: &FieldSet, kept: &[&FieldSet]) {
+    let owned = |p: &Path| kept.iter().any(|s| s.owns(p));
+    let mut removed: Vec<&Path> = Vec::new();
+    for path in last.iter() {
+        if removed.iter().any(|r| path.starts_with(r)) || owned(path) {
+            continue;
+        }
+        remove_at(obj, path);
+        removed.push(path);
+    }
+    for path in removed {
+        let mut parent = path.clone();
+        while parent.pop().is_some() && !parent.is_empty() {
+            let emptied = match value_at(obj, &parent) {
+                Some(Value::Object(m)) => m.is_empty(),
+                Some(Value::Array(a)) => a.is_empty(),
+                _ => false,
+            };
+            if !emptied || owned(&parent) {
+                break;
+            }
+            remove_at(obj, &parent);
+        }
+    }
+}
+
+/// Records a create by `writer` (an Update of every field the new object has).
+pub fn record_create(kind: &str, obj: &mut Value, writer: &Writer) {
+    let fields = FieldSet::of_object(kind, obj, writer.section);
+    write_entries(obj, vec![Entry::new(writer, "Update", fields)]);
+}
+
+/// Records the Apply entry of an object server-side apply creates.
+pub fn record_apply_create(
+    kind: &str,
+    obj: &mut Value,
+    applied: &Map<String, Value>,
+    writer: &Writer,
+) {
+    let fields = FieldSet::of_object(kind, &Value::Object(applied.clone()), writer.section);
+    write_entries(obj, vec![Entry::new(writer, "Apply", fields)]);
+}
+
+/// Records an ordinary write of `old` into `new` by `writer`.
+///
+/// As upstream, `new`'s own managedFields are the starting point when the
+/// client sent some (a `[{}]` list resets them), else `old`'s are.
+pub fn record_update(kind: &str, old: &Value, new: &mut Value, writer: &Writer) {
+    let sent = new["metadata"]["managedFields"].as_array().cloned();
+    let mut entries = match sent {
+        None => read_entries(old),
+        Some(list) if list.is_empty() => read_entries(old),
+        Some(list)
+            if list
+                .iter()
+                .any(|e| e.as_object().is_some_and(Map::is_empty)) =>
+        {
+            Vec::new()
+        }
+        Some(_) => read_entries(new),
+    };
+    let changes = FieldSet::diff(kind, old, new, writer.section);
+    if changes.is_empty() {
+        // Nothing tracked changed: keep the entries, byte for byte when the
+        // client sent them back unchanged, so a no-op write stays a no-op.
+        if entries != read_entries(new) {
+            write_entries(new, entries);
+        }
+        return;
+    }
+    let mine = entries.iter().position(|e| e.is(writer, "Update"));
+    let mut fields = mine.map(|i| entries.remove(i).fields).unwrap_or_default();
+    for entry in &mut entries {
+        entry.fields.subtract(&changes.changed);
+        entry.fields.subtract(&changes.removed);
+    }
+    fields.subtract(&changes.removed);
+    fields.union_with(&changes.changed);
+    entries.push(Entry::new(writer, "Update", fields));
+    write_entries(new, entries);
+}
+
+/// A field another manager owns and the apply would change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conflict {
-    /// The manager owning the field.
+    /// The owner as upstream prints it: `"m"`, or `"m" using v1 at <time>` for Update owners.
     pub manager: String,
     /// The field, e.g. `.data.mode` or `.spec.containers[name="c"].image`.
     pub field: String,
 }
 
-/// Upstream's message: `Apply failed with 1 conflict: conflict with "m": .data.x`.
+/// Upstream's message: `Apply failed with 1 conflict: conflict with "m": .data.x`,
+/// and for several, one `conflicts with <manager>:` line per owner listing `- <field>`.
 pub fn conflicts_message(conflicts: &[Conflict]) -> String {
     if let [only] = conflicts {
         return format!(
-            "Apply failed with 1 conflict: conflict with {:?}: {}",
+            "Apply failed with 1 conflict: conflict with {}: {}",
             only.manager, only.field
         );
     }
-    let mut out = format!("Apply failed with {} conflicts:", conflicts.len());
-    for c in conflicts {
-        out.push_str(&format!(" conflict with {:?}: {}", c.manager, c.field));
-    }
-    out
-}
-
-/// Paths (FieldsV1 keys) to the leaves of a FieldsV1 set.
-fn leaves(set: &Value, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
-    let Some(map) = set.as_object() else { return };
-    let children: Vec<_> = map.iter().filter(|(k, _)| k.as_str() != ".").collect();
-    if children.is_empty() {
-        if !prefix.is_empty() {
-            out.push(prefix.clone());
-        }
-        return;
-    }
-    for (key, child) in children {
-        prefix.push(key.clone());
-        leaves(child, prefix, out);
-        prefix.pop();
-    }
-}
-
-fn has_path(set: &Value, path: &[String]) -> bool {
-    path.iter()
-        .try_fold(set, |node, key| node.get(key))
-        .is_some()
-}
-
-fn remove_path(set: &mut Value, path: &[String]) {
-    if let Some((last, parents)) = path.split_last() {
-        let mut node = set;
-        for key in parents {
-            match node.get_mut(key) {
-                Some(next) => node = next,
-                None => return,
-            }
-        }
-        if let Some(map) = node.as_object_mut() {
-            map.remove(last);
+    let mut managers: Vec<&str> = conflicts.iter().map(|c| c.manager.as_str()).collect();
+    managers.sort_unstable();
+    managers.dedup();
+    let mut lines = Vec::new();
+    for manager in managers {
+        lines.push(format!("conflicts with {manager}:"));
+        for c in conflicts.iter().filter(|c| c.manager == manager) {
+            lines.push(format!("- {}", c.field));
         }
     }
-}
-
-/// The value a FieldsV1 path names inside an object.
-fn value_at<'a>(v: &'a Value, path: &[String]) -> Option<&'a Value> {
-    path.iter().try_fold(v, |node, key| {
-        if let Some(field) = key.strip_prefix("f:") {
-            node.get(field)
-        } else if let Some(item_key) = key.strip_prefix("k:") {
-            let wanted: Map<String, Value> = serde_json::from_str(item_key).ok()?;
-            node.as_array()?
-                .iter()
-                .find(|item| wanted.iter().all(|(k, v)| item.get(k) == Some(v)))
-        } else {
-            None
-        }
-    })
-}
-
-/// `.data.mode`, `.spec.containers[name="c"].image`.
-fn display_path(path: &[String]) -> String {
-    let mut out = String::new();
-    for key in path {
-        if let Some(field) = key.strip_prefix("f:") {
-            out.push('.');
-            out.push_str(field);
-        } else if let Some(item_key) = key.strip_prefix("k:") {
-            let wanted: Map<String, Value> = serde_json::from_str(item_key).unwrap_or_default();
-            let parts: Vec<String> = wanted.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            out.push_str(&format!("[{}]", parts.join(",")));
-        }
-    }
-    out
-}
-
-/// Sets (replaces) `manager`'s Apply entry in `obj`'s managedFields.
-pub fn record_manager(obj: &mut Value, applied: &Map<String, Value>, manager: &str, now: &str) {
-    let entry = json!({
-        "manager": manager,
-        "operation": "Apply",
-        "apiVersion": applied.get("apiVersion").cloned().unwrap_or(Value::Null),
-        "time": now,
-        "fieldsType": "FieldsV1",
-        "fieldsV1": fields_v1(&Value::Object(applied.clone()), true),
-    });
-    let Some(meta) = obj["metadata"].as_object_mut() else {
-        return;
-    };
-    let list = meta
-        .entry("managedFields")
-        .or_insert_with(|| Value::Array(Vec::new()));
-    if !list.is_array() {
-        *list = Value::Array(Vec::new());
-    }
-    if let Value::Array(entries) = list {
-        entries.retain(|e| !(e["manager"] == manager && e["operation"] == "Apply"));
-        entries.push(entry);
-    }
-}
-
-/// The FieldsV1 set of a configuration: `f:<field>` for map keys,
-/// `k:{"name":...}` for list items with a name, `.` for the item itself.
-/// At the top, apiVersion, kind and metadata.name/namespace are identity,
-/// not owned fields.
-fn fields_v1(v: &Value, top: bool) -> Value {
-    let mut out = Map::new();
-    match v {
-        Value::Object(map) => {
-            for (key, child) in map {
-                if top && (key == "apiVersion" || key == "kind") {
-                    continue;
-                }
-                let child_fields = if top && key == "metadata" {
-                    let mut meta = child.clone();
-                    if let Some(m) = meta.as_object_mut() {
-                        m.remove("name");
-                        m.remove("namespace");
-                    }
-                    if meta.as_object().is_some_and(Map::is_empty) {
-                        continue;
-                    }
-                    fields_v1(&meta, false)
-                } else {
-                    fields_v1(child, false)
-                };
-                out.insert(format!("f:{key}"), child_fields);
-            }
-        }
-        Value::Array(items) => {
-            for item in items {
-                let Some(name) = item.get("name").filter(|n| n.is_string()) else {
-                    continue;
-                };
-                let mut fields = fields_v1(item, false);
-                if let Value::Object(f) = &mut fields {
-                    f.insert(".".into(), json!({}));
-                }
-                out.insert(format!("k:{}", json!({ "name": name })), fields);
-            }
-        }
-        _ => {}
-    }
-    Value::Object(out)
+    format!(
+        "Apply failed with {} conflicts: {}",
+        conflicts.len(),
+        lines.join("\n")
+    )
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fields_cover_the_applied_configuration() {
-        let applied = parse_apply(
-            b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n  labels: {x: y}\ndata: {k: v}\n",
-        )
-        .unwrap();
-        let live = json!({"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": "a", "labels": {"old": "1"}}, "data": {"other": "2"}});
-        let out = server_side_apply("ConfigMap", &live, &applied, "tool", false, "t").unwrap();
-        assert_eq!(out["data"], json!({"k": "v", "other": "2"}));
-        assert_eq!(out["metadata"]["labels"], json!({"x": "y", "old": "1"}));
-        let entries = out["metadata"]["managedFields"].as_array().unwrap();
-        assert_eq!(entries.len(), 1);
-        assert_eq!(
-            entries[0]["fieldsV1"],
-            json!({"f:data": {"f:k": {}}, "f:metadata": {"f:labels": {"f:x": {}}}})
-        );
-        // Applying again replaces the manager's entry rather than adding one.
-        let again = server_side_apply("ConfigMap", &out, &applied, "tool", false, "t2").unwrap();
-        let entries = again["metadata"]["managedFields"].as_array().unwrap();
-        assert_eq!(entries.len(), 1);
-        assert_eq!(entries[0]["time"], "t2");
-    }
-
-    #[test]
-    fn named_list_items_are_keyed() {
-        let fields = fields_v1(
-            &json!({"spec": {"containers": [{"name": "c", "image": "i"}]}}),
-            true,
-        );
-        assert_eq!(
-            fields,
-            json!({"f:spec": {"f:containers": {"k:{\"name\":\"c\"}": {".": {}, "f:image": {}, "f:name": {}}}}})
-        );
-    }
-
-    #[test]
-    fn another_managers_field_conflicts_unless_forced() {
-        let first =
-            parse_apply(b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\ndata: {k: one}\n")
-                .unwrap();
-        let live = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}});
-        let live = server_side_apply("ConfigMap", &live, &first, "alice", false, "t").unwrap();
-        let same =
-            parse_apply(b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\ndata: {k: one}\n")
-                .unwrap();
-        // The same value is shared ownership, not a conflict.
-        assert!(server_side_apply("ConfigMap", &live, &same, "bob", false, "t").is_ok());
-        let other =
-            parse_apply(b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\ndata: {k: two}\n")
-                .unwrap();
-        match server_side_apply("ConfigMap", &live, &other, "bob", false, "t") {
-            Err(PatchError::ApplyConflicts(c)) => assert_eq!(
-                conflicts_message(&c),
-                "Apply failed with 1 conflict: conflict with \"alice\": .data.k"
-            ),
-            other => panic!("expected a conflict, got {other:?}"),
-        }
-        let forced = server_side_apply("ConfigMap", &live, &other, "bob", true, "t").unwrap();
-        assert_eq!(forced["data"]["k"], "two");
-        let alice = &forced["metadata"]["managedFields"][0];
-        assert_eq!(alice["manager"], "alice");
-        assert_eq!(alice["fieldsV1"]["f:data"], json!({}), "{forced}");
-    }
-
-    #[test]
-    fn non_objects_are_rejected() {
-        assert!(matches!(
-            parse_apply(b"- a\n- b\n"),
-            Err(PatchError::BadApplyBody(_))
-        ));
-    }
-}
+mod tests;

@@ -42,7 +42,10 @@ pub async fn run<K, F>(
     F: FnMut(Change<'_, K>),
 {
     let reader = writer.as_reader();
-    let stream = watcher(api, config).default_backoff();
+    // Field ownership is never read here; the cache does not keep it.
+    let stream = watcher(api, config)
+        .default_backoff()
+        .modify(|obj| obj.meta_mut().managed_fields = None);
     futures::pin_mut!(stream);
     while let Some(event) = stream.next().await {
         let event = match event {

@@ -44,6 +44,10 @@ where
     let mut relisted: Option<HashSet<ObjectRef<K>>> = None;
     watcher(api, watcher::Config::default())
         .default_backoff()
+        // No controller reads field ownership; as upstream's informers
+        // (`TrimManagedFields`), the cache does not keep it: it is often a
+        // third of a pod.
+        .modify(|obj| obj.meta_mut().managed_fields = None)
         .filter_map(|event| async move {
             match event {
                 Ok(event) => Some(event),

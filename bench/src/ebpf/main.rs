@@ -7,11 +7,15 @@
 //! - requests/s (one connection per request) through the ClusterIP vs straight
 //!   to the pod IP (goal for eBPF: ratio ≥ 0.97);
 //! - sync time for N services × E endpoints: a full sync into empty tables and
-//!   one endpoint change (goal for eBPF: < 1 s full, < 5 ms change at 10k).
+//!   one endpoint change (goal for eBPF: < 1 s full, < 5 ms change at 10k);
+//! - NodePort requests/s and CPU per request from outside the node, the tc
+//!   programs vs kube-proxy's iptables chains (`nodeport.rs`).
 //!
 //! The eBPF socket programs serve the processes of one cgroup; this process
 //! joins the benchmark's cgroup while it measures eBPF and returns to its own
 //! cgroup afterwards. Nothing is asserted (DESIGN §8).
+
+mod nodeport;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -55,6 +59,16 @@ struct Args {
     /// Partial syncs per size (one endpoint change each).
     #[arg(long, default_value_t = 20)]
     changes: usize,
+    /// What to measure: clusterip (latency, requests/s, sync time) and/or
+    /// nodeport (requests/s and CPU per request).
+    #[arg(long, value_delimiter = ',', default_value = "clusterip,nodeport")]
+    parts: Vec<String>,
+    /// Requests per NodePort round.
+    #[arg(long, default_value_t = 2000)]
+    nodeport_requests: usize,
+    /// NodePort rounds per data plane (alternating eBPF and iptables).
+    #[arg(long, default_value_t = 5)]
+    nodeport_rounds: usize,
 }
 
 /// Everything the run creates, removed on drop (also when it fails midway).
@@ -407,18 +421,35 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let prefix = format!("skeb{}", std::process::id() % 100_000);
     let lab = Lab::new(&prefix)?;
+    if args.parts.iter().any(|p| p == "clusterip") {
+        cluster_ip(&lab, &args)?;
+    }
+    if args.parts.iter().any(|p| p == "nodeport") {
+        nodeport::measure(
+            &prefix,
+            &lab.bpffs.path().join("nodeport"),
+            &lab.cgroup,
+            args.nodeport_requests,
+            args.nodeport_rounds,
+        )?;
+    }
+    Ok(())
+}
+
+/// ClusterIP latency, requests/s and sync time, both data planes.
+fn cluster_ip(lab: &Lab, args: &Args) -> Result<()> {
     let _backend = Backend::start(&lab.namespaces[1])?;
     println!(
         "proxy-ebpf-bench: {} endpoints per service, {} connections per latency, {} requests per rate",
         args.endpoints, args.connections, args.requests
     );
     lab.enter_cgroup(true)?;
-    let ebpf = measure(&lab, &args, || Ok(Box::new(lab.ebpf()?)), usize::MAX);
+    let ebpf = measure(lab, args, || Ok(Box::new(lab.ebpf()?)), usize::MAX);
     lab.enter_cgroup(false)?;
     let ebpf = ebpf?;
-    report("ebpf", &ebpf, &args);
-    let ipt = measure(&lab, &args, || lab.iptables(), args.iptables_max)?;
-    report("iptables", &ipt, &args);
+    report("ebpf", &ebpf, args);
+    let ipt = measure(lab, args, || lab.iptables(), args.iptables_max)?;
+    report("iptables", &ipt, args);
     for (count, (efull, echange, elat)) in &ebpf.sizes {
         if let Some((ifull, ichange, ilat)) = ipt.sizes.get(count) {
             println!(

@@ -1,0 +1,244 @@
+//! NodePort requests/s and CPU per request, eBPF vs iptables, in one run.
+//!
+//! Three namespaces: an outside client, a node and a pod on that node,
+//! joined by veth pairs (client 192.168.77.2 — node 192.168.77.1; node
+//! 10.244.7.1 — pod 10.244.7.2). The client opens one connection per request
+//! to the node's NodePort (externalTrafficPolicy Cluster, kube-proxy's
+//! default) and reads the pod's one-line answer. eBPF: the tc programs on the
+//! node's uplink DNAT the flow (a local backend keeps the client address);
+//! iptables: kube-proxy's chains in the node namespace (DNAT and masquerade).
+//! Straight to the pod IP through the same node is printed as the floor.
+//!
+//! CPU per request is this process's CPU time (utime + stime from
+//! /proc/self/stat) over the requests: the client loop and the backend are
+//! threads of this process, and without IRQ time accounting (this kernel)
+//! the softirq work of veth delivery — where tc programs and netfilter run —
+//! is charged to the task it interrupts, which is nearly always one of ours.
+//! Rounds of the two data planes alternate, so both see the same load from
+//! the machine's other users; the best requests/s and the median CPU per
+//! request of each are reported, with their ranges.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use skiff_proxy::ebpf::{EbpfConfig, EbpfDataplane};
+use skiff_proxy::model::{Changes, IpNetwork, NodeInfo, ServiceMap, ServicePort};
+use skiff_proxy::{Config, Dataplane, Mode};
+
+use super::{endpoint, exchanges, exec, netns_path, port_name, run, Backend};
+
+const NODE_IP: &str = "192.168.77.1";
+const POD_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 7, 2);
+const NODE_PORT: u16 = 30080;
+/// The proxy's default Maglev table size.
+const MAGLEV_SIZE: usize = 16381;
+
+/// The three namespaces, deleted on drop.
+pub struct NodeLab {
+    client: String,
+    node: String,
+    pod: String,
+}
+
+impl NodeLab {
+    /// Creates the namespaces and links.
+    pub fn new(prefix: &str) -> Result<NodeLab> {
+        let lab = NodeLab {
+            client: format!("{prefix}-npc"),
+            node: format!("{prefix}-npn"),
+            pod: format!("{prefix}-npp"),
+        };
+        for ns in [&lab.client, &lab.node, &lab.pod] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+            run(&["ip", "netns", "add", ns])?;
+            exec(ns, &["ip", "link", "set", "lo", "up"])?;
+        }
+        let pair = |a: &str, a_if: &str, b: &str, b_if: &str| {
+            exec(
+                a,
+                &[
+                    "ip", "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", b,
+                ],
+            )
+        };
+        pair(&lab.client, "eth0", &lab.node, "eth0")?;
+        pair(&lab.node, "pod0", &lab.pod, "eth0")?;
+        for (ns, dev, ip) in [
+            (&lab.client, "eth0", "192.168.77.2/24"),
+            (&lab.node, "eth0", "192.168.77.1/24"),
+            (&lab.node, "pod0", "10.244.7.1/24"),
+            (&lab.pod, "eth0", "10.244.7.2/24"),
+        ] {
+            exec(ns, &["ip", "addr", "add", ip, "dev", dev])?;
+            exec(ns, &["ip", "link", "set", dev, "up"])?;
+        }
+        exec(
+            &lab.pod,
+            &["ip", "route", "add", "default", "via", "10.244.7.1"],
+        )?;
+        // Only for the direct (pod IP) figure; inside the client namespace.
+        exec(
+            &lab.client,
+            &["ip", "route", "add", "10.244.7.0/24", "via", NODE_IP],
+        )?;
+        exec(&lab.node, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        Ok(lab)
+    }
+
+    /// The NodePort service with its one local endpoint, as the node sees it.
+    fn map(&self) -> ServiceMap {
+        let name = port_name("nodeport".into());
+        let mut port = ServicePort::cluster_ip(
+            name.clone(),
+            vec![IpAddr::V4(Ipv4Addr::new(10, 100, 0, 2))],
+            80,
+            vec![endpoint(POD_IP)],
+        );
+        port.node_port = Some(NODE_PORT);
+        ServiceMap {
+            node: NodeInfo {
+                name: "bench".into(),
+                addresses: vec![NODE_IP.parse().expect("node address")],
+                ..NodeInfo::default()
+            },
+            ports: [(name, port)].into_iter().collect(),
+        }
+    }
+
+    fn ebpf(&self, pin_dir: &Path, cgroup: &Path) -> Result<Box<dyn Dataplane>> {
+        Ok(Box::new(EbpfDataplane::new(EbpfConfig {
+            pin_dir: pin_dir.to_path_buf(),
+            cgroup: cgroup.to_path_buf(),
+            interfaces: vec!["eth0".into()],
+            discover_interfaces: false,
+            netns: Some(netns_path(&self.node).into()),
+            maglev_size: MAGLEV_SIZE,
+            tcp_destroy_grace: skiff_proxy::ebpf::TCP_DESTROY_GRACE,
+        })?))
+    }
+
+    fn iptables(&self) -> Result<Box<dyn Dataplane>> {
+        let mut config = Config::new("bench", Mode::Iptables);
+        config.netns = Some(netns_path(&self.node).into());
+        config.cluster_cidrs = vec!["10.244.0.0/16".parse::<IpNetwork>()?];
+        Ok(skiff_proxy::runner::dataplane_for(&config)?)
+    }
+}
+
+impl Drop for NodeLab {
+    fn drop(&mut self) {
+        for ns in [&self.pod, &self.node, &self.client] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+/// This process's CPU time so far, in seconds (all threads, live and gone).
+fn cpu_seconds() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the whole line, in clock ticks (USER_HZ, 100).
+    let rest = stat.rsplit_once(')').context("/proc/self/stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    Ok(ticks as f64 / 100.0)
+}
+
+/// One round: requests/s and CPU microseconds per request.
+fn round(client: &str, addr: SocketAddr, n: usize) -> Result<(f64, f64)> {
+    let cpu = cpu_seconds()?;
+    let start = Instant::now();
+    exchanges(client, addr, n)?;
+    let secs = start.elapsed().as_secs_f64();
+    let used = cpu_seconds()? - cpu;
+    Ok((n as f64 / secs, used * 1e6 / n as f64))
+}
+
+/// The rounds of one path: (requests/s, CPU µs per request) each.
+#[derive(Default)]
+struct Rounds {
+    rounds: Vec<(f64, f64)>,
+}
+
+impl Rounds {
+    fn best_rps(&self) -> f64 {
+        self.rounds.iter().map(|r| r.0).fold(0.0, f64::max)
+    }
+
+    fn rps_range(&self) -> (f64, f64) {
+        let v = self.rounds.iter().map(|r| r.0);
+        (v.clone().fold(f64::MAX, f64::min), v.fold(0.0, f64::max))
+    }
+
+    fn cpu_median(&self) -> f64 {
+        let mut v: Vec<f64> = self.rounds.iter().map(|r| r.1).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    }
+
+    fn cpu_range(&self) -> (f64, f64) {
+        let v = self.rounds.iter().map(|r| r.1);
+        (v.clone().fold(f64::MAX, f64::min), v.fold(0.0, f64::max))
+    }
+
+    fn print(&self, name: &str) {
+        let (lo, hi) = self.rps_range();
+        let (clo, chi) = self.cpu_range();
+        println!(
+            "{name:>9}: requests/s best {:.0} (rounds {lo:.0}..{hi:.0}); CPU per request median {:.1} µs (rounds {clo:.1}..{chi:.1})",
+            self.best_rps(),
+            self.cpu_median()
+        );
+    }
+}
+
+/// Measures the NodePort through both data planes and the pod IP directly,
+/// `rounds` alternating rounds of `requests` requests each.
+pub fn measure(
+    prefix: &str,
+    pin_dir: &Path,
+    cgroup: &Path,
+    requests: usize,
+    rounds: usize,
+) -> Result<()> {
+    let lab = NodeLab::new(prefix)?;
+    let _backend = Backend::start(&lab.pod)?;
+    let node_port: SocketAddr = format!("{NODE_IP}:{NODE_PORT}").parse()?;
+    let direct = SocketAddr::new(IpAddr::V4(POD_IP), 8080);
+    let map = lab.map();
+    let (mut ebpf, mut ipt, mut pod) = (Rounds::default(), Rounds::default(), Rounds::default());
+    println!(
+        "NodePort: {rounds} alternating rounds of {requests} requests (one connection each) per data plane"
+    );
+    for _ in 0..rounds {
+        for (which, results) in [("ebpf", &mut ebpf), ("iptables", &mut ipt)] {
+            let mut dp = if which == "ebpf" {
+                lab.ebpf(pin_dir, cgroup)?
+            } else {
+                lab.iptables()?
+            };
+            dp.sync(&map, &Changes::full(&map))?;
+            exchanges(&lab.client, node_port, 100)
+                .with_context(|| format!("warming up the {which} NodePort"))?;
+            results
+                .rounds
+                .push(round(&lab.client, node_port, requests)?);
+            dp.cleanup()?;
+        }
+        exchanges(&lab.client, direct, 100)?;
+        pod.rounds.push(round(&lab.client, direct, requests)?);
+    }
+    ebpf.print("ebpf");
+    ipt.print("iptables");
+    pod.print("pod IP");
+    println!(
+        "NodePort ebpf/iptables: requests/s x{:.3}, CPU per request x{:.3}; ebpf/pod IP requests/s x{:.3}",
+        ebpf.best_rps() / ipt.best_rps(),
+        ebpf.cpu_median() / ipt.cpu_median(),
+        ebpf.best_rps() / pod.best_rps()
+    );
+    Ok(())
+}
