@@ -391,6 +391,17 @@ fn metrics_count_full_and_partial_syncs() {
         (metric(&m, api) == Some(2.0) && metric(&m, web) == Some(1.0)).then_some(m)
     });
     assert!(value(&both, "skiff_proxy_rules") > rules_before, "{both}");
+    // Every Service and EndpointSlice change was received and counted.
+    let services = value(&both, "kubeproxy_sync_proxy_rules_service_changes_total");
+    let slices = value(&both, "kubeproxy_sync_proxy_rules_endpoint_changes_total");
+    assert!(
+        services >= value(&first, "kubeproxy_sync_proxy_rules_service_changes_total") + 1.0,
+        "{both}"
+    );
+    assert!(
+        slices >= value(&first, "kubeproxy_sync_proxy_rules_endpoint_changes_total") + 2.0,
+        "{both}"
+    );
 
     // The periodic resync (every 10 s here) counts as a full sync.
     let full_before = value(&both, r#"skiff_proxy_syncs_total{kind="full"}"#);
@@ -401,9 +412,10 @@ fn metrics_count_full_and_partial_syncs() {
 }
 
 /// IPv6 through the API server: a dual-stack `skiff server` hands out IPv6
-/// ClusterIPs (`ipFamilies: [IPv6]`, and both families for
-/// PreferDualStack), the proxy writes ip6tables rules for them, and pods
-/// reach the backends over TCP and UDP through the allocated addresses.
+/// ClusterIPs (`ipFamilies: [IPv6]`, and an IPv6 address added to an IPv4
+/// Service patched to PreferDualStack), the proxy writes ip6tables rules for
+/// them, and pods reach the backends over TCP and UDP through the allocated
+/// addresses.
 #[test]
 fn ipv6_cluster_ip_allocated_by_the_api_server() {
     use lab::proxy::{apply, ProxyProcess};
@@ -445,19 +457,23 @@ fn ipv6_cluster_ip_allocated_by_the_api_server() {
         &server,
         &service("web6", serde_json::json!({"ipFamilies": ["IPv6"]})),
     );
-    apply(
-        &server,
-        &service(
-            "dual",
-            serde_json::json!({"ipFamilyPolicy": "PreferDualStack"}),
-        ),
-    );
+    apply(&server, &service("dual", serde_json::json!({})));
     let get = |name: &str, path: &str| {
         server
             .kubectl_ok(&["get", "service", name, "-o", &format!("jsonpath={path}")])
             .trim()
             .to_string()
     };
+    // A Service without ipFamilies gets the primary family only ...
+    assert_eq!(get("dual", "{.spec.ipFamilies}"), r#"["IPv4"]"#);
+    // ... until it asks for both.
+    server.kubectl_ok(&[
+        "patch",
+        "service",
+        "dual",
+        "-p",
+        r#"{"spec":{"ipFamilyPolicy":"PreferDualStack"}}"#,
+    ]);
     let range: skiff_proxy::model::IpNetwork = "fd00:10:96::/108".parse().expect("CIDR");
     let web6: IpAddr = get("web6", "{.spec.clusterIP}")
         .parse()

@@ -5,6 +5,7 @@
 //! adds the envelope (header flags, EDNS, error codes) around them. Packets
 //! that do not parse never reach it: hickory-server answers those FORMERR.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
@@ -16,6 +17,7 @@ use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{MessageResponseBuilder, Queries};
 
+use crate::autopath;
 use crate::cache::{Answer, Cache};
 use crate::index::{Index, Resolution};
 use crate::metrics::{Metrics, QType, QueryLabels, Rcode};
@@ -55,6 +57,8 @@ pub struct Handler {
     /// the upstream forwards to us (a loop), so forwarding is switched off.
     loop_probe: Name,
     loop_detected: AtomicBool,
+    /// Whether search-path walks are answered in one query ([`crate::autopath`]).
+    autopath: bool,
 }
 
 impl Handler {
@@ -73,7 +77,14 @@ impl Handler {
             metrics,
             loop_probe: Name::from_ascii(probe).unwrap_or_default(),
             loop_detected: AtomicBool::new(false),
+            autopath: false,
         }
+    }
+
+    /// The same handler answering search-path walks in one query when `on`.
+    pub fn with_autopath(mut self, on: bool) -> Handler {
+        self.autopath = on;
+        self
     }
 
     /// Sends the loop probe upstream; if it comes back to us, forwarding stops.
@@ -96,6 +107,18 @@ impl Handler {
 
     /// The reply to one question, from the index, the cache or upstream.
     pub async fn reply(&self, name: &Name, qtype: RecordType, class: DNSClass) -> Reply {
+        self.reply_to_client(name, qtype, class, None).await
+    }
+
+    /// The reply to one question asked by `client` (autopath uses the
+    /// namespace of the Pod holding that address).
+    pub async fn reply_to_client(
+        &self,
+        name: &Name,
+        qtype: RecordType,
+        class: DNSClass,
+        client: Option<IpAddr>,
+    ) -> Reply {
         if class != DNSClass::IN && class != DNSClass::ANY {
             return Reply::error(ResponseCode::Refused);
         }
@@ -106,6 +129,33 @@ impl Handler {
             self.loop_detected.store(true, Ordering::Relaxed);
             return Reply::error(ResponseCode::Refused);
         }
+        let reply = self.answer(name, qtype).await;
+        if !self.autopath || reply.rcode != ResponseCode::NXDomain {
+            return reply;
+        }
+        let candidates = {
+            let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+            match client.and_then(|ip| index.client_namespace(ip)) {
+                Some(namespace) => autopath::candidates(&index.zone().origin, namespace, name),
+                None => return reply,
+            }
+        };
+        // At most three more names (svc.<zone>, <zone>, the name alone).
+        for candidate in candidates {
+            let found = self.answer(&candidate, qtype).await;
+            // NXDOMAIN goes on down the path; an error (SERVFAIL from an
+            // upstream) is no answer either: the client walks on by itself.
+            if found.rcode != ResponseCode::NoError {
+                continue;
+            }
+            self.metrics.autopath.inc();
+            return autopath::via_cname(name, &candidate, found);
+        }
+        reply
+    }
+
+    /// The answer for `name` from the index, else the cache or upstream.
+    async fn answer(&self, name: &Name, qtype: RecordType) -> Reply {
         let resolution = {
             let index = self.index.read().unwrap_or_else(|e| e.into_inner());
             index.resolve(name, qtype)
@@ -181,7 +231,8 @@ impl Handler {
             return Reply::error(ResponseCode::FormErr);
         }
         let name = Name::from(query.name().clone());
-        self.reply(&name, query.query_type(), query.query_class())
+        let client = request.src().ip();
+        self.reply_to_client(&name, query.query_type(), query.query_class(), Some(client))
             .await
     }
 }

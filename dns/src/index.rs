@@ -8,15 +8,15 @@
 //! `_tcp.svc.ns.svc.zone`) are tracked by reference counts so they answer NODATA
 //! rather than NXDOMAIN, as the specification requires.
 
-use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 
+use crate::key::{is_under, parent, Key, Wire};
 use crate::records::Zone;
 
 /// The schema version answered at `dns-version.<zone>`.
@@ -48,94 +48,6 @@ pub enum Resolution {
     /// A CNAME to a name outside the zone: answer with it and resolve the
     /// target upstream.
     Chase { answers: Vec<Record>, target: Name },
-}
-
-/// A name as the index keys it: its labels in wire form, lowercased, without
-/// the root label. One allocation per name, shared by the names table, the
-/// records filed under it and the records pointing at it (PTR, SRV, CNAME
-/// targets): with 10k Services the index holds 40k names, and a `Name` is
-/// 80 bytes inline.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct Key(Arc<[u8]>);
-
-impl Borrow<[u8]> for Key {
-    fn borrow(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl Key {
-    /// The name these key bytes were made from, lowercased.
-    fn name_of(mut rest: &[u8]) -> Name {
-        let mut labels = Vec::new();
-        while let Some((&len, tail)) = rest.split_first() {
-            let (label, tail) = tail.split_at(usize::from(len).min(tail.len()));
-            labels.push(label);
-            rest = tail;
-        }
-        let mut name = Name::from_labels(labels).unwrap_or_default();
-        name.set_fqdn(true);
-        name
-    }
-
-    fn name(&self) -> Name {
-        Key::name_of(&self.0)
-    }
-}
-
-/// The key bytes of a name, built on the stack so a lookup allocates nothing.
-struct Wire {
-    buf: [u8; 256],
-    len: usize,
-}
-
-impl Wire {
-    fn of(name: &Name) -> Wire {
-        let mut wire = Wire {
-            buf: [0; 256],
-            len: 0,
-        };
-        for label in name.iter() {
-            // Names are at most 255 bytes on the wire; a longer one (never
-            // built by hickory) is cut rather than overflowing.
-            let Some(slot) = wire.buf.get_mut(wire.len..wire.len + 1 + label.len()) else {
-                break;
-            };
-            // Labels are at most 63 bytes: the length fits in one byte.
-            slot[0] = label.len() as u8;
-            for (to, from) in slot[1..].iter_mut().zip(label) {
-                *to = from.to_ascii_lowercase();
-            }
-            wire.len += 1 + label.len();
-        }
-        wire
-    }
-
-    fn bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
-    }
-}
-
-/// The key of the parent name (`None` for the root).
-fn parent(key: &[u8]) -> Option<&[u8]> {
-    key.get(1 + usize::from(*key.first()?)..)
-}
-
-/// Whether `key` is `zone` or a name below it.
-fn is_under(mut key: &[u8], zone: &[u8]) -> bool {
-    // Bounded: every step drops one label.
-    loop {
-        if key == zone {
-            return true;
-        }
-        if key.len() <= zone.len() {
-            return false;
-        }
-        match parent(key) {
-            Some(up) => key = up,
-            None => return false,
-        }
-    }
 }
 
 /// The data of one stored record. The owner is the name it is filed under
@@ -177,6 +89,15 @@ impl Data {
                 target: key(&srv.target),
             },
             _ => Data::Whole(Box::new(record)),
+        }
+    }
+
+    /// The address of an A or AAAA record.
+    fn ip(&self) -> Option<IpAddr> {
+        match self {
+            Data::A(ip) => Some(IpAddr::V4(*ip)),
+            Data::Aaaa(ip) => Some(IpAddr::V6(*ip)),
+            _ => None,
         }
     }
 
@@ -269,6 +190,8 @@ pub struct Index {
     ip6: Name,
     names: HashMap<Key, Node>,
     sources: HashMap<SourceKey, Box<[Arc<Entry>]>>,
+    /// Pod IP → the Pod holding it (autopath finds a client's namespace here).
+    clients: HashMap<IpAddr, SourceKey>,
 }
 
 impl Index {
@@ -292,6 +215,7 @@ impl Index {
             ip6: Name::from_ascii("ip6.arpa.").unwrap_or_default(),
             names: HashMap::new(),
             sources: HashMap::new(),
+            clients: HashMap::new(),
             apex: apex.clone(),
             zone,
         };
@@ -377,15 +301,31 @@ impl Index {
             self.sources.remove(&source).unwrap_or_default()
         } else {
             self.sources
-                .insert(source, shared.clone())
+                .insert(source.clone(), shared.clone())
                 .unwrap_or_default()
         };
+        if source.pod {
+            for ip in old.iter().filter_map(|r| r.data.ip()) {
+                if self.clients.get(&ip) == Some(&source) {
+                    self.clients.remove(&ip);
+                }
+            }
+            for ip in shared.iter().filter_map(|r| r.data.ip()) {
+                self.clients.insert(ip, source.clone());
+            }
+        }
         for record in old {
             self.remove(&record);
         }
         for record in shared {
             self.add(record);
         }
+    }
+
+    /// The namespace of the Pod holding `ip`, if one does.
+    pub fn client_namespace(&self, ip: IpAddr) -> Option<&str> {
+        let pod = self.clients.get(&ip)?;
+        pod.path.split_once('/').map(|(namespace, _)| namespace)
     }
 
     /// Drops every source of one kind not in `keep` (after a re-list).

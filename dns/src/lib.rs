@@ -17,7 +17,8 @@
 //!
 //! Modules: [`records`] (Kubernetes objects → records, the spec),
 //! [`index`] (names, NXDOMAIN vs NODATA), [`watch`] (kube watchers → index),
-//! [`handler`] (one request → reply), [`upstream`] + [`cache`] (forwarding),
+//! [`handler`] (one request → reply), [`autopath`] (search-path walks
+//! answered in one query), [`upstream`] + [`cache`] (forwarding),
 //! [`slim`] (decoding only the fields DNS uses),
 //! [`sockets`] (where sockets are opened: the agent's are in the node's
 //! network namespace), [`metrics`], [`packet`] (bytes → bytes, for tests and
@@ -25,9 +26,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod autopath;
 pub mod cache;
 pub mod handler;
 pub mod index;
+mod key;
 pub mod metrics;
 pub mod packet;
 pub mod records;
@@ -79,6 +82,9 @@ pub struct Config {
     pub cache_entries: usize,
     /// Most upstream queries in flight at once.
     pub max_upstream_inflight: usize,
+    /// Answer a pod's search-path walk in one query ([`autopath`]); off by
+    /// default, as in CoreDNS.
+    pub autopath: bool,
     /// Makes the listening and forwarding sockets (the node agent opens them
     /// in the node's network namespace).
     pub sockets: Arc<dyn Sockets>,
@@ -94,6 +100,7 @@ impl Default for Config {
             metrics_listen: None,
             cache_entries: 10_000,
             max_upstream_inflight: 1_024,
+            autopath: false,
             sockets: Arc::new(HostSockets),
         }
     }
@@ -240,7 +247,8 @@ pub async fn run(
         cache::Cache::new(config.cache_entries),
         upstreams,
         metrics.clone(),
-    ));
+    )
+    .with_autopath(config.autopath));
     // UDP, where nearly all queries come, is served by our own loop (no task
     // or channel per query); TCP by hickory-server.
     let mut server = Server::new(Shared(handler.clone()));

@@ -74,6 +74,8 @@ pub struct Metrics {
     pub cache_misses: Counter,
     /// Upstream queries that failed (timeout, I/O, overload, bad answer).
     pub upstream_errors: Counter,
+    /// Queries autopath answered with a name further down the client's search path.
+    pub autopath: Counter,
 }
 
 impl Default for Metrics {
@@ -113,8 +115,15 @@ impl Metrics {
             "Failed upstream queries",
             upstream_errors.clone(),
         );
+        let autopath = Counter::default();
+        registry.register(
+            "autopath",
+            "Queries answered with a name further down the client's search path",
+            autopath.clone(),
+        );
         Metrics {
             registry,
+            autopath,
             queries,
             latency,
             cache_hits,

@@ -45,6 +45,11 @@ fn key_of<K: ResourceExt>(obj: &K) -> Key {
     (obj.namespace().unwrap_or_default(), obj.name_any())
 }
 
+/// `namespace/name`: a key in one allocation.
+fn path((namespace, name): &Key) -> Box<str> {
+    format!("{namespace}/{name}").into_boxed_str()
+}
+
 /// One port of a [`ServiceFacts`].
 struct PortFacts {
     name: Option<Box<str>>,
@@ -148,9 +153,11 @@ struct Tracker {
     /// (namespace, slice name) → the service it was filed under.
     slice_owner: HashMap<Key, String>,
     /// Services seen in the current (re)list; the others are dropped at its end.
-    service_buf: Option<HashSet<Key>>,
+    /// (`namespace/name`, one allocation each: with 10k Services the
+    /// pairs of `String`s were the peak of a re-list's memory.)
+    service_buf: Option<HashSet<Box<str>>>,
     slice_buf: Option<Vec<EndpointSlice>>,
-    pod_buf: Option<HashSet<Key>>,
+    pod_buf: Option<HashSet<Box<str>>>,
     synced: [bool; 3],
 }
 
@@ -286,14 +293,14 @@ impl Tracker {
                 let facts = ServiceFacts::of(svc);
                 self.set_service(&key, Some(&facts));
                 self.keep(key.clone(), facts);
-                self.service_buf.get_or_insert_default().insert(key);
+                self.service_buf.get_or_insert_default().insert(path(&key));
             }
             Event::InitDone => {
                 let keys = self.service_buf.take().unwrap_or_default();
-                self.services.retain(|key, _| keys.contains(key));
+                self.services.retain(|key, _| keys.contains(&path(key)));
                 self.write().retain_sources(|s| match s {
                     Source::Service { namespace, name } => {
-                        keys.contains(&(namespace.clone(), name.clone()))
+                        keys.contains(&path(&(namespace.clone(), name.clone())))
                     }
                     Source::Pod { .. } => true,
                 });
@@ -343,13 +350,15 @@ impl Tracker {
             // nothing else); only their keys are kept to drop the vanished.
             Event::InitApply(pod) => {
                 self.set_pod(&pod);
-                self.pod_buf.get_or_insert_default().insert(key_of(&pod));
+                self.pod_buf
+                    .get_or_insert_default()
+                    .insert(path(&key_of(&pod)));
             }
             Event::InitDone => {
                 let keys = self.pod_buf.take().unwrap_or_default();
                 self.write().retain_sources(|s| match s {
                     Source::Pod { namespace, name } => {
-                        keys.contains(&(namespace.clone(), name.clone()))
+                        keys.contains(&path(&(namespace.clone(), name.clone())))
                     }
                     Source::Service { .. } => true,
                 });

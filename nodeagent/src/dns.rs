@@ -45,6 +45,8 @@ pub struct NodeDnsSettings {
     pub addresses: Vec<IpAddr>,
     /// The cluster zone (`--cluster-domain`).
     pub zone: String,
+    /// Answer pods' search-path walks in one query (`--dns-autopath`).
+    pub autopath: bool,
 }
 
 /// Errors setting up the node's DNS addresses.
@@ -174,6 +176,7 @@ pub fn config(
         zone: settings.zone.clone(),
         upstreams: Some(upstreams(resolv_conf, &settings.addresses)),
         sockets: Arc::new(NodeSockets::new(netns)),
+        autopath: settings.autopath,
         ..skiff_dns::Config::default()
     }
 }
@@ -283,6 +286,7 @@ mod tests {
                 "10.96.0.10".parse().unwrap(),
             ],
             zone: "example.local".into(),
+            autopath: true,
         };
         let c = config(
             &settings,
@@ -297,6 +301,7 @@ mod tests {
             ]
         );
         assert_eq!(c.zone, "example.local");
+        assert!(c.autopath);
         // Only a loopback nameserver: nothing is forwarded, rather than
         // falling back to resolv.conf inside the DNS server.
         assert_eq!(c.upstreams, Some(Vec::new()));
@@ -307,6 +312,7 @@ mod tests {
         let settings = NodeDnsSettings {
             addresses: Vec::new(),
             zone: "cluster.local".into(),
+            autopath: false,
         };
         let config = kube::Config::new("http://127.0.0.1:1".parse().unwrap());
         let client = kube::Client::try_from(config).unwrap();

@@ -15,6 +15,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::model::ServiceMap;
+use crate::watch::ChangeCounters;
 
 type Labels = Vec<(String, String)>;
 
@@ -30,6 +31,7 @@ pub struct Metrics {
     sync_errors: Counter,
     endpoints: Family<Labels, Gauge>,
     no_local_endpoints: Family<Labels, Gauge>,
+    changes: ChangeCounters,
     /// Collectors a data plane adds after start (the eBPF counters); a
     /// registry takes them only by `&mut`.
     extra: Mutex<Registry>,
@@ -56,6 +58,7 @@ impl Metrics {
         let sync_errors = Counter::default();
         let endpoints = Family::<Labels, Gauge>::default();
         let no_local_endpoints = Family::<Labels, Gauge>::default();
+        let changes = ChangeCounters::default();
         registry.register(
             "kubeproxy_sync_proxy_rules_duration_seconds",
             "How long one data plane sync took",
@@ -101,6 +104,16 @@ impl Metrics {
             "Service ports with a Local traffic policy that have endpoints, none of them on this node",
             no_local_endpoints.clone(),
         );
+        registry.register(
+            "kubeproxy_sync_proxy_rules_service_changes",
+            "Service changes received (added, modified, deleted)",
+            changes.services.clone(),
+        );
+        registry.register(
+            "kubeproxy_sync_proxy_rules_endpoint_changes",
+            "EndpointSlice changes received (added, modified, deleted)",
+            changes.endpoints.clone(),
+        );
         Metrics {
             registry,
             sync_duration,
@@ -112,6 +125,7 @@ impl Metrics {
             sync_errors,
             endpoints,
             no_local_endpoints,
+            changes,
             extra: Mutex::new(Registry::default()),
         }
     }
@@ -150,6 +164,11 @@ impl Metrics {
                 .get_or_create(&labels)
                 .set(port.cluster_endpoints.len() as i64);
         }
+    }
+
+    /// The counters the watches increment.
+    pub fn change_counters(&self) -> ChangeCounters {
+        self.changes.clone()
     }
 
     /// As kube-proxy: ports whose Local policy leaves them without an

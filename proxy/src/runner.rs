@@ -246,7 +246,12 @@ pub async fn run_with(
         config.metrics_listen,
     )?;
     let notify = Arc::new(Notify::new());
-    let stores = Stores::start(client, &config.node_name, notify.clone());
+    let stores = Stores::start(
+        client,
+        &config.node_name,
+        notify.clone(),
+        health.metrics().change_counters(),
+    );
     tokio::pin!(shutdown);
     tokio::select! {
         () = stores.ready() => {}

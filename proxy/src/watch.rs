@@ -1,5 +1,6 @@
 //! The watch side: kube-rs reflectors for Services, EndpointSlices and this
-//! node's Node object. Every event pokes a [`Notify`]; the sync loop then
+//! node's Node object. Every event pokes a [`Notify`] (and Service and
+//! EndpointSlice changes count in [`ChangeCounters`]); the sync loop then
 //! rebuilds the service map from the stores (works against any Kubernetes
 //! API server: only list/watch with a label and a field selector are used).
 
@@ -11,11 +12,23 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource};
+use prometheus_client::metrics::counter::Counter;
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::model::{self, BuildInput, NodeInfo, ServiceMap};
+
+/// Counters of object changes received (added, modified or deleted,
+/// including those of every relist), as kube-proxy's
+/// `..._service_changes_total` / `..._endpoint_changes_total`.
+#[derive(Debug, Clone, Default)]
+pub struct ChangeCounters {
+    /// Service changes.
+    pub services: Counter,
+    /// EndpointSlice changes.
+    pub endpoints: Counter,
+}
 
 /// Reflector stores of everything the model is built from.
 pub struct Stores {
@@ -29,6 +42,7 @@ fn reflect<K>(
     api: Api<K>,
     config: watcher::Config,
     notify: Arc<Notify>,
+    changes: Option<Counter>,
 ) -> (Store<K>, JoinHandle<()>)
 where
     K: Resource<DynamicType = ()>
@@ -45,7 +59,18 @@ where
         futures::pin_mut!(stream);
         while let Some(event) = stream.next().await {
             match event {
-                Ok(_) => notify.notify_one(),
+                Ok(event) => {
+                    let object = matches!(
+                        event,
+                        watcher::Event::Apply(_)
+                            | watcher::Event::Delete(_)
+                            | watcher::Event::InitApply(_)
+                    );
+                    if let Some(c) = changes.as_ref().filter(|_| object) {
+                        c.inc();
+                    }
+                    notify.notify_one();
+                }
                 // The backoff retries; the store keeps the last state meanwhile.
                 Err(error) => {
                     tracing::warn!(%error, kind = K::kind(&()).as_ref(), "watch failed, retrying")
@@ -57,22 +82,30 @@ where
 }
 
 impl Stores {
-    /// Starts the watches; `notify` is poked on every change.
-    pub fn start(client: Client, node_name: &str, notify: Arc<Notify>) -> Stores {
+    /// Starts the watches; `notify` is poked on every change, `changes` counts them.
+    pub fn start(
+        client: Client,
+        node_name: &str,
+        notify: Arc<Notify>,
+        changes: ChangeCounters,
+    ) -> Stores {
         let (services, t1) = reflect(
             Api::<Service>::all(client.clone()),
             watcher::Config::default(),
             notify.clone(),
+            Some(changes.services),
         );
         let (slices, t2) = reflect(
             Api::<EndpointSlice>::all(client.clone()),
             watcher::Config::default().labels(model::SERVICE_NAME_LABEL),
             notify.clone(),
+            Some(changes.endpoints),
         );
         let (nodes, t3) = reflect(
             Api::<Node>::all(client),
             watcher::Config::default().fields(&format!("metadata.name={node_name}")),
             notify,
+            None,
         );
         Stores {
             services,

@@ -42,6 +42,10 @@ pub struct Args {
     /// and TCP port 53, on a `skiff-dns` dummy link), or none.
     #[arg(long, default_value = skiff_dns::NODE_LOCAL_ADDRESS, value_parser = parse_node_local_dns)]
     node_local_dns: NodeLocalDns,
+    /// Let the node-local DNS answer a pod's search-path walk in one query
+    /// (CoreDNS autopath: the pod's namespace is known from its IP).
+    #[arg(long)]
+    dns_autopath: bool,
     /// Nameserver written into ClusterFirst pods' resolv.conf. Default: the
     /// --node-local-dns address, or the kube-dns ClusterIP without one.
     #[arg(long)]
@@ -145,6 +149,7 @@ pub async fn run(args: Args) -> Result<()> {
         dns: NodeDnsSettings {
             addresses: args.node_local_dns.0.into_iter().collect(),
             zone: args.cluster_domain,
+            autopath: args.dns_autopath,
         },
     };
     tokio::select! {

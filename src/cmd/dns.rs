@@ -30,6 +30,12 @@ pub struct Args {
     /// Most upstream answers cached at once.
     #[arg(long, default_value_t = 10_000)]
     cache_entries: usize,
+    /// Answer a pod's search-path walk (`name.<its namespace>.svc.<zone>`
+    /// that does not exist) with the first name down the path that does,
+    /// behind a CNAME, as CoreDNS autopath; the namespace comes from the
+    /// pod's IP.
+    #[arg(long)]
+    autopath: bool,
 }
 
 pub async fn run(args: Args) -> Result<()> {
@@ -41,6 +47,7 @@ pub async fn run(args: Args) -> Result<()> {
         upstreams: (!args.upstream.is_empty()).then_some(args.upstream),
         metrics_listen: args.metrics_listen,
         cache_entries: args.cache_entries,
+        autopath: args.autopath,
         ..skiff_dns::Config::default()
     };
     skiff_dns::run(client, config, crate::shutdown_signal())

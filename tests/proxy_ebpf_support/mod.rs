@@ -269,10 +269,16 @@ pub struct Plane {
 impl Plane {
     /// Loads the data plane on a fresh bpffs and cgroup.
     pub fn new(label: &str) -> Plane {
+        Plane::with(label, |_| {})
+    }
+
+    /// As [`Plane::new`], with `adjust` changing the configuration first
+    /// (the namespace and interfaces of the tc programs, say).
+    pub fn with(label: &str, adjust: impl FnOnce(&mut EbpfConfig)) -> Plane {
         let name = unique(label);
         let bpffs = Bpffs::new();
         let cgroup = Cgroup::new(&name);
-        let cfg = EbpfConfig {
+        let mut cfg = EbpfConfig {
             pin_dir: bpffs.pin_dir(&name),
             cgroup: cgroup.path().to_path_buf(),
             interfaces: Vec::new(),
@@ -281,6 +287,7 @@ impl Plane {
             maglev_size: 251,
             tcp_destroy_grace: Duration::from_secs(1),
         };
+        adjust(&mut cfg);
         let dp = EbpfDataplane::new(cfg.clone()).expect("loading the eBPF data plane");
         Plane {
             dp: Some(dp),

@@ -58,28 +58,51 @@ fn per_service(status: &Status) -> BTreeMap<Labels, Counters> {
     out
 }
 
-const SERVICE_COUNTERS: [(&str, &str, fn(&Counters) -> u64); 4] = [
-    (
-        "skiff_proxy_service_connections",
-        "Connections (socket path) or flows (tc path) balanced to a backend, per service port",
-        |c| c.connections,
-    ),
-    (
-        "skiff_proxy_service_packets",
-        "Packets rewritten by the tc programs (NodePort, externalIPs, LoadBalancer IPs)",
-        |c| c.packets,
-    ),
-    (
-        "skiff_proxy_service_bytes",
-        "Bytes of the packets rewritten by the tc programs",
-        |c| c.bytes,
-    ),
-    (
-        "skiff_proxy_service_refused",
-        "Connections refused or dropped: no endpoints, source not in loadBalancerSourceRanges",
-        |c| c.dropped,
-    ),
+/// One per-service counter series and which field of [`Counters`] it shows.
+struct CounterMetric {
+    name: &'static str,
+    help: &'static str,
+    value: fn(&Counters) -> u64,
+}
+
+const SERVICE_COUNTERS: [CounterMetric; 4] = [
+    CounterMetric {
+        name: "skiff_proxy_service_connections",
+        help:
+            "Connections (socket path) or flows (tc path) balanced to a backend, per service port",
+        value: |c| c.connections,
+    },
+    CounterMetric {
+        name: "skiff_proxy_service_packets",
+        help: "Packets rewritten by the tc programs (NodePort, externalIPs, LoadBalancer IPs)",
+        value: |c| c.packets,
+    },
+    CounterMetric {
+        name: "skiff_proxy_service_bytes",
+        help: "Bytes of the packets rewritten by the tc programs",
+        value: |c| c.bytes,
+    },
+    CounterMetric {
+        name: "skiff_proxy_service_refused",
+        help:
+            "Connections refused or dropped: no endpoints, source not in loadBalancerSourceRanges",
+        value: |c| c.dropped,
+    },
 ];
+
+/// Encodes a gauge family.
+fn gauges(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: &[(Labels, i64)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, v) in series {
+        ConstGauge::new(*v).encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
 
 impl Collector for EbpfCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -92,38 +115,32 @@ impl Collector for EbpfCollector {
             }
         };
         let services = per_service(&status);
-        for (name, help, value) in SERVICE_COUNTERS {
-            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for m in &SERVICE_COUNTERS {
+            let mut family =
+                encoder.encode_descriptor(m.name, m.help, None, MetricType::Counter)?;
             for (labels, c) in &services {
-                ConstCounter::new(value(c)).encode(family.encode_family(labels)?)?;
+                ConstCounter::new((m.value)(c)).encode(family.encode_family(labels)?)?;
             }
         }
-        let gauges: [(&str, &str, Vec<(Labels, i64)>); 2] = [
-            (
-                "skiff_proxy_ebpf_map_entries",
-                "Entries in an eBPF map of the data plane",
-                status
-                    .maps
-                    .iter()
-                    .map(|m| (vec![("map", m.name.to_string())], m.entries as i64))
-                    .collect(),
-            ),
-            (
-                "skiff_proxy_ebpf_map_max_entries",
-                "Capacity of an eBPF map of the data plane",
-                status
-                    .maps
-                    .iter()
-                    .map(|m| (vec![("map", m.name.to_string())], i64::from(m.max)))
-                    .collect(),
-            ),
-        ];
-        for (name, help, series) in gauges {
-            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-            for (labels, v) in &series {
-                ConstGauge::new(*v).encode(family.encode_family(labels)?)?;
-            }
-        }
+        let by_map = |f: fn(&super::MapFill) -> i64| -> Vec<(Labels, i64)> {
+            status
+                .maps
+                .iter()
+                .map(|m| (vec![("map", m.name.to_string())], f(m)))
+                .collect()
+        };
+        gauges(
+            &mut encoder,
+            "skiff_proxy_ebpf_map_entries",
+            "Entries in an eBPF map of the data plane",
+            &by_map(|m| m.entries as i64),
+        )?;
+        gauges(
+            &mut encoder,
+            "skiff_proxy_ebpf_map_max_entries",
+            "Capacity of an eBPF map of the data plane",
+            &by_map(|m| i64::from(m.max)),
+        )?;
         let attached = encoder.encode_descriptor(
             "skiff_proxy_ebpf_attached_programs",
             "eBPF program attachments (pinned links) of the data plane",
