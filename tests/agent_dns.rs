@@ -302,3 +302,34 @@ spec:
     );
     assert!(!node.log().contains("starting node-local DNS"));
 }
+
+/// `skiff agent --dns-autopath`: the node-local server knows the asking pod's
+/// namespace from its address, so the first query of a search-path walk
+/// (`web.other` typed in namespace default) comes back as the Service behind
+/// a CNAME, in one round trip.
+#[test]
+fn dns_autopath_answers_a_pods_search_walk_with_a_cname() {
+    let server = TestServer::start(StoreKind::Redb);
+    let _node = AgentNode::start_with(&server, &node_name("ap"), &["--dns-autopath"]);
+    server.kubectl_ok(&["create", "namespace", "other"]);
+    server.kubectl_stdin_ok(
+        &["apply", "-n", "other", "-f", "-"],
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  ports: [{port: 80}]\n",
+    );
+    let cluster_ip = jsonpath(
+        &server,
+        &["service", "web", "-n", "other"],
+        "{.spec.clusterIP}",
+    );
+    let walk = "web.other.default.svc.cluster.local";
+    server.kubectl_stdin_ok(&["apply", "-f", "-"], &client_manifest(&[walk], &[]));
+    wait_running(&server, "client");
+    let line = log_line(&server, "client", &format!("an answer for {walk}"), |l| {
+        l.starts_with(&format!("Q {walk}:")) && !answers(l).is_empty()
+    });
+    assert!(
+        line.contains("canonical name = web.other.svc.cluster.local"),
+        "{line}"
+    );
+    assert_eq!(answers(&line), vec![cluster_ip], "{line}");
+}

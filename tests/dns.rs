@@ -386,3 +386,92 @@ fn new_services_and_endpoints_are_answered_without_waiting_for_a_ttl() {
         "endpoint answered {waited:?} after the change"
     );
 }
+
+/// With `--autopath`, the first query of a pod's search-path walk
+/// (`name.<its namespace>.svc.cluster.local`, which does not exist) is
+/// answered with the first name down the path that does, behind a CNAME;
+/// the pod is recognised by its IP (here 127.0.0.2, dig's source address).
+/// Clients that are not pods get the plain NXDOMAIN.
+#[test]
+fn autopath_answers_a_pods_search_path_walk_in_one_query() {
+    let server = TestServer::start(StoreKind::Redb);
+    let upstream = Dnsmasq::start();
+    let dns = DnsServer::start(
+        &server,
+        &[
+            "--autopath",
+            "--upstream",
+            &format!("127.0.0.1:{}", upstream.port),
+        ],
+    );
+    let home = namespace(&server, "dnsaphome");
+    let other = namespace(&server, "dnsapother");
+    let web = service(&server, &other, json!({"ports": [{"port": 80}]}), "web");
+    let ip = web["spec"]["clusterIP"]
+        .as_str()
+        .expect("clusterIP")
+        .to_string();
+    let pods = format!("/api/v1/namespaces/{home}/pods");
+    create(
+        &server,
+        &pods,
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "client", "namespace": home},
+               "spec": {"containers": [{"name": "c", "image": "busybox"}]}}),
+    );
+    let status = json!({"status": {"phase": "Running", "podIP": "127.0.0.2",
+                                   "podIPs": [{"ip": "127.0.0.2"}]}});
+    let r = server.request(
+        "PATCH",
+        &format!("{pods}/client/status"),
+        Some("application/merge-patch+json"),
+        Some(status.to_string().as_bytes()),
+    );
+    assert_eq!(r.status, 200, "PATCH the pod's status: {}", r.body);
+    dns.dig_until(
+        &[&format!("127-0-0-2.{home}.pod.cluster.local"), "A"],
+        "the client pod's record",
+        |d| d.values() == ["127.0.0.2"],
+    );
+
+    // `web.<other>` typed in the pod: its first query names the pod's own
+    // namespace; the answer is the Service behind a CNAME.
+    let asked = format!("web.{other}.{home}.svc.cluster.local");
+    let found = format!("web.{other}.svc.cluster.local.");
+    let walk = dns.dig(&["-b", "127.0.0.2", &asked, "A"]);
+    assert_eq!(walk.status, "NOERROR", "{}", walk.raw);
+    assert_eq!(walk.values_of("CNAME"), [found.clone()], "{}", walk.raw);
+    assert_eq!(walk.values_of("A"), [ip.clone()], "{}", walk.raw);
+    assert_eq!(walk.answer[0].name, format!("{asked}."), "{}", walk.raw);
+    assert_eq!(walk.answer[1].name, found, "{}", walk.raw);
+
+    // A name outside the cluster: the walk ends at the name itself, upstream.
+    let external = format!("www.example.test.{home}.svc.cluster.local");
+    let walk = dns.dig(&["-b", "127.0.0.2", &external, "A"]);
+    assert_eq!(
+        walk.values_of("CNAME"),
+        ["www.example.test."],
+        "{}",
+        walk.raw
+    );
+    assert_eq!(walk.values_of("A"), ["192.0.2.1"], "{}", walk.raw);
+
+    // Nothing down the path exists: the plain NXDOMAIN of the name asked.
+    let nothing = format!("nope.{other}.{home}.svc.cluster.local");
+    let nx = dns.dig(&["-b", "127.0.0.2", &nothing, "A"]);
+    assert_eq!(nx.status, "NXDOMAIN", "{}", nx.raw);
+    assert!(nx.has_soa(), "{}", nx.raw);
+
+    // The same question from an address that is no pod's: no autopath.
+    let plain = dns.dig(&[&asked, "A"]);
+    assert_eq!(plain.status, "NXDOMAIN", "{}", plain.raw);
+    assert!(dns.metric("skiff_dns_autopath_total") >= 2.0);
+
+    // Once the pod is gone, its address is no longer a client of `home`.
+    delete(&server, &format!("{pods}/client"));
+    dns.dig_until(
+        &["-b", "127.0.0.2", &asked, "A"],
+        "NXDOMAIN after the pod left",
+        |d| d.status == "NXDOMAIN",
+    );
+}

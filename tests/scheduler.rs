@@ -552,6 +552,11 @@ async fn pods_bound_elsewhere_count_and_their_deletion_frees_room() {
 async fn retried_unschedulable_pod_keeps_one_event_with_a_count() {
     let (_server, client) = Server::start().await;
     FakeNode::new("only", "2").create(&client).await;
+    // The node and pod watches are separate streams: a pod that overtakes
+    // the node would first be told there are no nodes. A pod that fits
+    // proves the scheduler knows the node.
+    create_pod(&client, "probe", "10m", json!({})).await;
+    eventually("the probe pod bound", || node_of(&client, "probe")).await;
     create_pod(&client, "too-big", "4", json!({})).await;
     let message = failed_scheduling(&client, "too-big").await;
     assert_eq!(message, "0/1 nodes are available: 1 Insufficient cpu.");

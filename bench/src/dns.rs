@@ -417,6 +417,7 @@ async fn run(args: &Args, skiff: &Path, dir: &Path) -> Result<()> {
         }
     }
     let rss_after = memory(skiff_dns.pid())?;
+    let (anon, file) = rss_split(skiff_dns.pid())?;
 
     println!(
         "skiff dns benchmark: {} services, {} external names, {} s per run, servers on CPU {}, dnsperf on CPU {}",
@@ -482,7 +483,27 @@ async fn run(args: &Args, skiff: &Path, dir: &Path) -> Result<()> {
         mb(rss_after.peak),
         if mb(rss_after.peak) < RSS_GOAL_MB { "met" } else { "NOT met" }
     );
+    println!(
+        "    after load: {:.1} MB anonymous (heap, stacks), {:.1} MB mapped from the skiff binary and libraries",
+        mb(anon),
+        mb(file)
+    );
     Ok(())
+}
+
+/// `RssAnon` and `RssFile` of `pid` in bytes: what the process allocated
+/// versus the pages of its executable (shared with other skiff processes).
+fn rss_split(pid: u32) -> Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> Result<u64> {
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .with_context(|| format!("no {name} in /proc/{pid}/status"))?;
+        Ok(kib * 1024)
+    };
+    Ok((field("RssAnon:")?, field("RssFile:")?))
 }
 
 /// Sends every query of `file` once (dnsperf -n 1) so forwarders cache them.

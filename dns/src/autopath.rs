@@ -62,10 +62,86 @@ pub fn via_cname(asked: &Name, candidate: &Name, mut found: Reply) -> Reply {
 
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
+    use std::sync::{Arc, RwLock};
+    use std::time::Duration;
+
     use hickory_proto::op::ResponseCode;
     use hickory_proto::rr::rdata::A;
+    use hickory_proto::rr::{DNSClass, RecordType};
 
     use super::*;
+    use crate::cache::Cache;
+    use crate::handler::Handler;
+    use crate::index::{Index, Source};
+    use crate::metrics::Metrics;
+    use crate::records::Zone;
+    use crate::upstream::Upstreams;
+
+    fn a(owner: &str, ip: [u8; 4]) -> Record {
+        Record::from_rdata(name(owner), 5, RData::A(A(std::net::Ipv4Addr::from(ip))))
+    }
+
+    /// A handler whose index holds Service `web` in `other` and a Pod of
+    /// `team` at 10.244.0.9; no upstream.
+    fn handler(autopath: bool) -> Handler {
+        let mut index = Index::new(Zone::new("cluster.local", 5).unwrap());
+        let web = Source::Service {
+            namespace: "other".into(),
+            name: "web".into(),
+        };
+        index.set(web, vec![a("web.other.svc.cluster.local.", [10, 96, 0, 7])]);
+        let pod = Source::Pod {
+            namespace: "team".into(),
+            name: "client".into(),
+        };
+        index.set(
+            pod,
+            vec![a("10-244-0-9.team.pod.cluster.local.", [10, 244, 0, 9])],
+        );
+        Handler::new(
+            Arc::new(RwLock::new(index)),
+            Cache::new(16),
+            Upstreams::new(Vec::new(), Duration::from_millis(10), 4),
+            Arc::new(Metrics::new()),
+        )
+        .with_autopath(autopath)
+    }
+
+    #[tokio::test]
+    async fn a_pods_walk_is_answered_once_and_others_get_nxdomain() {
+        let asked = name("web.other.team.svc.cluster.local.");
+        let pod: Option<IpAddr> = Some([10, 244, 0, 9].into());
+        let stranger: Option<IpAddr> = Some([10, 244, 0, 10].into());
+        let on = handler(true);
+        let reply = on
+            .reply_to_client(&asked, RecordType::A, DNSClass::IN, pod)
+            .await;
+        assert_eq!(reply.rcode, ResponseCode::NoError);
+        let target = name("web.other.svc.cluster.local.");
+        assert_eq!(
+            reply.answers,
+            vec![
+                Record::from_rdata(asked.clone(), 5, RData::CNAME(CNAME(target))),
+                a("web.other.svc.cluster.local.", [10, 96, 0, 7]),
+            ]
+        );
+        for (handler, client) in [(&on, stranger), (&on, None), (&handler(false), pod)] {
+            let reply = handler
+                .reply_to_client(&asked, RecordType::A, DNSClass::IN, client)
+                .await;
+            assert_eq!(reply.rcode, ResponseCode::NXDomain, "{client:?}");
+            assert!(reply.answers.is_empty());
+        }
+        // Nothing down the path (and no upstream for the bare name): the
+        // NXDOMAIN of the name asked, with the zone's SOA.
+        let nothing = name("nope.other.team.svc.cluster.local.");
+        let reply = on
+            .reply_to_client(&nothing, RecordType::A, DNSClass::IN, pod)
+            .await;
+        assert_eq!(reply.rcode, ResponseCode::NXDomain);
+        assert_eq!(reply.authorities.len(), 1);
+    }
 
     fn name(s: &str) -> Name {
         Name::from_ascii(s).unwrap()

@@ -199,3 +199,34 @@ fn srv_and_ptr_records_come_back_whole_and_leave_nothing_when_removed() {
     idx.set(svc("a", "web"), Vec::new());
     assert_eq!(idx.len(), base);
 }
+
+#[test]
+fn pod_addresses_name_their_namespace_until_the_pod_goes() {
+    let mut idx = index();
+    let pod = |ns: &str, n: &str| Source::Pod {
+        namespace: ns.into(),
+        name: n.into(),
+    };
+    let ip = "10.244.0.9".parse().unwrap();
+    idx.set(
+        pod("a", "old"),
+        vec![a("10-244-0-9.a.pod.cluster.local.", [10, 244, 0, 9])],
+    );
+    assert_eq!(idx.client_namespace(ip), Some("a"));
+    // The address goes to a new pod before the old one is deleted: removing
+    // the old one leaves the new owner in place.
+    idx.set(
+        pod("b", "new"),
+        vec![a("10-244-0-9.b.pod.cluster.local.", [10, 244, 0, 9])],
+    );
+    idx.set(pod("a", "old"), Vec::new());
+    assert_eq!(idx.client_namespace(ip), Some("b"));
+    idx.set(pod("b", "new"), Vec::new());
+    assert_eq!(idx.client_namespace(ip), None);
+    // Service addresses are no clients.
+    idx.set(
+        svc("a", "web"),
+        vec![a("web.a.svc.cluster.local.", [10, 244, 0, 9])],
+    );
+    assert_eq!(idx.client_namespace(ip), None);
+}

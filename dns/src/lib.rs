@@ -242,13 +242,15 @@ pub async fn run(
         config.max_upstream_inflight,
         config.sockets.clone(),
     );
-    let handler = Arc::new(Handler::new(
-        index.clone(),
-        cache::Cache::new(config.cache_entries),
-        upstreams,
-        metrics.clone(),
-    )
-    .with_autopath(config.autopath));
+    let handler = Arc::new(
+        Handler::new(
+            index.clone(),
+            cache::Cache::new(config.cache_entries),
+            upstreams,
+            metrics.clone(),
+        )
+        .with_autopath(config.autopath),
+    );
     // UDP, where nearly all queries come, is served by our own loop (no task
     // or channel per query); TCP by hickory-server.
     let mut server = Server::new(Shared(handler.clone()));

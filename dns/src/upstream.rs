@@ -144,7 +144,14 @@ impl Upstreams {
         let reply = tokio::time::timeout(timeout, async {
             let sockets = self.sockets.as_ref();
             let reply = udp_exchange(sockets, server, &wire, id).await.map_err(io)?;
-            let parsed = parse(server, &reply)?;
+            // A datagram that filled the buffer may have been cut: ask over TCP.
+            let parsed = match reply {
+                Some(reply) => parse(server, &reply)?,
+                None => {
+                    let reply = tcp_exchange(sockets, server, &wire).await.map_err(io)?;
+                    return parse(server, &reply);
+                }
+            };
             if parsed.metadata.truncation {
                 let reply = tcp_exchange(sockets, server, &wire).await.map_err(io)?;
                 return parse(server, &reply);
@@ -174,12 +181,20 @@ fn parse(server: SocketAddr, bytes: &[u8]) -> Result<Message, UpstreamError> {
     })
 }
 
+/// Largest UDP answer read. We advertise 1232 bytes (EDNS); a bigger
+/// datagram is read whole up to this size, and one that fills it is asked
+/// again over TCP. (A 64 KiB buffer per query in flight made a burst of
+/// forwarded queries the largest part of our memory.)
+const UDP_ANSWER_BUF: usize = 4096;
+
+/// The answer to `wire` from `server` over UDP, or `None` when it may have
+/// been cut to the buffer.
 async fn udp_exchange(
     sockets: &dyn Sockets,
     server: SocketAddr,
     wire: &[u8],
     id: u16,
-) -> std::io::Result<Vec<u8>> {
+) -> std::io::Result<Option<Vec<u8>>> {
     let local: SocketAddr = match server {
         SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
@@ -187,14 +202,13 @@ async fn udp_exchange(
     let socket = crate::sockets::tokio_udp(sockets, local)?;
     socket.connect(server).await?;
     socket.send(wire).await?;
-    let mut buf = vec![0u8; 65535];
+    let mut buf = [0u8; UDP_ANSWER_BUF];
     // A connected socket only sees the server's datagrams; skip stale ones
     // whose id is not ours (bounded: the caller's timeout ends the wait).
     loop {
         let n = socket.recv(&mut buf).await?;
         if n >= 2 && u16::from_be_bytes([buf[0], buf[1]]) == id {
-            buf.truncate(n);
-            return Ok(buf);
+            return Ok((n < buf.len()).then(|| buf[..n].to_vec()));
         }
     }
 }

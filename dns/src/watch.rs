@@ -20,8 +20,8 @@ use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch as signal;
 
 use crate::index::{Index, Source};
-use crate::slim::Slim;
 use crate::records::{pod_records, service_records, slice_service, SERVICE_NAME_LABEL};
+use crate::slim::Slim;
 
 /// Errors of the watch task.
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +46,7 @@ fn key_of<K: ResourceExt>(obj: &K) -> Key {
 }
 
 /// `namespace/name`: a key in one allocation.
-fn path((namespace, name): &Key) -> Box<str> {
+fn path(namespace: &str, name: &str) -> Box<str> {
     format!("{namespace}/{name}").into_boxed_str()
 }
 
@@ -293,15 +293,16 @@ impl Tracker {
                 let facts = ServiceFacts::of(svc);
                 self.set_service(&key, Some(&facts));
                 self.keep(key.clone(), facts);
-                self.service_buf.get_or_insert_default().insert(path(&key));
+                self.service_buf
+                    .get_or_insert_default()
+                    .insert(path(&key.0, &key.1));
             }
             Event::InitDone => {
                 let keys = self.service_buf.take().unwrap_or_default();
-                self.services.retain(|key, _| keys.contains(&path(key)));
+                self.services
+                    .retain(|key, _| keys.contains(&path(&key.0, &key.1)));
                 self.write().retain_sources(|s| match s {
-                    Source::Service { namespace, name } => {
-                        keys.contains(&path(&(namespace.clone(), name.clone())))
-                    }
+                    Source::Service { namespace, name } => keys.contains(&path(namespace, name)),
                     Source::Pod { .. } => true,
                 });
                 self.synced[0] = true;
@@ -350,16 +351,15 @@ impl Tracker {
             // nothing else); only their keys are kept to drop the vanished.
             Event::InitApply(pod) => {
                 self.set_pod(&pod);
+                let (namespace, name) = key_of(&pod);
                 self.pod_buf
                     .get_or_insert_default()
-                    .insert(path(&key_of(&pod)));
+                    .insert(path(&namespace, &name));
             }
             Event::InitDone => {
                 let keys = self.pod_buf.take().unwrap_or_default();
                 self.write().retain_sources(|s| match s {
-                    Source::Pod { namespace, name } => {
-                        keys.contains(&path(&(namespace.clone(), name.clone())))
-                    }
+                    Source::Pod { namespace, name } => keys.contains(&path(namespace, name)),
                     Source::Service { .. } => true,
                 });
                 self.synced[2] = true;

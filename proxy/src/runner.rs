@@ -137,8 +137,24 @@ pub fn dataplane_for(config: &Config) -> Result<Box<dyn Dataplane>, RunError> {
                 tracing::warn!("eBPF data plane unavailable ({e}); falling back to iptables");
                 return iptables_dataplane(config);
             }
-            Ok(Box::new(ebpf_dataplane(config)?))
+            let dp = ebpf_dataplane(config)?;
+            remove_iptables_leftovers(&open_netns(&config.netns)?, None);
+            Ok(Box::new(dp))
         }
+    }
+}
+
+/// Takes out the rules an earlier run left in iptables implementations
+/// other than `keep` (see [`crate::iptables::backend::remove_leftovers`]);
+/// a failure is logged, not fatal.
+fn remove_iptables_leftovers(netns: &Netns, keep: Option<crate::iptables::Backend>) {
+    match crate::iptables::backend::remove_leftovers(netns, keep) {
+        Ok(cleaned) if cleaned.is_empty() => {}
+        Ok(cleaned) => {
+            let names: Vec<&str> = cleaned.iter().map(|b| b.as_str()).collect();
+            tracing::info!(removed_from = ?names, "removed service rules an earlier run left in iptables");
+        }
+        Err(e) => tracing::warn!("removing service rules an earlier run left in iptables: {e}"),
     }
 }
 
@@ -188,6 +204,7 @@ fn iptables_dataplane(config: &Config) -> Result<Box<dyn Dataplane>, RunError> {
         .resolve(&netns)
         .map_err(|e| RunError::Unavailable("iptables", e.to_string()))?;
     tracing::info!(backend = backend.as_str(), "iptables implementation: {why}");
+    remove_iptables_leftovers(&netns, Some(backend));
     Ok(Box::new(Iptables::new(
         netns,
         options,

@@ -57,6 +57,11 @@ pub struct Args {
     /// always synced as they come.
     #[arg(long, default_value_t = 30)]
     sync_period_secs: u64,
+    /// Remove what a proxy left on the node (its iptables chains and jumps in
+    /// both implementations and families, and with --node-name or
+    /// --ebpf-pin-dir its pinned eBPF programs and maps), then exit.
+    #[arg(long)]
+    cleanup: bool,
 }
 
 /// `skiff proxy <command>`.
@@ -94,6 +99,13 @@ pub async fn run(args: Args) -> Result<()> {
         print!("{status}");
         return Ok(());
     }
+    if args.cleanup {
+        return cleanup(
+            args.netns.as_deref(),
+            args.node_name.as_deref(),
+            args.ebpf_pin_dir,
+        );
+    }
     let kubeconfig = args
         .kubeconfig
         .context("--kubeconfig (or KUBECONFIG) is required to run the proxy")?;
@@ -111,4 +123,32 @@ pub async fn run(args: Args) -> Result<()> {
     skiff_proxy::run(client, config, crate::shutdown_signal())
         .await
         .context("skiff proxy")
+}
+
+/// `skiff proxy --cleanup`, as `kube-proxy --cleanup`.
+fn cleanup(
+    netns: Option<&std::path::Path>,
+    node_name: Option<&str>,
+    pin_dir: Option<PathBuf>,
+) -> Result<()> {
+    let ns = match netns {
+        Some(p) => skiff_cni::Netns::open(p)
+            .with_context(|| format!("opening network namespace {}", p.display()))?,
+        None => skiff_cni::Netns::current(),
+    };
+    let cleaned = skiff_proxy::iptables::backend::remove_leftovers(&ns, None)
+        .context("removing the proxy's iptables rules")?;
+    for backend in &cleaned {
+        println!(
+            "removed the service rules from iptables-{}",
+            backend.as_str()
+        );
+    }
+    let pins = pin_dir.or_else(|| node_name.map(skiff_proxy::ebpf::EbpfConfig::default_pin_dir));
+    if let Some(dir) = pins.filter(|d| d.exists()) {
+        skiff_proxy::ebpf::detach_and_unpin(&dir)
+            .with_context(|| format!("removing the eBPF pins in {}", dir.display()))?;
+        println!("detached and unpinned {}", dir.display());
+    }
+    Ok(())
 }

@@ -25,6 +25,8 @@ struct Target {
     name: String,
     netns: PathBuf,
     cluster_cidr: String,
+    /// More `skiff proxy` flags.
+    extra_args: Vec<String>,
 }
 
 /// A running `skiff proxy`, killed by its PID on drop (its log printed on panic).
@@ -41,8 +43,24 @@ pub struct ProxyProcess {
 impl ProxyProcess {
     /// Starts `skiff proxy --mode <mode>` for `node` and waits for its first sync.
     pub fn start(server: &TestServer, node: &Node, mode: &str) -> ProxyProcess {
+        ProxyProcess::start_with_args(server, node, mode, &[])
+    }
+
+    /// As [`ProxyProcess::start`], with more `skiff proxy` flags.
+    pub fn start_with_args(
+        server: &TestServer,
+        node: &Node,
+        mode: &str,
+        extra_args: &[&str],
+    ) -> ProxyProcess {
         let ebpf = (mode == "ebpf").then(|| super::ebpf::EbpfNode::new(node));
-        ProxyProcess::start_target(server, &node.ns, mode, ebpf, &node.name, CLUSTER_CIDR)
+        let target = Target {
+            name: node.name.clone(),
+            netns: node.ns.path(),
+            cluster_cidr: CLUSTER_CIDR.to_string(),
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+        };
+        ProxyProcess::start_target(server, &node.ns, mode, ebpf, target)
     }
 
     /// Starts `skiff proxy --mode iptables` for a node `name` living in `ns`
@@ -53,7 +71,13 @@ impl ProxyProcess {
         ns: &Ns,
         cluster_cidr: &str,
     ) -> ProxyProcess {
-        ProxyProcess::start_target(server, ns, "iptables", None, name, cluster_cidr)
+        let target = Target {
+            name: name.to_string(),
+            netns: ns.path(),
+            cluster_cidr: cluster_cidr.to_string(),
+            extra_args: Vec::new(),
+        };
+        ProxyProcess::start_target(server, ns, "iptables", None, target)
     }
 
     fn start_target(
@@ -61,19 +85,13 @@ impl ProxyProcess {
         ns: &Ns,
         mode: &str,
         ebpf: Option<super::ebpf::EbpfNode>,
-        name: &str,
-        cluster_cidr: &str,
+        target: Target,
     ) -> ProxyProcess {
         let dir = tempfile::Builder::new()
             .prefix("skiff-proxy-")
             .tempdir()
             .expect("temp dir");
         let log = dir.path().join("proxy.log");
-        let target = Target {
-            name: name.to_string(),
-            netns: ns.path(),
-            cluster_cidr: cluster_cidr.to_string(),
-        };
         let child = spawn(server, &target, mode, ebpf.as_ref(), &log);
         let proxy = ProxyProcess {
             child,
@@ -176,6 +194,7 @@ fn spawn(
         .args(["--healthz-listen", HEALTHZ, "--metrics-listen", HEALTHZ])
         .args(["--cluster-cidr", &target.cluster_cidr])
         .args(["--sync-period-secs", "10"])
+        .args(&target.extra_args)
         .args(ebpf.map(|e| e.proxy_args()).unwrap_or_default())
         .env("SKIFF_LOG", "info,skiff_proxy=debug")
         .stdin(Stdio::null())
@@ -282,4 +301,32 @@ pub fn endpoint_slice(service: &str, ports: &[(&str, &str, u16)], eps: &[Ep]) ->
         "ports": ports,
         "endpoints": endpoints,
     })
+}
+
+/// `iptables-legacy` or `iptables-nft`: whichever holds the proxy's KUBE-SERVICES.
+pub fn implementation_in_use(node: &Ns) -> &'static str {
+    let has = |tool: &str| {
+        let out = node.try_exec(&[tool, "-t", "nat", "-S", "KUBE-SERVICES"]);
+        out.status.success()
+    };
+    match (has("iptables-legacy"), has("iptables-nft")) {
+        (true, false) => "iptables-legacy",
+        (false, true) => "iptables-nft",
+        other => panic!("KUBE-SERVICES in (legacy, nft): {other:?}; expected exactly one"),
+    }
+}
+
+/// Lines of both tables of one implementation's `save` tool that belong to
+/// the proxy (`KUBE-` chains, their rules, and jumps into them).
+pub fn kube_lines(node: &Ns, save: &str) -> Vec<String> {
+    ["nat", "filter"]
+        .iter()
+        .flat_map(|t| {
+            node.exec(&[save, "-t", t])
+                .lines()
+                .filter(|l| l.contains("KUBE-"))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }

@@ -7,6 +7,8 @@
 //! Each function builds its own lab and API server, so they run in parallel.
 
 /// One `#[test]` per behaviour of this suite, run with the proxy `mode`.
+// Not every test crate that includes the lab runs the suite.
+#[allow(unused_macros)]
 macro_rules! behaviour_suite {
     ($mode:literal) => {
         $crate::lab::services::behaviour_suite!(@tests $mode;
@@ -29,6 +31,7 @@ macro_rules! behaviour_suite {
         )*
     };
 }
+#[allow(unused_imports)]
 pub(crate) use behaviour_suite;
 
 use std::collections::BTreeSet;

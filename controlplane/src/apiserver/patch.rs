@@ -9,7 +9,9 @@
 //! The strategic merge engine (`patch/strategic.rs`) follows the server side of
 //! `k8s.io/apimachinery/pkg/util/strategicpatch`; which lists merge and by which
 //! key comes from the `patchStrategy`/`patchMergeKey` struct tags of the upstream
-//! API types, tabulated in [`list_strategy`].
+//! API types, tabulated in [`list_strategy`]. Field ownership
+//! (`metadata.managedFields`) and server-side apply live in `patch/managed.rs`
+//! on the field sets of `patch/fieldset.rs`, which key list items by the same table.
 
 mod fieldset;
 mod managed;

@@ -269,8 +269,8 @@ impl EbpfDataplane {
     }
 
     /// The node addresses NodePorts answer on: the Node object's, then those
-    /// of the attached interfaces. The first IPv4 one is the SNAT source for
-    /// flows to external and LoadBalancer IPs.
+    /// of the attached interfaces. The first of each family is that family's
+    /// SNAT source for flows to external and LoadBalancer IPs.
     fn node_addrs(&self, model: &[IpAddr]) -> Vec<IpAddr> {
         let mut seen = BTreeSet::new();
         model

@@ -22,6 +22,12 @@
 //!    translate), and the proxy's rules only DNAT service addresses and
 //!    masquerade packets it marked.
 //! 3. Otherwise nft.
+//!
+//! Rules this proxy left in an implementation it no longer uses (another
+//! `--iptables-backend`, or `--mode ebpf` after iptables) would still
+//! DNAT service traffic to stale endpoints, since both sets of hooks run:
+//! [`remove_leftovers`] takes them out at start, as kube-proxy cleans up
+//! the other modes' rules.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -144,6 +150,41 @@ fn save_all(netns: &Netns, backend: Backend) -> Result<Option<String>, ExecError
         }
     }
     Ok(Some(all))
+}
+
+/// Whether `backend`'s tables in `netns` hold this proxy's base chain in
+/// either family (`false` when its tools are missing).
+fn holds_our_chains(netns: &Netns, backend: Backend) -> Result<bool, ExecError> {
+    let ours = format!(":{} ", super::chains::SERVICES);
+    Ok(save_all(netns, backend)?.is_some_and(|s| s.lines().any(|l| l.starts_with(&ours))))
+}
+
+/// Removes this proxy's chains and jumps from every implementation but
+/// `keep` (all of them for `None`) in `netns`; returns those it cleaned.
+/// Other programs' rules, the kubelet's chains included, stay.
+pub fn remove_leftovers(
+    netns: &Netns,
+    keep: Option<Backend>,
+) -> Result<Vec<Backend>, super::IptablesError> {
+    let mut cleaned = Vec::new();
+    for backend in [Backend::Legacy, Backend::Nft] {
+        if Some(backend) == keep || !holds_our_chains(netns, backend)? {
+            continue;
+        }
+        let handle = match netns.path() {
+            Some(p) => Netns::open(p).map_err(ExecError::from)?,
+            None => Netns::current(),
+        };
+        let mut old = super::Iptables::new(
+            handle,
+            super::RuleOptions::default(),
+            vec![super::Family::V4, super::Family::V6],
+            backend,
+        );
+        old.remove_all()?;
+        cleaned.push(backend);
+    }
+    Ok(cleaned)
 }
 
 /// Looks at `netns` and applies the `auto` rule.

@@ -483,7 +483,8 @@ impl Iptables {
         }
     }
 
-    fn remove_all(&mut self) -> Result<(), IptablesError> {
+    /// Removes every chain and jump of this proxy in the namespace.
+    pub(crate) fn remove_all(&mut self) -> Result<(), IptablesError> {
         for family in self.families.clone() {
             let tools = self.tools(family);
             for (table, chain, rule) in JUMPS {

@@ -279,7 +279,7 @@ impl Walker<'_> {
                     path.pop();
                 }
             }
-            (Some(Value::Array(o)), Some(Value::Array(n))) => {
+            (Some(old @ Value::Array(o)), Some(new @ Value::Array(n))) => {
                 match (self.items(names, o), self.items(names, n)) {
                     (Some(os), Some(ns)) => {
                         for (step, item) in ns.iter().zip(n) {
@@ -305,13 +305,7 @@ impl Walker<'_> {
                         }
                     }
                     _ if o == n => {}
-                    _ => self.replaced(
-                        &Value::Array(o.clone()),
-                        &Value::Array(n.clone()),
-                        path,
-                        names,
-                        out,
-                    ),
+                    _ => self.replaced(old, new, path, names, out),
                 }
             }
             (Some(o), Some(n)) if o == n => {}
