@@ -440,8 +440,8 @@ fn autopath_answers_a_pods_search_path_walk_in_one_query() {
     let found = format!("web.{other}.svc.cluster.local.");
     let walk = dns.dig(&["-b", "127.0.0.2", &asked, "A"]);
     assert_eq!(walk.status, "NOERROR", "{}", walk.raw);
-    assert_eq!(walk.values_of("CNAME"), [found.clone()], "{}", walk.raw);
-    assert_eq!(walk.values_of("A"), [ip.clone()], "{}", walk.raw);
+    assert_eq!(walk.values_of("CNAME"), [found.as_str()], "{}", walk.raw);
+    assert_eq!(walk.values_of("A"), [ip.as_str()], "{}", walk.raw);
     assert_eq!(walk.answer[0].name, format!("{asked}."), "{}", walk.raw);
     assert_eq!(walk.answer[1].name, found, "{}", walk.raw);
 

@@ -12,8 +12,9 @@ const MODE: &str = "iptables";
 
 /// `/metrics` after changes: the first sync is full, an endpoint change is
 /// a partial sync (its own histogram and counter), the periodic resync is
-/// full again; the rule count, the per-service endpoint counts and the
-/// last-sync timestamp follow.
+/// full again; the rule count, the per-service endpoint counts, the
+/// last-sync timestamp, the change counters and the network programming
+/// latency follow.
 #[test]
 fn metrics_count_full_and_partial_syncs() {
     use lab::proxy::{apply, endpoint_slice, metric, service, Ep, ProxyProcess};
@@ -157,6 +158,30 @@ fn metrics_count_full_and_partial_syncs() {
     assert!(
         slices >= value(&first, "kubeproxy_sync_proxy_rules_endpoint_changes_total") + 2.0,
         "{both}"
+    );
+
+    // Network programming latency runs from the slice's trigger time (set
+    // by an EndpointSlice controller; here 5 s before the update is sent)
+    // to the sync that programmed it.
+    let programming = "kubeproxy_network_programming_duration_seconds";
+    let count = |m: &str| metric(m, &format!("{programming}_count")).unwrap_or(0.0);
+    let sum = |m: &str| metric(m, &format!("{programming}_sum")).unwrap_or(0.0);
+    let before = ProxyProcess::metrics_in(ns);
+    let triggered =
+        k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(5);
+    let mut slice = endpoint_slice("api", &ports, &[Ep::ready(b.ip, "n1")]);
+    slice["metadata"]["annotations"] = serde_json::json!({
+        "endpoints.kubernetes.io/last-change-trigger-time": triggered.to_string(),
+    });
+    apply(&server, &slice);
+    let after = eventually(Duration::from_secs(20), "the programming latency", || {
+        let m = ProxyProcess::metrics_in(ns);
+        (count(&m) > count(&before)).then_some(m)
+    });
+    let latency = sum(&after) - sum(&before);
+    assert!(
+        (5.0..30.0).contains(&latency),
+        "programming latency {latency} s for a change triggered 5 s before:\n{after}"
     );
 
     // The periodic resync (every 10 s here) counts as a full sync.

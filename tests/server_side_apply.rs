@@ -280,6 +280,24 @@ fn server_side_apply_removes_fields_the_manager_no_longer_applies() {
         "{kubectl}"
     );
     assert!(fields.get(r#"k:{"name":"side"}"#).is_none(), "{kubectl}");
+
+    // Scaling through /scale takes .spec.replicas over: re-applying the old
+    // count is a conflict naming that writer and the field.
+    server.kubectl_ok(&["scale", "deployment", "web", "--replicas=5"]);
+    let out = server.kubectl_stdin(&["apply", "--server-side", "-f", "-"], WEB_V2);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "apply over a scaled count should fail"
+    );
+    assert!(
+        stderr.contains("Apply failed with 1 conflict: conflict with \"kubectl")
+            && stderr.contains("with subresource \"scale\" using apps/v1 at ")
+            && stderr.contains(": .spec.replicas"),
+        "{stderr}"
+    );
+    let web = get_json(&server, &["deployment", "web"]);
+    assert_eq!(web["spec"]["replicas"], 5, "{web}");
 }
 
 /// create, patch and raw writes record Update entries under the manager

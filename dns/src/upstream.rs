@@ -233,7 +233,51 @@ async fn tcp_exchange(
 
 #[cfg(test)]
 mod tests {
+    use hickory_proto::op::ResponseCode;
+    use hickory_proto::rr::rdata::A;
+    use hickory_proto::rr::{RData, Record};
+    use tokio::net::{TcpListener, UdpSocket};
+
     use super::*;
+
+    /// An upstream whose UDP answer is bigger than we read (and not even a
+    /// DNS message past its id): the query is asked again over TCP, whose
+    /// answer is the one used.
+    #[tokio::test]
+    async fn an_answer_that_fills_the_udp_buffer_is_asked_again_over_tcp() {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = tcp.local_addr().unwrap();
+        let udp = UdpSocket::bind(server).await.unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            let (_, from) = udp.recv_from(&mut buf).await.unwrap();
+            let mut big = vec![0xffu8; UDP_ANSWER_BUF + 100];
+            big[..2].copy_from_slice(&buf[..2]);
+            udp.send_to(&big, from).await.unwrap();
+        });
+        tokio::spawn(async move {
+            let (mut stream, _) = tcp.accept().await.unwrap();
+            let len = stream.read_u16().await.unwrap();
+            let mut query = vec![0u8; usize::from(len)];
+            stream.read_exact(&mut query).await.unwrap();
+            let query = Message::from_vec(&query).unwrap();
+            let mut answer = Message::query();
+            answer.metadata.id = query.metadata.id;
+            answer.metadata.message_type = hickory_proto::op::MessageType::Response;
+            let name = query.queries[0].name().clone();
+            answer.add_query(query.queries[0].clone());
+            answer.add_answer(Record::from_rdata(name, 60, RData::A(A::new(192, 0, 2, 7))));
+            let wire = answer.to_vec().unwrap();
+            let len = u16::try_from(wire.len()).unwrap();
+            stream.write_all(&len.to_be_bytes()).await.unwrap();
+            stream.write_all(&wire).await.unwrap();
+        });
+        let upstreams = Upstreams::new(vec![server], Duration::from_secs(5), 4);
+        let name = Name::from_ascii("big.example.test.").unwrap();
+        let answer = upstreams.query(&name, RecordType::A).await.unwrap();
+        assert_eq!(answer.rcode, ResponseCode::NoError);
+        assert_eq!(answer.answers[0].data, RData::A(A::new(192, 0, 2, 7)));
+    }
 
     #[test]
     fn resolv_conf_nameservers_become_port_53_upstreams() {

@@ -1,7 +1,9 @@
 //! Prometheus metrics of the proxy (names follow kube-proxy's where one exists):
 //! sync duration (all syncs, and full and partial ones apart), syncs by kind,
-//! installed rules, time of the last successful sync, and the endpoint count
-//! of every service port.
+//! installed rules, time of the last successful sync, the endpoint count of
+//! every service port, Local-policy ports without a local endpoint, Service
+//! and EndpointSlice changes received, and the network programming latency
+//! (EndpointSlice trigger time → programmed).
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
@@ -32,6 +34,7 @@ pub struct Metrics {
     endpoints: Family<Labels, Gauge>,
     no_local_endpoints: Family<Labels, Gauge>,
     changes: ChangeCounters,
+    network_programming: Histogram,
     /// Collectors a data plane adds after start (the eBPF counters); a
     /// registry takes them only by `&mut`.
     extra: Mutex<Registry>,
@@ -59,6 +62,8 @@ impl Metrics {
         let endpoints = Family::<Labels, Gauge>::default();
         let no_local_endpoints = Family::<Labels, Gauge>::default();
         let changes = ChangeCounters::default();
+        // 1 ms … ~65 s.
+        let network_programming = Histogram::new(exponential_buckets(0.001, 2.0, 17));
         registry.register(
             "kubeproxy_sync_proxy_rules_duration_seconds",
             "How long one data plane sync took",
@@ -114,6 +119,11 @@ impl Metrics {
             "EndpointSlice changes received (added, modified, deleted)",
             changes.endpoints.clone(),
         );
+        registry.register(
+            "kubeproxy_network_programming_duration_seconds",
+            "From an EndpointSlice's last-change-trigger-time to its change being programmed",
+            network_programming.clone(),
+        );
         Metrics {
             registry,
             sync_duration,
@@ -126,6 +136,7 @@ impl Metrics {
             endpoints,
             no_local_endpoints,
             changes,
+            network_programming,
             extra: Mutex::new(Registry::default()),
         }
     }
@@ -163,6 +174,14 @@ impl Metrics {
             self.endpoints
                 .get_or_create(&labels)
                 .set(port.cluster_endpoints.len() as i64);
+        }
+    }
+
+    /// Records that the changes triggered at `triggers` (Unix seconds) are
+    /// programmed at `unix_time`.
+    pub fn programmed(&self, triggers: &[f64], unix_time: f64) {
+        for t in triggers {
+            self.network_programming.observe((unix_time - t).max(0.0));
         }
     }
 

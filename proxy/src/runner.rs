@@ -223,6 +223,13 @@ pub async fn run(
     run_with(client, config, dataplane, shutdown).await
 }
 
+/// Seconds since the Unix epoch.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// Endpoints above which the proxy is in "large cluster mode", as kube-proxy's
 /// `largeClusterEndpointsThreshold`.
 const LARGE_CLUSTER_ENDPOINTS: usize = 1000;
@@ -263,6 +270,7 @@ pub async fn run_with(
         config.metrics_listen,
     )?;
     let notify = Arc::new(Notify::new());
+    let triggers = health.metrics().change_counters().triggers;
     let stores = Stores::start(
         client,
         &config.node_name,
@@ -290,6 +298,8 @@ pub async fn run_with(
         if last_full.elapsed() >= full_resync_period(&config, &applied) {
             need_full = true;
         }
+        // Taken before the build: these changes are in the map.
+        let programmed = triggers.take();
         let map = stores.build(&config.node_name);
         // Always diff against the last applied map, so a full resync still
         // carries the stale endpoints for conntrack cleanup.
@@ -300,6 +310,8 @@ pub async fn run_with(
         }
         if !changes.is_empty() {
             let started = Instant::now();
+            // A changed node identity makes the diff full as well.
+            let full = changes.full;
             let (dp, result, map) = tokio::task::spawn_blocking(move || {
                 let r = dataplane.sync(&map, &changes);
                 (dataplane, r, map)
@@ -314,12 +326,13 @@ pub async fn run_with(
                         ports = map.ports.len(),
                         rules = stats.rules,
                         ?took,
-                        full = need_full,
+                        full,
                         "synced"
                     );
-                    health.synced(&map, need_full, took, stats.rules);
+                    health.synced(&map, full, took, stats.rules);
+                    health.metrics().programmed(&programmed, unix_now());
                     http.update_health_ports();
-                    if need_full {
+                    if full {
                         last_full = Instant::now();
                     }
                     need_full = false;
@@ -328,6 +341,7 @@ pub async fn run_with(
                 Err(e) => {
                     tracing::warn!("sync failed, retrying with a full sync: {e}");
                     health.metrics().failed();
+                    triggers.restore(programmed);
                     need_full = true;
                     tokio::select! {
                         () = tokio::time::sleep(RETRY_AFTER) => {}
@@ -340,6 +354,7 @@ pub async fn run_with(
         } else {
             // Nothing changed: still tell /healthz the data plane is current.
             health.alive();
+            health.metrics().programmed(&programmed, unix_now());
         }
         last_sync = Some(Instant::now());
         // Wake at least every sync period: /healthz wants a recent sign of life

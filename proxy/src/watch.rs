@@ -1,10 +1,12 @@
 //! The watch side: kube-rs reflectors for Services, EndpointSlices and this
 //! node's Node object. Every event pokes a [`Notify`] (and Service and
-//! EndpointSlice changes count in [`ChangeCounters`]); the sync loop then
+//! EndpointSlice changes count in [`ChangeCounters`], with the trigger time
+//! of each EndpointSlice update kept for the programming latency); the sync
+//! loop then
 //! rebuilds the service map from the stores (works against any Kubernetes
 //! API server: only list/watch with a label and a field selector are used).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service};
@@ -19,15 +21,66 @@ use tokio::task::JoinHandle;
 
 use crate::model::{self, BuildInput, NodeInfo, ServiceMap};
 
-/// Counters of object changes received (added, modified or deleted,
-/// including those of every relist), as kube-proxy's
-/// `..._service_changes_total` / `..._endpoint_changes_total`.
+/// What the watches record about changes: counters of objects received
+/// (added, modified or deleted, including those of every relist), as
+/// kube-proxy's `..._service_changes_total` / `..._endpoint_changes_total`,
+/// and the trigger times of EndpointSlice updates.
 #[derive(Debug, Clone, Default)]
 pub struct ChangeCounters {
     /// Service changes.
     pub services: Counter,
     /// EndpointSlice changes.
     pub endpoints: Counter,
+    /// Trigger times of EndpointSlice updates not programmed yet.
+    pub triggers: TriggerTimes,
+}
+
+/// The annotation an EndpointSlice controller sets to when the change
+/// behind the slice's last update happened (upstream's network programming
+/// latency SLI starts there).
+pub const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
+/// Trigger times waiting to be programmed at most; more are dropped, so a
+/// proxy that cannot sync does not grow without bound.
+const MAX_PENDING_TRIGGERS: usize = 10_000;
+
+/// Trigger times (Unix seconds) of EndpointSlice updates seen by the watch
+/// and not yet in a successful sync.
+#[derive(Debug, Clone, Default)]
+pub struct TriggerTimes(Arc<Mutex<Vec<f64>>>);
+
+impl TriggerTimes {
+    fn push(&self, unix_seconds: f64) {
+        if let Ok(mut v) = self.0.lock() {
+            if v.len() < MAX_PENDING_TRIGGERS {
+                v.push(unix_seconds);
+            }
+        }
+    }
+
+    /// Takes the pending times: the changes the next map build includes.
+    pub fn take(&self) -> Vec<f64> {
+        self.0
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default()
+    }
+
+    /// Puts back times whose sync failed (programmed by a later one).
+    pub fn restore(&self, times: Vec<f64>) {
+        if let Ok(mut v) = self.0.lock() {
+            v.extend(times);
+            v.truncate(MAX_PENDING_TRIGGERS);
+        }
+    }
+}
+
+/// The trigger time annotation of an object, in Unix seconds.
+fn trigger_time(meta: &kube::api::ObjectMeta) -> Option<f64> {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    let text = meta.annotations.as_ref()?.get(TRIGGER_TIME_ANNOTATION)?;
+    let time: Time = serde_json::from_value(serde_json::Value::String(text.clone())).ok()?;
+    Some(time.0.as_millisecond() as f64 / 1000.0)
 }
 
 /// Reflector stores of everything the model is built from.
@@ -43,6 +96,7 @@ fn reflect<K>(
     config: watcher::Config,
     notify: Arc<Notify>,
     changes: Option<Counter>,
+    triggers: Option<TriggerTimes>,
 ) -> (Store<K>, JoinHandle<()>)
 where
     K: Resource<DynamicType = ()>
@@ -69,6 +123,12 @@ where
                     if let Some(c) = changes.as_ref().filter(|_| object) {
                         c.inc();
                     }
+                    // Updates only: the initial list carries old changes.
+                    if let (Some(t), watcher::Event::Apply(obj)) = (&triggers, &event) {
+                        if let Some(at) = trigger_time(obj.meta()) {
+                            t.push(at);
+                        }
+                    }
                     notify.notify_one();
                 }
                 // The backoff retries; the store keeps the last state meanwhile.
@@ -94,17 +154,20 @@ impl Stores {
             watcher::Config::default(),
             notify.clone(),
             Some(changes.services),
+            None,
         );
         let (slices, t2) = reflect(
             Api::<EndpointSlice>::all(client.clone()),
             watcher::Config::default().labels(model::SERVICE_NAME_LABEL),
             notify.clone(),
             Some(changes.endpoints),
+            Some(changes.triggers),
         );
         let (nodes, t3) = reflect(
             Api::<Node>::all(client),
             watcher::Config::default().fields(&format!("metadata.name={node_name}")),
             notify,
+            None,
             None,
         );
         Stores {
@@ -150,5 +213,40 @@ impl Drop for Stores {
         for t in &self.tasks {
             t.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(annotation: Option<&str>) -> kube::api::ObjectMeta {
+        kube::api::ObjectMeta {
+            annotations: annotation
+                .map(|a| [(TRIGGER_TIME_ANNOTATION.to_string(), a.to_string())].into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn reads_the_trigger_time_annotation() {
+        assert_eq!(
+            trigger_time(&meta(Some("2026-11-24T04:00:00.5Z"))),
+            Some(1_795_492_800.5)
+        );
+        assert_eq!(trigger_time(&meta(Some("yesterday"))), None);
+        assert_eq!(trigger_time(&meta(None)), None);
+    }
+
+    #[test]
+    fn pending_trigger_times_are_taken_once_and_bounded() {
+        let t = TriggerTimes::default();
+        t.push(1.0);
+        t.push(2.0);
+        assert_eq!(t.take(), vec![1.0, 2.0]);
+        assert!(t.take().is_empty());
+        t.restore(vec![0.0; MAX_PENDING_TRIGGERS + 5]);
+        t.push(3.0);
+        assert_eq!(t.take().len(), MAX_PENDING_TRIGGERS);
     }
 }

@@ -151,3 +151,69 @@ impl Collector for EbpfCollector {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ebpf::FrontendStatus;
+    use skiff_common::{FrontendKey, ServiceName, KIND_CLUSTER_IP, KIND_NODE_PORT, PROTO_TCP};
+
+    fn frontend(key: FrontendKey, kind: Option<u8>, connections: u64) -> FrontendStatus {
+        FrontendStatus {
+            key,
+            service: kind.map(|k| ServiceName::new("default", "web", "http", k)),
+            counters: Counters {
+                connections,
+                packets: connections * 10,
+                bytes: connections * 600,
+                dropped: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn dual_stack_frontends_sum_into_one_series_per_kind() {
+        let status = Status {
+            links: Vec::new(),
+            maps: Vec::new(),
+            frontends: vec![
+                frontend(
+                    FrontendKey::v4([10, 96, 0, 1], 80, PROTO_TCP),
+                    Some(KIND_CLUSTER_IP),
+                    2,
+                ),
+                frontend(
+                    FrontendKey::v6(
+                        [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+                        80,
+                        PROTO_TCP,
+                    ),
+                    Some(KIND_CLUSTER_IP),
+                    3,
+                ),
+                frontend(
+                    FrontendKey::node_port(skiff_common::FAMILY_V4, 30080, PROTO_TCP),
+                    Some(KIND_NODE_PORT),
+                    7,
+                ),
+                // Pinned by a proxy that recorded no name: left out.
+                frontend(FrontendKey::v4([10, 96, 0, 9], 80, PROTO_TCP), None, 100),
+            ],
+        };
+        let series = per_service(&status);
+        let kinds: Vec<(String, u64, u64)> = series
+            .iter()
+            .map(|(labels, c)| (labels[4].1.clone(), c.connections, c.bytes))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ("ClusterIP".to_string(), 5, 3000),
+                ("NodePort".to_string(), 7, 4200)
+            ]
+        );
+        let (labels, _) = series.iter().next().expect("a series");
+        assert_eq!(labels[0], ("namespace", "default".to_string()));
+        assert_eq!(labels[3], ("protocol", "TCP".to_string()));
+    }
+}
