@@ -203,4 +203,10 @@ fn ipv6_nodeports_reach_local_and_remote_backends() {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or_else(|| panic!("no IPv6 NodePort line: {status}"));
     assert_eq!(connections, 3, "{status}");
+    // One datagram each way, counted with their Ethernet, IPv6 and UDP
+    // headers: 66 bytes of "ping", 74 of the 12-byte answer.
+    assert!(
+        status.contains("[::]:30103/udp NodePort connections=1 packets=2 bytes=140 dropped=0"),
+        "{status}"
+    );
 }

@@ -91,7 +91,8 @@ pub async fn delete(node: &Netns, name: &str) -> Result<bool, UnlinkError> {
         ns: ns.clone(),
         source,
     };
-    let rt = tokio::runtime::Handle::current();
+    let rt = tokio::runtime::Handle::try_current()
+        .map_err(|_| crate::netns::NetnsError::NoRuntime)?;
     let made = node.run(move || -> std::io::Result<_> {
         let _entered = rt.enter();
         let (mut conn, _handle, events) = rtnetlink::new_connection()?;

@@ -170,6 +170,14 @@ impl FieldSet {
         self
     }
 
+    /// Merges an applied configuration into `live` (an object of `kind`) as
+    /// server-side apply does: maps merge, items of keyed and set lists merge
+    /// by their identity (so ports 53/TCP and 53/UDP stay two items), atomic
+    /// lists and scalars are replaced, nulls in the configuration are ignored.
+    pub fn merge_applied(kind: &str, live: &mut Value, config: &Value) {
+        Walker { kind }.merge(live, config, &mut Vec::new());
+    }
+
     /// What changed from `old` to `new` (objects of `kind`) within `section`.
     pub fn diff(kind: &str, old: &Value, new: &Value, section: Section) -> Changes {
         let mut changes = Changes::default();
@@ -245,6 +253,37 @@ impl Walker<'_> {
         };
         let unique: BTreeSet<&String> = steps.iter().collect();
         (unique.len() == steps.len()).then_some(steps)
+    }
+
+    fn merge(&self, live: &mut Value, config: &Value, names: &mut Vec<String>) {
+        match (live, config) {
+            (Value::Object(l), Value::Object(c)) => {
+                for (key, value) in c.iter().filter(|(_, v)| !v.is_null()) {
+                    names.push(key.clone());
+                    match l.get_mut(key) {
+                        Some(slot) => self.merge(slot, value, names),
+                        None => {
+                            l.insert(key.clone(), value.clone());
+                        }
+                    }
+                    names.pop();
+                }
+            }
+            (Value::Array(l), Value::Array(c)) => {
+                match (self.items(names, l), self.items(names, c)) {
+                    (Some(live_steps), Some(steps)) => {
+                        for (step, item) in steps.iter().zip(c) {
+                            match live_steps.iter().position(|s| s == step) {
+                                Some(i) => self.merge(&mut l[i], item, names),
+                                None => l.push(item.clone()),
+                            }
+                        }
+                    }
+                    _ => *l = c.clone(),
+                }
+            }
+            (live, config) => *live = config.clone(),
+        }
     }
 
     fn diff(

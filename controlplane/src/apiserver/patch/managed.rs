@@ -8,7 +8,10 @@
 //! prunes the fields the manager applied last time and no longer applies
 //! (unless another manager owns them), fails with conflicts when it would
 //! change a field another manager owns (unless forced, which takes the field
-//! over), and makes the configuration's fields the manager's whole set.
+//! over), and makes the configuration's fields the manager's whole set; the
+//! merge keys list items like `fieldset.rs` does, not like the strategic
+//! merge patch (ports 53/TCP and 53/UDP are two items). Fields of an object
+//! nobody owns yet belong to `before-first-apply`, as upstream.
 //! Field sets themselves live in `fieldset.rs`; this module never touches
 //! the store.
 
@@ -17,7 +20,7 @@ use std::cmp::Ordering;
 use serde_json::{json, Map, Value};
 
 use super::fieldset::{display, remove_at, value_at, FieldSet, Path, Section};
-use super::{strategic, PatchError};
+use super::PatchError;
 
 /// Who writes and through which endpoint: what identifies a managedFields entry.
 #[derive(Debug, Clone)]
@@ -173,16 +176,27 @@ pub fn server_side_apply(
     writer: &Writer,
     force: bool,
 ) -> Result<Value, PatchError> {
-    let Value::Object(doc) = live.clone() else {
+    if !live.is_object() {
         return Err(PatchError::OriginalNotAnObject);
-    };
+    }
     let mut entries = read_entries(live);
+    if entries.is_empty() {
+        // As upstream: an object nobody owns yet (written before fields were
+        // tracked, or with managedFields reset) is owned by "before-first-apply".
+        let fields = FieldSet::of_object(kind, live, writer.section);
+        let writer = Writer {
+            manager: "before-first-apply".into(),
+            ..writer.clone()
+        };
+        entries.push(Entry::new(&writer, "Update", fields));
+    }
     let config = Value::Object(applied.clone());
     let new_set = FieldSet::of_object(kind, &config, writer.section);
     let mine = entries.iter().position(|e| e.is(writer, "Apply"));
     let last = mine.map(|i| entries.remove(i));
 
-    let mut merged = Value::Object(strategic::merge(kind, doc, applied.clone())?);
+    let mut merged = live.clone();
+    FieldSet::merge_applied(kind, &mut merged, &config);
     if let Some(last) = &last {
         let mut others: Vec<&FieldSet> = entries.iter().map(|e| &e.fields).collect();
         others.push(&new_set);

@@ -37,11 +37,14 @@ fn fields_cover_the_applied_configuration() {
     .unwrap();
     assert_eq!(out["data"], json!({"k": "v", "other": "2"}));
     assert_eq!(out["metadata"]["labels"], json!({"x": "y", "old": "1"}));
-    let entries = out["metadata"]["managedFields"].as_array().unwrap();
-    assert_eq!(entries.len(), 1);
     assert_eq!(
-        entries[0]["fieldsV1"],
+        entry(&out, "tool")["fieldsV1"],
         json!({"f:data": {"f:k": {}}, "f:metadata": {"f:labels": {"f:x": {}}}})
+    );
+    // What was there before keeps its owner.
+    assert_eq!(
+        entry(&out, "before-first-apply")["fieldsV1"],
+        json!({"f:data": {"f:other": {}}, "f:metadata": {"f:labels": {"f:old": {}}}})
     );
     // Applying the same configuration again changes nothing, not even the time.
     let applied = parse_apply(
@@ -247,4 +250,46 @@ fn non_objects_are_rejected() {
         parse_apply(b"- a\n- b\n"),
         Err(PatchError::BadApplyBody(_))
     ));
+}
+
+#[test]
+fn ports_sharing_a_number_are_told_apart_by_protocol() {
+    let dns = r#"{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "dns"}, "spec": {"ports": [
+        {"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]}}"#;
+    let live = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "dns"}});
+    let live = apply(&live, dns, "kubectl").unwrap();
+    let again = apply(&live, dns, "kubectl").unwrap();
+    assert_eq!(again["spec"]["ports"], live["spec"]["ports"], "{again}");
+    assert_eq!(again["spec"]["ports"].as_array().map(Vec::len), Some(2));
+}
+
+#[test]
+fn fields_nobody_tracked_belong_to_before_first_apply() {
+    let live = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "a"}, "data": {"k": "old", "j": "same"}});
+    match apply(
+        &live,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\ndata: {k: new, j: same}\n",
+        "kubectl",
+    ) {
+        Err(PatchError::ApplyConflicts(c)) => assert_eq!(
+            conflicts_message(&c),
+            "Apply failed with 1 conflict: conflict with \"before-first-apply\" using v1 at t: .data.k"
+        ),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    let out = apply(
+        &live,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\ndata: {j: same}\n",
+        "kubectl",
+    )
+    .unwrap();
+    assert_eq!(
+        entry(&out, "before-first-apply")["fieldsV1"],
+        json!({"f:data": {"f:j": {}, "f:k": {}}})
+    );
+    assert_eq!(
+        entry(&out, "kubectl")["fieldsV1"],
+        json!({"f:data": {"f:j": {}}})
+    );
 }
