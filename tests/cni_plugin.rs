@@ -216,18 +216,28 @@ fn every_error_code_with_an_actionable_message() {
         .args(["sleep", "20"])
         .spawn()
         .expect("flock(1)");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    // Wait until flock(1) holds the lock: a non-blocking attempt then fails
+    // with the chosen exit code 99.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while Command::new("flock")
+        .args(["-n", "-E", "99"])
+        .arg(&lock)
+        .arg("true")
+        .status()
+        .expect("flock -n")
+        .code()
+        != Some(99)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "flock(1) never took the lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let mut busy = Invocation::skiff("ADD", "c1", Some(&pod));
     busy.extra_env
         .push(("SKIFF_CNI_LOCK_TIMEOUT_MS".into(), "300".into()));
-    let mut r = busy.run_in(&node, &text);
-    while r.status == Some(0) && std::time::Instant::now() < deadline {
-        // flock(1) had not taken the lock yet; undo and retry.
-        Invocation::skiff("DEL", "c1", Some(&pod))
-            .run_in(&node, &text)
-            .ok();
-        r = busy.run_in(&node, &text);
-    }
+    let r = busy.run_in(&node, &text);
     let _ = holder.kill();
     let _ = holder.wait();
     assert_eq!(r.code(), 11, "{r:?}");

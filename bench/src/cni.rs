@@ -76,7 +76,11 @@ fn netns_path(name: &str) -> PathBuf {
 
 /// One command to run: the prepared plugin command, its stdin, and where to
 /// send the wall time and output.
-type Job = (Command, String, mpsc::Sender<std::io::Result<(Duration, Output)>>);
+type Job = (
+    Command,
+    String,
+    mpsc::Sender<std::io::Result<(Duration, Output)>>,
+);
 
 /// A thread that entered a node namespace once and runs plugin commands from
 /// there, as a runtime living in that namespace would: nothing but the

@@ -267,9 +267,9 @@ fn service_map(count: usize, per: usize) -> ServiceMap {
 struct Backend(Arc<AtomicBool>);
 
 impl Backend {
-    fn start(pod: &str) -> Result<Backend> {
+    fn start(pod: &str, port: u16) -> Result<Backend> {
         let listener =
-            Netns::open(netns_path(pod))?.run(|| TcpListener::bind("0.0.0.0:8080"))??;
+            Netns::open(netns_path(pod))?.run(|| TcpListener::bind(("0.0.0.0", port)))??;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         std::thread::spawn(move || {
@@ -438,7 +438,7 @@ fn main() -> Result<()> {
 
 /// ClusterIP latency, requests/s and sync time, both data planes.
 fn cluster_ip(lab: &Lab, args: &Args) -> Result<()> {
-    let _backend = Backend::start(&lab.namespaces[1])?;
+    let _backend = Backend::start(&lab.namespaces[1], 8080)?;
     println!(
         "proxy-ebpf-bench: {} endpoints per service, {} connections per latency, {} requests per rate",
         args.endpoints, args.connections, args.requests

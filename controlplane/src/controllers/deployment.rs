@@ -118,16 +118,23 @@ pub async fn run(ctx: Arc<Context>) {
         sets,
         backoff: retry::Backoff::default(),
     });
-    let deployment_triggers =
-        informer::changes(Api::<Deployment>::all(client.clone()), deployment_writer).filter_map(
-            |change| async move {
-                match change {
-                    Change::Applied { new, .. } => Some(ObjectRef::from_obj(new.as_ref())),
-                    Change::Deleted(_) => None,
-                }
-            },
-        );
-    let set_triggers = informer::changes(Api::<ReplicaSet>::all(client), set_writer).flat_map({
+    let deployment_triggers = informer::changes(
+        Api::<Deployment>::all(client.clone()),
+        deployment_writer,
+        informer::keep_all,
+    )
+    .filter_map(|change| async move {
+        match change {
+            Change::Applied { new, .. } => Some(ObjectRef::from_obj(new.as_ref())),
+            Change::Deleted(_) => None,
+        }
+    });
+    let set_triggers = informer::changes(
+        Api::<ReplicaSet>::all(client),
+        set_writer,
+        informer::keep_all,
+    )
+    .flat_map({
         let st = state.clone();
         move |change| stream::iter(st.on_set(change))
     });

@@ -120,15 +120,20 @@ pub async fn run(ctx: Arc<Context>) {
         expectations: Expectations::default(),
         backoff: retry::Backoff::default(),
     });
-    let set_triggers = informer::changes(Api::<ReplicaSet>::all(client.clone()), set_writer)
+    let set_triggers = informer::changes(
+        Api::<ReplicaSet>::all(client.clone()),
+        set_writer,
+        informer::keep_all,
+    )
+    .flat_map({
+        let st = state.clone();
+        move |change| stream::iter(st.on_set(change))
+    });
+    let pod_triggers = informer::changes(Api::<Pod>::all(client), pod_writer, ranking::trim)
         .flat_map({
             let st = state.clone();
-            move |change| stream::iter(st.on_set(change))
+            move |change| stream::iter(st.on_pod(change))
         });
-    let pod_triggers = informer::changes(Api::<Pod>::all(client), pod_writer).flat_map({
-        let st = state.clone();
-        move |change| stream::iter(st.on_pod(change))
-    });
     let queue = stream::select(set_triggers, pod_triggers).map(Ok::<_, Infallible>);
     controller::applier(
         sync,

@@ -34,9 +34,15 @@ pub(crate) enum Change<K> {
 }
 
 /// Watches `api`, keeps `writer`'s cache current and yields each change.
-/// Watch errors are logged and retried with backoff; the stream never ends
-/// on its own.
-pub(crate) fn changes<K>(api: Api<K>, mut writer: Writer<K>) -> impl Stream<Item = Change<K>> + Send
+/// Every object is first passed through `trim`, which drops what the
+/// controller never reads (as client-go's informer transforms), so a large
+/// cache holds only that. Watch errors are logged and retried with backoff;
+/// the stream never ends on its own.
+pub(crate) fn changes<K>(
+    api: Api<K>,
+    mut writer: Writer<K>,
+    trim: fn(&mut K),
+) -> impl Stream<Item = Change<K>> + Send
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
@@ -47,7 +53,10 @@ where
         // No controller reads field ownership; as upstream's informers
         // (`TrimManagedFields`), the cache does not keep it: it is often a
         // third of a pod.
-        .modify(|obj| obj.meta_mut().managed_fields = None)
+        .modify(move |obj| {
+            obj.meta_mut().managed_fields = None;
+            trim(obj);
+        })
         .filter_map(|event| async move {
             match event {
                 Ok(event) => Some(event),
@@ -109,3 +118,6 @@ pub(crate) fn key_of<K: Resource>(obj: &K) -> String {
         meta.name.as_deref().unwrap_or_default()
     )
 }
+
+/// A `trim` for [`changes`] that keeps the whole object.
+pub(crate) fn keep_all<K>(_: &mut K) {}

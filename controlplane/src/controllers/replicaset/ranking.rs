@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Pod, PodCondition};
+use k8s_openapi::api::core::v1::{Container, Pod, PodCondition, PodSpec};
 
 /// Annotation that lowers (or raises) a pod's priority for deletion.
 pub(crate) const DELETION_COST_ANNOTATION: &str = "controller.kubernetes.io/pod-deletion-cost";
@@ -75,6 +75,32 @@ pub(crate) fn available_at(pod: &Pod, min_ready_seconds: i32) -> Option<Timestam
         return None;
     }
     ready_since(pod).map(|since| since + jiff::SignedDuration::from_secs(min_ready_seconds.into()))
+}
+
+/// Drops the parts of a cached pod the controller never reads: of its spec
+/// only `nodeName` and its init containers' names and restart policies
+/// (what ranking and sidecar restart counts use) stay; metadata and status
+/// stay whole. The containers, volumes and the rest of a spec are most of a
+/// pod's memory, and the cache holds every pod of the cluster.
+pub(crate) fn trim(pod: &mut Pod) {
+    let Some(spec) = pod.spec.as_mut() else {
+        return;
+    };
+    let init_containers = spec.init_containers.take().map(|containers| {
+        containers
+            .into_iter()
+            .map(|c| Container {
+                name: c.name,
+                restart_policy: c.restart_policy,
+                ..Container::default()
+            })
+            .collect()
+    });
+    *spec = PodSpec {
+        node_name: spec.node_name.take(),
+        init_containers,
+        ..PodSpec::default()
+    };
 }
 
 fn node_name(pod: &Pod) -> &str {
@@ -234,7 +260,7 @@ pub(crate) fn pods_to_delete(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{ContainerStatus, PodSpec, PodStatus};
+    use k8s_openapi::api::core::v1::{ContainerStatus, PodStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn at(secs: i64) -> Timestamp {
@@ -270,6 +296,38 @@ mod tests {
         pods.iter()
             .map(|p| p.metadata.name.as_deref().unwrap_or_default())
             .collect()
+    }
+
+    #[test]
+    fn trimmed_pods_rank_the_same() {
+        let mut full = (*pod("sidecar", "n1", "Running", Some(10), 0)).clone();
+        let container = |name: &str, restart: Option<&str>| Container {
+            name: name.into(),
+            image: Some("busybox:1".into()),
+            restart_policy: restart.map(str::to_string),
+            ..Default::default()
+        };
+        if let Some(spec) = full.spec.as_mut() {
+            spec.containers = vec![container("main", None)];
+            spec.init_containers = Some(vec![container("proxy", Some("Always"))]);
+        }
+        if let Some(s) = full.status.as_mut() {
+            s.init_container_statuses = Some(vec![ContainerStatus {
+                name: "proxy".into(),
+                restart_count: 4,
+                ..Default::default()
+            }]);
+        }
+        let mut trimmed = full.clone();
+        trim(&mut trimmed);
+        let spec = trimmed.spec.as_ref().expect("spec kept");
+        assert!(spec.containers.is_empty());
+        assert_eq!(spec.node_name.as_deref(), Some("n1"));
+        assert_eq!(node_name(&trimmed), "n1");
+        assert_eq!(max_restarts(&trimmed), max_restarts(&full));
+        assert_eq!(max_restarts(&trimmed), (0, 4));
+        assert_eq!(trimmed.status, full.status);
+        assert_eq!(trimmed.metadata, full.metadata);
     }
 
     #[test]
