@@ -80,6 +80,11 @@ struct Args {
     /// Speak HTTP/2 over one multiplexed connection instead of HTTP/1.1 with a keep-alive pool
     #[arg(long)]
     http2: bool,
+    /// Controllers (and `scheduler`) the server does not run, passed to its
+    /// `--disable-controllers`: disabling them all measures the API server
+    /// and store without their in-process informer caches
+    #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
+    disable_controllers: Vec<String>,
     /// Seconds to wait for etcd and the server to become ready
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     startup_timeout: u64,

@@ -177,6 +177,12 @@ pub(super) fn report(args: &Args, skiff: &Path, results: &[(StoreKind, Figures)]
         }
     );
     println!("  server: {}", skiff.display());
+    if !args.disable_controllers.is_empty() {
+        println!(
+            "  controllers not run: {}",
+            args.disable_controllers.join(",")
+        );
+    }
     println!(
         "  {} pods ({} created by 1 worker, the rest by {} workers); {} random gets; {} lists each way (page size {}); {} watchers x {} updates",
         args.pods,

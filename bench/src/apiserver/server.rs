@@ -76,7 +76,12 @@ pub(super) struct Server {
 }
 
 impl Server {
-    pub(super) fn start(binary: &Path, store: StoreKind, etcd: Option<&Etcd>) -> Result<Server> {
+    pub(super) fn start(
+        binary: &Path,
+        store: StoreKind,
+        etcd: Option<&Etcd>,
+        disable_controllers: &[String],
+    ) -> Result<Server> {
         let dir = temp_dir("skiff-bench-server-")?;
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
         let data_dir = dir.path().join("data");
@@ -89,6 +94,10 @@ impl Server {
         ]);
         if let Some(etcd) = etcd {
             cmd.args(["--etcd-endpoints", &etcd.client_url]);
+        }
+        if !disable_controllers.is_empty() {
+            cmd.arg("--disable-controllers")
+                .arg(disable_controllers.join(","));
         }
         // Per-request logging would cost the server time the benchmark measures.
         if std::env::var_os("SKIFF_LOG").is_none() {

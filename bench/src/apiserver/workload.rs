@@ -48,7 +48,7 @@ pub(super) async fn bench_store(store: StoreKind, args: &Args, skiff: &Path) -> 
         StoreKind::Redb => None,
     };
     progress(store, &format!("starting {} server", skiff.display()));
-    let mut server = Server::start(skiff, store, etcd.as_ref())?;
+    let mut server = Server::start(skiff, store, etcd.as_ref(), &args.disable_controllers)?;
     let api = server.connect(args.http2, startup).await?;
     let mut notes = Vec::new();
     let mut failed = Vec::new();

@@ -222,11 +222,17 @@ impl Rounds {
     }
 
     fn print(&self, name: &str) {
-        let (lo, hi) = range(self.rounds.iter().map(|r| r.rps));
         let (clo, chi) = range(self.rounds.iter().map(|r| r.cpu_us));
         let failed: usize = self.rounds.iter().map(|r| r.failed).sum();
+        let each: Vec<String> = self
+            .rounds
+            .iter()
+            .map(|r| format!("{:.0}", r.rps))
+            .collect();
         println!(
-            "{name:>9}: requests/s best {hi:.0} (rounds {lo:.0}..{hi:.0}); CPU per request median {:.1} µs (rounds {clo:.1}..{chi:.1}); {failed} failed",
+            "{name:>9}: requests/s best {:.0} (rounds in order: {}); CPU per request median {:.1} µs (rounds {clo:.1}..{chi:.1}); {failed} failed",
+            self.best_rps(),
+            each.join(", "),
             self.cpu_median()
         );
     }
@@ -266,6 +272,11 @@ pub fn measure(
             } else {
                 lab.iptables()?
             };
+            // Each round starts from an empty connection tracking table in
+            // the node: left over, the previous rounds' TIME_WAIT entries
+            // meet the client's reused ports and slow each iptables round
+            // more than the last.
+            exec(&lab.node, &["conntrack", "-F"])?;
             dp.sync(&map, &Changes::full(&map))?;
             send_requests(&lab.client, node_port, 100)
                 .with_context(|| format!("warming up the {which} NodePort"))?;

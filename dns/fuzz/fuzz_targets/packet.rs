@@ -37,13 +37,27 @@ fn fixture() -> &'static Fixture {
             },
             vec![record],
         );
+        // The fuzz packets come from this pod's IP, so autopath is exercised.
+        index.set(
+            Source::Pod {
+                namespace: "team".into(),
+                name: "client".into(),
+            },
+            vec![hickory_proto::rr::Record::from_rdata(
+                hickory_proto::rr::Name::from_ascii("10-244-0-9.team.pod.cluster.local.")
+                    .expect("name"),
+                5,
+                hickory_proto::rr::RData::A(hickory_proto::rr::rdata::A::new(10, 244, 0, 9)),
+            )],
+        );
         // No upstreams: forwarded names fail fast with SERVFAIL, no network.
         let handler = Handler::new(
             Arc::new(RwLock::new(index)),
             Cache::new(64),
             Upstreams::new(Vec::new(), Duration::from_millis(10), 4),
             Arc::new(Metrics::new()),
-        );
+        )
+        .with_autopath(true);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
@@ -54,7 +68,7 @@ fn fixture() -> &'static Fixture {
 
 fuzz_target!(|data: &[u8]| {
     let f = fixture();
-    let src = "127.0.0.1:40000".parse().expect("addr");
+    let src = "10.244.0.9:40000".parse().expect("addr");
     let answer = f
         .runtime
         .block_on(skiff_dns::packet::answer_udp(&f.handler, data, src));
