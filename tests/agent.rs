@@ -77,6 +77,29 @@ spec:
         table.contains("Running") && table.contains("1/1"),
         "{table}"
     );
+    // Like upstream's "kubelet", the agent's status writes are owned by
+    // the manager named by its User-Agent.
+    let shown = server.kubectl_ok(&["get", "pod", "web", "-o", "json", "--show-managed-fields"]);
+    let shown: serde_json::Value = serde_json::from_str(&shown).expect("pod JSON");
+    let managers: Vec<(String, String)> = shown["metadata"]["managedFields"]
+        .as_array()
+        .expect("managedFields")
+        .iter()
+        .map(|m| {
+            (
+                m["manager"].as_str().unwrap_or("").to_string(),
+                m["subresource"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        managers.contains(&("skiff-agent".into(), "status".into())),
+        "{managers:?}"
+    );
+    assert!(
+        managers.contains(&("kubectl-client-side-apply".into(), String::new())),
+        "{managers:?}"
+    );
 }
 
 #[test]

@@ -141,7 +141,7 @@ pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client
         source_of: source_of.clone(),
         detail,
     };
-    let config = match kubeconfig {
+    let mut config = match kubeconfig {
         Some(path) => {
             let file =
                 kube::config::Kubeconfig::read_from(path).map_err(|e| fail(e.to_string()))?;
@@ -153,6 +153,12 @@ pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client
             .await
             .map_err(|e| fail(e.to_string()))?,
     };
+    // Names us in the API server's logs and audit (the field manager of
+    // anything we wrote; DNS only reads).
+    config.headers.push((
+        hyper::header::USER_AGENT,
+        hyper::header::HeaderValue::from_static(concat!("skiff-dns/", env!("CARGO_PKG_VERSION"))),
+    ));
     kube::Client::try_from(config).map_err(|e| fail(e.to_string()))
 }
 

@@ -164,10 +164,16 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         message,
     };
     let kubeconfig = Kubeconfig::read_from(&cfg.kubeconfig).map_err(|e| kc_err(e.to_string()))?;
-    let kube_config =
+    let mut kube_config =
         kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
             .await
             .map_err(|e| kc_err(e.to_string()))?;
+    // The server records "skiff-agent" as the field manager of the node and
+    // pod status the agent writes (upstream: "kubelet"), from this header.
+    kube_config.headers.push((
+        hyper::header::USER_AGENT,
+        hyper::header::HeaderValue::from_static(concat!("skiff-agent/", env!("CARGO_PKG_VERSION"))),
+    ));
     let client = kube::Client::try_from(kube_config.clone()).map_err(|e| kc_err(e.to_string()))?;
 
     let internal_ip = match cfg.node_ip {

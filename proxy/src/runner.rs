@@ -121,9 +121,15 @@ pub async fn client_from_kubeconfig(path: &std::path::Path) -> Result<Client, Ru
         message,
     };
     let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| err(e.to_string()))?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
         .await
         .map_err(|e| err(e.to_string()))?;
+    // The field manager of what the proxy writes (events), as upstream
+    // derives it from the User-Agent.
+    config.headers.push((
+        axum::http::header::USER_AGENT,
+        axum::http::HeaderValue::from_static(concat!("skiff-proxy/", env!("CARGO_PKG_VERSION"))),
+    ));
     Client::try_from(config).map_err(|e| err(e.to_string()))
 }
 

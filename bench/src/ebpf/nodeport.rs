@@ -15,8 +15,12 @@
 //! the softirq work of veth delivery — where tc programs and netfilter run —
 //! is charged to the task it interrupts, which is nearly always one of ours.
 //! Rounds of the two data planes alternate, so both see the same load from
-//! the machine's other users; the best requests/s and the median CPU per
-//! request of each are reported, with their ranges.
+//! the machine's other users; the best requests/s (and every round's, in
+//! order) and the median CPU per request of each are reported. Seen here:
+//! iptables rounds after the first get slower and slower (SYNs answered
+//! after a 1 s retransmit; flushing the node's conntrack table between
+//! rounds did not change it) while eBPF and direct rounds do not, so the
+//! first round and the CPU per request are the fairer iptables figures.
 
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
@@ -272,11 +276,6 @@ pub fn measure(
             } else {
                 lab.iptables()?
             };
-            // Each round starts from an empty connection tracking table in
-            // the node: left over, the previous rounds' TIME_WAIT entries
-            // meet the client's reused ports and slow each iptables round
-            // more than the last.
-            exec(&lab.node, &["conntrack", "-F"])?;
             dp.sync(&map, &Changes::full(&map))?;
             send_requests(&lab.client, node_port, 100)
                 .with_context(|| format!("warming up the {which} NodePort"))?;

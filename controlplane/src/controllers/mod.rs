@@ -108,12 +108,22 @@ pub async fn client_from_kubeconfig(
         message: e.to_string(),
     };
     let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| err(&e))?;
-    let config = kube::Config::from_custom_kubeconfig(
+    let mut config = kube::Config::from_custom_kubeconfig(
         kubeconfig,
         &kube::config::KubeConfigOptions::default(),
     )
     .await
     .map_err(|e| err(&e))?;
+    // The server records "skiff-controller-manager" as the field manager of
+    // what the controllers and the scheduler write (upstream takes it from
+    // the User-Agent up to the first '/').
+    config.headers.push((
+        hyper::header::USER_AGENT,
+        hyper::header::HeaderValue::from_static(concat!(
+            "skiff-controller-manager/",
+            env!("CARGO_PKG_VERSION")
+        )),
+    ));
     kube::Client::try_from(config).map_err(|e| err(&e))
 }
 
