@@ -67,6 +67,15 @@ async fn slices_follow_readiness_and_termination() {
             .map(String::as_str),
         Some("test")
     );
+    // Upstream's trigger time for network-programming latency: the first
+    // slice of a new Service carries the Service's creation time.
+    let created = svc.metadata.creation_timestamp.clone().expect("created").0;
+    assert_eq!(
+        trigger_time(&placeholder),
+        Some(created.to_string()),
+        "{:?}",
+        placeholder.metadata.annotations
+    );
 
     let pod = create_pod(
         &client,
@@ -88,7 +97,18 @@ async fn slices_follow_readiness_and_termination() {
     assert_eq!(target.uid, pod.metadata.uid);
     legacy_is(&client, ns, "web", &[], &["10.244.1.10"]).await;
 
-    set_pod_status(&client, ns, "web-1", "10.244.1.10", true).await;
+    let became_ready = "2031-05-06T07:08:09Z";
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .patch_status(
+            "web-1",
+            &PatchParams::default(),
+            &Patch::Merge(
+                &json!({"status": {"conditions": [{"type": "Ready", "status": "True",
+                "lastTransitionTime": became_ready}]}}),
+            ),
+        )
+        .await
+        .expect("mark the pod Ready");
     endpoint_with(&client, ns, "web", "10.244.1.10", (true, true, false)).await;
     legacy_is(&client, ns, "web", &["10.244.1.10"], &[]).await;
     let ready_slices = slices(&client, ns, "web").await;
@@ -98,6 +118,11 @@ async fn slices_follow_readiness_and_termination() {
         "the placeholder is replaced, not kept next to the real slice"
     );
     let ports = ready_slices[0].ports.clone().unwrap_or_default();
+    assert_eq!(
+        ready_slices.iter().map(trigger_time).collect::<Vec<_>>(),
+        [Some(became_ready.to_string())],
+        "the pod's Ready transition is the change this slice write publishes"
+    );
     assert_eq!(
         (ports[0].name.as_deref(), ports[0].port),
         (Some("http"), Some(8080))

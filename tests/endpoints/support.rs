@@ -175,3 +175,13 @@ pub async fn legacy_is(
     })
     .await;
 }
+
+/// The slice's `endpoints.kubernetes.io/last-change-trigger-time`.
+pub fn trigger_time(slice: &EndpointSlice) -> Option<String> {
+    slice
+        .metadata
+        .annotations
+        .as_ref()?
+        .get("endpoints.kubernetes.io/last-change-trigger-time")
+        .cloned()
+}

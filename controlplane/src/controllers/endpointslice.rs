@@ -16,6 +16,7 @@ mod desired;
 pub(crate) mod informer;
 mod pack;
 mod queue;
+mod trigger;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -130,6 +131,7 @@ struct Controller {
     queue: Arc<WorkQueue<ServiceKey>>,
     own: OwnWrites,
     recorder: Recorder,
+    triggers: trigger::TriggerTimes,
 }
 
 /// Runs the controller until the process ends.
@@ -148,6 +150,7 @@ pub async fn run(ctx: Arc<Context>) {
         queue: WorkQueue::new(),
         own: OwnWrites::default(),
         recorder: Recorder::new(client.clone(), "endpointslice-controller"),
+        triggers: trigger::TriggerTimes::default(),
     });
 
     let c = ctrl.clone();
@@ -379,6 +382,7 @@ impl Controller {
             .items;
         let Some(svc) = self.services.get(&ObjectRef::new(name).within(ns)) else {
             tracing::debug!("service {service} is gone; removing its endpoints");
+            self.triggers.forget(key);
             let plan = pack::Plan {
                 delete: existing,
                 ..Default::default()
@@ -426,7 +430,27 @@ impl Controller {
             },
             placeholder_type: desired::primary_address_type(&svc),
         };
-        let plan = pack::plan(&template, existing, groups, MAX_ENDPOINTS_PER_SLICE);
+        let mut plan = pack::plan(&template, existing, groups, MAX_ENDPOINTS_PER_SLICE);
+        let triggered = self
+            .triggers
+            .compute(key, &svc, pods.iter().map(AsRef::as_ref));
+        for slice in plan.create.iter_mut().chain(plan.update.iter_mut()) {
+            let annotations = slice
+                .metadata
+                .annotations
+                .get_or_insert_with(Default::default);
+            match triggered {
+                Some(time) => {
+                    annotations.insert(
+                        trigger::LAST_CHANGE_TRIGGER_TIME.to_string(),
+                        trigger::format(time),
+                    );
+                }
+                None => {
+                    annotations.remove(trigger::LAST_CHANGE_TRIGGER_TIME);
+                }
+            }
+        }
         self.apply(&slices, plan, &service).await?;
         self.sync_endpoints(&svc, &pods, &service).await
     }
