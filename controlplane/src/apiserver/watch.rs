@@ -5,7 +5,10 @@
 //! than the store's history gets a 410 Expired ERROR event. Selector
 //! transitions turn into ADDED/DELETED as upstream's cacher does. Bookmarks
 //! when allowed, the initial-events-end bookmark for `sendInitialEvents`,
-//! and `timeoutSeconds` ends the stream.
+//! and `timeoutSeconds` ends the stream. Objects are serialised once per
+//! revision and served version and shared by all watchers ([`encoded`]).
+
+mod encoded;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -26,7 +29,8 @@ use super::server::ApiServer;
 use super::status::ApiError;
 use super::strategy;
 use super::table::{self, IncludeObject};
-use crate::store::{EventKind, StoreError, WatchStream};
+use crate::store::{EventKind, KeyValue, StoreError, WatchStream};
+use encoded::ObjectId;
 
 /// Interval between bookmarks when the client allows them.
 const BOOKMARK_EVERY: Duration = Duration::from_secs(60);
@@ -39,6 +43,11 @@ struct Render {
     resource: &'static Resource,
     table: bool,
     include: IncludeObject,
+    /// The store's address, part of a shared encoding's identity.
+    store: usize,
+    /// No label or field selector: every event is sent, undecoded when its
+    /// encoding is shared.
+    unfiltered: bool,
 }
 
 impl Render {
@@ -59,6 +68,33 @@ impl Render {
             obj
         };
         line(json!({"type": kind, "object": obj}))
+    }
+
+    /// An event for `kv` as stored at its revision (`decoded` if the caller
+    /// already parsed it), with the object's encoding shared among watchers.
+    fn stored_event(&self, kind: &str, kv: &KeyValue, decoded: Option<Value>) -> Option<Bytes> {
+        if self.table {
+            let obj = match decoded {
+                Some(o) => o,
+                None => decode(&kv.value, kv.mod_revision)?,
+            };
+            return Some(self.event(kind, obj));
+        }
+        let id = ObjectId {
+            store: self.store,
+            resource: std::ptr::from_ref(self.resource) as usize,
+            revision: kv.mod_revision,
+            key: kv.key.clone(),
+        };
+        let object = encoded::object(id, &kv.value, || {
+            let obj = match decoded {
+                Some(o) => o,
+                None => decode(&kv.value, kv.mod_revision)?,
+            };
+            let served = strategy::from_storage(self.resource, obj);
+            serde_json::to_vec(&served).ok().map(Bytes::from)
+        })?;
+        Some(encoded::event_line(kind, &object))
     }
 
     fn bookmark(&self, revision: i64, initial_end: bool) -> Bytes {
@@ -92,6 +128,10 @@ pub async fn serve(
         resource: req.resource,
         table: req.wants_table(),
         include: req.include_object(),
+        store: Arc::as_ptr(&server.store).cast::<()>() as usize,
+        unfiltered: ["labelSelector", "fieldSelector"]
+            .iter()
+            .all(|p| req.param(p).unwrap_or("").is_empty()),
     };
     let bookmarks = req.flag("allowWatchBookmarks");
     let send_initial = req.flag("sendInitialEvents");
@@ -212,11 +252,21 @@ fn decode(value: &[u8], revision: i64) -> Option<Value> {
 fn translate(ev: &crate::store::Event, selectors: &Selectors, render: &Render) -> Option<Bytes> {
     let rev = ev.kv.mod_revision;
     match ev.kind {
+        EventKind::Delete if render.unfiltered => render.stored_event("DELETED", &ev.kv, None),
         EventKind::Delete => {
             let obj = decode(&ev.kv.value, rev)?;
-            selectors
-                .matches(&obj)
-                .then(|| render.event("DELETED", obj))
+            if !selectors.matches(&obj) {
+                return None;
+            }
+            render.stored_event("DELETED", &ev.kv, Some(obj))
+        }
+        EventKind::Put if render.unfiltered => {
+            let kind = if ev.prev.is_some() {
+                "MODIFIED"
+            } else {
+                "ADDED"
+            };
+            render.stored_event(kind, &ev.kv, None)
         }
         EventKind::Put => {
             let new = decode(&ev.kv.value, rev)?;
@@ -226,12 +276,13 @@ fn translate(ev: &crate::store::Event, selectors: &Selectors, render: &Render) -
                 .as_ref()
                 .and_then(|p| serde_json::from_slice::<Value>(&p.value).ok())
                 .is_some_and(|old| selectors.matches(&old));
-            match (old_match, new_match) {
-                (true, true) => Some(render.event("MODIFIED", new)),
-                (false, true) => Some(render.event("ADDED", new)),
-                (true, false) => Some(render.event("DELETED", new)),
-                (false, false) => None,
-            }
+            let kind = match (old_match, new_match) {
+                (true, true) => "MODIFIED",
+                (false, true) => "ADDED",
+                (true, false) => "DELETED",
+                (false, false) => return None,
+            };
+            render.stored_event(kind, &ev.kv, Some(new))
         }
     }
 }

@@ -434,23 +434,10 @@ impl Controller {
         let triggered = self
             .triggers
             .compute(key, &svc, pods.iter().map(AsRef::as_ref));
-        for slice in plan.create.iter_mut().chain(plan.update.iter_mut()) {
-            let annotations = slice
-                .metadata
-                .annotations
-                .get_or_insert_with(Default::default);
-            match triggered {
-                Some(time) => {
-                    annotations.insert(
-                        trigger::LAST_CHANGE_TRIGGER_TIME.to_string(),
-                        trigger::format(time),
-                    );
-                }
-                None => {
-                    annotations.remove(trigger::LAST_CHANGE_TRIGGER_TIME);
-                }
-            }
-        }
+        trigger::annotate(
+            plan.create.iter_mut().chain(plan.update.iter_mut()),
+            triggered,
+        );
         self.apply(&slices, plan, &service).await?;
         self.sync_endpoints(&svc, &pods, &service).await
     }

@@ -106,8 +106,12 @@ mod tests {
     #[test]
     fn second_watcher_reuses_the_first_encoding() {
         let raw = Bytes::from_static(b"{\"a\":1}");
-        let first = object(id(usize::MAX - 1, 7), &raw, || Some(Bytes::from_static(b"X")));
-        let second = object(id(usize::MAX - 1, 7), &raw, || Some(Bytes::from_static(b"Y")));
+        let first = object(id(usize::MAX - 1, 7), &raw, || {
+            Some(Bytes::from_static(b"X"))
+        });
+        let second = object(id(usize::MAX - 1, 7), &raw, || {
+            Some(Bytes::from_static(b"Y"))
+        });
         assert_eq!(first.as_deref(), Some(&b"X"[..]));
         assert_eq!(second.as_deref(), Some(&b"X"[..]));
     }

@@ -14,6 +14,7 @@ use std::sync::Mutex;
 
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::ServiceKey;
 
@@ -84,6 +85,28 @@ fn pod_trigger_time(pod: &Pod) -> Option<Timestamp> {
 /// The annotation's value: RFC 3339 with nanoseconds, in UTC, as upstream.
 pub fn format(time: Timestamp) -> String {
     time.to_string()
+}
+
+/// Sets (or, with no trigger time, removes) the annotation on the slices a
+/// sync creates or updates, as upstream's reconciler does.
+pub fn annotate<'a>(
+    slices: impl IntoIterator<Item = &'a mut EndpointSlice>,
+    triggered: Option<Timestamp>,
+) {
+    for slice in slices {
+        let annotations = slice
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default);
+        match triggered {
+            Some(time) => {
+                annotations.insert(LAST_CHANGE_TRIGGER_TIME.to_string(), format(time));
+            }
+            None => {
+                annotations.remove(LAST_CHANGE_TRIGGER_TIME);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
