@@ -12,7 +12,7 @@ lab::services::behaviour_suite!("iptables");
 /// periodic full resync (every 10 s in the lab).
 #[test]
 fn resync_repairs_drift() {
-    use lab::proxy::{apply, endpoint_slice, service, Ep, ProxyProcess};
+    use lab::proxy::{apply_web_service, ProxyProcess};
     use lab::sockets::{eventually, tcp_request, tcp_server};
     use std::time::Duration;
 
@@ -22,19 +22,7 @@ fn resync_repairs_drift() {
     let a = lab.node("n1").add_pod("a", 2);
     let client = lab.node("n1").add_pod("client", 9);
     let _srv = tcp_server(&a.ns, 8080, "a");
-    apply(
-        &server,
-        &service(
-            "web",
-            "10.96.10.20",
-            &[("http", "TCP", 80, None)],
-            serde_json::json!({}),
-        ),
-    );
-    apply(
-        &server,
-        &endpoint_slice("web", &[("http", "TCP", 8080)], &[Ep::ready(a.ip, "n1")]),
-    );
+    apply_web_service(&server, "web", "10.96.10.20", a.ip, "n1");
     let _proxy = ProxyProcess::start(&server, lab.node("n1"), MODE);
     let vip = "10.96.10.20:80".parse().expect("address");
     eventually(Duration::from_secs(20), "the service", || {
@@ -71,7 +59,7 @@ fn resync_repairs_drift() {
 /// (faster) legacy ones. Services work on both.
 #[test]
 fn auto_backend_follows_the_kubelet_then_prefers_legacy() {
-    use lab::proxy::{apply, endpoint_slice, service, Ep, ProxyProcess};
+    use lab::proxy::{apply_web_service, ProxyProcess};
     use lab::sockets::{eventually, tcp_request, tcp_server};
     use std::time::Duration;
 
@@ -85,19 +73,7 @@ fn auto_backend_follows_the_kubelet_then_prefers_legacy() {
         .exec(&["iptables-nft", "-t", "mangle", "-N", "KUBE-IPTABLES-HINT"]);
     let a = lab.node("n1").add_pod("a", 2);
     let _srv = tcp_server(&a.ns, 8080, "a");
-    apply(
-        &server,
-        &service(
-            "web",
-            "10.96.10.21",
-            &[("http", "TCP", 80, None)],
-            serde_json::json!({}),
-        ),
-    );
-    apply(
-        &server,
-        &endpoint_slice("web", &[("http", "TCP", 8080)], &[Ep::ready(a.ip, "n1")]),
-    );
+    apply_web_service(&server, "web", "10.96.10.21", a.ip, "n1");
     let _p1 = ProxyProcess::start(&server, lab.node("n1"), MODE);
     let _p2 = ProxyProcess::start(&server, lab.node("n2"), MODE);
     let vip = "10.96.10.21:80".parse().expect("address");
@@ -246,7 +222,7 @@ fn sctp_clusterip_is_translated() {
 /// backend sees the node's bridge address, not its own).
 #[test]
 fn pod_reaches_itself_through_its_service() {
-    use lab::proxy::{apply, endpoint_slice, service, Ep, ProxyProcess};
+    use lab::proxy::{apply_web_service, ProxyProcess};
     use lab::sockets::{eventually, tcp_request, tcp_server};
     use std::time::Duration;
 
@@ -255,19 +231,7 @@ fn pod_reaches_itself_through_its_service() {
     lab.add_node("n1", 1);
     let a = lab.node("n1").add_pod("a", 2);
     let _srv = tcp_server(&a.ns, 8080, "a");
-    apply(
-        &server,
-        &service(
-            "self",
-            "10.96.10.26",
-            &[("http", "TCP", 80, None)],
-            serde_json::json!({}),
-        ),
-    );
-    apply(
-        &server,
-        &endpoint_slice("self", &[("http", "TCP", 8080)], &[Ep::ready(a.ip, "n1")]),
-    );
+    apply_web_service(&server, "self", "10.96.10.26", a.ip, "n1");
     let _proxy = ProxyProcess::start(&server, lab.node("n1"), MODE);
     let vip = "10.96.10.26:80".parse().expect("address");
     let reply = eventually(

@@ -314,7 +314,7 @@ fn ipv6_cluster_ip_allocated_by_the_api_server() {
 /// `skiff proxy --cleanup` removes them from every implementation and family.
 #[test]
 fn switching_backend_and_cleanup_leave_no_stale_rules() {
-    use lab::proxy::{apply, endpoint_slice, service, Ep, ProxyProcess};
+    use lab::proxy::{apply_web_service, ProxyProcess};
     use lab::sockets::{eventually, tcp_request, tcp_server};
     use std::time::Duration;
 
@@ -324,19 +324,7 @@ fn switching_backend_and_cleanup_leave_no_stale_rules() {
     let a = lab.node("n1").add_pod("a", 2);
     let client = lab.node("n1").add_pod("client", 9);
     let _srv = tcp_server(&a.ns, 8080, "a");
-    apply(
-        &server,
-        &service(
-            "web",
-            "10.96.10.27",
-            &[("http", "TCP", 80, None)],
-            serde_json::json!({}),
-        ),
-    );
-    apply(
-        &server,
-        &endpoint_slice("web", &[("http", "TCP", 8080)], &[Ep::ready(a.ip, "n1")]),
-    );
+    apply_web_service(&server, "web", "10.96.10.27", a.ip, "n1");
     let vip = "10.96.10.27:80".parse().expect("address");
     let node = &lab.node("n1").ns;
     let through_the_service = || {
@@ -409,7 +397,7 @@ fn switching_backend_and_cleanup_leave_no_stale_rules() {
 /// DNATing to stale endpoints) and serves the service itself.
 #[test]
 fn ebpf_mode_removes_the_rules_an_iptables_run_left() {
-    use lab::proxy::{apply, endpoint_slice, service, Ep, ProxyProcess};
+    use lab::proxy::{apply_web_service, ProxyProcess};
     use lab::sockets::{eventually, tcp_request, tcp_server};
     use std::time::Duration;
 
@@ -419,19 +407,7 @@ fn ebpf_mode_removes_the_rules_an_iptables_run_left() {
     let a = lab.node("n1").add_pod("a", 2);
     let client = lab.node("n1").add_pod("client", 9);
     let _srv = tcp_server(&a.ns, 8080, "a");
-    apply(
-        &server,
-        &service(
-            "web",
-            "10.96.10.28",
-            &[("http", "TCP", 80, None)],
-            serde_json::json!({}),
-        ),
-    );
-    apply(
-        &server,
-        &endpoint_slice("web", &[("http", "TCP", 8080)], &[Ep::ready(a.ip, "n1")]),
-    );
+    apply_web_service(&server, "web", "10.96.10.28", a.ip, "n1");
     let vip = "10.96.10.28:80".parse().expect("address");
     let node = &lab.node("n1").ns;
     let iptables = ProxyProcess::start(&server, lab.node("n1"), MODE);

@@ -303,6 +303,25 @@ pub fn endpoint_slice(service: &str, ports: &[(&str, &str, u16)], eps: &[Ep]) ->
     })
 }
 
+/// Service `name` at `cluster_ip` port 80 ("http", TCP) with one ready
+/// backend `ip` on `node` listening on 8080: the lab's smallest service.
+pub fn apply_web_service(
+    server: &TestServer,
+    name: &str,
+    cluster_ip: &str,
+    ip: impl ToString,
+    node: &str,
+) {
+    apply(
+        server,
+        &service(name, cluster_ip, &[("http", "TCP", 80, None)], json!({})),
+    );
+    apply(
+        server,
+        &endpoint_slice(name, &[("http", "TCP", 8080)], &[Ep::ready(ip, node)]),
+    );
+}
+
 /// `iptables-legacy` or `iptables-nft`: whichever holds the proxy's KUBE-SERVICES.
 pub fn implementation_in_use(node: &Ns) -> &'static str {
     let has = |tool: &str| {
