@@ -1,6 +1,7 @@
 //! The benchmark's node: a network namespace for `skiff agent`, and a guard
 //! that removes what the agent leaves (runc containers, mounts under its data
-//! dir, its `skiff-<node>` cgroups) and the namespace, also after an error.
+//! dir, its `skiff-<node>` cgroups, its eBPF pins) and the namespace, also
+//! after an error.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -73,6 +74,11 @@ impl Drop for Lab {
         for root in cgroup_mounts() {
             rmdir_tree(&root.join(format!("skiff-{}", self.node)));
         }
+        // The agent's eBPF proxy pins maps and links so a restarted agent
+        // resumes; the benchmark's node is gone for good.
+        let _ = skiff_proxy::ebpf::detach_and_unpin(
+            &skiff_proxy::ebpf::EbpfConfig::default_pin_dir(&self.node),
+        );
         let _ = Command::new("ip")
             .args(["netns", "del", &self.netns])
             .output();
