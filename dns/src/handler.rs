@@ -220,16 +220,15 @@ impl Handler {
         }
     }
 
-    async fn reply_to(&self, request: &Request) -> Reply {
+    /// `echoable`: whether the question section is one question that can be
+    /// copied into the answer (see [`echoable`]); anything else is FORMERR.
+    async fn reply_to(&self, request: &Request, echoable: bool) -> Reply {
         if request.metadata.op_code != OpCode::Query {
             return Reply::error(ResponseCode::NotImp);
         }
-        let [query] = request.queries.queries() else {
+        let ([query], true) = (request.queries.queries(), echoable) else {
             return Reply::error(ResponseCode::FormErr);
         };
-        if !echoable(&request.queries) {
-            return Reply::error(ResponseCode::FormErr);
-        }
         let name = Name::from(query.name().clone());
         let client = request.src().ip();
         self.reply_to_client(&name, query.query_type(), query.query_class(), Some(client))
@@ -245,7 +244,8 @@ impl RequestHandler for Handler {
         mut response_handle: R,
     ) -> ResponseInfo {
         let start = Instant::now();
-        let reply = self.reply_to(request).await;
+        let echo = echoable(&request.queries);
+        let reply = self.reply_to(request, echo).await;
         let mut metadata = Metadata::response_from_request(&request.metadata);
         metadata.response_code = reply.rcode;
         metadata.authoritative = reply.authoritative;
@@ -257,10 +257,11 @@ impl RequestHandler for Handler {
         });
         // The question section goes back byte for byte as the client sent
         // it; one that cannot (see `echoable`) is left out of the FORMERR.
-        let no_questions = empty_questions();
-        let questions = if echoable(&request.queries) {
+        let no_questions;
+        let questions = if echo {
             &request.queries
         } else {
+            no_questions = empty_questions();
             &no_questions
         };
         let mut builder = MessageResponseBuilder::new(questions, None);
