@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use agent_support::{pod_json, wait_for, wait_running, AgentNode, BUSYBOX};
+use agent_support::{pod_json, run_web_backend, wait_for, wait_running, AgentNode, BUSYBOX};
 use common::{StoreKind, TestServer};
 
 fn node_name(test: &str) -> String {
@@ -419,40 +419,7 @@ fn embedded_proxy_serves_a_cluster_ip_from_the_node() {
             "10.244.0.0/16",
         ],
     );
-    let manifest = format!(
-        r#"
-apiVersion: v1
-kind: Pod
-metadata: {{name: backend, labels: {{app: proxied}}}}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: httpd
-    image: {BUSYBOX}
-    imagePullPolicy: Never
-    command: ["sh", "-c", "mkdir -p /www && echo via-cluster-ip from $(hostname) > /www/index.html && exec httpd -f -p 8080 -h /www"]
-    readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: proxied}}
-spec:
-  selector: {{app: proxied}}
-  ports: [{{port: 80, targetPort: 8080}}]
-"#
-    );
-    server.kubectl_stdin_ok(&["apply", "-f", "-"], &manifest);
-    wait_running(&server, "backend");
-    let cluster_ip = server
-        .kubectl_ok(&[
-            "get",
-            "service",
-            "proxied",
-            "-o",
-            "jsonpath={.spec.clusterIP}",
-        ])
-        .trim()
-        .to_string();
+    let cluster_ip = run_web_backend(&server, "proxied", "ClusterIP", "via-cluster-ip");
     assert!(
         cluster_ip.parse::<std::net::Ipv4Addr>().is_ok(),
         "clusterIP {cluster_ip:?}"

@@ -9,7 +9,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use agent_support::{wait_for, wait_running, AgentNode, NetnsGuard, BUSYBOX};
+use agent_support::{run_web_backend, wait_for, wait_running, AgentNode, NetnsGuard, BUSYBOX};
 use common::{StoreKind, TestServer};
 
 /// The node's pinned eBPF maps and links, detached and removed on drop (after
@@ -53,38 +53,13 @@ fn pods_reach_a_cluster_ip_and_the_node_port_answers_outside() {
         .exec(&["ip", "addr", "add", &format!("{NODE_IP}/24"), "dev", "up0"]);
     node.netns.exec(&["ip", "link", "set", "up0", "up"]);
 
-    let manifest = format!(
-        r#"
-apiVersion: v1
-kind: Pod
-metadata: {{name: backend, labels: {{app: web}}}}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: httpd
-    image: {BUSYBOX}
-    imagePullPolicy: Never
-    command: ["sh", "-c", "mkdir -p /www && echo hello from $(hostname) > /www/index.html && exec httpd -f -p 8080 -h /www"]
-    readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: web}}
-spec:
-  type: NodePort
-  selector: {{app: web}}
-  ports: [{{port: 80, targetPort: 8080}}]
-"#
-    );
-    server.kubectl_stdin_ok(&["apply", "-f", "-"], &manifest);
-    wait_running(&server, "backend");
+    let cluster_ip = run_web_backend(&server, "web", "NodePort", "hello");
     let jsonpath = |path: &str| {
         server
             .kubectl_ok(&["get", "service", "web", "-o", &format!("jsonpath={path}")])
             .trim()
             .to_string()
     };
-    let cluster_ip = jsonpath("{.spec.clusterIP}");
     let node_port = jsonpath("{.spec.ports[0].nodePort}");
 
     // A client pod fetching the ClusterIP in a loop; its log shows the answers.

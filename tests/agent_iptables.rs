@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use agent_support::{wait_for, wait_running, AgentNode, BUSYBOX};
+use agent_support::{run_web_backend, wait_for, AgentNode};
 use common::{StoreKind, TestServer};
 
 #[test]
@@ -27,40 +27,7 @@ fn iptables_backend_nft_writes_nftables_rules() {
             "10.244.0.0/16",
         ],
     );
-    let manifest = format!(
-        r#"
-apiVersion: v1
-kind: Pod
-metadata: {{name: backend, labels: {{app: nftweb}}}}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: httpd
-    image: {BUSYBOX}
-    imagePullPolicy: Never
-    command: ["sh", "-c", "mkdir -p /www && echo via-nft from $(hostname) > /www/index.html && exec httpd -f -p 8080 -h /www"]
-    readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: nftweb}}
-spec:
-  selector: {{app: nftweb}}
-  ports: [{{port: 80, targetPort: 8080}}]
-"#
-    );
-    server.kubectl_stdin_ok(&["apply", "-f", "-"], &manifest);
-    wait_running(&server, "backend");
-    let cluster_ip = server
-        .kubectl_ok(&[
-            "get",
-            "service",
-            "nftweb",
-            "-o",
-            "jsonpath={.spec.clusterIP}",
-        ])
-        .trim()
-        .to_string();
+    let cluster_ip = run_web_backend(&server, "nftweb", "ClusterIP", "via-nft");
     // As in tests/agent.rs: the lab node has no default route, so give the
     // service range one onto the node bridge for the OUTPUT DNAT to apply.
     node.netns

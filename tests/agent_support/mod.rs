@@ -328,6 +328,53 @@ pub fn pod_json(server: &TestServer, name: &str) -> Option<Value> {
         .then(|| serde_json::from_slice(&out.stdout).expect("pod JSON"))
 }
 
+/// Runs pod `backend` (busybox httpd on 8080, ready by a TCP probe, serving
+/// "`greeting` from backend") behind Service `service` (port 80, `service_type`,
+/// selecting `app: <service>`); returns the Service's clusterIP once the pod
+/// is Running.
+pub fn run_web_backend(
+    server: &TestServer,
+    service: &str,
+    service_type: &str,
+    greeting: &str,
+) -> String {
+    let manifest = format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: backend, labels: {{app: {service}}}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: httpd
+    image: {BUSYBOX}
+    imagePullPolicy: Never
+    command: ["sh", "-c", "mkdir -p /www && echo {greeting} from $(hostname) > /www/index.html && exec httpd -f -p 8080 -h /www"]
+    readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: {service}}}
+spec:
+  type: {service_type}
+  selector: {{app: {service}}}
+  ports: [{{port: 80, targetPort: 8080}}]
+"#
+    );
+    server.kubectl_stdin_ok(&["apply", "-f", "-"], &manifest);
+    wait_running(server, "backend");
+    server
+        .kubectl_ok(&[
+            "get",
+            "service",
+            service,
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ])
+        .trim()
+        .to_string()
+}
+
 /// Waits until the pod is Running with a podIP; returns its JSON.
 pub fn wait_running(server: &TestServer, name: &str) -> Value {
     wait_for(
