@@ -18,18 +18,15 @@
 mod nodeport;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use skiff_bench::netlab::{exchanges, netns_path, Backend};
 use skiff_bench::stats::{ms, percentile};
-use skiff_cni::Netns;
 use skiff_proxy::ebpf::{cgroup2_mount, EbpfConfig, EbpfDataplane};
 use skiff_proxy::model::{
     self, Changes, Endpoint, NodeInfo, Protocol, ServiceMap, ServicePort, ServicePortName,
@@ -198,10 +195,6 @@ fn exec(ns: &str, args: &[&str]) -> Result<()> {
     run(&full)
 }
 
-fn netns_path(name: &str) -> String {
-    format!("/var/run/netns/{name}")
-}
-
 fn endpoint(ip: Ipv4Addr) -> Endpoint {
     Endpoint {
         ip: IpAddr::V4(ip),
@@ -261,52 +254,6 @@ fn service_map(count: usize, per: usize) -> ServiceMap {
         },
         ports,
     }
-}
-
-/// A backend answering one line per connection, on a thread, until dropped.
-struct Backend(Arc<AtomicBool>);
-
-impl Backend {
-    fn start(pod: &str, port: u16) -> Result<Backend> {
-        let listener =
-            Netns::open(netns_path(pod))?.run(|| TcpListener::bind(("0.0.0.0", port)))??;
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if flag.load(Ordering::Relaxed) {
-                    break;
-                }
-                if let Ok(mut c) = conn {
-                    let _ = c.write_all(b"ok\n");
-                }
-            }
-        });
-        Ok(Backend(stop))
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Durations of `n` connect + read-one-reply exchanges from `client` to `addr`.
-fn exchanges(client: &str, addr: SocketAddr, n: usize) -> Result<Vec<Duration>> {
-    let netns = Netns::open(netns_path(client))?;
-    let samples = netns.run(|| -> std::io::Result<Vec<Duration>> {
-        let mut out = Vec::with_capacity(n);
-        for _ in 0..n {
-            let start = Instant::now();
-            let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-            let mut buf = [0u8; 8];
-            let _ = c.read(&mut buf)?;
-            out.push(start.elapsed());
-        }
-        Ok(out)
-    })??;
-    Ok(samples)
 }
 
 /// p50 of the exchanges.

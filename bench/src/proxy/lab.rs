@@ -2,16 +2,14 @@
 //! answering one line per TCP connection, and a client pod; everything is
 //! deleted when [`Namespaces`] drops (also when the run fails midway).
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
+use skiff_bench::netlab::exchanges;
+pub use skiff_bench::netlab::netns_path;
 use skiff_bench::stats::percentile;
-use skiff_cni::Netns;
 
 /// Network namespaces deleted on drop (also when the run fails midway).
 pub struct Namespaces(pub Vec<String>);
@@ -50,10 +48,6 @@ fn exec(ns: &str, args: &[&str]) -> Result<()> {
     let mut full = vec!["ip", "netns", "exec", ns];
     full.extend_from_slice(args);
     run(&full)
-}
-
-pub fn netns_path(name: &str) -> String {
-    format!("/var/run/netns/{name}")
 }
 
 /// A node namespace with a pod bridge, one backend pod and one client pod.
@@ -103,50 +97,9 @@ pub fn build_lab(ns: &mut Namespaces, prefix: &str) -> Result<(String, String, S
     Ok((node, backend, client))
 }
 
-/// A backend answering one line per connection, on a thread, until dropped.
-pub struct Backend(Arc<AtomicBool>);
-
-impl Backend {
-    pub fn start(pod: &str) -> Result<Backend> {
-        let listener =
-            Netns::open(netns_path(pod))?.run(|| TcpListener::bind("0.0.0.0:8080"))??;
-        listener.set_nonblocking(true)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        std::thread::spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((mut c, _)) => {
-                        let _ = c.write_all(b"ok\n");
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_micros(200)),
-                }
-            }
-        });
-        Ok(Backend(stop))
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
 /// p50 and p99 of connect + read-one-reply from `client` to `addr`.
 pub fn latency(client: &str, addr: SocketAddr, n: usize) -> Result<(Duration, Duration)> {
-    let netns = Netns::open(netns_path(client))?;
-    let samples = netns.run(|| -> std::io::Result<Vec<Duration>> {
-        let mut out = Vec::with_capacity(n);
-        for _ in 0..n {
-            let start = Instant::now();
-            let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-            let mut buf = [0u8; 8];
-            let _ = c.read(&mut buf)?;
-            out.push(start.elapsed());
-        }
-        Ok(out)
-    })??;
+    let samples = exchanges(client, addr, n)?;
     let mut sorted = samples;
     sorted.sort_unstable();
     Ok((percentile(&sorted, 0.5), percentile(&sorted, 0.99)))

@@ -295,7 +295,7 @@ fn main() -> Result<()> {
     let prefix = format!("skpb{}", std::process::id() % 100_000);
     let mut namespaces = Namespaces(Vec::new());
     let (node, backend_pod, client) = build_lab(&mut namespaces, &prefix)?;
-    let _backend = lab::Backend::start(&backend_pod)?;
+    let _backend = skiff_bench::netlab::Backend::start(&backend_pod, 8080)?;
     let vip: SocketAddr = "10.100.0.1:80".parse()?;
     let direct: SocketAddr = "10.244.1.2:8080".parse()?;
     let subjects: Vec<(String, Option<Backend>)> = match args.mode {
