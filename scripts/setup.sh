@@ -139,4 +139,41 @@ else
   cargo install --locked cargo-fuzz
 fi
 
+# --- CNI: reference plugins ≥ 1.5 (GC/STATUS) from Debian sid, kept private ----
+# Bookworm's containernetworking-plugins (1.1.1, in /usr/lib/cni, used by the
+# chaining tests) predates GC and STATUS. The current sid build (static Go
+# binaries, Depends only libc6) is unpacked beside it for the delegated-IPAM
+# tests; the Filename and SHA256 come from sid's index so this follows sid.
+CNI_SID_DIR=/opt/skiff/cni-plugins-sid
+CNI_SID_MIRROR=${SKIFF_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+if [[ -x $CNI_SID_DIR/usr/lib/cni/host-local ]]; then
+  log "cni: sid plugins present ($(cat "$CNI_SID_DIR/VERSION" 2>/dev/null || echo '?'))"
+else
+  log "cni: fetching the current sid containernetworking-plugins into $CNI_SID_DIR"
+  cni_tmp=$(mktemp -d)
+  trap 'rm -rf "$cni_tmp"' EXIT
+  curl -fsSL --retry 3 -o "$cni_tmp/Packages.xz" \
+    "$CNI_SID_MIRROR/dists/sid/main/binary-amd64/Packages.xz"
+  # One stanza: Version, Filename and SHA256 of the binary package.
+  read -r cni_ver cni_file cni_sha < <(xz -dc "$cni_tmp/Packages.xz" | awk '
+    /^$/ { if (p && f && s) { print v, f, s; exit } p = 0; f = ""; s = ""; v = "" }
+    /^Package: containernetworking-plugins$/ { p = 1 }
+    /^Version: / { v = $2 } /^Filename: / { f = $2 } /^SHA256: / { s = $2 }
+    END { if (p && f && s) print v, f, s }') || true
+  [[ -n ${cni_file:-} && -n ${cni_sha:-} ]] ||
+    die "containernetworking-plugins is not in sid's Packages index"
+  curl -fsSL --retry 3 -o "$cni_tmp/plugins.deb" "$CNI_SID_MIRROR/$cni_file"
+  echo "$cni_sha  $cni_tmp/plugins.deb" | sha256sum -c --quiet - ||
+    die "SHA256 of $cni_file does not match sid's index"
+  dpkg-deb -x "$cni_tmp/plugins.deb" "$cni_tmp/root"
+  [[ -x $cni_tmp/root/usr/lib/cni/host-local ]] || die "$cni_file has no usr/lib/cni/host-local"
+  echo "$cni_ver" >"$cni_tmp/root/VERSION"
+  mkdir -p "$(dirname "$CNI_SID_DIR")"
+  rm -rf "$CNI_SID_DIR"
+  mv "$cni_tmp/root" "$CNI_SID_DIR"
+  rm -rf "$cni_tmp"
+  trap - EXIT
+  log "cni: containernetworking-plugins $cni_ver in $CNI_SID_DIR/usr/lib/cni"
+fi
+
 log "done"

@@ -478,8 +478,9 @@ fn static_ips_from_cni_args_and_runtime_config() {
     assert_eq!(allocations(data.path(), "static"), 0);
 }
 
-/// A CNI 1.1.0 IPAM plugin (a shell script) that logs how it was called and
-/// answers STATUS with code 50 once `full` exists next to it.
+/// A CNI 1.1.0 IPAM plugin (a shell script) that logs how it was called,
+/// answers STATUS with code 50 once `full` exists next to it, and ADD with
+/// code 11 (try again later) while `busy` does.
 fn fake_ipam(dir: &std::path::Path) -> std::path::PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let d = dir.display();
@@ -489,7 +490,8 @@ conf=$(cat)
 printf 'cmd=%s cid=%s ifname=%s netns=%s\n%s\n' "$CNI_COMMAND" "${{CNI_CONTAINERID-unset}}" "${{CNI_IFNAME-unset}}" "${{CNI_NETNS-unset}}" "$conf" >> {d}/log
 case "$CNI_COMMAND" in
 VERSION) echo '{{"cniVersion":"1.1.0","supportedVersions":["1.0.0","1.1.0"]}}' ;;
-ADD) echo '{{"cniVersion":"1.1.0","ips":[{{"address":"10.84.1.7/24","gateway":"10.84.1.1"}}]}}' ;;
+ADD) if [ -e {d}/busy ]; then echo '{{"cniVersion":"1.1.0","code":11,"msg":"pool p1 is being resized"}}'; exit 1; fi
+    echo '{{"cniVersion":"1.1.0","ips":[{{"address":"10.84.1.7/24","gateway":"10.84.1.1"}}]}}' ;;
 STATUS) if [ -e {d}/full ]; then echo '{{"cniVersion":"1.1.0","code":50,"msg":"pool p1 is full"}}'; exit 1; fi ;;
 esac
 "#
@@ -510,7 +512,7 @@ fn gc_and_status_pass_through_to_delegated_ipam() {
     let log = || std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
     let conf = json!({
         "cniVersion": "1.1.0", "name": "dgnet", "type": "skiff", "bridge": "skdg0",
-        "ipam": {"type": "fake-ipam", "pool": "p1"},
+        "ipam": {"type": "fake-ipam", "pool": "p1", "dataDir": dir.path()},
     });
     let inv = |cmd: &str, cid: &str, pod: Option<&NetnsGuard>| {
         let mut i = Invocation::skiff(cmd, cid, pod);
@@ -554,6 +556,19 @@ fn gc_and_status_pass_through_to_delegated_ipam() {
         "{sent}"
     );
     assert_eq!(sent["ipam"]["pool"], "p1");
+    assert_eq!(pod.links(), vec!["lo"]);
+    // ... and sends the delegate the DEL for the stale attachment, as a
+    // delegate's GC may do nothing.
+    assert!(
+        calls[at..].contains("cmd=DEL cid=c1 ifname=eth0 netns=\n"),
+        "{calls}"
+    );
+
+    // A delegate's well-known code (11: try again later) is passed through.
+    std::fs::write(dir.path().join("busy"), "").unwrap();
+    let busy = inv("ADD", "c2", Some(&pod)).run_in(&node, &conf.to_string());
+    assert_eq!(busy.code(), 11, "{busy:?}");
+    assert!(busy.stdout.contains("pool p1 is being resized"), "{busy:?}");
     assert_eq!(pod.links(), vec!["lo"]);
 
     // A delegate that predates 1.1.0 (Debian's host-local 1.1.1) is not sent

@@ -51,6 +51,19 @@ pub async fn ensure(
     gateways: &[IpNetwork],
     ns: &str,
 ) -> Result<Bridge, NetlinkError> {
+    let br = ensure_link(h, name, mtu, ns).await?;
+    add_gateways(h, &br, name, gateways, ns).await?;
+    Ok(br)
+}
+
+/// Makes sure bridge `name` exists and is up (its addresses are left to
+/// [`add_gateways`], so ADD can send them together with the veth request).
+pub async fn ensure_link(
+    h: &rtnetlink::Handle,
+    name: &str,
+    mtu: Option<u32>,
+    ns: &str,
+) -> Result<Bridge, NetlinkError> {
     let existing = netlink::link_by_name(h, name)
         .await
         .map_err(nl(format!("looking up bridge {name}"), ns))?;
@@ -87,18 +100,33 @@ pub async fn ensure(
                 })?
         }
     };
-    let index = link.header.index;
-    for gw in gateways {
-        netlink::add_address(h, index, *gw, ns)
-            .await
-            .map_err(|e| NetlinkError {
-                op: format!("adding gateway {gw} to bridge {name}"),
-                ..e
-            })?;
-    }
     Ok(Bridge {
-        index,
+        index: link.header.index,
         mac: netlink::mac(&link),
         mtu: netlink::mtu(&link),
     })
+}
+
+/// Adds every gateway address to bridge `br` (called `name`); addresses
+/// already there are fine. The requests go out together.
+pub async fn add_gateways(
+    h: &rtnetlink::Handle,
+    br: &Bridge,
+    name: &str,
+    gateways: &[IpNetwork],
+    ns: &str,
+) -> Result<(), NetlinkError> {
+    let added = futures::future::join_all(
+        gateways
+            .iter()
+            .map(|gw| netlink::add_address(h, br.index, *gw, ns)),
+    )
+    .await;
+    for (gw, r) in gateways.iter().zip(added) {
+        r.map_err(|e| NetlinkError {
+            op: format!("adding gateway {gw} to bridge {name}"),
+            ..e
+        })?;
+    }
+    Ok(())
 }

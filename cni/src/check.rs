@@ -89,9 +89,8 @@ pub async fn check(conf: &NetConf, att: &Attachment, node: &Netns) -> Result<(),
                 }
             }
         }
-        Ipam::Delegate { plugin } => {
-            delegate::exec(node, plugin, "CHECK", att, &conf.raw)
-                .map_err(|e| from_err(Code::Delegate, &e))?;
+        Ipam::Delegate { plugin, .. } => {
+            delegate::exec(node, plugin, "CHECK", att, &conf.raw).map_err(|e| e.to_cni())?;
         }
     }
 

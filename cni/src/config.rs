@@ -74,6 +74,9 @@ pub enum Ipam {
     Delegate {
         /// Its executable name.
         plugin: String,
+        /// Where skiff keeps its ledger of delegated attachments: the ipam
+        /// section's `dataDir` if it has one, else skiff's default.
+        data_dir: PathBuf,
     },
 }
 
@@ -326,7 +329,15 @@ fn parse_ipam(v: Value) -> Result<Ipam, CniError> {
                 "ipam.type {ty:?} is not a plugin name: it must be a file name in CNI_PATH"
             )));
         }
-        return Ok(Ipam::Delegate { plugin: ty });
+        let data_dir = v
+            .get("dataDir")
+            .and_then(Value::as_str)
+            .filter(|d| !d.is_empty())
+            .unwrap_or(DEFAULT_DATA_DIR);
+        return Ok(Ipam::Delegate {
+            plugin: ty,
+            data_dir: PathBuf::from(data_dir),
+        });
     }
     let raw: RawIpam = strict("ipam", v)?;
     let mut raw_sets = raw.ranges.unwrap_or_default();

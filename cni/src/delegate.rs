@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
+use crate::errors::{from_err, CniError, Code};
 use crate::netns::{Netns, NetnsError};
 use crate::Attachment;
 
@@ -64,6 +65,20 @@ pub enum DelegateError {
         /// What it printed (truncated).
         output: String,
     },
+}
+
+impl DelegateError {
+    /// The CNI error a runtime sees: a delegate's well-known spec code (1–99,
+    /// e.g. 1 when it does not speak the config's version, 11 try again,
+    /// 50/51 from STATUS) is kept, with skiff's message naming the plugin;
+    /// its own codes (100+) and every other failure are 104.
+    pub fn to_cni(&self) -> CniError {
+        let code = match self {
+            DelegateError::Failed { code, .. } => Code::from_spec(*code).unwrap_or(Code::Delegate),
+            _ => Code::Delegate,
+        };
+        from_err(code, self)
+    }
 }
 
 /// Finds `plugin` in `cni_path`.

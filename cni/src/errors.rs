@@ -48,6 +48,26 @@ pub enum Code {
     AddressUnavailable = 107,
 }
 
+impl Code {
+    /// The well-known spec code `n` (0–99), if skiff has it; another plugin's
+    /// error with such a code is passed on with the same code.
+    pub fn from_spec(n: i64) -> Option<Code> {
+        Some(match n {
+            1 => Code::IncompatibleVersion,
+            2 => Code::UnsupportedField,
+            3 => Code::UnknownContainer,
+            4 => Code::InvalidEnvironment,
+            5 => Code::Io,
+            6 => Code::Decode,
+            7 => Code::InvalidConfig,
+            11 => Code::TryAgainLater,
+            50 => Code::NotAvailable,
+            51 => Code::NotAvailableLimitedConnectivity,
+            _ => return None,
+        })
+    }
+}
+
 /// A CNI error: code, short message and optional details.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{msg}")]
@@ -119,6 +139,13 @@ mod tests {
         assert_eq!(v["details"], "why");
         assert_eq!(v["cniVersion"], "1.1.0");
         let v = CniError::new(Code::RangeExhausted, "full").to_json("1.0.0");
+        assert_eq!(Code::from_spec(11), Some(Code::TryAgainLater));
+        assert_eq!(
+            Code::from_spec(51),
+            Some(Code::NotAvailableLimitedConnectivity)
+        );
+        assert_eq!(Code::from_spec(999), None);
+        assert_eq!(Code::from_spec(104), None);
         assert!(v.get("details").is_none());
     }
 }

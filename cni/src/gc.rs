@@ -7,26 +7,30 @@
 //! says whether ADD can succeed: 50 when a range set is full, 51 when pods are
 //! attached but the bridge is gone. With a delegated IPAM plugin both are
 //! passed through to it (only `CNI_COMMAND` and `CNI_PATH` set, per the spec),
-//! and its 50/51 STATUS codes are returned as they are.
+//! and its spec codes (e.g. 50/51 from STATUS) are returned as they are. As a
+//! delegate's GC may do nothing (host-local's does not), GC also sends it a
+//! DEL for every stale attachment in skiff's ledger (see `ledger`).
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::bridge;
 use crate::config::{AttachmentId, Ipam, NetConf};
-use crate::delegate::{self, DelegateError};
+use crate::delegate;
 use crate::errors::{from_err, CniError, Code};
 use crate::ipam::Store;
+use crate::ledger::Ledger;
 use crate::masq;
 use crate::netlink;
 use crate::netns::Netns;
-use crate::plugin::ipam_err;
+use crate::plugin::{ipam_err, Attachment};
 use crate::veth;
 
 /// What GC removed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GcReport {
-    /// Address allocations released.
+    /// Address allocations released (with a delegated IPAM plugin: stale
+    /// attachments it was sent a DEL for).
     pub addresses: usize,
     /// Host veths deleted.
     pub links: usize,
@@ -74,9 +78,17 @@ pub async fn gc(conf: &NetConf, node: &Netns, cni_path: &[PathBuf]) -> Result<Gc
                 ifname: a.ifname,
             }));
         }
-        Ipam::Delegate { plugin } => {
+        Ipam::Delegate { plugin, data_dir } => {
+            // The delegate's own GC, then a DEL for each stale attachment
+            // (below), which frees its addresses even when its GC does nothing
+            // (host-local's up to at least 1.9.1). A delegate older than 1.1.0
+            // gets neither: it would refuse the 1.1.0 DEL as well.
             delegate::exec_network(node, plugin, "GC", cni_path, &conf.raw)
-                .map_err(|e| delegate_err(&e))?;
+                .map_err(|e| e.to_cni())?;
+            let recorded = Ledger::new(data_dir, &conf.name)
+                .list()
+                .map_err(|e| from_err(Code::Io, &e))?;
+            doomed.extend(recorded.into_iter().filter(|a| !valid.contains(a)));
         }
     }
 
@@ -113,6 +125,10 @@ pub async fn gc(conf: &NetConf, node: &Netns, cni_path: &[PathBuf]) -> Result<Gc
         {
             report.links += 1;
         }
+        if let Ipam::Delegate { plugin, data_dir } = &conf.ipam {
+            release_delegated(conf, node, plugin, data_dir, cni_path, owner)?;
+            report.addresses += 1;
+        }
     }
 
     // Rules of an attachment whose config later turned ipMasq off are still
@@ -127,14 +143,27 @@ pub async fn gc(conf: &NetConf, node: &Netns, cni_path: &[PathBuf]) -> Result<Gc
     Ok(report)
 }
 
-/// Maps a delegate's failure to a CNI error, keeping its 50/51 STATUS codes.
-fn delegate_err(e: &DelegateError) -> CniError {
-    let code = match e {
-        DelegateError::Failed { code: 50, .. } => Code::NotAvailable,
-        DelegateError::Failed { code: 51, .. } => Code::NotAvailableLimitedConnectivity,
-        _ => Code::Delegate,
+/// Sends the delegate the DEL a runtime would for a stale attachment (no
+/// netns: the pod is gone) and drops it from the ledger.
+fn release_delegated(
+    conf: &NetConf,
+    node: &Netns,
+    plugin: &str,
+    data_dir: &Path,
+    cni_path: &[PathBuf],
+    owner: &AttachmentId,
+) -> Result<(), CniError> {
+    let att = Attachment {
+        container_id: owner.container_id.clone(),
+        ifname: owner.ifname.clone(),
+        netns: None,
+        args: String::new(),
+        cni_path: cni_path.to_vec(),
     };
-    from_err(code, e)
+    delegate::exec(node, plugin, "DEL", &att, &conf.raw).map_err(|e| e.to_cni())?;
+    Ledger::new(data_dir, &conf.name)
+        .forget(owner)
+        .map_err(|e| from_err(Code::Io, &e))
 }
 
 /// Reports whether ADD can succeed (`Ok`) or why not (codes 50/51). With a
@@ -143,10 +172,10 @@ pub async fn status(conf: &NetConf, node: &Netns, cni_path: &[PathBuf]) -> Resul
     needs_1_1(conf, "STATUS")?;
     let b = match &conf.ipam {
         Ipam::Builtin(b) => b,
-        Ipam::Delegate { plugin } => {
+        Ipam::Delegate { plugin, .. } => {
             return delegate::exec_network(node, plugin, "STATUS", cni_path, &conf.raw)
                 .map(|_| ())
-                .map_err(|e| delegate_err(&e));
+                .map_err(|e| e.to_cni());
         }
     };
     let store = Store::new(b, &conf.name);

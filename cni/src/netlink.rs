@@ -5,7 +5,8 @@
 use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkExtentMask, LinkFlags, LinkMessage};
+use netlink_packet_route::AddressFamily;
 
 /// A failed netlink request: what was being done, where, and the kernel's answer.
 #[derive(Debug, thiserror::Error)]
@@ -56,12 +57,18 @@ pub fn is_exists(e: &rtnetlink::Error) -> bool {
     errno(e) == Some(EEXIST)
 }
 
-/// The link called `name`, if it exists.
+/// The link called `name`, if it exists (without its statistics, which
+/// nothing here reads and the kernel would otherwise gather and copy).
 pub async fn link_by_name(
     h: &rtnetlink::Handle,
     name: &str,
 ) -> Result<Option<LinkMessage>, rtnetlink::Error> {
-    match h.link().get().match_name(name).execute().try_next().await {
+    let req = h
+        .link()
+        .get()
+        .match_name(name)
+        .set_filter_mask(AddressFamily::Unspec, vec![LinkExtentMask::SkipStats]);
+    match req.execute().try_next().await {
         Ok(link) => Ok(link),
         Err(e) if is_not_found(&e) => Ok(None),
         Err(e) => Err(e),

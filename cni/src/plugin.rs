@@ -19,11 +19,12 @@ use crate::config::{check_ifname, AttachmentId, Ipam, NetConf};
 use crate::delegate;
 use crate::errors::{from_err, CniError, Code};
 use crate::ipam::{self, Allocated, Store};
+use crate::ledger::Ledger;
 use crate::masq;
 use crate::netlink;
 use crate::netns::Netns;
+use crate::pod;
 use crate::result::{CniResult, Interface, IpConfig, Route};
-use crate::routes;
 use crate::unlink;
 use crate::veth::{self, VethSpec};
 
@@ -155,7 +156,7 @@ async fn add_steps(
         .iter()
         .filter_map(|a| IpNetwork::new(a.gateway, a.address.prefix()).ok())
         .collect();
-    let br = bridge::ensure(h, &conf.bridge, conf.mtu, &gateways, &ns)
+    let br = bridge::ensure_link(h, &conf.bridge, conf.mtu, &ns)
         .await
         .map_err(|e| from_err(Code::Netlink, &e))?;
     enable_forwarding(node, &addressing.ips)?;
@@ -176,61 +177,47 @@ async fn add_steps(
         alias: veth::alias(&conf.name, &id),
     };
     progress.veth = true;
-    if let Err(e) = veth::create(h, &spec, &ns).await {
-        // Only a pair this ADD created may be deleted on rollback.
-        progress.veth = !matches!(
-            e,
-            veth::VethError::HostExists { .. } | veth::VethError::PodExists { .. }
-        );
-        let code = match e {
-            veth::VethError::Netlink(_) => Code::Netlink,
-            _ => Code::InterfaceExists,
-        };
-        return Err(from_err(code, &e));
-    }
+    // Gateway addresses and the veth are queued together, not one after the other.
+    let (gateways_added, created) = futures::join!(
+        bridge::add_gateways(h, &br, &conf.bridge, &gateways, &ns),
+        veth::create(h, &spec, &ns)
+    );
+    let peer_index = match created {
+        Ok(index) => index,
+        Err(e) => {
+            // Only a pair this ADD created may be deleted on rollback.
+            progress.veth = !matches!(
+                e,
+                veth::VethError::HostExists { .. } | veth::VethError::PodExists { .. }
+            );
+            let code = match e {
+                veth::VethError::Netlink(_) => Code::Netlink,
+                _ => Code::InterfaceExists,
+            };
+            return Err(from_err(code, &e));
+        }
+    };
+    gateways_added.map_err(|e| from_err(Code::Netlink, &e))?;
     pause_if_asked("veth");
 
     let pod_h = pod.netlink().map_err(|e| from_err(Code::Netlink, &e))?;
-    let pod_ns = pod.describe();
-    let link = netlink::link_by_name(&pod_h, &att.ifname)
-        .await
-        .map_err(|source| netlink::NetlinkError {
-            op: format!("looking up {}", att.ifname),
-            ns: pod_ns.clone(),
-            source,
-        })
-        .map_err(|e| from_err(Code::Netlink, &e))?
-        .ok_or_else(|| {
-            CniError::new(
-                Code::Netlink,
-                format!(
-                    "{} vanished from {pod_ns} right after it was created",
-                    att.ifname
-                ),
-            )
-        })?;
-    let index = link.header.index;
-    pod_h
-        .link()
-        .set(rtnetlink::LinkUnspec::new_with_index(index).up().build())
-        .execute()
-        .await
-        .map_err(|source| netlink::NetlinkError {
-            op: format!("bringing {} up", att.ifname),
-            ns: pod_ns.clone(),
-            source,
-        })
-        .map_err(|e| from_err(Code::Netlink, &e))?;
-    for a in &addressing.ips {
-        netlink::add_address(&pod_h, index, a.address, &pod_ns)
-            .await
-            .map_err(|e| from_err(Code::Netlink, &e))?;
-    }
-    for (dst, gw) in &addressing.routes {
-        routes::add_pod_route(&pod_h, index, *dst, *gw, &pod_ns)
-            .await
-            .map_err(|e| from_err(Code::Netlink, &e))?;
-    }
+    // The peer's index came back with the creation; its MTU is the one asked
+    // for. Without either, the pod end is looked up.
+    let known = peer_index.zip(conf.mtu).map(|(index, mtu)| pod::PodLink {
+        index,
+        mtu: Some(mtu),
+    });
+    let addrs: Vec<IpNetwork> = addressing.ips.iter().map(|a| a.address).collect();
+    let link = pod::configure(
+        &pod_h,
+        &att.ifname,
+        known,
+        &addrs,
+        &addressing.routes,
+        &pod.describe(),
+    )
+    .await
+    .map_err(|e| from_err(Code::Netlink, &e))?;
 
     if conf.ip_masq {
         progress.masq = true;
@@ -260,7 +247,7 @@ async fn add_steps(
             Interface {
                 name: att.ifname.clone(),
                 mac: netlink::format_mac(&pod_mac),
-                mtu: netlink::mtu(&link),
+                mtu: link.mtu,
                 sandbox: Some(
                     pod.path()
                         .map(|p| p.display().to_string())
@@ -400,14 +387,28 @@ pub(crate) fn allocate(
                 fresh: !existed,
             })
         }
-        Ipam::Delegate { plugin } => {
-            let out = delegate::exec(node, plugin, "ADD", att, &conf.raw)
-                .map_err(|e| from_err(Code::Delegate, &e))?;
-            let result = out
-                .map(|v| CniResult::from_json(&v))
-                .transpose()
-                .map_err(|e| from_err(Code::Delegate, &e))?
-                .unwrap_or_default();
+        Ipam::Delegate { plugin, data_dir } => {
+            // Recorded first: an ADD killed while the delegate runs still
+            // leaves an entry that GC turns into a DEL.
+            let ledger = Ledger::new(data_dir, &conf.name);
+            ledger
+                .record(&att.id())
+                .map_err(|e| from_err(Code::Io, &e))?;
+            let out = match delegate::exec(node, plugin, "ADD", att, &conf.raw) {
+                Ok(out) => out,
+                Err(e) => {
+                    // The delegate undid its own failed ADD; a DEL is harmless.
+                    let _ = release(conf, att, node);
+                    return Err(e.to_cni());
+                }
+            };
+            let result = match out.map(|v| CniResult::from_json(&v)).transpose() {
+                Ok(r) => r.unwrap_or_default(),
+                Err(e) => {
+                    let _ = release(conf, att, node);
+                    return Err(from_err(Code::Delegate, &e));
+                }
+            };
             let ips: Vec<Allocated> = result
                 .ips
                 .iter()
@@ -419,7 +420,7 @@ pub(crate) fn allocate(
                 })
                 .collect();
             if ips.is_empty() {
-                let _ = delegate::exec(node, plugin, "DEL", att, &conf.raw);
+                let _ = release(conf, att, node);
                 return Err(CniError::new(
                     Code::Delegate,
                     format!("IPAM plugin {plugin} returned no addresses"),
@@ -487,9 +488,12 @@ fn release(conf: &NetConf, att: &Attachment, node: &Netns) -> Result<(), CniErro
             .release(&att.id())
             .map(|_| ())
             .map_err(ipam_err),
-        Ipam::Delegate { plugin } => delegate::exec(node, plugin, "DEL", att, &conf.raw)
-            .map(|_| ())
-            .map_err(|e| from_err(Code::Delegate, &e)),
+        Ipam::Delegate { plugin, data_dir } => {
+            delegate::exec(node, plugin, "DEL", att, &conf.raw).map_err(|e| e.to_cni())?;
+            Ledger::new(data_dir, &conf.name)
+                .forget(&att.id())
+                .map_err(|e| from_err(Code::Io, &e))
+        }
     }
 }
 

@@ -11,7 +11,14 @@
 
 use std::os::fd::RawFd;
 
-use netlink_packet_route::link::{InfoData, InfoKind, InfoPortKind, InfoVeth};
+use futures::StreamExt;
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoPortKind, InfoVeth, LinkAttribute, LinkMessage,
+};
+use netlink_packet_route::RouteNetlinkMessage;
+use rtnetlink::packet_core::{
+    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REQUEST,
+};
 use rtnetlink::{LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth};
 
 use crate::config::AttachmentId;
@@ -90,10 +97,20 @@ pub fn parse_alias(network: &str, alias: &str) -> Option<AttachmentId> {
     })
 }
 
-/// Creates the pair, host end attached to the bridge and up, then sets the
-/// port options. The pod end is brought up by the caller inside the pod
-/// namespace: the kernel refuses to open a veth peer before the pair is complete.
-pub async fn create(h: &rtnetlink::Handle, spec: &VethSpec<'_>, ns: &str) -> Result<(), VethError> {
+/// Creates the pair, host end attached to the bridge and up, and sets the
+/// port options; returns the pod end's interface index when the kernel told
+/// it (it echoes the new host link, whose `IFLA_LINK` is the peer). The pod
+/// end is brought up by the caller inside the pod namespace: the kernel
+/// refuses to open a veth peer before the pair is complete.
+///
+/// The port options and alias can only be set once the port exists, but that
+/// request is queued right behind the creation without waiting for its
+/// answer: the kernel handles a socket's requests in order.
+pub async fn create(
+    h: &rtnetlink::Handle,
+    spec: &VethSpec<'_>,
+    ns: &str,
+) -> Result<Option<u32>, VethError> {
     let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
         .name(spec.ifname)
         .address(spec.pod_mac.to_vec())
@@ -110,8 +127,19 @@ pub async fn create(h: &rtnetlink::Handle, spec: &VethSpec<'_>, ns: &str) -> Res
     let msg = host
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
         .build();
-    if let Err(e) = h.link().add(msg).execute().await {
-        if netlink::is_exists(&e) {
+    let port = LinkMessageBuilder::<LinkBridgePort>::default()
+        .name(spec.host.clone())
+        .set_port_kind(InfoPortKind::Bridge)
+        .hairpin(spec.hairpin)
+        .alias(spec.alias.clone())
+        .build();
+    let (created, port_set) = futures::join!(
+        add_echoed(h.clone(), msg),
+        h.link().set_port(port).execute()
+    );
+    let peer_index = match created {
+        Ok(index) => index,
+        Err(e) if netlink::is_exists(&e) => {
             let host_there = netlink::link_by_name(h, &spec.host)
                 .await
                 .ok()
@@ -128,30 +156,48 @@ pub async fn create(h: &rtnetlink::Handle, spec: &VethSpec<'_>, ns: &str) -> Res
                 }
             });
         }
-        return Err(NetlinkError {
-            op: format!("creating veth {} / {}", spec.host, spec.ifname),
-            ns: ns.to_string(),
-            source: e,
+        Err(e) => {
+            return Err(NetlinkError {
+                op: format!("creating veth {} / {}", spec.host, spec.ifname),
+                ns: ns.to_string(),
+                source: e,
+            }
+            .into())
         }
-        .into());
+    };
+    port_set.map_err(|source| NetlinkError {
+        op: format!("setting hairpin mode and alias on {}", spec.host),
+        ns: ns.to_string(),
+        source,
+    })?;
+    Ok(peer_index)
+}
+
+/// Sends `RTM_NEWLINK` with `NLM_F_ECHO`; returns the `IFLA_LINK` (for a veth:
+/// the peer's index) of the link the kernel echoes back, if it did.
+async fn add_echoed(
+    mut h: rtnetlink::Handle,
+    msg: LinkMessage,
+) -> Result<Option<u32>, rtnetlink::Error> {
+    let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewLink(msg));
+    req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_EXCL | NLM_F_CREATE | NLM_F_ECHO;
+    let mut answers = h.request(req)?;
+    let mut peer = None;
+    while let Some(m) = answers.next().await {
+        match m.payload {
+            NetlinkPayload::Error(e) => return Err(rtnetlink::Error::NetlinkError(e)),
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => {
+                peer = peer.or_else(|| {
+                    l.attributes.iter().find_map(|a| match a {
+                        LinkAttribute::Link(i) => Some(*i),
+                        _ => None,
+                    })
+                });
+            }
+            _ => {}
+        }
     }
-    // The port options and alias can only be set once the port exists.
-    let port = LinkMessageBuilder::<LinkBridgePort>::default()
-        .name(spec.host.clone())
-        .set_port_kind(InfoPortKind::Bridge)
-        .hairpin(spec.hairpin)
-        .alias(spec.alias.clone())
-        .build();
-    h.link()
-        .set_port(port)
-        .execute()
-        .await
-        .map_err(|source| NetlinkError {
-            op: format!("setting hairpin mode and alias on {}", spec.host),
-            ns: ns.to_string(),
-            source,
-        })?;
-    Ok(())
+    Ok(peer)
 }
 
 /// Deletes the pair by its host end; returns whether it existed.

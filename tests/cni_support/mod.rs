@@ -20,6 +20,19 @@ use skiff_cni::Netns;
 /// Where the reference plugins (Debian `containernetworking-plugins`) live.
 pub const REF_CNI_DIR: &str = "/usr/lib/cni";
 
+/// Where scripts/setup.sh unpacks Debian sid's containernetworking-plugins
+/// (≥ 1.5, spec 1.1.0), beside the bookworm ones in [`REF_CNI_DIR`].
+pub const SID_CNI_DIR: &str = "/opt/skiff/cni-plugins-sid/usr/lib/cni";
+
+/// [`SID_CNI_DIR`], which must hold `host-local`.
+pub fn sid_cni_dir() -> &'static str {
+    assert!(
+        Path::new(SID_CNI_DIR).join("host-local").is_file(),
+        "{SID_CNI_DIR}/host-local is missing: run scripts/setup.sh (it unpacks Debian sid's containernetworking-plugins there)"
+    );
+    SID_CNI_DIR
+}
+
 /// A short name unique to this test process and call.
 pub fn unique(label: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);

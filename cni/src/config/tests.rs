@@ -90,7 +90,7 @@ fn overlapping_ranges_and_orphan_routes_are_rejected() {
 #[test]
 fn delegated_ipam_accepts_its_own_keys() {
     let c = parse(r#"{"cniVersion":"1.0.0","name":"n","type":"skiff","ipam":{"type":"host-local","whatever":1}}"#).unwrap();
-    assert!(matches!(c.ipam, Ipam::Delegate { ref plugin } if plugin == "host-local"));
+    assert!(matches!(c.ipam, Ipam::Delegate { ref plugin, .. } if plugin == "host-local"));
     let e = parse(r#"{"cniVersion":"1.0.0","name":"n","type":"skiff","ipam":{"type":"../x"}}"#)
         .unwrap_err();
     assert_eq!(e.code, Code::InvalidConfig);
