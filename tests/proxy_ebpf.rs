@@ -76,7 +76,10 @@ fn cluster_ip_tcp_reaches_the_backend_only_from_the_cgroup() {
     let out = get(&plane, &lab, "http://10.96.0.10/");
     assert_eq!(text(&out), "backend-a", "through the ClusterIP");
 
-    // The same request from outside the subtree finds no such address.
+    // The same request from outside the subtree finds no such address: the
+    // socket programs see only the subtree, and this lab attaches no tc
+    // programs (those balance node processes outside it, see
+    // tests/proxy_ebpf_host.rs).
     let out = lab
         .client
         .run_in_cgroup(None, "timeout 3 busybox wget -qO- http://10.96.0.10/");

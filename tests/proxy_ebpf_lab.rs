@@ -303,3 +303,57 @@ fn per_service_counters_on_metrics_and_status() {
     );
     assert!(status.contains("  default/other:http\n"), "{status}");
 }
+
+/// UDP to a NodePort whose backend has nothing listening: the backend's
+/// "port unreachable" names the backend, which the client never talked to,
+/// until the tc programs translate it back to the NodePort — then the
+/// client's connected socket sees ECONNREFUSED at once instead of waiting
+/// out a timeout. Both for a local backend and for a remote one (SNAT).
+#[test]
+fn udp_to_a_closed_backend_port_is_refused_through_the_node_port() {
+    let server = common::TestServer::start(common::StoreKind::Redb);
+    let mut lab = lab::Lab::new("ref");
+    lab.add_node("n1", 1);
+    lab.add_node("n2", 2);
+    let a = lab.node("n1").add_pod("a", 2);
+    let b = lab.node("n2").add_pod("b", 2);
+    let outside = lab.add_client("out", 201);
+    for (name, node_port, pod, node) in [("near", 30061, &a, "n1"), ("far", 30062, &b, "n2")] {
+        apply(
+            &server,
+            &service(
+                name,
+                if name == "near" {
+                    "10.96.10.51"
+                } else {
+                    "10.96.10.52"
+                },
+                &[("dns", "UDP", 53, Some(node_port))],
+                json!({"type": "NodePort"}),
+            ),
+        );
+        apply(
+            &server,
+            &endpoint_slice(name, &[("dns", "UDP", 5353)], &[Ep::ready(pod.ip, node)]),
+        );
+    }
+    let _proxy = ProxyProcess::start(&server, lab.node("n1"), MODE);
+    let n1 = lab.node("n1").ip().to_string();
+    for port in [30061, 30062] {
+        let to = addr(&n1, port);
+        let last = eventually(Duration::from_secs(20), "a refusal", || {
+            let r = outside.ns.run(|| -> std::io::Result<usize> {
+                let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+                s.connect(to)?;
+                s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                s.send(b"ping")?;
+                s.recv(&mut [0u8; 64])
+            });
+            match r {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Some(e),
+                _ => None,
+            }
+        });
+        assert_eq!(last.kind(), std::io::ErrorKind::ConnectionRefused, "{to}");
+    }
+}

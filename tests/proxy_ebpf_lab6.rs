@@ -11,6 +11,8 @@
 //!
 //! A local backend sees the client's own address; a remote one sees n1's
 //! (SNAT), and its replies come back through n1's eth1 for the reverse NAT.
+//! A process on n1 outside the node's cgroup reaches IPv6 ClusterIPs through
+//! the same programs (socket LB does not see it).
 
 mod proxy_ebpf_support;
 
@@ -107,9 +109,17 @@ fn udp_request(ns: &Netns, to: SocketAddr) -> std::io::Result<(String, SocketAdd
     Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), from))
 }
 
-#[test]
-fn ipv6_nodeports_reach_local_and_remote_backends() {
-    let p = unique("l6");
+/// The namespaces of the lab (see the module docs), linked and routed.
+struct Topology {
+    client: Netns,
+    n1: Netns,
+    n2: Netns,
+    a: Netns,
+    b: Netns,
+}
+
+fn topology(label: &str) -> Topology {
+    let p = unique(label);
     let client = Netns::new(&format!("{p}-c"));
     let n1 = Netns::new(&format!("{p}-n1"));
     let n2 = Netns::new(&format!("{p}-n2"));
@@ -138,10 +148,27 @@ fn ipv6_nodeports_reach_local_and_remote_backends() {
     for ns in [&n1, &n2] {
         ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
     }
+    Topology {
+        client,
+        n1,
+        n2,
+        a,
+        b,
+    }
+}
+
+#[test]
+fn ipv6_nodeports_reach_local_and_remote_backends() {
+    let Topology {
+        client,
+        n1,
+        n2: _n2,
+        a,
+        b,
+    } = topology("l6");
     tcp_server(&a, "a");
     tcp_server(&b, "b");
     udp_server(&b, "b");
-
     let n1_path = netns_path(&n1);
     let mut plane = Plane::with("l6p", |cfg| {
         cfg.netns = Some(n1_path);
@@ -209,4 +236,65 @@ fn ipv6_nodeports_reach_local_and_remote_backends() {
         status.contains("[::]:30103/udp NodePort connections=1 packets=2 bytes=140 dropped=0"),
         "{status}"
     );
+}
+
+/// A process on n1 in no node cgroup (this test process entering n1's
+/// namespace) reaches IPv6 ClusterIPs with a backend on n1 and one behind
+/// n2, TCP and UDP: the tc programs balance its flows on the way out.
+#[test]
+fn ipv6_cluster_ip_from_a_node_process_outside_the_cgroup() {
+    let Topology {
+        client: _client,
+        n1,
+        n2: _n2,
+        a,
+        b,
+    } = topology("h6");
+    // The node's way out, as a machine's default gateway: the service
+    // addresses are routed nowhere else.
+    n1.exec(&["ip", "-6", "route", "add", "default", "via", CLIENT]);
+    tcp_server(&a, "a");
+    tcp_server(&b, "b");
+    udp_server(&a, "a");
+    udp_server(&b, "b");
+    let n1_path = netns_path(&n1);
+    let mut plane = Plane::with("h6p", |cfg| {
+        cfg.netns = Some(n1_path);
+        cfg.interfaces = vec!["eth0".into(), "eth1".into(), "pod0".into()];
+    });
+    let ports = |name: &str, vip: &str, backend: &str, local: bool| {
+        [(Protocol::Tcp, 80, 8080), (Protocol::Udp, 53, 5353)].map(|(proto, port, target)| {
+            let mut s = service(
+                name,
+                vip,
+                port,
+                proto,
+                vec![endpoint(backend, target, local)],
+            );
+            s.name.port = format!("{port}");
+            s
+        })
+    };
+    let mut all = Vec::new();
+    all.extend(ports("near", "fd00:96::31", "fd00:244:1::5", true));
+    all.extend(ports("far", "fd00:96::32", "fd00:244:2::5", false));
+    let map = map_of(&[NODE], all);
+    plane.dp().sync(&map, &Changes::full(&map)).expect("sync");
+
+    for (vip, backend) in [("fd00:96::31", "a"), ("fd00:96::32", "b")] {
+        let vip_at = |port: u16| SocketAddr::new(vip.parse().expect("ip"), port);
+        // The node sends from its address on the route's interface (eth0).
+        let want = format!("{backend} {NODE}");
+        let mut reply = String::new();
+        wait_until("the ClusterIP from the node", || {
+            reply = tcp_request(&n1, vip_at(80)).unwrap_or_default();
+            !reply.is_empty()
+        });
+        assert_eq!(reply, want, "{vip}");
+        for _ in 0..3 {
+            assert_eq!(tcp_request(&n1, vip_at(80)).expect("TCP"), want);
+            let (text, from) = udp_request(&n1, vip_at(53)).expect("UDP");
+            assert_eq!((text, from), (want.clone(), vip_at(53)), "{vip}");
+        }
+    }
 }

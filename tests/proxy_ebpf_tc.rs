@@ -7,6 +7,7 @@ mod proxy_ebpf_support;
 
 use std::net::Ipv4Addr;
 
+use proxy_ebpf_support::checksum::{csum, l4_csum4 as l4_csum};
 use proxy_ebpf_support::{endpoint, map_of, service, Plane};
 use skiff_proxy::model::{Changes, Protocol, TrafficPolicy};
 use skiff_proxy::Dataplane;
@@ -16,16 +17,6 @@ const TC_ACT_SHOT: u32 = 2;
 
 const NODE: &str = "192.168.50.2";
 const CLIENT: &str = "198.51.100.7";
-
-fn csum(data: &[u8], mut sum: u32) -> u16 {
-    for c in data.chunks(2) {
-        sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-    }
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
 
 /// An Ethernet + IPv4 + TCP (SYN) or UDP packet with correct checksums.
 fn packet(proto: u8, src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
@@ -39,7 +30,7 @@ fn packet(proto: u8, src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
     ip[2..4].copy_from_slice(&((20 + l4_len) as u16).to_be_bytes());
     ip.extend_from_slice(&src.octets());
     ip.extend_from_slice(&dst.octets());
-    let c = csum(&ip, 0);
+    let c = csum(&ip);
     ip[10..12].copy_from_slice(&c.to_be_bytes());
     let mut l4 = Vec::new();
     l4.extend_from_slice(&sport.to_be_bytes());
@@ -59,19 +50,10 @@ fn packet(proto: u8, src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
     p
 }
 
-fn l4_csum(ip: &[u8], l4: &[u8]) -> u16 {
-    let mut pseudo = Vec::new();
-    pseudo.extend_from_slice(&ip[12..20]);
-    pseudo.extend_from_slice(&[0, ip[9]]);
-    pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
-    pseudo.extend_from_slice(l4);
-    csum(&pseudo, 0)
-}
-
 /// (src, sport, dst, dport) of a packet, after checking both checksums.
 fn addrs(p: &[u8]) -> (String, u16, String, u16) {
     let ip = &p[14..34];
-    assert_eq!(csum(ip, 0), 0, "IPv4 header checksum broken");
+    assert_eq!(csum(ip), 0, "IPv4 header checksum broken");
     let l4 = &p[34..];
     assert_eq!(l4_csum(ip, l4), 0, "L4 checksum broken");
     let a = |o: usize| Ipv4Addr::new(ip[o], ip[o + 1], ip[o + 2], ip[o + 3]).to_string();

@@ -8,6 +8,7 @@ mod proxy_ebpf_support;
 
 use std::net::Ipv6Addr;
 
+use proxy_ebpf_support::checksum::l4_csum6 as l4_csum;
 use proxy_ebpf_support::{endpoint, map_of, service, Plane};
 use skiff_proxy::model::{Changes, Protocol, ServiceMap, TrafficPolicy};
 use skiff_proxy::Dataplane;
@@ -18,27 +19,6 @@ const TC_ACT_SHOT: u32 = 2;
 const NODE4: &str = "192.168.50.2";
 const NODE: &str = "fd00:50::2";
 const CLIENT: &str = "2001:db8:7::7";
-
-fn csum(data: &[u8]) -> u16 {
-    let mut sum = 0u32;
-    for c in data.chunks(2) {
-        sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-    }
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// The L4 checksum over the IPv6 pseudo header (RFC 8200 §8.1).
-fn l4_csum(ip: &[u8], l4: &[u8]) -> u16 {
-    let mut pseudo = Vec::new();
-    pseudo.extend_from_slice(&ip[8..40]);
-    pseudo.extend_from_slice(&(l4.len() as u32).to_be_bytes());
-    pseudo.extend_from_slice(&[0, 0, 0, ip[6]]);
-    pseudo.extend_from_slice(l4);
-    csum(&pseudo)
-}
 
 /// An Ethernet + IPv6 + TCP (SYN) or UDP packet with a correct checksum.
 fn packet(proto: u8, src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {

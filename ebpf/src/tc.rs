@@ -4,15 +4,16 @@
 //! flow to a frontend picks a backend (affinity entry, else Maglev), records
 //! both directions and is DNATed (and SNATed to the node for remote backends
 //! unless externalTrafficPolicy is Local). Egress: replies of local backends
-//! get the frontend address back.
+//! get the frontend address back, and flows the node itself opens to a
+//! ClusterIP outside the socket load balancer's reach are balanced (`host`).
 //!
 //! Addresses are handled as four words in both families (IPv4 in word 0), so
-//! one code path serves both; only parsing and checksum fixing differ. IPv6
-//! packets whose next header is not TCP or UDP directly (extension headers,
-//! fragments) are left alone.
+//! one code path serves both; only parsing and checksum fixing differ
+//! (`packet`). ICMP errors about translated flows are translated back
+//! (`icmp`).
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     macros::classifier,
     maps::lpm_trie::Key,
@@ -21,146 +22,22 @@ use aya_ebpf::{
 use skiff_common::{
     select::{affinity_fresh, flow_hash, fold_addr, maglev_index, pick_slot},
     AffinityKey, AffinityValue, Backend, CtKey, CtValue, Frontend, FrontendKey, NodeAddrKey,
-    SourceRangeKey, AFFINITY_CLIENT, BACKEND_LOCAL, CT_FORWARD, CT_REPLY, FAMILY_V4, FAMILY_V6,
-    FLAG_AFFINITY, FLAG_EXTERNAL, FLAG_LOCAL, FLAG_SOURCE_RANGES, MAGLEV_TABLE_LEN, PROTO_TCP,
-    PROTO_UDP, SNAT_V4, SNAT_V6,
+    SourceRangeKey, AFFINITY_CLIENT, BACKEND_LOCAL, CT_FORWARD, CT_FORWARD_ROUTE, CT_REPLY,
+    FLAG_AFFINITY, FLAG_EXTERNAL, FLAG_LOCAL, FLAG_SOURCE_RANGES, MAGLEV_TABLE_LEN, SNAT_V4,
+    SNAT_V6,
 };
+
+mod host;
+mod icmp;
+mod packet;
+
+use packet::{parse, set_addr, set_port, Packet};
+
+use skiff_common::select::keeps_backend;
 
 use crate::maps::{
     self, SKIFF_AFFINITY, SKIFF_CT, SKIFF_MAGLEV, SKIFF_NODE_ADDRS, SKIFF_SNAT, SKIFF_SRC_RANGES,
 };
-
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const IP_CSUM_OFF: usize = ETH_HLEN + 10;
-const IP_SRC_OFF: usize = ETH_HLEN + 12;
-const IP_DST_OFF: usize = ETH_HLEN + 16;
-const IP6_NEXT_OFF: usize = ETH_HLEN + 6;
-const IP6_SRC_OFF: usize = ETH_HLEN + 8;
-const IP6_DST_OFF: usize = ETH_HLEN + 24;
-const IP6_HLEN: usize = 40;
-
-/// Where the packet's rewritable fields are.
-struct Packet {
-    family: u8,
-    l4: usize,
-    proto: u8,
-    saddr: [u32; 4],
-    daddr: [u32; 4],
-    sport: u16,
-    dport: u16,
-}
-
-impl Packet {
-    fn csum_off(&self) -> usize {
-        self.l4 + if self.proto == PROTO_TCP { 16 } else { 6 }
-    }
-
-    fn l4_flags(&self) -> u64 {
-        // A zero UDP checksum means "none" (IPv4) and must stay zero.
-        if self.proto == PROTO_UDP {
-            BPF_F_MARK_MANGLED_0 as u64
-        } else {
-            0
-        }
-    }
-
-    fn v4(&self) -> bool {
-        self.family == FAMILY_V4
-    }
-
-    /// Offset of the source (`dst == false`) or destination address.
-    fn addr_off(&self, dst: bool) -> usize {
-        match (self.v4(), dst) {
-            (true, false) => IP_SRC_OFF,
-            (true, true) => IP_DST_OFF,
-            (false, false) => IP6_SRC_OFF,
-            (false, true) => IP6_DST_OFF,
-        }
-    }
-}
-
-#[inline(always)]
-fn parse(ctx: &TcContext) -> Option<Packet> {
-    let ethertype = u16::from_be(ctx.load::<u16>(12).ok()?);
-    let (family, proto, l4, saddr, daddr) = if ethertype == ETH_P_IP {
-        let vihl: u8 = ctx.load(ETH_HLEN).ok()?;
-        let frag: u16 = u16::from_be(ctx.load(ETH_HLEN + 6).ok()?);
-        // Only first fragments carry ports; later ones are left alone.
-        if frag & 0x1fff != 0 {
-            return None;
-        }
-        let proto: u8 = ctx.load(ETH_HLEN + 9).ok()?;
-        let l4 = ETH_HLEN + ((vihl & 0x0f) as usize) * 4;
-        let saddr: u32 = ctx.load(IP_SRC_OFF).ok()?;
-        let daddr: u32 = ctx.load(IP_DST_OFF).ok()?;
-        (FAMILY_V4, proto, l4, [saddr, 0, 0, 0], [daddr, 0, 0, 0])
-    } else if ethertype == ETH_P_IPV6 {
-        let proto: u8 = ctx.load(IP6_NEXT_OFF).ok()?;
-        let saddr: [u32; 4] = ctx.load(IP6_SRC_OFF).ok()?;
-        let daddr: [u32; 4] = ctx.load(IP6_DST_OFF).ok()?;
-        (FAMILY_V6, proto, ETH_HLEN + IP6_HLEN, saddr, daddr)
-    } else {
-        return None;
-    };
-    if proto != PROTO_TCP && proto != PROTO_UDP {
-        return None;
-    }
-    Some(Packet {
-        family,
-        l4,
-        proto,
-        saddr,
-        daddr,
-        sport: ctx.load(l4).ok()?,
-        dport: ctx.load(l4 + 2).ok()?,
-    })
-}
-
-/// Rewrites the source or destination address and fixes the checksums:
-/// IPv4's header checksum and the L4 pseudo-header sum; IPv6 has no header
-/// checksum, its pseudo header carries each of the four words.
-#[inline(always)]
-fn set_addr(ctx: &TcContext, p: &Packet, dst: bool, old: &[u32; 4], new: &[u32; 4]) -> Option<()> {
-    let off = p.addr_off(dst);
-    let flags = BPF_F_PSEUDO_HDR as u64 | p.l4_flags() | 4;
-    if p.v4() {
-        if old[0] == new[0] {
-            return Some(());
-        }
-        ctx.store(off, &new[0], 0).ok()?;
-        ctx.l3_csum_replace(IP_CSUM_OFF, old[0] as u64, new[0] as u64, 4)
-            .ok()?;
-        return ctx
-            .l4_csum_replace(p.csum_off(), old[0] as u64, new[0] as u64, flags)
-            .ok();
-    }
-    if old == new {
-        return Some(());
-    }
-    ctx.store(off, new, 0).ok()?;
-    for i in 0..4 {
-        if old[i] != new[i] {
-            ctx.l4_csum_replace(p.csum_off(), old[i] as u64, new[i] as u64, flags)
-                .ok()?;
-        }
-    }
-    Some(())
-}
-
-/// Rewrites the source (`dst == false`) or destination port and fixes the
-/// L4 checksum.
-#[inline(always)]
-fn set_port(ctx: &TcContext, p: &Packet, dst: bool, old: u16, new: u16) -> Option<()> {
-    if old == new {
-        return Some(());
-    }
-    let off = p.l4 + if dst { 2 } else { 0 };
-    ctx.store(off, &new, 0).ok()?;
-    ctx.l4_csum_replace(p.csum_off(), old as u64, new as u64, p.l4_flags() | 2)
-        .ok()
-}
 
 /// The frontend a new flow is addressed to — its destination address
 /// (externalIP / LoadBalancer IP), else a NodePort on a node address — and
@@ -267,7 +144,7 @@ fn choose(fe: &Frontend, p: &Packet) -> Option<(u32, Backend)> {
 fn apply(ctx: &TcContext, p: &Packet, v: &CtValue) -> Option<()> {
     // Forward entries rewrite the destination (and the source with SNAT),
     // reply entries the source (and the destination with SNAT).
-    let fwd = v.dir == CT_FORWARD;
+    let fwd = v.dir != CT_REPLY;
     let (addr, port) = if fwd {
         (&p.daddr, p.dport)
     } else {
@@ -382,10 +259,25 @@ fn new_flow(ctx: &TcContext, p: &Packet, key: &CtKey) -> i32 {
     }
 }
 
+/// What [`handle`] returns for a packet that is not TCP or UDP.
+const NOT_TCP_UDP: i32 = -1;
+
+/// The TCP flags byte of the packet (0 for UDP).
 #[inline(always)]
+fn tcp_flags(ctx: &TcContext, p: &Packet) -> u8 {
+    if p.proto != skiff_common::PROTO_TCP {
+        return 0;
+    }
+    ctx.load(p.l4 + 13).unwrap_or(0)
+}
+
+/// A TCP or UDP packet through the connection table or to a frontend.
+/// Its own BPF function: with the ICMP path inlined beside it, the
+/// program's stack frame would pass the 512-byte limit.
+#[inline(never)]
 fn handle(ctx: &TcContext, ingress: bool) -> i32 {
     let Some(p) = parse(ctx) else {
-        return TC_ACT_OK;
+        return NOT_TCP_UDP;
     };
     let key = CtKey {
         saddr: p.saddr,
@@ -399,17 +291,21 @@ fn handle(ctx: &TcContext, ingress: bool) -> i32 {
     if let Some(v) = SKIFF_CT.get_ptr(key) {
         // SAFETY: LRU value copied out at once.
         let v = unsafe { *v };
-        // A flow whose backend went away is balanced again.
-        if v.dir == CT_REPLY || maps::backend(v.backend).is_some() {
+        // A TCP connection keeps its backend until it ends, even one that
+        // left the Service; a SYN or UDP flow whose backend went away is
+        // balanced again (see `keeps_backend`).
+        let live = maps::backend(v.backend).is_some();
+        if v.dir == CT_REPLY || keeps_backend(p.proto, tcp_flags(ctx, &p), live) {
             maps::count(v.frontend, 0, 1, ctx.len() as u64, 0);
             return match apply(ctx, &p, &v) {
+                Some(()) if v.dir == CT_FORWARD_ROUTE => host::route(ctx, &p, &v.addr),
                 Some(()) => TC_ACT_OK,
                 None => TC_ACT_SHOT,
             };
         }
     }
     if !ingress {
-        return TC_ACT_OK;
+        return host::new_flow(ctx, &p, &key);
     }
     new_flow(ctx, &p, &key)
 }
@@ -417,11 +313,23 @@ fn handle(ctx: &TcContext, ingress: bool) -> i32 {
 /// NodePort / external IP load balancing on a node interface's ingress.
 #[classifier]
 pub fn skiff_tc_ingress(ctx: TcContext) -> i32 {
-    handle(&ctx, true)
+    classify(&ctx, true)
 }
 
-/// Reverse NAT of local backends' replies on a node interface's egress.
+/// Reverse NAT of local backends' replies, and balancing of the ClusterIP
+/// flows the node itself opens, on a node interface's egress.
 #[classifier]
 pub fn skiff_tc_egress(ctx: TcContext) -> i32 {
-    handle(&ctx, false)
+    classify(&ctx, false)
+}
+
+#[inline(always)]
+fn classify(ctx: &TcContext, ingress: bool) -> i32 {
+    match handle(ctx, ingress) {
+        NOT_TCP_UDP => {
+            icmp::translate(ctx);
+            TC_ACT_OK
+        }
+        verdict => verdict,
+    }
 }

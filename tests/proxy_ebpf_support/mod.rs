@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod checksum;
+
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};

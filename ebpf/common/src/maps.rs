@@ -207,6 +207,11 @@ pub struct AffinityValue {
 pub const CT_FORWARD: u8 = 0;
 /// Reply direction: rewrite the source back to the frontend.
 pub const CT_REPLY: u8 = 1;
+/// Forward direction of a flow the node itself opened to a service address
+/// (a process outside the node's cgroup, which socket LB does not see): the
+/// node routed the packet for the service address, so after the DNAT it is
+/// routed again for the backend.
+pub const CT_FORWARD_ROUTE: u8 = 2;
 
 /// A tc connection-table key: the packet's own addresses as seen on the wire.
 #[repr(C)]
@@ -247,7 +252,7 @@ pub struct CtValue {
     pub backend: u32,
     /// Frontend id.
     pub frontend: u32,
-    /// [`CT_FORWARD`] or [`CT_REPLY`].
+    /// [`CT_FORWARD`], [`CT_FORWARD_ROUTE`] or [`CT_REPLY`].
     pub dir: u8,
     /// 1 if the source (forward) or destination (reply) is rewritten too.
     pub snat: u8,

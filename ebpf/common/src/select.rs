@@ -55,6 +55,29 @@ pub fn maglev_index(hash: u32, size: u32) -> u32 {
     hash % size
 }
 
+/// TCP SYN flag.
+pub const TCP_SYN: u8 = 0x02;
+/// TCP ACK flag.
+pub const TCP_ACK: u8 = 0x10;
+
+/// Whether a packet of protocol `proto` (`tcp_flags`: its TCP flags byte, 0
+/// for UDP) follows the forward connection-table entry it matches, whose
+/// backend is (`backend_live`) or is no longer in the backend map; if not,
+/// it is balanced as a new flow.
+///
+/// A TCP connection keeps its backend until it ends, even once the backend
+/// left the Service: a terminating pod still serves what it accepted, and
+/// any other backend would answer the connection's next packet with a reset
+/// (kube-proxy leaves TCP conntrack entries alone for the same reason). A
+/// SYN opens a new connection, though, possibly on a client port whose old
+/// entry names a backend that is gone: that one is balanced again, as is a
+/// UDP flow whose backend went away (kube-proxy flushes those entries).
+#[inline(always)]
+pub fn keeps_backend(proto: u8, tcp_flags: u8, backend_live: bool) -> bool {
+    let opening = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    backend_live || (proto == crate::PROTO_TCP && !opening)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,5 +120,22 @@ mod tests {
         let a2 = [u32::from_ne_bytes([192, 168, 1, 3]), 0, 0, 0];
         assert_ne!(base, flow_hash(&a2, 40000, &d, 30080, 6));
         assert_ne!(fold_addr(&a), fold_addr(&a2));
+    }
+
+    #[test]
+    fn tcp_flows_keep_their_backend_until_a_new_syn() {
+        use crate::{PROTO_TCP, PROTO_UDP};
+        // Mid-connection packets (ACK, PSH, FIN, RST, SYN-ACK) never move,
+        // whether or not their backend is still there.
+        for flags in [TCP_ACK, 0x18, 0x11, 0x04, 0x14, TCP_SYN | TCP_ACK] {
+            assert!(keeps_backend(PROTO_TCP, flags, true));
+            assert!(keeps_backend(PROTO_TCP, flags, false));
+        }
+        // A SYN keeps a live backend and leaves a gone one.
+        assert!(keeps_backend(PROTO_TCP, TCP_SYN, true));
+        assert!(!keeps_backend(PROTO_TCP, TCP_SYN, false));
+        // UDP follows its backend only while it exists.
+        assert!(keeps_backend(PROTO_UDP, 0, true));
+        assert!(!keeps_backend(PROTO_UDP, 0, false));
     }
 }

@@ -1,19 +1,26 @@
 //! Loads the embedded eBPF object, attaches its programs and pins their links
 //! next to the maps, so the programs stay attached and keep using the same
 //! maps when the proxy exits or restarts. A restarted proxy finds the pinned
-//! links and leaves them in place.
+//! links and leaves them in place — unless the program behind a link is not
+//! this build's (other code, or maps that were replaced because their layout
+//! changed): then the new program is attached first and the old link dropped
+//! after, so no packet or connect() meets a moment without a program.
 
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use aya::maps::MapInfo;
 use aya::programs::links::{CgroupAttachMode, FdLink, PinnedLink};
 use aya::programs::{
-    CgroupSockAddr, ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions,
+    loaded_programs, CgroupSockAddr, ProgramError, ProgramInfo, SchedClassifier, TcAttachType,
+    TestRun, TestRunOptions,
 };
 use aya::{Ebpf, EbpfError, EbpfLoader};
 
 /// The object aya-build compiled from `ebpf/` (see `proxy/build.rs`).
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/skiff-ebpf"));
+pub(super) static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/skiff-ebpf"));
 
 /// The socket-LB programs, all attached to the node's cgroup subtree.
 pub const SOCK_PROGRAMS: [&str; 8] = [
@@ -57,6 +64,9 @@ pub enum AttachError {
         /// Verifier log, if the verifier rejected it.
         log: String,
     },
+    /// A pinned map could not be checked or replaced.
+    #[error(transparent)]
+    Layout(#[from] super::layout::LayoutError),
     /// A filesystem step failed.
     #[error("{what} {path}: {source}")]
     Io {
@@ -90,8 +100,10 @@ fn pin_err(name: &'static str, path: &Path) -> impl FnOnce(aya::pin::PinError) -
 }
 
 /// Loads the object with its maps pinned (or reused) in `pin_dir`, and loads
-/// every program into the kernel.
+/// every program into the kernel. Pins whose layout is not this build's are
+/// replaced first ([`super::layout`]).
 pub fn load(pin_dir: &Path) -> Result<Ebpf, AttachError> {
+    super::layout::replace_stale(pin_dir, OBJECT)?;
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(pin_dir)
         .load(OBJECT)
@@ -136,10 +148,17 @@ pub fn attach_cgroup(
         source,
     })?;
     let mut pins = Vec::new();
+    let current = Current::take(pin_dir);
     for name in SOCK_PROGRAMS {
         let pin = dir.join(name);
         pins.push(pin.clone());
-        if PinnedLink::from_pin(&pin).is_ok() {
+        let p: &mut CgroupSockAddr = ebpf
+            .program_mut(name)
+            .ok_or(AttachError::Missing(name))?
+            .try_into()
+            .map_err(perr(name))?;
+        let ours = p.info().map_err(perr(name))?;
+        if current.holds(&pin, &ours) {
             continue;
         }
         let cg = fs::File::open(cgroup).map_err(|source| AttachError::Io {
@@ -147,11 +166,6 @@ pub fn attach_cgroup(
             path: cgroup.to_path_buf(),
             source,
         })?;
-        let p: &mut CgroupSockAddr = ebpf
-            .program_mut(name)
-            .ok_or(AttachError::Missing(name))?
-            .try_into()
-            .map_err(perr(name))?;
         // bpf_link attachments (kernel ≥ 5.7) coexist with other programs
         // on the cgroup by design; the kernel wants no mode flags for them.
         let id = p.attach(cg, CgroupAttachMode::Single).map_err(perr(name))?;
@@ -162,9 +176,81 @@ pub fn attach_cgroup(
                 source: std::io::Error::other(e.to_string()),
             },
         )?;
-        link.pin(&pin).map_err(pin_err("pinning link", &pin))?;
+        replace_pin(link, &pin)?;
     }
     Ok(pins)
+}
+
+/// Pins `link` at `pin`, first dropping (so detaching) a link pinned there
+/// before: the new program is already attached, so nothing runs without one.
+fn replace_pin(link: FdLink, pin: &Path) -> Result<(), AttachError> {
+    if let Ok(old) = PinnedLink::from_pin(pin) {
+        let _detached: FdLink = old.unpin().map_err(|source| AttachError::Io {
+            what: "unpinning",
+            path: pin.to_path_buf(),
+            source,
+        })?;
+        tracing::info!(link = %pin.display(), "attached program replaced by this build's");
+    }
+    link.pin(pin).map_err(pin_err("pinning link", pin))?;
+    Ok(())
+}
+
+/// The skiff programs loaded in the kernel and the maps pinned for this node,
+/// to tell whether a pinned link runs this build's program on these maps.
+struct Current {
+    /// Loaded skiff programs: id → (tag, ids of the maps it uses).
+    loaded: HashMap<u32, (u64, Vec<u32>)>,
+    /// Ids of the maps pinned in the pin directory.
+    pinned: HashSet<u32>,
+}
+
+impl Current {
+    fn take(pin_dir: &Path) -> Current {
+        let pinned = fs::read_dir(pin_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| MapInfo::from_pin(e.path()).ok())
+            .map(|i| i.id())
+            .collect();
+        let loaded = loaded_programs()
+            .flatten()
+            .filter(|p| p.name_as_str().is_some_and(|n| n.starts_with("skiff_")))
+            .map(|p| {
+                let maps = p.map_ids().ok().flatten().unwrap_or_default();
+                (p.id(), (p.tag(), maps))
+            })
+            .collect();
+        Current { loaded, pinned }
+    }
+
+    /// The pinned maps among `ids`, sorted.
+    fn pinned_of(&self, ids: &[u32]) -> Vec<u32> {
+        let mut v: Vec<u32> = ids
+            .iter()
+            .filter(|id| self.pinned.contains(id))
+            .copied()
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Whether a link is pinned at `pin` whose program has `ours`'s code
+    /// and uses the same pinned maps.
+    fn holds(&self, pin: &Path, ours: &ProgramInfo) -> bool {
+        let Ok(link) = PinnedLink::from_pin(pin) else {
+            return false;
+        };
+        let Ok(info) = FdLink::from(link).info() else {
+            return false;
+        };
+        let Some((tag, maps)) = self.loaded.get(&info.program_id()) else {
+            return false;
+        };
+        let our_maps = ours.map_ids().ok().flatten().unwrap_or_default();
+        *tag == ours.tag() && self.pinned_of(maps) == self.pinned_of(&our_maps)
+    }
 }
 
 /// Attaches the tc programs to `iface` (in the calling thread's network
@@ -176,20 +262,22 @@ pub fn attach_tc(
 ) -> Result<Vec<PathBuf>, AttachError> {
     let dir = links_dir(pin_dir);
     let mut pins = Vec::new();
+    let current = Current::take(pin_dir);
     for (name, kind, tag) in [
         (TC_INGRESS, TcAttachType::Ingress, "ingress"),
         (TC_EGRESS, TcAttachType::Egress, "egress"),
     ] {
         let pin = dir.join(format!("tc-{iface}-{tag}"));
         pins.push(pin.clone());
-        if PinnedLink::from_pin(&pin).is_ok() {
-            continue;
-        }
         let p: &mut SchedClassifier = ebpf
             .program_mut(name)
             .ok_or(AttachError::Missing(name))?
             .try_into()
             .map_err(perr(name))?;
+        let ours = p.info().map_err(perr(name))?;
+        if current.holds(&pin, &ours) {
+            continue;
+        }
         let id = p.attach(iface, kind).map_err(perr(name))?;
         let link: FdLink = p.take_link(id).map_err(perr(name))?.try_into().map_err(
             |e: aya::programs::links::LinkError| AttachError::Io {
@@ -198,7 +286,7 @@ pub fn attach_tc(
                 source: std::io::Error::other(e.to_string()),
             },
         )?;
-        link.pin(&pin).map_err(pin_err("pinning link", &pin))?;
+        replace_pin(link, &pin)?;
     }
     Ok(pins)
 }

@@ -5,7 +5,8 @@
 //! Node object says, like kube-proxy's default `--nodeport-addresses`.
 //!
 //! Read from the calling thread's network namespace; never changes anything
-//! but the per-interface `accept_local` sysctl of the interfaces we attach to.
+//! but the per-interface `accept_local` and (strict only) `rp_filter`
+//! sysctls of the interfaces we attach to.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -20,7 +21,7 @@ pub enum IfaceError {
     #[error("listing the node's interfaces: {0}")]
     List(nix::Error),
     /// A sysctl could not be written.
-    #[error("setting {path}: {source}; the tc data plane needs it for SNATed flows")]
+    #[error("setting {path}: {source}; the tc data plane needs it for SNATed flows and the node's own ClusterIP flows")]
     Sysctl {
         /// The sysctl file.
         path: PathBuf,
@@ -87,6 +88,27 @@ pub fn node_interfaces() -> Result<Vec<NodeInterface>, IfaceError> {
 pub fn accept_local(iface: &str) -> Result<(), IfaceError> {
     let path = PathBuf::from(format!("/proc/sys/net/ipv4/conf/{iface}/accept_local"));
     std::fs::write(&path, "1").map_err(|source| IfaceError::Sysctl { path, source })
+}
+
+/// Makes strict reverse-path filtering on `iface` loose (leaves it alone
+/// when it is off or loose already): the replies of ClusterIP flows the node
+/// itself opened get the service address back as their source at this
+/// interface's ingress, and the service address is routed elsewhere (the
+/// default route), so a strict check would drop them. The effective value
+/// is the larger of `all` and the interface's own, so the interface's is
+/// raised to 2 rather than `all` lowered.
+pub fn loose_rp_filter(iface: &str) -> Result<(), IfaceError> {
+    let read = |name: &str| -> u8 {
+        std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{name}/rp_filter"))
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    if read("all").max(read(iface)) != 1 {
+        return Ok(());
+    }
+    let path = PathBuf::from(format!("/proc/sys/net/ipv4/conf/{iface}/rp_filter"));
+    std::fs::write(&path, "2").map_err(|source| IfaceError::Sysctl { path, source })
 }
 
 #[cfg(test)]

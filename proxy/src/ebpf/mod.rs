@@ -12,6 +12,7 @@ mod cgroup;
 mod collector;
 mod desired;
 mod iface;
+mod layout;
 mod sockdestroy;
 mod status;
 mod tables;
@@ -29,6 +30,7 @@ pub use cgroup::{cgroup2_mount, check_subtree, ensure_subtree, CgroupError};
 pub use collector::EbpfCollector;
 pub use desired::{frontends, BackendAddr, DesiredFrontend};
 pub use iface::{node_interfaces, IfaceError, NodeInterface};
+pub use layout::{expected as map_layouts, pinned as pinned_layout, Layout, LayoutError};
 pub use status::{read as read_status, FrontendStatus, MapFill, Status, StatusError};
 pub use tables::TablesError;
 
@@ -245,6 +247,7 @@ impl EbpfDataplane {
                 }
                 for name in want.keys().filter(|n| !attached.contains_key(*n)) {
                     iface::accept_local(name)?;
+                    iface::loose_rp_filter(name)?;
                     attach::attach_tc(ebpf, name, &cfg.pin_dir)?;
                     tracing::info!(interface = %name, "tc programs attached");
                 }
