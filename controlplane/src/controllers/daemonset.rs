@@ -32,6 +32,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::events::{reference, EventType, Recorder};
+use super::pods::PodInformer;
 use super::workload::history::{self, HistoryError};
 use super::workload::{self, SelectorError};
 use super::Context;
@@ -106,8 +107,9 @@ struct DsContext {
     recorder: Recorder,
 }
 
-/// Runs the controller until the process ends.
-pub async fn run(ctx: Arc<Context>) {
+/// Runs the controller until the process ends; its pods' changes come
+/// from the shared pod informer.
+pub async fn run(ctx: Arc<Context>, pods: Arc<PodInformer>) {
     let client = ctx.client.clone();
     let (nodes, writer) = reflector::store();
     let (tx, rx) = mpsc::channel(1);
@@ -125,7 +127,7 @@ pub async fn run(ctx: Arc<Context>) {
         Api::<DaemonSet>::all(client.clone()),
         watcher::Config::default(),
     )
-    .owns(Api::<Pod>::all(client), watcher::Config::default())
+    .reconcile_on(pods.owners::<DaemonSet>())
     .reconcile_all_on(ReceiverStream::new(rx))
     .run(reconcile, error_policy, dctx)
     .for_each(|result| async move {

@@ -21,6 +21,7 @@ mod trigger;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -36,6 +37,7 @@ use self::informer::Change;
 use self::pack::{SliceTemplate, MAX_ENDPOINTS_PER_SLICE};
 use self::queue::WorkQueue;
 use super::events::{self, EventType, Recorder};
+use super::pods::{PodChange, PodInformer};
 use super::Context;
 
 /// Services reconciled concurrently (upstream's `--concurrent-service-endpoint-syncs`).
@@ -135,10 +137,10 @@ struct Controller {
 }
 
 /// Runs the controller until the process ends.
-pub async fn run(ctx: Arc<Context>) {
+pub async fn run(ctx: Arc<Context>, pod_informer: Arc<PodInformer>) {
     let client = ctx.client.clone();
     let (services, services_w) = reflector::store::<Service>();
-    let (pods, pods_w) = reflector::store::<Pod>();
+    let pods = pod_informer.store();
     let (nodes, nodes_w) = reflector::store::<Node>();
     let (_, slices_w) = reflector::store::<EndpointSlice>();
     let (_, endpoints_w) = reflector::store::<Endpoints>();
@@ -208,13 +210,21 @@ pub async fn run(ctx: Arc<Context>) {
         return;
     }
     let c = ctrl.clone();
-    tokio::spawn(informer::run(
-        Api::<Pod>::all(client.clone()),
-        watcher::Config::default(),
-        pods_w,
-        move |change| c.on_pod(change),
-    ));
-    if pods.wait_until_ready().await.is_err() || nodes.wait_until_ready().await.is_err() {
+    let mut pod_changes = pod_informer.subscribe();
+    tokio::spawn(async move {
+        while let Some(change) = pod_changes.next().await {
+            c.on_pod(match &change {
+                PodChange::Applied { old, new } => Change::Applied {
+                    old: old.clone(),
+                    new,
+                },
+                PodChange::Deleted(old) => Change::Deleted(old),
+                PodChange::Resynced => Change::Resynced,
+            });
+        }
+    });
+    pod_informer.wait_until_ready().await;
+    if nodes.wait_until_ready().await.is_err() {
         tracing::error!("endpointslice controller stopped: a watch cache was dropped");
         return;
     }

@@ -24,15 +24,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions,
     PropagationPolicy,
 };
+use kube::core::TypeMeta;
 use kube::runtime::watcher::{self, watcher};
 use kube::runtime::WatchStreamExt;
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use super::pods::{PodChange, PodInformer};
 use super::Context;
 use crate::apiserver::registry::{self, Resource, RESOURCES};
 use graph::{decide, Decision, Graph, Node, ObjectId, OwnerState, Propagation, FOREGROUND, ORPHAN};
@@ -98,8 +101,10 @@ struct Message {
     event: watcher::Event<DynamicObject>,
 }
 
-/// Runs the controller until the process ends.
-pub async fn run(ctx: Arc<Context>) {
+/// Runs the controller until the process ends. Pods come from the shared
+/// pod informer (it has their metadata already); every other resource is
+/// watched here.
+pub async fn run(ctx: Arc<Context>, pods: Arc<PodInformer>) {
     let watched: Vec<&'static Resource> = RESOURCES
         .iter()
         .filter(|r| registry::storage_resource(r.storage).is_some_and(|s| std::ptr::eq(s, *r)))
@@ -107,7 +112,11 @@ pub async fn run(ctx: Arc<Context>) {
         .collect();
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
     for (index, resource) in watched.iter().enumerate() {
-        spawn_watch(ctx.client.clone(), index, resource, tx.clone());
+        if resource.group.is_empty() && resource.storage == "pods" {
+            tokio::spawn(feed_pods(pods.subscribe(), index, resource, tx.clone()));
+        } else {
+            spawn_watch(ctx.client.clone(), index, resource, tx.clone());
+        }
     }
     drop(tx);
     let collector = Collector {
@@ -167,6 +176,51 @@ fn spawn_watch(
             }
         }
     });
+}
+
+/// Forwards the shared pod informer's changes as watch events of pod
+/// metadata: its first replay and list as a list (`Init` … `InitDone`),
+/// then changes. Deletions missed during a relist arrive as deletions.
+async fn feed_pods(
+    mut changes: impl futures::Stream<Item = PodChange> + Unpin,
+    index: usize,
+    resource: &'static Resource,
+    tx: mpsc::Sender<Message>,
+) {
+    let types = TypeMeta {
+        api_version: resource.api_version(),
+        kind: resource.kind.to_string(),
+    };
+    let meta_only = |pod: &Pod| DynamicObject {
+        types: Some(types.clone()),
+        metadata: pod.metadata.clone(),
+        data: serde_json::Value::Null,
+    };
+    let mut listing = true;
+    let send = |event| {
+        tx.send(Message {
+            resource: index,
+            event,
+        })
+    };
+    if send(watcher::Event::Init).await.is_err() {
+        return;
+    }
+    while let Some(change) = changes.next().await {
+        let event = match change {
+            PodChange::Applied { new, .. } if listing => watcher::Event::InitApply(meta_only(&new)),
+            PodChange::Applied { new, .. } => watcher::Event::Apply(meta_only(&new)),
+            PodChange::Deleted(pod) => watcher::Event::Delete(meta_only(&pod)),
+            PodChange::Resynced if listing => {
+                listing = false;
+                watcher::Event::InitDone
+            }
+            PodChange::Resynced => continue,
+        };
+        if send(event).await.is_err() {
+            return;
+        }
+    }
 }
 
 struct Collector {

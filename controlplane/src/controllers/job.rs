@@ -32,6 +32,7 @@ use kube::ResourceExt;
 use serde_json::json;
 
 use super::events::{reference, EventType, Recorder};
+use super::pods::PodInformer;
 use super::workload::{self, SelectorError};
 use super::Context;
 use accounting::JobPod;
@@ -98,15 +99,16 @@ struct JobContext {
     recorder: Recorder,
 }
 
-/// Runs the controller until the process ends.
-pub async fn run(ctx: Arc<Context>) {
+/// Runs the controller until the process ends; its pods' changes come
+/// from the shared pod informer.
+pub async fn run(ctx: Arc<Context>, pods: Arc<PodInformer>) {
     let client = ctx.client.clone();
     let jctx = Arc::new(JobContext {
         client: client.clone(),
         recorder: Recorder::new(client.clone(), "job-controller"),
     });
     Controller::new(Api::<Job>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<Pod>::all(client), watcher::Config::default())
+        .reconcile_on(pods.owners::<Job>())
         .run(reconcile, error_policy, jctx)
         .for_each(|result| async move {
             if let Err(e) = result {

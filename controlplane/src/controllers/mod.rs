@@ -14,6 +14,7 @@ pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod podgc;
+pub mod pods;
 pub mod replicaset;
 pub mod statefulset;
 pub mod workload;
@@ -128,24 +129,38 @@ pub async fn client_from_kubeconfig(
 }
 
 /// Starts every enabled controller on the runtime; they run until the process ends.
+/// The controllers that follow pods share one [`pods::PodInformer`]; its
+/// watch starts with the first of them.
 pub fn spawn_all(ctx: Arc<Context>) {
+    // The scheduler reads whole pods; the informer hands it each event
+    // before trimming it for the shared cache.
+    let (pods, mut scheduler_pods) = if ctx.settings.enabled("scheduler") {
+        let (pods, events) = pods::PodInformer::with_full_events(ctx.client.clone());
+        (pods, Some(events))
+    } else {
+        (pods::PodInformer::new(ctx.client.clone()), None)
+    };
     for name in ALL.iter().copied().filter(|n| ctx.settings.enabled(n)) {
         tracing::info!("starting {name}");
         let ctx = ctx.clone();
+        let pods = pods.clone();
         match name {
-            "scheduler" => tokio::spawn(crate::scheduler::run(ctx)),
+            "scheduler" => match scheduler_pods.take() {
+                Some(events) => tokio::spawn(crate::scheduler::run(ctx, events)),
+                None => continue,
+            },
             "deployment" => tokio::spawn(deployment::run(ctx)),
-            "replicaset" => tokio::spawn(replicaset::run(ctx)),
-            "endpointslice" => tokio::spawn(endpointslice::run(ctx)),
+            "replicaset" => tokio::spawn(replicaset::run(ctx, pods)),
+            "endpointslice" => tokio::spawn(endpointslice::run(ctx, pods)),
             "nodeipam" => tokio::spawn(nodeipam::run(ctx)),
-            "nodelifecycle" => tokio::spawn(nodelifecycle::run(ctx)),
+            "nodelifecycle" => tokio::spawn(nodelifecycle::run(ctx, pods)),
             "namespace" => tokio::spawn(namespace::run(ctx)),
-            "garbagecollector" => tokio::spawn(garbagecollector::run(ctx)),
-            "daemonset" => tokio::spawn(daemonset::run(ctx)),
-            "statefulset" => tokio::spawn(statefulset::run(ctx)),
-            "job" => tokio::spawn(job::run(ctx)),
+            "garbagecollector" => tokio::spawn(garbagecollector::run(ctx, pods)),
+            "daemonset" => tokio::spawn(daemonset::run(ctx, pods)),
+            "statefulset" => tokio::spawn(statefulset::run(ctx, pods)),
+            "job" => tokio::spawn(job::run(ctx, pods)),
             "horizontalpodautoscaling" => tokio::spawn(hpa::run(ctx)),
-            "podgc" => tokio::spawn(podgc::run(ctx)),
+            "podgc" => tokio::spawn(podgc::run(ctx, pods)),
             _ => continue,
         };
     }

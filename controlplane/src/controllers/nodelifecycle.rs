@@ -19,6 +19,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod, PodCondition, Taint};
@@ -30,8 +31,9 @@ use tokio::sync::Notify;
 
 use self::eviction::{Eviction, NO_EXECUTE};
 use self::health::Probe;
-use super::endpointslice::informer::{self, Change};
+use super::endpointslice::informer;
 use super::events::{self, EventType, Recorder};
+use super::pods::{PodChange, PodInformer};
 use super::Context;
 
 /// Namespace of the node heartbeat Leases.
@@ -103,11 +105,10 @@ struct Monitor {
 }
 
 /// Runs the controller until the process ends.
-pub async fn run(ctx: Arc<Context>) {
+pub async fn run(ctx: Arc<Context>, pod_informer: Arc<PodInformer>) {
     let client = ctx.client.clone();
     let (nodes, nodes_w) = reflector::store::<Node>();
     let (leases, leases_w) = reflector::store::<Lease>();
-    let (pods, pods_w) = reflector::store::<Pod>();
     let wake = Arc::new(Notify::new());
     let w = wake.clone();
     tokio::spawn(informer::run(
@@ -125,29 +126,28 @@ pub async fn run(ctx: Arc<Context>) {
     ));
     let w = wake.clone();
     let node_cache = nodes.clone();
-    tokio::spawn(informer::run(
-        Api::<Pod>::all(client.clone()),
-        watcher::Config::default(),
-        pods_w,
-        move |change| {
+    let mut pod_changes = pod_informer.subscribe();
+    tokio::spawn(async move {
+        while let Some(change) = pod_changes.next().await {
             // A pod landing on a NoExecute-tainted node may have to go at once.
-            if let Change::Applied { new, .. } = change {
-                if on_no_execute_node(new, &node_cache) {
+            if let PodChange::Applied { new, .. } = change {
+                if on_no_execute_node(&new, &node_cache) {
                     w.notify_one();
                 }
             }
-        },
-    ));
+        }
+    });
     for ready in [
         nodes.wait_until_ready().await,
         leases.wait_until_ready().await,
-        pods.wait_until_ready().await,
     ] {
         if ready.is_err() {
             tracing::error!("node lifecycle controller stopped: a watch cache was dropped");
             return;
         }
     }
+    pod_informer.wait_until_ready().await;
+    let pods = pod_informer.store();
     let grace = ctx.settings.node_monitor_grace_period;
     let period = monitor_period(grace);
     tracing::info!(

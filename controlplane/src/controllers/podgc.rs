@@ -14,6 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod, PodCondition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -21,7 +22,8 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 use tokio::sync::Notify;
 
-use super::endpointslice::informer;
+use super::endpointslice;
+use super::pods::PodInformer;
 use super::Context;
 
 /// Upstream's period between passes.
@@ -50,35 +52,31 @@ pub enum PodGcError {
     },
 }
 
-/// Runs the controller until the process ends.
-pub async fn run(ctx: Arc<Context>) {
+/// Runs the controller until the process ends, on the shared pod cache.
+pub async fn run(ctx: Arc<Context>, informer: Arc<PodInformer>) {
     let client = ctx.client.clone();
-    let (pods, pods_w) = reflector::store::<Pod>();
     let (nodes, nodes_w) = reflector::store::<Node>();
     let wake = Arc::new(Notify::new());
     let w = wake.clone();
-    tokio::spawn(informer::run(
-        Api::<Pod>::all(client.clone()),
-        watcher::Config::default(),
-        pods_w,
-        move |_| w.notify_one(),
-    ));
+    let mut changes = informer.subscribe();
+    tokio::spawn(async move {
+        while changes.next().await.is_some() {
+            w.notify_one();
+        }
+    });
     let w = wake.clone();
-    tokio::spawn(informer::run(
+    tokio::spawn(endpointslice::informer::run(
         Api::<Node>::all(client.clone()),
         watcher::Config::default(),
         nodes_w,
         move |_| w.notify_one(),
     ));
-    for ready in [
-        pods.wait_until_ready().await,
-        nodes.wait_until_ready().await,
-    ] {
-        if ready.is_err() {
-            tracing::error!("pod garbage collector stopped: a watch cache was dropped");
-            return;
-        }
+    informer.wait_until_ready().await;
+    if nodes.wait_until_ready().await.is_err() {
+        tracing::error!("pod garbage collector stopped: the node watch cache was dropped");
+        return;
     }
+    let pods = informer.store();
     let threshold = ctx.settings.terminated_pod_gc_threshold;
     let quarantine = ctx.settings.pod_gc_orphan_quarantine;
     tracing::info!(

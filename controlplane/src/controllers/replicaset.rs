@@ -38,6 +38,7 @@ use kube::runtime::controller::{self, Action};
 use kube::runtime::reflector::{self, Store};
 
 use super::events::{reference, EventType, Recorder};
+use super::pods::PodInformer;
 use super::Context;
 use expectations::Expectations;
 use informer::key_of;
@@ -103,20 +104,21 @@ struct State {
     recorder: Recorder,
     sets: Store<ReplicaSet>,
     pods: Store<Pod>,
+    pod_informer: Arc<PodInformer>,
     expectations: Expectations,
     backoff: retry::Backoff,
 }
 
 /// Runs the controller until the process ends.
-pub async fn run(ctx: Arc<Context>) {
+pub async fn run(ctx: Arc<Context>, pod_informer: Arc<PodInformer>) {
     let client = ctx.client.clone();
     let (sets, set_writer) = reflector::store::<ReplicaSet>();
-    let (pods, pod_writer) = reflector::store::<Pod>();
     let state = Arc::new(State {
         client: client.clone(),
         recorder: Recorder::new(client.clone(), "replicaset-controller"),
         sets: sets.clone(),
-        pods,
+        pods: pod_informer.store(),
+        pod_informer: pod_informer.clone(),
         expectations: Expectations::default(),
         backoff: retry::Backoff::default(),
     });
@@ -129,11 +131,10 @@ pub async fn run(ctx: Arc<Context>) {
         let st = state.clone();
         move |change| stream::iter(st.on_set(change))
     });
-    let pod_triggers = informer::changes(Api::<Pod>::all(client), pod_writer, ranking::trim)
-        .flat_map({
-            let st = state.clone();
-            move |change| stream::iter(st.on_pod(change))
-        });
+    let pod_triggers = pod_informer.subscribe().flat_map({
+        let st = state.clone();
+        move |change| stream::iter(st.on_pod(change))
+    });
     let queue = stream::select(set_triggers, pod_triggers).map(Ok::<_, Infallible>);
     controller::applier(
         sync,
@@ -186,7 +187,7 @@ impl State {
     /// One sync, as upstream's `syncReplicaSet`.
     async fn sync(self: Arc<Self>, rs: Arc<ReplicaSet>) -> Result<Action, Error> {
         // Until the pod cache is filled every ReplicaSet would look empty.
-        let _ = self.pods.wait_until_ready().await;
+        self.pod_informer.wait_until_ready().await;
         let key = key_of(rs.as_ref());
         let needs_sync = self.expectations.satisfied(&key);
         let selector = selector_of(&rs).map_err(|source| Error::Selector {

@@ -28,6 +28,7 @@ use kube::ResourceExt;
 use serde_json::json;
 
 use super::events::{reference, EventType, Recorder};
+use super::pods::PodInformer;
 use super::workload::history::{self, HistoryError};
 use super::workload::{self, SelectorError};
 use super::Context;
@@ -102,8 +103,9 @@ struct StsContext {
     recorder: Recorder,
 }
 
-/// Runs the controller until the process ends.
-pub async fn run(ctx: Arc<Context>) {
+/// Runs the controller until the process ends; its pods' changes come
+/// from the shared pod informer.
+pub async fn run(ctx: Arc<Context>, pods: Arc<PodInformer>) {
     let client = ctx.client.clone();
     let sctx = Arc::new(StsContext {
         client: client.clone(),
@@ -113,7 +115,7 @@ pub async fn run(ctx: Arc<Context>) {
         Api::<StatefulSet>::all(client.clone()),
         watcher::Config::default(),
     )
-    .owns(Api::<Pod>::all(client), watcher::Config::default())
+    .reconcile_on(pods.owners::<StatefulSet>())
     .run(reconcile, error_policy, sctx)
     .for_each(|result| async move {
         if let Err(e) = result {

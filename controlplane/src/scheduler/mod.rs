@@ -27,7 +27,7 @@ use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::watcher::{self, watcher};
 use kube::runtime::WatchStreamExt;
@@ -74,15 +74,14 @@ enum Message {
     },
 }
 
-/// Runs the scheduler until the process ends.
-pub async fn run(ctx: Arc<Context>) {
+/// Runs the scheduler until the process ends, on the pod watch events of
+/// the controller manager's shared pod informer (whole pods).
+pub async fn run(
+    ctx: Arc<Context>,
+    pods: impl Stream<Item = watcher::Event<Pod>> + Send + Unpin + 'static,
+) {
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-    spawn_watch(
-        Api::<Pod>::all(ctx.client.clone()),
-        tx.clone(),
-        |e| Message::Pod(Box::new(e)),
-        "pods",
-    );
+    tokio::spawn(forward(pods, tx.clone(), |e| Message::Pod(Box::new(e))));
     spawn_watch(
         Api::<Node>::all(ctx.client.clone()),
         tx.clone(),
@@ -104,6 +103,19 @@ pub async fn run(ctx: Arc<Context>) {
         stats: Stats::new(Instant::now()),
     };
     scheduler.run(rx).await;
+}
+
+/// Forwards watch events to the loop until either side ends.
+async fn forward<K>(
+    mut events: impl Stream<Item = watcher::Event<K>> + Unpin,
+    tx: mpsc::Sender<Message>,
+    wrap: fn(watcher::Event<K>) -> Message,
+) {
+    while let Some(event) = events.next().await {
+        if tx.send(wrap(event)).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Forwards a watch (list + watch, relist on expiry, with backoff) to the loop.

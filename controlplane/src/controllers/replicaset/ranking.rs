@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Container, Pod, PodCondition, PodSpec};
+use k8s_openapi::api::core::v1::{Pod, PodCondition};
 
 /// Annotation that lowers (or raises) a pod's priority for deletion.
 pub(crate) const DELETION_COST_ANNOTATION: &str = "controller.kubernetes.io/pod-deletion-cost";
@@ -75,32 +75,6 @@ pub(crate) fn available_at(pod: &Pod, min_ready_seconds: i32) -> Option<Timestam
         return None;
     }
     ready_since(pod).map(|since| since + jiff::SignedDuration::from_secs(min_ready_seconds.into()))
-}
-
-/// Drops the parts of a cached pod the controller never reads: of its spec
-/// only `nodeName` and its init containers' names and restart policies
-/// (what ranking and sidecar restart counts use) stay; metadata and status
-/// stay whole. The containers, volumes and the rest of a spec are most of a
-/// pod's memory, and the cache holds every pod of the cluster.
-pub(crate) fn trim(pod: &mut Pod) {
-    let Some(spec) = pod.spec.as_mut() else {
-        return;
-    };
-    let init_containers = spec.init_containers.take().map(|containers| {
-        containers
-            .into_iter()
-            .map(|c| Container {
-                name: c.name,
-                restart_policy: c.restart_policy,
-                ..Container::default()
-            })
-            .collect()
-    });
-    *spec = PodSpec {
-        node_name: spec.node_name.take(),
-        init_containers,
-        ..PodSpec::default()
-    };
 }
 
 fn node_name(pod: &Pod) -> &str {
@@ -260,7 +234,7 @@ pub(crate) fn pods_to_delete(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{ContainerStatus, PodStatus};
+    use k8s_openapi::api::core::v1::{Container, ContainerStatus, PodSpec, PodStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn at(secs: i64) -> Timestamp {
@@ -318,10 +292,11 @@ mod tests {
                 ..Default::default()
             }]);
         }
+        // As the shared pod cache holds them.
         let mut trimmed = full.clone();
-        trim(&mut trimmed);
+        crate::controllers::pods::trim(&mut trimmed);
         let spec = trimmed.spec.as_ref().expect("spec kept");
-        assert!(spec.containers.is_empty());
+        assert_eq!(spec.containers[0].image, None);
         assert_eq!(spec.node_name.as_deref(), Some("n1"));
         assert_eq!(node_name(&trimmed), "n1");
         assert_eq!(max_restarts(&trimmed), max_restarts(&full));

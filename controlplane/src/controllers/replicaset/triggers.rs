@@ -14,6 +14,7 @@ use kube::runtime::reflector::ObjectRef;
 use super::informer::{key_of, Change};
 use super::ownership::{self, controller_of};
 use super::{selector_of, State};
+use crate::controllers::pods::PodChange;
 
 impl State {
     /// The ReplicaSet a controller reference points at, if it is in the cache.
@@ -46,14 +47,16 @@ impl State {
         }
     }
 
-    pub(super) fn on_pod(&self, change: Change<Pod>) -> Vec<ObjectRef<ReplicaSet>> {
+    pub(super) fn on_pod(&self, change: PodChange) -> Vec<ObjectRef<ReplicaSet>> {
         match change {
-            Change::Applied { old: None, new } => self.pod_added(&new),
-            Change::Applied {
+            PodChange::Applied { old: None, new } => self.pod_added(&new),
+            PodChange::Applied {
                 old: Some(old),
                 new,
             } => self.pod_updated(&old, &new),
-            Change::Deleted(pod) => self.pod_deleted(&pod),
+            PodChange::Deleted(pod) => self.pod_deleted(&pod),
+            // Deletions missed while the watch was down came as `Deleted`.
+            PodChange::Resynced => Vec::new(),
         }
     }
 
