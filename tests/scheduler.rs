@@ -326,6 +326,25 @@ async fn unschedulable_pod_is_explained_and_scheduled_once_a_node_fits() {
         )
     );
     assert_eq!(node_of(&client, "too-big").await, None, "stays Pending");
+    // The scheduler's status write is owned by the controller manager, as
+    // `kubectl get -o yaml --show-managed-fields` shows it.
+    let pod = pods(&client).get("too-big").await.expect("get too-big");
+    let managers: Vec<(String, String)> = pod
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| {
+            (
+                m.manager.unwrap_or_default(),
+                m.subresource.unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert!(
+        managers.contains(&("skiff-controller-manager".to_string(), "status".to_string())),
+        "managedFields of too-big: {managers:?}"
+    );
 
     // kubectl describe shows the explanation as users read it.
     let describe = Command::new(common::tools::kubectl())

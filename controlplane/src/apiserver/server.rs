@@ -25,7 +25,7 @@ use super::handlers::{self, ResourceRequest};
 use super::ipam::ServiceIpam;
 use super::registry;
 use super::status::ApiError;
-use super::{bootstrap, discovery, metrics_api, openapi, pki};
+use super::{bootstrap, discovery, local_client, metrics_api, openapi, pki};
 use crate::store::{EtcdStore, RedbStore, Store};
 
 /// Largest request body accepted, as upstream (3 MiB); larger bodies get 413.
@@ -89,6 +89,8 @@ pub struct ApiServer {
     pub store: Arc<dyn Store>,
     /// Bearer token check.
     pub auth: Authenticator,
+    /// The admin credential, which the in-process controllers present.
+    admin_token: String,
     /// ClusterIP and NodePort allocation.
     pub ipam: ServiceIpam,
     /// `host:port` clients reach us at, for discovery.
@@ -138,6 +140,7 @@ pub async fn prepare(
     let server = Arc::new(ApiServer {
         store,
         auth: Authenticator::new(vec![pki.admin_token.clone()]),
+        admin_token: pki.admin_token.clone(),
         ipam,
         server_address,
         config,
@@ -148,14 +151,19 @@ pub async fn prepare(
     Ok((server, listener, TlsAcceptor::from(Arc::new(tls))))
 }
 
-/// Serves HTTPS until `shutdown` resolves.
+/// The request router over `server`: what HTTPS connections and the
+/// in-process client are served by.
+pub fn router(server: Arc<ApiServer>) -> Router {
+    Router::new().fallback(dispatch).with_state(server)
+}
+
+/// Serves HTTPS with `app` until `shutdown` resolves.
 pub async fn serve(
-    server: Arc<ApiServer>,
+    app: Router,
     listener: TcpListener,
     acceptor: TlsAcceptor,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let app = Router::new().fallback(dispatch).with_state(server);
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -204,18 +212,16 @@ pub async fn run(
     tokio::task::spawn_blocking(|| {
         openapi::v2_json().len() + openapi::v3_index().to_string().len()
     });
-    let kubeconfig = server.config.data_dir.join("admin.kubeconfig");
-    let settings = server.config.controllers.clone();
-    tokio::spawn(async move {
-        match crate::controllers::client_from_kubeconfig(&kubeconfig).await {
-            Ok(client) => crate::controllers::spawn_all(Arc::new(crate::controllers::Context {
-                client,
-                settings,
-            })),
-            Err(e) => tracing::error!("controllers not started: {e}"),
-        }
-    });
-    serve(server, listener, acceptor, shutdown).await;
+    let app = router(server.clone());
+    super::disruption_status::spawn(server.clone());
+    match local_client::client(app.clone(), &server.admin_token) {
+        Ok(client) => crate::controllers::spawn_all(Arc::new(crate::controllers::Context {
+            client,
+            settings: server.config.controllers.clone(),
+        })),
+        Err(e) => tracing::error!("controllers not started: {e}"),
+    }
+    serve(app, listener, acceptor, shutdown).await;
     Ok(())
 }
 

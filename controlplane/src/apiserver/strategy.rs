@@ -100,6 +100,7 @@ fn tracks_generation(resource: &Resource) -> bool {
             | "Job"
             | "HorizontalPodAutoscaler"
             | "Service"
+            | "PodDisruptionBudget"
     )
 }
 
@@ -148,11 +149,16 @@ pub fn to_storage(resource: &Resource, obj: Value) -> Value {
 
 /// Converts a stored object to the version `resource` serves.
 pub fn from_storage(resource: &Resource, obj: Value) -> Value {
-    if resource.kind == "HorizontalPodAutoscaler" && resource.version == "v1" {
-        convert::hpa_v2_to_v1(obj)
-    } else {
+    if served_as_stored(resource) {
         obj
+    } else {
+        convert::hpa_v2_to_v1(obj)
     }
+}
+
+/// Whether `resource` is served exactly as stored (no version conversion).
+pub fn served_as_stored(resource: &Resource) -> bool {
+    !(resource.kind == "HorizontalPodAutoscaler" && resource.version == "v1")
 }
 
 /// Decodes through the typed struct, applying the field validation policy.

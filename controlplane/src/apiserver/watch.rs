@@ -9,6 +9,7 @@
 //! revision and served version and shared by all watchers ([`encoded`]).
 
 mod encoded;
+mod stamp;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -87,6 +88,11 @@ impl Render {
             key: kv.key.clone(),
         };
         let object = encoded::object(id, &kv.value, || {
+            if strategy::served_as_stored(self.resource) {
+                if let Some(stamped) = stamp::resource_version(&kv.value, kv.mod_revision) {
+                    return Some(Bytes::from(stamped));
+                }
+            }
             let obj = match decoded {
                 Some(o) => o,
                 None => decode(&kv.value, kv.mod_revision)?,
