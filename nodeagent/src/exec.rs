@@ -10,18 +10,16 @@
 
 mod session;
 mod tty;
+pub(crate) mod upgrade;
 
 use std::path::{Path, PathBuf};
 
 use axum::body::Body;
-use axum::http::{header, HeaderMap, HeaderValue, Request, StatusCode};
+use axum::http::{header, HeaderMap, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
-use hyper_util::rt::TokioIo;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
-use tokio_tungstenite::WebSocketStream;
 
 use crate::runtime::runc::{Runc, RuncError};
+use upgrade::Upgrade;
 
 /// Subprotocols served, most preferred first.
 pub const PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
@@ -168,7 +166,7 @@ pub async fn find_container(
 }
 
 /// The subprotocol to speak: the first of the client's offers we serve.
-fn choose_protocol(headers: &HeaderMap) -> Option<&'static str> {
+pub(crate) fn choose_protocol(headers: &HeaderMap) -> Option<&'static str> {
     let offered: Vec<String> = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
@@ -183,7 +181,7 @@ fn choose_protocol(headers: &HeaderMap) -> Option<&'static str> {
 }
 
 /// Whether the request asks for a websocket upgrade.
-fn is_websocket(headers: &HeaderMap) -> bool {
+pub(crate) fn is_websocket(headers: &HeaderMap) -> bool {
     headers
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
@@ -205,48 +203,18 @@ pub async fn serve(
         return Err(ExecError::NoStreams);
     }
     let id = find_container(&runc, &log_root, &ns, &pod, &container).await?;
-    let headers = req.headers();
-    let key = headers
-        .get(header::SEC_WEBSOCKET_KEY)
-        .filter(|_| is_websocket(headers))
-        .ok_or(ExecError::NotWebsocket)?;
-    let protocol = choose_protocol(headers).ok_or(ExecError::NotWebsocket)?;
-    let accept = derive_accept_key(key.as_bytes());
-    let on_upgrade = req
-        .extensions_mut()
-        .remove::<hyper::upgrade::OnUpgrade>()
-        .ok_or(ExecError::NoUpgrade)?;
+    let upgrade = Upgrade::take(&mut req)?;
     tracing::info!(%ns, %pod, %container, command = ?opts.command, tty = opts.tty, "exec");
-    tokio::spawn(async move {
-        let upgraded = match on_upgrade.await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::debug!("exec upgrade failed: {e}");
-                return;
-            }
-        };
-        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
-        let v5 = protocol == PROTOCOLS[0];
+    let v5 = upgrade.protocol == PROTOCOLS[0];
+    Ok(upgrade.respond("exec", move |ws| async move {
         session::run(ws, &runc, &id, opts, v5).await;
-    });
-    let mut resp = Response::new(Body::empty());
-    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = resp.headers_mut();
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    h.insert(
-        header::SEC_WEBSOCKET_PROTOCOL,
-        HeaderValue::from_static(protocol),
-    );
-    if let Ok(v) = HeaderValue::from_str(&accept) {
-        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
-    }
-    Ok(resp)
+    }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::HeaderValue;
 
     #[test]
     fn parses_repeated_command_and_flags() {

@@ -5,6 +5,7 @@
 //! `--data-dir`, its own runc root and the `skiff-<node>` cgroups.
 
 pub mod agent;
+pub mod attach;
 pub mod container;
 pub mod context;
 pub mod dns;

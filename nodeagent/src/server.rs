@@ -2,7 +2,8 @@
 //! {namespace}/{pod}/{container}` with `follow`, `tailLines`, `previous`,
 //! `timestamps` and `limitBytes`, which the API server proxies for
 //! `kubectl logs`, and `/exec/{namespace}/{pod}/{container}` for
-//! `kubectl exec` ([`crate::exec`]), and `/stats/summary`, the pods' resource
+//! `kubectl exec` ([`crate::exec`]), `/attach/{namespace}/{pod}/{container}`
+//! for `kubectl attach` ([`crate::attach`]), and `/stats/summary`, the pods' resource
 //! usage ([`crate::metrics`]) behind `kubectl top`. Callers authenticate with a bearer token that the API
 //! server accepts (checked once against it, then cached), and `/healthz`.
 //! The certificate is self-signed per start.
@@ -159,6 +160,7 @@ impl LogServer {
             .route("/healthz", get(|| async { "ok" }))
             .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
             .route("/exec/{ns}/{pod}/{container}", any(exec))
+            .route("/attach/{ns}/{pod}/{container}", any(attach))
             .route("/stats/summary", get(stats_summary))
             .with_state(self);
         loop {
@@ -229,6 +231,27 @@ async fn exec(
     crate::exec::serve(server.runc.clone(), server.log_root.clone(), target, req)
         .await
         .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn attach(
+    State(server): State<Arc<LogServer>>,
+    UrlPath(target): UrlPath<(String, String, String)>,
+    req: Request,
+) -> Response {
+    if !server.authenticate(req.headers()).await {
+        return text(StatusCode::UNAUTHORIZED, "Unauthorized".into());
+    }
+    let (ns, pod, container) = &target;
+    let log = log_files(&server.log_root, ns, pod, container).pop();
+    crate::attach::serve(
+        server.runc.clone(),
+        server.log_root.clone(),
+        log,
+        target,
+        req,
+    )
+    .await
+    .unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn stats_summary(State(server): State<Arc<LogServer>>, headers: HeaderMap) -> Response {

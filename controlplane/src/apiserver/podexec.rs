@@ -1,6 +1,7 @@
-//! `GET|POST pods/{name}/exec` (`kubectl exec`): checks the pod and the
-//! container, then hands the upgrade to the node agent's
-//! `/exec/{ns}/{pod}/{container}` (found as for `pods/log`, see
+//! `GET|POST pods/{name}/exec` (`kubectl exec`) and `pods/{name}/attach`
+//! (`kubectl attach`): checks the pod and the container, then hands the
+//! upgrade to the node agent's `/exec/{ns}/{pod}/{container}` (or
+//! `/attach/…`; found as for `pods/log`, see
 //! [`super::podlog`]) and, once the agent switched protocols, splices the two
 //! connections byte for byte — the websocket channel protocol
 //! (`v5.channel.k8s.io`) runs end to end between the client and the agent.
@@ -39,14 +40,15 @@ const MAX_AGENT_RESPONSE: usize = 64 * 1024;
 /// How long the agent may take to answer the upgrade.
 const AGENT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// `(namespace, pod)` when `path` is `/api/v1/namespaces/{ns}/pods/{name}/exec`.
-pub fn target(path: &str) -> Option<(&str, &str)> {
+/// `(namespace, pod, subresource)` when `path` is
+/// `/api/v1/namespaces/{ns}/pods/{name}/exec` or `…/attach`.
+pub fn target(path: &str) -> Option<(&str, &str, &str)> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     match segs.as_slice() {
-        ["api", "v1", "namespaces", ns, "pods", name, "exec"]
+        ["api", "v1", "namespaces", ns, "pods", name, sub @ ("exec" | "attach")]
             if !ns.is_empty() && !name.is_empty() =>
         {
-            Some((ns, name))
+            Some((ns, name, sub))
         }
         _ => None,
     }
@@ -135,7 +137,12 @@ async fn exec(server: &Arc<ApiServer>, parts: &mut Parts) -> Result<Response, Ap
         return Err(ApiError::method_not_allowed(parts.method.as_str()));
     }
     let path = parts.uri.path().to_string();
-    let (ns, name) = target(&path).ok_or_else(ApiError::no_route)?;
+    let (ns, name, sub) = target(&path).ok_or_else(ApiError::no_route)?;
+    let verb = if sub == "attach" {
+        "attach to"
+    } else {
+        "exec into"
+    };
     let raw_query = parts.uri.query().unwrap_or("").to_string();
     let query = query_values(&raw_query);
     let pod = load(server, "pods", Some(ns), name).await?;
@@ -146,7 +153,7 @@ async fn exec(server: &Arc<ApiServer>, parts: &mut Parts) -> Result<Response, Ap
     let container = pick_container(&pod, name, asked)?;
     if let Some(phase @ ("Succeeded" | "Failed")) = pod["status"]["phase"].as_str() {
         return Err(ApiError::bad_request(format!(
-            "cannot exec into a container in a completed pod; current phase is {phase}"
+            "cannot {verb} a container in a completed pod; current phase is {phase}"
         )));
     }
     if !parts.headers.contains_key(header::UPGRADE) {
@@ -169,9 +176,11 @@ async fn exec(server: &Arc<ApiServer>, parts: &mut Parts) -> Result<Response, Ap
     let on_upgrade = parts
         .extensions
         .remove::<hyper::upgrade::OnUpgrade>()
-        .ok_or_else(|| ApiError::bad_request("exec needs an HTTP/1.1 connection upgrade"))?;
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("{sub} needs an HTTP/1.1 connection upgrade"))
+        })?;
     let mut head = format!(
-        "{} /exec/{ns}/{name}/{container}?{raw_query} HTTP/1.1\r\nHost: {addr}:{port}\r\nConnection: Upgrade\r\n",
+        "{} /{sub}/{ns}/{name}/{container}?{raw_query} HTTP/1.1\r\nHost: {addr}:{port}\r\nConnection: Upgrade\r\n",
         parts.method
     );
     if let Some(auth) = parts
@@ -332,7 +341,11 @@ mod tests {
     fn matches_only_pod_exec_paths() {
         assert_eq!(
             target("/api/v1/namespaces/default/pods/web/exec"),
-            Some(("default", "web"))
+            Some(("default", "web", "exec"))
+        );
+        assert_eq!(
+            target("/api/v1/namespaces/default/pods/web/attach"),
+            Some(("default", "web", "attach"))
         );
         assert_eq!(target("/api/v1/namespaces/default/pods/web/log"), None);
         assert_eq!(target("/api/v1/pods/web/exec"), None);
