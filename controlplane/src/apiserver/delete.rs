@@ -18,12 +18,12 @@ use crate::store::StoreError;
 
 /// Delete options from the body or query.
 #[derive(Debug, Clone)]
-struct DeleteOptions {
-    grace_period: Option<i64>,
+pub(super) struct DeleteOptions {
+    pub(super) grace_period: Option<i64>,
     /// `Orphan` and `Foreground` add the finalizer the garbage collector acts on.
-    propagation: Option<String>,
-    precondition_uid: Option<String>,
-    precondition_rv: Option<String>,
+    pub(super) propagation: Option<String>,
+    pub(super) precondition_uid: Option<String>,
+    pub(super) precondition_rv: Option<String>,
 }
 
 fn delete_options(req: &ResourceRequest<'_>) -> Result<DeleteOptions, ApiError> {
@@ -32,6 +32,15 @@ fn delete_options(req: &ResourceRequest<'_>) -> Result<DeleteOptions, ApiError> 
     } else {
         req.decode()?
     };
+    options_from(&body, req)
+}
+
+/// Delete options from a DeleteOptions object (`body`), falling back to the
+/// request's query parameters (an Eviction carries its own in `deleteOptions`).
+pub(super) fn options_from(
+    body: &Value,
+    req: &ResourceRequest<'_>,
+) -> Result<DeleteOptions, ApiError> {
     let grace_period = body["gracePeriodSeconds"]
         .as_i64()
         .or_else(|| req.param("gracePeriodSeconds").and_then(|g| g.parse().ok()));
@@ -79,7 +88,7 @@ pub(super) async fn delete(
 
 /// Deletes one object: immediately, or by setting deletionTimestamp when
 /// finalizers remain or a bound pod must terminate gracefully.
-async fn delete_one(
+pub(super) async fn delete_one(
     server: &Arc<ApiServer>,
     req: &ResourceRequest<'_>,
     opts: &DeleteOptions,

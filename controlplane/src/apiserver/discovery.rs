@@ -105,12 +105,15 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
 }
 
 /// Core endpoints served beside the registry's verbs, listed as upstream
-/// lists them: `pods/exec` (podexec.rs upgrades the request to a stream) and
-/// the older `namespaces/{ns}/bindings` a scheduler may post a Binding to.
-fn core_endpoints() -> [Value; 2] {
+/// lists them: `pods/exec` and `pods/attach` (podexec.rs upgrades the
+/// request to a stream) and the older `namespaces/{ns}/bindings` a scheduler
+/// may post a Binding to.
+fn core_endpoints() -> [Value; 3] {
     [
         json!({"name": "pods/exec", "singularName": "", "namespaced": true,
             "kind": "PodExecOptions", "verbs": ["create", "get"]}),
+        json!({"name": "pods/attach", "singularName": "", "namespaced": true,
+            "kind": "PodAttachOptions", "verbs": ["create", "get"]}),
         json!({"name": "bindings", "singularName": "binding", "namespaced": true,
             "kind": "Binding", "verbs": ["create"]}),
     ]
@@ -153,11 +156,18 @@ fn subresource_entry(r: &Resource, sub: Subresource) -> Value {
         Subresource::Binding => (&["create"], "Binding"),
         Subresource::Log => (&["get"], r.kind),
         Subresource::Finalize => (&["update"], r.kind),
+        Subresource::Eviction => (&["create"], "Eviction"),
     };
     entry["kind"] = kind.into();
     entry["verbs"] = json!(verbs);
     if sub == Subresource::Scale {
         entry["group"] = "autoscaling".into();
+        entry["version"] = "v1".into();
+    }
+    if sub == Subresource::Eviction {
+        // kubectl drain looks for exactly this entry (group and version set)
+        // before it evicts instead of deleting.
+        entry["group"] = "policy".into();
         entry["version"] = "v1".into();
     }
     entry

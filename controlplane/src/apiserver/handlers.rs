@@ -215,6 +215,7 @@ pub async fn handle(
             binding(server, &req, req.name.as_deref()).await
         }
         ("GET", true, Some(Subresource::Log)) => super::podlog::serve(server, &req).await,
+        ("POST", true, Some(Subresource::Eviction)) => super::eviction::evict(server, &req).await,
         (m, _, _) => Err(ApiError::method_not_allowed(m)),
     }
 }
@@ -334,6 +335,9 @@ async fn create_object(
     match applied {
         Some(config) => patch::record_apply_create(req.resource.kind, &mut obj, config, &writer),
         None => patch::record_create(req.resource.kind, &mut obj, &writer),
+    }
+    if req.resource.kind == "PodDisruptionBudget" {
+        super::eviction::compute_status(server, req.namespace.as_deref(), &mut obj).await?;
     }
     if req.resource.kind == "Pod" {
         strategy::add_default_tolerations(

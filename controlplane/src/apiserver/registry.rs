@@ -22,6 +22,8 @@ pub enum Subresource {
     Log,
     /// `/finalize`: namespaces only, updates `spec.finalizers`.
     Finalize,
+    /// `/eviction`: pods only, a delete that respects PodDisruptionBudgets.
+    Eviction,
 }
 
 impl Subresource {
@@ -33,6 +35,7 @@ impl Subresource {
             Subresource::Binding => "binding",
             Subresource::Log => "log",
             Subresource::Finalize => "finalize",
+            Subresource::Eviction => "eviction",
         }
     }
 }

@@ -418,6 +418,23 @@ pub(super) fn add_resource(paths: &mut Map<String, Value>, r: &Resource) {
                     .into_value(&tag),
                 );
             }
+            Subresource::Eviction => {
+                let eviction = kind_schema_name("policy", "v1", "Eviction").unwrap_or_default();
+                ops.insert(
+                    "post".into(),
+                    Op {
+                        action: "post",
+                        id: format!("create{gv}{scope}{kind}{suffix}"),
+                        description: format!("create eviction of a {kind}"),
+                        gvk: ("policy", "v1", "Eviction"),
+                        params: write_params(false),
+                        body: Some((&["*/*"], schema_ref(&eviction))),
+                        responses: vec![("200", "OK"), ("201", "Created"), ("202", "Accepted")],
+                        response: (OBJECT_TYPES, schema_ref(&eviction)),
+                    }
+                    .into_value(&tag),
+                );
+            }
             Subresource::Log => {
                 ops.insert(
                     "get".into(),

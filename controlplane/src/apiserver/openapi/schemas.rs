@@ -54,6 +54,7 @@ const KINDS: &[Kind] = &[
     kind!("", "v1", "ServiceAccount", api::core::v1::ServiceAccount),
     kind!("", "v1", "Event", api::core::v1::Event),
     kind!("", "v1", "Binding", api::core::v1::Binding),
+    kind!("policy", "v1", "Eviction", api::policy::v1::Eviction),
     kind!("apps", "v1", "Deployment", api::apps::v1::Deployment),
     kind!("apps", "v1", "ReplicaSet", api::apps::v1::ReplicaSet),
     kind!("apps", "v1", "DaemonSet", api::apps::v1::DaemonSet),

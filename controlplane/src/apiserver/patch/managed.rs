@@ -311,7 +311,89 @@ pub fn record_update(kind: &str, old: &Value, new: &mut Value, writer: &Writer) 
     fields.subtract(&changes.removed);
     fields.union_with(&changes.changed);
     entries.push(Entry::new(writer, "Update", fields));
+    cap_update_managers(&mut entries);
     write_entries(new, entries);
+}
+
+/// Upstream keeps at most this many `Update` entries on an object.
+pub const MAX_UPDATE_MANAGERS: usize = 10;
+
+/// The manager the oldest `Update` entries are merged into beyond the cap.
+pub const ANCIENT_CHANGES: &str = "ancient-changes";
+
+/// Upstream's `capUpdateManagers`: while more than [`MAX_UPDATE_MANAGERS`]
+/// Update entries remain, the oldest (by time in seconds, then manager) are
+/// merged per API version into one `ancient-changes` entry, which takes the
+/// time of the newest entry merged into it. Apply entries are never merged.
+fn cap_update_managers(entries: &mut Vec<Entry>) {
+    let seconds = |e: &Entry| {
+        e.time
+            .as_deref()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .map_or(0, |t| t.as_second())
+    };
+    let mut updaters: Vec<usize> = (0..entries.len())
+        .filter(|&i| entries[i].operation != "Apply")
+        .collect();
+    if updaters.len() <= MAX_UPDATE_MANAGERS {
+        return;
+    }
+    updaters.sort_by(|&a, &b| {
+        let (a, b) = (&entries[a], &entries[b]);
+        (seconds(a), &a.manager, &a.api_version, &a.subresource).cmp(&(
+            seconds(b),
+            &b.manager,
+            &b.api_version,
+            &b.subresource,
+        ))
+    });
+    let is_bucket = |e: &Entry, version: &str| {
+        e.manager == ANCIENT_CHANGES
+            && e.operation == "Update"
+            && e.api_version == version
+            && e.subresource.is_empty()
+    };
+    let mut merged = vec![false; entries.len()];
+    let mut first_of_version: Vec<(String, usize)> = Vec::new();
+    let mut length = updaters.len();
+    for i in updaters {
+        if length <= MAX_UPDATE_MANAGERS {
+            break;
+        }
+        let version = entries[i].api_version.clone();
+        let Some(first) = first_of_version
+            .iter()
+            .find(|(v, _)| *v == version)
+            .map(|(_, f)| *f)
+        else {
+            first_of_version.push((version, i));
+            continue;
+        };
+        let bucket = (0..entries.len()).find(|&b| !merged[b] && is_bucket(&entries[b], &version));
+        let bucket = match bucket {
+            Some(b) => b,
+            None => {
+                // The first entry of this version becomes the bucket.
+                entries[first].manager = ANCIENT_CHANGES.to_string();
+                entries[first].subresource = String::new();
+                first
+            }
+        };
+        if bucket == i {
+            continue;
+        }
+        let fields = entries[i].fields.clone();
+        entries[bucket].fields.union_with(&fields);
+        entries[bucket].time = entries[i].time.clone();
+        merged[i] = true;
+        length -= 1;
+    }
+    let mut index = 0;
+    entries.retain(|_| {
+        let keep = !merged[index];
+        index += 1;
+        keep
+    });
 }
 
 /// A field another manager owns and the apply would change.

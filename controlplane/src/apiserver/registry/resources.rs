@@ -4,7 +4,7 @@ use k8s_openapi::api;
 
 use super::{
     codec, Resource,
-    Subresource::{Binding, Finalize, Log, Scale, Status},
+    Subresource::{Binding, Eviction, Finalize, Log, Scale, Status},
 };
 
 const ALL: &[&str] = &["all"];
@@ -33,7 +33,7 @@ pub static RESOURCES: &[Resource] = &[
         true,
         &["po"],
         ALL,
-        &[Status, Binding, Log],
+        &[Status, Binding, Log, Eviction],
         "pods",
         api::core::v1::Pod
     ),

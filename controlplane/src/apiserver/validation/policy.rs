@@ -4,6 +4,7 @@
 
 use serde_json::Value;
 
+use super::workloads::{label_selector, positive_int_or_percent};
 use super::{arr_at, int_at, same, str_at, Errors, FieldError};
 
 const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
@@ -210,7 +211,9 @@ pub(super) fn network_policy(spec: &Value, errs: &mut Errors) {
     }
 }
 
-/// A PodDisruptionBudget sets at most one of minAvailable and maxUnavailable.
+/// A PodDisruptionBudget (upstream's ValidatePodDisruptionBudgetSpec): at
+/// most one of minAvailable and maxUnavailable, each a non-negative int or a
+/// percentage up to 100%, a valid selector, a known unhealthy-pod policy.
 pub(super) fn pdb(spec: &Value, errs: &mut Errors) {
     if !spec["minAvailable"].is_null() && !spec["maxUnavailable"].is_null() {
         errs.push(FieldError::invalid(
@@ -220,13 +223,19 @@ pub(super) fn pdb(spec: &Value, errs: &mut Errors) {
         ));
     }
     for field in ["minAvailable", "maxUnavailable"] {
-        if int_at(spec, field).is_some_and(|n| n < 0) {
-            errs.push(FieldError::invalid(
-                format!("spec.{field}"),
-                &spec[field],
-                "must be greater than or equal to 0",
-            ));
-        }
+        let value = spec.get(field).filter(|v| !v.is_null());
+        positive_int_or_percent(value, &format!("spec.{field}"), true, errs);
+    }
+    if spec["selector"].is_object() {
+        label_selector(&spec["selector"], "spec.selector", errs);
+    }
+    let policy = &spec["unhealthyPodEvictionPolicy"];
+    if !policy.is_null() && !matches!(policy.as_str(), Some("IfHealthyBudget" | "AlwaysAllow")) {
+        errs.push(FieldError::not_supported(
+            "spec.unhealthyPodEvictionPolicy",
+            policy,
+            &["AlwaysAllow", "IfHealthyBudget"],
+        ));
     }
 }
 

@@ -132,7 +132,7 @@ fn selector_and_template(kind: &str, spec: &Value, errs: &mut Errors) {
 }
 
 /// `ValidateLabelSelector`; true when the selector can be evaluated.
-fn label_selector(selector: &Value, path: &str, errs: &mut Errors) -> bool {
+pub(super) fn label_selector(selector: &Value, path: &str, errs: &mut Errors) -> bool {
     labels(selector.get("matchLabels"), &at(path, "matchLabels"), errs);
     let mut valid = true;
     for (i, req) in arr_at(selector, "matchExpressions").iter().enumerate() {
@@ -208,7 +208,12 @@ fn int_or_percent(v: Option<&Value>) -> i64 {
 }
 
 /// `ValidatePositiveIntOrPercent` plus the "at most 100%" check.
-fn positive_int_or_percent(v: Option<&Value>, path: &str, at_most_100: bool, errs: &mut Errors) {
+pub(super) fn positive_int_or_percent(
+    v: Option<&Value>,
+    path: &str,
+    at_most_100: bool,
+    errs: &mut Errors,
+) {
     match v {
         Some(Value::String(s)) => {
             let digits = s

@@ -293,3 +293,113 @@ fn fields_nobody_tracked_belong_to_before_first_apply() {
         json!({"f:data": {"f:j": {}}})
     );
 }
+
+/// `n` kubectl-style managers, each editing its own key of a ConfigMap one
+/// second after the previous one, in `version`.
+fn updated_by_many(start: Value, n: usize, version: &str) -> Value {
+    let mut obj = start;
+    for i in 0..n {
+        let mut next = obj.clone();
+        next["data"][format!("k{i:02}")] = json!("v");
+        let mut w = writer(&format!("m{i:02}"), &format!("2026-01-01T00:00:{i:02}Z"));
+        w.api_version = version.into();
+        record_update("ConfigMap", &obj, &mut next, &w);
+        obj = next;
+    }
+    obj
+}
+
+fn managers(obj: &Value) -> Vec<String> {
+    obj["metadata"]["managedFields"]
+        .as_array()
+        .expect("managedFields")
+        .iter()
+        .map(|e| e["manager"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+#[test]
+fn more_than_ten_update_managers_merge_the_oldest_into_ancient_changes() {
+    let live = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}});
+    let live = apply(
+        &live,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\ndata: {applied: x}\n",
+        "kubectl",
+    )
+    .unwrap();
+    let ten = updated_by_many(live.clone(), 10, "v1");
+    assert_eq!(managers(&ten).len(), 11, "ten updaters and the applier");
+    assert!(!managers(&ten).contains(&ANCIENT_CHANGES.to_string()));
+
+    let twelve = updated_by_many(live, 12, "v1");
+    let names = managers(&twelve);
+    // m00 and m01 and m02 became one entry: 10 Update entries plus the Apply.
+    assert_eq!(names.len(), 11, "{names:?}");
+    assert!(names.contains(&"kubectl".to_string()));
+    for gone in ["m00", "m01", "m02"] {
+        assert!(!names.contains(&gone.to_string()), "{names:?}");
+    }
+    let bucket = entry(&twelve, ANCIENT_CHANGES);
+    assert_eq!(bucket["operation"], "Update");
+    assert_eq!(bucket["apiVersion"], "v1");
+    assert_eq!(
+        bucket["fieldsV1"],
+        json!({"f:data": {"f:k00": {}, "f:k01": {}, "f:k02": {}}})
+    );
+    // The bucket carries the newest time merged into it.
+    assert_eq!(bucket["time"], "2026-01-01T00:00:02Z");
+    assert_eq!(entry(&twelve, "kubectl")["operation"], "Apply");
+}
+
+#[test]
+fn ancient_changes_keeps_one_bucket_per_api_version() {
+    let obj = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}});
+    // Two old managers in another version, then eleven in v1.
+    let mut obj = updated_by_many(obj, 2, "v1beta1");
+    for i in 0..11 {
+        let mut next = obj.clone();
+        next["data"][format!("n{i:02}")] = json!("v");
+        let w = writer(&format!("n{i:02}"), &format!("2026-01-01T00:01:{i:02}Z"));
+        record_update("ConfigMap", &obj, &mut next, &w);
+        obj = next;
+    }
+    let entries = obj["metadata"]["managedFields"]
+        .as_array()
+        .expect("entries");
+    assert_eq!(entries.len(), 10, "{entries:?}");
+    let buckets: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["manager"] == ANCIENT_CHANGES)
+        .collect();
+    // m00 and m01 (v1beta1) merged; then n00 was the first v1 one and n01
+    // joined it: two buckets, one per version.
+    assert_eq!(buckets.len(), 2, "{entries:?}");
+    let versions: Vec<&str> = buckets
+        .iter()
+        .map(|b| b["apiVersion"].as_str().unwrap_or(""))
+        .collect();
+    assert!(
+        versions.contains(&"v1beta1") && versions.contains(&"v1"),
+        "{versions:?}"
+    );
+    // Another update merges into the existing v1 bucket, not a new one.
+    let mut next = obj.clone();
+    next["data"]["late"] = json!("v");
+    record_update(
+        "ConfigMap",
+        &obj,
+        &mut next,
+        &writer("late", "2026-01-01T00:02:00Z"),
+    );
+    let entries = next["metadata"]["managedFields"]
+        .as_array()
+        .expect("entries");
+    assert_eq!(entries.len(), 10, "{entries:?}");
+    assert_eq!(
+        entries
+            .iter()
+            .filter(|e| e["manager"] == ANCIENT_CHANGES)
+            .count(),
+        2
+    );
+}
