@@ -334,14 +334,16 @@ fn rolling_update_loses_no_request(cluster: &Cluster) {
 /// With short node timeouts: a rolling update under a constant request loop
 /// loses no request; an established connection through a ClusterIP survives
 /// a restart of the agents on both ends; a node whose agent stops goes
-/// NotReady and its pods come back on the other nodes.
+/// NotReady and its pods come back on the other nodes; NodePort connections
+/// keep a backend that leaves the Service (as in eBPF mode).
 #[test]
 fn rolling_update_agent_restart_and_node_loss() {
     let cluster = Cluster::up(
         3,
         &[
-            // The held connection's client runs with `ip netns exec`, outside
-            // the node's cgroup, which only the iptables data plane serves.
+            // This scenario covers the iptables data plane end to end (the
+            // eBPF one has `rolling_update_ebpf`); its held connection's
+            // client runs with `ip netns exec`, outside the node's cgroup.
             "--proxy-mode",
             "iptables",
             "--server-arg=--node-monitor-grace-period=10s",
@@ -412,15 +414,94 @@ fn rolling_update_agent_restart_and_node_loss() {
         Duration::from_secs(90),
         || cluster.ready_nodes().contains(&lost).then_some(()),
     );
+    connections_outlive_their_backends_removal(&cluster);
+}
+
+/// The NodePort of `HOLD`.
+const HOLD_PORT: u16 = 30090;
+
+/// Pods answering each line with their name, serving for a minute after
+/// deletion (a preStop pause; nc as PID 1 ignores SIGTERM), behind a NodePort.
+const HOLD: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: hold}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: hold}}
+  template:
+    metadata: {labels: {app: hold}}
+    spec:
+      terminationGracePeriodSeconds: 60
+      containers:
+        - name: hold
+          image: localhost/busybox:latest
+          imagePullPolicy: IfNotPresent
+          command: [nc, -ll, -p, '9000', -e, sh, -c, 'while read l; do echo \"$POD_NAME $l\"; done']
+          env: [{name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}]
+          ports: [{containerPort: 9000}]
+          lifecycle: {preStop: {exec: {command: [sleep, '60']}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: hold}
+spec:
+  type: NodePort
+  selector: {app: hold}
+  ports: [{port: 9000, targetPort: 9000, nodePort: 30090}]
+";
+
+/// Connections from the underlay through the NodePort of the pod's own node
+/// (local backend) and of another node (SNAT to a remote backend) keep
+/// their pod after it is deleted and leaves the Service, as long as it
+/// serves them; new connections reach its replacement.
+fn connections_outlive_their_backends_removal(cluster: &Cluster) {
+    cluster.kubectl_stdin_ok(&["apply", "-f", "-"], HOLD);
+    cluster.kubectl_ok(&["rollout", "status", "deployment/hold", "--timeout=120s"]);
+    let old = wait_service_follows(cluster, "app=hold", "hold", 1).remove(0);
+    let own = (1..=cluster.nodes)
+        .find(|i| format!("{}-node{i}", cluster.prefix) == old.node)
+        .expect("the pod's node");
+    let connect =
+        |i: usize| LineClient::connect(&cluster.underlay(), &cluster.node_address(i), HOLD_PORT);
+    let mut held: Vec<(usize, LineClient)> = [own, own % cluster.nodes + 1]
+        .into_iter()
+        .map(|i| (i, connect(i)))
+        .collect();
+    for (_, conn) in &mut held {
+        assert_eq!(conn.round_trip("before"), format!("{} before", old.name));
+    }
+    cluster.kubectl_ok(&["delete", "pod", &old.name, "--wait=false"]);
+    let new = wait_for("the replacement pod", Duration::from_secs(120), || {
+        let pods = wait_service_follows(cluster, "app=hold", "hold", 1);
+        (pods[0].name != old.name).then(|| pods[0].name.clone())
+    });
+    for (i, _) in &held {
+        // The old pod left this node's NodePort: a new connection only
+        // reaches the replacement.
+        wait_for(
+            &format!("node {i} balancing to {new}"),
+            Duration::from_secs(30),
+            || (connect(*i).round_trip("new") == format!("{new} new")).then_some(()),
+        );
+    }
+    for (i, conn) in &mut held {
+        assert_eq!(
+            conn.round_trip("after"),
+            format!("{} after", old.name),
+            "a connection through node {i}'s NodePort lost its terminating backend"
+        );
+    }
 }
 
 /// A rolling update with the eBPF data plane: the NodePort's tc programs
-/// and their connection table follow the endpoints without a failed request.
+/// and their connection table follow the endpoints without a failed request,
+/// and established connections keep a backend that leaves the Service.
 #[test]
 fn rolling_update_ebpf() {
     let cluster = Cluster::up(3, &[]);
     apply_examples(&cluster);
     rolling_update_loses_no_request(&cluster);
+    connections_outlive_their_backends_removal(&cluster);
 }
 
 /// `skiff up` refuses bad flags and a second cluster on the same directory;

@@ -31,6 +31,10 @@ pub struct Spec {
 impl Spec {
     /// Starts the process, appending to its log.
     pub fn spawn(&self) -> Result<Child> {
+        // Run this very binary (its inode, through /proc/self/exe), not the
+        // file at its path: a rebuild that replaces `skiff` while the cluster
+        // runs must not break starting or restarting a node. argv[0] keeps
+        // the path for `ps`.
         let exe = std::env::current_exe().context("finding the skiff binary")?;
         if let Some(dir) = self.log.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -40,7 +44,8 @@ impl Spec {
             .append(true)
             .open(&self.log)
             .with_context(|| format!("opening {}", self.log.display()))?;
-        Command::new(exe)
+        Command::new("/proc/self/exe")
+            .arg0(&exe)
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
