@@ -197,21 +197,21 @@ fn insert_reply(key: &mut CtKey, reply: &CtValue, snat: bool, salt: u32) -> Opti
     None
 }
 
-/// Records both directions of a new flow and DNATs its first packet.
+/// Records both directions of a new flow (`key`: its forward key) from `p`
+/// to backend `b` (id `id`) of frontend `fe_id`: first the reply entry —
+/// when `snat`, the flow leaves from `snat_addr` on a free NAT port — then
+/// the forward entry of kind `dir`, which is returned. None when the table
+/// takes neither: the caller drops the packet.
 #[inline(always)]
-fn new_flow(ctx: &TcContext, p: &Packet, key: &CtKey) -> i32 {
-    let Some((fe, snat_addr)) = lookup_frontend(p) else {
-        return TC_ACT_OK;
-    };
-    if !source_allowed(&fe, p) || fe.count == 0 {
-        maps::count(fe.id, 0, 0, 0, 1);
-        return TC_ACT_SHOT;
-    }
-    let Some((id, b)) = choose(&fe, p) else {
-        maps::count(fe.id, 0, 0, 0, 1);
-        return TC_ACT_SHOT;
-    };
-    let snat = fe.flags & FLAG_LOCAL == 0 && b.flags & BACKEND_LOCAL == 0;
+fn record_flow(
+    p: &Packet,
+    key: &CtKey,
+    fe_id: u32,
+    (id, b): (u32, &Backend),
+    snat: bool,
+    snat_addr: [u32; 4],
+    dir: u8,
+) -> Option<CtValue> {
     let mut reply_key = CtKey {
         saddr: b.addr,
         daddr: if snat { snat_addr } else { p.saddr },
@@ -227,31 +227,47 @@ fn new_flow(ctx: &TcContext, p: &Packet, key: &CtKey) -> i32 {
         port: p.dport,
         nat_port: p.sport,
         backend: id,
-        frontend: fe.id,
+        frontend: fe_id,
         dir: CT_REPLY,
         snat: snat as u8,
         pad: 0,
     };
     let salt = flow_hash(&p.saddr, p.sport, &b.addr, b.port, p.proto);
-    let Some(nat_port) = insert_reply(&mut reply_key, &reply, snat, salt) else {
-        maps::count(fe.id, 0, 0, 0, 1);
-        return TC_ACT_SHOT;
-    };
+    let nat_port = insert_reply(&mut reply_key, &reply, snat, salt)?;
     let fwd = CtValue {
         addr: b.addr,
         nat_addr: snat_addr,
         port: b.port,
         nat_port,
         backend: id,
-        frontend: fe.id,
-        dir: CT_FORWARD,
+        frontend: fe_id,
+        dir,
         snat: snat as u8,
         pad: 0,
     };
-    if SKIFF_CT.insert(key, fwd, 0).is_err() {
+    SKIFF_CT.insert(key, fwd, 0).ok()?;
+    Some(fwd)
+}
+
+/// Records both directions of a new flow and DNATs its first packet.
+#[inline(always)]
+fn new_flow(ctx: &TcContext, p: &Packet, key: &CtKey) -> i32 {
+    let Some((fe, snat_addr)) = lookup_frontend(p) else {
+        return TC_ACT_OK;
+    };
+    if !source_allowed(&fe, p) || fe.count == 0 {
         maps::count(fe.id, 0, 0, 0, 1);
         return TC_ACT_SHOT;
     }
+    let Some((id, b)) = choose(&fe, p) else {
+        maps::count(fe.id, 0, 0, 0, 1);
+        return TC_ACT_SHOT;
+    };
+    let snat = fe.flags & FLAG_LOCAL == 0 && b.flags & BACKEND_LOCAL == 0;
+    let Some(fwd) = record_flow(p, key, fe.id, (id, &b), snat, snat_addr, CT_FORWARD) else {
+        maps::count(fe.id, 0, 0, 0, 1);
+        return TC_ACT_SHOT;
+    };
     maps::count(fe.id, 1, 1, ctx.len() as u64, 0);
     match apply(ctx, p, &fwd) {
         Some(()) => TC_ACT_OK,

@@ -19,12 +19,10 @@ use aya_ebpf::{
     programs::TcContext,
     EbpfContext,
 };
-use skiff_common::{
-    CtKey, CtValue, FrontendKey, NodeAddrKey, CT_FORWARD_ROUTE, CT_REPLY, FLAG_SOCKET,
-};
+use skiff_common::{CtKey, FrontendKey, NodeAddrKey, CT_FORWARD_ROUTE, FLAG_SOCKET};
 
-use super::{apply, choose, insert_reply, Packet};
-use crate::maps::{self, SKIFF_CT, SKIFF_NODE_ADDRS};
+use super::{apply, choose, record_flow, Packet};
+use crate::maps::{self, SKIFF_NODE_ADDRS};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -56,43 +54,10 @@ pub fn new_flow(ctx: &TcContext, p: &Packet, key: &CtKey) -> i32 {
         return TC_ACT_SHOT;
     };
     // The backend answers the node address the flow came from, so no SNAT.
-    let mut reply_key = CtKey {
-        saddr: b.addr,
-        daddr: p.saddr,
-        sport: b.port,
-        dport: p.sport,
-        proto: p.proto,
-        family: p.family,
-        pad: 0,
-    };
-    let reply = CtValue {
-        addr: p.daddr,
-        nat_addr: p.saddr,
-        port: p.dport,
-        nat_port: p.sport,
-        backend: id,
-        frontend: fe.id,
-        dir: CT_REPLY,
-        snat: 0,
-        pad: 0,
-    };
-    let fwd = CtValue {
-        addr: b.addr,
-        nat_addr: p.saddr,
-        port: b.port,
-        nat_port: p.sport,
-        backend: id,
-        frontend: fe.id,
-        dir: CT_FORWARD_ROUTE,
-        snat: 0,
-        pad: 0,
-    };
-    if insert_reply(&mut reply_key, &reply, false, 0).is_none()
-        || SKIFF_CT.insert(key, fwd, 0).is_err()
-    {
+    let Some(fwd) = record_flow(p, key, fe.id, (id, &b), false, p.saddr, CT_FORWARD_ROUTE) else {
         maps::count(fe.id, 0, 0, 0, 1);
         return TC_ACT_SHOT;
-    }
+    };
     maps::count(fe.id, 1, 1, ctx.len() as u64, 0);
     match apply(ctx, p, &fwd) {
         Some(()) => route(ctx, p, &b.addr),
