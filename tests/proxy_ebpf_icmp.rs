@@ -9,7 +9,7 @@ mod proxy_ebpf_support;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use proxy_ebpf_support::checksum::{csum, csum6};
+use proxy_ebpf_support::packets::{csum, csum6};
 use proxy_ebpf_support::{endpoint, map_of, service, Plane};
 use skiff_proxy::model::{Changes, Protocol, ServiceMap};
 use skiff_proxy::Dataplane;

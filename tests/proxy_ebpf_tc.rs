@@ -5,9 +5,13 @@
 
 mod proxy_ebpf_support;
 
-use std::net::Ipv4Addr;
+use proxy_ebpf_support::packets::{ipv4_addrs as addrs, ipv4_packet};
 
-use proxy_ebpf_support::checksum::{csum, l4_csum4 as l4_csum};
+/// A TCP SYN (`proto` 6) or UDP packet carrying "hello".
+fn packet(proto: u8, src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
+    let flags = (proto == 6).then_some(0x02);
+    ipv4_packet(flags, (src, sport), (dst, dport), b"hello")
+}
 use proxy_ebpf_support::{endpoint, map_of, service, Plane};
 use skiff_proxy::model::{Changes, Protocol, TrafficPolicy};
 use skiff_proxy::Dataplane;
@@ -17,49 +21,6 @@ const TC_ACT_SHOT: u32 = 2;
 
 const NODE: &str = "192.168.50.2";
 const CLIENT: &str = "198.51.100.7";
-
-/// An Ethernet + IPv4 + TCP (SYN) or UDP packet with correct checksums.
-fn packet(proto: u8, src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
-    let src: Ipv4Addr = src.parse().unwrap();
-    let dst: Ipv4Addr = dst.parse().unwrap();
-    let payload = b"hello";
-    let l4_len = if proto == 6 { 20 } else { 8 } + payload.len();
-    let mut p = vec![0u8; 14];
-    p[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, proto, 0, 0];
-    ip[2..4].copy_from_slice(&((20 + l4_len) as u16).to_be_bytes());
-    ip.extend_from_slice(&src.octets());
-    ip.extend_from_slice(&dst.octets());
-    let c = csum(&ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    let mut l4 = Vec::new();
-    l4.extend_from_slice(&sport.to_be_bytes());
-    l4.extend_from_slice(&dport.to_be_bytes());
-    if proto == 6 {
-        l4.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
-    } else {
-        l4.extend_from_slice(&(l4_len as u16).to_be_bytes());
-        l4.extend_from_slice(&[0, 0]);
-    }
-    l4.extend_from_slice(payload);
-    let c = l4_csum(&ip, &l4);
-    let off = if proto == 6 { 16 } else { 6 };
-    l4[off..off + 2].copy_from_slice(&c.to_be_bytes());
-    p.extend_from_slice(&ip);
-    p.extend_from_slice(&l4);
-    p
-}
-
-/// (src, sport, dst, dport) of a packet, after checking both checksums.
-fn addrs(p: &[u8]) -> (String, u16, String, u16) {
-    let ip = &p[14..34];
-    assert_eq!(csum(ip), 0, "IPv4 header checksum broken");
-    let l4 = &p[34..];
-    assert_eq!(l4_csum(ip, l4), 0, "L4 checksum broken");
-    let a = |o: usize| Ipv4Addr::new(ip[o], ip[o + 1], ip[o + 2], ip[o + 3]).to_string();
-    let port = |o: usize| u16::from_be_bytes([l4[o], l4[o + 1]]);
-    (a(12), port(0), a(16), port(2))
-}
 
 #[test]
 fn nodeport_dnat_to_a_local_backend_and_reply_reverse_nat() {

@@ -8,7 +8,7 @@ mod proxy_ebpf_support;
 
 use std::net::Ipv6Addr;
 
-use proxy_ebpf_support::checksum::l4_csum6 as l4_csum;
+use proxy_ebpf_support::packets::l4_csum6 as l4_csum;
 use proxy_ebpf_support::{endpoint, map_of, service, Plane};
 use skiff_proxy::model::{Changes, Protocol, ServiceMap, TrafficPolicy};
 use skiff_proxy::Dataplane;

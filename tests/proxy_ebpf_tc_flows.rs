@@ -10,9 +10,13 @@
 
 mod proxy_ebpf_support;
 
-use std::net::Ipv4Addr;
+use proxy_ebpf_support::packets::{ipv4_addrs as addrs, ipv4_packet};
 
-use proxy_ebpf_support::checksum::{csum, l4_csum4 as l4_csum};
+/// A TCP packet with `flags`, or UDP when `flags` is `None`, carrying a
+/// request.
+fn packet(flags: Option<u8>, src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
+    ipv4_packet(flags, (src, sport), (dst, dport), b"GET / HTTP/1.0\r\n\r\n")
+}
 use proxy_ebpf_support::{endpoint, map_of, service, Plane};
 use skiff_proxy::model::{Changes, Endpoint, Protocol, ServiceMap};
 use skiff_proxy::Dataplane;
@@ -27,54 +31,6 @@ const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
 const PSH_ACK: u8 = 0x18;
 const FIN_ACK: u8 = 0x11;
-
-/// An Ethernet + IPv4 packet with correct checksums: TCP with `flags`, or
-/// UDP when `flags` is `None`.
-fn packet(flags: Option<u8>, src: &str, sport: u16, dst: &str, dport: u16) -> Vec<u8> {
-    let src: Ipv4Addr = src.parse().unwrap();
-    let dst: Ipv4Addr = dst.parse().unwrap();
-    let payload = b"GET / HTTP/1.0\r\n\r\n";
-    let mut l4 = Vec::new();
-    l4.extend_from_slice(&sport.to_be_bytes());
-    l4.extend_from_slice(&dport.to_be_bytes());
-    let proto = match flags {
-        Some(f) => {
-            l4.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1, 0x50, f, 0xff, 0xff, 0, 0, 0, 0]);
-            6
-        }
-        None => {
-            l4.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-            l4.extend_from_slice(&[0, 0]);
-            17
-        }
-    };
-    l4.extend_from_slice(payload);
-    let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, proto, 0, 0];
-    ip[2..4].copy_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
-    ip.extend_from_slice(&src.octets());
-    ip.extend_from_slice(&dst.octets());
-    let c = csum(&ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    let c = l4_csum(&ip, &l4);
-    let off = if proto == 6 { 16 } else { 6 };
-    l4[off..off + 2].copy_from_slice(&c.to_be_bytes());
-    let mut p = vec![0u8; 12];
-    p.extend_from_slice(&0x0800u16.to_be_bytes());
-    p.extend_from_slice(&ip);
-    p.extend_from_slice(&l4);
-    p
-}
-
-/// (src, sport, dst, dport) of a packet, after checking both checksums.
-fn addrs(p: &[u8]) -> (String, u16, String, u16) {
-    let ip = &p[14..34];
-    assert_eq!(csum(ip), 0, "IPv4 header checksum broken");
-    let l4 = &p[34..];
-    assert_eq!(l4_csum(ip, l4), 0, "L4 checksum broken");
-    let a = |o: usize| Ipv4Addr::new(ip[o], ip[o + 1], ip[o + 2], ip[o + 3]).to_string();
-    let port = |o: usize| u16::from_be_bytes([l4[o], l4[o + 1]]);
-    (a(12), port(0), a(16), port(2))
-}
 
 /// A NodePort service over `eps` on a node with address `NODE`.
 fn web(proto: Protocol, eps: Vec<Endpoint>) -> ServiceMap {

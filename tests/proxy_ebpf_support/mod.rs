@@ -5,7 +5,7 @@
 
 #![allow(dead_code)]
 
-pub mod checksum;
+pub mod packets;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
