@@ -15,6 +15,7 @@ pub mod binder;
 pub mod cache;
 pub mod diagnosis;
 pub mod filters;
+mod held;
 pub mod placement;
 pub mod quantity;
 pub mod queue;

@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 
+use super::held::Held;
+
 /// First backoff after a failed attempt (upstream `podInitialBackoffSeconds`).
 pub const INITIAL_BACKOFF: Duration = Duration::from_secs(1);
 /// Longest backoff (upstream `podMaxBackoffSeconds`).
@@ -27,6 +29,11 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// change (upstream waits 5 minutes; a shorter period suits small clusters
 /// whose changes the scheduler might not classify as helpful).
 pub const UNSCHEDULABLE_FLUSH: Duration = Duration::from_secs(60);
+/// Pods kept decoded while they wait for their first attempt; a new pod
+/// arriving when this many are queued is packed (see [`Held`]) until it is
+/// popped, so a burst of creates the scheduler cannot keep up with costs
+/// ~0.75 KB per pod instead of ~8 KB.
+pub const KEEP_WHOLE: usize = 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -38,7 +45,10 @@ enum State {
 
 #[derive(Debug)]
 struct Entry {
-    pod: Arc<Pod>,
+    /// Whole while active or in flight, packed while waiting (see [`Held`]).
+    pod: Held,
+    /// `spec.priority` of the latest state.
+    priority: i32,
     state: State,
     attempts: u32,
     last_attempt: Option<Instant>,
@@ -66,11 +76,6 @@ pub fn backoff_for(attempts: u32) -> Duration {
 
 fn priority(pod: &Pod) -> i32 {
     pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0)
-}
-
-/// Spec or labels differ: the pod may schedule differently now.
-fn scheduling_relevant_change(old: &Pod, new: &Pod) -> bool {
-    old.spec != new.spec || old.metadata.labels != new.metadata.labels
 }
 
 impl Queue {
@@ -119,9 +124,15 @@ impl Queue {
     /// pod whose spec or labels changed is tried again.
     pub fn add_or_update(&mut self, uid: &str, pod: Arc<Pod>, now: Instant) {
         let Some(entry) = self.entries.get_mut(uid) else {
+            let priority = priority(&pod);
+            let mut pod = Held::Whole(pod);
+            if self.entries.len() >= KEEP_WHOLE {
+                pod.pack();
+            }
             self.entries.insert(
                 uid.to_string(),
                 Entry {
+                    priority,
                     pod,
                     state: State::Active,
                     attempts: 0,
@@ -132,10 +143,13 @@ impl Queue {
             self.activate(uid, now);
             return;
         };
-        let changed = scheduling_relevant_change(&entry.pod, &pod);
-        entry.pod = pod;
-        if changed && matches!(entry.state, State::Unschedulable { .. }) {
-            self.retry(uid, now);
+        entry.priority = priority(&pod);
+        let changed = entry.pod.replace(pod);
+        let state = entry.state;
+        match state {
+            State::Unschedulable { .. } if changed => self.retry(uid, now),
+            State::Unschedulable { .. } | State::Backoff { .. } => entry.pod.pack(),
+            State::Active | State::InFlight { .. } => {}
         }
     }
 
@@ -155,19 +169,26 @@ impl Queue {
             if entry.state != State::Active || entry.ticket != ticket {
                 continue;
             }
+            let pod = match entry.pod.unpack() {
+                Ok(pod) => pod,
+                Err(e) => {
+                    // Cannot happen for JSON this queue wrote; the pod comes
+                    // back with its next watch event.
+                    tracing::error!(
+                        "scheduler: dropping queued pod {uid}: decoding it failed: {e}"
+                    );
+                    self.entries.remove(&uid);
+                    continue;
+                }
+            };
             entry.state = State::InFlight {
                 moves_at_pop: self.moves,
             };
             entry.attempts = entry.attempts.saturating_add(1);
             entry.last_attempt = Some(now);
-            return Some((uid, entry.pod.clone()));
+            return Some((uid, pod));
         }
         None
-    }
-
-    /// The latest object of a queued pod.
-    pub fn pod(&self, uid: &str) -> Option<Arc<Pod>> {
-        self.entries.get(uid).map(|e| e.pod.clone())
     }
 
     /// An in-flight pod fit nowhere: it waits for a cluster change, or goes
@@ -179,7 +200,10 @@ impl Queue {
         };
         match entry.state {
             State::InFlight { moves_at_pop } if moves_at_pop != moves => self.back_off(uid, now),
-            _ => entry.state = State::Unschedulable { since: now },
+            _ => {
+                entry.state = State::Unschedulable { since: now };
+                entry.pod.pack();
+            }
         }
     }
 
@@ -257,7 +281,7 @@ impl Queue {
             entry.state = State::Active;
             entry.ticket = ticket;
             self.active
-                .push((priority(&entry.pod), Reverse(ticket), uid.to_string()));
+                .push((entry.priority, Reverse(ticket), uid.to_string()));
         }
     }
 
@@ -269,6 +293,7 @@ impl Queue {
             let until = from + backoff_for(entry.attempts);
             entry.state = State::Backoff { until };
             entry.ticket = ticket;
+            entry.pod.pack();
             self.backoff.push(Reverse((until, ticket, uid.to_string())));
         }
     }
@@ -376,6 +401,30 @@ mod tests {
         relabelled.metadata.labels = Some([("x".to_string(), "y".to_string())].into());
         q.add_or_update("a", Arc::new(relabelled), t0 + Duration::from_secs(3));
         assert!(q.has_active());
+    }
+
+    #[test]
+    fn a_backlog_beyond_keep_whole_pops_unchanged_in_order() {
+        let now = Instant::now();
+        let mut q = Queue::new();
+        let total = KEEP_WHOLE + 10;
+        for i in 0..total {
+            q.add_or_update(&format!("p{i}"), pod(&format!("p{i}"), 0), now);
+        }
+        let packed = q
+            .entries
+            .values()
+            .filter(|e| matches!(e.pod, Held::Packed { .. }))
+            .count();
+        assert_eq!(
+            packed, 10,
+            "only the pods beyond the first KEEP_WHOLE are packed"
+        );
+        for i in 0..total {
+            let (uid, p) = q.pop(now).expect("queued");
+            assert_eq!(uid, format!("p{i}"));
+            assert_eq!(p, pod(&uid, 0));
+        }
     }
 
     #[test]
