@@ -243,7 +243,8 @@ async fn run_pod(client: &kube::Client, name: &str, node: &str, tolerations: Val
         .await
         .unwrap_or_else(|e| panic!("create pod {name}: {e}"));
     let status = json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
-        "conditions": [{"type": "Ready", "status": "True"}]}});
+        "conditions": [{"type": "PodScheduled", "status": "True"},
+            {"type": "Ready", "status": "True", "reason": "KubeletReady"}]}});
     pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
         .await
         .unwrap_or_else(|e| panic!("write status of pod {name}: {e}"));
@@ -349,18 +350,29 @@ async fn silent_node_is_tainted_and_its_pods_evicted() {
 
     // Its pods stop being Ready; the one with default tolerations goes after 2 s.
     let pods = Api::<Pod>::namespaced(client.clone(), "default");
-    eventually("pods on bad to be marked not ready", || async {
+    let marked = eventually("pods on bad to be marked not ready", || async {
         let p = pods
             .get("tolerates-forever")
             .await
             .map_err(|e| e.to_string())?;
         if pod_ready(&p).as_deref() == Some("False") {
-            Ok(())
+            Ok(p)
         } else {
             Err(format!("{:?}", pod_ready(&p)))
         }
     })
     .await;
+    // As upstream's MarkPodsNotReady: only Ready's status and transition
+    // time change; its reason and the pod's other conditions stay.
+    let conditions = marked.status.and_then(|s| s.conditions).unwrap_or_default();
+    let condition = |t: &str| conditions.iter().find(|c| c.type_ == t).cloned();
+    let ready = condition("Ready").expect("a Ready condition");
+    assert_eq!(ready.reason.as_deref(), Some("KubeletReady"));
+    assert!(ready.last_transition_time.is_some());
+    assert_eq!(
+        condition("PodScheduled").map(|c| c.status),
+        Some("True".to_string())
+    );
     eventually("the pod with default tolerations to be evicted", || async {
         if evicted(&client, "default-tolerations").await {
             Ok(())

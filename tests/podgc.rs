@@ -38,7 +38,12 @@ async fn bound_pod(
     pods.create(&PostParams::default(), &pod)
         .await
         .unwrap_or_else(|e| panic!("create pod {name}: {e}"));
-    set_phase(client, name, phase).await;
+    // As a kubelet writes it: the phase and the pod's conditions.
+    let status = json!({"status": {"phase": phase,
+        "conditions": [{"type": "PodScheduled", "status": "True"}]}});
+    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap_or_else(|e| panic!("write status of pod {name}: {e}"));
 }
 
 async fn set_phase(client: &kube::Client, name: &str, phase: &str) {
@@ -126,6 +131,13 @@ async fn pods_of_a_vanished_node_are_marked_failed_and_deleted() {
         condition.message.as_deref(),
         Some("PodGC: node no longer exists")
     );
+    // The kubelet's conditions stay beside it.
+    let scheduled = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "PodScheduled");
+    assert_eq!(scheduled.map(|c| c.status.as_str()), Some("True"));
     let remove = json!({"metadata": {"finalizers": null}});
     pods.patch("orphan", &PatchParams::default(), &Patch::Merge(&remove))
         .await

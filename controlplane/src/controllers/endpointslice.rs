@@ -22,7 +22,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Endpoints, Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
@@ -37,7 +37,7 @@ use self::informer::Change;
 use self::pack::{SliceTemplate, MAX_ENDPOINTS_PER_SLICE};
 use self::queue::WorkQueue;
 use super::events::{self, EventType, Recorder};
-use super::pods::{PodChange, PodInformer};
+use super::pods::{CachedPod, PodChange, PodInformer, PodStore};
 use super::Context;
 
 /// Services reconciled concurrently (upstream's `--concurrent-service-endpoint-syncs`).
@@ -128,7 +128,7 @@ impl OwnWrites {
 struct Controller {
     client: kube::Client,
     services: Store<Service>,
-    pods: Store<Pod>,
+    pods: PodStore,
     nodes: Store<Node>,
     queue: Arc<WorkQueue<ServiceKey>>,
     own: OwnWrites,
@@ -213,14 +213,7 @@ pub async fn run(ctx: Arc<Context>, pod_informer: Arc<PodInformer>) {
     let mut pod_changes = pod_informer.subscribe();
     tokio::spawn(async move {
         while let Some(change) = pod_changes.next().await {
-            c.on_pod(match &change {
-                PodChange::Applied { old, new } => Change::Applied {
-                    old: old.clone(),
-                    new,
-                },
-                PodChange::Deleted(old) => Change::Deleted(old),
-                PodChange::Resynced => Change::Resynced,
-            });
+            c.on_pod(change);
         }
     });
     pod_informer.wait_until_ready().await;
@@ -264,16 +257,13 @@ impl Controller {
     }
 
     /// Queues the Services selecting `pod` (by its labels at that time).
-    fn queue_services_of(&self, pod: &Pod) {
-        let Some(ns) = pod.metadata.namespace.as_deref() else {
-            return;
-        };
-        let labels = pod.metadata.labels.as_ref();
+    fn queue_services_of(&self, pod: &CachedPod) {
+        let ns = &*pod.namespace;
         for svc in self.services.state() {
             if svc.metadata.namespace.as_deref() != Some(ns) {
                 continue;
             }
-            if desired::selector(&svc).is_some_and(|sel| desired::selects(sel, labels)) {
+            if desired::selector(&svc).is_some_and(|sel| desired::selects(sel, &pod.labels)) {
                 if let Some(key) = service_key(&svc.metadata) {
                     self.queue.add(key);
                 }
@@ -281,19 +271,19 @@ impl Controller {
         }
     }
 
-    fn on_pod(&self, change: Change<'_, Pod>) {
+    fn on_pod(&self, change: PodChange) {
         match change {
-            Change::Applied { old, new } => {
+            PodChange::Applied { old, new } => {
                 if let Some(old) = old {
-                    if desired::same_for_endpoints(&old, new) {
+                    if desired::same_for_endpoints(&old, &new) {
                         return;
                     }
                     self.queue_services_of(&old);
                 }
-                self.queue_services_of(new);
+                self.queue_services_of(&new);
             }
-            Change::Deleted(old) => self.queue_services_of(old),
-            Change::Resynced => self.queue_all_services(),
+            PodChange::Deleted(old) => self.queue_services_of(&old),
+            PodChange::Resynced => self.queue_all_services(),
         }
     }
 
@@ -414,13 +404,9 @@ impl Controller {
             };
             return self.apply(&slices, plan, &service).await;
         };
-        let pods: Vec<Arc<Pod>> = self
+        let pods: Vec<Arc<CachedPod>> = self
             .pods
-            .state()
-            .into_iter()
-            .filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()))
-            .filter(|p| desired::selects(selector, p.metadata.labels.as_ref()))
-            .collect();
+            .filter(|p| *p.namespace == **ns && desired::selects(selector, &p.labels));
         let zone_of = |node: &str| {
             let node = self.nodes.get(&ObjectRef::new(node))?;
             node.metadata.labels.as_ref()?.get(ZONE_LABEL).cloned()
@@ -505,7 +491,7 @@ impl Controller {
     async fn sync_endpoints(
         &self,
         svc: &Service,
-        pods: &[Arc<Pod>],
+        pods: &[Arc<CachedPod>],
         service: &str,
     ) -> Result<(), EndpointSliceError> {
         let ns = svc.metadata.namespace.clone().unwrap_or_default();

@@ -24,7 +24,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions,
     PropagationPolicy,
@@ -35,7 +34,7 @@ use kube::runtime::WatchStreamExt;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::pods::{PodChange, PodInformer};
+use super::pods::{CachedPod, PodChange, PodInformer};
 use super::Context;
 use crate::apiserver::registry::{self, Resource, RESOURCES};
 use graph::{decide, Decision, Graph, Node, ObjectId, OwnerState, Propagation, FOREGROUND, ORPHAN};
@@ -191,9 +190,9 @@ async fn feed_pods(
         api_version: resource.api_version(),
         kind: resource.kind.to_string(),
     };
-    let meta_only = |pod: &Pod| DynamicObject {
+    let meta_only = |pod: &CachedPod| DynamicObject {
         types: Some(types.clone()),
-        metadata: pod.metadata.clone(),
+        metadata: pod.meta(),
         data: serde_json::Value::Null,
     };
     let mut listing = true;

@@ -24,7 +24,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod, PodCondition, Taint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
 use tokio::sync::Notify;
@@ -33,7 +33,7 @@ use self::eviction::{Eviction, NO_EXECUTE};
 use self::health::Probe;
 use super::endpointslice::informer;
 use super::events::{self, EventType, Recorder};
-use super::pods::{PodChange, PodInformer};
+use super::pods::{CachedPod, PodChange, PodInformer, PodStore};
 use super::Context;
 
 /// Namespace of the node heartbeat Leases.
@@ -94,7 +94,7 @@ struct Monitor {
     client: kube::Client,
     nodes: Store<Node>,
     leases: Store<Lease>,
-    pods: Store<Pod>,
+    pods: PodStore,
     grace: Duration,
     probes: HashMap<String, Probe>,
     /// First sight of NoExecute taints that carry no `timeAdded`.
@@ -181,8 +181,8 @@ pub async fn run(ctx: Arc<Context>, pod_informer: Arc<PodInformer>) {
 }
 
 /// True when the pod's node carries a NoExecute taint.
-fn on_no_execute_node(pod: &Pod, nodes: &Store<Node>) -> bool {
-    let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) else {
+fn on_no_execute_node(pod: &CachedPod, nodes: &Store<Node>) -> bool {
+    let Some(node) = pod.node_name.as_deref() else {
         return false;
     };
     nodes.get(&ObjectRef::new(node)).is_some_and(|n| {
@@ -191,12 +191,19 @@ fn on_no_execute_node(pod: &Pod, nodes: &Store<Node>) -> bool {
     })
 }
 
-fn pod_name(pod: &Pod) -> String {
-    format!(
-        "{}/{}",
-        pod.metadata.namespace.as_deref().unwrap_or_default(),
-        pod.metadata.name.as_deref().unwrap_or_default()
-    )
+/// The status patch of upstream's `MarkPodsNotReady`: the Ready condition
+/// turns False from now (its reason and message stay), written only over
+/// the cached resourceVersion as upstream's UpdateStatus (a pod that
+/// changed meanwhile gets a conflict and is looked at again next pass).
+fn not_ready_patch(pod: &CachedPod, now: Timestamp) -> serde_json::Value {
+    serde_json::json!({
+        "metadata": {"resourceVersion": &*pod.resource_version},
+        "status": {"conditions": [{
+            "type": "Ready",
+            "status": "False",
+            "lastTransitionTime": Time(now),
+        }]},
+    })
 }
 
 impl Monitor {
@@ -324,36 +331,20 @@ impl Monitor {
             return;
         }
         for pod in self.pods.state() {
-            let on_silent = pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.node_name.as_deref())
-                .is_some_and(|n| silent.contains(n));
-            let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_ref());
-            let ready = conditions
-                .into_iter()
-                .flatten()
-                .any(|c| c.type_ == "Ready" && c.status == "True");
-            if !on_silent || !ready || pod.metadata.deletion_timestamp.is_some() {
+            let on_silent = pod.node_name.as_deref().is_some_and(|n| silent.contains(n));
+            if !on_silent || !pod.is_ready() || pod.deleted.is_some() {
                 continue;
             }
-            let mut updated = pod.as_ref().clone();
-            if let Some(c) = updated
-                .status
-                .as_mut()
-                .and_then(|s| s.conditions.as_mut())
-                .and_then(|cs| cs.iter_mut().find(|c| c.type_ == "Ready"))
+            if let Err(e) = self
+                .patch_pod_status(&pod, not_ready_patch(&pod, now), "mark not ready")
+                .await
             {
-                c.status = "False".to_string();
-                c.last_transition_time = Some(Time(now));
-            }
-            if let Err(e) = self.write_pod_status(&updated, "mark not ready").await {
                 e.log();
                 continue;
             }
             self.recorder
                 .record(
-                    &events::reference(pod.as_ref()),
+                    &pod.reference(),
                     EventType::Warning,
                     "NodeNotReady",
                     "Node is not ready",
@@ -362,19 +353,24 @@ impl Monitor {
         }
     }
 
-    async fn write_pod_status(
+    /// Writes a strategic merge patch to the pod's status (its conditions
+    /// merge by type, so the pod's other conditions stay).
+    async fn patch_pod_status(
         &self,
-        pod: &Pod,
+        pod: &CachedPod,
+        patch: serde_json::Value,
         action: &'static str,
     ) -> Result<(), NodeLifecycleError> {
-        let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
-        let name = pod.metadata.name.as_deref().unwrap_or_default();
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
-        match api.replace_status(name, &PostParams::default(), pod).await {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
+        let params = PatchParams::default();
+        match api
+            .patch_status(&pod.name, &params, &Patch::Strategic(&patch))
+            .await
+        {
             Ok(_) => Ok(()),
             Err(source) => Err(NodeLifecycleError::Pod {
                 action,
-                pod: pod_name(pod),
+                pod: pod.key(),
                 source,
             }),
         }
@@ -414,25 +410,14 @@ impl Monitor {
         }
         let mut next: Option<Timestamp> = None;
         for pod in self.pods.state() {
-            let Some(taints) = pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.node_name.as_ref())
-                .and_then(|n| tainted.get(n))
-            else {
+            let Some(taints) = pod.node_name.as_deref().and_then(|n| tainted.get(n)) else {
                 continue;
             };
-            let uid = pod.metadata.uid.clone().unwrap_or_default();
-            if pod.metadata.deletion_timestamp.is_some() || self.evicted.contains_key(&uid) {
+            let uid = pod.uid.to_string();
+            if pod.deleted.is_some() || self.evicted.contains_key(&uid) {
                 continue;
             }
-            let tolerations = pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.tolerations.as_deref())
-                .unwrap_or_default();
-            let created = pod.metadata.creation_timestamp.as_ref().map(|t| t.0);
-            match eviction::decide(taints, tolerations, created, now) {
+            match eviction::decide(taints, &pod.tolerations, pod.created, now) {
                 Eviction::Never => {}
                 Eviction::At(at) => next = Some(next.map_or(at, |n| n.min(at))),
                 Eviction::Now => match self.evict_pod(&pod, now).await {
@@ -447,46 +432,31 @@ impl Monitor {
     }
 
     /// Deletes a pod for a NoExecute taint, marking why first (as upstream).
-    async fn evict_pod(&self, pod: &Pod, now: Timestamp) -> Result<(), NodeLifecycleError> {
-        let name = pod_name(pod);
-        let mut marked = pod.clone();
-        let conditions = marked
-            .status
-            .get_or_insert_with(Default::default)
-            .conditions
-            .get_or_insert_with(Vec::new);
-        conditions.retain(|c| c.type_ != "DisruptionTarget");
-        conditions.push(PodCondition {
+    async fn evict_pod(&self, pod: &CachedPod, now: Timestamp) -> Result<(), NodeLifecycleError> {
+        let name = pod.key();
+        let condition = PodCondition {
             type_: "DisruptionTarget".to_string(),
             status: "True".to_string(),
             reason: Some("DeletionByTaintManager".to_string()),
             message: Some("Taint manager: deleting due to NoExecute taint".to_string()),
             last_transition_time: Some(Time(now)),
             ..Default::default()
-        });
-        if let Err(e) = self.write_pod_status(&marked, "mark for eviction").await {
+        };
+        let patch = serde_json::json!({"status": {"conditions": [condition]}});
+        if let Err(e) = self.patch_pod_status(pod, patch, "mark for eviction").await {
             tracing::debug!("{e}");
         }
         let message = format!("Marking for deletion Pod {name}");
         self.recorder
             .record(
-                &events::reference(pod),
+                &pod.reference(),
                 EventType::Normal,
                 "TaintManagerEviction",
                 &message,
             )
             .await;
-        let api: Api<Pod> = Api::namespaced(
-            self.client.clone(),
-            pod.metadata.namespace.as_deref().unwrap_or_default(),
-        );
-        match api
-            .delete(
-                pod.metadata.name.as_deref().unwrap_or_default(),
-                &DeleteParams::default(),
-            )
-            .await
-        {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
+        match api.delete(&pod.name, &DeleteParams::default()).await {
             Ok(_) => {
                 tracing::info!("evicted pod {name}: its node has a NoExecute taint it does not tolerate (any longer)");
                 Ok(())

@@ -23,7 +23,7 @@ use kube::runtime::watcher;
 use tokio::sync::Notify;
 
 use super::endpointslice;
-use super::pods::PodInformer;
+use super::pods::{CachedPod, PodInformer, PodStore};
 use super::Context;
 
 /// Upstream's period between passes.
@@ -106,7 +106,7 @@ pub async fn run(ctx: Arc<Context>, informer: Arc<PodInformer>) {
 
 struct PodGc {
     client: kube::Client,
-    pods: Store<Pod>,
+    pods: PodStore,
     nodes: Store<Node>,
     threshold: usize,
     /// How long a pod's node must be missing before the pod is collected.
@@ -115,46 +115,33 @@ struct PodGc {
     orphans_seen: HashMap<String, Instant>,
 }
 
-fn pod_name(pod: &Pod) -> String {
-    format!(
-        "{}/{}",
-        pod.metadata.namespace.as_deref().unwrap_or_default(),
-        pod.metadata.name.as_deref().unwrap_or_default()
-    )
+fn pod_name(pod: &CachedPod) -> String {
+    pod.key()
 }
 
-fn phase(pod: &Pod) -> Option<&str> {
-    pod.status.as_ref()?.phase.as_deref()
+fn is_terminated(pod: &CachedPod) -> bool {
+    pod.phase.is_terminal()
 }
 
-fn is_terminated(pod: &Pod) -> bool {
-    matches!(phase(pod), Some("Succeeded" | "Failed"))
-}
-
-fn node_name(pod: &Pod) -> Option<&str> {
-    pod.spec
-        .as_ref()?
-        .node_name
-        .as_deref()
-        .filter(|n| !n.is_empty())
+fn node_name(pod: &CachedPod) -> Option<&str> {
+    pod.node_name.as_deref()
 }
 
 /// Oldest first: by creationTimestamp, then name (timestamps have seconds).
-fn older(a: &Pod, b: &Pod) -> Ordering {
-    let created = |p: &Pod| p.metadata.creation_timestamp.as_ref().map(|t| t.0);
-    created(a)
-        .cmp(&created(b))
-        .then_with(|| pod_name(a).cmp(&pod_name(b)))
+fn older(a: &CachedPod, b: &CachedPod) -> Ordering {
+    a.created
+        .cmp(&b.created)
+        .then_with(|| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)))
 }
 
 /// The terminated pods beyond `threshold`, oldest first (none when 0).
-fn terminated_excess(pods: &[Arc<Pod>], threshold: usize) -> Vec<Arc<Pod>> {
+fn terminated_excess(pods: &[Arc<CachedPod>], threshold: usize) -> Vec<Arc<CachedPod>> {
     if threshold == 0 {
         return Vec::new();
     }
-    let mut terminated: Vec<Arc<Pod>> = pods
+    let mut terminated: Vec<Arc<CachedPod>> = pods
         .iter()
-        .filter(|p| is_terminated(p) && p.metadata.deletion_timestamp.is_none())
+        .filter(|p| is_terminated(p) && p.deleted.is_none())
         .cloned()
         .collect();
     let excess = terminated.len().saturating_sub(threshold);
@@ -163,22 +150,18 @@ fn terminated_excess(pods: &[Arc<Pod>], threshold: usize) -> Vec<Arc<Pod>> {
     terminated
 }
 
-/// The status that marks an orphaned pod Failed with upstream's condition.
-fn failed_status(pod: &Pod, now: Time) -> serde_json::Value {
-    let mut conditions: Vec<PodCondition> = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.clone())
-        .unwrap_or_default();
-    conditions.retain(|c| c.type_ != DISRUPTION_TARGET);
-    conditions.push(PodCondition {
+/// The strategic merge patch of the status that marks an orphaned pod
+/// Failed with upstream's condition (conditions merge by type, so the
+/// pod's other conditions stay).
+fn failed_status(pod: &CachedPod, now: Time) -> serde_json::Value {
+    let conditions = [PodCondition {
         type_: DISRUPTION_TARGET.to_string(),
         status: "True".to_string(),
         reason: Some(REASON.to_string()),
         message: Some(ORPHAN_MESSAGE.to_string()),
         last_transition_time: Some(now),
         ..Default::default()
-    });
+    }];
     let mut status = serde_json::json!({"conditions": conditions});
     if !is_terminated(pod) {
         status["phase"] = serde_json::json!("Failed");
@@ -204,7 +187,7 @@ impl PodGc {
         for pod in &pods {
             match node_name(pod) {
                 Some(node) if !nodes.contains(node) => {
-                    let uid = pod.metadata.uid.clone().unwrap_or_default();
+                    let uid = pod.uid.to_string();
                     let seen = self.orphans_seen.get(&uid).copied().unwrap_or(now);
                     orphans.insert(uid, seen);
                     if now.duration_since(seen) >= self.quarantine {
@@ -212,7 +195,7 @@ impl PodGc {
                         self.log(result);
                     }
                 }
-                None if pod.metadata.deletion_timestamp.is_some() => {
+                None if pod.deleted.is_some() => {
                     tracing::info!("deleting unscheduled terminating pod {}", pod_name(pod));
                     self.log(self.delete(pod, "delete unscheduled terminating").await);
                 }
@@ -228,16 +211,14 @@ impl PodGc {
         }
     }
 
-    fn api(&self, pod: &Pod) -> Api<Pod> {
-        Api::namespaced(
-            self.client.clone(),
-            pod.metadata.namespace.as_deref().unwrap_or("default"),
-        )
+    fn api(&self, pod: &CachedPod) -> Api<Pod> {
+        let ns = Some(&*pod.namespace).filter(|ns| !ns.is_empty());
+        Api::namespaced(self.client.clone(), ns.unwrap_or("default"))
     }
 
     /// Marks a pod on a vanished node Failed and deletes it; the node is
     /// looked up on the server first, as the cache may lag behind.
-    async fn collect_orphan(&self, pod: &Pod, node: &str) -> Result<(), PodGcError> {
+    async fn collect_orphan(&self, pod: &CachedPod, node: &str) -> Result<(), PodGcError> {
         let nodes: Api<Node> = Api::all(self.client.clone());
         match nodes.get_opt(node).await {
             Ok(None) => {}
@@ -247,15 +228,8 @@ impl PodGc {
                 return Ok(());
             }
         }
-        let name = pod.metadata.name.as_deref().unwrap_or_default();
-        let already_marked = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|c| {
-                c.iter()
-                    .any(|c| c.type_ == DISRUPTION_TARGET && c.reason.as_deref() == Some(REASON))
-            });
+        let name = &*pod.name;
+        let already_marked = pod.disruption.as_deref() == Some(REASON);
         if !already_marked {
             tracing::info!(
                 "found orphaned pod {} assigned to node {node}, which no longer exists; deleting",
@@ -264,7 +238,7 @@ impl PodGc {
             let patch = failed_status(pod, Time(jiff::Timestamp::now()));
             if let Err(source) = self
                 .api(pod)
-                .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .patch_status(name, &PatchParams::default(), &Patch::Strategic(&patch))
                 .await
             {
                 if matches!(&source, kube::Error::Api(s) if s.code == 404) {
@@ -277,19 +251,19 @@ impl PodGc {
                 });
             }
         }
-        if pod.metadata.deletion_timestamp.is_some() && already_marked {
+        if pod.deleted.is_some() && already_marked {
             return Ok(());
         }
         self.delete(pod, "delete orphaned").await
     }
 
     /// Deletes a pod at once (grace period 0); a pod already gone is fine.
-    async fn delete(&self, pod: &Pod, action: &'static str) -> Result<(), PodGcError> {
-        let name = pod.metadata.name.as_deref().unwrap_or_default();
+    async fn delete(&self, pod: &CachedPod, action: &'static str) -> Result<(), PodGcError> {
+        let name = &*pod.name;
         let mut params = DeleteParams::default().grace_period(0);
-        if let Some(uid) = &pod.metadata.uid {
+        if !pod.uid.is_empty() {
             params = params.preconditions(kube::api::Preconditions {
-                uid: Some(uid.clone()),
+                uid: Some(pod.uid.to_string()),
                 resource_version: None,
             });
         }
@@ -311,8 +285,8 @@ mod tests {
     use k8s_openapi::api::core::v1::PodStatus;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-    fn pod(name: &str, created_s: i64, phase: &str) -> Arc<Pod> {
-        Arc::new(Pod {
+    fn pod(name: &str, created_s: i64, phase: &str) -> Arc<CachedPod> {
+        Arc::new(CachedPod::from(&Pod {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 namespace: Some("default".into()),
@@ -326,13 +300,11 @@ mod tests {
                 ..Default::default()
             }),
             ..Default::default()
-        })
+        }))
     }
 
-    fn names(pods: &[Arc<Pod>]) -> Vec<String> {
-        pods.iter()
-            .filter_map(|p| p.metadata.name.clone())
-            .collect()
+    fn names(pods: &[Arc<CachedPod>]) -> Vec<String> {
+        pods.iter().map(|p| p.name.to_string()).collect()
     }
 
     #[test]

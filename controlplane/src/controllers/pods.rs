@@ -1,11 +1,12 @@
 //! The controller manager's one Pod informer, as client-go's shared
 //! informer factory gives kube-controller-manager: a single list + watch of
-//! every pod, each event decoded once, one cache of trimmed pods ([`trim`])
-//! shared by every controller, and a fan-out of each change to the
-//! controllers that subscribed. Without it each pod-watching controller
-//! decoded every pod event itself and kept its own cache of every pod.
-//! The scheduler, which reads whole pending pods, gets each watch event
-//! with the whole pod before it is trimmed ([`PodInformer::with_full_events`]).
+//! every pod, each event decoded once, one cache of compact pods
+//! ([`CachedPod`]: only what controllers read) shared by every controller,
+//! and a fan-out of each change to the controllers that subscribed. Without
+//! it each pod-watching controller decoded every pod event itself and kept
+//! its own cache of every pod. The scheduler, which reads whole pending
+//! pods, gets each watch event with the whole pod
+//! ([`PodInformer::with_full_events`]).
 //!
 //! A subscriber first gets the cached pods as additions (client-go replays
 //! the cache to a handler added late the same way), then every change in
@@ -15,18 +16,24 @@
 //!
 //! This module owns the pod watch of the controllers; it never writes pods.
 
-use std::collections::HashSet;
+mod cached;
+mod store;
+
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
-use kube::runtime::reflector::store::Writer;
-use kube::runtime::reflector::{ObjectRef, Store};
+use k8s_openapi::api::core::v1::{Pod, Toleration};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher::{self, watcher, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Resource};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
+
+pub use cached::{CachedPod, LabelQuery, Labels, NamedPort, Owner, Phase, Readiness};
+use store::PodKey;
+pub use store::PodStore;
 
 /// One change of the shared pod cache.
 #[derive(Debug, Clone)]
@@ -34,12 +41,12 @@ pub enum PodChange {
     /// A pod was added (`old` is `None`) or updated.
     Applied {
         /// The cached state before this change.
-        old: Option<Arc<Pod>>,
-        /// The new (trimmed) state.
-        new: Arc<Pod>,
+        old: Option<Arc<CachedPod>>,
+        /// The new state.
+        new: Arc<CachedPod>,
     },
     /// A pod was deleted; its last known state.
-    Deleted(Arc<Pod>),
+    Deleted(Arc<CachedPod>),
     /// A (re)list finished: the cache now holds exactly the listed pods.
     Resynced,
 }
@@ -47,23 +54,24 @@ pub enum PodChange {
 /// The shared pod informer. The watch starts with the first subscription.
 pub struct PodInformer {
     client: kube::Client,
-    store: Store<Pod>,
+    store: PodStore,
     ready: watch::Receiver<bool>,
     shared: Arc<Shared>,
 }
 
 /// What the watch task and the subscribers share.
 struct Shared {
-    /// Subscribers, and the writer until the watch task takes it.
+    /// Subscribers, and the channel of whole-pod events until the watch
+    /// task takes it.
     inner: Mutex<Inner>,
     ready: watch::Sender<bool>,
 }
 
 struct Inner {
     subscribers: Vec<mpsc::UnboundedSender<PodChange>>,
-    /// Until the watch task takes them: the cache's writer and the channel
-    /// of whole-pod events, if someone wants them.
-    unstarted: Option<(Writer<Pod>, Option<mpsc::Sender<FullEvent>>)>,
+    /// Until the watch task starts: the channel of whole-pod events, if
+    /// someone wants them.
+    unstarted: Option<Option<mpsc::Sender<FullEvent>>>,
 }
 
 /// A watch event carrying the whole pod (only field ownership dropped).
@@ -87,9 +95,9 @@ impl PodInformer {
     }
 
     /// An informer that also passes every watch event with the whole pod
-    /// (before [`trim`]) to one consumer: the scheduler, which reads all of
-    /// a pending pod's spec. Its watch starts at once (inside the Tokio
-    /// runtime), so the consumer sees the first list.
+    /// to one consumer: the scheduler, which reads all of a pending pod's
+    /// spec. Its watch starts at once (inside the Tokio runtime), so the
+    /// consumer sees the first list.
     pub fn with_full_events(
         client: kube::Client,
     ) -> (
@@ -103,25 +111,23 @@ impl PodInformer {
     }
 
     fn build(client: kube::Client, full: Option<mpsc::Sender<FullEvent>>) -> Arc<Self> {
-        let writer = Writer::<Pod>::default();
-        let store = writer.as_reader();
         let (ready_tx, ready) = watch::channel(false);
         Arc::new(PodInformer {
             client,
-            store,
+            store: PodStore::default(),
             ready,
             shared: Arc::new(Shared {
                 inner: Mutex::new(Inner {
                     subscribers: Vec::new(),
-                    unstarted: Some((writer, full)),
+                    unstarted: Some(full),
                 }),
                 ready: ready_tx,
             }),
         })
     }
 
-    /// The shared cache of trimmed pods.
-    pub fn store(&self) -> Store<Pod> {
+    /// The shared cache of compact pods.
+    pub fn store(&self) -> PodStore {
         self.store.clone()
     }
 
@@ -158,10 +164,10 @@ impl PodInformer {
     /// Starts the watch task unless it runs already.
     fn start(&self) {
         let unstarted = self.shared.lock().unstarted.take();
-        if let Some((writer, full)) = unstarted {
+        if let Some(full) = unstarted {
             tokio::spawn(run(
                 Api::<Pod>::all(self.client.clone()),
-                writer,
+                Cache::new(self.store.clone()),
                 full,
                 self.shared.clone(),
             ));
@@ -176,7 +182,7 @@ impl PodInformer {
         K: Resource<DynamicType = ()> + 'static,
     {
         self.subscribe().flat_map(|change| {
-            let pods: Vec<Arc<Pod>> = match change {
+            let pods: Vec<Arc<CachedPod>> = match change {
                 PodChange::Applied { old, new } => old.into_iter().chain([new]).collect(),
                 PodChange::Deleted(pod) => vec![pod],
                 PodChange::Resynced => Vec::new(),
@@ -189,69 +195,28 @@ impl PodInformer {
 }
 
 /// The object of kind `K` that controls `pod`, if any.
-fn owner_of<K: Resource<DynamicType = ()>>(pod: &Pod) -> Option<ObjectRef<K>> {
-    let owner = pod
-        .metadata
-        .owner_references
-        .as_ref()?
-        .iter()
-        .find(|r| r.controller == Some(true))?;
+fn owner_of<K: Resource<DynamicType = ()>>(pod: &CachedPod) -> Option<ObjectRef<K>> {
+    let owner = pod.controller()?;
     let group = K::group(&());
     let api_group = owner.api_version.rsplit_once('/').map_or("", |(g, _)| g);
-    if owner.kind != K::kind(&()) || api_group != group {
+    if *owner.kind != *K::kind(&()) || api_group != group {
         return None;
     }
     let mut key = ObjectRef::new(&owner.name);
-    if let Some(ns) = &pod.metadata.namespace {
-        key = key.within(ns);
+    if !pod.namespace.is_empty() {
+        key = key.within(&pod.namespace);
     }
     Some(key)
-}
-
-/// Drops what no controller reads from a cached pod, as client-go's
-/// informer transforms: field ownership (often a third of a pod) and all of
-/// the spec but `nodeName`, `hostname`, `subdomain`, `tolerations` and the
-/// containers' and init containers' names, ports and restart policies.
-/// Metadata and status stay whole (the node lifecycle controller writes a
-/// cached status back). Readers: replicaset (node, sidecar restart
-/// policies), endpointslice (node, hostname, subdomain, named ports),
-/// nodelifecycle (node, tolerations), podgc (node).
-pub fn trim(pod: &mut Pod) {
-    pod.metadata.managed_fields = None;
-    let Some(spec) = pod.spec.as_mut() else {
-        return;
-    };
-    let slim = |containers: Vec<Container>| -> Vec<Container> {
-        containers
-            .into_iter()
-            .map(|c| Container {
-                name: c.name,
-                ports: c.ports,
-                restart_policy: c.restart_policy,
-                ..Container::default()
-            })
-            .collect()
-    };
-    *spec = PodSpec {
-        node_name: spec.node_name.take(),
-        hostname: spec.hostname.take(),
-        subdomain: spec.subdomain.take(),
-        tolerations: spec.tolerations.take(),
-        containers: slim(std::mem::take(&mut spec.containers)),
-        init_containers: spec.init_containers.take().map(slim),
-        ..PodSpec::default()
-    };
 }
 
 /// The watch task: list + watch with backoff, relist on expiry, until the
 /// process ends.
 async fn run(
     api: Api<Pod>,
-    writer: Writer<Pod>,
+    mut cache: Cache,
     mut full: Option<mpsc::Sender<FullEvent>>,
     shared: Arc<Shared>,
 ) {
-    let mut cache = Cache::new(writer);
     // No reader of pods in the controller manager needs field ownership.
     let events = watcher(api, watcher::Config::default())
         .default_backoff()
@@ -267,93 +232,109 @@ async fn run(
                 continue;
             }
         };
+        {
+            let mut inner = shared.lock();
+            let out = cache.apply(&event);
+            if matches!(event, Event::InitDone) {
+                shared.ready.send_replace(true);
+            }
+            // A subscriber that is gone (its controller stopped) is dropped;
+            // the cache stays current for the others.
+            inner
+                .subscribers
+                .retain(|tx| out.iter().all(|c| tx.send(c.clone()).is_ok()));
+        }
         if let Some(tx) = &full {
-            if tx.send(event.clone()).await.is_err() {
+            if tx.send(event).await.is_err() {
                 full = None;
             }
         }
-        let event = event.modify(trim);
-        let mut inner = shared.lock();
-        let out = cache.apply(&event);
-        if matches!(event, Event::InitDone) {
-            shared.ready.send_replace(true);
-        }
-        // A subscriber that is gone (its controller stopped) is dropped;
-        // the cache stays current for the others.
-        inner
-            .subscribers
-            .retain(|tx| out.iter().all(|c| tx.send(c.clone()).is_ok()));
     }
 }
 
+/// Distinct toleration lists kept for sharing; pods almost always carry
+/// one of very few (the API server's two defaults, a DaemonSet's own).
+const SHARED_TOLERATION_LISTS: usize = 16;
+
 /// The cache and the changes each watch event makes to it.
 struct Cache {
-    writer: Writer<Pod>,
-    reader: Store<Pod>,
+    store: PodStore,
     /// During a (re)list: the pods listed so far.
-    relisted: Option<HashSet<ObjectRef<Pod>>>,
+    relisted: Option<HashMap<PodKey, Arc<CachedPod>>>,
+    /// Toleration lists seen, shared by the pods that carry them.
+    tolerations: Vec<Arc<[Toleration]>>,
 }
 
 impl Cache {
-    fn new(writer: Writer<Pod>) -> Self {
-        let reader = writer.as_reader();
+    fn new(store: PodStore) -> Self {
         Cache {
-            writer,
-            reader,
+            store,
             relisted: None,
+            tolerations: Vec::new(),
         }
+    }
+
+    /// The compact form of `pod`, its toleration list shared when seen before.
+    fn compact(&mut self, pod: &Pod) -> (PodKey, Arc<CachedPod>) {
+        let list = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.tolerations.as_deref())
+            .unwrap_or_default();
+        let tolerations = match self.tolerations.iter().find(|t| ***t == *list) {
+            Some(shared) => shared.clone(),
+            None => {
+                let new: Arc<[Toleration]> = list.into();
+                if self.tolerations.len() < SHARED_TOLERATION_LISTS {
+                    self.tolerations.push(new.clone());
+                }
+                new
+            }
+        };
+        let cached = CachedPod::new(pod, tolerations);
+        (PodKey::of(&cached), Arc::new(cached))
     }
 
     /// Applies `event` to the cache; returns the changes, in order.
     fn apply(&mut self, event: &Event<Pod>) -> Vec<PodChange> {
-        let mut out = Vec::new();
         match event {
-            Event::Init => self.relisted = Some(HashSet::new()),
+            Event::Init => {
+                self.relisted = Some(HashMap::new());
+                Vec::new()
+            }
             Event::InitApply(pod) => {
-                // Buffered by the writer until InitDone: the cache keeps the
-                // previous list until then.
-                let key = ObjectRef::from_obj(pod);
-                let old = self.reader.get(&key);
-                if let Some(seen) = self.relisted.as_mut() {
-                    seen.insert(key);
-                }
-                out.push(PodChange::Applied {
-                    old,
-                    new: Arc::new(pod.clone()),
-                });
+                // The cache keeps the previous list until InitDone.
+                let (key, new) = self.compact(pod);
+                let old = self.store.get(&key);
+                self.relisted
+                    .get_or_insert_with(HashMap::new)
+                    .insert(key, new.clone());
+                vec![PodChange::Applied { old, new }]
             }
             Event::Apply(pod) => {
-                let key = ObjectRef::from_obj(pod);
-                let old = self.reader.get(&key);
-                self.writer.apply_watcher_event(event);
-                // The cache's own copy, so no second one is kept alive.
-                let new = self
-                    .reader
-                    .get(&key)
-                    .unwrap_or_else(|| Arc::new(pod.clone()));
-                out.push(PodChange::Applied { old, new });
-                return out;
+                let (key, new) = self.compact(pod);
+                let old = self.store.insert(key, new.clone());
+                vec![PodChange::Applied { old, new }]
             }
-            Event::Delete(pod) => out.push(PodChange::Deleted(Arc::new(pod.clone()))),
+            Event::Delete(pod) => {
+                let (key, last) = self.compact(pod);
+                self.store.remove(&key);
+                vec![PodChange::Deleted(last)]
+            }
             Event::InitDone => {
                 // Pods cached before the relist but not listed again were
                 // deleted while the watch was down.
-                if let Some(seen) = self.relisted.take() {
-                    out.extend(
-                        self.reader
-                            .state()
-                            .into_iter()
-                            .filter(|p| !seen.contains(&ObjectRef::from_obj(p.as_ref())))
-                            .map(PodChange::Deleted),
-                    );
-                }
+                let listed = self.relisted.take().unwrap_or_default();
+                let mut out: Vec<PodChange> = self
+                    .store
+                    .replace(listed)
+                    .into_iter()
+                    .map(PodChange::Deleted)
+                    .collect();
+                out.push(PodChange::Resynced);
+                out
             }
         }
-        self.writer.apply_watcher_event(event);
-        if matches!(event, Event::InitDone) {
-            out.push(PodChange::Resynced);
-        }
-        out
     }
 }
 
@@ -362,13 +343,10 @@ mod tests {
     use super::*;
     use k8s_openapi::api::apps::v1::{ReplicaSet, StatefulSet};
     use k8s_openapi::api::batch::v1::Job;
-    use k8s_openapi::api::core::v1::{ContainerPort, PodStatus, Toleration};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
-        ManagedFieldsEntry, ObjectMeta, OwnerReference,
-    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
-    fn owned_by(api_version: &str, kind: &str, controller: bool) -> Pod {
-        Pod {
+    fn owned_by(api_version: &str, kind: &str, controller: bool) -> CachedPod {
+        CachedPod::from(&Pod {
             metadata: ObjectMeta {
                 name: Some("p".into()),
                 namespace: Some("ns".into()),
@@ -383,7 +361,7 @@ mod tests {
                 ..ObjectMeta::default()
             },
             ..Pod::default()
-        }
+        })
     }
 
     fn named(name: &str, rv: &str) -> Pod {
@@ -400,8 +378,8 @@ mod tests {
 
     /// What a change says: kind, pod name, old and new resourceVersions.
     fn describe(change: &PodChange) -> String {
-        let rv = |p: &Pod| p.metadata.resource_version.clone().unwrap_or_default();
-        let name = |p: &Pod| p.metadata.name.clone().unwrap_or_default();
+        let rv = |p: &CachedPod| p.resource_version.to_string();
+        let name = |p: &CachedPod| p.name.to_string();
         match change {
             PodChange::Applied { old, new } => format!(
                 "applied {} {}->{}",
@@ -424,7 +402,7 @@ mod tests {
 
     #[test]
     fn relist_reports_pods_deleted_while_the_watch_was_down() {
-        let mut cache = Cache::new(Writer::default());
+        let mut cache = Cache::new(PodStore::default());
         let first = apply_all(
             &mut cache,
             vec![
@@ -462,15 +440,15 @@ mod tests {
         missed.sort();
         assert_eq!(missed, ["deleted b", "deleted c"]);
         let left: Vec<String> = cache
-            .reader
+            .store
             .state()
             .iter()
-            .map(|p| p.metadata.name.clone().unwrap_or_default())
+            .map(|p| p.name.to_string())
             .collect();
         assert_eq!(left, ["a"]);
         let deleted = apply_all(&mut cache, vec![Event::Delete(named("a", "10"))]);
         assert_eq!(deleted, ["deleted a"]);
-        assert!(cache.reader.state().is_empty());
+        assert!(cache.store.is_empty());
     }
 
     #[test]
@@ -495,67 +473,70 @@ mod tests {
         );
     }
 
+    fn with_uid(name: &str, uid: &str, rv: &str) -> Pod {
+        let mut pod = named(name, rv);
+        pod.metadata.uid = Some(uid.into());
+        pod
+    }
+
     #[test]
-    fn trim_keeps_what_controllers_read() {
-        let port = ContainerPort {
-            name: Some("http".into()),
-            container_port: 8080,
-            ..ContainerPort::default()
-        };
-        let container = |name: &str| Container {
-            name: name.into(),
-            image: Some("busybox".into()),
-            command: Some(vec!["sleep".into(), "3600".into()]),
-            ports: Some(vec![port.clone()]),
-            restart_policy: Some("Always".into()),
-            ..Container::default()
-        };
-        let mut pod = Pod {
-            metadata: ObjectMeta {
-                name: Some("p".into()),
-                labels: Some([("app".to_string(), "a".to_string())].into()),
-                managed_fields: Some(vec![ManagedFieldsEntry::default()]),
-                ..ObjectMeta::default()
-            },
-            spec: Some(PodSpec {
-                node_name: Some("n1".into()),
-                hostname: Some("h".into()),
-                subdomain: Some("s".into()),
+    fn pods_are_cached_by_uid() {
+        let mut cache = Cache::new(PodStore::default());
+        let first = "6f2c1b8e-0d4a-4c55-9a57-3c1f1b0e8d21";
+        let second = "0e9b6f1a-7c3d-4e2b-8f4a-9d5c6b7a8e90";
+        let changes = apply_all(
+            &mut cache,
+            vec![
+                Event::Init,
+                Event::InitDone,
+                Event::Apply(with_uid("a", first, "1")),
+                Event::Apply(with_uid("a", first, "2")),
+                // Deleted and made again under the same name: a new pod.
+                Event::Delete(with_uid("a", first, "3")),
+                Event::Apply(with_uid("a", second, "4")),
+            ],
+        );
+        assert_eq!(
+            changes,
+            [
+                "resynced",
+                "applied a ->1",
+                "applied a 1->2",
+                "deleted a",
+                "applied a ->4"
+            ]
+        );
+        let left: Vec<(String, String)> = cache
+            .store
+            .state()
+            .iter()
+            .map(|p| (p.uid.to_string(), p.resource_version.to_string()))
+            .collect();
+        assert_eq!(left, [(second.to_string(), "4".to_string())]);
+    }
+
+    #[test]
+    fn pods_with_equal_tolerations_share_one_list() {
+        let tolerated = |name: &str, key: &str| {
+            let mut pod = named(name, "1");
+            pod.spec = Some(k8s_openapi::api::core::v1::PodSpec {
                 tolerations: Some(vec![Toleration {
-                    key: Some("k".into()),
+                    key: Some(key.into()),
+                    operator: Some("Exists".into()),
+                    effect: Some("NoExecute".into()),
+                    toleration_seconds: Some(300),
                     ..Toleration::default()
                 }]),
-                containers: vec![container("app")],
-                init_containers: Some(vec![container("sidecar")]),
-                service_account_name: Some("default".into()),
-                ..PodSpec::default()
-            }),
-            status: Some(PodStatus {
-                phase: Some("Running".into()),
-                ..PodStatus::default()
-            }),
+                ..Default::default()
+            });
+            pod
         };
-        let status = pod.status.clone();
-        trim(&mut pod);
-        assert_eq!(pod.metadata.managed_fields, None);
-        assert!(pod.metadata.labels.is_some());
-        assert_eq!(pod.status, status);
-        let spec = pod.spec.unwrap();
-        assert_eq!(spec.node_name.as_deref(), Some("n1"));
-        assert_eq!(spec.hostname.as_deref(), Some("h"));
-        assert_eq!(spec.subdomain.as_deref(), Some("s"));
-        assert_eq!(spec.tolerations.map(|t| t.len()), Some(1));
-        assert_eq!(spec.service_account_name, None);
-        for c in spec
-            .containers
-            .iter()
-            .chain(spec.init_containers.iter().flatten())
-        {
-            assert_eq!(c.ports.as_deref(), Some(&[port.clone()][..]));
-            assert_eq!(c.restart_policy.as_deref(), Some("Always"));
-            assert_eq!(c.image, None);
-            assert_eq!(c.command, None);
-        }
-        assert_eq!(spec.init_containers.unwrap()[0].name, "sidecar");
+        let mut cache = Cache::new(PodStore::default());
+        let (_, a) = cache.compact(&tolerated("a", "node.kubernetes.io/not-ready"));
+        let (_, b) = cache.compact(&tolerated("b", "node.kubernetes.io/not-ready"));
+        let (_, c) = cache.compact(&tolerated("c", "example.com/other"));
+        assert!(Arc::ptr_eq(&a.tolerations, &b.tolerations));
+        assert!(!Arc::ptr_eq(&a.tolerations, &c.tolerations));
+        assert_eq!(c.tolerations[0].key.as_deref(), Some("example.com/other"));
     }
 }

@@ -38,7 +38,7 @@ use kube::runtime::controller::{self, Action};
 use kube::runtime::reflector::{self, Store};
 
 use super::events::{reference, EventType, Recorder};
-use super::pods::PodInformer;
+use super::pods::{CachedPod, LabelQuery, PodInformer, PodStore};
 use super::Context;
 use expectations::Expectations;
 use informer::key_of;
@@ -103,7 +103,7 @@ struct State {
     client: kube::Client,
     recorder: Recorder,
     sets: Store<ReplicaSet>,
-    pods: Store<Pod>,
+    pods: PodStore,
     pod_informer: Arc<PodInformer>,
     expectations: Expectations,
     backoff: retry::Backoff,
@@ -195,17 +195,18 @@ impl State {
             source,
         })?;
         let uid = rs.metadata.uid.as_deref();
+        let query = LabelQuery::from(&selector);
+        let ns = rs.metadata.namespace.as_deref().unwrap_or_default();
         let (active, inactive): (Vec<_>, Vec<_>) = self
             .pods
-            .state()
+            .in_namespace(ns)
             .into_iter()
-            .filter(|p| p.metadata.namespace == rs.metadata.namespace)
             .partition(|p| ranking::is_active(p));
         let terminating = inactive
             .iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_some() && !ranking::is_terminal(p))
-            .filter(|p| controller_of(&p.metadata).is_some_and(|r| Some(r.uid.as_str()) == uid))
-            .filter(|p| ownership::selects(&selector, &p.metadata))
+            .filter(|p| p.deleted.is_some() && !ranking::is_terminal(p))
+            .filter(|p| p.controller().is_some_and(|r| Some(&*r.uid) == uid))
+            .filter(|p| ownership::query_selects(&query, &p.labels))
             .count();
         let owned = ownership::Claimer::new(self.client.clone(), rs.as_ref(), &selector)
             .claim(active)
@@ -232,7 +233,7 @@ impl State {
         &self,
         rs: &Arc<ReplicaSet>,
         key: &str,
-        owned: &[Arc<Pod>],
+        owned: &[Arc<CachedPod>],
         now: Timestamp,
     ) -> Result<(), (Failure, Error)> {
         let want = usize::try_from(rs.spec.replicas.unwrap_or(1)).unwrap_or(0);
@@ -257,13 +258,12 @@ impl State {
                 let related = self.related_pods(rs);
                 let victims = ranking::pods_to_delete(owned.to_vec(), &related, diff, now);
                 self.expectations
-                    .expect_deletions(key, victims.iter().map(|p| key_of(p.as_ref())));
+                    .expect_deletions(key, victims.iter().map(|p| p.key()));
                 let results = join_all(victims.iter().map(|p| self.delete_pod(rs, p))).await;
                 let mut first = None;
                 for (pod, result) in victims.iter().zip(results) {
                     if let Err(source) = result {
-                        self.expectations
-                            .deletion_observed(key, &key_of(pod.as_ref()));
+                        self.expectations.deletion_observed(key, &pod.key());
                         if !ownership::is_not_found(&source) && first.is_none() {
                             first = Some(Error::Api {
                                 action: "delete a pod",
@@ -311,12 +311,9 @@ impl State {
         }
     }
 
-    async fn delete_pod(&self, rs: &ReplicaSet, pod: &Pod) -> Result<(), kube::Error> {
-        let api: Api<Pod> = Api::namespaced(
-            self.client.clone(),
-            pod.metadata.namespace.as_deref().unwrap_or_default(),
-        );
-        let name = pod.metadata.name.as_deref().unwrap_or_default();
+    async fn delete_pod(&self, rs: &ReplicaSet, pod: &CachedPod) -> Result<(), kube::Error> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
+        let name = &*pod.name;
         match api.delete(name, &DeleteParams::default()).await {
             Ok(_) => {
                 let message = format!("Deleted pod: {name}");
@@ -344,25 +341,29 @@ impl State {
 
     /// Active pods of this ReplicaSet and of its siblings (same controller),
     /// used to prefer deleting pods doubled up on a node.
-    fn related_pods(&self, rs: &ReplicaSet) -> Vec<Arc<Pod>> {
+    fn related_pods(&self, rs: &ReplicaSet) -> Vec<Arc<CachedPod>> {
         let Some(owner) = controller_of(&rs.metadata) else {
             return Vec::new();
         };
-        let siblings: Vec<Selector> = self
+        let siblings: Vec<LabelQuery> = self
             .sets
             .state()
             .iter()
             .filter(|s| s.metadata.namespace == rs.metadata.namespace)
             .filter(|s| controller_of(&s.metadata).is_some_and(|r| r.uid == owner.uid))
             .filter_map(|s| selector_of(s).ok())
+            .map(|s| LabelQuery::from(&s))
             .collect();
         let mut seen = HashSet::new();
         self.pods
-            .state()
+            .in_namespace(rs.metadata.namespace.as_deref().unwrap_or_default())
             .into_iter()
-            .filter(|p| p.metadata.namespace == rs.metadata.namespace)
-            .filter(|p| siblings.iter().any(|s| ownership::selects(s, &p.metadata)))
-            .filter(|p| seen.insert(p.metadata.uid.clone()))
+            .filter(|p| {
+                siblings
+                    .iter()
+                    .any(|s| ownership::query_selects(s, &p.labels))
+            })
+            .filter(|p| seen.insert(p.uid.clone()))
             .collect()
     }
 
@@ -411,7 +412,7 @@ impl State {
 
 /// When to sync again: when the next ready pod becomes available under
 /// `minReadySeconds`, else after the resync interval.
-fn next_sync(rs: &ReplicaSet, owned: &[Arc<Pod>], now: Timestamp) -> Action {
+fn next_sync(rs: &ReplicaSet, owned: &[Arc<CachedPod>], now: Timestamp) -> Action {
     let min_ready = rs.spec.min_ready_seconds.unwrap_or(0);
     let next = owned
         .iter()

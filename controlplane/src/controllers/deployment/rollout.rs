@@ -18,7 +18,8 @@ use kube::api::{Api, ListParams};
 use super::conditions::{self, available_replicas, spec_replicas, status_replicas};
 use super::sync::Sync;
 use super::{replica_sets, selector_of, surge, Error};
-use crate::controllers::replicaset::{ownership, ranking};
+use crate::controllers::replicaset::ownership;
+use crate::controllers::workload;
 
 /// How often a Recreate rollout looks whether the old pods are gone.
 const OLD_PODS_POLL: Duration = Duration::from_secs(1);
@@ -262,7 +263,7 @@ impl Sync {
         Ok(list.items.iter().any(|pod| {
             ownership::controller_of(&pod.metadata).is_some_and(|r| {
                 Some(r.uid.as_str()) != new_uid && old_uids.contains(&r.uid.as_str())
-            }) && !ranking::is_terminal(pod)
+            }) && !workload::is_terminal(pod)
         }))
     }
 }

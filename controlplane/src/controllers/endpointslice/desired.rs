@@ -8,11 +8,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{
-    EndpointAddress, EndpointPort as CorePort, EndpointSubset, ObjectReference, Pod, Service,
+    EndpointAddress, EndpointPort as CorePort, EndpointSubset, ObjectReference, Service,
     ServicePort,
 };
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::controllers::pods::{CachedPod, Labels};
 
 /// Label naming the Service a slice belongs to.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -133,13 +135,8 @@ pub fn selector(svc: &Service) -> Option<&BTreeMap<String, String>> {
 }
 
 /// True when every selector term is among `labels`.
-pub fn selects(
-    selector: &BTreeMap<String, String>,
-    labels: Option<&BTreeMap<String, String>>,
-) -> bool {
-    selector
-        .iter()
-        .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+pub fn selects(selector: &BTreeMap<String, String>, labels: &Labels) -> bool {
+    labels.contains_all(selector)
 }
 
 /// True for a headless Service (`clusterIP: None`).
@@ -193,113 +190,60 @@ pub fn primary_address_type(svc: &Service) -> AddressType {
 }
 
 /// The pod's IP of `family`, from `status.podIPs` (or `status.podIP`).
-pub fn pod_ip(pod: &Pod, family: AddressType) -> Option<String> {
-    let status = pod.status.as_ref()?;
-    let listed = status.pod_ips.iter().flatten().map(|p| p.ip.as_str());
-    listed
-        .chain(status.pod_ip.as_deref())
+pub fn pod_ip(pod: &CachedPod, family: AddressType) -> Option<String> {
+    pod.ips
+        .iter()
         .find(|ip| AddressType::of(ip) == Some(family))
-        .map(str::to_string)
+        .map(|ip| ip.to_string())
 }
 
 /// The `Ready` condition is `True`.
-pub fn pod_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .into_iter()
-        .flatten()
-        .any(|c| c.type_ == "Ready" && c.status == "True")
+pub fn pod_ready(pod: &CachedPod) -> bool {
+    pod.is_ready()
 }
 
-fn terminating(pod: &Pod) -> bool {
-    pod.metadata.deletion_timestamp.is_some()
+fn terminating(pod: &CachedPod) -> bool {
+    pod.deleted.is_some()
 }
 
 /// Upstream's ShouldPodBeInEndpoints: the pod has an IP and has not
 /// finished; terminating pods only when `include_terminating`.
-pub fn pod_in_endpoints(pod: &Pod, include_terminating: bool) -> bool {
-    let Some(status) = pod.status.as_ref() else {
-        return false;
-    };
-    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+pub fn pod_in_endpoints(pod: &CachedPod, include_terminating: bool) -> bool {
+    if pod.phase.is_terminal() {
         return false;
     }
-    let has_ip = status.pod_ip.as_deref().is_some_and(|ip| !ip.is_empty())
-        || status.pod_ips.as_ref().is_some_and(|ips| !ips.is_empty());
-    has_ip && (include_terminating || !terminating(pod))
+    !pod.ips.is_empty() && (include_terminating || !terminating(pod))
 }
 
 /// True when nothing the endpoints of `a` and `b` are built from differs
 /// (so a pod update that only touched, say, container statuses queues no work).
-pub fn same_for_endpoints(a: &Pod, b: &Pod) -> bool {
-    let view = |p: &Pod| {
-        let spec = p.spec.as_ref();
-        let status = p.status.as_ref();
-        let ports: Vec<_> = spec
-            .into_iter()
-            .flat_map(|s| {
-                s.containers
-                    .iter()
-                    .chain(s.init_containers.iter().flatten())
-            })
-            .map(|c| (c.ports.clone(), c.restart_policy.clone()))
-            .collect();
-        (
-            (
-                p.metadata.labels.clone(),
-                p.metadata.deletion_timestamp.clone(),
-                p.metadata.uid.clone(),
-            ),
-            (
-                spec.and_then(|s| s.node_name.clone()),
-                spec.and_then(|s| s.hostname.clone()),
-                spec.and_then(|s| s.subdomain.clone()),
-                ports,
-            ),
-            (
-                status.and_then(|s| s.pod_ip.clone()),
-                status.and_then(|s| s.pod_ips.clone()),
-                status.and_then(|s| s.phase.clone()),
-                pod_ready(p),
-            ),
-        )
-    };
-    view(a) == view(b)
+pub fn same_for_endpoints(a: &CachedPod, b: &CachedPod) -> bool {
+    (&a.labels, a.deleted, &a.uid) == (&b.labels, b.deleted, &b.uid)
+        && (&a.node_name, &a.hostname, &a.subdomain) == (&b.node_name, &b.hostname, &b.subdomain)
+        && a.named_ports == b.named_ports
+        && (&a.ips, a.phase, pod_ready(a)) == (&b.ips, b.phase, pod_ready(b))
 }
 
 /// The container port a Service port reaches on `pod`: its numeric
 /// targetPort, the port itself when unset, or the container port named by
 /// a string targetPort (with the same protocol, in containers and sidecar
 /// init containers). `None` when the pod has no such named port.
-pub fn resolve_target_port(port: &ServicePort, pod: &Pod) -> Option<i32> {
+pub fn resolve_target_port(port: &ServicePort, pod: &CachedPod) -> Option<i32> {
     let protocol = port.protocol.as_deref().unwrap_or("TCP");
     match &port.target_port {
         None | Some(IntOrString::Int(0)) => Some(port.port),
         Some(IntOrString::Int(n)) => Some(*n),
-        Some(IntOrString::String(name)) => {
-            let spec = pod.spec.as_ref()?;
-            let sidecars = spec
-                .init_containers
-                .iter()
-                .flatten()
-                .filter(|c| c.restart_policy.as_deref() == Some("Always"));
-            spec.containers
-                .iter()
-                .chain(sidecars)
-                .flat_map(|c| c.ports.iter().flatten())
-                .find(|p| {
-                    p.name.as_deref() == Some(name.as_str())
-                        && p.protocol.as_deref().unwrap_or("TCP") == protocol
-                })
-                .map(|p| p.container_port)
-        }
+        Some(IntOrString::String(name)) => pod
+            .named_ports
+            .iter()
+            .find(|p| *p.name == **name && &*p.protocol == protocol)
+            .map(|p| p.port),
     }
 }
 
 /// The Service's ports as they reach `pod`, sorted; ports the pod cannot
 /// resolve are left out for it.
-pub fn pod_ports(svc: &Service, pod: &Pod) -> Vec<PortKey> {
+pub fn pod_ports(svc: &Service, pod: &CachedPod) -> Vec<PortKey> {
     let mut ports: Vec<PortKey> = svc
         .spec
         .as_ref()
@@ -320,20 +264,21 @@ pub fn pod_ports(svc: &Service, pod: &Pod) -> Vec<PortKey> {
 }
 
 /// A pod's hostname is published when it names the Service as its subdomain.
-fn hostname(pod: &Pod, svc: &Service) -> Option<String> {
-    let spec = pod.spec.as_ref()?;
-    let hostname = spec.hostname.as_deref().filter(|h| !h.is_empty())?;
-    let same_ns = pod.metadata.namespace == svc.metadata.namespace;
-    (same_ns && spec.subdomain.is_some() && spec.subdomain == svc.metadata.name)
+fn hostname(pod: &CachedPod, svc: &Service) -> Option<String> {
+    let hostname = pod.hostname.as_deref().filter(|h| !h.is_empty())?;
+    let same_ns = Some(&*pod.namespace) == svc.metadata.namespace.as_deref();
+    let subdomain = pod.subdomain.as_deref();
+    (same_ns && subdomain.is_some() && subdomain == svc.metadata.name.as_deref())
         .then(|| hostname.to_string())
 }
 
-fn target_ref(pod: &Pod) -> ObjectReference {
+fn target_ref(pod: &CachedPod) -> ObjectReference {
+    let some = |s: &str| Some(s.to_string());
     ObjectReference {
-        kind: Some("Pod".to_string()),
-        name: pod.metadata.name.clone(),
-        namespace: pod.metadata.namespace.clone(),
-        uid: pod.metadata.uid.clone(),
+        kind: some("Pod"),
+        name: some(&pod.name),
+        namespace: some(&pod.namespace),
+        uid: some(&pod.uid),
         ..Default::default()
     }
 }
@@ -341,7 +286,7 @@ fn target_ref(pod: &Pod) -> ObjectReference {
 /// The slice endpoint of `pod` in `family`, or `None` when the pod has no
 /// address of that family. `zone` is the zone of the pod's node.
 pub fn endpoint(
-    pod: &Pod,
+    pod: &CachedPod,
     svc: &Service,
     family: AddressType,
     zone: Option<String>,
@@ -365,11 +310,7 @@ pub fn endpoint(
             terminating: Some(terminating),
         }),
         hostname: hostname(pod, svc),
-        node_name: pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.clone())
-            .filter(|n| !n.is_empty()),
+        node_name: pod.node_name.as_deref().map(str::to_string),
         target_ref: Some(target_ref(pod)),
         zone,
         ..Default::default()
@@ -380,18 +321,14 @@ pub fn endpoint(
 /// port set. `zone_of` maps a node name to its zone label.
 pub fn desired_endpoints<'a>(
     svc: &Service,
-    pods: impl IntoIterator<Item = &'a Pod>,
+    pods: impl IntoIterator<Item = &'a CachedPod>,
     zone_of: impl Fn(&str) -> Option<String>,
 ) -> BTreeMap<GroupKey, Vec<Endpoint>> {
     let families = address_types(svc);
     let mut groups: BTreeMap<GroupKey, Vec<Endpoint>> = BTreeMap::new();
     for pod in pods.into_iter().filter(|p| pod_in_endpoints(p, true)) {
         let ports = pod_ports(svc, pod);
-        let zone = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.as_deref())
-            .and_then(&zone_of);
+        let zone = pod.node_name.as_deref().and_then(&zone_of);
         for &family in &families {
             if let Some(ep) = endpoint(pod, svc, family, zone.clone()) {
                 let key = GroupKey {
@@ -455,7 +392,7 @@ pub fn endpoints_labels(svc: &Service) -> BTreeMap<String, String> {
 /// is true when addresses beyond [`MAX_ENDPOINTS_ADDRESSES`] were dropped.
 pub fn endpoints_subsets<'a>(
     svc: &Service,
-    pods: impl IntoIterator<Item = &'a Pod>,
+    pods: impl IntoIterator<Item = &'a CachedPod>,
 ) -> (Vec<EndpointSubset>, bool) {
     let spec = svc.spec.as_ref();
     let publish_not_ready = spec
@@ -483,11 +420,7 @@ pub fn endpoints_subsets<'a>(
         let address = EndpointAddress {
             ip,
             hostname: hostname(pod, svc),
-            node_name: pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.node_name.clone())
-                .filter(|n| !n.is_empty()),
+            node_name: pod.node_name.as_deref().map(str::to_string),
             target_ref: Some(target_ref(pod)),
         };
         let entry = by_ports.entry(ports).or_default();

@@ -13,10 +13,11 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::ServiceKey;
+use crate::controllers::pods::CachedPod;
 
 /// The annotation set on created and updated slices.
 pub const LAST_CHANGE_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
@@ -40,21 +41,20 @@ impl TriggerTimes {
         &self,
         key: &ServiceKey,
         service: &Service,
-        pods: impl IntoIterator<Item = &'a Pod>,
+        pods: impl IntoIterator<Item = &'a CachedPod>,
     ) -> Option<Timestamp> {
         let mut services = self.services.lock().unwrap_or_else(|e| e.into_inner());
         let state = services.entry(key.clone()).or_default();
         let mut earliest: Option<Timestamp> = None;
         let mut seen = HashMap::new();
         for pod in pods {
-            let (Some(name), Some(time)) = (pod.metadata.name.as_ref(), pod_trigger_time(pod))
-            else {
+            let Some(time) = pod.ready.and_then(|r| r.since) else {
                 continue;
             };
-            if state.pods.get(name).is_none_or(|last| time > *last) {
+            if state.pods.get(&*pod.name).is_none_or(|last| time > *last) {
                 earliest = Some(earliest.map_or(time, |e| e.min(time)));
             }
-            seen.insert(name.clone(), time);
+            seen.insert(pod.name.to_string(), time);
         }
         let service_time = service.metadata.creation_timestamp.as_ref().map(|t| t.0);
         if let Some(time) = service_time {
@@ -74,12 +74,6 @@ impl TriggerTimes {
             .unwrap_or_else(|e| e.into_inner())
             .remove(key);
     }
-}
-
-fn pod_trigger_time(pod: &Pod) -> Option<Timestamp> {
-    let conditions = pod.status.as_ref()?.conditions.as_ref()?;
-    let ready = conditions.iter().find(|c| c.type_ == "Ready")?;
-    ready.last_transition_time.as_ref().map(|t| t.0)
 }
 
 /// The annotation's value: RFC 3339 with nanoseconds, in UTC, as upstream.
@@ -111,7 +105,7 @@ pub fn annotate<'a>(
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
+    use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
     use super::*;
@@ -120,8 +114,8 @@ mod tests {
         Timestamp::from_second(1_700_000_000 + secs).unwrap()
     }
 
-    fn pod(name: &str, ready_at: Option<i64>) -> Pod {
-        Pod {
+    fn pod(name: &str, ready_at: Option<i64>) -> CachedPod {
+        CachedPod::from(&Pod {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 ..Default::default()
@@ -138,7 +132,7 @@ mod tests {
                 ..Default::default()
             }),
             ..Default::default()
-        }
+        })
     }
 
     fn service(created: i64) -> Service {

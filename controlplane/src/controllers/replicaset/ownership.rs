@@ -8,6 +8,8 @@
 use std::fmt::Debug;
 use std::sync::Arc;
 
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, Patch, PatchParams};
@@ -15,6 +17,8 @@ use kube::core::{Selector, SelectorExt};
 use kube::Resource;
 use serde::de::DeserializeOwned;
 use serde_json::json;
+
+use crate::controllers::pods::{CachedPod, LabelQuery, Labels};
 
 /// Errors claiming objects.
 #[derive(Debug, thiserror::Error)]
@@ -98,20 +102,88 @@ pub(crate) enum Claim {
     Ignore,
 }
 
-/// Decides a claim, as upstream's `ClaimObject`.
+/// Decides a claim, as upstream's `ClaimObject`, for a child whose
+/// controller has `child_controller` as uid (`None`: an orphan).
 pub(crate) fn decide(
     owner_uid: Option<&str>,
     owner_deleting: bool,
-    child: &ObjectMeta,
+    child_controller: Option<&str>,
+    child_deleting: bool,
     matches: bool,
 ) -> Claim {
-    match controller_of(child) {
-        Some(r) if Some(r.uid.as_str()) != owner_uid => Claim::Ignore,
+    match child_controller {
+        Some(uid) if Some(uid) != owner_uid => Claim::Ignore,
         Some(_) if matches => Claim::Owned,
         Some(_) if owner_deleting => Claim::Ignore,
         Some(_) => Claim::Release,
-        None if owner_deleting || !matches || child.deletion_timestamp.is_some() => Claim::Ignore,
+        None if owner_deleting || !matches || child_deleting => Claim::Ignore,
         None => Claim::Adopt,
+    }
+}
+
+/// An object a controller claims: ReplicaSets (for Deployments) and cached
+/// pods (for ReplicaSets).
+pub(crate) trait Claimable: Sized {
+    /// The API kind patched to adopt or release it.
+    type Kind: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug;
+    /// Its name.
+    fn name(&self) -> &str;
+    /// Its uid.
+    fn uid(&self) -> Option<&str>;
+    /// The uid of its controller, if it has one.
+    fn controller_uid(&self) -> Option<&str>;
+    /// It is being deleted.
+    fn deleting(&self) -> bool;
+    /// Its labels match (`query` is `selector`'s terms).
+    fn selected_by(&self, selector: &Selector, query: &LabelQuery) -> bool;
+    /// What the adoption patch returned, as this type.
+    fn adopted(object: Self::Kind) -> Self;
+}
+
+impl Claimable for ReplicaSet {
+    type Kind = ReplicaSet;
+    fn name(&self) -> &str {
+        self.metadata.name.as_deref().unwrap_or_default()
+    }
+    fn uid(&self) -> Option<&str> {
+        self.metadata.uid.as_deref()
+    }
+    fn controller_uid(&self) -> Option<&str> {
+        controller_of(&self.metadata).map(|r| r.uid.as_str())
+    }
+    fn deleting(&self) -> bool {
+        self.metadata.deletion_timestamp.is_some()
+    }
+    fn selected_by(&self, selector: &Selector, _: &LabelQuery) -> bool {
+        selects(selector, &self.metadata)
+    }
+    fn adopted(object: ReplicaSet) -> Self {
+        object
+    }
+}
+
+impl Claimable for CachedPod {
+    type Kind = Pod;
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn uid(&self) -> Option<&str> {
+        Some(&*self.uid).filter(|u| !u.is_empty())
+    }
+    fn controller_uid(&self) -> Option<&str> {
+        self.controller().map(|o| &*o.uid)
+    }
+    fn deleting(&self) -> bool {
+        self.deleted.is_some()
+    }
+    fn selected_by(&self, _: &Selector, query: &LabelQuery) -> bool {
+        query_selects(query, &self.labels)
+    }
+    fn adopted(object: Pod) -> Self {
+        CachedPod::from(&object)
     }
 }
 
@@ -122,6 +194,11 @@ pub(crate) fn selects(selector: &Selector, meta: &ObjectMeta) -> bool {
     !selector.selects_all() && selector.matches(meta.labels.as_ref().unwrap_or(&empty))
 }
 
+/// [`selects`] for cached labels and a selector's terms.
+pub(crate) fn query_selects(query: &LabelQuery, labels: &Labels) -> bool {
+    !query.is_empty() && query.matches(labels)
+}
+
 /// Claims objects for one owner. Before its first adoption it re-reads the
 /// owner from the server, so an owner deleted or replaced since the cache
 /// was filled does not adopt anything.
@@ -129,6 +206,7 @@ pub(crate) struct Claimer<'a, O> {
     client: kube::Client,
     owner: &'a O,
     selector: &'a Selector,
+    query: LabelQuery,
     checked: bool,
 }
 
@@ -145,6 +223,7 @@ where
             client,
             owner,
             selector,
+            query: LabelQuery::from(selector),
             checked: false,
         }
     }
@@ -191,36 +270,39 @@ where
 
     /// Returns the objects of `children` (all in the owner's namespace) that
     /// the owner owns after adopting and releasing as needed.
-    pub(crate) async fn claim<C>(&mut self, children: Vec<Arc<C>>) -> Result<Vec<Arc<C>>, Error>
-    where
-        C: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-            + Clone
-            + DeserializeOwned
-            + Debug,
-    {
+    pub(crate) async fn claim<C: Claimable>(
+        &mut self,
+        children: Vec<Arc<C>>,
+    ) -> Result<Vec<Arc<C>>, Error> {
         let owner_meta = self.owner.meta();
         let deleting = owner_meta.deletion_timestamp.is_some();
         let ns = owner_meta.namespace.clone().unwrap_or_default();
-        let api: Api<C> = Api::namespaced(self.client.clone(), &ns);
+        let api: Api<C::Kind> = Api::namespaced(self.client.clone(), &ns);
         let mut owned = Vec::new();
         for child in children {
-            let meta = child.meta();
-            let matches = selects(self.selector, meta);
-            let name = meta.name.clone().unwrap_or_default();
-            match decide(owner_meta.uid.as_deref(), deleting, meta, matches) {
+            let matches = child.selected_by(self.selector, &self.query);
+            let name = child.name().to_string();
+            let claim = decide(
+                owner_meta.uid.as_deref(),
+                deleting,
+                child.controller_uid(),
+                child.deleting(),
+                matches,
+            );
+            match claim {
                 Claim::Owned => owned.push(child),
                 Claim::Ignore => {}
                 Claim::Adopt => {
                     self.check_owner().await?;
                     let patch = json!({"metadata": {
                         "ownerReferences": [controller_ref(self.owner)],
-                        "uid": meta.uid,
+                        "uid": child.uid(),
                     }});
                     match api
                         .patch(&name, &PatchParams::default(), &Patch::Strategic(&patch))
                         .await
                     {
-                        Ok(adopted) => owned.push(Arc::new(adopted)),
+                        Ok(adopted) => owned.push(Arc::new(C::adopted(adopted))),
                         Err(e) if is_not_found(&e) => {}
                         Err(source) => {
                             return Err(Error::Api {
@@ -235,7 +317,7 @@ where
                 Claim::Release => {
                     let patch = json!({"metadata": {
                         "ownerReferences": [{"$patch": "delete", "uid": owner_meta.uid}],
-                        "uid": meta.uid,
+                        "uid": child.uid(),
                     }});
                     match api
                         .patch(&name, &PatchParams::default(), &Patch::Strategic(&patch))
@@ -272,7 +354,6 @@ pub(crate) fn is_conflict(e: &kube::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::apps::v1::ReplicaSet;
 
     fn owned_by(uid: &str) -> ObjectMeta {
         ObjectMeta {
@@ -288,35 +369,50 @@ mod tests {
         }
     }
 
+    /// [`decide`] for a child with this metadata.
+    fn decide_meta(
+        owner_uid: Option<&str>,
+        owner_deleting: bool,
+        child: &ObjectMeta,
+        matches: bool,
+    ) -> Claim {
+        let controller = controller_of(child).map(|r| r.uid.as_str());
+        let deleting = child.deletion_timestamp.is_some();
+        decide(owner_uid, owner_deleting, controller, deleting, matches)
+    }
+
     #[test]
     fn claim_decisions() {
         let orphan = ObjectMeta::default();
         assert_eq!(
-            decide(Some("me"), false, &owned_by("me"), true),
+            decide_meta(Some("me"), false, &owned_by("me"), true),
             Claim::Owned
         );
         assert_eq!(
-            decide(Some("me"), false, &owned_by("me"), false),
+            decide_meta(Some("me"), false, &owned_by("me"), false),
             Claim::Release
         );
         assert_eq!(
-            decide(Some("me"), true, &owned_by("me"), false),
+            decide_meta(Some("me"), true, &owned_by("me"), false),
             Claim::Ignore
         );
         assert_eq!(
-            decide(Some("me"), false, &owned_by("other"), true),
+            decide_meta(Some("me"), false, &owned_by("other"), true),
             Claim::Ignore
         );
-        assert_eq!(decide(Some("me"), false, &orphan, true), Claim::Adopt);
-        assert_eq!(decide(Some("me"), false, &orphan, false), Claim::Ignore);
-        assert_eq!(decide(Some("me"), true, &orphan, true), Claim::Ignore);
+        assert_eq!(decide_meta(Some("me"), false, &orphan, true), Claim::Adopt);
+        assert_eq!(
+            decide_meta(Some("me"), false, &orphan, false),
+            Claim::Ignore
+        );
+        assert_eq!(decide_meta(Some("me"), true, &orphan, true), Claim::Ignore);
         let dying = ObjectMeta {
             deletion_timestamp: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
                 jiff::Timestamp::UNIX_EPOCH,
             )),
             ..Default::default()
         };
-        assert_eq!(decide(Some("me"), false, &dying, true), Claim::Ignore);
+        assert_eq!(decide_meta(Some("me"), false, &dying, true), Claim::Ignore);
     }
 
     #[test]

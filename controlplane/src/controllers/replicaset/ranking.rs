@@ -11,53 +11,34 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Pod, PodCondition};
+
+use crate::controllers::pods::{CachedPod, Phase};
 
 /// Annotation that lowers (or raises) a pod's priority for deletion.
 pub(crate) const DELETION_COST_ANNOTATION: &str = "controller.kubernetes.io/pod-deletion-cost";
 
 /// Not Succeeded, not Failed and not being deleted.
-pub(crate) fn is_active(pod: &Pod) -> bool {
-    pod.metadata.deletion_timestamp.is_none() && !is_terminal(pod)
+pub(crate) fn is_active(pod: &CachedPod) -> bool {
+    pod.deleted.is_none() && !is_terminal(pod)
 }
 
 /// Phase Succeeded or Failed.
-pub(crate) fn is_terminal(pod: &Pod) -> bool {
-    matches!(phase(pod), "Succeeded" | "Failed")
-}
-
-fn phase(pod: &Pod) -> &str {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .unwrap_or_default()
-}
-
-fn ready_condition(pod: &Pod) -> Option<&PodCondition> {
-    pod.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == "Ready")
+pub(crate) fn is_terminal(pod: &CachedPod) -> bool {
+    pod.phase.is_terminal()
 }
 
 /// The pod's Ready condition is True.
-pub(crate) fn is_ready(pod: &Pod) -> bool {
-    ready_condition(pod).is_some_and(|c| c.status == "True")
+pub(crate) fn is_ready(pod: &CachedPod) -> bool {
+    pod.is_ready()
 }
 
 /// When a ready pod became ready (the Ready condition's last transition).
-fn ready_since(pod: &Pod) -> Option<Timestamp> {
-    ready_condition(pod)
-        .filter(|c| c.status == "True")?
-        .last_transition_time
-        .as_ref()
-        .map(|t| t.0)
+fn ready_since(pod: &CachedPod) -> Option<Timestamp> {
+    pod.ready.filter(|r| r.is_true)?.since
 }
 
 /// Ready for at least `min_ready_seconds` at `now`.
-pub(crate) fn is_available(pod: &Pod, min_ready_seconds: i32, now: Timestamp) -> bool {
+pub(crate) fn is_available(pod: &CachedPod, min_ready_seconds: i32, now: Timestamp) -> bool {
     if !is_ready(pod) {
         return false;
     }
@@ -70,65 +51,30 @@ pub(crate) fn is_available(pod: &Pod, min_ready_seconds: i32, now: Timestamp) ->
 }
 
 /// When a ready pod that is not yet available becomes available.
-pub(crate) fn available_at(pod: &Pod, min_ready_seconds: i32) -> Option<Timestamp> {
+pub(crate) fn available_at(pod: &CachedPod, min_ready_seconds: i32) -> Option<Timestamp> {
     if min_ready_seconds <= 0 {
         return None;
     }
     ready_since(pod).map(|since| since + jiff::SignedDuration::from_secs(min_ready_seconds.into()))
 }
 
-fn node_name(pod: &Pod) -> &str {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.node_name.as_deref())
-        .unwrap_or_default()
+fn node_name(pod: &CachedPod) -> &str {
+    pod.node_name.as_deref().unwrap_or_default()
 }
 
-fn phase_ordinal(pod: &Pod) -> u8 {
-    match phase(pod) {
-        "Unknown" => 1,
-        "Running" => 2,
+fn phase_ordinal(pod: &CachedPod) -> u8 {
+    match pod.phase {
+        Phase::Unknown => 1,
+        Phase::Running => 2,
         _ => 0,
     }
 }
 
-fn deletion_cost(pod: &Pod) -> i32 {
-    pod.metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(DELETION_COST_ANNOTATION))
+fn deletion_cost(pod: &CachedPod) -> i32 {
+    pod.annotations
+        .get(DELETION_COST_ANNOTATION)
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
-}
-
-/// Highest restart count of regular containers and of restartable (sidecar) init containers.
-fn max_restarts(pod: &Pod) -> (i32, i32) {
-    let Some(status) = pod.status.as_ref() else {
-        return (0, 0);
-    };
-    let regular = status
-        .container_statuses
-        .iter()
-        .flatten()
-        .map(|c| c.restart_count)
-        .max()
-        .unwrap_or(0);
-    let sidecars: Vec<&str> = pod
-        .spec
-        .iter()
-        .flat_map(|s| s.init_containers.iter().flatten())
-        .filter(|c| c.restart_policy.as_deref() == Some("Always"))
-        .map(|c| c.name.as_str())
-        .collect();
-    let sidecar = status
-        .init_container_statuses
-        .iter()
-        .flatten()
-        .filter(|c| sidecars.contains(&c.name.as_str()))
-        .map(|c| c.restart_count)
-        .max()
-        .unwrap_or(0);
-    (regular, sidecar)
 }
 
 /// `floor(log2(now - t))` in nanoseconds, or -1 for a time not in the past.
@@ -150,8 +96,8 @@ fn log_rank(t: Timestamp, now: Timestamp) -> i64 {
 fn newer_first(
     a: Option<Timestamp>,
     b: Option<Timestamp>,
-    pa: &Pod,
-    pb: &Pod,
+    pa: &CachedPod,
+    pb: &CachedPod,
     now: Timestamp,
 ) -> Option<Ordering> {
     match (a, b) {
@@ -160,7 +106,7 @@ fn newer_first(
         (Some(_), None) => Some(Ordering::Greater),
         (Some(a), Some(b)) if a == b => None,
         (Some(a), Some(b)) => match log_rank(a, now).cmp(&log_rank(b, now)) {
-            Ordering::Equal => Some(pa.metadata.uid.cmp(&pb.metadata.uid)),
+            Ordering::Equal => Some(pa.uid.cmp(&pb.uid)),
             other => Some(other),
         },
     }
@@ -168,7 +114,7 @@ fn newer_first(
 
 /// Orders `a` before `b` when `a` should be deleted first. `rank_*` count
 /// the active related pods on each pod's node.
-fn compare(a: &Pod, rank_a: usize, b: &Pod, rank_b: usize, now: Timestamp) -> Ordering {
+fn compare(a: &CachedPod, rank_a: usize, b: &CachedPod, rank_b: usize, now: Timestamp) -> Ordering {
     let (node_a, node_b) = (node_name(a), node_name(b));
     if node_a != node_b && (node_a.is_empty() || node_b.is_empty()) {
         return if node_a.is_empty() {
@@ -200,30 +146,31 @@ fn compare(a: &Pod, rank_a: usize, b: &Pod, rank_b: usize, now: Timestamp) -> Or
             return o;
         }
     }
-    let (ra, rb) = (max_restarts(a), max_restarts(b));
+    // Highest restarts of regular containers, then of sidecar init containers.
+    let (ra, rb) = (a.restarts, b.restarts);
     if ra != rb {
         return rb.cmp(&ra);
     }
-    let created = |p: &Pod| p.metadata.creation_timestamp.as_ref().map(|t| t.0);
-    newer_first(created(a), created(b), a, b, now).unwrap_or(Ordering::Equal)
+    newer_first(a.created, b.created, a, b, now).unwrap_or(Ordering::Equal)
 }
 
 /// Picks `count` of `pods` to delete, in upstream's preference order.
 /// `related` are the active pods of this ReplicaSet and its siblings (same
 /// controller); pods sharing a node with more of them go first.
 pub(crate) fn pods_to_delete(
-    mut pods: Vec<Arc<Pod>>,
-    related: &[Arc<Pod>],
+    mut pods: Vec<Arc<CachedPod>>,
+    related: &[Arc<CachedPod>],
     count: usize,
     now: Timestamp,
-) -> Vec<Arc<Pod>> {
+) -> Vec<Arc<CachedPod>> {
     if count < pods.len() {
         let mut on_node: HashMap<&str, usize> = HashMap::new();
         for pod in related.iter().filter(|p| is_active(p)) {
             *on_node.entry(node_name(pod)).or_default() += 1;
         }
-        let rank = |p: &Pod| on_node.get(node_name(p)).copied().unwrap_or(0);
-        let mut ranked: Vec<(usize, Arc<Pod>)> = pods.drain(..).map(|p| (rank(&p), p)).collect();
+        let rank = |p: &CachedPod| on_node.get(node_name(p)).copied().unwrap_or(0);
+        let mut ranked: Vec<(usize, Arc<CachedPod>)> =
+            pods.drain(..).map(|p| (rank(&p), p)).collect();
         ranked.sort_by(|(ra, a), (rb, b)| compare(a, *ra, b, *rb, now));
         pods = ranked.into_iter().map(|(_, p)| p).collect();
     }
@@ -234,14 +181,30 @@ pub(crate) fn pods_to_delete(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{Container, ContainerStatus, PodSpec, PodStatus};
+    use k8s_openapi::api::core::v1::{
+        Container, ContainerStatus, Pod, PodCondition, PodSpec, PodStatus,
+    };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn at(secs: i64) -> Timestamp {
         Timestamp::from_second(1_700_000_000 + secs).expect("valid time")
     }
 
-    fn pod(name: &str, node: &str, phase: &str, ready_at: Option<i64>, created: i64) -> Arc<Pod> {
+    fn pod(
+        name: &str,
+        node: &str,
+        phase: &str,
+        ready_at: Option<i64>,
+        created: i64,
+    ) -> Arc<CachedPod> {
+        cached(full(name, node, phase, ready_at, created))
+    }
+
+    fn cached(pod: Pod) -> Arc<CachedPod> {
+        Arc::new(CachedPod::from(&pod))
+    }
+
+    fn full(name: &str, node: &str, phase: &str, ready_at: Option<i64>, created: i64) -> Pod {
         let mut p = Pod::default();
         p.metadata.name = Some(name.into());
         p.metadata.uid = Some(format!("uid-{name}"));
@@ -263,46 +226,49 @@ mod tests {
             conditions,
             ..Default::default()
         });
-        Arc::new(p)
+        p
     }
 
-    fn names(pods: &[Arc<Pod>]) -> Vec<&str> {
-        pods.iter()
-            .map(|p| p.metadata.name.as_deref().unwrap_or_default())
-            .collect()
+    fn names(pods: &[Arc<CachedPod>]) -> Vec<&str> {
+        pods.iter().map(|p| &*p.name).collect()
     }
 
     #[test]
-    fn trimmed_pods_rank_the_same() {
-        let mut full = (*pod("sidecar", "n1", "Running", Some(10), 0)).clone();
+    fn sidecar_restarts_rank_after_regular_ones() {
         let container = |name: &str, restart: Option<&str>| Container {
             name: name.into(),
             image: Some("busybox:1".into()),
             restart_policy: restart.map(str::to_string),
             ..Default::default()
         };
-        if let Some(spec) = full.spec.as_mut() {
-            spec.containers = vec![container("main", None)];
-            spec.init_containers = Some(vec![container("proxy", Some("Always"))]);
-        }
-        if let Some(s) = full.status.as_mut() {
-            s.init_container_statuses = Some(vec![ContainerStatus {
-                name: "proxy".into(),
-                restart_count: 4,
-                ..Default::default()
-            }]);
-        }
-        // As the shared pod cache holds them.
-        let mut trimmed = full.clone();
-        crate::controllers::pods::trim(&mut trimmed);
-        let spec = trimmed.spec.as_ref().expect("spec kept");
-        assert_eq!(spec.containers[0].image, None);
-        assert_eq!(spec.node_name.as_deref(), Some("n1"));
-        assert_eq!(node_name(&trimmed), "n1");
-        assert_eq!(max_restarts(&trimmed), max_restarts(&full));
-        assert_eq!(max_restarts(&trimmed), (0, 4));
-        assert_eq!(trimmed.status, full.status);
-        assert_eq!(trimmed.metadata, full.metadata);
+        let with_restarts = |name: &str, regular: i32, sidecar: i32| {
+            let mut p = full(name, "n1", "Running", None, 0);
+            if let Some(spec) = p.spec.as_mut() {
+                spec.containers = vec![container("main", None)];
+                spec.init_containers = Some(vec![container("proxy", Some("Always"))]);
+            }
+            if let Some(s) = p.status.as_mut() {
+                let status = |name: &str, restart_count| ContainerStatus {
+                    name: name.into(),
+                    restart_count,
+                    ..Default::default()
+                };
+                s.container_statuses = Some(vec![status("main", regular)]);
+                s.init_container_statuses = Some(vec![status("proxy", sidecar)]);
+            }
+            cached(p)
+        };
+        let now = at(100_000);
+        let pods = vec![
+            with_restarts("calm", 1, 0),
+            with_restarts("flaky-sidecar", 1, 4),
+        ];
+        assert_eq!(names(&pods_to_delete(pods, &[], 1, now)), ["flaky-sidecar"]);
+        let pods = vec![
+            with_restarts("flaky-sidecar", 1, 4),
+            with_restarts("flaky", 2, 0),
+        ];
+        assert_eq!(names(&pods_to_delete(pods, &[], 1, now)), ["flaky"]);
     }
 
     #[test]
@@ -321,7 +287,7 @@ mod tests {
     #[test]
     fn restarts_cost_and_doubling_up() {
         let now = at(100_000);
-        let mut restarted = (*pod("restarted", "n1", "Running", None, 0)).clone();
+        let mut restarted = full("restarted", "n1", "Running", None, 0);
         if let Some(s) = restarted.status.as_mut() {
             s.container_statuses = Some(vec![ContainerStatus {
                 name: "c".into(),
@@ -329,13 +295,13 @@ mod tests {
                 ..Default::default()
             }]);
         }
-        let pods = vec![pod("calm", "n1", "Running", None, 0), Arc::new(restarted)];
+        let pods = vec![pod("calm", "n1", "Running", None, 0), cached(restarted)];
         assert_eq!(names(&pods_to_delete(pods, &[], 1, now)), ["restarted"]);
 
-        let mut cheap = (*pod("cheap", "n1", "Running", None, 0)).clone();
+        let mut cheap = full("cheap", "n1", "Running", None, 0);
         cheap.metadata.annotations =
             Some([(DELETION_COST_ANNOTATION.to_string(), "-5".to_string())].into());
-        let pods = vec![pod("dear", "n1", "Running", None, 0), Arc::new(cheap)];
+        let pods = vec![pod("dear", "n1", "Running", None, 0), cached(cheap)];
         assert_eq!(names(&pods_to_delete(pods, &[], 1, now)), ["cheap"]);
 
         let alone = pod("alone", "n1", "Running", None, 0);

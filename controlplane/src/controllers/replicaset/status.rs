@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::ranking;
+use crate::controllers::pods::CachedPod;
 
 /// Why managing replicas failed, for the ReplicaFailure condition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,7 +26,7 @@ pub(crate) enum Failure {
 /// terminating pods and the error of this sync's create/delete, if any.
 pub(crate) fn calculate(
     rs: &ReplicaSet,
-    pods: &[Arc<Pod>],
+    pods: &[Arc<CachedPod>],
     terminating: usize,
     failure: Option<(Failure, String)>,
     now: Timestamp,
@@ -41,13 +41,7 @@ pub(crate) fn calculate(
     let min_ready = rs.spec.min_ready_seconds.unwrap_or(0);
     let fully_labeled = pods
         .iter()
-        .filter(|p| {
-            let labels = p.metadata.labels.as_ref();
-            template_labels.is_none_or(|want| {
-                want.iter()
-                    .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
-            })
-        })
+        .filter(|p| template_labels.is_none_or(|want| p.labels.contains_all(want)))
         .count();
     let ready = pods.iter().filter(|p| ranking::is_ready(p)).count();
     let available = pods
@@ -114,14 +108,14 @@ pub(crate) fn needs_update(rs: &ReplicaSet, new: &ReplicaSetStatus) -> bool {
 mod tests {
     use super::*;
     use k8s_openapi::api::apps::v1::ReplicaSetSpec;
-    use k8s_openapi::api::core::v1::{PodCondition, PodStatus, PodTemplateSpec};
+    use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus, PodTemplateSpec};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn at(secs: i64) -> Timestamp {
         Timestamp::from_second(1_700_000_000 + secs).expect("valid time")
     }
 
-    fn pod(labels: &[(&str, &str)], ready_at: Option<i64>) -> Arc<Pod> {
+    fn pod(labels: &[(&str, &str)], ready_at: Option<i64>) -> Arc<CachedPod> {
         let mut p = Pod::default();
         p.metadata.labels = Some(
             labels
@@ -140,7 +134,7 @@ mod tests {
             }),
             ..Default::default()
         });
-        Arc::new(p)
+        Arc::new(CachedPod::from(&p))
     }
 
     fn rs(min_ready: i32) -> ReplicaSet {

@@ -7,32 +7,33 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::runtime::reflector::ObjectRef;
 
 use super::informer::{key_of, Change};
-use super::ownership::{self, controller_of};
+use super::ownership;
 use super::{selector_of, State};
-use crate::controllers::pods::PodChange;
+use crate::controllers::pods::{CachedPod, LabelQuery, Owner, PodChange};
 
 impl State {
     /// The ReplicaSet a controller reference points at, if it is in the cache.
-    fn resolve(&self, namespace: &str, r: &OwnerReference) -> Option<Arc<ReplicaSet>> {
-        if r.kind != "ReplicaSet" || !r.api_version.starts_with("apps/") {
+    fn resolve(&self, namespace: &str, r: &Owner) -> Option<Arc<ReplicaSet>> {
+        if &*r.kind != "ReplicaSet" || !r.api_version.starts_with("apps/") {
             return None;
         }
         let rs = self.sets.get(&ObjectRef::new(&r.name).within(namespace))?;
-        (rs.metadata.uid.as_deref() == Some(r.uid.as_str())).then_some(rs)
+        (rs.metadata.uid.as_deref() == Some(&*r.uid)).then_some(rs)
     }
 
     /// ReplicaSets whose selector matches an orphan pod.
-    fn sets_selecting(&self, pod: &Pod) -> Vec<ObjectRef<ReplicaSet>> {
+    fn sets_selecting(&self, pod: &CachedPod) -> Vec<ObjectRef<ReplicaSet>> {
         self.sets
             .state()
             .iter()
-            .filter(|rs| rs.metadata.namespace == pod.metadata.namespace)
-            .filter(|rs| selector_of(rs).is_ok_and(|s| ownership::selects(&s, &pod.metadata)))
+            .filter(|rs| rs.metadata.namespace.as_deref().unwrap_or_default() == &*pod.namespace)
+            .filter(|rs| {
+                selector_of(rs)
+                    .is_ok_and(|s| ownership::query_selects(&LabelQuery::from(&s), &pod.labels))
+            })
             .map(|rs| ObjectRef::from_obj(rs.as_ref()))
             .collect()
     }
@@ -60,13 +61,13 @@ impl State {
         }
     }
 
-    fn pod_added(&self, pod: &Pod) -> Vec<ObjectRef<ReplicaSet>> {
-        if pod.metadata.deletion_timestamp.is_some() {
+    fn pod_added(&self, pod: &CachedPod) -> Vec<ObjectRef<ReplicaSet>> {
+        if pod.deleted.is_some() {
             // Seen for the first time already terminating (e.g. after a relist).
             return self.pod_deleted(pod);
         }
-        let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
-        match controller_of(&pod.metadata) {
+        let ns = &pod.namespace;
+        match pod.controller() {
             Some(r) => self
                 .resolve(ns, r)
                 .map(|rs| {
@@ -78,12 +79,12 @@ impl State {
         }
     }
 
-    fn pod_updated(&self, old: &Pod, new: &Pod) -> Vec<ObjectRef<ReplicaSet>> {
-        if old.metadata.resource_version == new.metadata.resource_version {
+    fn pod_updated(&self, old: &CachedPod, new: &CachedPod) -> Vec<ObjectRef<ReplicaSet>> {
+        if old.resource_version == new.resource_version {
             return Vec::new();
         }
-        let labels_changed = old.metadata.labels != new.metadata.labels;
-        if new.metadata.deletion_timestamp.is_some() {
+        let labels_changed = old.labels != new.labels;
+        if new.deleted.is_some() {
             // A graceful deletion started: replace the pod now, not when it is gone.
             let mut out = self.pod_deleted(new);
             if labels_changed {
@@ -91,8 +92,8 @@ impl State {
             }
             return out;
         }
-        let ns = new.metadata.namespace.as_deref().unwrap_or_default();
-        let (old_ref, new_ref) = (controller_of(&old.metadata), controller_of(&new.metadata));
+        let ns = &new.namespace;
+        let (old_ref, new_ref) = (old.controller(), new.controller());
         let mut out = Vec::new();
         if old_ref != new_ref {
             if let Some(rs) = old_ref.and_then(|r| self.resolve(ns, r)) {
@@ -110,13 +111,15 @@ impl State {
         out
     }
 
-    fn pod_deleted(&self, pod: &Pod) -> Vec<ObjectRef<ReplicaSet>> {
-        let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
-        let Some(rs) = controller_of(&pod.metadata).and_then(|r| self.resolve(ns, r)) else {
+    fn pod_deleted(&self, pod: &CachedPod) -> Vec<ObjectRef<ReplicaSet>> {
+        let Some(rs) = pod
+            .controller()
+            .and_then(|r| self.resolve(&pod.namespace, r))
+        else {
             return Vec::new();
         };
         self.expectations
-            .deletion_observed(&key_of(rs.as_ref()), &key_of(pod));
+            .deletion_observed(&key_of(rs.as_ref()), &pod.key());
         vec![ObjectRef::from_obj(rs.as_ref())]
     }
 }

@@ -9,7 +9,15 @@ fn svc(spec: serde_json::Value) -> Service {
     .expect("valid service")
 }
 
-fn pod(name: &str, ip: &str, ready: bool) -> Pod {
+fn pod(name: &str, ip: &str, ready: bool) -> CachedPod {
+    cached(&full(name, ip, ready))
+}
+
+fn cached(pod: &Pod) -> CachedPod {
+    CachedPod::from(pod)
+}
+
+fn full(name: &str, ip: &str, ready: bool) -> Pod {
     serde_json::from_value(json!({
         "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"), "labels": {"app": "web"}},
         "spec": {
@@ -78,11 +86,11 @@ fn named_target_ports_resolve_per_pod_and_protocol() {
 fn sidecar_init_container_ports_resolve() {
     let s =
         svc(json!({"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": "metrics"}]}));
-    let mut p = pod("a", "10.244.0.5", true);
+    let mut p = full("a", "10.244.0.5", true);
     let sidecar = json!({"name": "side", "restartPolicy": "Always", "ports": [{"name": "metrics", "containerPort": 9100}]});
     p.spec.as_mut().expect("spec").init_containers =
         Some(vec![serde_json::from_value(sidecar).expect("container")]);
-    assert_eq!(pod_ports(&s, &p)[0].port, 9100);
+    assert_eq!(pod_ports(&s, &cached(&p))[0].port, 9100);
 }
 
 #[test]
@@ -93,9 +101,9 @@ fn conditions_follow_readiness_and_termination() {
     let not_ready =
         endpoint(&pod("b", "10.0.0.2", false), &s, AddressType::V4, None).expect("endpoint");
     assert_eq!(conditions(&not_ready), (false, false, false));
-    let mut dying = pod("c", "10.0.0.3", true);
+    let mut dying = full("c", "10.0.0.3", true);
     dying.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::now()));
-    let dying = endpoint(&dying, &s, AddressType::V4, None).expect("endpoint");
+    let dying = endpoint(&cached(&dying), &s, AddressType::V4, None).expect("endpoint");
     assert_eq!(conditions(&dying), (false, true, true));
     assert_eq!(ready.node_name.as_deref(), Some("node-a"));
     let target = ready.target_ref.expect("targetRef");
@@ -120,19 +128,19 @@ fn publish_not_ready_addresses_makes_everything_ready() {
 #[test]
 fn hostname_only_when_subdomain_names_the_service() {
     let s = svc(json!({"selector": {"app": "web"}}));
-    let mut p = pod("a", "10.0.0.1", true);
+    let mut p = full("a", "10.0.0.1", true);
     let spec = p.spec.as_mut().expect("spec");
     spec.hostname = Some("db-0".into());
     spec.subdomain = Some("other".into());
     assert_eq!(
-        endpoint(&p, &s, AddressType::V4, None)
+        endpoint(&cached(&p), &s, AddressType::V4, None)
             .expect("ep")
             .hostname,
         None
     );
     p.spec.as_mut().expect("spec").subdomain = Some("web".into());
     assert_eq!(
-        endpoint(&p, &s, AddressType::V4, None)
+        endpoint(&cached(&p), &s, AddressType::V4, None)
             .expect("ep")
             .hostname
             .as_deref(),
@@ -143,12 +151,13 @@ fn hostname_only_when_subdomain_names_the_service() {
 #[test]
 fn pods_without_ip_or_finished_are_left_out() {
     let s = svc(json!({"selector": {"app": "web"}, "ports": [{"port": 80}]}));
-    let mut no_ip = pod("a", "10.0.0.1", false);
+    let mut no_ip = full("a", "10.0.0.1", false);
     no_ip.status.as_mut().expect("status").pod_ip = None;
     no_ip.status.as_mut().expect("status").pod_ips = None;
-    let mut done = pod("b", "10.0.0.2", false);
+    let mut done = full("b", "10.0.0.2", false);
     done.status.as_mut().expect("status").phase = Some("Succeeded".into());
-    let groups = desired_endpoints(&s, [&no_ip, &done, &pod("c", "10.0.0.3", true)], |_| None);
+    let (no_ip, done, ok) = (cached(&no_ip), cached(&done), pod("c", "10.0.0.3", true));
+    let groups = desired_endpoints(&s, [&no_ip, &done, &ok], |_| None);
     let all: Vec<&Endpoint> = groups.values().flatten().collect();
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].addresses, vec!["10.0.0.3".to_string()]);
@@ -163,12 +172,12 @@ fn address_families_follow_the_service() {
     assert_eq!(primary_address_type(&dual), AddressType::V6);
     let legacy = svc(json!({"selector": {"app": "web"}, "clusterIP": "10.96.0.7"}));
     assert_eq!(address_types(&legacy), vec![AddressType::V4]);
-    let mut p = pod("a", "10.0.0.1", true);
+    let mut p = full("a", "10.0.0.1", true);
     p.status.as_mut().expect("status").pod_ips = Some(vec![
         serde_json::from_value(json!({"ip": "10.0.0.1"})).expect("ip"),
         serde_json::from_value(json!({"ip": "fd00::5"})).expect("ip"),
     ]);
-    let groups = desired_endpoints(&dual, [&p], |_| Some("zone-1".to_string()));
+    let groups = desired_endpoints(&dual, [&cached(&p)], |_| Some("zone-1".to_string()));
     let types: Vec<AddressType> = groups.keys().map(|g| g.address_type).collect();
     assert_eq!(types, vec![AddressType::V4, AddressType::V6]);
     let v6 = &groups
@@ -184,13 +193,13 @@ fn address_families_follow_the_service() {
 fn pods_with_different_named_port_numbers_land_in_different_groups() {
     let s = svc(json!({"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": "http"}]}));
     let a = pod("a", "10.0.0.1", true);
-    let mut b = pod("b", "10.0.0.2", true);
+    let mut b = full("b", "10.0.0.2", true);
     b.spec.as_mut().expect("spec").containers[0]
         .ports
         .as_mut()
         .expect("ports")[0]
         .container_port = 9090;
-    let groups = desired_endpoints(&s, [&a, &b], |_| None);
+    let groups = desired_endpoints(&s, [&a, &cached(&b)], |_| None);
     let ports: Vec<i32> = groups.keys().map(|g| g.ports[0].port).collect();
     assert_eq!(ports, vec![8080, 9090]);
 }
@@ -223,13 +232,13 @@ fn legacy_subsets_split_ready_and_not_ready_and_skip_terminating() {
     let s = svc(
         json!({"selector": {"app": "web"}, "ports": [{"name": "web", "port": 80, "targetPort": "http"}]}),
     );
-    let mut dying = pod("d", "10.0.0.4", true);
+    let mut dying = full("d", "10.0.0.4", true);
     dying.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::now()));
     let pods = [
         pod("b", "10.0.0.10", true),
         pod("a", "10.0.0.9", true),
         pod("c", "10.0.0.3", false),
-        dying,
+        cached(&dying),
     ];
     let (subsets, truncated) = endpoints_subsets(&s, pods.iter());
     assert!(!truncated);
@@ -247,7 +256,7 @@ fn legacy_subsets_split_ready_and_not_ready_and_skip_terminating() {
 #[test]
 fn legacy_subsets_truncate_at_capacity() {
     let s = svc(json!({"selector": {"app": "web"}, "ports": [{"port": 80}]}));
-    let pods: Vec<Pod> = (0..MAX_ENDPOINTS_ADDRESSES + 5)
+    let pods: Vec<CachedPod> = (0..MAX_ENDPOINTS_ADDRESSES + 5)
         .map(|i| {
             pod(
                 &format!("p{i}"),
@@ -267,12 +276,13 @@ fn legacy_subsets_truncate_at_capacity() {
 
 #[test]
 fn irrelevant_pod_changes_are_recognised() {
-    let a = pod("a", "10.0.0.1", true);
+    let a = full("a", "10.0.0.1", true);
     let mut b = a.clone();
     b.metadata.annotations = Some([("x".to_string(), "y".to_string())].into());
-    assert!(same_for_endpoints(&a, &b));
+    assert!(same_for_endpoints(&cached(&a), &cached(&b)));
     let c = pod("a", "10.0.0.1", false);
-    assert!(!same_for_endpoints(&a, &c));
+    assert!(!same_for_endpoints(&cached(&a), &c));
 }
 
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
