@@ -87,6 +87,9 @@ struct ServerArgs {
     /// Time a pod's node must be missing before the pod garbage collector deletes the pod.
     #[arg(long, default_value = "40s", value_parser = parse_duration)]
     pod_gc_orphan_quarantine: std::time::Duration,
+    /// How long Events are kept after their last occurrence (0s: forever).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    event_ttl: std::time::Duration,
 }
 
 /// Parses `50s`, `2m`, `1h` or plain seconds.
@@ -153,6 +156,7 @@ fn server_config(args: ServerArgs) -> Result<Config> {
     controllers.node_cidr_mask_size = args.node_cidr_mask_size;
     controllers.terminated_pod_gc_threshold = args.terminated_pod_gc_threshold;
     controllers.pod_gc_orphan_quarantine = args.pod_gc_orphan_quarantine;
+    controllers.event_ttl = args.event_ttl;
     let (service_cidr, secondary_service_cidr) = service_cidrs(&args.service_cidr)?;
     Ok(Config {
         data_dir: args.data_dir,

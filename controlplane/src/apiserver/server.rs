@@ -210,8 +210,10 @@ pub async fn run(
     );
     // The OpenAPI documents are large; build them before the first kubectl asks.
     tokio::task::spawn_blocking(|| {
-        openapi::v2_json().len() + openapi::v3_index().to_string().len()
+        openapi::v2_gzip().len() + openapi::v3_index().to_string().len()
     });
+    super::heap::spawn_trimmer();
+    super::event_ttl::spawn(server.clone(), server.config.controllers.event_ttl);
     let app = router(server.clone());
     super::disruption_status::spawn(server.clone());
     match local_client::client(app.clone(), &server.admin_token) {
@@ -258,15 +260,6 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-fn raw_json(bytes: &'static [u8]) -> Response {
-    (
-        StatusCode::OK,
-        [("content-type", "application/json")],
-        bytes,
-    )
-        .into_response()
 }
 
 fn json_response(code: StatusCode, value: &Value) -> Response {
@@ -352,12 +345,12 @@ async fn route(
                     "only application/json is supported for /openapi/v2",
                 ));
             }
-            return Ok(raw_json(openapi::v2_json()));
+            return Ok(openapi::response(openapi::v2_gzip(), headers));
         }
         ["openapi", "v3"] => return get_only(Some(openapi::v3_index())),
         ["openapi", "v3", rest @ ..] if method == Method::GET => {
-            return openapi::v3_group_version_json(&rest.join("/"))
-                .map(raw_json)
+            return openapi::v3_group_version_gzip(&rest.join("/"))
+                .map(|gzip| openapi::response(gzip, headers))
                 .ok_or_else(ApiError::no_route)
         }
         _ => {}

@@ -59,8 +59,13 @@ pub struct Recorder {
     state: Mutex<Correlator>,
 }
 
-/// Bound on remembered keys before a map is reset.
-const MAX_REMEMBERED: usize = 4096;
+/// Bound on remembered keys before a map is reset. It must exceed the
+/// objects a component reports on repeatedly: with 10k pending pods and a
+/// bound of 4096 (upstream's old LRU size) every retry round forgot the
+/// pods' events and spam buckets, so each round created 10k *new* Events
+/// instead of counting up the existing ones, and the store grew without
+/// end. ~200 bytes per key: 64k keys cost at most ~13 MiB.
+const MAX_REMEMBERED: usize = 65_536;
 
 /// What to do with one event, as upstream's EventCorrelator decides.
 #[derive(Debug, PartialEq, Eq)]

@@ -57,6 +57,9 @@ pub struct Settings {
     pub terminated_pod_gc_threshold: usize,
     /// How long a pod's node must be missing before the pod is collected.
     pub pod_gc_orphan_quarantine: Duration,
+    /// How long the API server keeps an Event after its last occurrence
+    /// (kube-apiserver's `--event-ttl`; zero keeps them forever).
+    pub event_ttl: Duration,
 }
 
 impl Settings {
@@ -70,6 +73,7 @@ impl Settings {
             node_cidr_mask_size: 24,
             terminated_pod_gc_threshold: 12500,
             pod_gc_orphan_quarantine: Duration::from_secs(40),
+            event_ttl: Duration::from_secs(3600),
         }
     }
 
@@ -133,7 +137,7 @@ pub async fn client_from_kubeconfig(
 /// watch starts with the first of them.
 pub fn spawn_all(ctx: Arc<Context>) {
     // The scheduler reads whole pods; the informer hands it each event
-    // before trimming it for the shared cache.
+    // whole, after keeping a compact copy in the shared cache.
     let (pods, mut scheduler_pods) = if ctx.settings.enabled("scheduler") {
         let (pods, events) = pods::PodInformer::with_full_events(ctx.client.clone());
         (pods, Some(events))

@@ -30,12 +30,18 @@ pub const DEFAULT_HISTORY_CAPACITY: usize = 100_000;
 /// Bytes of superseded values (see `event_bytes`) the ring may pin. Current
 /// values are shared with the store's index, but an update's previous value
 /// lives on only here, so without this bound 100k updates of 3 KB pods would
-/// pin ~300 MiB.
-pub const HISTORY_BYTES_BUDGET: usize = 64 * 1024 * 1024;
+/// pin ~300 MiB. 16 MiB keeps the last ~6000 updates of such pods: watchers
+/// (in-process informers included) stay far closer than that, and one that
+/// falls further behind gets 410 Gone and relists, as upstream's watch
+/// cache (a bounded window of recent events) makes it.
+pub const HISTORY_BYTES_BUDGET: usize = 16 * 1024 * 1024;
 
 /// Upper bound of the live channel: a watcher further behind than this
 /// catches up from the ring (or is `Compacted` if the ring moved past it).
-const MAX_LIVE_BUFFER: usize = 4096;
+/// Every slot keeps its event (value and previous value) until it is
+/// overwritten, so 4096 slots of pod updates pinned ~16 MiB; catching up
+/// from the ring instead costs only a lock per event.
+const MAX_LIVE_BUFFER: usize = 1024;
 
 /// Lower bound of the live channel, so a tiny replay window (tests) does not
 /// make ordinary watchers lag.

@@ -56,7 +56,7 @@ fn group_version_lookup_accepts_request_paths() {
     assert_eq!(by_url["openapi"], "3.0.0");
     let bytes = v3_group_version_json("/openapi/v3/api/v1").unwrap();
     assert_eq!(
-        serde_json::from_slice::<Value>(bytes).unwrap(),
+        serde_json::from_slice::<Value>(&bytes).unwrap(),
         doc("api/v1")
     );
     assert!(v3_group_version("apis/apps/v1beta1").is_none());
@@ -259,4 +259,36 @@ fn v2_is_swagger_with_body_parameters() {
         v2["definitions"]["io.k8s.api.core.v1.Pod"]["x-kubernetes-group-version-kind"][0]["kind"],
         "Pod"
     );
+}
+
+#[test]
+fn documents_are_served_gzipped_only_to_clients_that_accept_it() {
+    use axum::http::HeaderValue;
+    let gzip = v3_group_version_gzip("apis/apps/v1").unwrap();
+    let served = |accept: Option<&'static str>| {
+        let mut headers = HeaderMap::new();
+        if let Some(a) = accept {
+            headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static(a));
+        }
+        let r = response(gzip, &headers);
+        (r.headers().get(header::CONTENT_ENCODING).cloned(), r)
+    };
+    for accept in ["gzip", "deflate, gzip;q=0.5", "*", "br, GZIP"] {
+        let (encoding, _) = served(Some(accept));
+        assert_eq!(
+            encoding.as_ref().map(|v| v.to_str().unwrap()),
+            Some("gzip"),
+            "{accept}"
+        );
+    }
+    for accept in [None, Some("identity"), Some("gzip;q=0"), Some("deflate")] {
+        let (encoding, _) = served(accept);
+        assert_eq!(encoding, None, "{accept:?}");
+    }
+    // Decompressed, the kept bytes are the document.
+    assert_eq!(
+        serde_json::from_slice::<Value>(&gunzip(gzip)).unwrap(),
+        doc("apis/apps/v1")
+    );
+    assert!(gzip.len() * 4 < gunzip(gzip).len(), "compressed");
 }

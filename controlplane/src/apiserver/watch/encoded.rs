@@ -12,9 +12,10 @@ use std::sync::{Mutex, OnceLock};
 
 use axum::body::Bytes;
 
-/// Encoded objects kept; enough for every watcher of a burst to catch up
-/// (a watcher further behind than this re-encodes, which is only slower).
-const CAPACITY: usize = 4096;
+/// Encoded objects kept: watchers of one resource read the same events
+/// within a few hundred of each other; one further behind than this
+/// re-encodes, which is only slower. (4096 pinned ~10 MiB of 2.5 KB pods.)
+const CAPACITY: usize = 1024;
 
 /// What identifies one encoded object.
 #[derive(Clone, PartialEq, Eq, Hash)]
