@@ -8,7 +8,9 @@
 //! plugin's exec, run and exit. Pod namespaces are created before the timed
 //! part for both plugins alike: the printed latencies exclude netns creation,
 //! whose own cost is printed separately. ADDs of the two plugins alternate pod
-//! by pod so machine noise hits both. Nothing is asserted (DESIGN §8); every
+//! by pod so machine noise hits both; each run's CPU time (the plugin's and
+//! its waited-for children's) is printed too, as it suffers less than wall
+//! time from other load on the machine. Nothing is asserted (DESIGN §8); every
 //! namespace is deleted on exit, also when the run fails midway.
 
 use std::io::Write;
@@ -19,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
+use nix::sys::resource::{getrusage, UsageWho};
 use serde_json::{json, Value};
 use skiff_bench::stats::{ms, percentile};
 use skiff_cni::Netns;
@@ -74,12 +77,22 @@ fn netns_path(name: &str) -> PathBuf {
     PathBuf::from("/var/run/netns").join(name)
 }
 
+/// What one plugin run cost.
+struct Cost {
+    /// Exec to exit, as the runtime waits for it.
+    wall: Duration,
+    /// CPU time (user + system) of the plugin and of the children it waited
+    /// for (the reference bridge runs host-local): less disturbed by other
+    /// load on the machine than wall time.
+    cpu: Duration,
+}
+
 /// One command to run: the prepared plugin command, its stdin, and where to
-/// send the wall time and output.
+/// send its cost and output.
 type Job = (
     Command,
     String,
-    mpsc::Sender<std::io::Result<(Duration, Output)>>,
+    mpsc::Sender<std::io::Result<(Cost, Output)>>,
 );
 
 /// A thread that entered a node namespace once and runs plugin commands from
@@ -106,7 +119,7 @@ impl Launcher {
         }
     }
 
-    fn run(&self, cmd: Command, input: &str) -> Result<(Duration, Output)> {
+    fn run(&self, cmd: Command, input: &str) -> Result<(Cost, Output)> {
         let (tx, rx) = mpsc::channel();
         self.jobs
             .as_ref()
@@ -127,14 +140,30 @@ impl Drop for Launcher {
     }
 }
 
-fn time(cmd: &mut Command, input: &str) -> std::io::Result<(Duration, Output)> {
+fn time(cmd: &mut Command, input: &str) -> std::io::Result<(Cost, Output)> {
+    // Children's CPU time grows by exactly this child's once it is reaped:
+    // one command runs at a time, and nothing else of this process has
+    // children then.
+    let before = children_cpu()?;
     let start = Instant::now();
     let mut child = cmd.spawn()?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin.write_all(input.as_bytes())?;
     }
     let out = child.wait_with_output()?;
-    Ok((start.elapsed(), out))
+    let wall = start.elapsed();
+    let cpu = children_cpu()?.saturating_sub(before);
+    Ok((Cost { wall, cpu }, out))
+}
+
+/// User + system time of every reaped child of this process.
+fn children_cpu() -> std::io::Result<Duration> {
+    let u = getrusage(UsageWho::RUSAGE_CHILDREN).map_err(std::io::Error::from)?;
+    let d = |t: nix::sys::time::TimeVal| {
+        Duration::from_secs(t.tv_sec().max(0) as u64)
+            + Duration::from_micros(t.tv_usec().max(0) as u64)
+    };
+    Ok(d(u.user_time()) + d(u.system_time()))
 }
 
 struct Plugin {
@@ -146,8 +175,8 @@ struct Plugin {
 }
 
 impl Plugin {
-    /// Runs one command for pod `i`; returns its wall time.
-    fn run(&self, command: &str, i: usize, pod: &Path) -> Result<Duration> {
+    /// Runs one command for pod `i`; returns what it cost.
+    fn run(&self, command: &str, i: usize, pod: &Path) -> Result<Cost> {
         let mut cmd = Command::new(&self.bin);
         cmd.env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", format!("bench{i}"))
@@ -276,25 +305,34 @@ fn main() -> Result<()> {
         |p: usize, i: usize| netns_path(&format!("{prefix}-{}{i}", if p == 0 { "s" } else { "r" }));
 
     let mut add = [Vec::new(), Vec::new()];
+    let mut add_cpu = [Vec::new(), Vec::new()];
     let mut del = [Vec::new(), Vec::new()];
     for i in 0..args.pods {
         for (p, plugin) in plugins.iter().enumerate() {
-            add[p].push(plugin.run("ADD", i, &pod(p, i))?);
+            let cost = plugin.run("ADD", i, &pod(p, i))?;
+            add[p].push(cost.wall);
+            add_cpu[p].push(cost.cpu);
         }
     }
     for i in 0..args.pods {
         for (p, plugin) in plugins.iter().enumerate() {
-            del[p].push(plugin.run("DEL", i, &pod(p, i))?);
+            del[p].push(plugin.run("DEL", i, &pod(p, i))?.wall);
         }
     }
-    for v in add.iter_mut().chain(del.iter_mut()) {
+    for v in add
+        .iter_mut()
+        .chain(del.iter_mut())
+        .chain(add_cpu.iter_mut())
+    {
         v.sort_unstable();
     }
     netns_cost.sort_unstable();
 
     println!(
-        "cni-bench: {} pods per plugin, ipMasq {}",
-        args.pods, args.ip_masq
+        "cni-bench: {} pods per plugin, ipMasq {}, skiff-cni {}",
+        args.pods,
+        args.ip_masq,
+        plugins[0].bin.display()
     );
     println!(
         "timings exclude netns creation for both plugins (created beforehand; its cost is below)"
@@ -304,6 +342,12 @@ fn main() -> Result<()> {
         println!("{}", line(&format!("{} ADD", plugin.label), &add[p]));
         println!("{}", line(&format!("{} DEL", plugin.label), &del[p]));
     }
+    for (p, plugin) in plugins.iter().enumerate() {
+        println!(
+            "{}",
+            line(&format!("{} ADD CPU", plugin.label), &add_cpu[p])
+        );
+    }
     let ratio =
         |v: &[Vec<Duration>; 2], q| ms(percentile(&v[1], q)) / ms(percentile(&v[0], q)).max(1e-9);
     println!(
@@ -312,6 +356,10 @@ fn main() -> Result<()> {
         ratio(&add, 0.99),
         ratio(&del, 0.50),
         ratio(&del, 0.99)
+    );
+    println!(
+        "ratio reference/skiff, CPU time per ADD: p50 {:.1}x",
+        ratio(&add_cpu, 0.50)
     );
     let with_netns = |v: &[Duration]| ms(percentile(v, 0.50)) + ms(percentile(&netns_cost, 0.50));
     println!(

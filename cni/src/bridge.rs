@@ -4,9 +4,13 @@
 //! create it; "already exists" is success.
 
 use ipnetwork::IpNetwork;
+use netlink_packet_route::link::LinkMessage;
+use netlink_packet_route::RouteNetlinkMessage;
+use rtnetlink::packet_core::NetlinkMessage;
 use rtnetlink::{LinkBridge, LinkUnspec};
 
 use crate::netlink::{self, NetlinkError};
+use crate::rtnl::Rtnl;
 
 /// The bridge as ADD needs it.
 #[derive(Clone, Debug)]
@@ -19,7 +23,7 @@ pub struct Bridge {
     pub mtu: Option<u32>,
 }
 
-fn nl(op: String, ns: &str) -> impl FnOnce(rtnetlink::Error) -> NetlinkError + '_ {
+fn nl_err(op: String, ns: &str) -> impl FnOnce(rtnetlink::Error) -> NetlinkError + '_ {
     move |source| NetlinkError {
         op,
         ns: ns.to_string(),
@@ -35,7 +39,7 @@ pub async fn find(
 ) -> Result<Option<Bridge>, NetlinkError> {
     let link = netlink::link_by_name(h, name)
         .await
-        .map_err(nl(format!("looking up bridge {name}"), ns))?;
+        .map_err(nl_err(format!("looking up bridge {name}"), ns))?;
     Ok(link.map(|l| Bridge {
         index: l.header.index,
         mac: netlink::mac(&l),
@@ -66,7 +70,7 @@ pub async fn ensure_link(
 ) -> Result<Bridge, NetlinkError> {
     let existing = netlink::link_by_name(h, name)
         .await
-        .map_err(nl(format!("looking up bridge {name}"), ns))?;
+        .map_err(nl_err(format!("looking up bridge {name}"), ns))?;
     let link = match existing {
         Some(l) => {
             if !netlink::is_up(&l) {
@@ -75,24 +79,19 @@ pub async fn ensure_link(
                     .set(up)
                     .execute()
                     .await
-                    .map_err(nl(format!("bringing bridge {name} up"), ns))?;
+                    .map_err(nl_err(format!("bringing bridge {name} up"), ns))?;
             }
             l
         }
         None => {
-            let mut b =
-                LinkBridge::new(name).address(netlink::derived_mac(&["bridge", name]).to_vec());
-            if let Some(m) = mtu {
-                b = b.mtu(m);
-            }
-            match h.link().add(b.build()).execute().await {
+            match h.link().add(create_message(name, mtu)).execute().await {
                 Ok(()) => {}
                 Err(e) if netlink::is_exists(&e) => {}
-                Err(e) => return Err(nl(format!("creating bridge {name}"), ns)(e)),
+                Err(e) => return Err(nl_err(format!("creating bridge {name}"), ns)(e)),
             }
             netlink::link_by_name(h, name)
                 .await
-                .map_err(nl(format!("looking up bridge {name}"), ns))?
+                .map_err(nl_err(format!("looking up bridge {name}"), ns))?
                 .ok_or_else(|| NetlinkError {
                     op: format!("creating bridge {name}"),
                     ns: ns.to_string(),
@@ -104,6 +103,86 @@ pub async fn ensure_link(
         index: link.header.index,
         mac: netlink::mac(&link),
         mtu: netlink::mtu(&link),
+    })
+}
+
+/// The request creating bridge `name` with its fixed MAC.
+fn create_message(name: &str, mtu: Option<u32>) -> LinkMessage {
+    let mut b = LinkBridge::new(name).address(netlink::derived_mac(&["bridge", name]).to_vec());
+    if let Some(m) = mtu {
+        b = b.mtu(m);
+    }
+    b.build()
+}
+
+/// [`ensure_link`] over a blocking socket.
+pub fn ensure_link_blocking(
+    nl: &mut Rtnl,
+    name: &str,
+    mtu: Option<u32>,
+    ns: &str,
+) -> Result<Bridge, NetlinkError> {
+    let lookup = |nl: &mut Rtnl| {
+        netlink::link_by_name_blocking(nl, name)
+            .map_err(nl_err(format!("looking up bridge {name}"), ns))
+    };
+    let link = match lookup(nl)? {
+        Some(l) => {
+            if !netlink::is_up(&l) {
+                let up = LinkUnspec::new_with_index(l.header.index).up().build();
+                nl.request(netlink::plain_request(RouteNetlinkMessage::SetLink(up)))
+                    .and_then(|a| a.result)
+                    .map_err(nl_err(format!("bringing bridge {name} up"), ns))?;
+            }
+            l
+        }
+        None => {
+            let create =
+                netlink::create_request(RouteNetlinkMessage::NewLink(create_message(name, mtu)));
+            match nl.request(create).and_then(|a| a.result) {
+                Ok(()) => {}
+                Err(e) if netlink::is_exists(&e) => {}
+                Err(e) => return Err(nl_err(format!("creating bridge {name}"), ns)(e)),
+            }
+            lookup(nl)?.ok_or_else(|| NetlinkError {
+                op: format!("creating bridge {name}"),
+                ns: ns.to_string(),
+                source: rtnetlink::Error::RequestFailed,
+            })?
+        }
+    };
+    Ok(Bridge {
+        index: link.header.index,
+        mac: netlink::mac(&link),
+        mtu: netlink::mtu(&link),
+    })
+}
+
+/// The requests adding each of `gateways` to bridge `br`, for a batch.
+pub fn gateway_requests(
+    br: &Bridge,
+    gateways: &[IpNetwork],
+) -> Vec<NetlinkMessage<RouteNetlinkMessage>> {
+    gateways
+        .iter()
+        .map(|gw| {
+            netlink::create_request(RouteNetlinkMessage::NewAddress(netlink::address_message(
+                br.index, *gw,
+            )))
+        })
+        .collect()
+}
+
+/// The outcome of adding gateway `gw` to bridge `name` ("already there" is fine).
+pub fn gateway_added(
+    r: Result<(), rtnetlink::Error>,
+    name: &str,
+    gw: IpNetwork,
+    ns: &str,
+) -> Result<(), NetlinkError> {
+    netlink::address_added(r, gw, ns).map_err(|e| NetlinkError {
+        op: format!("adding gateway {gw} to bridge {name}"),
+        ..e
     })
 }
 

@@ -36,26 +36,90 @@ const KNOWN_ARGS: [&str; 6] = [
 /// Runs one CNI command described by `env` (a `CNI_*` lookup) and `stdin`,
 /// with the node side in `node`.
 pub async fn invoke(env: &dyn Fn(&str) -> Option<String>, stdin: &[u8], node: &Netns) -> Outcome {
+    match invoke_blocking(env, stdin, node) {
+        Ok(done) => done,
+        Err(pending) => pending.run(node).await,
+    }
+}
+
+/// Runs the command if it needs no async runtime — VERSION, ADD, and any
+/// command that fails before it starts — else hands it back to be run by
+/// [`Pending::run`]. The plugin binary starts a runtime only for the latter.
+pub fn invoke_blocking(
+    env: &dyn Fn(&str) -> Option<String>,
+    stdin: &[u8],
+    node: &Netns,
+) -> Result<Outcome, Pending> {
     let version = peek_version(stdin)
         .filter(|v| CniVersion::parse(v).is_ok())
         .unwrap_or_else(|| CniVersion::V1_1_0.as_str().to_string());
-    match run(env, stdin, node).await {
+    let step = match prepare(env, stdin) {
+        Ok(Step::Add(conf, att)) => {
+            plugin::add_blocking(&conf, &att, node).map(|r| r.to_json(conf.cni_version).to_string())
+        }
+        Ok(Step::Version(reply)) => Ok(reply),
+        Ok(step) => {
+            return Err(Pending {
+                version,
+                step: Box::new(step),
+            })
+        }
+        Err(e) => Err(e),
+    };
+    Ok(outcome(step, &version))
+}
+
+/// A parsed command that needs the async runtime (DEL, CHECK, STATUS, GC).
+pub struct Pending {
+    version: String,
+    step: Box<Step>,
+}
+
+impl Pending {
+    /// Runs the command.
+    pub async fn run(self, node: &Netns) -> Outcome {
+        let r = match *self.step {
+            Step::Version(reply) => Ok(reply),
+            Step::Add(conf, att) => plugin::add(&conf, &att, node)
+                .await
+                .map(|r| r.to_json(conf.cni_version).to_string()),
+            Step::Del(conf, att) => plugin::del(&conf, &att, node).await.map(|()| String::new()),
+            Step::Check(conf, att) => check::check(&conf, &att, node)
+                .await
+                .map(|()| String::new()),
+            Step::Status(conf, path) => {
+                gc::status(&conf, node, &path).await.map(|()| String::new())
+            }
+            Step::Gc(conf, path) => gc::gc(&conf, node, &path).await.map(|_| String::new()),
+        };
+        outcome(r, &self.version)
+    }
+}
+
+fn outcome(r: Result<String, CniError>, version: &str) -> Outcome {
+    match r {
         Ok(stdout) => Outcome {
             stdout,
             success: true,
         },
         Err(e) => Outcome {
-            stdout: e.to_json(&version).to_string(),
+            stdout: e.to_json(version).to_string(),
             success: false,
         },
     }
 }
 
-async fn run(
-    env: &dyn Fn(&str) -> Option<String>,
-    stdin: &[u8],
-    node: &Netns,
-) -> Result<String, CniError> {
+/// A validated command with what it needs.
+enum Step {
+    Version(String),
+    Add(NetConf, Attachment),
+    Del(NetConf, Attachment),
+    Check(NetConf, Attachment),
+    Status(NetConf, Vec<PathBuf>),
+    Gc(NetConf, Vec<PathBuf>),
+}
+
+fn prepare(env: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<Step, CniError> {
     let command = env("CNI_COMMAND").filter(|c| !c.is_empty()).ok_or_else(|| {
         CniError::new(
             Code::InvalidEnvironment,
@@ -63,7 +127,7 @@ async fn run(
         )
     })?;
     if command == "VERSION" {
-        return Ok(version_reply(stdin));
+        return Ok(Step::Version(version_reply(stdin)));
     }
     let known = ["ADD", "DEL", "CHECK", "STATUS", "GC"];
     if !known.contains(&command.as_str()) {
@@ -73,26 +137,13 @@ async fn run(
         ));
     }
     let conf = NetConf::parse(stdin)?;
-    match command.as_str() {
-        "STATUS" => gc::status(&conf, node, &cni_path(env))
-            .await
-            .map(|()| String::new()),
-        "GC" => gc::gc(&conf, node, &cni_path(env))
-            .await
-            .map(|_| String::new()),
-        _ => {
-            let att = attachment(env, &command)?;
-            match command.as_str() {
-                "ADD" => plugin::add(&conf, &att, node)
-                    .await
-                    .map(|r| r.to_json(conf.cni_version).to_string()),
-                "DEL" => plugin::del(&conf, &att, node).await.map(|()| String::new()),
-                _ => check::check(&conf, &att, node)
-                    .await
-                    .map(|()| String::new()),
-            }
-        }
-    }
+    Ok(match command.as_str() {
+        "STATUS" => Step::Status(conf, cni_path(env)),
+        "GC" => Step::Gc(conf, cni_path(env)),
+        "ADD" => Step::Add(conf, attachment(env, &command)?),
+        "DEL" => Step::Del(conf, attachment(env, &command)?),
+        _ => Step::Check(conf, attachment(env, &command)?),
+    })
 }
 
 fn version_reply(stdin: &[u8]) -> String {

@@ -2,8 +2,8 @@
 //! by an exclusive `flock` on `dataDir/<network>/lock` so concurrent plugin
 //! processes never hand out the same address.
 //!
-//! Each allocation is one symlink whose name holds the address and its owner
-//! (format in [`entries`]). Creating or removing a symlink is a single atomic
+//! Each allocation is one directory entry whose name holds the address and
+//! its owner (format in [`entries`]). Creating or removing it is a single atomic
 //! system call with no file data, so a process killed at any point leaves a
 //! consistent store, and no write waits for the disk (rewriting a regular
 //! file by rename or truncation makes ext4 flush it). The reference

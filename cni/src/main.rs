@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::process::ExitCode;
 
 use skiff_cni::errors::{CniError, Code};
-use skiff_cni::invoke::{invoke, Outcome};
+use skiff_cni::invoke::{invoke_blocking, Outcome};
 use skiff_cni::Netns;
 
 /// This very binary, even if its file was replaced since it started.
@@ -18,11 +18,14 @@ fn main() -> ExitCode {
     if let Some(code) = skiff_cni::unlink::helper_main() {
         return code;
     }
-    // One thread, one current-thread runtime: namespace work can stay on it.
+    // One thread (and, for DEL/CHECK/STATUS/GC, one current-thread runtime):
+    // namespace work can stay on it.
     skiff_cni::netns::enter_on_calling_thread();
     // DEL leaves the kernel's link teardown to a copy of this binary.
     skiff_cni::unlink::use_helper_process(SELF_EXE.into());
     let mut stdin = Vec::new();
+    let node = Netns::current();
+    let env = |k: &str| std::env::var(k).ok();
     let outcome = match std::io::stdin().read_to_end(&mut stdin) {
         Err(e) => Outcome {
             stdout: CniError::new(
@@ -33,21 +36,24 @@ fn main() -> ExitCode {
             .to_string(),
             success: false,
         },
-        // Netlink needs only the I/O driver; timers and signals cost start-up time.
-        Ok(_) => match tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .build()
-        {
-            Ok(rt) => rt.block_on(invoke(
-                &|k| std::env::var(k).ok(),
-                &stdin,
-                &Netns::current(),
-            )),
-            Err(e) => Outcome {
-                stdout: CniError::new(Code::Io, format!("starting the async runtime failed: {e}"))
+        // ADD and VERSION need no runtime: its start-up would be part of every ADD.
+        Ok(_) => match invoke_blocking(&env, &stdin, &node) {
+            Ok(done) => done,
+            // Netlink needs only the I/O driver; timers and signals cost start-up time.
+            Err(pending) => match tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build()
+            {
+                Ok(rt) => rt.block_on(pending.run(&node)),
+                Err(e) => Outcome {
+                    stdout: CniError::new(
+                        Code::Io,
+                        format!("starting the async runtime failed: {e}"),
+                    )
                     .to_json(skiff_cni::SPEC_VERSION)
                     .to_string(),
-                success: false,
+                    success: false,
+                },
             },
         },
     };

@@ -2,11 +2,19 @@
 //! modules: the error type that names the operation and namespace, errno
 //! checks, and reading attributes out of link messages.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
 use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
-use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
+};
 use netlink_packet_route::link::{LinkAttribute, LinkExtentMask, LinkFlags, LinkMessage};
-use netlink_packet_route::AddressFamily;
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::packet_core::{NetlinkMessage, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST};
+use rtnetlink::AddressMessageBuilder;
+
+use crate::rtnl::Rtnl;
 
 /// A failed netlink request: what was being done, where, and the kernel's answer.
 #[derive(Debug, thiserror::Error)]
@@ -165,9 +173,30 @@ pub fn derived_mac(parts: &[&str]) -> [u8; 6] {
     [0x0a, h[0], h[1], h[2], h[3], h[4]]
 }
 
-/// Adds `addr` to link `index`; an address already present is fine. IPv6
-/// addresses skip duplicate address detection: the plugin owns the subnet, and
-/// a tentative gateway or pod address would drop the pod's first packets.
+/// The request adding `addr` to link `index`. IPv6 addresses skip duplicate
+/// address detection: the plugin owns the subnet, and a tentative gateway or
+/// pod address would drop the pod's first packets.
+pub fn address_message(index: u32, addr: IpNetwork) -> AddressMessage {
+    let mut m = match addr.ip() {
+        IpAddr::V4(ip) => AddressMessageBuilder::<Ipv4Addr>::new()
+            .index(index)
+            .address(ip, addr.prefix())
+            .build(),
+        IpAddr::V6(ip) => AddressMessageBuilder::<Ipv6Addr>::new()
+            .index(index)
+            .address(ip, addr.prefix())
+            .build(),
+    };
+    if addr.is_ipv6() {
+        m.header.flags |= AddressHeaderFlags::Nodad;
+        m.attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    }
+    m
+}
+
+/// Adds `addr` to link `index` (see [`address_message`]); an address
+/// already present is fine.
 pub async fn add_address(
     h: &rtnetlink::Handle,
     index: u32,
@@ -175,13 +204,17 @@ pub async fn add_address(
     ns: &str,
 ) -> Result<(), NetlinkError> {
     let mut req = h.address().add(index, addr.ip(), addr.prefix());
-    if addr.is_ipv6() {
-        let m = req.message_mut();
-        m.header.flags |= AddressHeaderFlags::Nodad;
-        m.attributes
-            .push(AddressAttribute::Flags(AddressFlags::Nodad));
-    }
-    match req.execute().await {
+    *req.message_mut() = address_message(index, addr);
+    address_added(req.execute().await, addr, ns)
+}
+
+/// The outcome of adding `addr`: "already there" is success.
+pub fn address_added(
+    r: Result<(), rtnetlink::Error>,
+    addr: IpNetwork,
+    ns: &str,
+) -> Result<(), NetlinkError> {
+    match r {
         Ok(()) => Ok(()),
         Err(e) if is_exists(&e) => Ok(()),
         Err(source) => Err(NetlinkError {
@@ -192,6 +225,51 @@ pub async fn add_address(
     }
 }
 
+/// A request creating something (`NLM_F_CREATE | NLM_F_EXCL`), as the
+/// `add` requests of rtnetlink send it; [`Rtnl`](crate::rtnl::Rtnl) adds
+/// `NLM_F_ACK`.
+pub fn create_request(msg: RouteNetlinkMessage) -> NetlinkMessage<RouteNetlinkMessage> {
+    let mut req = NetlinkMessage::from(msg);
+    req.header.flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL;
+    req
+}
+
+/// A plain request (a change to an existing object, a lookup).
+pub fn plain_request(msg: RouteNetlinkMessage) -> NetlinkMessage<RouteNetlinkMessage> {
+    let mut req = NetlinkMessage::from(msg);
+    req.header.flags = NLM_F_REQUEST;
+    req
+}
+
+/// [`link_by_name`] over a blocking socket.
+pub fn link_by_name_blocking(
+    nl: &mut Rtnl,
+    name: &str,
+) -> Result<Option<LinkMessage>, rtnetlink::Error> {
+    let mut m = LinkMessage::default();
+    m.attributes.push(LinkAttribute::IfName(name.to_string()));
+    m.attributes
+        .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
+    let answer = nl.request(plain_request(RouteNetlinkMessage::GetLink(m)))?;
+    match answer.result {
+        Ok(()) => Ok(answer.messages.into_iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) => Some(l),
+            _ => None,
+        })),
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Deletes the link called `name` over a blocking socket; returns whether it existed.
+pub fn delete_link_blocking(nl: &mut Rtnl, name: &str, ns: &str) -> Result<bool, NetlinkError> {
+    let msg = rtnetlink::LinkUnspec::new_with_name(name).build();
+    let r = nl
+        .request(plain_request(RouteNetlinkMessage::DelLink(msg)))
+        .and_then(|a| a.result);
+    deleted(r, name, ns)
+}
+
 /// Deletes the link called `name`; returns whether it existed.
 pub async fn delete_link(
     h: &rtnetlink::Handle,
@@ -199,7 +277,11 @@ pub async fn delete_link(
     ns: &str,
 ) -> Result<bool, NetlinkError> {
     let msg = rtnetlink::LinkUnspec::new_with_name(name).build();
-    match h.link().del_with_message(msg).execute().await {
+    deleted(h.link().del_with_message(msg).execute().await, name, ns)
+}
+
+fn deleted(r: Result<(), rtnetlink::Error>, name: &str, ns: &str) -> Result<bool, NetlinkError> {
+    match r {
         Ok(()) => Ok(true),
         Err(e) if is_not_found(&e) => Ok(false),
         Err(source) => Err(NetlinkError {

@@ -182,9 +182,10 @@ static SAME_THREAD: AtomicBool = AtomicBool::new(false);
 
 /// Makes [`Netns::run`] enter namespaces on the calling thread and switch
 /// back right after `f`, saving a thread start and join per namespace
-/// operation. Only for the plugin binary: `f` is synchronous, so on its
-/// single-threaded runtime no other task can run while the thread is inside,
-/// and `setns` never affects other threads. A thread that cannot switch back
+/// operation. Only for the plugin binary: it has a single thread (ADD runs
+/// without an async runtime, the other commands on a current-thread one) and
+/// `f` is synchronous, so nothing else runs while the thread is inside, and
+/// `setns` never affects other threads. A thread that cannot switch back
 /// aborts the process rather than go on in the wrong namespace.
 pub fn enter_on_calling_thread() {
     SAME_THREAD.store(true, Ordering::Relaxed);

@@ -4,9 +4,11 @@
 //! DEL/GC can find) → bridge and forwarding sysctls → veth pair (pod end made
 //! inside the pod netns) → pod addresses and routes → masquerade rule. If any
 //! step fails, the steps done so far are undone in reverse, so a failed ADD
-//! leaves nothing behind but the shared bridge. DEL undoes each piece and
-//! treats "already gone" as success, so it can be repeated and works after a
-//! crash, after the pod netns was deleted, and without `CNI_NETNS`.
+//! leaves nothing behind but the shared bridge. ADD runs over blocking
+//! netlink sockets ([`Rtnl`]), so the plugin binary needs no async runtime
+//! for it. DEL undoes each piece and treats "already gone" as success, so it
+//! can be repeated and works after a crash, after the pod netns was deleted,
+//! and without `CNI_NETNS`.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -21,10 +23,11 @@ use crate::errors::{from_err, CniError, Code};
 use crate::ipam::{self, Allocated, Store};
 use crate::ledger::Ledger;
 use crate::masq;
-use crate::netlink;
+use crate::netlink::{self, NetlinkError};
 use crate::netns::Netns;
 use crate::pod;
 use crate::result::{CniResult, Interface, IpConfig, Route};
+use crate::rtnl::Rtnl;
 use crate::unlink;
 use crate::veth::{self, VethSpec};
 
@@ -123,26 +126,35 @@ struct Progress {
     masq: bool,
 }
 
-/// Adds the pod's interface to the network; returns the CNI result.
+/// Adds the pod's interface to the network; returns the CNI result. (The
+/// work is [`add_blocking`]'s: a millisecond of netlink requests the kernel
+/// answers synchronously, like the IPAM and iptables steps around them.)
 pub async fn add(conf: &NetConf, att: &Attachment, node: &Netns) -> Result<CniResult, CniError> {
+    add_blocking(conf, att, node)
+}
+
+/// [`add`] without an async runtime, over blocking netlink sockets: one in
+/// the node namespace, one made inside the pod namespace. The plugin binary
+/// calls this directly.
+pub fn add_blocking(conf: &NetConf, att: &Attachment, node: &Netns) -> Result<CniResult, CniError> {
     att.validate(true)?;
     let path = att.netns.clone().unwrap_or_default();
     let pod = Netns::open(&path).map_err(|e| from_err(Code::InvalidEnvironment, &e))?;
-    let h = node.netlink().map_err(|e| from_err(Code::Netlink, &e))?;
+    let mut nl = Rtnl::open_in(node).map_err(|e| from_err(Code::Netlink, &e))?;
     let mut progress = Progress::default();
-    let r = add_steps(conf, att, node, &pod, &h, &mut progress).await;
+    let r = add_steps(conf, att, node, &pod, &mut nl, &mut progress);
     if r.is_err() {
-        rollback(conf, att, node, &h, &progress).await;
+        rollback(conf, att, node, &mut nl, &progress);
     }
     r
 }
 
-async fn add_steps(
+fn add_steps(
     conf: &NetConf,
     att: &Attachment,
     node: &Netns,
     pod: &Netns,
-    h: &rtnetlink::Handle,
+    nl: &mut Rtnl,
     progress: &mut Progress,
 ) -> Result<CniResult, CniError> {
     let id = att.id();
@@ -156,8 +168,7 @@ async fn add_steps(
         .iter()
         .filter_map(|a| IpNetwork::new(a.gateway, a.address.prefix()).ok())
         .collect();
-    let br = bridge::ensure_link(h, &conf.bridge, conf.mtu, &ns)
-        .await
+    let br = bridge::ensure_link_blocking(nl, &conf.bridge, conf.mtu, &ns)
         .map_err(|e| from_err(Code::Netlink, &e))?;
     enable_forwarding(node, &addressing.ips)?;
 
@@ -177,12 +188,25 @@ async fn add_steps(
         alias: veth::alias(&conf.name, &id),
     };
     progress.veth = true;
-    // Gateway addresses and the veth are queued together, not one after the other.
-    let (gateways_added, created) = futures::join!(
-        bridge::add_gateways(h, &br, &conf.bridge, &gateways, &ns),
-        veth::create(h, &spec, &ns)
-    );
-    let peer_index = match created {
+    // Gateway addresses, the veth and its port options go out in one batch.
+    let mut reqs = bridge::gateway_requests(&br, &gateways);
+    reqs.extend(veth::create_requests(&spec));
+    let failed = |source| {
+        from_err(
+            Code::Netlink,
+            &NetlinkError {
+                op: format!("creating veth {host} / {}", att.ifname),
+                ns: ns.clone(),
+                source,
+            },
+        )
+    };
+    let mut answers = nl.batch(reqs).map_err(failed)?.into_iter();
+    let gateways_added: Vec<_> = answers.by_ref().take(gateways.len()).collect();
+    let (Some(create), Some(port)) = (answers.next(), answers.next()) else {
+        return Err(failed(rtnetlink::Error::RequestFailed));
+    };
+    let peer_index = match veth::created(nl, &spec, &ns, create, port) {
         Ok(index) => index,
         Err(e) => {
             // Only a pair this ADD created may be deleted on rollback.
@@ -197,10 +221,13 @@ async fn add_steps(
             return Err(from_err(code, &e));
         }
     };
-    gateways_added.map_err(|e| from_err(Code::Netlink, &e))?;
+    for (gw, a) in gateways.iter().zip(gateways_added) {
+        bridge::gateway_added(a.result, &conf.bridge, *gw, &ns)
+            .map_err(|e| from_err(Code::Netlink, &e))?;
+    }
     pause_if_asked("veth");
 
-    let pod_h = pod.netlink().map_err(|e| from_err(Code::Netlink, &e))?;
+    let mut pod_nl = Rtnl::open_in(pod).map_err(|e| from_err(Code::Netlink, &e))?;
     // The peer's index came back with the creation; its MTU is the one asked
     // for. Without either, the pod end is looked up.
     let known = peer_index.zip(conf.mtu).map(|(index, mtu)| pod::PodLink {
@@ -208,15 +235,14 @@ async fn add_steps(
         mtu: Some(mtu),
     });
     let addrs: Vec<IpNetwork> = addressing.ips.iter().map(|a| a.address).collect();
-    let link = pod::configure(
-        &pod_h,
+    let link = pod::configure_blocking(
+        &mut pod_nl,
         &att.ifname,
         known,
         &addrs,
         &addressing.routes,
         &pod.describe(),
     )
-    .await
     .map_err(|e| from_err(Code::Netlink, &e))?;
 
     if conf.ip_masq {
@@ -299,20 +325,14 @@ fn merge(prev: Option<CniResult>, mut ours: CniResult) -> CniResult {
     prev
 }
 
-async fn rollback(
-    conf: &NetConf,
-    att: &Attachment,
-    node: &Netns,
-    h: &rtnetlink::Handle,
-    p: &Progress,
-) {
+fn rollback(conf: &NetConf, att: &Attachment, node: &Netns, nl: &mut Rtnl, p: &Progress) {
     let id = att.id();
     // Best effort: the original error is what the runtime needs to see.
     if p.masq {
         let _ = masq::remove(node, &conf.name, |o| o == &id);
     }
     if p.veth {
-        let _ = veth::delete(h, &veth::host_name(&conf.name, &id), &node.describe()).await;
+        let _ = veth::delete_blocking(nl, &veth::host_name(&conf.name, &id), &node.describe());
     }
     if p.ipam {
         let _ = release(conf, att, node);

@@ -81,13 +81,33 @@ pub async fn add_pod_route(
     gw: Option<IpAddr>,
     ns: &str,
 ) -> Result<(), NetlinkError> {
+    let r = h
+        .route()
+        .add(pod_route_message(ifindex, dst, gw))
+        .execute()
+        .await;
+    pod_route_added(r, dst, gw, ns)
+}
+
+/// The request body adding `dst` via `gw` (or on-link) out of `ifindex`.
+pub fn pod_route_message(ifindex: u32, dst: IpNetwork, gw: Option<IpAddr>) -> RouteMessage {
     let mut b = route_builder(dst).output_interface(ifindex);
     if let Some(g) = gw {
         b = b
             .gateway(g)
             .unwrap_or_else(|_| route_builder(dst).output_interface(ifindex));
     }
-    h.route().add(b.build()).execute().await.map_err(|source| {
+    b.build()
+}
+
+/// The outcome of adding a pod route, with a hint when it already exists.
+pub fn pod_route_added(
+    r: Result<(), rtnetlink::Error>,
+    dst: IpNetwork,
+    gw: Option<IpAddr>,
+    ns: &str,
+) -> Result<(), NetlinkError> {
+    r.map_err(|source| {
         let hint = if netlink::is_exists(&source) {
             " (another interface in the pod already has this route; drop it from one network's ipam.routes)"
         } else {

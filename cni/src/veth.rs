@@ -23,6 +23,7 @@ use rtnetlink::{LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth};
 
 use crate::config::AttachmentId;
 use crate::netlink::{self, NetlinkError};
+use crate::rtnl::{Answer, Rtnl};
 
 /// Prefix of every host-side veth name.
 pub const HOST_PREFIX: &str = "sk";
@@ -111,15 +112,82 @@ pub async fn create(
     spec: &VethSpec<'_>,
     ns: &str,
 ) -> Result<Option<u32>, VethError> {
+    let (msg, port) = messages(spec);
+    let (created, port_set) = futures::join!(
+        add_echoed(h.clone(), msg),
+        h.link().set_port(port).execute()
+    );
+    let created = match created {
+        Err(e) if netlink::is_exists(&e) => {
+            let host_there = netlink::link_by_name(h, &spec.host)
+                .await
+                .ok()
+                .flatten()
+                .is_some();
+            return Err(exists(spec, host_there));
+        }
+        other => other,
+    };
+    outcome(spec, ns, created, port_set)
+}
+
+/// [`create`] over a blocking socket, as two requests of a batch: returns
+/// them, to be sent behind whatever else the caller batches.
+pub fn create_requests(spec: &VethSpec<'_>) -> [NetlinkMessage<RouteNetlinkMessage>; 2] {
+    let (msg, port) = messages(spec);
+    let mut create = netlink::create_request(RouteNetlinkMessage::NewLink(msg));
+    create.header.flags |= NLM_F_ECHO;
+    let mut port = NetlinkMessage::from(RouteNetlinkMessage::NewLink(port));
+    port.header.flags = NLM_F_REQUEST;
+    [create, port]
+}
+
+/// The result of [`create_requests`] from the kernel's two answers (`nl`
+/// tells the two "already exists" cases apart).
+pub fn created(
+    nl: &mut Rtnl,
+    spec: &VethSpec<'_>,
+    ns: &str,
+    create: Answer,
+    port: Answer,
+) -> Result<Option<u32>, VethError> {
+    if create.result.as_ref().is_err_and(netlink::is_exists) {
+        let host_there = netlink::link_by_name_blocking(nl, &spec.host)
+            .ok()
+            .flatten()
+            .is_some();
+        return Err(exists(spec, host_there));
+    }
+    let peer = create.result.map(|()| {
+        create.messages.iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) => peer_of(l),
+            _ => None,
+        })
+    });
+    outcome(spec, ns, peer, port.result)
+}
+
+/// The creation request (host end with the peer inside) and the bridge
+/// port options.
+///
+/// Both ends are created with one queue each way: the number the kernel
+/// ends up using anyway. Left unset, veth allocates a queue per CPU and then
+/// shrinks the registered device to one, which costs sysfs updates and two
+/// synchronize-RCU waits per pair.
+fn messages(spec: &VethSpec<'_>) -> (LinkMessage, LinkMessage) {
     let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
         .name(spec.ifname)
         .address(spec.pod_mac.to_vec())
-        .setns_by_fd(spec.pod_ns_fd);
+        .setns_by_fd(spec.pod_ns_fd)
+        .append_extra_attribute(LinkAttribute::NumTxQueues(1))
+        .append_extra_attribute(LinkAttribute::NumRxQueues(1));
     let mut host = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
         .name(spec.host.clone())
         .address(spec.host_mac.to_vec())
         .controller(spec.bridge_index)
-        .up();
+        .up()
+        .append_extra_attribute(LinkAttribute::NumTxQueues(1))
+        .append_extra_attribute(LinkAttribute::NumRxQueues(1));
     if let Some(m) = spec.mtu {
         peer = peer.mtu(m);
         host = host.mtu(m);
@@ -133,44 +201,47 @@ pub async fn create(
         .hairpin(spec.hairpin)
         .alias(spec.alias.clone())
         .build();
-    let (created, port_set) = futures::join!(
-        add_echoed(h.clone(), msg),
-        h.link().set_port(port).execute()
-    );
-    let peer_index = match created {
-        Ok(index) => index,
-        Err(e) if netlink::is_exists(&e) => {
-            let host_there = netlink::link_by_name(h, &spec.host)
-                .await
-                .ok()
-                .flatten()
-                .is_some();
-            return Err(if host_there {
-                VethError::HostExists {
-                    host: spec.host.clone(),
-                }
-            } else {
-                VethError::PodExists {
-                    ifname: spec.ifname.to_string(),
-                    netns: spec.pod_ns.clone(),
-                }
-            });
+    (msg, port)
+}
+
+fn exists(spec: &VethSpec<'_>, host_there: bool) -> VethError {
+    if host_there {
+        VethError::HostExists {
+            host: spec.host.clone(),
         }
-        Err(e) => {
-            return Err(NetlinkError {
-                op: format!("creating veth {} / {}", spec.host, spec.ifname),
-                ns: ns.to_string(),
-                source: e,
-            }
-            .into())
+    } else {
+        VethError::PodExists {
+            ifname: spec.ifname.to_string(),
+            netns: spec.pod_ns.clone(),
         }
-    };
+    }
+}
+
+fn outcome(
+    spec: &VethSpec<'_>,
+    ns: &str,
+    created: Result<Option<u32>, rtnetlink::Error>,
+    port_set: Result<(), rtnetlink::Error>,
+) -> Result<Option<u32>, VethError> {
+    let peer_index = created.map_err(|e| NetlinkError {
+        op: format!("creating veth {} / {}", spec.host, spec.ifname),
+        ns: ns.to_string(),
+        source: e,
+    })?;
     port_set.map_err(|source| NetlinkError {
         op: format!("setting hairpin mode and alias on {}", spec.host),
         ns: ns.to_string(),
         source,
     })?;
     Ok(peer_index)
+}
+
+/// The peer's index in an echoed veth (`IFLA_LINK`).
+fn peer_of(l: &LinkMessage) -> Option<u32> {
+    l.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Link(i) => Some(*i),
+        _ => None,
+    })
 }
 
 /// Sends `RTM_NEWLINK` with `NLM_F_ECHO`; returns the `IFLA_LINK` (for a veth:
@@ -187,17 +258,17 @@ async fn add_echoed(
         match m.payload {
             NetlinkPayload::Error(e) => return Err(rtnetlink::Error::NetlinkError(e)),
             NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => {
-                peer = peer.or_else(|| {
-                    l.attributes.iter().find_map(|a| match a {
-                        LinkAttribute::Link(i) => Some(*i),
-                        _ => None,
-                    })
-                });
+                peer = peer.or_else(|| peer_of(&l));
             }
             _ => {}
         }
     }
     Ok(peer)
+}
+
+/// [`delete`] over a blocking socket.
+pub fn delete_blocking(nl: &mut Rtnl, host: &str, ns: &str) -> Result<bool, NetlinkError> {
+    netlink::delete_link_blocking(nl, host, ns)
 }
 
 /// Deletes the pair by its host end; returns whether it existed.

@@ -1,12 +1,13 @@
 //! The store's on-disk format, read and written only while the lock is held.
 //!
-//! An allocation is a symlink whose *name* carries everything:
+//! An allocation is a directory entry whose *name* carries everything:
 //! `ip-<address>,<containerID>,<ifname>` (container IDs never hold a comma),
-//! pointing at `<containerID>/<ifname>` for people reading the directory. One
+//! a hard link to the lock file (see [`record`]). One
 //! `getdents` pass therefore loads the whole store without opening or reading
 //! any entry, so an ADD does not slow down as the node fills up. Owners too
-//! long for a file name, and stores written by older versions, use
-//! `ip-<address>` and are resolved with `readlink`.
+//! long for a file name use `ip-<address>`, a symlink to
+//! `<containerID>/<ifname>` resolved with `readlink`, as do stores written by
+//! older versions (which also made the long names symlinks).
 //!
 //! The round-robin pointers live in the lock file itself, one fixed-width
 //! line per range set, overwritten in place: no inode is created or replaced
@@ -28,6 +29,8 @@ const LEGACY_LAST_PREFIX: &str = "last-";
 const POINTER_LINE: usize = 40;
 /// Longest file name Linux accepts.
 const NAME_MAX: usize = 255;
+/// `EMLINK`: the file already has the most links the file system allows.
+const EMLINK: i32 = 31;
 
 /// Everything the store holds.
 #[derive(Default)]
@@ -59,21 +62,33 @@ pub(super) fn entry_name(ip: IpAddr, container_id: &str, ifname: &str) -> String
     }
 }
 
-/// Records `ip` for its owner: one symlink, atomic, no file data.
+/// Records `ip` for its owner: one directory entry, created atomically.
+///
+/// When the name holds the owner, the entry is a hard link to the lock file:
+/// only the name matters, and a link allocates no inode (on ext4, creating
+/// an inode — a symlink's — costs more than the rest of the IPAM step, as it
+/// scans for recently freed inodes). Names too long to hold the owner, and a
+/// lock file at the file system's link limit, get a symlink to the owner.
 pub(super) fn record(
     dir: &Path,
     ip: IpAddr,
     container_id: &str,
     ifname: &str,
 ) -> Result<(), IpamError> {
-    let path = dir.join(entry_name(ip, container_id, ifname));
-    std::os::unix::fs::symlink(format!("{container_id}/{ifname}"), &path).map_err(|source| {
-        IpamError::Io {
-            op: "recording an allocation",
-            path,
-            source,
+    let name = entry_name(ip, container_id, ifname);
+    let path = dir.join(&name);
+    let io = |source| IpamError::Io {
+        op: "recording an allocation",
+        path: path.clone(),
+        source,
+    };
+    if name.contains(',') {
+        match fs::hard_link(dir.join(super::LOCK_FILE), &path) {
+            Err(e) if e.raw_os_error() == Some(EMLINK) => {}
+            other => return other.map_err(io),
         }
-    })
+    }
+    std::os::unix::fs::symlink(format!("{container_id}/{ifname}"), &path).map_err(io)
 }
 
 /// Loads the store in `dir`, whose lock file `lock` is held.
