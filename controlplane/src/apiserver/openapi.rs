@@ -193,17 +193,8 @@ fn v3_key(path: &str) -> &str {
 }
 
 /// The v3 document of one group-version (`/openapi/v3/api/v1`, or just
-/// `apis/apps/v1`), or None for a group-version we do not serve.
-pub fn v3_group_version(path: &str) -> Option<Value> {
-    v3_group_version_json(path).and_then(|json| serde_json::from_slice(&json).ok())
-}
-
-/// The serialized JSON of [`v3_group_version`].
-pub fn v3_group_version_json(path: &str) -> Option<Vec<u8>> {
-    v3_group_version_gzip(path).map(gunzip)
-}
-
-/// [`v3_group_version_json`] gzip-compressed, as kept (see [`response`]).
+/// `apis/apps/v1`), as kept: gzip-compressed JSON (see [`response`]); None
+/// for a group-version we do not serve.
 pub fn v3_group_version_gzip(path: &str) -> Option<&'static [u8]> {
     v3_docs().get(v3_key(path)).map(|d| d.gzip.as_slice())
 }
@@ -245,17 +236,8 @@ fn v2_doc() -> &'static Doc {
     })
 }
 
-/// `/openapi/v2`: the swagger 2.0 document of every served resource.
-pub fn v2() -> Value {
-    serde_json::from_slice(&v2_json()).unwrap_or_default()
-}
-
-/// The serialized JSON of [`v2`].
-pub fn v2_json() -> Vec<u8> {
-    gunzip(v2_gzip())
-}
-
-/// [`v2_json`] gzip-compressed, as kept (see [`response`]).
+/// `/openapi/v2`: the swagger 2.0 document of every served resource, as
+/// kept: gzip-compressed JSON (see [`response`]).
 pub fn v2_gzip() -> &'static [u8] {
     &v2_doc().gzip
 }

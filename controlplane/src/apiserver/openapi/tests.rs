@@ -1,5 +1,25 @@
 use super::*;
 
+/// A group-version's v3 document, decoded.
+fn v3_group_version(path: &str) -> Option<Value> {
+    v3_group_version_json(path).map(|json| serde_json::from_slice(&json).expect("JSON"))
+}
+
+/// A group-version's v3 document as served to a client without gzip.
+fn v3_group_version_json(path: &str) -> Option<Vec<u8>> {
+    v3_group_version_gzip(path).map(gunzip)
+}
+
+/// The v2 document as served to a client without gzip.
+fn v2_json() -> Vec<u8> {
+    gunzip(v2_gzip())
+}
+
+/// The v2 document, decoded.
+fn v2() -> Value {
+    serde_json::from_slice(&v2_json()).expect("JSON")
+}
+
 fn doc(path: &str) -> Value {
     v3_group_version(path).unwrap_or_else(|| panic!("{path} not served"))
 }
