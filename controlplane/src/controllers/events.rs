@@ -323,6 +323,33 @@ mod tests {
     }
 
     #[test]
+    fn ten_thousand_objects_retried_bump_their_events_instead_of_creating_new_ones() {
+        // The scheduler retrying 10k pending pods: each pod's second
+        // FailedScheduling must count up its Event, not mint another.
+        let mut c = Correlator::default();
+        let t = Instant::now();
+        let pods: Vec<String> = (0..10_000).map(|i| format!("uid-{i}")).collect();
+        for round in 1..=2 {
+            for uid in &pods {
+                let d = c.decide(
+                    "ns",
+                    uid,
+                    EventType::Warning,
+                    "FailedScheduling",
+                    "0/0 nodes",
+                    t,
+                );
+                match (&d, round) {
+                    (Decision::Create { .. }, 1) => {}
+                    (Decision::Bump { count: 2, .. }, 2) => {}
+                    _ => panic!("round {round}, pod {uid}: {d:?}"),
+                }
+                send(&mut c, &d);
+            }
+        }
+    }
+
+    #[test]
     fn similar_events_combine_after_ten_messages() {
         let mut c = Correlator::default();
         let t = Instant::now();
