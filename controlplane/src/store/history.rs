@@ -29,12 +29,13 @@ pub const DEFAULT_HISTORY_CAPACITY: usize = 100_000;
 
 /// Bytes of superseded values (see `event_bytes`) the ring may pin. Current
 /// values are shared with the store's index, but an update's previous value
-/// lives on only here, so without this bound 100k updates of 3 KB pods would
-/// pin ~300 MiB. 16 MiB keeps the last ~6000 updates of such pods: watchers
-/// (in-process informers included) stay far closer than that, and one that
-/// falls further behind gets 410 Gone and relists, as upstream's watch
-/// cache (a bounded window of recent events) makes it.
-pub const HISTORY_BYTES_BUDGET: usize = 16 * 1024 * 1024;
+/// lives on only here, so without this bound 100k updates of pods would pin
+/// ~80 MiB even packed (the redb store keeps values compressed, ~800 bytes
+/// for a 2.6 KB pod). 8 MiB keeps the last ~10k updates of such pods:
+/// watchers (in-process informers included) stay far closer than that, and
+/// one that falls further behind gets 410 Gone and relists, as upstream's
+/// watch cache (a bounded window of recent events) makes it.
+pub const HISTORY_BYTES_BUDGET: usize = 8 * 1024 * 1024;
 
 /// Upper bound of the live channel: a watcher further behind than this
 /// catches up from the ring (or is `Compacted` if the ring moved past it).

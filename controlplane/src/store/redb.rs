@@ -3,12 +3,15 @@
 //! `RedbStore` owns the database file. Table `kv` maps each key to a record
 //! holding (create revision, mod revision, value); table `meta` holds the
 //! current revision. The whole keyspace is mirrored in a `BTreeMap` loaded at
-//! open, so reads never touch disk. All writes go through one writer thread:
+//! open, so reads never touch disk. Values are kept compressed on disk, in
+//! the index and in the watch history (`pack`); reads and watches unpack
+//! them. All writes go through one writer thread:
 //! it drains whatever is queued, applies it in one write transaction, commits
 //! durably once, and only then updates the index, appends to the watch
 //! `History` and answers the callers. It does not keep old revisions on disk:
 //! watch history lives in memory only.
 
+mod pack;
 mod writer;
 
 use std::collections::BTreeMap;
@@ -19,11 +22,12 @@ use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::StreamExt;
 use redb::{Database, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
 use super::history::{History, DEFAULT_HISTORY_CAPACITY};
-use super::{KeyValue, ListResult, Result, Store, StoreError, WatchStream};
+use super::{Event, KeyValue, ListResult, Result, Store, StoreError, WatchStream};
 use writer::Writer;
 
 /// Key → encoded record (see `encode_record`).
@@ -33,8 +37,11 @@ const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
 /// The `meta` row holding the current revision.
 const REVISION_KEY: &str = "revision";
 
-/// Record layout version, first byte of every `kv` value.
-const RECORD_VERSION: u8 = 1;
+/// First byte of a `kv` record whose value is stored as written (older
+/// databases); loading packs it.
+const RECORD_PLAIN: u8 = 1;
+/// First byte of a `kv` record whose value is packed (`pack`).
+const RECORD_PACKED: u8 = 2;
 /// Version byte + create revision + mod revision.
 const RECORD_HEADER: usize = 1 + 8 + 8;
 
@@ -67,7 +74,7 @@ enum RedbError {
          then restart skiff so redb can repair the file"
     )]
     Io { path: PathBuf, source: redb::Error },
-    /// A stored record cannot be decoded.
+    /// A stored record (or a value in memory) cannot be decoded.
     #[error("redb database {path} is corrupt: {detail}; restore it from a backup")]
     Corrupt { path: PathBuf, detail: String },
     /// The writer thread is gone (the store is shutting down or crashed).
@@ -101,7 +108,7 @@ struct Shared {
     history: History,
 }
 
-/// The committed keyspace and the revision it reflects.
+/// The committed keyspace (values packed) and the revision it reflects.
 struct State {
     index: BTreeMap<String, KeyValue>,
     revision: i64,
@@ -193,6 +200,11 @@ impl RedbStore {
     fn state(&self) -> RwLockReadGuard<'_, State> {
         self.shared.read_state()
     }
+
+    /// `kv` with its packed value replaced by the plain one.
+    fn unpacked(&self, kv: KeyValue) -> Result<KeyValue> {
+        unpack_kv(&self.path, kv)
+    }
 }
 
 impl Drop for RedbStore {
@@ -216,7 +228,8 @@ impl Shared {
 #[async_trait]
 impl Store for RedbStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        Ok(self.state().index.get(key).cloned())
+        let found = self.state().index.get(key).cloned();
+        found.map(|kv| self.unpacked(kv)).transpose()
     }
 
     async fn list(
@@ -236,41 +249,53 @@ impl Store for RedbStore {
             .range::<str, _>((start, Bound::Unbounded))
             .take_while(|(key, _)| key.starts_with(prefix))
             .map(|(_, kv)| kv);
-        let items: Vec<KeyValue> = matching.by_ref().take(limit).cloned().collect();
+        let packed: Vec<KeyValue> = matching.by_ref().take(limit).cloned().collect();
         let more = matching.next().is_some();
+        let revision = state.revision;
+        drop(state);
+        let items = packed
+            .into_iter()
+            .map(|kv| self.unpacked(kv))
+            .collect::<Result<_>>()?;
         Ok(ListResult {
             items,
-            revision: state.revision,
+            revision,
             more,
         })
     }
 
     async fn create(&self, key: &str, value: Bytes) -> Result<KeyValue> {
-        let key = key.to_owned();
-        let value = exact_size(value);
-        self.submit(Op::Create { key, value }).await
+        let op = Op::Create {
+            key: key.to_owned(),
+            value: pack::pack(&value),
+        };
+        let kv = self.submit(op).await?;
+        Ok(KeyValue { value, ..kv })
     }
 
     async fn update(&self, key: &str, value: Bytes, expected_revision: i64) -> Result<KeyValue> {
-        let key = key.to_owned();
-        let value = exact_size(value);
-        let expected = expected_revision;
-        self.submit(Op::Update {
-            key,
-            value,
-            expected,
-        })
-        .await
+        let op = Op::Update {
+            key: key.to_owned(),
+            value: pack::pack(&value),
+            expected: expected_revision,
+        };
+        let kv = self.submit(op).await?;
+        Ok(KeyValue { value, ..kv })
     }
 
     async fn delete(&self, key: &str, expected_revision: Option<i64>) -> Result<KeyValue> {
         let key = key.to_owned();
         let expected = expected_revision;
-        self.submit(Op::Delete { key, expected }).await
+        let kv = self.submit(Op::Delete { key, expected }).await?;
+        self.unpacked(kv)
     }
 
     async fn watch(&self, prefix: &str, after_revision: i64) -> Result<WatchStream> {
-        self.shared.history.watch(prefix, after_revision)
+        let path = self.path.clone();
+        let events = self.shared.history.watch(prefix, after_revision)?;
+        Ok(events
+            .map(move |event| event.and_then(|event| unpack_event(&path, event)))
+            .boxed())
     }
 
     async fn current_revision(&self) -> Result<i64> {
@@ -278,12 +303,23 @@ impl Store for RedbStore {
     }
 }
 
-/// A copy of `value` in an allocation of exactly its length. Callers often
-/// hand over a serializer's buffer, whose capacity can be nearly twice the
-/// object; the index and the watch history keep the value for as long as the
-/// key lives, so the slack would be paid once per stored object.
-fn exact_size(value: Bytes) -> Bytes {
-    Bytes::copy_from_slice(&value)
+/// `kv` with its packed value replaced by the plain one; a value that does
+/// not unpack is reported as corruption of the database at `path`.
+fn unpack_kv(path: &Path, kv: KeyValue) -> Result<KeyValue> {
+    let value = pack::unpack(&kv.value).map_err(|detail| RedbError::Corrupt {
+        path: path.to_path_buf(),
+        detail: format!("value of {}: {detail}", kv.key),
+    })?;
+    Ok(KeyValue { value, ..kv })
+}
+
+/// A history event (packed values) as watchers see it (plain values).
+fn unpack_event(path: &Path, event: Event) -> Result<Event> {
+    Ok(Event {
+        kind: event.kind,
+        kv: unpack_kv(path, event.kv)?,
+        prev: event.prev.map(|prev| unpack_kv(path, prev)).transpose()?,
+    })
 }
 
 /// Creates the tables if needed and loads every record into memory.
@@ -322,30 +358,38 @@ fn load(db: &Database, path: &Path) -> Result<State, RedbError> {
     Ok(State { index, revision })
 }
 
-/// Serializes a KeyValue's revisions and value for the `kv` table.
+/// Serializes a KeyValue's revisions and (packed) value for the `kv` table.
 fn encode_record(kv: &KeyValue) -> Vec<u8> {
     let mut record = Vec::with_capacity(RECORD_HEADER + kv.value.len());
-    record.push(RECORD_VERSION);
+    record.push(RECORD_PACKED);
     record.extend_from_slice(&kv.create_revision.to_le_bytes());
     record.extend_from_slice(&kv.mod_revision.to_le_bytes());
     record.extend_from_slice(&kv.value);
     record
 }
 
-/// Parses a `kv` table record; the error says what is wrong with it.
+/// Parses a `kv` table record into a KeyValue with a packed value; the error
+/// says what is wrong with it.
 fn decode_record(key: &str, record: &[u8]) -> std::result::Result<KeyValue, String> {
     let short = || format!("record for {key} has only {} bytes", record.len());
     let (&[version], rest) = record.split_first_chunk::<1>().ok_or_else(short)?;
-    if version != RECORD_VERSION {
-        return Err(format!(
-            "record for {key} has unknown format version {version}"
-        ));
-    }
     let (create, rest) = rest.split_first_chunk::<8>().ok_or_else(short)?;
     let (modified, value) = rest.split_first_chunk::<8>().ok_or_else(short)?;
+    let value = match version {
+        RECORD_PLAIN => pack::pack(value),
+        RECORD_PACKED => {
+            pack::unpack(value).map_err(|e| format!("record for {key}: {e}"))?;
+            Bytes::copy_from_slice(value)
+        }
+        _ => {
+            return Err(format!(
+                "record for {key} has unknown format version {version}"
+            ))
+        }
+    };
     Ok(KeyValue {
         key: key.to_owned(),
-        value: Bytes::copy_from_slice(value),
+        value,
         create_revision: i64::from_le_bytes(*create),
         mod_revision: i64::from_le_bytes(*modified),
     })
@@ -437,17 +481,60 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_damage_is_reported() {
+        let plain = Bytes::from_static(b"{\"kind\":\"Pod\"}");
         let kv = KeyValue {
             key: "/registry/pods/default/web".to_owned(),
-            value: Bytes::from_static(b"{\"kind\":\"Pod\"}"),
+            value: pack::pack(&plain),
             create_revision: 7,
             mod_revision: 42,
         };
         let mut record = encode_record(&kv);
         assert_eq!(decode_record(&kv.key, &record), Ok(kv.clone()));
         assert!(decode_record(&kv.key, &record[..RECORD_HEADER - 1]).is_err());
+        let mut cut = record.clone();
+        cut.truncate(RECORD_HEADER + 2);
+        let error = decode_record(&kv.key, &cut).expect_err("truncated value");
+        assert!(error.contains(&kv.key), "{error}");
         record[0] = 99;
         let error = decode_record(&kv.key, &record).expect_err("unknown version");
         assert!(error.contains("format version 99"), "{error}");
+    }
+
+    /// Databases written before values were packed still load, and their
+    /// values read back as written.
+    #[tokio::test]
+    async fn plain_records_of_older_databases_load() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("store.redb");
+        let plain = b"{\"kind\":\"ConfigMap\",\"metadata\":{\"name\":\"old\"}}";
+        {
+            let db = Database::create(&path).expect("create");
+            let txn = db.begin_write().expect("write");
+            {
+                let mut record = vec![RECORD_PLAIN];
+                record.extend_from_slice(&3i64.to_le_bytes());
+                record.extend_from_slice(&5i64.to_le_bytes());
+                record.extend_from_slice(plain);
+                let mut kv = txn.open_table(KV).expect("kv");
+                kv.insert("/registry/configmaps/default/old", record.as_slice())
+                    .expect("insert");
+                let mut meta = txn.open_table(META).expect("meta");
+                meta.insert(REVISION_KEY, 5).expect("revision");
+            }
+            txn.commit().expect("commit");
+        }
+        let store = RedbStore::open(&path).expect("open");
+        let kv = store
+            .get("/registry/configmaps/default/old")
+            .await
+            .expect("get")
+            .expect("present");
+        assert_eq!(&kv.value[..], &plain[..]);
+        assert_eq!((kv.create_revision, kv.mod_revision), (3, 5));
+        let updated = store
+            .update(&kv.key, Bytes::from_static(b"{}"), 5)
+            .await
+            .expect("update");
+        assert_eq!(&updated.value[..], b"{}");
     }
 }
