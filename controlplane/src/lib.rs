@@ -3,5 +3,6 @@
 
 pub mod apiserver;
 pub mod controllers;
+mod pack;
 pub mod scheduler;
 pub mod store;

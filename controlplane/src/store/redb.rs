@@ -11,7 +11,6 @@
 //! `History` and answers the callers. It does not keep old revisions on disk:
 //! watch history lives in memory only.
 
-mod pack;
 mod writer;
 
 use std::collections::BTreeMap;
@@ -28,6 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::history::{History, DEFAULT_HISTORY_CAPACITY};
 use super::{Event, KeyValue, ListResult, Result, Store, StoreError, WatchStream};
+use crate::pack;
 use writer::Writer;
 
 /// Key → encoded record (see `encode_record`).
