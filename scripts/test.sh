@@ -39,6 +39,8 @@ step scripts/setup.sh
 step cargo fmt --all -- --check
 step cargo clippy --workspace --exclude skiff-ebpf --all-targets -- -D warnings
 step cargo build --workspace --exclude skiff-ebpf --all-targets
+# The CNI plugin as it ships (static); the CNI tests run this binary.
+step scripts/build-cni.sh
 # --no-fail-fast: report every failing test binary, not just the first.
 step cargo test --workspace --exclude skiff-ebpf --no-fail-fast
 # The DNS packet handler under libFuzzer for a bounded time (dns/fuzz is its

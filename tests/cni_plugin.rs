@@ -39,8 +39,11 @@ fn add_check_del_dual_stack_pods_with_masquerade() {
         .run_in(&node, &text)
         .ok()
         .json();
+    // pod2 joins without hairpin mode.
+    let mut no_hairpin = conf.clone();
+    no_hairpin["hairpinMode"] = json!(false);
     let r2 = Invocation::skiff("ADD", "pod2", Some(&pod2))
-        .run_in(&node, &text)
+        .run_in(&node, &no_hairpin.to_string())
         .ok()
         .json();
     assert_eq!(r1["cniVersion"], "1.1.0");
@@ -76,6 +79,17 @@ fn add_check_del_dual_stack_pods_with_masquerade() {
     assert!(
         port.contains("master skiff0") && port.contains("hairpin on"),
         "{port}"
+    );
+    let port2 = node.exec(&[
+        "ip",
+        "-d",
+        "link",
+        "show",
+        r2["interfaces"][1]["name"].as_str().unwrap(),
+    ]);
+    assert!(
+        port2.contains("master skiff0") && port2.contains("hairpin off"),
+        "{port2}"
     );
     assert_eq!(
         node.exec(&["cat", "/proc/sys/net/ipv4/ip_forward"]).trim(),

@@ -11,7 +11,10 @@
 //! by pod so machine noise hits both; each run's CPU time (the plugin's and
 //! its waited-for children's) is printed too, as it suffers less than wall
 //! time from other load on the machine. Nothing is asserted (DESIGN §8); every
-//! namespace is deleted on exit, also when the run fails midway.
+//! namespace is deleted on exit, also when the run fails midway. By default
+//! it measures the binary users install, the static build of
+//! scripts/build-cni.sh (the reference plugins are static Go binaries too),
+//! and its first line says which binary ran.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -40,7 +43,9 @@ struct Args {
     /// Turn on ipMasq for both plugins (adds iptables to every ADD and DEL).
     #[arg(long)]
     ip_masq: bool,
-    /// The skiff-cni binary; default: next to this benchmark's binary.
+    /// The skiff-cni binary; default: the static build of
+    /// scripts/build-cni.sh (target/<host triple>/release/skiff-cni) when it
+    /// exists, else the one next to this benchmark's binary.
     #[arg(long)]
     plugin: Option<PathBuf>,
 }
@@ -202,18 +207,41 @@ impl Plugin {
     }
 }
 
-fn plugin_binary(args: &Args) -> Result<PathBuf> {
+/// The skiff-cni binary to measure and how it was chosen.
+fn plugin_binary(args: &Args) -> Result<(PathBuf, &'static str)> {
     if let Some(p) = &args.plugin {
-        return Ok(p.clone());
+        return Ok((p.clone(), "--plugin"));
     }
+    // target/release/cni-bench → target/
     let exe = std::env::current_exe()?;
-    let bin = exe.with_file_name("skiff-cni");
+    let profile_dir = exe
+        .parent()
+        .context("the benchmark binary has no directory")?;
+    let target_dir = profile_dir.parent().unwrap_or(profile_dir);
+    // What users install: the static build, like the reference plugins (static Go binaries).
+    let triple = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
+    let shipped = target_dir.join(triple).join("release").join("skiff-cni");
+    let bin = profile_dir.join("skiff-cni");
+    if shipped.is_file() {
+        let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        if modified(&bin) > modified(&shipped) {
+            eprintln!(
+                "note: {} is older than {}: run scripts/build-cni.sh to measure the current code",
+                shipped.display(),
+                bin.display()
+            );
+        }
+        return Ok((shipped, "static build of scripts/build-cni.sh"));
+    }
     ensure!(
         bin.is_file(),
-        "{} not found: build it first (cargo build --release -p skiff-cni) or pass --plugin",
+        "{} not found: build it first (scripts/build-cni.sh, or cargo build --release -p skiff-cni) or pass --plugin",
         bin.display()
     );
-    Ok(bin)
+    Ok((
+        bin,
+        "dynamically linked cargo build; scripts/build-cni.sh makes the static one users get",
+    ))
 }
 
 fn conf(kind: &str, bridge: &str, subnet: &str, data: &Path, ip_masq: bool) -> String {
@@ -262,7 +290,7 @@ fn main() -> Result<()> {
         args.pods <= 250,
         "at most 250 pods: each plugin uses one /24"
     );
-    let bin = plugin_binary(&args)?;
+    let (bin, chosen) = plugin_binary(&args)?;
     let prefix = format!("skbench{}", std::process::id());
     let data = tempfile::tempdir()?;
     let mut ns = Namespaces(Vec::new());
@@ -329,7 +357,7 @@ fn main() -> Result<()> {
     netns_cost.sort_unstable();
 
     println!(
-        "cni-bench: {} pods per plugin, ipMasq {}, skiff-cni {}",
+        "cni-bench: {} pods per plugin, ipMasq {}, skiff-cni {} ({chosen})",
         args.pods,
         args.ip_masq,
         plugins[0].bin.display()

@@ -1,9 +1,10 @@
 //! GC and STATUS (spec 1.1.0).
 //!
 //! GC removes every attachment of this network not listed in
-//! `cni.dev/valid-attachments`: address allocations, host veths on the bridge
-//! (found by their `skiff/<network>/…` alias, and by name for allocations a
-//! crashed ADD left before the alias was set) and masquerade rules. STATUS
+//! `cni.dev/valid-attachments`: address allocations, host veths (by the name
+//! derived from each stale attachment the IPAM store or ledger records; those
+//! of earlier versions also found on the bridge by their `skiff/<network>/…`
+//! alias) and masquerade rules. STATUS
 //! says whether ADD can succeed: 50 when a range set is full, 51 when pods are
 //! attached but the bridge is gone. With a delegated IPAM plugin both are
 //! passed through to it (only `CNI_COMMAND` and `CNI_PATH` set, per the spec),

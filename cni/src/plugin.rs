@@ -185,12 +185,12 @@ fn add_steps(
         pod_ns_fd: pod.raw_fd().unwrap_or(-1),
         pod_ns: pod.describe(),
         hairpin: conf.hairpin_mode,
-        alias: veth::alias(&conf.name, &id),
+        alias: String::new(),
     };
     progress.veth = true;
-    // Gateway addresses, the veth and its port options go out in one batch.
+    // Gateway addresses and the veth go out in one batch.
     let mut reqs = bridge::gateway_requests(&br, &gateways);
-    reqs.extend(veth::create_requests(&spec));
+    reqs.push(veth::create_request(&spec));
     let failed = |source| {
         from_err(
             Code::Netlink,
@@ -203,11 +203,11 @@ fn add_steps(
     };
     let mut answers = nl.batch(reqs).map_err(failed)?.into_iter();
     let gateways_added: Vec<_> = answers.by_ref().take(gateways.len()).collect();
-    let (Some(create), Some(port)) = (answers.next(), answers.next()) else {
+    let Some(create) = answers.next() else {
         return Err(failed(rtnetlink::Error::RequestFailed));
     };
-    let peer_index = match veth::created(nl, &spec, &ns, create, port) {
-        Ok(index) => index,
+    let pair = match veth::created(nl, &spec, &ns, create) {
+        Ok(pair) => pair,
         Err(e) => {
             // Only a pair this ADD created may be deleted on rollback.
             progress.veth = !matches!(
@@ -225,12 +225,22 @@ fn add_steps(
         bridge::gateway_added(a.result, &conf.bridge, *gw, &ns)
             .map_err(|e| from_err(Code::Netlink, &e))?;
     }
+    if conf.hairpin_mode {
+        // Needs the port's index, which came back with the creation.
+        let answer = nl
+            .batch(vec![veth::hairpin_request(pair.host)])
+            .map_err(failed)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| failed(rtnetlink::Error::RequestFailed))?;
+        veth::hairpin_set(&spec, &ns, answer).map_err(|e| from_err(Code::Netlink, &e))?;
+    }
     pause_if_asked("veth");
 
     let mut pod_nl = Rtnl::open_in(pod).map_err(|e| from_err(Code::Netlink, &e))?;
     // The peer's index came back with the creation; its MTU is the one asked
     // for. Without either, the pod end is looked up.
-    let known = peer_index.zip(conf.mtu).map(|(index, mtu)| pod::PodLink {
+    let known = pair.peer.zip(conf.mtu).map(|(index, mtu)| pod::PodLink {
         index,
         mtu: Some(mtu),
     });

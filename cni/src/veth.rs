@@ -4,8 +4,11 @@
 //! network, container and interface, attached to the bridge, up) and the pod
 //! end, created directly inside the pod namespace under its final `CNI_IFNAME`
 //! (so no temporary name ever appears on the node and the kernel itself
-//! refuses a name the pod already has). The host end carries an alias
-//! `skiff/<network>/<container>/<ifname>` that GC uses to find its owner.
+//! refuses a name the pod already has). The plugin's ADD sets nothing else
+//! on the host end but hairpin mode, with the bridge's own request (see
+//! [`hairpin_request`]); GC finds a pod's host end by its name, derived from
+//! the attachments the IPAM store or ledger records. (The async [`create`],
+//! used for `skiff up`'s lab links, also sets an alias recording the owner.)
 //! Deleting the host end deletes the pair; a pair whose pod namespace is gone
 //! has already been deleted by the kernel.
 
@@ -13,11 +16,12 @@ use std::os::fd::RawFd;
 
 use futures::StreamExt;
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoPortKind, InfoVeth, LinkAttribute, LinkMessage,
+    InfoData, InfoKind, InfoPortKind, InfoVeth, LinkAttribute, LinkMessage, LinkProtoInfoBridge,
 };
-use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::packet_core::{
-    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REQUEST,
+    DefaultNla, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL,
+    NLM_F_REQUEST,
 };
 use rtnetlink::{LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth};
 
@@ -27,6 +31,8 @@ use crate::rtnl::{Answer, Rtnl};
 
 /// Prefix of every host-side veth name.
 pub const HOST_PREFIX: &str = "sk";
+/// `IFLA_BRPORT_MODE`: the bridge port attribute holding hairpin mode.
+const IFLA_BRPORT_MODE: u16 = 4;
 
 /// Errors creating the pair.
 #[derive(Debug, thiserror::Error)]
@@ -80,12 +86,8 @@ pub fn host_name(network: &str, id: &AttachmentId) -> String {
     format!("{HOST_PREFIX}{:012x}", h >> 16)
 }
 
-/// The alias marking a host veth as `id`'s in `network`.
-pub fn alias(network: &str, id: &AttachmentId) -> String {
-    format!("skiff/{network}/{}/{}", id.container_id, id.ifname)
-}
-
-/// The owner recorded in `alias`, if it belongs to `network`.
+/// The owner recorded in `alias` (`skiff/<network>/<container>/<ifname>`,
+/// which earlier versions set on host veths), if it belongs to `network`.
 pub fn parse_alias(network: &str, alias: &str) -> Option<AttachmentId> {
     let rest = alias
         .strip_prefix("skiff/")?
@@ -131,26 +133,33 @@ pub async fn create(
     outcome(spec, ns, created, port_set)
 }
 
-/// [`create`] over a blocking socket, as two requests of a batch: returns
-/// them, to be sent behind whatever else the caller batches.
-pub fn create_requests(spec: &VethSpec<'_>) -> [NetlinkMessage<RouteNetlinkMessage>; 2] {
-    let (msg, port) = messages(spec);
-    let mut create = netlink::create_request(RouteNetlinkMessage::NewLink(msg));
+/// [`create`] over a blocking socket, for the plugin's ADD: the creation
+/// request, to be sent behind whatever else the caller batches. Unlike
+/// [`create`] it sets no alias and no port options: the host end carries
+/// neither until the caller sends [`hairpin_request`] (see there).
+pub fn create_request(spec: &VethSpec<'_>) -> NetlinkMessage<RouteNetlinkMessage> {
+    let mut create = netlink::create_request(RouteNetlinkMessage::NewLink(create_message(spec)));
     create.header.flags |= NLM_F_ECHO;
-    let mut port = NetlinkMessage::from(RouteNetlinkMessage::NewLink(port));
-    port.header.flags = NLM_F_REQUEST;
-    [create, port]
+    create
 }
 
-/// The result of [`create_requests`] from the kernel's two answers (`nl`
-/// tells the two "already exists" cases apart).
+/// The indexes of a pair the kernel created.
+#[derive(Clone, Copy, Debug)]
+pub struct Created {
+    /// The host end.
+    pub host: u32,
+    /// The pod end, when the kernel told it (the echoed host link's `IFLA_LINK`).
+    pub peer: Option<u32>,
+}
+
+/// The result of [`create_request`] from the kernel's answer (`nl` tells
+/// the two "already exists" cases apart).
 pub fn created(
     nl: &mut Rtnl,
     spec: &VethSpec<'_>,
     ns: &str,
     create: Answer,
-    port: Answer,
-) -> Result<Option<u32>, VethError> {
+) -> Result<Created, VethError> {
     if create.result.as_ref().is_err_and(netlink::is_exists) {
         let host_there = netlink::link_by_name_blocking(nl, &spec.host)
             .ok()
@@ -158,23 +167,72 @@ pub fn created(
             .is_some();
         return Err(exists(spec, host_there));
     }
-    let peer = create.result.map(|()| {
-        create.messages.iter().find_map(|m| match m {
-            RouteNetlinkMessage::NewLink(l) => peer_of(l),
+    let failed = |source| NetlinkError {
+        op: format!("creating veth {} / {}", spec.host, spec.ifname),
+        ns: ns.to_string(),
+        source,
+    };
+    create.result.map_err(failed)?;
+    create
+        .messages
+        .iter()
+        .find_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) => Some(Created {
+                host: l.header.index,
+                peer: peer_of(l),
+            }),
             _ => None,
         })
-    });
-    outcome(spec, ns, peer, port.result)
+        .ok_or_else(|| VethError::Netlink(failed(rtnetlink::Error::RequestFailed)))
+}
+
+/// Hairpin mode on the bridge port `host_index`, as the bridge's own
+/// request (`RTM_SETLINK`, family `AF_BRIDGE`, `IFLA_PROTINFO`), the way the
+/// reference `bridge` plugin sets it. The generic link request (port options
+/// in `IFLA_LINKINFO`, or an alias) makes the kernel announce a
+/// `NETDEV_CHANGE`; on a port whose peer is not up yet, IPv6 answers that by
+/// walking the node's whole IPv6 routing table (`rt6_sync_down_dev`), which
+/// cost more than the rest of the request and grew with every pod.
+pub fn hairpin_request(host_index: u32) -> NetlinkMessage<RouteNetlinkMessage> {
+    let mut msg = LinkMessage::default();
+    msg.header.interface_family = AddressFamily::Bridge;
+    msg.header.index = host_index;
+    msg.attributes.push(LinkAttribute::ProtoInfoBridge(vec![
+        LinkProtoInfoBridge::Other(DefaultNla::new(IFLA_BRPORT_MODE, vec![1])),
+    ]));
+    netlink::plain_request(RouteNetlinkMessage::SetLink(msg))
+}
+
+/// The result of [`hairpin_request`].
+pub fn hairpin_set(spec: &VethSpec<'_>, ns: &str, answer: Answer) -> Result<(), VethError> {
+    answer.result.map_err(|source| {
+        VethError::Netlink(NetlinkError {
+            op: format!("setting hairpin mode on {}", spec.host),
+            ns: ns.to_string(),
+            source,
+        })
+    })
 }
 
 /// The creation request (host end with the peer inside) and the bridge
 /// port options.
+fn messages(spec: &VethSpec<'_>) -> (LinkMessage, LinkMessage) {
+    let port = LinkMessageBuilder::<LinkBridgePort>::default()
+        .name(spec.host.clone())
+        .set_port_kind(InfoPortKind::Bridge)
+        .hairpin(spec.hairpin)
+        .alias(spec.alias.clone())
+        .build();
+    (create_message(spec), port)
+}
+
+/// The creation request: the host end, with the peer inside.
 ///
 /// Both ends are created with one queue each way: the number the kernel
 /// ends up using anyway. Left unset, veth allocates a queue per CPU and then
 /// shrinks the registered device to one, which costs sysfs updates and two
 /// synchronize-RCU waits per pair.
-fn messages(spec: &VethSpec<'_>) -> (LinkMessage, LinkMessage) {
+fn create_message(spec: &VethSpec<'_>) -> LinkMessage {
     let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
         .name(spec.ifname)
         .address(spec.pod_mac.to_vec())
@@ -192,16 +250,8 @@ fn messages(spec: &VethSpec<'_>) -> (LinkMessage, LinkMessage) {
         peer = peer.mtu(m);
         host = host.mtu(m);
     }
-    let msg = host
-        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
-        .build();
-    let port = LinkMessageBuilder::<LinkBridgePort>::default()
-        .name(spec.host.clone())
-        .set_port_kind(InfoPortKind::Bridge)
-        .hairpin(spec.hairpin)
-        .alias(spec.alias.clone())
-        .build();
-    (msg, port)
+    host.set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
+        .build()
 }
 
 fn exists(spec: &VethSpec<'_>, host_there: bool) -> VethError {
@@ -296,8 +346,8 @@ mod tests {
         assert_eq!(n, host_name("net", &a));
         assert_ne!(n, host_name("net", &b));
         assert_ne!(n, host_name("other", &a));
-        let al = alias("net", &a);
-        assert_eq!(parse_alias("net", &al), Some(a));
-        assert_eq!(parse_alias("ne", &al), None);
+        let al = "skiff/net/abc/eth0";
+        assert_eq!(parse_alias("net", al), Some(a));
+        assert_eq!(parse_alias("ne", al), None);
     }
 }

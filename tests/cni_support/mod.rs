@@ -79,38 +79,28 @@ pub fn ensure_tools() {
     });
 }
 
-/// The `skiff-cni` binary, built (or found up to date) once per test process.
+/// The `skiff-cni` binary as it ships — the static build of
+/// scripts/build-cni.sh, the one cni-bench measures — built (or found up to
+/// date) once per test process.
 pub fn plugin_bin() -> &'static PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        // target/<profile>/deps/<test> → target/<profile>
+        // target/<profile>/deps/<test> → target/
         let exe = std::env::current_exe().expect("current_exe");
-        let profile_dir = exe
+        let target_dir = exe
             .parent()
             .and_then(Path::parent)
-            .expect("target/<profile>")
-            .to_path_buf();
-        let target_dir = profile_dir.parent().expect("target dir").to_path_buf();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args([
-            "build",
-            "-q",
-            "-p",
-            "skiff-cni",
-            "--bin",
-            "skiff-cni",
-            "--target-dir",
-        ])
-        .arg(&target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("running cargo build for skiff-cni");
-        assert!(status.success(), "building skiff-cni failed");
-        let bin = profile_dir.join("skiff-cni");
-        assert!(bin.is_file(), "{} missing after build", bin.display());
+            .and_then(Path::parent)
+            .expect("target/<profile>/deps");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-cni.sh");
+        let out = Command::new(&script)
+            .env("CARGO_TARGET_DIR", target_dir)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("running scripts/build-cni.sh");
+        assert!(out.status.success(), "scripts/build-cni.sh failed");
+        let bin = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        assert!(bin.is_file(), "{} missing after the build", bin.display());
         bin
     })
 }
