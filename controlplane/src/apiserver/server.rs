@@ -26,6 +26,7 @@ use super::ipam::ServiceIpam;
 use super::registry;
 use super::status::ApiError;
 use super::{bootstrap, discovery, local_client, metrics_api, openapi, pki};
+use crate::controllers::ControllerRuntime;
 use crate::store::{EtcdStore, RedbStore, Store};
 
 /// Largest request body accepted, as upstream (3 MiB); larger bodies get 413.
@@ -81,6 +82,9 @@ pub enum ServerError {
     /// Bootstrapping default objects failed.
     #[error("cannot create the default namespaces and services: {0}")]
     Bootstrap(String),
+    /// The controllers' runtime could not start its threads.
+    #[error("cannot start the controllers' threads: {0}")]
+    Controllers(std::io::Error),
 }
 
 /// Shared state of the API server.
@@ -216,14 +220,18 @@ pub async fn run(
     super::event_ttl::spawn(server.clone(), server.config.controllers.event_ttl);
     let app = router(server.clone());
     super::disruption_status::spawn(server.clone());
+    let controllers = ControllerRuntime::new().map_err(ServerError::Controllers)?;
     match local_client::client(app.clone(), &server.admin_token) {
-        Ok(client) => crate::controllers::spawn_all(Arc::new(crate::controllers::Context {
-            client,
-            settings: server.config.controllers.clone(),
-        })),
+        Ok(client) => controllers.enter(|| {
+            crate::controllers::spawn_all(Arc::new(crate::controllers::Context {
+                client,
+                settings: server.config.controllers.clone(),
+            }))
+        }),
         Err(e) => tracing::error!("controllers not started: {e}"),
     }
     serve(app, listener, acceptor, shutdown).await;
+    drop(controllers);
     Ok(())
 }
 

@@ -16,12 +16,15 @@ pub mod nodelifecycle;
 pub mod podgc;
 pub mod pods;
 pub mod replicaset;
+mod runtime;
 pub mod statefulset;
 pub mod workload;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
+
+pub use runtime::ControllerRuntime;
 
 /// Every controller by name, as `--disable-controllers` accepts them.
 pub const ALL: &[&str] = &[

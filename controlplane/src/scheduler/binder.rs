@@ -193,14 +193,18 @@ impl Binder {
     /// `PodScheduled` condition set to False/Unschedulable with `message`
     /// (left alone when it already says so).
     pub async fn record_unschedulable(&self, pod: &Pod, message: &str) {
-        self.recorder
-            .record(
-                &events::reference(pod),
-                EventType::Warning,
-                "FailedScheduling",
-                message,
-            )
-            .await;
+        // The Event and the status patch go out together, so that the
+        // store's writer commits them in one transaction (one fsync) more
+        // often than not; upstream's event recorder is asynchronous as well.
+        let about = events::reference(pod);
+        let event = self
+            .recorder
+            .record(&about, EventType::Warning, "FailedScheduling", message);
+        tokio::join!(event, self.set_unschedulable(pod, message));
+    }
+
+    /// Sets PodScheduled=False (reason Unschedulable) unless it says so.
+    async fn set_unschedulable(&self, pod: &Pod, message: &str) {
         let current = pod
             .status
             .as_ref()
