@@ -4,6 +4,8 @@
 mod common;
 #[path = "kubectl/imperative.rs"]
 mod imperative;
+#[path = "kubectl/lists.rs"]
+mod lists;
 #[path = "kubectl/mutate.rs"]
 mod mutate;
 
@@ -12,6 +14,7 @@ use std::time::Duration;
 
 use common::{StoreKind, TestServer};
 use imperative::imperative_create_commands;
+use lists::lists_longer_than_a_page;
 use mutate::{apply_twice_then_delete, finalizer_holds_deletion, patch_all_three_types};
 use serde_json::Value;
 
@@ -40,6 +43,7 @@ on_both_stores!(
     finalizer_holds_deletion,
     api_resources_and_short_names,
     imperative_create_commands,
+    lists_longer_than_a_page,
 );
 
 /// The objects in tests/kubectl/manifests/ (the API scenarios' own manifests), as `kubectl apply` names them.
