@@ -18,7 +18,7 @@ use super::list::list;
 use super::patch::{self, PatchType, Section};
 use super::registry::{Resource, Subresource};
 use super::server::ApiServer;
-use super::status::{self, ApiError};
+use super::status::ApiError;
 use super::strategy::{self, FieldValidation, Scope};
 use super::table::{self, IncludeObject};
 use super::{ipam, subresources, watch};
@@ -516,7 +516,7 @@ async fn patch(
             // The patch result pins a resourceVersion only if the patch itself does.
             m.remove("resourceVersion");
         }
-        patch::apply(kind, &current, patch_type, &req.body).map_err(|e| patch_error(&e))
+        patch::apply(kind, &current, patch_type, &req.body).map_err(|e| ApiError::from(&e))
     })
     .await?;
     Ok(respond_object(req, StatusCode::OK, obj, &warnings))
@@ -536,7 +536,7 @@ async fn server_side_apply(
             "fieldManager is required for apply requests",
         ));
     }
-    let applied = patch::parse_apply(&req.body).map_err(|e| patch_error(&e))?;
+    let applied = patch::parse_apply(&req.body).map_err(|e| ApiError::from(&e))?;
     let force = req.flag("force");
     let kind = req.resource.kind;
     let result = guaranteed_update(server, req, scope, |current| {
@@ -545,7 +545,7 @@ async fn server_side_apply(
             m.remove("resourceVersion");
         }
         patch::server_side_apply(kind, &current, &applied, &req.writer(), force)
-            .map_err(|e| patch_error(&e))
+            .map_err(|e| ApiError::from(&e))
     })
     .await;
     match result {
@@ -563,39 +563,4 @@ async fn server_side_apply(
         }
         Err(e) => Err(e),
     }
-}
-
-/// A patch failure as a Status with upstream's code (400, 409, 415 or 422);
-/// apply conflicts list each field as a `FieldManagerConflict` cause.
-pub fn patch_error(e: &patch::PatchError) -> ApiError {
-    if let patch::PatchError::ApplyConflicts(conflicts) = e {
-        let causes: Vec<Value> = conflicts
-            .iter()
-            .map(|c| {
-                json!({
-                    "reason": "FieldManagerConflict",
-                    "message": format!("conflict with {}", c.manager),
-                    "field": c.field,
-                })
-            })
-            .collect();
-        return ApiError {
-            details: Some(json!({ "causes": causes })),
-            ..ApiError::new(409, "Conflict", e.to_string())
-        };
-    }
-    let code = e.http_status();
-    let reason = match code {
-        409 => "Conflict",
-        415 => "UnsupportedMediaType",
-        422 => "Invalid",
-        500 => "InternalError",
-        _ => "BadRequest",
-    };
-    ApiError::new(code, reason, e.to_string())
-}
-
-/// Success `Status` (used by binding).
-pub fn success() -> Value {
-    status::success(None)
 }

@@ -25,7 +25,9 @@ pub use managed::{
 
 use std::fmt;
 
-use serde_json::Value;
+use serde_json::{json, Value};
+
+use super::status::ApiError;
 
 /// The four PATCH flavours the Kubernetes API accepts, told apart by `Content-Type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,6 +170,38 @@ impl PatchError {
             | PatchError::BadDirective { .. }
             | PatchError::BadApplyBody(_) => 400,
         }
+    }
+}
+
+/// A patch failure as a Status with upstream's code (400, 409, 415 or 422);
+/// apply conflicts list each field as a `FieldManagerConflict` cause.
+impl From<&PatchError> for ApiError {
+    fn from(e: &PatchError) -> ApiError {
+        if let PatchError::ApplyConflicts(conflicts) = e {
+            let causes: Vec<Value> = conflicts
+                .iter()
+                .map(|c| {
+                    json!({
+                        "reason": "FieldManagerConflict",
+                        "message": format!("conflict with {}", c.manager),
+                        "field": c.field,
+                    })
+                })
+                .collect();
+            return ApiError {
+                details: Some(json!({ "causes": causes })),
+                ..ApiError::new(409, "Conflict", e.to_string())
+            };
+        }
+        let code = e.http_status();
+        let reason = match code {
+            409 => "Conflict",
+            415 => "UnsupportedMediaType",
+            422 => "Invalid",
+            500 => "InternalError",
+            _ => "BadRequest",
+        };
+        ApiError::new(code, reason, e.to_string())
     }
 }
 

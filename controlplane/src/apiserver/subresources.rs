@@ -11,7 +11,7 @@ use super::handlers::{self, guaranteed_update, read, respond, ResourceRequest};
 use super::patch::{self, PatchType};
 use super::selector::LabelSelector;
 use super::server::ApiServer;
-use super::status::ApiError;
+use super::status::{self, ApiError};
 use super::strategy::{self, Scope};
 use crate::store::StoreError;
 
@@ -59,8 +59,7 @@ pub async fn scale(
                             format!("unsupported patch type {ct}"),
                         )
                     })?;
-                patch::apply("Scale", current_scale, ty, &req.body)
-                    .map_err(|e| handlers::patch_error(&e))
+                patch::apply("Scale", current_scale, ty, &req.body).map_err(|e| ApiError::from(&e))
             }
             m => Err(ApiError::method_not_allowed(m)),
         }
@@ -151,7 +150,7 @@ pub async fn binding(
         annotations: body["metadata"]["annotations"].as_object(),
     };
     assign(server, &pod_req, &binding).await?;
-    Ok(respond(StatusCode::CREATED, &handlers::success(), &[]))
+    Ok(respond(StatusCode::CREATED, &status::success(None), &[]))
 }
 
 /// What a Binding asks of its pod.
