@@ -9,9 +9,11 @@ export DEBIAN_FRONTEND=noninteractive
 
 # Debian packages. DESIGN §7 plus what the build itself needs:
 # protobuf-compiler because etcd-client compiles etcd's .proto files in its
-# build script; curl for the test harness and scripts/up.sh; gpgv, the archive
-# keyring and xz to verify and unpack sid's CNI plugins (below); perf and
-# strace to profile the CNI plugin's ADD (cni/README.md, "What an ADD costs").
+# build script, and libprotobuf-dev for the well-known types they import
+# (google/protobuf/descriptor.proto, struct.proto), which protoc does not
+# ship; curl for the test harness and scripts/up.sh; gpgv, the archive keyring
+# and xz to verify and unpack sid's CNI plugins (below); perf and strace to
+# profile the CNI plugin's ADD (cni/README.md, "What an ADD costs").
 APT_PACKAGES=(
   llvm-22-dev libpolly-22-dev clang-22
   runc iptables nftables iproute2 iputils-ping conntrack bpftool
@@ -19,7 +21,7 @@ APT_PACKAGES=(
   dnsutils dnsperf dnsmasq-base unbound
   docker-registry busybox-static containernetworking-plugins
   apache2-utils
-  protobuf-compiler curl ca-certificates build-essential
+  protobuf-compiler libprotobuf-dev curl ca-certificates build-essential
   gpgv debian-archive-keyring xz-utils
   linux-perf strace
 )
