@@ -4,6 +4,8 @@
 mod common;
 #[path = "kubectl/imperative.rs"]
 mod imperative;
+#[path = "kubectl/list_manifest.rs"]
+mod list_manifest;
 #[path = "kubectl/lists.rs"]
 mod lists;
 #[path = "kubectl/mutate.rs"]
@@ -14,6 +16,7 @@ use std::time::Duration;
 
 use common::{StoreKind, TestServer};
 use imperative::imperative_create_commands;
+use list_manifest::apply_a_list_manifest;
 use lists::lists_longer_than_a_page;
 use mutate::{apply_twice_then_delete, finalizer_holds_deletion, patch_all_three_types};
 use serde_json::Value;
@@ -44,6 +47,7 @@ on_both_stores!(
     api_resources_and_short_names,
     imperative_create_commands,
     lists_longer_than_a_page,
+    apply_a_list_manifest,
 );
 
 /// The objects in tests/kubectl/manifests/ (the API scenarios' own manifests), as `kubectl apply` names them.

@@ -1,5 +1,6 @@
 //! OpenAPI documents of the served API: v3 (`/openapi/v3` index and one
-//! document per group-version) and v2 (`/openapi/v2`, swagger 2.0 JSON).
+//! document per group-version) and v2 (`/openapi/v2`, swagger 2.0, as JSON
+//! or as gnostic protobuf).
 //!
 //! Schemas come from the k8s-openapi types through schemars, named as
 //! upstream names them (`io.k8s.api.core.v1.Pod`), carrying the extensions
@@ -15,6 +16,7 @@
 
 mod paths;
 mod schemas;
+mod v2proto;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -63,13 +65,19 @@ fn v3_docs() -> &'static BTreeMap<String, Doc> {
 fn doc(value: Value) -> Doc {
     let json = serde_json::to_vec(&value).unwrap_or_default();
     let hash = content_hash(&json);
+    Doc {
+        gzip: gzip(&json),
+        hash,
+    }
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut encoder = GzEncoder::new(Vec::new(), Compression::best());
     // Writing to a Vec cannot fail.
-    let gzip = encoder
-        .write_all(&json)
+    encoder
+        .write_all(bytes)
         .and_then(|()| encoder.finish())
-        .unwrap_or_default();
-    Doc { gzip, hash }
+        .unwrap_or_default()
 }
 
 /// The JSON inside a document's gzip bytes.
@@ -84,7 +92,12 @@ fn gunzip(gzip: &[u8]) -> Vec<u8> {
 /// `Content-Encoding: gzip`) when the request's `Accept-Encoding` allows
 /// gzip, else decompressed.
 pub fn response(gzip: &'static [u8], request: &HeaderMap) -> Response {
-    let json = [(header::CONTENT_TYPE, "application/json")];
+    response_as(gzip, "application/json", request)
+}
+
+/// [`response`] for a document of another content type.
+fn response_as(gzip: &'static [u8], content_type: &'static str, request: &HeaderMap) -> Response {
+    let json = [(header::CONTENT_TYPE, content_type)];
     if accepts_gzip(request) {
         let gzipped = [
             (header::CONTENT_ENCODING, "gzip"),
@@ -204,42 +217,101 @@ pub fn v3_group_version_hash(path: &str) -> Option<&'static str> {
     v3_docs().get(v3_key(path)).map(|d| d.hash.as_str())
 }
 
-fn v2_doc() -> &'static Doc {
-    static V2: OnceLock<Doc> = OnceLock::new();
-    V2.get_or_init(|| {
-        let mut paths = Map::new();
-        for r in registry::RESOURCES {
-            paths::add_resource(&mut paths, r);
-        }
-        let paths: Map<String, Value> = paths
-            .into_iter()
-            .map(|(p, item)| (p, swagger_path_item(item)))
-            .collect();
-        let definitions = schemas::all();
-        let mut value = json!({
-            "swagger": "2.0",
-            "info": info(),
-            "paths": paths,
-            "definitions": definitions,
-            "securityDefinitions": {
-                "BearerToken": {
-                    "type": "apiKey",
-                    "description": "Bearer Token authentication",
-                    "name": "authorization",
-                    "in": "header",
-                },
+/// The swagger 2.0 document of every served resource.
+fn v2_value() -> Value {
+    let mut paths = Map::new();
+    for r in registry::RESOURCES {
+        paths::add_resource(&mut paths, r);
+    }
+    let paths: Map<String, Value> = paths
+        .into_iter()
+        .map(|(p, item)| (p, swagger_path_item(item)))
+        .collect();
+    let definitions = schemas::all();
+    let mut value = json!({
+        "swagger": "2.0",
+        "info": info(),
+        "paths": paths,
+        "definitions": definitions,
+        "securityDefinitions": {
+            "BearerToken": {
+                "type": "apiKey",
+                "description": "Bearer Token authentication",
+                "name": "authorization",
+                "in": "header",
             },
-            "security": [{"BearerToken": []}],
-        });
-        to_swagger_schemas(&mut value);
-        doc(value)
+        },
+        "security": [{"BearerToken": []}],
+    });
+    to_swagger_schemas(&mut value);
+    value
+}
+
+/// `/openapi/v2`: the swagger 2.0 document as JSON, gzip-compressed (see
+/// [`response`]).
+pub fn v2_gzip() -> &'static [u8] {
+    static V2: OnceLock<Doc> = OnceLock::new();
+    &V2.get_or_init(|| doc(v2_value())).gzip
+}
+
+/// `/openapi/v2` as gnostic protobuf ([`v2proto`]), gzip-compressed. Built
+/// on the first request for it, not at start: only some clients ask.
+pub fn v2_protobuf_gzip() -> &'static [u8] {
+    static V2: OnceLock<Vec<u8>> = OnceLock::new();
+    V2.get_or_init(|| gzip(&v2proto::document(&v2_value())))
+}
+
+/// The forms `/openapi/v2` is served in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum V2Form {
+    /// `application/json`.
+    Json,
+    /// `application/com.github.proto-openapi.spec.v2@v1.0+protobuf`.
+    Protobuf,
+}
+
+/// The media type client-go asks for, and the older spelling.
+const V2_PROTOBUF_TYPES: [&str; 2] = [
+    "application/com.github.proto-openapi.spec.v2@v1.0+protobuf",
+    "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+];
+
+/// The content type of a protobuf answer, as upstream sends it.
+const V2_PROTOBUF_CONTENT_TYPE: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
+
+/// Which form of `/openapi/v2` an `Accept` header asks for: its media
+/// ranges by quality (ties in the order given), the first one served wins;
+/// no header means any. None when nothing acceptable is served (406).
+pub fn v2_negotiate(accept: Option<&str>) -> Option<V2Form> {
+    let accept = accept.unwrap_or("*/*");
+    let mut ranges: Vec<(f32, &str)> = accept
+        .split(',')
+        .filter_map(|range| {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().filter(|m| !m.is_empty())?;
+            let q = parts
+                .find_map(|p| p.strip_prefix("q="))
+                .map_or(Some(1.0), |q| q.parse::<f32>().ok())?;
+            (q > 0.0).then_some((q, media))
+        })
+        .collect();
+    ranges.sort_by(|a, b| b.0.total_cmp(&a.0));
+    ranges.into_iter().find_map(|(_, media)| {
+        let media = media.to_ascii_lowercase();
+        match media.as_str() {
+            "application/json" | "application/*" | "*/*" => Some(V2Form::Json),
+            m if V2_PROTOBUF_TYPES.contains(&m) => Some(V2Form::Protobuf),
+            _ => None,
+        }
     })
 }
 
-/// `/openapi/v2`: the swagger 2.0 document of every served resource, as
-/// kept: gzip-compressed JSON (see [`response`]).
-pub fn v2_gzip() -> &'static [u8] {
-    &v2_doc().gzip
+/// The `/openapi/v2` response in `form` (gzip-encoded as [`response`] does).
+pub fn v2_response(form: V2Form, request: &HeaderMap) -> Response {
+    match form {
+        V2Form::Json => response(v2_gzip(), request),
+        V2Form::Protobuf => response_as(v2_protobuf_gzip(), V2_PROTOBUF_CONTENT_TYPE, request),
+    }
 }
 
 /// Rewrites a v3 path item into swagger 2.0: body parameters instead of
@@ -327,12 +399,29 @@ fn swagger_operation(op: Value) -> Value {
     Value::Object(op)
 }
 
-/// Points refs at `#/definitions/` and drops the OpenAPI 3 `nullable`.
+/// Points refs at `#/definitions/`, drops the OpenAPI 3 `nullable`, and
+/// turns a described reference (`{"description", "allOf": [{"$ref"}]}`,
+/// how OpenAPI 3 gives a `$ref` a description) into a plain `$ref` with a
+/// sibling description, as upstream's swagger has it: kube-openapi's v2
+/// parser, which kubectl validates `kind: List` items with, cannot look
+/// through an `allOf` and would check nothing below it.
 fn to_swagger_schemas(v: &mut Value) {
     match v {
         Value::Object(m) => {
             if matches!(m.get("nullable"), Some(Value::Bool(_))) {
                 m.remove("nullable");
+            }
+            let single_ref = match m.get("allOf") {
+                Some(Value::Array(all)) if all.len() == 1 => all[0]
+                    .as_object()
+                    .filter(|r| r.len() == 1)
+                    .and_then(|r| r.get("$ref"))
+                    .cloned(),
+                _ => None,
+            };
+            if let Some(reference) = single_ref {
+                m.remove("allOf");
+                m.insert("$ref".into(), reference);
             }
             for (k, v) in m.iter_mut() {
                 match (k.as_str(), &mut *v) {

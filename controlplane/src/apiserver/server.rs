@@ -340,20 +340,17 @@ async fn route(
         ["apis", group] => return get_only(discovery::api_group(group)),
         ["apis", group, version] => return get_only(discovery::resource_list(group, version)),
         ["openapi", "v2"] if method == Method::GET => {
-            // Only JSON is served; a client asking for protobuf alone (kubectl's
-            // proto-openapi accept header) must not get JSON it will misparse.
-            let accept = headers
-                .get("accept")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("*/*");
-            if !accept.contains("json") && !accept.contains("*/*") {
-                return Err(ApiError::new(
+            // JSON, or the gnostic protobuf client-go's OpenAPISchema() asks
+            // for (kubectl validates `kind: List` items with it).
+            let accept = headers.get("accept").and_then(|v| v.to_str().ok());
+            let form = openapi::v2_negotiate(accept).ok_or_else(|| {
+                ApiError::new(
                     406,
                     "NotAcceptable",
-                    "only application/json is supported for /openapi/v2",
-                ));
-            }
-            return Ok(openapi::response(openapi::v2_gzip(), headers));
+                    "/openapi/v2 is served as application/json and as application/com.github.proto-openapi.spec.v2@v1.0+protobuf",
+                )
+            })?;
+            return Ok(openapi::v2_response(form, headers));
         }
         ["openapi", "v3"] => return get_only(Some(openapi::v3_index())),
         ["openapi", "v3", rest @ ..] if method == Method::GET => {

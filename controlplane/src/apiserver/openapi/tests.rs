@@ -312,3 +312,39 @@ fn documents_are_served_gzipped_only_to_clients_that_accept_it() {
     );
     assert!(gzip.len() * 4 < gunzip(gzip).len(), "compressed");
 }
+
+#[test]
+fn v2_form_follows_accept() {
+    const PROTO: &str = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf";
+    let cases = [
+        (None, Some(V2Form::Json)),
+        (Some("application/json"), Some(V2Form::Json)),
+        (Some("*/*"), Some(V2Form::Json)),
+        // client-go's OpenAPISchema(), and the older spelling.
+        (Some(PROTO), Some(V2Form::Protobuf)),
+        (
+            Some("application/com.github.proto-openapi.spec.v2.v1.0+protobuf"),
+            Some(V2Form::Protobuf),
+        ),
+        (
+            Some("application/json;q=0.5, application/com.github.proto-openapi.spec.v2@v1.0+protobuf"),
+            Some(V2Form::Protobuf),
+        ),
+        (Some("application/com.github.proto-openapi.spec.v2@v1.0+protobuf;q=0, */*"), Some(V2Form::Json)),
+        (Some("text/html, application/yaml"), None),
+        (Some("application/vnd.kubernetes.protobuf"), None),
+    ];
+    for (accept, expected) in cases {
+        assert_eq!(v2_negotiate(accept), expected, "{accept:?}");
+    }
+    let mut headers = HeaderMap::new();
+    headers.insert(header::ACCEPT_ENCODING, "gzip".parse().unwrap());
+    let r = v2_response(V2Form::Protobuf, &headers);
+    assert_eq!(
+        r.headers()[header::CONTENT_TYPE],
+        "application/com.github.proto-openapi.spec.v2.v1.0+protobuf"
+    );
+    assert_eq!(r.headers()[header::CONTENT_ENCODING], "gzip");
+    // The protobuf document starts with its `swagger = 1` string "2.0".
+    assert!(gunzip(v2_protobuf_gzip()).starts_with(b"\x0a\x032.0"));
+}

@@ -12,7 +12,7 @@ mod decode;
 mod schema;
 #[cfg(test)]
 mod tests;
-mod wire;
+pub(crate) mod wire;
 
 use serde_json::Value;
 use thiserror::Error;
