@@ -11,6 +11,13 @@ cd "$(dirname "$0")/.."
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 
+# CI builds once, from scratch: incremental compilation caches (several GB
+# for this workspace) would buy nothing there and cost disk a CI machine may
+# be short of (a run has failed with "No space left on device").
+if [[ ${CI:-} == true ]]; then
+  export CARGO_INCREMENTAL=0
+fi
+
 BPF_FLAGS=(-p skiff-ebpf --release --target bpfel-unknown-none -Z build-std=core)
 summary=()
 
@@ -24,6 +31,8 @@ step() {
 finish() {
   local rc=$?
   printf '\n==> step times\n'
+  # Free disk at the end: the first thing to check when a build step fails.
+  df -h . | tail -n 1 | awk '{printf "    disk: %s used, %s free\n", $3, $4}'
   if ((${#summary[@]})); then
     printf '%s\n' "${summary[@]}"
   fi
