@@ -11,11 +11,14 @@ cd "$(dirname "$0")/.."
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 
-# CI builds once, from scratch: incremental compilation caches (several GB
-# for this workspace) would buy nothing there and cost disk a CI machine may
-# be short of (a run has failed with "No space left on device").
-if [[ ${CI:-} == true ]]; then
-  export CARGO_INCREMENTAL=0
+# CI builds once, from scratch, on a machine whose free disk varies (a run
+# has failed with "No space left on device"). There, no incremental caches
+# (several GB for this workspace, and no use to a single build) and no line
+# tables (about 70 of each test binary's 110 MB; a failing assertion still
+# names its file and line, only backtraces lose them).
+ci() { [[ ${CI:-} == true ]]; }
+if ci; then
+  export CARGO_INCREMENTAL=0 CARGO_PROFILE_DEV_DEBUG=0
 fi
 
 BPF_FLAGS=(-p skiff-ebpf --release --target bpfel-unknown-none -Z build-std=core)
@@ -52,6 +55,11 @@ step cargo build --workspace --exclude skiff-ebpf --all-targets
 step scripts/build-cni.sh
 # --no-fail-fast: report every failing test binary, not just the first.
 step cargo test --workspace --exclude skiff-ebpf --no-fail-fast
+# The host debug build is done with; under CI, free its disk for the fuzz
+# build (its own target dir, every dependency again with coverage flags).
+if ci; then
+  step rm -rf target/debug
+fi
 # The DNS packet handler under libFuzzer for a bounded time (dns/fuzz is its
 # own workspace, built with nightly by cargo-fuzz from scripts/setup.sh).
 step bash -c 'cd dns && cargo +nightly fuzz run --dev --sanitizer none packet -- -max_total_time=60'
