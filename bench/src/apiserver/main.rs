@@ -59,6 +59,15 @@ struct Args {
     /// Of the --pods, how many are created first by a single worker (latency without queueing)
     #[arg(long, default_value_t = 1_000)]
     serial_creates: usize,
+    /// Of the --pods, how many are created next at a steady --paced-rate by
+    /// --concurrency workers (latency under a concurrent load the server
+    /// can keep up with)
+    #[arg(long, default_value_t = 2_000)]
+    paced_creates: usize,
+    /// Creates per second offered in the paced phase; each create is timed
+    /// from when it was due, so a server falling behind shows in the figures
+    #[arg(long, value_name = "PER_SECOND", default_value_t = 500.0)]
+    paced_rate: f64,
     /// Concurrent client workers for creates, gets and updates
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
@@ -94,9 +103,21 @@ struct Args {
 }
 
 impl Args {
+    /// How many of the --pods each create phase makes: one at a time,
+    /// paced, and at full speed.
+    fn create_phases(&self) -> (usize, usize, usize) {
+        let serial = self.serial_creates.min(self.pods);
+        let paced = self.paced_creates.min(self.pods - serial);
+        (serial, paced, self.pods - serial - paced)
+    }
+
     fn check(&self) -> Result<()> {
         ensure!(self.pods > 0, "--pods must be at least 1");
         ensure!(self.concurrency > 0, "--concurrency must be at least 1");
+        ensure!(
+            self.paced_rate.is_finite() && self.paced_rate > 0.0,
+            "--paced-rate must be a positive number of creates per second"
+        );
         ensure!(self.page_size > 0, "--page-size must be at least 1");
         ensure!(self.lists > 0, "--lists must be at least 1");
         ensure!(!self.stores.is_empty(), "--stores needs at least one store");
@@ -125,7 +146,9 @@ impl fmt::Display for StoreKind {
 struct Figures {
     /// Creates from a single worker: latency without queueing behind others.
     create_serial: Summary,
-    /// Creates from `--concurrency` workers.
+    /// Creates from `--concurrency` workers at `--paced-rate`.
+    create_paced: Summary,
+    /// Creates from `--concurrency` workers as fast as the server answers.
     create: Summary,
     rss_after_create: Memory,
     get: Option<Summary>,

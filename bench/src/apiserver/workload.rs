@@ -54,16 +54,17 @@ pub(super) async fn bench_store(store: StoreKind, args: &Args, skiff: &Path) -> 
     let mut failed = Vec::new();
 
     // Every later phase needs the pods, so a failed create ends this store.
-    let serial = args.serial_creates.min(args.pods);
+    let (serial, paced, rest) = args.create_phases();
     progress(
         store,
         &format!(
-            "creating {} pods: {serial} one at a time, the rest with {} workers",
-            args.pods, args.concurrency
+            "creating {} pods: {serial} one at a time, {paced} by {} workers at {} per second, the rest by {} workers at full speed",
+            args.pods, args.concurrency, args.paced_rate, args.concurrency
         ),
     );
     let create_serial = create_pods(&api, 0, serial, 1).await?;
-    let create = create_pods(&api, serial, args.pods - serial, args.concurrency).await?;
+    let create_paced = create_pods_paced(&api, serial, paced, args).await?;
+    let create = create_pods(&api, serial + paced, rest, args.concurrency).await?;
     let rss_after_create = memory(server.child.pid())?;
 
     progress(store, &format!("{} GETs of random pods", args.gets));
@@ -112,6 +113,7 @@ pub(super) async fn bench_store(store: StoreKind, args: &Args, skiff: &Path) -> 
     let etcd_rss_end = etcd.as_ref().map(|e| memory(e.child.pid())).transpose()?;
     Ok(Figures {
         create_serial,
+        create_paced,
         create,
         rss_after_create,
         get,
@@ -163,6 +165,43 @@ where
     Ok(Summary::new(all, start.elapsed()))
 }
 
+/// Runs `op(0..total)` on `concurrency` workers, call `i` due at
+/// `i / rate` seconds from the start: an open-loop load at a fixed rate.
+/// Each call is timed from when it was due, not from when a worker got to
+/// it, so time spent waiting for a free worker (the server falling behind)
+/// counts in its latency rather than being left out.
+async fn run_paced<F, Fut>(concurrency: usize, total: usize, rate: f64, op: F) -> Result<Summary>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<()>> + Send + 'static,
+{
+    let op = Arc::new(op);
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = tokio::time::Instant::now();
+    let mut workers = JoinSet::new();
+    for _ in 0..concurrency.min(total) {
+        let (op, next) = (Arc::clone(&op), Arc::clone(&next));
+        workers.spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    return Ok::<_, anyhow::Error>(latencies);
+                }
+                let due = start + Duration::from_secs_f64(i as f64 / rate);
+                tokio::time::sleep_until(due).await;
+                op(i).await?;
+                latencies.push(due.elapsed());
+            }
+        });
+    }
+    let mut all = Vec::with_capacity(total);
+    while let Some(done) = workers.join_next().await {
+        all.extend(done.context("a benchmark worker panicked")??);
+    }
+    Ok(Summary::new(all, start.elapsed()))
+}
+
 fn pod_name(i: usize) -> String {
     format!("bench-{i:05}")
 }
@@ -191,6 +230,33 @@ fn pod_json(i: usize) -> Bytes {
     Bytes::from(pod.to_string())
 }
 
+/// Creates pods `first..first + count` at `--paced-rate` with
+/// `--concurrency` workers.
+async fn create_pods_paced(
+    api: &ApiClient,
+    first: usize,
+    count: usize,
+    args: &Args,
+) -> Result<Summary> {
+    let api = api.clone();
+    run_paced(args.concurrency, count, args.paced_rate, move |i| {
+        create_pod(api.clone(), first + i)
+    })
+    .await
+}
+
+async fn create_pod(api: ApiClient, i: usize) -> Result<()> {
+    api.expect(
+        StatusCode::CREATED,
+        Method::POST,
+        PODS,
+        Some("application/json"),
+        pod_json(i),
+    )
+    .await?;
+    Ok(())
+}
+
 /// Creates pods `first..first + count` with `concurrency` workers.
 async fn create_pods(
     api: &ApiClient,
@@ -200,19 +266,7 @@ async fn create_pods(
 ) -> Result<Summary> {
     let api = api.clone();
     run_workers(concurrency, count, move |i| {
-        let api = api.clone();
-        let i = first + i;
-        async move {
-            api.expect(
-                StatusCode::CREATED,
-                Method::POST,
-                PODS,
-                Some("application/json"),
-                pod_json(i),
-            )
-            .await?;
-            Ok(())
-        }
+        create_pod(api.clone(), first + i)
     })
     .await
 }
