@@ -138,31 +138,7 @@ where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<()>> + Send + 'static,
 {
-    let op = Arc::new(op);
-    let next = Arc::new(AtomicUsize::new(0));
-    let start = Instant::now();
-    let mut workers = JoinSet::new();
-    for _ in 0..concurrency.min(total) {
-        let (op, next) = (Arc::clone(&op), Arc::clone(&next));
-        workers.spawn(async move {
-            let mut latencies = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= total {
-                    return Ok::<_, anyhow::Error>(latencies);
-                }
-                let t = Instant::now();
-                op(i).await?;
-                latencies.push(t.elapsed());
-            }
-        });
-    }
-    let mut all = Vec::with_capacity(total);
-    // Returning early on the first error drops the set, which aborts the rest.
-    while let Some(done) = workers.join_next().await {
-        all.extend(done.context("a benchmark worker panicked")??);
-    }
-    Ok(Summary::new(all, start.elapsed()))
+    run(concurrency, total, None, op).await
 }
 
 /// Runs `op(0..total)` on `concurrency` workers, call `i` due at
@@ -171,6 +147,16 @@ where
 /// it, so time spent waiting for a free worker (the server falling behind)
 /// counts in its latency rather than being left out.
 async fn run_paced<F, Fut>(concurrency: usize, total: usize, rate: f64, op: F) -> Result<Summary>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<()>> + Send + 'static,
+{
+    run(concurrency, total, Some(rate), op).await
+}
+
+/// The workers of [`run_workers`] (`rate` None: each call as soon as a
+/// worker is free, timed from then) and [`run_paced`].
+async fn run<F, Fut>(concurrency: usize, total: usize, rate: Option<f64>, op: F) -> Result<Summary>
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<()>> + Send + 'static,
@@ -188,14 +174,21 @@ where
                 if i >= total {
                     return Ok::<_, anyhow::Error>(latencies);
                 }
-                let due = start + Duration::from_secs_f64(i as f64 / rate);
-                tokio::time::sleep_until(due).await;
+                let due = match rate {
+                    Some(rate) => {
+                        let due = start + Duration::from_secs_f64(i as f64 / rate);
+                        tokio::time::sleep_until(due).await;
+                        due
+                    }
+                    None => tokio::time::Instant::now(),
+                };
                 op(i).await?;
                 latencies.push(due.elapsed());
             }
         });
     }
     let mut all = Vec::with_capacity(total);
+    // Returning early on the first error drops the set, which aborts the rest.
     while let Some(done) = workers.join_next().await {
         all.extend(done.context("a benchmark worker panicked")??);
     }

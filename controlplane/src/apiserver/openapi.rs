@@ -152,6 +152,19 @@ fn content_hash(bytes: &[u8]) -> String {
     )
 }
 
+/// The one security scheme, as v3 `securitySchemes` and v2
+/// `securityDefinitions` both name it.
+fn bearer_token() -> Value {
+    json!({
+        "BearerToken": {
+            "type": "apiKey",
+            "description": "Bearer Token authentication",
+            "name": "authorization",
+            "in": "header",
+        },
+    })
+}
+
 fn info() -> Value {
     json!({"title": "Kubernetes", "version": super::discovery::version_info()["gitVersion"]})
 }
@@ -172,14 +185,7 @@ fn v3_document(defs: &Map<String, Value>, resources: &[&Resource]) -> Value {
         "paths": paths,
         "components": {
             "schemas": schemas::closure(defs, roots),
-            "securitySchemes": {
-                "BearerToken": {
-                    "type": "apiKey",
-                    "description": "Bearer Token authentication",
-                    "name": "authorization",
-                    "in": "header",
-                },
-            },
+            "securitySchemes": bearer_token(),
         },
         "security": [{"BearerToken": []}],
     })
@@ -233,14 +239,7 @@ fn v2_value() -> Value {
         "info": info(),
         "paths": paths,
         "definitions": definitions,
-        "securityDefinitions": {
-            "BearerToken": {
-                "type": "apiKey",
-                "description": "Bearer Token authentication",
-                "name": "authorization",
-                "in": "header",
-            },
-        },
+        "securityDefinitions": bearer_token(),
         "security": [{"BearerToken": []}],
     });
     to_swagger_schemas(&mut value);

@@ -96,6 +96,25 @@ impl Msg {
     }
 }
 
+/// A JSON object's fields, read leniently: a missing or mistyped field is
+/// left out of the message, as proto3 leaves out a default value.
+struct Fields<'a>(&'a Map<String, Value>);
+
+impl<'a> Fields<'a> {
+    /// None unless `v` is an object.
+    fn of(v: &'a Value) -> Option<Self> {
+        v.as_object().map(Fields)
+    }
+
+    fn get(&self, key: &str) -> &'a Value {
+        self.0.get(key).unwrap_or(&Value::Null)
+    }
+
+    fn str(&self, key: &str) -> &'a str {
+        self.get(key).as_str().unwrap_or_default()
+    }
+}
+
 /// `Any {value = 1, yaml = 2}`: the value as JSON in `yaml`.
 fn any(v: &Value) -> Msg {
     let mut m = Msg::default();
@@ -154,34 +173,32 @@ fn named_schema(name: &str, s: &Value) -> Msg {
 /// `Schema`.
 fn schema(s: &Value) -> Msg {
     let mut m = Msg::default();
-    let Some(o) = s.as_object() else {
+    let Some(f) = Fields::of(s) else {
         return m;
     };
-    let str_of = |k: &str| o.get(k).and_then(Value::as_str).unwrap_or_default();
-    let null = Value::Null;
-    let get = |k: &str| o.get(k).unwrap_or(&null);
-    m.string(1, str_of("$ref"));
-    m.string(2, str_of("format"));
-    m.string(3, str_of("title"));
-    m.string(4, str_of("description"));
+    let o = f.0;
+    m.string(1, f.str("$ref"));
+    m.string(2, f.str("format"));
+    m.string(3, f.str("title"));
+    m.string(4, f.str("description"));
     if let Some(d) = o.get("default") {
         m.message(5, any(d));
     }
-    m.double(6, get("multipleOf"));
-    m.double(7, get("maximum"));
-    m.bool(8, get("exclusiveMaximum"));
-    m.double(9, get("minimum"));
-    m.bool(10, get("exclusiveMinimum"));
-    m.int64(11, get("maxLength"));
-    m.int64(12, get("minLength"));
-    m.string(13, str_of("pattern"));
-    m.int64(14, get("maxItems"));
-    m.int64(15, get("minItems"));
-    m.bool(16, get("uniqueItems"));
-    m.int64(17, get("maxProperties"));
-    m.int64(18, get("minProperties"));
-    m.strings(19, get("required"));
-    for e in get("enum").as_array().into_iter().flatten() {
+    m.double(6, f.get("multipleOf"));
+    m.double(7, f.get("maximum"));
+    m.bool(8, f.get("exclusiveMaximum"));
+    m.double(9, f.get("minimum"));
+    m.bool(10, f.get("exclusiveMinimum"));
+    m.int64(11, f.get("maxLength"));
+    m.int64(12, f.get("minLength"));
+    m.string(13, f.str("pattern"));
+    m.int64(14, f.get("maxItems"));
+    m.int64(15, f.get("minItems"));
+    m.bool(16, f.get("uniqueItems"));
+    m.int64(17, f.get("maxProperties"));
+    m.int64(18, f.get("minProperties"));
+    m.strings(19, f.get("required"));
+    for e in f.get("enum").as_array().into_iter().flatten() {
         m.message(20, any(e));
     }
     match o.get("additionalProperties") {
@@ -210,7 +227,7 @@ fn schema(s: &Value) -> Msg {
         }
         m.message(23, list);
     }
-    for s in get("allOf").as_array().into_iter().flatten() {
+    for s in f.get("allOf").as_array().into_iter().flatten() {
         m.message(24, schema(s));
     }
     if let Some(props) = o.get("properties").and_then(Value::as_object) {
@@ -220,8 +237,8 @@ fn schema(s: &Value) -> Msg {
         }
         m.message(25, p);
     }
-    m.string(26, str_of("discriminator"));
-    m.bool(27, get("readOnly"));
+    m.string(26, f.str("discriminator"));
+    m.bool(27, f.get("readOnly"));
     if let Some(e) = o.get("example") {
         m.message(30, any(e));
     }
@@ -264,22 +281,20 @@ fn path_item(item: &Value) -> Msg {
 /// `Operation`.
 fn operation(op: &Value) -> Msg {
     let mut m = Msg::default();
-    let Some(o) = op.as_object() else {
+    let Some(f) = Fields::of(op) else {
         return m;
     };
-    let str_of = |k: &str| o.get(k).and_then(Value::as_str).unwrap_or_default();
-    let null = Value::Null;
-    let get = |k: &str| o.get(k).unwrap_or(&null);
-    m.strings(1, get("tags"));
-    m.string(2, str_of("summary"));
-    m.string(3, str_of("description"));
-    m.string(5, str_of("operationId"));
-    m.strings(6, get("produces"));
-    m.strings(7, get("consumes"));
-    for p in get("parameters").as_array().into_iter().flatten() {
+    let o = f.0;
+    m.strings(1, f.get("tags"));
+    m.string(2, f.str("summary"));
+    m.string(3, f.str("description"));
+    m.string(5, f.str("operationId"));
+    m.strings(6, f.get("produces"));
+    m.strings(7, f.get("consumes"));
+    for p in f.get("parameters").as_array().into_iter().flatten() {
         m.message(8, parameters_item(p));
     }
-    if let Some(responses) = get("responses").as_object() {
+    if let Some(responses) = f.get("responses").as_object() {
         let mut r = Msg::default();
         for (code, response) in responses {
             let mut body = Msg::default();
@@ -298,8 +313,8 @@ fn operation(op: &Value) -> Msg {
         }
         m.message(9, r);
     }
-    m.strings(10, get("schemes"));
-    m.bool(11, get("deprecated"));
+    m.strings(10, f.get("schemes"));
+    m.bool(11, f.get("deprecated"));
     m.vendor_extensions(13, o);
     m
 }
@@ -308,53 +323,51 @@ fn operation(op: &Value) -> Msg {
 /// {body_parameter = 1 | non_body_parameter = 2}`.
 fn parameters_item(p: &Value) -> Msg {
     let mut item = Msg::default();
-    let Some(o) = p.as_object() else {
+    let Some(f) = Fields::of(p) else {
         return item;
     };
-    let str_of = |k: &str| o.get(k).and_then(Value::as_str).unwrap_or_default();
-    let null = Value::Null;
-    let get = |k: &str| o.get(k).unwrap_or(&null);
+    let o = f.0;
     if let Some(r) = o.get("$ref").and_then(Value::as_str) {
         let mut reference = Msg::default();
         reference.string(1, r);
-        reference.string(2, str_of("description"));
+        reference.string(2, f.str("description"));
         item.message(2, reference);
         return item;
     }
     let mut parameter = Msg::default();
-    if str_of("in") == "body" {
+    if f.str("in") == "body" {
         let mut body = Msg::default();
-        body.string(1, str_of("description"));
-        body.string(2, str_of("name"));
+        body.string(1, f.str("description"));
+        body.string(2, f.str("name"));
         body.string(3, "body");
-        body.bool(4, get("required"));
-        body.message(5, schema(get("schema")));
+        body.bool(4, f.get("required"));
+        body.message(5, schema(f.get("schema")));
         body.vendor_extensions(6, o);
         parameter.message(1, body);
     } else {
         // The sub-schemas share their first fields; `query` and `formData`
         // have `allow_empty_value` at 5, which shifts the rest by one.
-        let (variant, shift) = match str_of("in") {
+        let (variant, shift) = match f.str("in") {
             "header" => (1, 0),
             "formData" => (2, 1),
             "query" => (3, 1),
             _ => (4, 0),
         };
         let mut sub = Msg::default();
-        sub.bool(1, get("required"));
-        sub.string(2, str_of("in"));
-        sub.string(3, str_of("description"));
-        sub.string(4, str_of("name"));
+        sub.bool(1, f.get("required"));
+        sub.string(2, f.str("in"));
+        sub.string(3, f.str("description"));
+        sub.string(4, f.str("name"));
         if shift == 1 {
-            sub.bool(5, get("allowEmptyValue"));
+            sub.bool(5, f.get("allowEmptyValue"));
         }
-        sub.string(5 + shift, str_of("type"));
-        sub.string(6 + shift, str_of("format"));
+        sub.string(5 + shift, f.str("type"));
+        sub.string(6 + shift, f.str("format"));
         if let Some(d) = o.get("default") {
             sub.message(9 + shift, any(d));
         }
-        sub.bool(19 + shift, get("uniqueItems"));
-        for e in get("enum").as_array().into_iter().flatten() {
+        sub.bool(19 + shift, f.get("uniqueItems"));
+        for e in f.get("enum").as_array().into_iter().flatten() {
             sub.message(20 + shift, any(e));
         }
         sub.vendor_extensions(22 + shift, o);
