@@ -269,7 +269,9 @@ pub enum V2Form {
     Protobuf,
 }
 
-/// The media type client-go asks for, and the older spelling.
+/// The protobuf media types upstream serves v2 for: the one client-go asks
+/// for, which kube-openapi calls deprecated (`@` is not a MIME token
+/// character), and the dotted one it answers with.
 const V2_PROTOBUF_TYPES: [&str; 2] = [
     "application/com.github.proto-openapi.spec.v2@v1.0+protobuf",
     "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",

@@ -320,7 +320,7 @@ fn v2_form_follows_accept() {
         (None, Some(V2Form::Json)),
         (Some("application/json"), Some(V2Form::Json)),
         (Some("*/*"), Some(V2Form::Json)),
-        // client-go's OpenAPISchema(), and the older spelling.
+        // client-go's OpenAPISchema(), and the dotted form.
         (Some(PROTO), Some(V2Form::Protobuf)),
         (
             Some("application/com.github.proto-openapi.spec.v2.v1.0+protobuf"),
