@@ -37,7 +37,8 @@ const CREATE_P99_GOAL_MS: f64 = 5.0;
     about = "Benchmark the skiff API server on the redb and etcd stores in one run and print both with their ratio",
     long_about = "Benchmark the skiff API server on the redb and etcd stores in one run and print both with their ratio.\n\n\
         For each store it starts `skiff server` on a free 127.0.0.1 port with a temporary data directory \
-        (for etcd, first Debian's etcd on free loopback ports), then measures: (1) creating --pods pods with \
+        (for etcd, first Debian's etcd on free loopback ports), then measures: (1) creating --pods pods: \
+        --serial-creates from one worker, --paced-creates at --paced-rate and the rest at full speed from \
         --concurrency workers, (2) --gets GETs of random pods, (3) listing all pods --lists times in one \
         response and paginated with --page-size, (4) --watchers watches each seeing all of --updates label \
         PATCHes, (5) the server's resident memory with the pods stored. Figures are printed, never asserted. \
